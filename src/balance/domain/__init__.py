@@ -1,0 +1,1 @@
+"""The ledger rules: pure, standard library only, no IO, no clock (time is passed in)."""

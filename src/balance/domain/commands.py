@@ -1,0 +1,126 @@
+"""Commands: what a client asks a shard writer to do (imperative names, immutable values)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import astuple, dataclass
+
+
+def _fingerprint(fields: tuple) -> int:  # type: ignore[type-arg]
+    """A stable 63-bit hash of a request body: same body, same fingerprint, in every process."""
+    digest = hashlib.blake2b(repr(fields).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+@dataclass(frozen=True, slots=True)
+class CreateAccount:
+    account_id: str
+    parent_id: str | None
+    kind: str
+    region: str
+    currency: str
+    name: str
+    credit_limit: int
+    metadata: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateAccount:
+    account_id: str
+    status: str | None = None
+    name: str | None = None
+    metadata: bytes | None = None
+    credit_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateKey:
+    account_id: str
+    key_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    account_id: str
+    op_id: str
+    amount: int
+    description: str = ""
+    metadata: bytes = b"{}"
+
+    def fingerprint(self) -> int:
+        return _fingerprint(("credit", *astuple(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class Debit:
+    account_id: str
+    op_id: str
+    amount: int
+    description: str = ""
+    metadata: bytes = b"{}"
+
+    def fingerprint(self) -> int:
+        return _fingerprint(("debit", *astuple(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    op_id: str
+    from_account_id: str
+    to_account_id: str
+    amount: int
+    currency: str
+    description: str = ""
+    metadata: bytes = b"{}"
+
+    @property
+    def account_id(self) -> str:
+        return self.from_account_id
+
+    def fingerprint(self) -> int:
+        return _fingerprint(("transfer", *astuple(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceHold:
+    account_id: str
+    op_id: str  # the hold id, chosen by the client (the order id)
+    amount: int
+    expires_in_s: int
+    destination_account_id: str | None = None
+    description: str = ""
+    metadata: bytes = b"{}"
+
+    def fingerprint(self) -> int:
+        return _fingerprint(("hold", *astuple(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureHold:
+    account_id: str
+    hold_id: str
+    amount: int | None = None  # None: the whole hold
+
+    def fingerprint(self) -> int:
+        return _fingerprint(("capture", *astuple(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseHold:
+    account_id: str
+    hold_id: str
+
+    def fingerprint(self) -> int:
+        return _fingerprint(("release", *astuple(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireHold:
+    """Issued by the shard's own expiry sweep, never by a client."""
+
+    account_id: str
+    hold_id: str
+
+
+MoneyCommand = Credit | Debit | Transfer | PlaceHold | CaptureHold | ReleaseHold | ExpireHold
+Command = MoneyCommand | CreateAccount | UpdateAccount | CreateKey

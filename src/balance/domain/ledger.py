@@ -1,0 +1,639 @@
+"""The ledger rules of one shard: apply commands to accounts and holds held in memory.
+
+Pure: no IO, no clock (``now`` is passed in, microseconds). The shard writer calls
+``begin``, then ``apply`` once per command, then ``accept`` (the batch is durable)
+or ``rollback`` (it is not: every account, hold and outcome is put back as it was).
+
+Each operation runs its checks in one documented order, then a block that cannot
+fail: lookups → idempotency → shape → state → currency → funds → overflow → mutation.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from balance.domain import commands as c
+from balance.domain import errors as e
+from balance.domain import limits
+from balance.domain.model import (
+    CAPTURE, CREDIT, DEBIT, EXPIRE, HOLD, HOLD_CAPTURED, HOLD_EXPIRED, HOLD_PENDING,
+    HOLD_RELEASED, KIND_FUNDING, KIND_SETTLEMENT, RELEASE, STATUS_ACTIVE, STATUS_CLOSED,
+    TRANSFER, Account, Entry, Event, Hold,
+)  # fmt: skip
+
+
+class Record:
+    """The first outcome of an operation id: what a replay answers."""
+
+    __slots__ = ("fingerprint", "status", "body")
+
+    def __init__(self, fingerprint: int, status: int, body: bytes = b"") -> None:
+        self.fingerprint = fingerprint
+        self.status = status
+        self.body = body
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What ``apply`` answers. The caller renders it at once (the accounts are live objects)."""
+
+    status: int
+    rejection: e.Rejection | None = None
+    replay: Record | None = None
+    record: Record | None = None  # to receive the rendered body
+    entry: Entry | None = None  # the primary journal row
+    accounts: tuple[Account, ...] = ()
+    hold: Hold | None = None
+
+
+@dataclass(slots=True)
+class Changes:
+    """What one accepted batch changed: the rows its commit must write."""
+
+    accounts: list[Account] = field(default_factory=list)
+    holds: list[Hold] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    keys: list[tuple[str, str, int]] = field(default_factory=list)  # (key_hash, account_id, at)
+
+
+def system_account_id(shard: int, currency: str, kind: str) -> str:
+    return f"SYS-{shard}-{kind}-{currency}"
+
+
+def op_key_of(kind: str, op_id: str) -> str:
+    return f"{kind}:{op_id}"
+
+
+class Ledger:
+    """Accounts, open holds and recent outcomes of one shard, and the rules that change them."""
+
+    def __init__(
+        self,
+        shard: int,
+        *,
+        records_max: int = limits.IDEMPOTENCY_CACHE_ENTRIES,
+        finished_holds_max: int = limits.FINISHED_HOLDS_CACHE_ENTRIES,
+    ) -> None:
+        self.shard = shard
+        self.accounts: dict[str, Account] = {}
+        self.holds: dict[tuple[str, str], Hold] = {}  # pending, plus recently finished ones
+        self.records: dict[tuple[str, str], Record] = {}  # (account_id, op_key) -> first outcome
+        self.next_seq = 1
+        self._records_max = records_max
+        self._finished: dict[tuple[str, str], None] = {}  # finished holds, oldest first
+        self._finished_max = finished_holds_max
+        self._expiry: list[tuple[int, str, str]] = []  # heap of (expires_at, account_id, hold_id)
+        self._undo_accounts: dict[str, tuple | None] = {}  # type: ignore[type-arg]
+        self._undo_holds: dict[tuple[str, str], tuple | None] = {}  # type: ignore[type-arg]
+        self._new_records: list[tuple[str, str]] = []
+        self._seq_at_begin = 1
+        self._changes = Changes()
+        self._in_batch = False
+
+    # ---- loading (recovery and look-ups) -------------------------------------------------
+
+    def load_account(self, account: Account) -> None:
+        self.accounts[account.id] = account
+
+    def load_hold(self, hold: Hold) -> None:
+        """A hold read from storage: pending ones count in ``reserved``, finished ones are cached."""
+        key = (hold.account_id, hold.id)
+        if key in self.holds:
+            return
+        self.holds[key] = hold
+        if hold.status == HOLD_PENDING:
+            heapq.heappush(self._expiry, (hold.expires_at, hold.account_id, hold.id))
+        else:
+            self._remember_finished(key)
+
+    def load_record(self, account_id: str, op_key: str, fingerprint: int, status: int, body: bytes) -> None:
+        key = (account_id, op_key)
+        if key not in self.records:
+            self._remember_record(key, Record(fingerprint, status, body))
+
+    def rebuild_reserved(self) -> None:
+        """Recovery: ``reserved`` is recomputed from the pending holds, never trusted alone."""
+        sums = self.pending_sums()
+        for account in self.accounts.values():
+            e.require(
+                account.reserved == sums.get(account.id, 0),
+                f"account {account.id}: stored reserved {account.reserved} != pending holds "
+                f"{sums.get(account.id, 0)}",
+            )
+
+    # ---- queries -------------------------------------------------------------------------
+
+    def committed_account(self, account_id: str) -> tuple | None:  # type: ignore[type-arg]
+        """The account as last committed (no dirty read of a batch still being written)."""
+        if account_id in self._undo_accounts:
+            return self._undo_accounts[account_id]
+        account = self.accounts.get(account_id)
+        return None if account is None else account.state()
+
+    def committed_hold(self, account_id: str, hold_id: str) -> tuple | None:  # type: ignore[type-arg]
+        key = (account_id, hold_id)
+        if key in self._undo_holds:
+            return self._undo_holds[key]
+        hold = self.holds.get(key)
+        return None if hold is None else hold.state()
+
+    def due_holds(self, now: int, limit: int) -> list[tuple[str, str]]:
+        """Pending holds whose expiry has passed, oldest first (stale heap entries dropped)."""
+        due: list[tuple[str, str]] = []
+        while self._expiry and self._expiry[0][0] <= now and len(due) < limit:
+            _, account_id, hold_id = heapq.heappop(self._expiry)
+            hold = self.holds.get((account_id, hold_id))
+            if hold is not None and hold.status == HOLD_PENDING and hold.expires_at <= now:
+                due.append((account_id, hold_id))
+        return due
+
+    def lookups_needed(self, command: c.Command) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(op keys, hold keys) that must be read from storage before ``command`` can be applied."""
+        if isinstance(command, (c.CaptureHold, c.ReleaseHold)):
+            kind = CAPTURE if isinstance(command, c.CaptureHold) else RELEASE
+            key = (command.account_id, op_key_of(kind, command.hold_id))
+            hold_key = (command.account_id, command.hold_id)
+            if key in self.records or command.account_id not in self.accounts:
+                return [], []
+            return [key], ([] if hold_key in self.holds else [hold_key])
+        if isinstance(command, c.PlaceHold):
+            key = (command.account_id, op_key_of(HOLD, command.op_id))
+            if key not in self.records and (command.account_id, command.op_id) in self.holds:
+                return [key], []
+        return [], []
+
+    def pending_sums(self) -> dict[str, int]:
+        sums: dict[str, int] = {}
+        for hold in self.holds.values():
+            if hold.status == HOLD_PENDING:
+                sums[hold.account_id] = sums.get(hold.account_id, 0) + hold.amount
+        return sums
+
+    def check_invariants(self) -> None:
+        """Full check (recovery, tests, audits): O(accounts + holds)."""
+        totals: dict[str, int] = {}
+        sums = self.pending_sums()
+        for account in self.accounts.values():
+            totals[account.currency] = totals.get(account.currency, 0) + account.balance
+            _check_account(account)
+            e.require(
+                account.reserved == sums.get(account.id, 0),
+                f"account {account.id}: reserved {account.reserved} != pending {sums.get(account.id, 0)}",
+            )
+        for currency, total in totals.items():
+            e.require(total == 0, f"sum of balances in {currency} is {total}, not 0")
+        for (account_id, _), hold in self.holds.items():
+            e.require(account_id in self.accounts, f"hold {hold.id} on unknown account {account_id}")
+
+    # ---- batch lifecycle -----------------------------------------------------------------
+
+    def begin(self) -> None:
+        e.require(not self._in_batch, "begin() inside a batch")
+        self._in_batch = True
+        self._seq_at_begin = self.next_seq
+        self._changes = Changes()
+
+    def accept(self) -> Changes:
+        """The batch is durable: forget the undo information, check what it touched."""
+        e.require(self._in_batch, "accept() outside a batch")
+        changes = self._changes
+        delta: dict[str, int] = {}
+        for account_id, before in self._undo_accounts.items():
+            account = self.accounts[account_id]
+            _check_account(account)
+            changes.accounts.append(account)
+            old_balance = 0 if before is None else before[7]
+            delta[account.currency] = delta.get(account.currency, 0) + account.balance - old_balance
+        for currency, moved in delta.items():
+            e.require(moved == 0, f"batch created {moved} {currency} out of nothing")
+        for key in self._undo_holds:
+            hold = self.holds[key]
+            changes.holds.append(hold)
+            if hold.status != HOLD_PENDING:
+                self._remember_finished(key)
+        self._clear_batch()
+        return changes
+
+    def rollback(self) -> None:
+        """The batch was not written: put every account, hold, outcome and sequence back."""
+        e.require(self._in_batch, "rollback() outside a batch")
+        for account_id, before in self._undo_accounts.items():
+            if before is None:
+                del self.accounts[account_id]
+            else:
+                self.accounts[account_id].restore(before)
+        for key, hold_before in self._undo_holds.items():
+            if hold_before is None:
+                del self.holds[key]
+            else:
+                self.holds[key].restore(hold_before)
+                if hold_before[5] == HOLD_PENDING:  # re-arm its expiry (heap entries are lazy)
+                    heapq.heappush(self._expiry, (hold_before[7], key[0], key[1]))
+        for key in self._new_records:
+            self.records.pop(key, None)
+        self.next_seq = self._seq_at_begin
+        self._clear_batch()
+
+    def _clear_batch(self) -> None:
+        self._undo_accounts = {}
+        self._undo_holds = {}
+        self._new_records = []
+        self._changes = Changes()
+        self._in_batch = False
+
+    # ---- apply ---------------------------------------------------------------------------
+
+    def apply(self, command: c.Command, now: int) -> Outcome:
+        e.require(self._in_batch, "apply() outside a batch")
+        handler = _HANDLERS[type(command)]
+        return handler(self, command, now)  # type: ignore[operator]
+
+    def _create_account(self, cmd: c.CreateAccount, now: int) -> Outcome:
+        if cmd.account_id in self.accounts:
+            return _reject(e.VALIDATION_ERROR, f"account {cmd.account_id} exists")
+        if cmd.parent_id is not None:
+            parent = self.accounts.get(cmd.parent_id)
+            if parent is None:
+                return _reject(e.ACCOUNT_NOT_FOUND, f"parent account {cmd.parent_id} not found")
+            if parent.is_system:
+                return _reject(e.VALIDATION_ERROR, "a system account cannot have children")
+            if parent.status == STATUS_CLOSED:
+                return _reject(e.ACCOUNT_INACTIVE, f"parent account {cmd.parent_id} is closed")
+        if not 0 <= cmd.credit_limit <= limits.CREDIT_LIMIT_MAX:
+            return _reject(e.VALIDATION_ERROR, "credit_limit out of range")
+        self._system_account(cmd.currency, KIND_FUNDING, now)
+        self._system_account(cmd.currency, KIND_SETTLEMENT, now)
+        account = Account(
+            cmd.account_id, cmd.parent_id, cmd.kind, cmd.region, cmd.currency, cmd.name,
+            STATUS_ACTIVE, 0, 0, cmd.credit_limit, False, 1, now, now, cmd.metadata,
+        )  # fmt: skip
+        self._undo_accounts[account.id] = None
+        self.accounts[account.id] = account
+        return Outcome(201, accounts=(account,))
+
+    def _update_account(self, cmd: c.UpdateAccount, now: int) -> Outcome:
+        account = self.accounts.get(cmd.account_id)
+        if account is None:
+            return _reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
+        if account.is_system:
+            return _reject(e.VALIDATION_ERROR, "system accounts cannot be changed")
+        if account.status == STATUS_CLOSED:
+            return _reject(e.ACCOUNT_INACTIVE, "a closed account cannot be changed")
+        if cmd.status == STATUS_CLOSED and (account.balance != 0 or account.reserved != 0):
+            return _reject(e.VALIDATION_ERROR, "only an account with zero balance and no pending holds can be closed")
+        credit_limit = account.credit_limit if cmd.credit_limit is None else cmd.credit_limit
+        if not 0 <= credit_limit <= limits.CREDIT_LIMIT_MAX:
+            return _reject(e.VALIDATION_ERROR, "credit_limit out of range")
+        if account.balance + credit_limit - account.reserved < 0:
+            return _reject(e.VALIDATION_ERROR, "credit_limit is below what the account already uses")
+        self._touch(account)
+        if cmd.status is not None:
+            account.status = cmd.status
+        if cmd.name is not None:
+            account.name = cmd.name
+        if cmd.metadata is not None:
+            account.metadata = cmd.metadata
+        account.credit_limit = credit_limit
+        account.version += 1
+        account.updated_at = now
+        return Outcome(200, accounts=(account,))
+
+    def _create_key(self, cmd: c.CreateKey, now: int) -> Outcome:
+        account = self.accounts.get(cmd.account_id)
+        if account is None or account.is_system:
+            return _reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
+        self._changes.keys.append((cmd.key_hash, cmd.account_id, now))
+        return Outcome(201, accounts=(account,))
+
+    def _credit(self, cmd: c.Credit, now: int) -> Outcome:
+        account = self.accounts.get(cmd.account_id)
+        if account is None:
+            return _reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
+        key, fingerprint = (account.id, op_key_of(CREDIT, cmd.op_id)), cmd.fingerprint()
+        if (early := self._replay(key, fingerprint)) is not None:
+            return early
+        if account.is_system:
+            return _reject(e.VALIDATION_ERROR, "system accounts cannot be credited directly")
+        if account.status != STATUS_ACTIVE:
+            return self._refuse(key, fingerprint, CREDIT, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now)
+        funding = self._system_account(account.currency, KIND_FUNDING, now)
+        if account.balance + cmd.amount > limits.BALANCE_MAX or funding.balance - cmd.amount < -limits.BALANCE_MAX:
+            return _reject(e.VALIDATION_ERROR, "amount would overflow the balance")
+        self._move(funding, account, cmd.amount, now)
+        entry = self._entries(key, fingerprint, CREDIT, cmd.op_id, cmd.amount, account, funding, None, cmd.description, cmd.metadata, now)
+        return self._accepted(201, key, fingerprint, entry, (account,))
+
+    def _debit(self, cmd: c.Debit, now: int) -> Outcome:
+        account = self.accounts.get(cmd.account_id)
+        if account is None:
+            return _reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
+        key, fingerprint = (account.id, op_key_of(DEBIT, cmd.op_id)), cmd.fingerprint()
+        if (early := self._replay(key, fingerprint)) is not None:
+            return early
+        if account.is_system:
+            return _reject(e.VALIDATION_ERROR, "system accounts cannot be debited directly")
+        if account.status != STATUS_ACTIVE:
+            return self._refuse(key, fingerprint, DEBIT, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now)
+        if account.available < cmd.amount:
+            return self._refuse(key, fingerprint, DEBIT, cmd, account, e.INSUFFICIENT_FUNDS, f"available {account.available} < amount {cmd.amount}", now)
+        settlement = self._system_account(account.currency, KIND_SETTLEMENT, now)
+        if settlement.balance + cmd.amount > limits.BALANCE_MAX:
+            return _reject(e.VALIDATION_ERROR, "amount would overflow the settlement balance")
+        self._move(account, settlement, cmd.amount, now)
+        entry = self._entries(key, fingerprint, DEBIT, cmd.op_id, cmd.amount, account, settlement, None, cmd.description, cmd.metadata, now)
+        return self._accepted(201, key, fingerprint, entry, (account,))
+
+    def _transfer(self, cmd: c.Transfer, now: int) -> Outcome:
+        source = self.accounts.get(cmd.from_account_id)
+        if source is None:
+            return _reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.from_account_id} not found")
+        key, fingerprint = (source.id, op_key_of(TRANSFER, cmd.op_id)), cmd.fingerprint()
+        if (early := self._replay(key, fingerprint)) is not None:
+            return early
+        if cmd.from_account_id == cmd.to_account_id:
+            return _reject(e.VALIDATION_ERROR, "from_account_id and to_account_id are the same")
+        target = self.accounts.get(cmd.to_account_id)
+        if target is None:
+            return self._refuse(key, fingerprint, TRANSFER, cmd, source, e.ACCOUNT_NOT_FOUND, f"account {cmd.to_account_id} not found", now)
+        if source.is_system or target.is_system:
+            return _reject(e.VALIDATION_ERROR, "system accounts cannot take part in transfers")
+        if cmd.currency != source.currency or cmd.currency != target.currency:
+            return self._refuse(key, fingerprint, TRANSFER, cmd, source, e.CURRENCY_MISMATCH, f"{cmd.currency} transfer between {source.currency} and {target.currency} accounts", now)
+        for account in (source, target):
+            if account.status != STATUS_ACTIVE:
+                return self._refuse(key, fingerprint, TRANSFER, cmd, source, e.ACCOUNT_INACTIVE, f"account {account.id} is {account.status}", now)
+        if source.available < cmd.amount:
+            return self._refuse(key, fingerprint, TRANSFER, cmd, source, e.INSUFFICIENT_FUNDS, f"available {source.available} < amount {cmd.amount}", now)
+        if target.balance + cmd.amount > limits.BALANCE_MAX:
+            return _reject(e.VALIDATION_ERROR, "amount would overflow the target balance")
+        self._move(source, target, cmd.amount, now)
+        entry = self._entries(key, fingerprint, TRANSFER, cmd.op_id, cmd.amount, source, target, None, cmd.description, cmd.metadata, now)
+        return self._accepted(201, key, fingerprint, entry, (source, target))
+
+    def _place_hold(self, cmd: c.PlaceHold, now: int) -> Outcome:
+        account = self.accounts.get(cmd.account_id)
+        if account is None:
+            return _reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
+        key, fingerprint = (account.id, op_key_of(HOLD, cmd.op_id)), cmd.fingerprint()
+        if (early := self._replay(key, fingerprint)) is not None:
+            return early
+        if (account.id, cmd.op_id) in self.holds:  # its outcome was not found: never place twice
+            return _reject(e.IDEMPOTENCY_CONFLICT, f"hold {cmd.op_id} exists")
+        if account.is_system:
+            return _reject(e.VALIDATION_ERROR, "system accounts cannot hold money")
+        if not limits.EXPIRES_IN_S_MIN <= cmd.expires_in_s <= limits.EXPIRES_IN_S_MAX:
+            return _reject(e.VALIDATION_ERROR, "expires_in_s out of range")
+        if account.status != STATUS_ACTIVE:
+            return self._refuse(key, fingerprint, HOLD, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now)
+        if cmd.destination_account_id is not None:
+            if cmd.destination_account_id == account.id:
+                return _reject(e.VALIDATION_ERROR, "destination_account_id is the holding account")
+            destination = self.accounts.get(cmd.destination_account_id)
+            if destination is None:
+                return self._refuse(key, fingerprint, HOLD, cmd, account, e.ACCOUNT_NOT_FOUND, f"account {cmd.destination_account_id} not found", now)
+            if destination.is_system:
+                return _reject(e.VALIDATION_ERROR, "a system account cannot be a destination")
+            if destination.currency != account.currency:
+                return self._refuse(key, fingerprint, HOLD, cmd, account, e.CURRENCY_MISMATCH, f"destination is in {destination.currency}", now)
+            if destination.status != STATUS_ACTIVE:
+                return self._refuse(key, fingerprint, HOLD, cmd, account, e.ACCOUNT_INACTIVE, f"destination is {destination.status}", now)
+        if account.exhausted:
+            return self._refuse(key, fingerprint, HOLD, cmd, account, e.INSUFFICIENT_FUNDS, "account is exhausted", now)
+        if account.available < cmd.amount:
+            return self._refuse(key, fingerprint, HOLD, cmd, account, e.INSUFFICIENT_FUNDS, f"available {account.available} < amount {cmd.amount}", now)
+        self._touch(account)
+        account.reserved += cmd.amount
+        self._changed(account, now)
+        if account.available <= 0:
+            account.exhausted = True
+            self._changes.events.append(Event("account_exhausted", account.id, account.version, now))
+        expires_at = now + cmd.expires_in_s * 1_000_000
+        hold = Hold(
+            account.id, cmd.op_id, cmd.amount, 0, account.currency, HOLD_PENDING,
+            cmd.destination_account_id, expires_at, now, now, cmd.description, cmd.metadata,
+        )  # fmt: skip
+        self._undo_holds[(account.id, hold.id)] = None
+        self.holds[(account.id, hold.id)] = hold
+        heapq.heappush(self._expiry, (expires_at, account.id, hold.id))
+        entry = self._entries(key, fingerprint, HOLD, cmd.op_id, cmd.amount, account, None, hold.id, cmd.description, cmd.metadata, now)
+        outcome = self._accepted(201, key, fingerprint, entry, (account,))
+        outcome.hold = hold
+        return outcome
+
+    def _capture_hold(self, cmd: c.CaptureHold, now: int) -> Outcome:
+        account = self.accounts.get(cmd.account_id)
+        if account is None:
+            return _reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
+        key, fingerprint = (account.id, op_key_of(CAPTURE, cmd.hold_id)), cmd.fingerprint()
+        if (early := self._replay(key, fingerprint, conflict=e.HOLD_NOT_PENDING)) is not None:
+            return early
+        hold = self.holds.get((account.id, cmd.hold_id))
+        if hold is None:
+            return _reject(e.HOLD_NOT_FOUND, f"hold {cmd.hold_id} not found")
+        if hold.status == HOLD_PENDING and hold.expires_at <= now:
+            self._expire(hold, now)
+        if hold.status != HOLD_PENDING:
+            return _reject(e.HOLD_NOT_PENDING, f"hold is {hold.status}")
+        amount = hold.amount if cmd.amount is None else cmd.amount
+        if amount < limits.AMOUNT_MIN:
+            return _reject(e.VALIDATION_ERROR, "amount must be at least 1")
+        if amount > hold.amount:
+            return _reject(e.AMOUNT_EXCEEDS_HOLD, f"amount {amount} > hold amount {hold.amount}")
+        if hold.destination_account_id is None:
+            target = self._system_account(account.currency, KIND_SETTLEMENT, now)
+        else:
+            target = self.accounts[hold.destination_account_id]
+            if target.status == STATUS_CLOSED:
+                return _reject(e.ACCOUNT_INACTIVE, f"destination {target.id} is closed")
+        if target.balance + amount > limits.BALANCE_MAX:
+            return _reject(e.VALIDATION_ERROR, "amount would overflow the destination balance")
+        self._touch_hold(hold)
+        self._touch(account)
+        account.reserved -= hold.amount
+        hold.status, hold.captured_amount, hold.updated_at = HOLD_CAPTURED, amount, now
+        self._move(account, target, amount, now)
+        entry = self._entries(key, fingerprint, CAPTURE, hold.id, amount, account, target, hold.id, hold.description, hold.metadata, now)
+        outcome = self._accepted(200, key, fingerprint, entry, (account,))
+        outcome.hold = hold
+        return outcome
+
+    def _release_hold(self, cmd: c.ReleaseHold, now: int) -> Outcome:
+        account = self.accounts.get(cmd.account_id)
+        if account is None:
+            return _reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
+        key, fingerprint = (account.id, op_key_of(RELEASE, cmd.hold_id)), cmd.fingerprint()
+        if (early := self._replay(key, fingerprint, conflict=e.HOLD_NOT_PENDING)) is not None:
+            return early
+        hold = self.holds.get((account.id, cmd.hold_id))
+        if hold is None:
+            return _reject(e.HOLD_NOT_FOUND, f"hold {cmd.hold_id} not found")
+        if hold.status == HOLD_PENDING and hold.expires_at <= now:
+            self._expire(hold, now)
+        if hold.status != HOLD_PENDING:
+            return _reject(e.HOLD_NOT_PENDING, f"hold is {hold.status}")
+        self._touch_hold(hold)
+        self._touch(account)
+        account.reserved -= hold.amount
+        hold.status, hold.updated_at = HOLD_RELEASED, now
+        self._changed(account, now)
+        entry = self._entries(key, fingerprint, RELEASE, hold.id, hold.amount, account, None, hold.id, hold.description, hold.metadata, now)
+        outcome = self._accepted(200, key, fingerprint, entry, (account,))
+        outcome.hold = hold
+        return outcome
+
+    def _expire_hold(self, cmd: c.ExpireHold, now: int) -> Outcome:
+        hold = self.holds.get((cmd.account_id, cmd.hold_id))
+        if hold is None or hold.status != HOLD_PENDING or hold.expires_at > now:
+            return _reject(e.HOLD_NOT_PENDING, "nothing to expire")
+        entry = self._expire(hold, now)
+        return Outcome(200, entry=entry, accounts=(self.accounts[hold.account_id],), hold=hold)
+
+    # ---- building blocks -----------------------------------------------------------------
+
+    def _expire(self, hold: Hold, now: int) -> Entry:
+        account = self.accounts[hold.account_id]
+        self._touch_hold(hold)
+        self._touch(account)
+        account.reserved -= hold.amount
+        hold.status, hold.updated_at = HOLD_EXPIRED, now
+        self._changed(account, now)
+        key = (account.id, op_key_of(EXPIRE, hold.id))
+        return self._entries(key, 0, EXPIRE, hold.id, hold.amount, account, None, hold.id, hold.description, hold.metadata, now)
+
+    def _replay(self, key: tuple[str, str], fingerprint: int, conflict: str = e.IDEMPOTENCY_CONFLICT) -> Outcome | None:
+        record = self.records.get(key)
+        if record is None:
+            return None
+        if record.fingerprint == fingerprint:
+            return Outcome(record.status, replay=record)
+        return _reject(conflict, f"operation {key[1]} was already made with a different body")
+
+    def _refuse(
+        self, key: tuple[str, str], fingerprint: int, kind: str, cmd: c.MoneyCommand,
+        account: Account, code: str, detail: str, now: int,
+    ) -> Outcome:  # fmt: skip
+        """A business refusal that is recorded: replaying the id answers the same refusal."""
+        rejection = e.Rejection(code, detail)
+        amount = getattr(cmd, "amount", 0) or 0
+        entry = Entry(
+            self._seq(), account.id, key[1], kind, key[1].split(":", 1)[1], rejection.status, code,
+            fingerprint, amount, account.currency, None, None, account.balance, account.reserved,
+            account.version, now, "", b"{}",
+        )  # fmt: skip
+        self._changes.entries.append(entry)
+        record = Record(fingerprint, rejection.status)
+        self._remember_record(key, record)
+        self._new_records.append(key)
+        return Outcome(rejection.status, rejection=rejection, record=record, entry=entry)
+
+    def _accepted(
+        self, status: int, key: tuple[str, str], fingerprint: int, entry: Entry, accounts: tuple[Account, ...]
+    ) -> Outcome:
+        entry.status = status
+        record = Record(fingerprint, status)
+        self._remember_record(key, record)
+        self._new_records.append(key)
+        return Outcome(status, record=record, entry=entry, accounts=accounts)
+
+    def _entries(
+        self, key: tuple[str, str], fingerprint: int, kind: str, op_id: str, amount: int,
+        account: Account, counterparty: Account | None, hold_id: str | None,
+        description: str, metadata: bytes, now: int,
+    ) -> Entry:  # fmt: skip
+        """Journal rows: the primary one on ``account``, a second on a non-system counterparty."""
+        primary = Entry(
+            self._seq(), account.id, key[1], kind, op_id, 200, "", fingerprint, amount,
+            account.currency, None if counterparty is None else counterparty.id, hold_id,
+            account.balance, account.reserved, account.version, now, description, metadata,
+        )  # fmt: skip
+        self._changes.entries.append(primary)
+        if counterparty is not None and not counterparty.is_system:
+            self._changes.entries.append(Entry(
+                self._seq(), counterparty.id, None, kind, op_id, 200, "", fingerprint, amount,
+                counterparty.currency, account.id, hold_id, counterparty.balance,
+                counterparty.reserved, counterparty.version, now, description, metadata,
+            ))  # fmt: skip
+        return primary
+
+    def _move(self, source: Account, target: Account, amount: int, now: int) -> None:
+        self._touch(source)
+        self._touch(target)
+        source.balance -= amount
+        target.balance += amount
+        self._changed(source, now)
+        self._changed(target, now)
+
+    def _changed(self, account: Account, now: int) -> None:
+        """Balance or holds changed: a new version, and the exhausted flag lifts."""
+        account.version += 1
+        account.updated_at = now
+        if account.exhausted:
+            account.exhausted = False
+            self._changes.events.append(Event("account_replenished", account.id, account.version, now))
+
+    def _system_account(self, currency: str, kind: str, now: int) -> Account:
+        account_id = system_account_id(self.shard, currency, kind)
+        account = self.accounts.get(account_id)
+        if account is None:
+            account = Account(account_id, None, kind, "SYS", currency, f"{kind} {currency}",
+                              STATUS_ACTIVE, 0, 0, 0, False, 1, now, now, b"{}")  # fmt: skip
+            self._undo_accounts[account_id] = None
+            self.accounts[account_id] = account
+        return account
+
+    def _touch(self, account: Account) -> None:
+        if account.id not in self._undo_accounts:
+            self._undo_accounts[account.id] = account.state()
+
+    def _touch_hold(self, hold: Hold) -> None:
+        key = (hold.account_id, hold.id)
+        if key not in self._undo_holds:
+            self._undo_holds[key] = hold.state()
+
+    def _seq(self) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
+    def _remember_record(self, key: tuple[str, str], record: Record) -> None:
+        self.records[key] = record
+        if len(self.records) > self._records_max:
+            del self.records[next(iter(self.records))]  # oldest; storage still has it
+
+    def _remember_finished(self, key: tuple[str, str]) -> None:
+        self._finished[key] = None
+        while len(self._finished) > self._finished_max:
+            old = next(iter(self._finished))
+            del self._finished[old]
+            hold = self.holds.get(old)
+            if hold is not None and hold.status != HOLD_PENDING:
+                del self.holds[old]
+
+
+def _reject(code: str, detail: str) -> Outcome:
+    rejection = e.Rejection(code, detail)
+    return Outcome(rejection.status, rejection=rejection)
+
+
+def _check_account(account: Account) -> None:
+    e.require(account.reserved >= 0, f"account {account.id}: negative reserved {account.reserved}")
+    e.require(abs(account.balance) <= limits.BALANCE_MAX, f"account {account.id}: balance out of range")
+    if not account.is_system:
+        e.require(account.available >= 0, f"account {account.id}: negative available {account.available}")
+        e.require(account.reserved == 0 or account.status != STATUS_CLOSED, "closed account with holds")
+
+
+_HANDLERS = {
+    c.CreateAccount: Ledger._create_account,
+    c.UpdateAccount: Ledger._update_account,
+    c.CreateKey: Ledger._create_key,
+    c.Credit: Ledger._credit,
+    c.Debit: Ledger._debit,
+    c.Transfer: Ledger._transfer,
+    c.PlaceHold: Ledger._place_hold,
+    c.CaptureHold: Ledger._capture_hold,
+    c.ReleaseHold: Ledger._release_hold,
+    c.ExpireHold: Ledger._expire_hold,
+}

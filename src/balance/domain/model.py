@@ -1,0 +1,172 @@
+"""Accounts, holds and journal entries: the state a shard writer keeps in memory.
+
+Amounts are ``int`` minor units, times are ``int`` microseconds since the epoch.
+Classes use ``__slots__`` because a shard keeps millions of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS_USER = ("partner", "provider", "user")
+KIND_FUNDING = "funding"
+KIND_SETTLEMENT = "settlement"
+KINDS_SYSTEM = (KIND_FUNDING, KIND_SETTLEMENT)
+REGIONS = ("US", "EU", "ASIA")
+STATUS_ACTIVE = "active"
+STATUS_FROZEN = "frozen"
+STATUS_CLOSED = "closed"
+ACCOUNT_STATUSES = (STATUS_ACTIVE, STATUS_FROZEN, STATUS_CLOSED)
+
+HOLD_PENDING = "pending"
+HOLD_CAPTURED = "captured"
+HOLD_RELEASED = "released"
+HOLD_EXPIRED = "expired"
+
+# Journal kinds (the Txn ``kind`` of the API).
+CREDIT = "credit"
+DEBIT = "debit"
+TRANSFER = "transfer"
+HOLD = "hold"
+CAPTURE = "capture"
+RELEASE = "release"
+EXPIRE = "expire"
+
+
+class Account:
+    """One balance. ``available = balance + credit_limit - reserved``."""
+
+    __slots__ = (
+        "id", "parent_id", "kind", "region", "currency", "name", "status",
+        "balance", "reserved", "credit_limit", "exhausted", "version",
+        "created_at", "updated_at", "metadata",
+    )  # fmt: skip
+
+    def __init__(
+        self, id: str, parent_id: str | None, kind: str, region: str, currency: str, name: str,
+        status: str, balance: int, reserved: int, credit_limit: int, exhausted: bool,
+        version: int, created_at: int, updated_at: int, metadata: bytes,
+    ) -> None:  # fmt: skip
+        self.id = id
+        self.parent_id = parent_id
+        self.kind = kind
+        self.region = region
+        self.currency = currency
+        self.name = name
+        self.status = status
+        self.balance = balance
+        self.reserved = reserved
+        self.credit_limit = credit_limit
+        self.exhausted = exhausted
+        self.version = version
+        self.created_at = created_at
+        self.updated_at = updated_at
+        self.metadata = metadata
+
+    @property
+    def available(self) -> int:
+        return self.balance + self.credit_limit - self.reserved
+
+    @property
+    def is_system(self) -> bool:
+        return self.kind in KINDS_SYSTEM
+
+    def state(self) -> tuple:  # type: ignore[type-arg]
+        """All fields as a tuple: the row written to storage and the undo snapshot."""
+        return tuple(getattr(self, name) for name in Account.__slots__)
+
+    def restore(self, state: tuple) -> None:  # type: ignore[type-arg]
+        for name, value in zip(Account.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+    @classmethod
+    def from_state(cls, state: tuple) -> Account:  # type: ignore[type-arg]
+        return cls(*state)
+
+
+class Hold:
+    """Money set aside on ``account_id`` until captured, released or expired."""
+
+    __slots__ = (
+        "account_id", "id", "amount", "captured_amount", "currency", "status",
+        "destination_account_id", "expires_at", "created_at", "updated_at",
+        "description", "metadata",
+    )  # fmt: skip
+
+    def __init__(
+        self, account_id: str, id: str, amount: int, captured_amount: int, currency: str,
+        status: str, destination_account_id: str | None, expires_at: int, created_at: int,
+        updated_at: int, description: str, metadata: bytes,
+    ) -> None:  # fmt: skip
+        self.account_id = account_id
+        self.id = id
+        self.amount = amount
+        self.captured_amount = captured_amount
+        self.currency = currency
+        self.status = status
+        self.destination_account_id = destination_account_id
+        self.expires_at = expires_at
+        self.created_at = created_at
+        self.updated_at = updated_at
+        self.description = description
+        self.metadata = metadata
+
+    def state(self) -> tuple:  # type: ignore[type-arg]
+        return tuple(getattr(self, name) for name in Hold.__slots__)
+
+    def restore(self, state: tuple) -> None:  # type: ignore[type-arg]
+        for name, value in zip(Hold.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+    @classmethod
+    def from_state(cls, state: tuple) -> Hold:  # type: ignore[type-arg]
+        return cls(*state)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One journal row: one leg of an accepted operation on one account, or a recorded rejection.
+
+    ``op_key`` is set on the operation's primary row only; it is unique per account and
+    is what makes a replay return the first outcome, also after a restart.
+    ``status`` is the HTTP status of the outcome; ``result`` the encoded answer (primary rows).
+    """
+
+    seq: int
+    account_id: str
+    op_key: str | None
+    kind: str
+    op_id: str
+    status: int
+    code: str
+    fingerprint: int
+    amount: int
+    currency: str
+    counterparty_account_id: str | None
+    hold_id: str | None
+    balance_after: int
+    reserved_after: int
+    version: int
+    created_at: int
+    description: str
+    metadata: bytes
+    result: bytes = b""
+
+    def row(self) -> tuple:  # type: ignore[type-arg]
+        return (
+            self.seq, self.account_id, self.op_key, self.kind, self.op_id, self.status,
+            self.code, self.fingerprint, self.amount, self.currency,
+            self.counterparty_account_id, self.hold_id, self.balance_after,
+            self.reserved_after, self.version, self.created_at, self.description,
+            self.metadata, self.result,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something consumers may want to know (written to the outbox in the same commit)."""
+
+    kind: str  # "account_exhausted" | "account_replenished"
+    account_id: str
+    version: int
+    created_at: int

@@ -1,0 +1,1 @@
+"""Storage adapters behind one interface: SQLite (embedded default) and MariaDB."""

@@ -1,0 +1,84 @@
+"""The storage port: what a shard writer needs from its database, and the errors it may raise.
+
+Rows are plain tuples in the column orders of ``schema``; adapters translate their driver's
+exceptions into ``StorageError`` at the edge (``raise StorageError(...) from exc``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Row = tuple  # type: ignore[type-arg]
+
+
+class StorageError(Exception):
+    """The database failed or is unreachable. Retryable: nothing of the batch was written."""
+
+
+class DuplicateOperation(StorageError):
+    """A journal row's (account_id, op_key) is already stored: an old operation id came back."""
+
+
+@dataclass(slots=True)
+class BatchWrite:
+    """Everything one batch changes, written in ONE transaction (the durability point)."""
+
+    accounts: list[Row] = field(default_factory=list)  # upserted, ACCOUNT_COLUMNS
+    holds: list[Row] = field(default_factory=list)  # upserted, HOLD_COLUMNS
+    journal: list[Row] = field(default_factory=list)  # inserted, JOURNAL_COLUMNS
+    outbox: list[Row] = field(default_factory=list)  # inserted, OUTBOX_COLUMNS
+    keys: list[Row] = field(default_factory=list)  # inserted, KEY_COLUMNS
+
+    def __len__(self) -> int:
+        return len(self.accounts) + len(self.holds) + len(self.journal) + len(self.outbox) + len(self.keys)
+
+
+@dataclass(slots=True)
+class LoadedShard:
+    """What recovery reads: every account, every pending hold, where the journal ends."""
+
+    accounts: list[Row]
+    pending_holds: list[Row]
+    next_seq: int
+
+
+@dataclass(slots=True)
+class StoredOperation:
+    account_id: str
+    op_key: str
+    fingerprint: int
+    status: int
+    result: bytes
+
+
+class ShardStorage(Protocol):
+    """One shard's database. Every method may raise StorageError."""
+
+    async def open(self) -> None:
+        """Connect, create the database and tables if missing."""
+
+    async def close(self) -> None: ...
+
+    async def load(self) -> LoadedShard: ...
+
+    async def load_keys(self) -> list[tuple[str, str]]:
+        """(key_hash, account_id) of every API key stored in this shard."""
+
+    async def commit(self, batch: BatchWrite) -> None:
+        """Write the batch atomically and durably, or raise and write nothing."""
+
+    async def lookup(
+        self, op_keys: list[tuple[str, str]], hold_keys: list[tuple[str, str]]
+    ) -> tuple[list[StoredOperation], list[Row]]:
+        """Stored first outcomes of (account_id, op_key), and holds by (account_id, hold_id)."""
+
+    async def history(
+        self, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
+    ) -> list[Row]:
+        """Accepted journal rows of one account, newest first (JOURNAL_COLUMNS)."""
+
+    async def get_hold(self, account_id: str, hold_id: str) -> Row | None: ...
+
+    async def children(self, parent_id: str, limit: int, after_id: str | None) -> list[str]:
+        """Ids of the direct children of ``parent_id``, ordered by id, after ``after_id``."""

@@ -1,0 +1,86 @@
+"""Table shapes shared by the adapters: column orders of the row tuples, and the DDL."""
+
+from __future__ import annotations
+
+from balance.domain.model import Account, Hold
+
+ACCOUNT_COLUMNS = Account.__slots__
+HOLD_COLUMNS = Hold.__slots__
+JOURNAL_COLUMNS = (
+    "seq", "account_id", "op_key", "kind", "op_id", "status", "code", "fingerprint", "amount",
+    "currency", "counterparty_account_id", "hold_id", "balance_after", "reserved_after",
+    "version", "created_at", "description", "metadata", "result",
+)  # fmt: skip
+OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at")
+KEY_COLUMNS = ("key_hash", "account_id", "created_at")
+
+# Types are written for MariaDB; the SQLite adapter maps them (SQLite is dynamically typed).
+TABLES = {
+    "accounts": """
+        id VARCHAR(64) NOT NULL PRIMARY KEY,
+        parent_id VARCHAR(64) NULL,
+        kind VARCHAR(16) NOT NULL,
+        region VARCHAR(8) NOT NULL,
+        currency CHAR(3) NOT NULL,
+        name VARCHAR(200) NOT NULL,
+        status VARCHAR(8) NOT NULL,
+        balance BIGINT NOT NULL,
+        reserved BIGINT NOT NULL,
+        credit_limit BIGINT NOT NULL,
+        exhausted BOOLEAN NOT NULL,
+        version BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        metadata BLOB NOT NULL""",
+    "holds": """
+        account_id VARCHAR(64) NOT NULL,
+        id VARCHAR(64) NOT NULL,
+        amount BIGINT NOT NULL,
+        captured_amount BIGINT NOT NULL,
+        currency CHAR(3) NOT NULL,
+        status VARCHAR(8) NOT NULL,
+        destination_account_id VARCHAR(64) NULL,
+        expires_at BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        description VARCHAR(500) NOT NULL,
+        metadata BLOB NOT NULL,
+        PRIMARY KEY (account_id, id)""",
+    "journal": """
+        seq BIGINT NOT NULL PRIMARY KEY,
+        account_id VARCHAR(64) NOT NULL,
+        op_key VARCHAR(80) NULL,
+        kind VARCHAR(8) NOT NULL,
+        op_id VARCHAR(64) NOT NULL,
+        status SMALLINT NOT NULL,
+        code VARCHAR(32) NOT NULL,
+        fingerprint BIGINT NOT NULL,
+        amount BIGINT NOT NULL,
+        currency CHAR(3) NOT NULL,
+        counterparty_account_id VARCHAR(64) NULL,
+        hold_id VARCHAR(64) NULL,
+        balance_after BIGINT NOT NULL,
+        reserved_after BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        description VARCHAR(500) NOT NULL,
+        metadata BLOB NOT NULL,
+        result BLOB NOT NULL""",
+    "outbox": """
+        seq BIGINT NOT NULL PRIMARY KEY,
+        kind VARCHAR(32) NOT NULL,
+        account_id VARCHAR(64) NOT NULL,
+        version BIGINT NOT NULL,
+        created_at BIGINT NOT NULL""",
+    "api_keys": """
+        key_hash CHAR(64) NOT NULL PRIMARY KEY,
+        account_id VARCHAR(64) NOT NULL,
+        created_at BIGINT NOT NULL""",
+}
+
+INDEXES = (
+    ("accounts_by_parent", "accounts", "parent_id, id", False),
+    ("holds_pending", "holds", "status, expires_at", False),
+    ("journal_op_key", "journal", "account_id, op_key", True),
+    ("journal_history", "journal", "account_id, seq", False),
+)

@@ -1,0 +1,200 @@
+"""SQLite shard storage: one file per shard, WAL, ``synchronous=FULL``.
+
+The stdlib driver blocks, so each shard has one writer thread (commits) and one reader
+thread (look-ups, history) with a connection each; WAL lets them run side by side.
+``synchronous=FULL`` syncs the WAL at every commit: an acknowledged batch survives a
+process kill and a power loss alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from balance.storage import schema
+from balance.storage.base import BatchWrite, DuplicateOperation, LoadedShard, Row, StorageError, StoredOperation
+
+T = TypeVar("T")
+_CHUNK = 400  # rows per multi-row INSERT (SQLite allows 32766 bound parameters)
+
+
+def _sqlite_type(ddl: str) -> str:
+    return ddl.replace("BOOLEAN", "INTEGER").replace("BIGINT", "INTEGER").replace("SMALLINT", "INTEGER")
+
+
+def _insert_sql(table: str, columns: tuple[str, ...], rows: int, upsert: bool) -> str:
+    verb = "INSERT OR REPLACE" if upsert else "INSERT"
+    one = "(" + ",".join("?" * len(columns)) + ")"
+    return f"{verb} INTO {table} ({','.join(columns)}) VALUES " + ",".join([one] * rows)
+
+
+class SqliteShardStorage:
+    """ShardStorage on one SQLite file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-w-{self.path.stem}")
+        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-r-{self.path.stem}")
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._sql_cache: dict[tuple[str, int], str] = {}
+
+    # ---- plumbing ------------------------------------------------------------------------
+
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn)
+        except sqlite3.IntegrityError as exc:
+            if "journal.account_id, journal.op_key" in str(exc):
+                raise DuplicateOperation(str(exc)) from exc
+            raise StorageError(f"sqlite integrity error: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    async def open(self) -> None:
+        def setup() -> None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = self._connect()
+            for table, ddl in schema.TABLES.items():
+                self._writer.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_sqlite_type(ddl)})")
+            for name, table, columns, unique in schema.INDEXES:
+                kind = "UNIQUE INDEX" if unique else "INDEX"
+                self._writer.execute(f"CREATE {kind} IF NOT EXISTS {name} ON {table} ({columns})")
+
+        await self._run(self._writer_pool, setup)
+        self._reader = await self._run(self._reader_pool, self._connect)
+
+    async def close(self) -> None:
+        for pool, conn in ((self._writer_pool, self._writer), (self._reader_pool, self._reader)):
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(pool, conn.close)
+            pool.shutdown(wait=True)
+        self._writer = self._reader = None
+
+    # ---- writes --------------------------------------------------------------------------
+
+    async def commit(self, batch: BatchWrite) -> None:
+        await self._run(self._writer_pool, lambda: self._commit(batch))
+
+    def _commit(self, batch: BatchWrite) -> None:
+        conn = self._writer
+        if conn is None:
+            raise sqlite3.OperationalError("storage is closed")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._insert(conn, "journal", schema.JOURNAL_COLUMNS, batch.journal, upsert=False)
+            self._insert(conn, "holds", schema.HOLD_COLUMNS, batch.holds, upsert=True)
+            self._insert(conn, "accounts", schema.ACCOUNT_COLUMNS, batch.accounts, upsert=True)
+            self._insert(conn, "outbox", schema.OUTBOX_COLUMNS, batch.outbox, upsert=False)
+            self._insert(conn, "api_keys", schema.KEY_COLUMNS, batch.keys, upsert=False)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _insert(self, conn: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: list[Row], upsert: bool) -> None:
+        """Explicit multi-row INSERTs: one statement per ``_CHUNK`` rows, not one per row."""
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            key = (table, len(chunk))
+            sql = self._sql_cache.get(key)
+            if sql is None:
+                sql = self._sql_cache[key] = _insert_sql(table, columns, len(chunk), upsert)
+            conn.execute(sql, [value for row in chunk for value in row])
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise sqlite3.OperationalError("storage is closed")
+        return self._reader
+
+    async def load(self) -> LoadedShard:
+        def read() -> LoadedShard:
+            conn = self._reader_conn()
+            conn.execute("BEGIN")
+            try:
+                accounts = conn.execute(f"SELECT {','.join(schema.ACCOUNT_COLUMNS)} FROM accounts").fetchall()
+                holds = conn.execute(
+                    f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE status = 'pending'"
+                ).fetchall()
+                last = conn.execute(
+                    "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM journal UNION ALL SELECT MAX(seq) FROM outbox)"
+                ).fetchone()[0]
+            finally:
+                conn.execute("COMMIT")
+            accounts = [(*row[:10], bool(row[10]), *row[11:]) for row in accounts]
+            return LoadedShard(accounts, holds, (last or 0) + 1)
+
+        return await self._run(self._reader_pool, read)
+
+    async def load_keys(self) -> list[tuple[str, str]]:
+        return await self._run(
+            self._reader_pool,
+            lambda: self._reader_conn().execute("SELECT key_hash, account_id FROM api_keys").fetchall(),
+        )
+
+    async def lookup(
+        self, op_keys: list[tuple[str, str]], hold_keys: list[tuple[str, str]]
+    ) -> tuple[list[StoredOperation], list[Row]]:
+        def read() -> tuple[list[StoredOperation], list[Row]]:
+            conn = self._reader_conn()
+            operations = []
+            for account_id, op_key in op_keys:
+                row = conn.execute(
+                    "SELECT fingerprint, status, result FROM journal WHERE account_id = ? AND op_key = ?",
+                    (account_id, op_key),
+                ).fetchone()
+                if row is not None:
+                    operations.append(StoredOperation(account_id, op_key, row[0], row[1], row[2]))
+            holds = []
+            for account_id, hold_id in hold_keys:
+                hold = conn.execute(
+                    f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE account_id = ? AND id = ?",
+                    (account_id, hold_id),
+                ).fetchone()
+                if hold is not None:
+                    holds.append(hold)
+            return operations, holds
+
+        return await self._run(self._reader_pool, read)
+
+    async def history(
+        self, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
+    ) -> list[Row]:
+        sql = f"SELECT {','.join(schema.JOURNAL_COLUMNS)} FROM journal WHERE account_id = ? AND status < 300"
+        args: list[object] = [account_id]
+        if before_seq is not None:
+            sql += " AND seq < ?"
+            args.append(before_seq)
+        if since is not None:
+            sql += " AND created_at >= ?"
+            args.append(since)
+        if until is not None:
+            sql += " AND created_at < ?"
+            args.append(until)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, args).fetchall())
+
+    async def get_hold(self, account_id: str, hold_id: str) -> Row | None:
+        _, holds = await self.lookup([], [(account_id, hold_id)])
+        return holds[0] if holds else None
+
+    async def children(self, parent_id: str, limit: int, after_id: str | None) -> list[str]:
+        sql = "SELECT id FROM accounts WHERE parent_id = ? AND id > ? ORDER BY id LIMIT ?"
+        rows = await self._run(
+            self._reader_pool, lambda: self._reader_conn().execute(sql, (parent_id, after_id or "", limit)).fetchall()
+        )
+        return [row[0] for row in rows]
