@@ -195,10 +195,12 @@ class Ledger:
         self._seq_at_begin = self.next_seq
         self._changes = Changes()
 
-    def accept(self) -> Changes:
-        """The batch is durable: forget the undo information, check what it touched."""
-        e.require(self._in_batch, "accept() outside a batch")
+    def collect(self) -> Changes:
+        """What the batch changed (the rows to write), after a cheap check of what it touched."""
+        e.require(self._in_batch, "collect() outside a batch")
         changes = self._changes
+        changes.accounts = []
+        changes.holds = []
         delta: dict[str, int] = {}
         for account_id, before in self._undo_accounts.items():
             account = self.accounts[account_id]
@@ -209,12 +211,20 @@ class Ledger:
         for currency, moved in delta.items():
             e.require(moved == 0, f"batch created {moved} {currency} out of nothing")
         for key in self._undo_holds:
-            hold = self.holds[key]
-            changes.holds.append(hold)
-            if hold.status != HOLD_PENDING:
+            changes.holds.append(self.holds[key])
+        return changes
+
+    def accept(self) -> None:
+        """The batch is durable: forget its undo information."""
+        e.require(self._in_batch, "accept() outside a batch")
+        for key in self._undo_holds:
+            if self.holds[key].status != HOLD_PENDING:
                 self._remember_finished(key)
         self._clear_batch()
-        return changes
+
+    def event_seq(self) -> int:
+        """A sequence number for an outbox row (shared with the journal: one order per shard)."""
+        return self._seq()
 
     def rollback(self) -> None:
         """The batch was not written: put every account, hold, outcome and sequence back."""

@@ -1,0 +1,314 @@
+"""The single writer of one shard: group commit over an in-memory ledger.
+
+Requests from many callers wait in one queue. The writer takes everything queued (up to
+``batch_max``), reads what the batch needs from storage (rarely anything), applies it to the
+ledger in memory, and writes all its rows in ONE transaction. Callers are answered only
+after that commit. If the commit fails, the ledger is rolled back to exactly where it was
+and every caller of the batch gets ``unavailable`` (safe to retry with the same id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from balance import views
+from balance.domain import commands as c
+from balance.domain import errors as e
+from balance.domain import limits
+from balance.domain.ledger import Ledger, Outcome
+from balance.domain.model import Account, Hold
+from balance.engine.clock import Clock, system_clock
+from balance.metrics import Metrics
+from balance.storage.base import BatchWrite, DuplicateOperation, ShardStorage, StorageError
+
+log = logging.getLogger("balance.engine")
+
+STARTING, RECOVERING, READY, STOPPED, FAILED = "starting", "recovering", "ready", "stopped", "failed"
+QUEUE_MAX = 200_000  # beyond this, shed load at once instead of queueing without bound
+RETRY_AFTER_S = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer: HTTP status, encoded body, and whether it replays an earlier outcome."""
+
+    status: int
+    body: bytes
+    replayed: bool = False
+
+
+class Unavailable(Exception):
+    """The shard cannot take commands now (recovering, overloaded, storage failing)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def unavailable_reply(detail: str) -> Reply:
+    return Reply(503, views.problem(e.UNAVAILABLE, 503, detail))
+
+
+class ShardEngine:
+    """Owns one shard's ledger; the only code that writes to its storage."""
+
+    def __init__(
+        self,
+        shard: int,
+        storage: ShardStorage,
+        *,
+        clock: Clock = system_clock,
+        metrics: Metrics | None = None,
+        batch_max: int = limits.ENGINE_BATCH_MAX,
+        sweep_interval_s: float = 1.0,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.shard = shard
+        self.storage = storage
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.batch_max = batch_max
+        self.sweep_interval_s = sweep_interval_s
+        self.ledger = Ledger(shard)
+        self.state = STARTING
+        self.recovery_s = 0.0
+        self._on_fatal = on_fatal
+        self._queue: list[tuple[c.Command, asyncio.Future[Reply]]] = []
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._label = str(shard)
+        self._m_batch = self.metrics.batch_commands.labels(self._label)
+        self._m_commit = self.metrics.commit_seconds.labels(self._label)
+        self._m_queue = self.metrics.queue_depth.labels(self._label)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover (load, rebuild reserved, check invariants), then serve."""
+        self.state = RECOVERING
+        self.metrics.ready.labels(self._label).set(0)
+        started = time.perf_counter()
+        await self.storage.open()
+        loaded = await self.storage.load()
+        ledger = Ledger(self.shard)
+        for row in loaded.accounts:
+            ledger.load_account(Account(*row))
+        for row in loaded.pending_holds:
+            ledger.load_hold(Hold(*row))
+        ledger.next_seq = loaded.next_seq
+        ledger.rebuild_reserved()
+        ledger.check_invariants()
+        self.ledger = ledger
+        self.recovery_s = time.perf_counter() - started
+        self.metrics.recovery_seconds.labels(self._label).set(self.recovery_s)
+        self._tasks = [asyncio.create_task(self._write_loop()), asyncio.create_task(self._sweep_loop())]
+        self.state = READY
+        self.metrics.ready.labels(self._label).set(1)
+        log.info("shard %s ready: %d accounts, %d pending holds, %.2fs",
+                 self.shard, len(loaded.accounts), len(loaded.pending_holds), self.recovery_s)  # fmt: skip
+
+    async def stop(self) -> None:
+        """Finish what is queued, then close storage."""
+        if self.state == READY:
+            while self._queue:
+                await asyncio.sleep(0.005)
+        self.state = STOPPED
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: PERF203
+                pass
+        self._tasks = []
+        for _, future in self._queue:
+            if not future.done():
+                future.set_result(unavailable_reply("the shard is stopping"))
+        self._queue.clear()
+        await self.storage.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
+
+    # ---- commands ------------------------------------------------------------------------
+
+    def enqueue(self, command: c.Command) -> asyncio.Future[Reply]:
+        """Queue one command; the future resolves after its batch is committed (or undone)."""
+        if self.state != READY:
+            raise Unavailable(f"shard {self.shard} is {self.state}")
+        if len(self._queue) >= QUEUE_MAX:
+            raise Unavailable(f"shard {self.shard} is overloaded")
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._queue.append((command, future))
+        self._wakeup.set()
+        return future
+
+    async def execute(self, command: c.Command) -> Reply:
+        try:
+            return await self.enqueue(command)
+        except Unavailable as exc:
+            return unavailable_reply(exc.detail)
+
+    # ---- reads (committed state only) ----------------------------------------------------
+
+    def account_state(self, account_id: str) -> tuple | None:  # type: ignore[type-arg]
+        return self.ledger.committed_account(account_id)
+
+    def parent_of(self, account_id: str) -> str | None:
+        account = self.ledger.accounts.get(account_id)
+        return None if account is None else account.parent_id
+
+    async def hold_state(self, account_id: str, hold_id: str) -> tuple | None:  # type: ignore[type-arg]
+        key = (account_id, hold_id)
+        if key in self.ledger.holds or key in self.ledger._undo_holds:
+            return self.ledger.committed_hold(account_id, hold_id)
+        return await self.storage.get_hold(account_id, hold_id)
+
+    # ---- the writer ----------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue and self.state == READY:
+                items = self._queue[: self.batch_max]
+                del self._queue[: self.batch_max]
+                self._m_queue.set(len(self._queue))
+                try:
+                    await self._process(items)
+                except BaseException as exc:  # a bug or a broken invariant: stop loudly
+                    self._fail(exc, items)
+                    raise
+
+    def _fail(self, exc: BaseException, items: list[tuple[c.Command, asyncio.Future[Reply]]]) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            for _, future in items:
+                if not future.done():
+                    future.set_result(unavailable_reply("the shard is stopping"))
+            return
+        self.state = FAILED
+        self.metrics.ready.labels(self._label).set(0)
+        log.critical("shard %s stopped: %r", self.shard, exc, exc_info=exc)
+        for _, future in items + self._queue:
+            if not future.done():
+                future.set_result(unavailable_reply("the shard failed"))
+        self._queue.clear()
+        if self._on_fatal is not None:
+            self._on_fatal(exc)
+
+    async def _process(self, items: list[tuple[c.Command, asyncio.Future[Reply]]]) -> None:
+        self._m_batch.observe(len(items))
+        commands = [command for command, _ in items]
+        try:
+            await self._prefetch(commands)
+            replies = await self._apply_and_commit(commands)
+        except StorageError as exc:
+            self.metrics.commit_failures.labels(self._label).inc()
+            log.error("shard %s: batch of %d undone, storage failed: %s", self.shard, len(items), exc)
+            replies = [unavailable_reply("storage is failing; retry with the same id")] * len(items)
+        for (_, future), reply in zip(items, replies, strict=True):
+            if not future.done():
+                future.set_result(reply)
+
+    async def _prefetch(self, commands: list[c.Command]) -> None:
+        """Read the few things memory may not hold: old holds and old first outcomes."""
+        op_keys: list[tuple[str, str]] = []
+        hold_keys: list[tuple[str, str]] = []
+        for command in commands:
+            ops, holds = self.ledger.lookups_needed(command)
+            op_keys += ops
+            hold_keys += holds
+        if op_keys or hold_keys:
+            await self._load(op_keys, hold_keys)
+
+    async def _load(self, op_keys: list[tuple[str, str]], hold_keys: list[tuple[str, str]]) -> None:
+        operations, holds = await self.storage.lookup(op_keys, hold_keys)
+        for op in operations:
+            self.ledger.load_record(op.account_id, op.op_key, op.fingerprint, op.status, op.result)
+        for row in holds:
+            self.ledger.load_hold(Hold(*row))
+
+    async def _apply_and_commit(self, commands: list[c.Command]) -> list[Reply]:
+        for attempt in (1, 2):
+            ledger = self.ledger
+            ledger.begin()
+            now = self.clock()
+            try:
+                replies = [self._apply(command, now) for command in commands]
+                changes = ledger.collect()
+            except BaseException:
+                ledger.rollback()
+                raise
+            batch = BatchWrite(
+                accounts=[account.state() for account in changes.accounts],
+                holds=[hold.state() for hold in changes.holds],
+                journal=[entry.row() for entry in changes.entries],
+                outbox=[(ledger.event_seq(), ev.kind, ev.account_id, ev.version, ev.created_at) for ev in changes.events],
+                keys=list(changes.keys),
+            )
+            started = time.perf_counter()
+            try:
+                await self.storage.commit(batch)
+            except DuplicateOperation:
+                # An operation id older than the in-memory window came back: read its first
+                # outcome and apply the batch again (it will now be answered as a replay).
+                ledger.rollback()
+                if attempt == 2:
+                    raise
+                keys = [(entry.account_id, entry.op_key) for entry in changes.entries if entry.op_key]
+                await self._load(keys, [])
+                continue
+            except BaseException:
+                ledger.rollback()
+                raise
+            self._m_commit.observe(time.perf_counter() - started)
+            ledger.accept()
+            return replies
+        raise AssertionError("unreachable")
+
+    def _apply(self, command: c.Command, now: int) -> Reply:
+        outcome = self.ledger.apply(command, now)
+        return self._render(command, outcome)
+
+    def _render(self, command: c.Command, outcome: Outcome) -> Reply:
+        if outcome.replay is not None:
+            return Reply(outcome.status, outcome.replay.body, True)
+        if outcome.rejection is not None:
+            body = views.encode_rejection(outcome.rejection)
+        elif isinstance(command, (c.CreateAccount, c.UpdateAccount)):
+            body = views.encode_account(outcome.accounts[0])
+        elif outcome.entry is not None and not isinstance(command, c.ExpireHold):
+            body = views.encode_money_reply(outcome.entry, outcome.accounts, outcome.hold)
+        else:
+            body = b""
+        if outcome.record is not None:
+            outcome.record.body = body
+        if outcome.entry is not None and outcome.entry.op_key is not None:
+            outcome.entry.result = body
+        return Reply(outcome.status, body)
+
+    # ---- expiry --------------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            try:
+                await self.sweep()
+            except Unavailable:
+                pass
+
+    async def sweep(self) -> int:
+        """Expire every pending hold past its expiry; journaled like any other change."""
+        due = self.ledger.due_holds(self.clock(), limit=self.batch_max * 4)
+        if not due:
+            return 0
+        futures = [self.enqueue(c.ExpireHold(account_id, hold_id)) for account_id, hold_id in due]
+        replies = await asyncio.gather(*futures)
+        expired = sum(1 for reply in replies if reply.status == 200)
+        self.metrics.holds_expired.labels(self._label).inc(expired)
+        return expired

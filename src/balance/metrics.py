@@ -1,0 +1,38 @@
+"""Prometheus metrics of the service (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 8190)
+
+
+class Metrics:
+    """Counters and histograms the engine and the HTTP layer update."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.operations = Counter(
+            "balance_operations", "Operations answered, by kind and outcome code", ["kind", "outcome"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "balance_request_seconds", "HTTP request latency", ["route"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.batch_commands = Histogram(
+            "balance_batch_commands", "Commands per shard batch (group commit size)", ["shard"],
+            buckets=_BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.commit_seconds = Histogram(
+            "balance_commit_seconds", "Duration of one batch commit", ["shard"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.commit_failures = Counter(
+            "balance_commit_failures", "Batch commits that failed and were undone", ["shard"], registry=r
+        )
+        self.queue_depth = Gauge("balance_queue_depth", "Commands waiting for a shard writer", ["shard"], registry=r)
+        self.recovery_seconds = Gauge(
+            "balance_recovery_seconds", "Time the last recovery of a shard took", ["shard"], registry=r
+        )
+        self.holds_expired = Counter("balance_holds_expired", "Holds expired by the sweep", ["shard"], registry=r)
+        self.ready = Gauge("balance_shard_ready", "1 when the shard has recovered and serves", ["shard"], registry=r)
