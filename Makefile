@@ -1,0 +1,36 @@
+# Two commands for a newcomer: `make run` and `make test`. Both bootstrap .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint demo bench bench-quick clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: $(STAMP)  ## serve on 127.0.0.1:8080 (BALANCE_PORT, BALANCE_DATA_DIR, BALANCE_DB_URL, ...)
+	$(BIN)/balance-service run
+
+test: $(STAMP)  ## the whole suite (MariaDB tests run when MariaDB answers; in CI they must)
+	$(BIN)/ruff check src tests
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+demo: $(STAMP)
+	$(BIN)/balance-service demo
+
+bench: $(STAMP)
+	$(BIN)/balance-service bench --json bench-results.json
+
+bench-quick: $(STAMP)
+	$(BIN)/balance-service bench --quick
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis

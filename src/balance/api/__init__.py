@@ -1,0 +1,1 @@
+"""The HTTP API (raw ASGI + msgspec: the leanest stack measured, see BENCHMARKS.md)."""

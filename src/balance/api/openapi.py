@@ -1,0 +1,114 @@
+"""The OpenAPI 3.1 document, built from the same msgspec types that validate requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from balance import __version__, views
+from balance.api import schemas as s
+
+_REQUESTS = {
+    "NewAccount": s.NewAccount, "AccountPatch": s.AccountPatch, "CreditBody": s.CreditBody,
+    "DebitBody": s.DebitBody, "TransferBody": s.TransferBody, "HoldBody": s.HoldBody,
+    "CaptureBody": s.CaptureBody, "ReleaseBody": s.ReleaseBody,
+}  # fmt: skip
+_RESPONSES = {
+    "Account": views.AccountView, "Hold": views.HoldView, "Txn": views.TxnView, "Problem": views.Problem,
+    "AccountReply": views.AccountReply, "TransferReply": views.TransferReply, "HoldReply": views.HoldReply,
+    "KeyReply": views.KeyReply,
+}  # fmt: skip
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, request: str | None, status: str, response: dict[str, Any], params: tuple[str, ...] = (),
+        query: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+        + [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}} for q in query],
+        "responses": {
+            status: {"description": "success", **_json(response)},
+            "default": {
+                "description": "problem (RFC 9457)",
+                "content": {"application/problem+json": {"schema": _ref("Problem")}},
+            },
+        },
+    }
+    if request is not None:
+        operation["requestBody"] = {"required": request not in ("CaptureBody", "ReleaseBody"), **_json(_ref(request))}
+    return operation
+
+
+def _page(item: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {"data": {"type": "array", "items": _ref(item)}, "next_cursor": {"type": ["string", "null"]}},
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    types = [*_REQUESTS.values(), *_RESPONSES.values(), s.BatchOp]
+    (_, *_), components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    batch_request = {
+        "type": "object",
+        "required": ["operations"],
+        "properties": {"operations": {"type": "array", "minItems": 1, "maxItems": 8190,
+                                      "items": {"anyOf": [_ref(t.__name__) for t in s.BatchOp.__args__]}}},
+    }  # fmt: skip
+    batch_reply = {
+        "type": "object",
+        "properties": {"results": {"type": "array", "items": {"type": "object", "properties": {
+            "status": {"type": "integer"}, "body": {"type": "object"}}}}},
+    }  # fmt: skip
+    acct, hold = ("id",), ("id", "hold_id")
+    paths = {
+        "/v1/accounts": {"post": _op("Create an account", "NewAccount", "201", _ref("Account"))},
+        "/v1/accounts/{id}": {
+            "get": _op("Read an account", None, "200", _ref("Account"), acct),
+            "patch": _op("Change status, name, metadata or credit limit", "AccountPatch", "200", _ref("Account"), acct),
+        },
+        "/v1/accounts/{id}/children": {
+            "get": _op("List direct children", None, "200", _page("Account"), acct, ("limit", "cursor"))
+        },
+        "/v1/accounts/{id}/keys": {"post": _op("Create an API key (shown once)", None, "201", _ref("KeyReply"), acct)},
+        "/v1/accounts/{id}/credits": {"post": _op("Money in", "CreditBody", "201", _ref("AccountReply"), acct)},
+        "/v1/accounts/{id}/debits": {"post": _op("Money out", "DebitBody", "201", _ref("AccountReply"), acct)},
+        "/v1/accounts/{id}/holds": {"post": _op("Place a hold", "HoldBody", "201", _ref("HoldReply"), acct)},
+        "/v1/accounts/{id}/holds/{hold_id}": {"get": _op("Read a hold", None, "200", _ref("Hold"), hold)},
+        "/v1/accounts/{id}/holds/{hold_id}/capture": {
+            "post": _op("Capture a hold, in full or in part", "CaptureBody", "200", _ref("HoldReply"), hold)
+        },
+        "/v1/accounts/{id}/holds/{hold_id}/release": {
+            "post": _op("Release a hold", "ReleaseBody", "200", _ref("HoldReply"), hold)
+        },
+        "/v1/accounts/{id}/transactions": {
+            "get": _op("History, newest first", None, "200", _page("Txn"), acct, ("limit", "cursor", "since", "until"))
+        },
+        "/v1/transfers": {"post": _op("Move money between two accounts", "TransferBody", "201", _ref("TransferReply"))},
+        "/v1/batch": {"post": {**_op("Up to 8190 operations, answered one by one", None, "200", batch_reply),
+                               "requestBody": {"required": True, **_json(batch_request)}}},
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
+        "/readyz": {"get": {"summary": "Readiness (every shard recovered)",
+                            "responses": {"200": {"description": "ready"}, "503": {"description": "recovering"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}},
+    }  # fmt: skip
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Balance service", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,52 @@
+"""The composition root: the one place that wires storage, engines, service and API."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+from balance.api.app import BalanceApp
+from balance.config import Settings
+from balance.engine.clock import Clock, system_clock
+from balance.engine.shard import ShardEngine
+from balance.metrics import Metrics
+from balance.service import BalanceService
+from balance.storage.base import ShardStorage
+
+log = logging.getLogger("balance")
+
+
+def shard_storage(settings: Settings, shard: int) -> ShardStorage:
+    """SQLite file per shard by default; one MariaDB database per shard with BALANCE_DB_URL."""
+    if settings.db_url is None:
+        from balance.storage.sqlite import SqliteShardStorage
+
+        return SqliteShardStorage(settings.data_dir / f"shard-{shard}.db")
+    if settings.db_url.startswith(("mysql://", "mariadb://")):
+        from balance.storage.mariadb import from_url
+
+        return from_url(settings.db_url, shard)
+    raise ValueError(f"unsupported BALANCE_DB_URL scheme: {settings.db_url.split(':', 1)[0]}")
+
+
+def stop_process(exc: BaseException) -> None:
+    """A broken invariant: stop at once rather than move money on a wrong state."""
+    log.critical("invariant broken, stopping the process: %s", exc)
+    logging.shutdown()
+    os._exit(70)
+
+
+def build_service(
+    settings: Settings, *, clock: Clock = system_clock, on_fatal: Callable[[BaseException], None] = stop_process
+) -> BalanceService:
+    metrics = Metrics()
+    engines = [
+        ShardEngine(shard, shard_storage(settings, shard), clock=clock, metrics=metrics, on_fatal=on_fatal)
+        for shard in range(settings.shards)
+    ]
+    return BalanceService(engines, settings.admin_key)
+
+
+def build_app(settings: Settings) -> BalanceApp:
+    return BalanceApp(build_service(settings))

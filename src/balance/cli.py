@@ -1,0 +1,61 @@
+"""`balance-service run | demo | bench`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def run(_: argparse.Namespace) -> int:
+    import uvicorn
+
+    from balance.bootstrap import build_app
+    from balance.config import Settings
+
+    settings = Settings.from_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.admin_key_generated:
+        print(f"BALANCE_ADMIN_KEY was not set; this run's admin key is:\n  {settings.admin_key}\n", flush=True)
+    storage = settings.db_url.split("@")[-1] if settings.db_url else f"SQLite files in {settings.data_dir}/"
+    print(f"balance service: {settings.shards} shard(s) on {storage}, http://{settings.host}:{settings.port}", flush=True)
+    uvicorn.run(
+        build_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        lifespan="on", access_log=False, log_level="warning", backlog=4096,
+    )  # fmt: skip
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from balance.demo import main as demo_main
+
+    return demo_main(args)
+
+
+def bench(args: argparse.Namespace) -> int:
+    from balance.bench.command import main as bench_main
+
+    return bench_main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="balance-service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="serve the HTTP API (configured by BALANCE_* variables)").set_defaults(fn=run)
+    demo_parser = commands.add_parser("demo", help="build a partner tree, run a mix of operations, show the result")
+    demo_parser.add_argument("--operations", type=int, default=5000)
+    demo_parser.add_argument("--data-dir", default=None, help="default: a fresh temporary directory")
+    demo_parser.set_defaults(fn=demo)
+    bench_parser = commands.add_parser("bench", help="measure throughput and latency against baselines")
+    bench_parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
+    bench_parser.add_argument("--json", dest="json_path", default=None, help="also write the figures to this file")
+    bench_parser.add_argument("--backend", choices=["sqlite", "mariadb", "both"], default="both")
+    bench_parser.add_argument("--scenario", default="all", help="hot | uniform | mix | recovery | all")
+    bench_parser.add_argument("--clients", type=int, default=64)
+    bench_parser.set_defaults(fn=bench)
+    args = parser.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

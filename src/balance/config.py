@@ -1,0 +1,36 @@
+"""Configuration from the environment (the same variables for `make run` and production)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str
+    port: int
+    data_dir: Path
+    admin_key: str
+    admin_key_generated: bool
+    shards: int
+    db_url: str | None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        admin_key = env.get("BALANCE_ADMIN_KEY", "")
+        shards = int(env.get("BALANCE_SHARDS", "1"))
+        if not 1 <= shards <= 1024:
+            raise ValueError("BALANCE_SHARDS must be between 1 and 1024")
+        return cls(
+            host=env.get("BALANCE_HOST", "127.0.0.1"),
+            port=int(env.get("BALANCE_PORT", "8080")),
+            data_dir=Path(env.get("BALANCE_DATA_DIR", "./data")),
+            admin_key=admin_key or "adm_" + secrets.token_urlsafe(32),
+            admin_key_generated=not admin_key,
+            shards=shards,
+            db_url=env.get("BALANCE_DB_URL") or None,
+        )

@@ -1,0 +1,159 @@
+"""The shards of one process behind one facade: routing by id, account placement, API keys.
+
+Account ids encode region and home shard (``US-3-9f2c...``), so a request is routed
+without a look-up. A child lives on its parent's shard, so a partner's subtree (and
+every parent/child transfer) stays on one shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+
+from balance import views
+from balance.domain import commands as c
+from balance.domain import errors as e
+from balance.engine.shard import Reply, ShardEngine, Unavailable, unavailable_reply
+
+ADMIN = "admin"
+
+
+def shard_of(account_id: str) -> int | None:
+    """The home shard encoded in an account id, or None if the id is not one of ours."""
+    parts = account_id.split("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+def hash_key(key: str) -> str:
+    """API keys are random 256-bit tokens: a plain SHA-256 is the right hash (no brute force)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_account_id(region: str, shard: int) -> str:
+    return f"{region}-{shard}-{secrets.token_hex(8)}"
+
+
+def not_found(account_id: str) -> Reply:
+    return Reply(404, views.problem(e.ACCOUNT_NOT_FOUND, 404, f"account {account_id} not found"))
+
+
+class BalanceService:
+    """Routes commands to shard engines and decides who may act on which account."""
+
+    def __init__(self, engines: Sequence[ShardEngine], admin_key: str) -> None:
+        self.engines = list(engines)
+        self._admin_key = admin_key
+        self._keys: dict[str, str] = {}  # key hash -> account id
+
+    async def start(self) -> None:
+        await asyncio.gather(*(engine.start() for engine in self.engines))
+        for engine in self.engines:
+            for key_hash, account_id in await engine.storage.load_keys():
+                self._keys[key_hash] = account_id
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(engine.stop() for engine in self.engines))
+
+    @property
+    def ready(self) -> bool:
+        return all(engine.ready for engine in self.engines)
+
+    def engine_for(self, account_id: str) -> ShardEngine | None:
+        shard = shard_of(account_id)
+        if shard is None or shard >= len(self.engines):
+            return None
+        return self.engines[shard]
+
+    # ---- auth ----------------------------------------------------------------------------
+
+    def principal(self, key: str | None) -> str | None:
+        """ADMIN, the account id a partner key belongs to, or None for a missing/unknown key."""
+        if not key:
+            return None
+        if hmac.compare_digest(key.encode(), self._admin_key.encode()):
+            return ADMIN
+        return self._keys.get(hash_key(key))
+
+    def may_act_on(self, principal: str, account_id: str) -> bool:
+        """Admin acts on everything; a partner key on its own account and its descendants."""
+        if principal == ADMIN:
+            return True
+        engine = self.engine_for(account_id)
+        current: str | None = account_id
+        for _ in range(64):  # the tree is shallow; the bound guards against a cycle
+            if current is None or engine is None:
+                return False
+            if current == principal:
+                return True
+            current = engine.parent_of(current)
+        return False
+
+    # ---- commands ------------------------------------------------------------------------
+
+    async def create_account(self, cmd_without_id: c.CreateAccount) -> Reply:
+        """Place the account (child: parent's shard; top level: least-filled shard) and create it."""
+        if cmd_without_id.parent_id is not None:
+            engine = self.engine_for(cmd_without_id.parent_id)
+            if engine is None:
+                return not_found(cmd_without_id.parent_id)
+        else:
+            engine = min(self.engines, key=lambda eng: len(eng.ledger.accounts))
+        account_id = new_account_id(cmd_without_id.region, engine.shard)
+        return await engine.execute(dataclasses.replace(cmd_without_id, account_id=account_id))
+
+    async def create_key(self, account_id: str) -> tuple[Reply, str | None]:
+        engine = self.engine_for(account_id)
+        if engine is None:
+            return not_found(account_id), None
+        key = "bk_" + secrets.token_urlsafe(32)
+        key_hash = hash_key(key)
+        reply = await engine.execute(c.CreateKey(account_id, key_hash))
+        if reply.status != 201:
+            return reply, None
+        self._keys[key_hash] = account_id
+        return Reply(201, views.encoder.encode({"key": key, "account_id": account_id})), key
+
+    async def execute(self, command: c.Command) -> Reply:
+        return await self.execute_many([command])[0]
+
+    def execute_many(self, commands: Sequence[c.Command]) -> list[asyncio.Future[Reply]]:
+        """Queue commands in order (same-account order is kept: one shard, one queue)."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Reply]] = []
+        for command in commands:
+            account_id = command.account_id
+            engine = self.engine_for(account_id)
+            if engine is None:
+                futures.append(_done(loop, not_found(account_id)))
+                continue
+            if isinstance(command, c.Transfer) and self.engine_for(command.to_account_id) is not engine:
+                futures.append(_done(loop, _cross_shard(command)))
+                continue
+            try:
+                futures.append(engine.enqueue(command))
+            except Unavailable as exc:
+                futures.append(_done(loop, unavailable_reply(exc.detail)))
+        return futures
+
+    def account_state(self, account_id: str) -> tuple | None:  # type: ignore[type-arg]
+        engine = self.engine_for(account_id)
+        return None if engine is None else engine.account_state(account_id)
+
+
+def _done(loop: asyncio.AbstractEventLoop, reply: Reply) -> asyncio.Future[Reply]:
+    future: asyncio.Future[Reply] = loop.create_future()
+    future.set_result(reply)
+    return future
+
+
+def _cross_shard(command: c.Transfer) -> Reply:
+    if shard_of(command.to_account_id) is None:
+        return not_found(command.to_account_id)
+    detail = "transfers between accounts on different shards are not supported yet"
+    return Reply(422, views.problem(e.VALIDATION_ERROR, 422, detail))

@@ -1,0 +1,418 @@
+"""MariaDB shard storage: one database per shard, InnoDB, asyncmy in the caller's event loop.
+
+One dedicated writer connection (autocommit off) runs ``commit()``: one transaction per batch,
+explicit multi-row INSERTs, ``COMMIT``; with ``innodb_flush_log_at_trx_commit=1`` on the server an
+acknowledged batch is durable. Reads (recovery, look-ups, history) go through a small separate
+pool of autocommit connections, so they never queue behind a commit.
+
+Tables use ``utf8mb4_nopad_bin``: ids and operation keys compare byte for byte, case- and
+trailing-space-sensitive, exactly as in SQLite (a case-insensitive collation would make
+``op-A`` and ``op-a`` the same idempotency key and ``Acc`` and ``acc`` the same account).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import asyncmy
+from asyncmy import errors as mysql_errors
+
+from balance.storage import schema
+from balance.storage.base import BatchWrite, DuplicateOperation, LoadedShard, Row, StorageError, StoredOperation
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_CHUNK = 1000  # rows per multi-row INSERT
+_LOOKUP_CHUNK = 500  # keys per look-up query
+_CHARSET = "utf8mb4"
+_COLLATION = "utf8mb4_nopad_bin"
+# Quoted: asyncmy sends "SET sql_mode=<value>" verbatim. No NO_BACKSLASH_ESCAPES: the driver's
+# escaping of bytes relies on backslash escapes.
+_SQL_MODE = "'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION,ERROR_FOR_DIVISION_BY_ZERO'"
+_IDLE_PING = 10.0  # seconds: a writer idle longer is pinged (and reconnected) before BEGIN
+_ER_DUP_ENTRY = 1062
+_DUPLICATE_OP_KEY = re.compile(r"for key '(?:journal\.)?journal_op_key'")
+_DATABASE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+_UPSERT_KEYS = {"accounts": ("id",), "holds": ("account_id", "id")}
+
+_DRIVER_ERRORS = (mysql_errors.MySQLError, OSError, asyncio.TimeoutError)
+
+
+def _is_server_error(exc: BaseException) -> bool:
+    """An error the server reported on a healthy connection (errno < 2000); client errors are CR_* 2000+."""
+    if not isinstance(exc, mysql_errors.DatabaseError) or isinstance(exc, mysql_errors.InternalError):
+        return False
+    errno = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    return errno is not None and 1000 <= errno < 2000
+
+
+def _translate(exc: BaseException, what: str) -> StorageError:
+    if isinstance(exc, mysql_errors.IntegrityError) and exc.args and exc.args[0] == _ER_DUP_ENTRY:
+        if _DUPLICATE_OP_KEY.search(str(exc.args[-1])):
+            return DuplicateOperation(str(exc.args[-1]))
+    return StorageError(f"mariadb {what}: {exc!r}")
+
+
+def _columns(columns: tuple[str, ...]) -> str:
+    return ",".join(f"`{c}`" for c in columns)
+
+
+class MariaDbShardStorage:
+    """ShardStorage on one MariaDB database."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        user: str,
+        password: str,
+        database: str,
+        *,
+        read_pool_size: int = 4,
+        connect_timeout: int = 10,
+    ) -> None:
+        if not _DATABASE_NAME.match(database):
+            raise ValueError(f"database name must match {_DATABASE_NAME.pattern}: {database!r}")
+        self.host = host
+        self.port = port
+        self.user = user
+        self.database = database
+        self._password = password
+        self._read_pool_size = read_pool_size
+        self._connect_timeout = connect_timeout
+        self._writer: asyncmy.Connection | None = None
+        self._pool: asyncmy.Pool | None = None
+        self._open = False
+        self._write_lock = asyncio.Lock()
+        self._packet_budget = 4 * 1024 * 1024  # characters per statement; set from max_allowed_packet
+        self._head_cache: dict[str, tuple[str, str]] = {}
+
+    def __repr__(self) -> str:
+        return f"MariaDbShardStorage({self.user}@{self.host}:{self.port}/{self.database})"
+
+    # ---- plumbing ------------------------------------------------------------------------
+
+    def _connect_kwargs(self, *, database: bool = True, autocommit: bool) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self._password,
+            charset=_CHARSET,
+            autocommit=autocommit,
+            sql_mode=_SQL_MODE,
+            connect_timeout=self._connect_timeout,
+        )
+        if database:
+            kwargs["database"] = self.database
+        return kwargs
+
+    async def open(self) -> None:
+        """Create the database, tables and indexes if missing; connect the writer and the read pool."""
+        try:
+            setup = await asyncmy.connect(**self._connect_kwargs(database=False, autocommit=True))
+            try:
+                async with setup.cursor() as cur:
+                    await cur.execute("SET SESSION sql_notes = 0")  # "already exists" is not news
+                    await cur.execute(
+                        f"CREATE DATABASE IF NOT EXISTS `{self.database}` "
+                        f"CHARACTER SET {_CHARSET} COLLATE {_COLLATION}"
+                    )
+                    await cur.execute(f"USE `{self.database}`")
+                    for table, ddl in schema.TABLES.items():
+                        await cur.execute(
+                            f"CREATE TABLE IF NOT EXISTS `{table}` ({ddl}) "
+                            f"ENGINE=InnoDB DEFAULT CHARSET={_CHARSET} COLLATE={_COLLATION}"
+                        )
+                    for name, table, columns, unique in schema.INDEXES:
+                        kind = "UNIQUE INDEX" if unique else "INDEX"
+                        await cur.execute(f"CREATE {kind} IF NOT EXISTS `{name}` ON `{table}` ({columns})")
+                    await cur.execute("SELECT @@max_allowed_packet, @@innodb_flush_log_at_trx_commit")
+                    max_packet, flush = await cur.fetchone()
+            finally:
+                await setup.ensure_closed()
+            # A character is at most 4 bytes in utf8mb4 (bytes values are sent 1:1): stay under the packet.
+            self._packet_budget = max(64 * 1024, int(max_packet) // 4 - 4096)
+            if int(flush) != 1:
+                log.warning("%r: innodb_flush_log_at_trx_commit=%s, commits are not durable", self, flush)
+            async with self._write_lock:
+                if self._writer is None:
+                    self._writer = await asyncmy.connect(**self._connect_kwargs(autocommit=False))
+            if self._pool is None:
+                self._pool = await asyncmy.create_pool(
+                    minsize=1, maxsize=self._read_pool_size, **self._connect_kwargs(autocommit=True)
+                )
+        except _DRIVER_ERRORS as exc:
+            await self.close()
+            raise _translate(exc, "open") from exc
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+        writer, self._writer = self._writer, None
+        pool, self._pool = self._pool, None
+        if writer is not None:
+            try:
+                await writer.ensure_closed()
+            except Exception:  # the server may be gone already
+                writer.close()
+        if pool is not None:
+            pool.close()
+            try:
+                await pool.wait_closed()
+            except Exception:
+                pool.terminate()
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StorageError(f"{self!r} is closed")
+
+    # ---- writes --------------------------------------------------------------------------
+
+    async def _writer_conn(self) -> asyncmy.Connection:
+        """The writer connection, reconnected if it was dropped or went stale while idle."""
+        self._check_open()
+        conn = self._writer
+        if conn is not None and conn.connected:
+            if asyncio.get_running_loop().time() - conn.last_usage < _IDLE_PING:
+                return conn
+            try:
+                await conn.ping(reconnect=False)
+                return conn
+            except _DRIVER_ERRORS:
+                conn.close()
+        self._writer = None
+        conn = await asyncmy.connect(**self._connect_kwargs(autocommit=False))
+        self._writer = conn
+        return conn
+
+    def _drop_writer(self, conn: asyncmy.Connection) -> None:
+        """Close a connection whose state is unknown; the server rolls its transaction back."""
+        conn.close()
+        if self._writer is conn:
+            self._writer = None
+
+    async def commit(self, batch: BatchWrite) -> None:
+        async with self._write_lock:
+            try:
+                conn = await self._writer_conn()
+            except _DRIVER_ERRORS as exc:
+                raise _translate(exc, "connect") from exc
+            try:
+                async with conn.cursor() as cur:
+                    await cur.execute("BEGIN")
+                    for table, columns, rows, upsert in (
+                        ("journal", schema.JOURNAL_COLUMNS, batch.journal, False),
+                        ("holds", schema.HOLD_COLUMNS, batch.holds, True),
+                        ("accounts", schema.ACCOUNT_COLUMNS, batch.accounts, True),
+                        ("outbox", schema.OUTBOX_COLUMNS, batch.outbox, False),
+                        ("api_keys", schema.KEY_COLUMNS, batch.keys, False),
+                    ):
+                        for sql in self._insert_statements(conn, table, columns, rows, upsert):
+                            await cur.execute(sql)
+                    await cur.execute("COMMIT")
+            except BaseException as exc:
+                await self._abort(conn, exc)
+                if isinstance(exc, _DRIVER_ERRORS):
+                    raise _translate(exc, "commit") from exc
+                raise
+
+    async def _abort(self, conn: asyncmy.Connection, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError) or not conn.connected:
+            self._drop_writer(conn)
+            return
+        # A server-side error (duplicate key, lock wait timeout, ...) leaves a usable connection,
+        # possibly inside the transaction (a lock wait timeout only rolls back the statement).
+        # Anything else may have desynchronised the protocol: do not trust the connection.
+        if not _is_server_error(exc) and isinstance(exc, _DRIVER_ERRORS):
+            self._drop_writer(conn)
+            return
+        try:
+            await conn.rollback()
+        except BaseException as rollback_exc:
+            self._drop_writer(conn)  # e.g. the server killed the connection (ER_CONNECTION_KILLED)
+            if not isinstance(rollback_exc, Exception):
+                raise
+
+    def _insert_statements(
+        self, conn: asyncmy.Connection, table: str, columns: tuple[str, ...], rows: list[Row], upsert: bool
+    ) -> Iterator[str]:
+        """Explicit multi-row INSERTs: one statement per ``_CHUNK`` rows (fewer if rows are large).
+
+        Values are escaped by the driver (``Connection.literal``); bytes go as ``_binary'...'``.
+        """
+        if not rows:
+            return
+        cached = self._head_cache.get(table)
+        if cached is None:
+            head = f"INSERT INTO `{table}` ({_columns(columns)}) VALUES "
+            tail = ""
+            if upsert:
+                keys = _UPSERT_KEYS[table]
+                tail = " ON DUPLICATE KEY UPDATE " + ",".join(
+                    f"`{c}`=VALUES(`{c}`)" for c in columns if c not in keys
+                )
+            cached = self._head_cache[table] = (head, tail)
+        head, tail = cached
+        literal = conn.literal
+        budget = self._packet_budget - len(head) - len(tail)
+        parts: list[str] = []
+        size = 0
+        for row in rows:
+            value = "(" + ",".join([literal(v) for v in row]) + ")"
+            if parts and (len(parts) >= _CHUNK or size + len(value) > budget):
+                yield head + ",".join(parts) + tail
+                parts, size = [], 0
+            parts.append(value)
+            size += len(value) + 1
+        yield head + ",".join(parts) + tail
+
+    async def session_status(self, pattern: str = "Com_insert%") -> dict[str, int]:
+        """``SHOW SESSION STATUS LIKE pattern`` on the writer connection (statement counters)."""
+        async with self._write_lock:
+            try:
+                conn = await self._writer_conn()
+                async with conn.cursor() as cur:
+                    await cur.execute("SHOW SESSION STATUS LIKE %s", (pattern,))
+                    rows = await cur.fetchall()
+            except _DRIVER_ERRORS as exc:
+                raise _translate(exc, "status") from exc
+        return {name: int(value) for name, value in rows}
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[[asyncmy.Connection], Awaitable[T]]) -> T:
+        self._check_open()
+        pool = self._pool
+        if pool is None:
+            raise StorageError(f"{self!r} is closed")
+        try:
+            async with pool.acquire() as conn:
+                try:
+                    return await fn(conn)
+                except BaseException as exc:
+                    if not _is_server_error(exc):
+                        conn.close()  # the pool discards closed connections
+                    raise
+        except _DRIVER_ERRORS as exc:
+            raise _translate(exc, "read") from exc
+        except RuntimeError as exc:  # "Cannot acquire connection after closing pool"
+            if not self._open:
+                raise StorageError(f"{self!r} is closed") from exc
+            raise
+
+    @staticmethod
+    async def _fetch(conn: asyncmy.Connection, sql: str, args: Any = None) -> list[Row]:
+        async with conn.cursor() as cur:
+            await cur.execute(sql, args)
+            return list(await cur.fetchall())
+
+    async def load(self) -> LoadedShard:
+        async def read(conn: asyncmy.Connection) -> LoadedShard:
+            # One snapshot for the three reads. On failure the pool discards the connection
+            # (it is closed by _read, and a connection released inside a transaction is too).
+            await self._fetch(conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            accounts = await self._fetch(conn, f"SELECT {_columns(schema.ACCOUNT_COLUMNS)} FROM accounts")
+            holds = await self._fetch(
+                conn, f"SELECT {_columns(schema.HOLD_COLUMNS)} FROM holds WHERE status = 'pending'"
+            )
+            last = await self._fetch(
+                conn,
+                "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM journal), 0),"
+                " COALESCE((SELECT MAX(seq) FROM outbox), 0))",
+            )
+            await self._fetch(conn, "COMMIT")
+            accounts = [(*row[:10], bool(row[10]), *row[11:]) for row in accounts]
+            return LoadedShard(accounts, holds, int(last[0][0]) + 1)
+
+        return await self._read(read)
+
+    async def load_keys(self) -> list[tuple[str, str]]:
+        return await self._read(lambda conn: self._fetch(conn, "SELECT key_hash, account_id FROM api_keys"))
+
+    async def lookup(
+        self, op_keys: list[tuple[str, str]], hold_keys: list[tuple[str, str]]
+    ) -> tuple[list[StoredOperation], list[Row]]:
+        """Batched: one query per ``_LOOKUP_CHUNK`` keys. Results come in the order of the keys asked."""
+        if not op_keys and not hold_keys:
+            self._check_open()
+            return [], []
+
+        async def read(conn: asyncmy.Connection) -> tuple[list[StoredOperation], list[Row]]:
+            found_ops: dict[tuple[str, str], Row] = {}
+            for start in range(0, len(op_keys), _LOOKUP_CHUNK):
+                chunk = list(dict.fromkeys(op_keys[start : start + _LOOKUP_CHUNK]))
+                sql = (
+                    "SELECT account_id, op_key, fingerprint, status, result FROM journal"
+                    " WHERE (account_id, op_key) IN (" + ",".join(["(%s,%s)"] * len(chunk)) + ")"
+                )
+                for row in await self._fetch(conn, sql, [v for key in chunk for v in key]):
+                    found_ops[(row[0], row[1])] = row
+            found_holds: dict[tuple[str, str], Row] = {}
+            for start in range(0, len(hold_keys), _LOOKUP_CHUNK):
+                chunk = list(dict.fromkeys(hold_keys[start : start + _LOOKUP_CHUNK]))
+                sql = (
+                    f"SELECT {_columns(schema.HOLD_COLUMNS)} FROM holds"
+                    " WHERE (account_id, id) IN (" + ",".join(["(%s,%s)"] * len(chunk)) + ")"
+                )
+                for row in await self._fetch(conn, sql, [v for key in chunk for v in key]):
+                    found_holds[(row[0], row[1])] = row
+            operations = [
+                StoredOperation(account_id, op_key, row[2], row[3], row[4])
+                for account_id, op_key in op_keys
+                if (row := found_ops.get((account_id, op_key))) is not None
+            ]
+            holds = [row for key in hold_keys if (row := found_holds.get(key)) is not None]
+            return operations, holds
+
+        return await self._read(read)
+
+    async def history(
+        self, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
+    ) -> list[Row]:
+        sql = f"SELECT {_columns(schema.JOURNAL_COLUMNS)} FROM journal WHERE account_id = %s AND status < 300"
+        args: list[object] = [account_id]
+        if before_seq is not None:
+            sql += " AND seq < %s"
+            args.append(before_seq)
+        if since is not None:
+            sql += " AND created_at >= %s"
+            args.append(since)
+        if until is not None:
+            sql += " AND created_at < %s"
+            args.append(until)
+        sql += " ORDER BY seq DESC LIMIT %s"
+        args.append(int(limit))
+        return await self._read(lambda conn: self._fetch(conn, sql, args))
+
+    async def get_hold(self, account_id: str, hold_id: str) -> Row | None:
+        _, holds = await self.lookup([], [(account_id, hold_id)])
+        return holds[0] if holds else None
+
+    async def children(self, parent_id: str, limit: int, after_id: str | None) -> list[str]:
+        sql = "SELECT id FROM accounts WHERE parent_id = %s AND id > %s ORDER BY id LIMIT %s"
+        rows = await self._read(lambda conn: self._fetch(conn, sql, (parent_id, after_id or "", int(limit))))
+        return [row[0] for row in rows]
+
+
+def from_url(url: str, shard: int) -> MariaDbShardStorage:
+    """``mysql://user:password@host:port/name`` -> the storage of database ``{name}_s{shard}``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mysql", "mariadb"):
+        raise ValueError(f"not a mysql:// URL: {url!r}")
+    name = parts.path.lstrip("/")
+    if not parts.hostname or not name or "/" in name:
+        raise ValueError(f"expected mysql://user:password@host:port/name, got {url!r}")
+    return MariaDbShardStorage(
+        host=parts.hostname,
+        port=parts.port or 3306,
+        user=unquote(parts.username or "root"),
+        password=unquote(parts.password or ""),
+        database=f"{unquote(name)}_s{shard}",
+    )

@@ -1,0 +1,74 @@
+"""Shared test helpers: where the test MariaDB is, and whether it is reachable.
+
+``BALANCE_TEST_MYSQL_URL`` (default ``mysql://root:@127.0.0.1:3306/balance_test``) names the server;
+tests derive uniquely named databases from the database name in it. When the server cannot be
+reached, MariaDB tests are skipped locally and FAIL when ``CI=true``: in CI a missing database
+is a broken pipeline, not a reason to go green.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import asyncmy
+import pytest
+
+MYSQL_URL_ENV = "BALANCE_TEST_MYSQL_URL"
+DEFAULT_MYSQL_URL = "mysql://root:@127.0.0.1:3306/balance_test"
+
+_reachability: dict[str, str | None] = {}  # url -> None (reachable) or why not, once per session
+
+
+def mysql_url() -> str:
+    return os.environ.get(MYSQL_URL_ENV) or DEFAULT_MYSQL_URL
+
+
+def mysql_connect_kwargs(url: str) -> dict[str, object]:
+    """asyncmy.connect() arguments for the server of ``url`` (no database selected)."""
+    parts = urlsplit(url)
+    return dict(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+        connect_timeout=3,
+    )
+
+
+async def mariadb_unreachable_reason(url: str) -> str | None:
+    """None if a MariaDB server answers at ``url``, else why not (checked once per URL)."""
+    if url not in _reachability:
+        try:
+            conn = await asyncmy.connect(**mysql_connect_kwargs(url))
+            try:
+                async with conn.cursor() as cur:
+                    await cur.execute("SELECT 1")
+            finally:
+                await conn.ensure_closed()
+            _reachability[url] = None
+        except Exception as exc:  # anything: refused, timeout, bad credentials
+            _reachability[url] = f"{type(exc).__name__}: {exc}"
+    return _reachability[url]
+
+
+async def require_mariadb(url: str | None = None) -> str:
+    """The test MariaDB URL; skips the test if the server is unreachable, fails it when CI=true."""
+    url = url or mysql_url()
+    reason = await mariadb_unreachable_reason(url)
+    if reason is not None:
+        shown = urlsplit(url)._replace(netloc=urlsplit(url).netloc.rpartition("@")[2]).geturl()
+        message = f"MariaDB not reachable at {shown} ({reason}); start it or set {MYSQL_URL_ENV}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture(scope="session")
+def mariadb_required() -> Callable[[], Awaitable[str]]:
+    """``await mariadb_required()``: the test MariaDB URL; skips the test (fails it when CI=true)
+    if the server is unreachable. Await it only where MariaDB is needed, so that tests of other
+    backends run without a server."""
+    return require_mariadb

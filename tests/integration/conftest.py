@@ -1,0 +1,83 @@
+"""Storage backends for the contract tests: every test runs once on SQLite and once on MariaDB.
+
+SQLite uses a file under ``tmp_path``; MariaDB a fresh, uniquely named database per test
+(``<name from BALANCE_TEST_MYSQL_URL>_<random>_s0``), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncmy
+import pytest
+
+from balance.storage.base import ShardStorage
+from balance.storage.mariadb import MariaDbShardStorage, from_url
+from balance.storage.sqlite import SqliteShardStorage
+
+
+@dataclass
+class Backend:
+    """One backend's location: ``new()`` makes another (unopened) storage on the same data."""
+
+    name: str
+    new: Callable[[], ShardStorage]
+    created: list[ShardStorage] = field(default_factory=list)
+
+    def make(self) -> ShardStorage:
+        storage = self.new()
+        self.created.append(storage)
+        return storage
+
+
+async def _drop_database(url: str, database: str) -> None:
+    parts = urlsplit(url)
+    conn = await asyncmy.connect(
+        host=parts.hostname, port=parts.port or 3306, user=parts.username or "root", password=parts.password or ""
+    )
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+    finally:
+        await conn.ensure_closed()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, mariadb_required: Callable[[], Awaitable[str]]
+) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "shard.db"
+        backend = Backend("sqlite", lambda: SqliteShardStorage(path))
+        database = url = None
+    else:
+        url = await mariadb_required()
+        parts = urlsplit(url)
+        name = parts.path.lstrip("/") or "balance_test"
+        unique_url = parts._replace(path=f"/{name}_{uuid.uuid4().hex[:10]}").geturl()
+        database = from_url(unique_url, 0).database
+        backend = Backend("mariadb", lambda: from_url(unique_url, 0))
+    try:
+        yield backend
+    finally:
+        for storage in backend.created:
+            await storage.close()
+        if url is not None and database is not None:
+            await _drop_database(url, database)
+
+
+@pytest.fixture
+async def storage(backend: Backend) -> ShardStorage:
+    """An opened storage on an empty database (closed and dropped by ``backend``)."""
+    storage = backend.make()
+    await storage.open()
+    return storage
+
+
+@pytest.fixture
+def is_mariadb(storage: ShardStorage) -> bool:
+    return isinstance(storage, MariaDbShardStorage)
