@@ -149,6 +149,12 @@ class Ledger:
                 due.append((account_id, hold_id))
         return due
 
+    def rearm(self, account_id: str, hold_id: str) -> None:
+        """Put a hold taken by ``due_holds`` back on the expiry heap (it was not expired)."""
+        hold = self.holds.get((account_id, hold_id))
+        if hold is not None and hold.status == HOLD_PENDING:
+            heapq.heappush(self._expiry, (hold.expires_at, account_id, hold_id))
+
     def lookups_needed(self, command: c.Command) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """(op keys, hold keys) that must be read from storage before ``command`` can be applied."""
         if isinstance(command, (c.CaptureHold, c.ReleaseHold)):

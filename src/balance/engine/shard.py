@@ -49,6 +49,13 @@ class Unavailable(Exception):
         self.detail = detail
 
 
+_KIND_NAMES = {
+    c.Credit: "credit", c.Debit: "debit", c.Transfer: "transfer", c.PlaceHold: "hold",
+    c.CaptureHold: "capture", c.ReleaseHold: "release", c.ExpireHold: "expire",
+    c.CreateAccount: "create_account", c.UpdateAccount: "update_account", c.CreateKey: "create_key",
+}  # fmt: skip
+
+
 def unavailable_reply(detail: str) -> Reply:
     return Reply(503, views.problem(e.UNAVAILABLE, 503, detail))
 
@@ -81,6 +88,7 @@ class ShardEngine:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._label = str(shard)
+        self._counts: dict[tuple[str, str], int] = {}  # (kind, outcome) -> count, per batch
         self._m_batch = self.metrics.batch_commands.labels(self._label)
         self._m_commit = self.metrics.commit_seconds.labels(self._label)
         self._m_queue = self.metrics.queue_depth.labels(self._label)
@@ -236,6 +244,7 @@ class ShardEngine:
     async def _apply_and_commit(self, commands: list[c.Command]) -> list[Reply]:
         for attempt in (1, 2):
             ledger = self.ledger
+            self._counts = {}
             ledger.begin()
             now = self.clock()
             try:
@@ -268,12 +277,21 @@ class ShardEngine:
                 raise
             self._m_commit.observe(time.perf_counter() - started)
             ledger.accept()
+            for (kind, code), count in self._counts.items():
+                self.metrics.operations.labels(kind, code).inc(count)
             return replies
         raise AssertionError("unreachable")
 
     def _apply(self, command: c.Command, now: int) -> Reply:
         outcome = self.ledger.apply(command, now)
-        return self._render(command, outcome)
+        reply = self._render(command, outcome)
+        if outcome.replay is not None:
+            code = "replayed"
+        else:
+            code = "ok" if outcome.rejection is None else outcome.rejection.code
+        key = (_KIND_NAMES.get(type(command), "other"), code)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        return reply
 
     def _render(self, command: c.Command, outcome: Outcome) -> Reply:
         if outcome.replay is not None:
@@ -307,7 +325,12 @@ class ShardEngine:
         due = self.ledger.due_holds(self.clock(), limit=self.batch_max * 4)
         if not due:
             return 0
-        futures = [self.enqueue(c.ExpireHold(account_id, hold_id)) for account_id, hold_id in due]
+        try:
+            futures = [self.enqueue(c.ExpireHold(account_id, hold_id)) for account_id, hold_id in due]
+        except Unavailable:
+            for account_id, hold_id in due:  # not queued: keep them due for the next sweep
+                self.ledger.rearm(account_id, hold_id)
+            raise
         replies = await asyncio.gather(*futures)
         expired = sum(1 for reply in replies if reply.status == 200)
         self.metrics.holds_expired.labels(self._label).inc(expired)
