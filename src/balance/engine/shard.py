@@ -73,6 +73,8 @@ class ShardEngine:
         batch_max: int = limits.ENGINE_BATCH_MAX,
         sweep_interval_s: float = 1.0,
         on_fatal: Callable[[BaseException], None] | None = None,
+        records_max: int = limits.IDEMPOTENCY_CACHE_ENTRIES,
+        finished_holds_max: int = limits.FINISHED_HOLDS_CACHE_ENTRIES,
     ) -> None:
         self.shard = shard
         self.storage = storage
@@ -80,7 +82,8 @@ class ShardEngine:
         self.metrics = metrics or Metrics()
         self.batch_max = batch_max
         self.sweep_interval_s = sweep_interval_s
-        self.ledger = Ledger(shard)
+        self._ledger_limits = {"records_max": records_max, "finished_holds_max": finished_holds_max}
+        self.ledger = Ledger(shard, **self._ledger_limits)
         self.state = STARTING
         self.recovery_s = 0.0
         self._on_fatal = on_fatal
@@ -102,7 +105,7 @@ class ShardEngine:
         started = time.perf_counter()
         await self.storage.open()
         loaded = await self.storage.load()
-        ledger = Ledger(self.shard)
+        ledger = Ledger(self.shard, **self._ledger_limits)
         for row in loaded.accounts:
             ledger.load_account(Account(*row))
         for row in loaded.pending_holds:

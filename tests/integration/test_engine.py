@@ -1,0 +1,185 @@
+"""The shard writer on a real SQLite file: undo on failed commits, expiry, old ids, fatal invariants."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from balance.domain import commands as c
+from balance.domain.errors import InvariantViolation
+from balance.engine.clock import ManualClock
+from balance.engine.shard import FAILED, ShardEngine
+from balance.storage.sqlite import SqliteShardStorage
+
+A, B = "US-0-aaaa", "US-0-bbbb"
+
+
+class FailingSqlite(SqliteShardStorage):
+    """Fault injection: the real SQLite commit fails half-way (after the journal rows went in)."""
+
+    fail_commits = 0
+
+    def _insert(self, conn, table, columns, rows, upsert):  # type: ignore[no-untyped-def]
+        if table == "accounts" and self.fail_commits > 0:
+            self.fail_commits -= 1
+            raise sqlite3.OperationalError("injected: disk I/O error")
+        super()._insert(conn, table, columns, rows, upsert)
+
+
+def snapshot(engine: ShardEngine) -> tuple:  # type: ignore[type-arg]
+    ledger = engine.ledger
+    return (
+        {k: a.state() for k, a in ledger.accounts.items()},
+        {k: h.state() for k, h in ledger.holds.items()},
+        set(ledger.records),
+        ledger.next_seq,
+    )
+
+
+async def started(path: Path, clock: ManualClock, **kwargs) -> ShardEngine:  # type: ignore[no-untyped-def]
+    storage_class = kwargs.pop("storage_class", SqliteShardStorage)
+    engine = ShardEngine(0, storage_class(path), clock=clock, sweep_interval_s=3600, on_fatal=lambda exc: None, **kwargs)
+    await engine.start()
+    return engine
+
+
+async def setup_accounts(engine: ShardEngine) -> None:
+    for account_id in (A, B):
+        reply = await engine.execute(c.CreateAccount(account_id, None, "partner", "US", "USD", account_id, 0, b"{}"))
+        assert reply.status == 201
+    assert (await engine.execute(c.Credit(A, "seed-a", 10_000))).status == 201
+    assert (await engine.execute(c.PlaceHold(A, "open-hold", 1_000, 900))).status == 201
+    assert (await engine.execute(c.PlaceHold(A, "to-capture", 500, 900))).status == 201
+
+
+def mixed_batch() -> list[c.Command]:
+    return [
+        c.Credit(A, "cr-1", 700),
+        c.Debit(A, "db-1", 300),
+        c.Transfer("tr-1", A, B, 2_000, "USD"),
+        c.PlaceHold(A, "new-hold", 1_500, 900),
+        c.CaptureHold(A, "to-capture", 200),
+        c.ReleaseHold(A, "open-hold"),
+        c.PlaceHold(B, "b-hold", 100, 900),
+        c.Credit(B, "cr-2", 5),
+    ]
+
+
+async def test_a_failed_commit_undoes_the_whole_batch_in_memory_and_on_disk(tmp_path: Path) -> None:
+    clock = ManualClock()
+    engine = await started(tmp_path / "s0.db", clock, storage_class=FailingSqlite)
+    await setup_accounts(engine)
+    before = snapshot(engine)
+    assert isinstance(engine.storage, FailingSqlite)
+    engine.storage.fail_commits = 1
+
+    replies = await asyncio.gather(*(engine.enqueue(command) for command in mixed_batch()))
+
+    assert [r.status for r in replies] == [503] * len(replies)
+    assert {json.loads(r.body)["code"] for r in replies} == {"unavailable"}
+    assert snapshot(engine) == before
+    engine.ledger.check_invariants()
+    assert engine.metrics.commit_failures.labels("0")._value.get() == 1
+    await engine.stop()
+
+    reopened = await started(tmp_path / "s0.db", clock)
+    assert {k: a.state() for k, a in reopened.ledger.accounts.items()} == before[0]
+    assert reopened.ledger.next_seq == before[3]
+    # The same ids, retried, are applied now: nothing of the failed batch was half-kept.
+    retried = await asyncio.gather(*(reopened.enqueue(command) for command in mixed_batch()))
+    assert [r.status for r in retried] == [201, 201, 201, 201, 200, 200, 201, 201]
+    assert not any(r.replayed for r in retried)
+    reopened.ledger.check_invariants()
+    assert reopened.ledger.accounts[A].balance == 10_000 + 700 - 300 - 2_000 - 200
+    assert reopened.ledger.accounts[A].reserved == 1_500
+    await reopened.stop()
+
+
+async def test_a_hold_past_its_expiry_is_expired_by_the_sweep_and_stays_expired_after_restart(tmp_path: Path) -> None:
+    clock = ManualClock()
+    engine = await started(tmp_path / "s0.db", clock)
+    await setup_accounts(engine)
+    assert (await engine.execute(c.PlaceHold(A, "short", 100, 5))).status == 201
+    assert engine.ledger.accounts[A].reserved == 1_600
+    clock.advance(4)
+    assert await engine.sweep() == 0
+    clock.advance(2)
+    assert await engine.sweep() == 1
+    assert engine.ledger.accounts[A].reserved == 1_500
+    assert engine.ledger.holds[(A, "short")].status == "expired"
+    rows = await engine.storage.history(A, 10, None, None, None)
+    assert rows[0][3] == "expire" and rows[0][4] == "short"
+    await engine.stop()
+
+    reopened = await started(tmp_path / "s0.db", clock)
+    assert reopened.ledger.accounts[A].reserved == 1_500
+    hold = await reopened.hold_state(A, "short")
+    assert hold is not None and hold[5] == "expired"
+    capture = await reopened.execute(c.CaptureHold(A, "short"))
+    assert (capture.status, json.loads(capture.body)["code"]) == (409, "hold_not_pending")
+    await reopened.stop()
+
+
+async def test_holds_that_expire_while_the_service_is_down_expire_after_recovery(tmp_path: Path) -> None:
+    clock = ManualClock()
+    engine = await started(tmp_path / "s0.db", clock)
+    await setup_accounts(engine)
+    await engine.stop()
+    clock.advance(901)
+    reopened = ShardEngine(0, SqliteShardStorage(tmp_path / "s0.db"), clock=clock, sweep_interval_s=0.01)
+    await reopened.start()
+    for _ in range(500):  # the engine's own sweep loop, bounded wait
+        if reopened.ledger.accounts[A].reserved == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert reopened.ledger.accounts[A].reserved == 0
+    assert {h.status for h in reopened.ledger.holds.values()} == {"expired"}
+    reopened.ledger.check_invariants()
+    await reopened.stop()
+
+
+async def test_an_old_operation_id_no_longer_in_memory_is_still_answered_with_its_first_outcome(tmp_path: Path) -> None:
+    clock = ManualClock()
+    engine = await started(tmp_path / "s0.db", clock, records_max=5, finished_holds_max=2)
+    await setup_accounts(engine)
+    first = await engine.execute(c.Credit(A, "old-credit", 42))
+    assert (await engine.execute(c.CaptureHold(A, "to-capture", 100))).status == 200
+    for i in range(20):
+        assert (await engine.execute(c.Credit(A, f"filler-{i}", 1))).status == 201
+        assert (await engine.execute(c.PlaceHold(A, f"h-{i}", 1, 900))).status == 201
+        assert (await engine.execute(c.ReleaseHold(A, f"h-{i}"))).status == 200
+    assert (A, "credit:old-credit") not in engine.ledger.records
+    assert (A, "to-capture") not in engine.ledger.holds
+    balance = engine.ledger.accounts[A].balance
+
+    replay = await engine.execute(c.Credit(A, "old-credit", 42))
+    assert (replay.status, replay.body, replay.replayed) == (first.status, first.body, True)
+    conflict = await engine.execute(c.Credit(A, "old-credit", 43))
+    assert json.loads(conflict.body)["code"] == "idempotency_conflict"
+    again = await engine.execute(c.CaptureHold(A, "to-capture", 100))
+    assert again.replayed and again.status == 200
+    other = await engine.execute(c.ReleaseHold(A, "to-capture"))
+    assert json.loads(other.body)["code"] == "hold_not_pending"
+    assert engine.ledger.accounts[A].balance == balance
+    engine.ledger.check_invariants()
+    await engine.stop()
+
+
+async def test_a_broken_invariant_stops_the_shard_and_answers_unavailable(tmp_path: Path) -> None:
+    fatal: list[BaseException] = []
+    engine = ShardEngine(0, SqliteShardStorage(tmp_path / "s0.db"), on_fatal=fatal.append, sweep_interval_s=3600)
+    await engine.start()
+    await setup_accounts(engine)
+    engine.ledger.accounts[A].reserved = -1  # corruption no rule can produce
+    reply = await engine.execute(c.Credit(A, "after-corruption", 1))
+    assert reply.status == 503
+    await asyncio.sleep(0)
+    assert engine.state == FAILED
+    assert len(fatal) == 1 and isinstance(fatal[0], InvariantViolation)
+    with pytest.raises(InvariantViolation):
+        engine.ledger.check_invariants()
+    await engine.stop()
