@@ -121,8 +121,7 @@ class MariaDbShardStorage:
                 async with setup.cursor() as cur:
                     await cur.execute("SET SESSION sql_notes = 0")  # "already exists" is not news
                     await cur.execute(
-                        f"CREATE DATABASE IF NOT EXISTS `{self.database}` "
-                        f"CHARACTER SET {_CHARSET} COLLATE {_COLLATION}"
+                        f"CREATE DATABASE IF NOT EXISTS `{self.database}` CHARACTER SET {_CHARSET} COLLATE {_COLLATION}"
                     )
                     await cur.execute(f"USE `{self.database}`")
                     for table, ddl in schema.TABLES.items():
@@ -255,9 +254,7 @@ class MariaDbShardStorage:
             tail = ""
             if upsert:
                 keys = _UPSERT_KEYS[table]
-                tail = " ON DUPLICATE KEY UPDATE " + ",".join(
-                    f"`{c}`=VALUES(`{c}`)" for c in columns if c not in keys
-                )
+                tail = " ON DUPLICATE KEY UPDATE " + ",".join(f"`{c}`=VALUES(`{c}`)" for c in columns if c not in keys)
             cached = self._head_cache[table] = (head, tail)
         head, tail = cached
         literal = conn.literal

@@ -1,0 +1,460 @@
+"""The ShardStorage contract, run against every backend (see conftest: SQLite and MariaDB).
+
+Rows are built with the column orders of ``schema``; results are compared with their exact
+Python types (``True`` and ``1`` are equal, but a backend that gives ``1`` for ``exhausted``
+breaks the contract).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncmy
+import pytest
+
+from balance.storage import schema
+from balance.storage.base import BatchWrite, DuplicateOperation, ShardStorage, StorageError, StoredOperation
+from balance.storage.mariadb import MariaDbShardStorage, from_url
+
+T0 = 1_700_000_000_000_000  # microseconds
+ALL_BYTES = bytes(range(256)) + b"'\"\\%s\x00"  # every byte, quotes, backslash, a placeholder, NUL
+BIG = 2**63 - 1  # fingerprints are 63-bit
+
+# ---- row factory ---------------------------------------------------------------------------
+
+_DEFAULTS: dict[tuple[str, ...], dict[str, Any]] = {
+    schema.ACCOUNT_COLUMNS: dict(
+        id="acc-1", parent_id=None, kind="user", region="EU", currency="EUR", name="Alice",
+        status="active", balance=0, reserved=0, credit_limit=0, exhausted=False, version=1,
+        created_at=T0, updated_at=T0, metadata=b"{}",
+    ),
+    schema.HOLD_COLUMNS: dict(
+        account_id="acc-1", id="hold-1", amount=500, captured_amount=0, currency="EUR",
+        status="pending", destination_account_id=None, expires_at=T0 + 60_000_000, created_at=T0,
+        updated_at=T0, description="", metadata=b"{}",
+    ),
+    schema.JOURNAL_COLUMNS: dict(
+        seq=1, account_id="acc-1", op_key=None, kind="credit", op_id="op-1", status=200, code="ok",
+        fingerprint=1, amount=100, currency="EUR", counterparty_account_id=None, hold_id=None,
+        balance_after=100, reserved_after=0, version=2, created_at=T0, description="",
+        metadata=b"{}", result=b"",
+    ),
+    schema.OUTBOX_COLUMNS: dict(seq=1, kind="account.updated", account_id="acc-1", version=1, created_at=T0),
+    schema.KEY_COLUMNS: dict(key_hash="0" * 64, account_id="acc-1", created_at=T0),
+}  # fmt: skip
+
+
+def _row(columns: tuple[str, ...], **values: Any) -> tuple[Any, ...]:
+    defaults = _DEFAULTS[columns]
+    assert set(defaults) == set(columns), "test defaults out of date with schema"
+    unknown = set(values) - set(columns)
+    assert not unknown, f"no such columns: {unknown}"
+    merged = {**defaults, **values}
+    return tuple(merged[column] for column in columns)
+
+
+def account(**values: Any) -> tuple[Any, ...]:
+    return _row(schema.ACCOUNT_COLUMNS, **values)
+
+
+def hold(**values: Any) -> tuple[Any, ...]:
+    return _row(schema.HOLD_COLUMNS, **values)
+
+
+def entry(**values: Any) -> tuple[Any, ...]:
+    return _row(schema.JOURNAL_COLUMNS, **values)
+
+
+def event(**values: Any) -> tuple[Any, ...]:
+    return _row(schema.OUTBOX_COLUMNS, **values)
+
+
+def key(**values: Any) -> tuple[Any, ...]:
+    return _row(schema.KEY_COLUMNS, **values)
+
+
+def typed(rows: list[Any]) -> list[tuple[tuple[Any, type], ...]]:
+    """Rows as (value, type) pairs, sorted: equal only if values AND types match."""
+    return sorted(tuple((value, type(value)) for value in row) for row in rows)
+
+
+def column(rows: list[Any], columns: tuple[str, ...], name: str) -> list[Any]:
+    index = columns.index(name)
+    return [row[index] for row in rows]
+
+
+# ---- open ----------------------------------------------------------------------------------
+
+
+async def test_open_is_idempotent_and_keeps_existing_data(backend: Any, storage: ShardStorage) -> None:
+    await storage.commit(BatchWrite(accounts=[account()], journal=[entry(op_key="credit:op-1")]))
+    second = backend.make()
+    await second.open()  # the database and its tables exist already, the first storage is open
+    await storage.close()
+    third = backend.make()
+    await third.open()
+    loaded = await third.load()
+    assert typed(loaded.accounts) == typed([account()])
+    assert loaded.next_seq == 2
+    await third.commit(BatchWrite(journal=[entry(seq=2, op_key="credit:op-2")]))
+    assert [row[0] for row in await second.history("acc-1", 10, None, None, None)] == [2, 1]
+
+
+# ---- commit and load -----------------------------------------------------------------------
+
+
+async def test_commit_then_load_round_trips_accounts_pending_holds_and_next_seq_with_exact_types(
+    storage: ShardStorage,
+) -> None:
+    accounts = [
+        account(id="acc-1", name="Zoë 日本 🚀", balance=-(2**62), reserved=2**62, exhausted=True, metadata=ALL_BYTES),
+        account(id="acc-2", parent_id="acc-1", kind="partner", currency="USD", credit_limit=10**15, version=7),
+        account(id="acc-3", metadata=b""),
+    ]
+    holds = [
+        hold(id="hold-1", description="naïve ' \" \\ %s", metadata=ALL_BYTES),
+        hold(id="hold-2", account_id="acc-2", destination_account_id="acc-3", captured_amount=3, currency="USD"),
+    ]
+    journal = [
+        entry(seq=1, op_key="credit:op-1", fingerprint=BIG, result=ALL_BYTES, metadata=ALL_BYTES),
+        entry(seq=2, account_id="acc-2", counterparty_account_id="acc-1", hold_id="hold-2", amount=-5),
+        entry(seq=3, op_key="debit:op-2", status=409, code="insufficient_funds"),
+    ]
+    await storage.commit(BatchWrite(accounts=accounts, holds=holds, journal=journal, outbox=[event(seq=5)]))
+    loaded = await storage.load()
+    assert typed(loaded.accounts) == typed(accounts)
+    assert typed(loaded.pending_holds) == typed(holds)
+    assert all(type(row) is tuple for row in loaded.accounts + loaded.pending_holds)
+    assert loaded.next_seq == 6  # the outbox (seq 5) is ahead of the journal (seq 3)
+
+
+async def test_next_seq_is_one_on_an_empty_shard_and_follows_the_journal(storage: ShardStorage) -> None:
+    assert (await storage.load()).next_seq == 1
+    await storage.commit(BatchWrite(journal=[entry(seq=41)], outbox=[event(seq=40)]))
+    assert (await storage.load()).next_seq == 42
+
+
+async def test_finished_holds_are_not_loaded_as_pending(storage: ShardStorage) -> None:
+    holds = [
+        hold(id="h-pending"),
+        hold(id="h-captured", status="captured", captured_amount=500),
+        hold(id="h-released", status="released"),
+        hold(id="h-expired", status="expired"),
+    ]
+    await storage.commit(BatchWrite(accounts=[account()], holds=holds))
+    assert typed((await storage.load()).pending_holds) == typed([hold(id="h-pending")])
+    assert await storage.get_hold("acc-1", "h-captured") == hold(
+        id="h-captured", status="captured", captured_amount=500
+    )
+
+
+async def test_upsert_of_accounts_and_holds_overwrites_every_column(storage: ShardStorage) -> None:
+    await storage.commit(BatchWrite(accounts=[account(), account(id="acc-2")], holds=[hold()]))
+    changed = account(
+        parent_id="acc-2",
+        kind="partner",
+        region="US",
+        currency="USD",
+        name="Bob",
+        status="frozen",
+        balance=-7,
+        reserved=3,
+        credit_limit=9,
+        exhausted=True,
+        version=2,
+        created_at=T0 + 1,
+        updated_at=T0 + 2,
+        metadata=b"\x01",
+    )
+    captured = hold(
+        amount=400,
+        captured_amount=400,
+        currency="USD",
+        status="captured",
+        destination_account_id="acc-2",
+        expires_at=T0 + 1,
+        created_at=T0 + 2,
+        updated_at=T0 + 3,
+        description="done",
+        metadata=b"\x02",
+    )
+    await storage.commit(BatchWrite(accounts=[changed], holds=[captured]))
+    loaded = await storage.load()
+    assert typed(loaded.accounts) == typed([changed, account(id="acc-2")])
+    assert loaded.pending_holds == []
+    assert typed([await storage.get_hold("acc-1", "hold-1")]) == typed([captured])
+    # and back to pending: the upsert is a full overwrite, not an insert-if-missing
+    await storage.commit(BatchWrite(holds=[hold(amount=1)]))
+    assert typed((await storage.load()).pending_holds) == typed([hold(amount=1)])
+
+
+async def test_the_last_row_wins_when_one_batch_upserts_the_same_account_twice(storage: ShardStorage) -> None:
+    await storage.commit(BatchWrite(accounts=[account(version=1), account(version=2, balance=5)]))
+    assert typed((await storage.load()).accounts) == typed([account(version=2, balance=5)])
+
+
+async def test_ids_and_op_keys_are_case_and_space_sensitive(storage: ShardStorage) -> None:
+    accounts = [account(id="acc"), account(id="ACC"), account(id="acc ")]
+    journal = [
+        entry(seq=1, account_id="acc", op_key="credit:op"),
+        entry(seq=2, account_id="acc", op_key="credit:OP"),
+        entry(seq=3, account_id="acc", op_key="credit:op "),
+    ]
+    await storage.commit(BatchWrite(accounts=accounts, journal=journal))
+    assert sorted(row[0] for row in (await storage.load()).accounts) == ["ACC", "acc", "acc "]
+    found, _ = await storage.lookup([("acc", "credit:op"), ("acc", "credit:OP"), ("ACC", "credit:op")], [])
+    assert sorted(op.op_key for op in found) == ["credit:OP", "credit:op"]
+
+
+# ---- duplicates --------------------------------------------------------------------------
+
+
+async def test_a_duplicate_op_key_raises_duplicate_operation_and_writes_nothing_of_the_batch(
+    storage: ShardStorage,
+) -> None:
+    await storage.commit(
+        BatchWrite(accounts=[account(balance=100)], journal=[entry(seq=1, op_key="credit:op-1")], outbox=[event()])
+    )
+    before = await storage.load()
+    # 1,500 journal rows: the duplicate (row 1,200) comes after statements that already succeeded
+    journal = [entry(seq=seq, op_key=f"credit:new-{seq}") for seq in range(2, 1502)]
+    journal[1200] = entry(seq=1202, op_key="credit:op-1")
+    batch = BatchWrite(
+        accounts=[account(balance=200, version=2), account(id="acc-2")],
+        holds=[hold()],
+        journal=journal,
+        outbox=[event(seq=1502)],
+        keys=[key()],
+    )
+    with pytest.raises(DuplicateOperation):
+        await storage.commit(batch)
+
+    after = await storage.load()
+    assert typed(after.accounts) == typed(before.accounts)
+    assert after.pending_holds == []
+    assert after.next_seq == before.next_seq == 2
+    assert await storage.load_keys() == []
+    found, holds = await storage.lookup([("acc-1", f"credit:new-{seq}") for seq in (2, 500, 1001, 1501)], [])
+    assert found == [] and holds == []
+    assert [row[0] for row in await storage.history("acc-1", 5000, None, None, None)] == [1]
+    # the storage is still usable, and the same batch without the duplicate commits
+    journal[1200] = entry(seq=1202, op_key="credit:new-1202")
+    await storage.commit(batch)
+    assert (await storage.load()).next_seq == 1503
+
+
+async def test_a_duplicate_op_key_within_one_batch_raises_duplicate_operation(storage: ShardStorage) -> None:
+    batch = BatchWrite(journal=[entry(seq=1, op_key="credit:x"), entry(seq=2, op_key="credit:x")])
+    with pytest.raises(DuplicateOperation):
+        await storage.commit(batch)
+    assert await storage.history("acc-1", 10, None, None, None) == []
+
+
+async def test_a_reused_seq_raises_storage_error_not_duplicate_operation(storage: ShardStorage) -> None:
+    await storage.commit(BatchWrite(journal=[entry(seq=1, op_key="credit:a")]))
+    with pytest.raises(StorageError) as raised:
+        await storage.commit(BatchWrite(journal=[entry(seq=1, op_key="credit:b")]))
+    assert not isinstance(raised.value, DuplicateOperation)
+
+
+async def test_rows_with_op_key_null_never_collide(storage: ShardStorage) -> None:
+    await storage.commit(BatchWrite(journal=[entry(seq=seq, op_key=None) for seq in range(1, 4)]))
+    await storage.commit(BatchWrite(journal=[entry(seq=seq, op_key=None) for seq in range(4, 6)]))
+    assert [row[0] for row in await storage.history("acc-1", 10, None, None, None)] == [5, 4, 3, 2, 1]
+
+
+# ---- look-ups ------------------------------------------------------------------------------
+
+
+async def test_lookup_returns_stored_operations_and_holds_and_nothing_for_unknown_keys(storage: ShardStorage) -> None:
+    journal = [
+        entry(seq=1, op_key="credit:op-1", fingerprint=BIG, status=201, result=ALL_BYTES),
+        entry(seq=2, op_key="debit:op-2", fingerprint=0, status=409, code="insufficient_funds", result=b'{"e":1}'),
+        entry(seq=3, op_key=None, op_id="op-2"),
+        entry(seq=4, account_id="acc-2", op_key="credit:op-1", fingerprint=5, result=b""),
+    ]
+    holds = [hold(), hold(id="hold-2", status="released"), hold(account_id="acc-2", destination_account_id="acc-1")]
+    await storage.commit(BatchWrite(journal=journal, holds=holds))
+
+    found, found_holds = await storage.lookup(
+        [("acc-1", "credit:op-1"), ("acc-1", "debit:op-2"), ("acc-2", "credit:op-1"), ("acc-3", "credit:op-1"),
+         ("acc-2", "debit:op-2"), ("acc-1", "credit:nope")],
+        [("acc-1", "hold-1"), ("acc-1", "hold-2"), ("acc-2", "hold-1"), ("acc-1", "hold-9"), ("acc-9", "hold-1")],
+    )  # fmt: skip
+    expected = [
+        StoredOperation("acc-1", "credit:op-1", BIG, 201, ALL_BYTES),
+        StoredOperation("acc-1", "debit:op-2", 0, 409, b'{"e":1}'),
+        StoredOperation("acc-2", "credit:op-1", 5, 200, b""),
+    ]
+    key_of = lambda op: (op.account_id, op.op_key)  # noqa: E731
+    assert sorted(found, key=key_of) == expected
+    for op in found:
+        assert (type(op.fingerprint), type(op.status), type(op.result)) == (int, int, bytes)
+    assert typed(found_holds) == typed(holds)
+
+    assert await storage.lookup([("acc-3", "credit:op-1")], [("acc-9", "hold-9")]) == ([], [])
+    assert await storage.lookup([], []) == ([], [])
+    assert await storage.get_hold("acc-1", "hold-9") is None
+
+
+async def test_lookup_of_many_keys_finds_them_all(storage: ShardStorage) -> None:
+    journal = [entry(seq=seq, account_id=f"acc-{seq % 7}", op_key=f"credit:{seq}") for seq in range(1, 1301)]
+    await storage.commit(BatchWrite(journal=journal))
+    asked = [(f"acc-{seq % 7}", f"credit:{seq}") for seq in range(1, 1301)] + [("acc-0", "credit:1")]
+    found, _ = await storage.lookup(asked, [])
+    assert {(op.account_id, op.op_key) for op in found} == set(asked[:-1])
+
+
+# ---- history, children, keys ---------------------------------------------------------------
+
+
+async def test_history_returns_accepted_rows_newest_first_and_honours_its_filters(storage: ShardStorage) -> None:
+    journal = [
+        entry(seq=1, status=201, created_at=100, op_key="credit:1", result=b"r1"),
+        entry(seq=2, status=200, created_at=200),
+        entry(seq=3, status=409, created_at=300, op_key="debit:3"),
+        entry(seq=4, status=299, created_at=400),
+        entry(seq=5, status=200, created_at=450, account_id="acc-2"),
+        entry(seq=6, status=200, created_at=500, counterparty_account_id="acc-2", hold_id="h", metadata=ALL_BYTES),
+        entry(seq=7, status=300, created_at=600),
+    ]
+    await storage.commit(BatchWrite(journal=journal))
+
+    async def seqs(limit: int = 100, before: int | None = None, since: int | None = None, until: int | None = None):
+        return [row[0] for row in await storage.history("acc-1", limit, before, since, until)]
+
+    assert await seqs() == [6, 4, 2, 1]
+    assert await seqs(before=6) == [4, 2, 1]
+    assert await seqs(since=200) == [6, 4, 2]  # since is inclusive
+    assert await seqs(until=400) == [2, 1]  # until is exclusive
+    assert await seqs(since=200, until=500) == [4, 2]
+    assert await seqs(limit=2) == [6, 4]
+    assert await seqs(limit=1, before=4) == [2]
+    assert await seqs(since=10_000) == []
+    rows = await storage.history("acc-1", 1, None, None, None)
+    assert typed(rows) == typed([journal[5]])
+    assert typed(await storage.history("acc-1", 1, 2, None, None)) == typed([journal[0]])
+
+
+async def test_children_are_paginated_by_id(storage: ShardStorage) -> None:
+    ids = ["c-03", "c-01", "B-x", "a-x", "c-02"]
+    accounts = [account(id="p"), account(id="q"), account(id="c-00", parent_id="q")]
+    accounts += [account(id=child, parent_id="p") for child in ids] + [account(id="g", parent_id="c-01")]
+    await storage.commit(BatchWrite(accounts=accounts))
+    assert await storage.children("p", 2, None) == ["B-x", "a-x"]  # byte order: upper case first
+    assert await storage.children("p", 2, "a-x") == ["c-01", "c-02"]
+    assert await storage.children("p", 2, "c-02") == ["c-03"]
+    assert await storage.children("p", 2, "c-03") == []
+    assert await storage.children("p", 100, "c-015") == ["c-02", "c-03"]
+    assert await storage.children("c-01", 10, None) == ["g"]
+    assert await storage.children("nobody", 10, None) == []
+
+
+async def test_load_keys_returns_every_stored_key(storage: ShardStorage) -> None:
+    keys = [key(key_hash=f"{n:064x}", account_id=f"acc-{n}") for n in range(3)]
+    await storage.commit(BatchWrite(keys=keys[:2]))
+    await storage.commit(BatchWrite(keys=keys[2:]))
+    assert sorted(await storage.load_keys()) == [(row[0], row[1]) for row in keys]
+    assert all(type(pair) is tuple and len(pair) == 2 for pair in await storage.load_keys())
+
+
+# ---- big batches ---------------------------------------------------------------------------
+
+
+async def test_a_batch_of_5000_journal_rows_commits_in_a_handful_of_insert_statements(
+    storage: ShardStorage,
+) -> None:
+    journal = [
+        entry(seq=seq, account_id=f"acc-{seq % 10}", op_key=f"credit:{seq}", metadata=ALL_BYTES, result=b"x" * 200)
+        for seq in range(1, 5001)
+    ]
+    before = await storage.session_status() if isinstance(storage, MariaDbShardStorage) else None
+    await storage.commit(BatchWrite(journal=journal, outbox=[event(seq=5001)]))
+    if isinstance(storage, MariaDbShardStorage):
+        after = await storage.session_status()
+        statements = after["Com_insert"] - before["Com_insert"]
+        assert 2 <= statements <= 10, f"{statements} INSERT statements for 5,001 rows"
+    assert len(await storage.history("acc-3", 10_000, None, None, None)) == 500
+    assert (await storage.load()).next_seq == 5002
+    found, _ = await storage.lookup([(f"acc-{seq % 10}", f"credit:{seq}") for seq in (1, 1000, 1001, 5000)], [])
+    assert len(found) == 4
+
+
+# ---- failures ------------------------------------------------------------------------------
+
+_SQLITE_CLOSED = pytest.mark.xfail(
+    reason="SqliteShardStorage after close(): run_in_executor on a shut-down pool raises RuntimeError, "
+    "not StorageError (sqlite.py _run only translates sqlite3.Error)",
+    raises=RuntimeError,
+    strict=True,
+)
+
+
+async def test_after_close_a_commit_raises_storage_error(request: pytest.FixtureRequest, storage: ShardStorage) -> None:
+    if not isinstance(storage, MariaDbShardStorage):
+        request.applymarker(_SQLITE_CLOSED)
+    await storage.close()
+    with pytest.raises(StorageError) as raised:
+        await storage.commit(BatchWrite(accounts=[account()]))
+    assert raised.type is StorageError
+
+
+async def test_after_close_reads_raise_storage_error(request: pytest.FixtureRequest, storage: ShardStorage) -> None:
+    if not isinstance(storage, MariaDbShardStorage):
+        request.applymarker(_SQLITE_CLOSED)
+    await storage.close()
+    for read in (
+        lambda: storage.load(),
+        lambda: storage.load_keys(),
+        lambda: storage.lookup([("acc-1", "credit:1")], []),
+        lambda: storage.history("acc-1", 10, None, None, None),
+        lambda: storage.children("acc-1", 10, None),
+    ):
+        with pytest.raises(StorageError) as raised:
+            await read()
+        assert raised.type is StorageError
+
+
+async def test_a_commit_after_the_server_dropped_the_connections_reconnects(storage: ShardStorage) -> None:
+    if not isinstance(storage, MariaDbShardStorage):
+        pytest.skip("MariaDB only: SQLite has no server connection to lose")
+    await storage.commit(BatchWrite(accounts=[account()]))
+    admin = await asyncmy.connect(host=storage.host, port=storage.port, user=storage.user, password=storage._password)
+    try:
+        async with admin.cursor() as cur:
+            await cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s", (storage.database,))
+            for (thread_id,) in await cur.fetchall():
+                await cur.execute(f"KILL CONNECTION {int(thread_id)}")
+    finally:
+        await admin.ensure_closed()
+    await asyncio.sleep(0.2)
+
+    try:  # the first use of a dead connection may fail, but only with StorageError
+        await storage.commit(BatchWrite(accounts=[account(version=2)]))
+    except StorageError as exc:
+        assert type(exc) is StorageError
+    await storage.commit(BatchWrite(accounts=[account(version=3)]))
+    for _ in range(2):  # likewise for a pooled read connection
+        try:
+            loaded = await storage.load()
+            break
+        except StorageError:
+            continue
+    assert typed(loaded.accounts) == typed([account(version=3)])
+
+
+# ---- configuration -------------------------------------------------------------------------
+
+
+def test_from_url_parses_credentials_host_port_and_names_the_shard_database() -> None:
+    storage = from_url("mysql://svc:p%40ss@db.internal:3307/balance", 12)
+    assert (storage.user, storage._password, storage.host, storage.port, storage.database) == (
+        "svc", "p@ss", "db.internal", 3307, "balance_s12",
+    )  # fmt: skip
+    storage = from_url("mysql://root:@localhost/bal", 0)
+    assert (storage.user, storage._password, storage.port, storage.database) == ("root", "", 3306, "bal_s0")
+    with pytest.raises(ValueError):
+        from_url("mysql://root@localhost/", 0)
+    with pytest.raises(ValueError):
+        from_url("mysql://root@localhost/bad`name", 0)
