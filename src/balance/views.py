@@ -18,9 +18,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 encoder = msgspec.json.Encoder()
 
 
+_TIMESTAMPS: dict[int, str] = {}  # a batch stamps all its rows with one ``now``: format it once
+
+
 def timestamp(us: int) -> str:
     """Microseconds since the epoch as RFC 3339 UTC (integer arithmetic, no float)."""
-    return (_EPOCH + timedelta(microseconds=us)).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    text = _TIMESTAMPS.get(us)
+    if text is None:
+        if len(_TIMESTAMPS) > 4096:
+            _TIMESTAMPS.clear()
+        text = (_EPOCH + timedelta(microseconds=us)).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        _TIMESTAMPS[us] = text
+    return text
 
 
 class AccountView(msgspec.Struct, omit_defaults=False):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 
 
 def _fingerprint(fields: tuple) -> int:  # type: ignore[type-arg]
@@ -48,7 +48,7 @@ class Credit:
     metadata: bytes = b"{}"
 
     def fingerprint(self) -> int:
-        return _fingerprint(("credit", *astuple(self)))
+        return _fingerprint(("credit", self.account_id, self.op_id, self.amount, self.description, self.metadata))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ class Debit:
     metadata: bytes = b"{}"
 
     def fingerprint(self) -> int:
-        return _fingerprint(("debit", *astuple(self)))
+        return _fingerprint(("debit", self.account_id, self.op_id, self.amount, self.description, self.metadata))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,10 @@ class Transfer:
         return self.from_account_id
 
     def fingerprint(self) -> int:
-        return _fingerprint(("transfer", *astuple(self)))
+        return _fingerprint((
+            "transfer", self.op_id, self.from_account_id, self.to_account_id, self.amount,
+            self.currency, self.description, self.metadata,
+        ))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,10 @@ class PlaceHold:
     metadata: bytes = b"{}"
 
     def fingerprint(self) -> int:
-        return _fingerprint(("hold", *astuple(self)))
+        return _fingerprint((
+            "hold", self.account_id, self.op_id, self.amount, self.expires_in_s,
+            self.destination_account_id, self.description, self.metadata,
+        ))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +108,7 @@ class CaptureHold:
     amount: int | None = None  # None: the whole hold
 
     def fingerprint(self) -> int:
-        return _fingerprint(("capture", *astuple(self)))
+        return _fingerprint(("capture", self.account_id, self.hold_id, self.amount))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +117,7 @@ class ReleaseHold:
     hold_id: str
 
     def fingerprint(self) -> int:
-        return _fingerprint(("release", *astuple(self)))
+        return _fingerprint(("release", self.account_id, self.hold_id))
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,7 +73,11 @@ class Account:
 
     def state(self) -> tuple:  # type: ignore[type-arg]
         """All fields as a tuple: the row written to storage and the undo snapshot."""
-        return tuple(getattr(self, name) for name in Account.__slots__)
+        return (
+            self.id, self.parent_id, self.kind, self.region, self.currency, self.name, self.status,
+            self.balance, self.reserved, self.credit_limit, self.exhausted, self.version,
+            self.created_at, self.updated_at, self.metadata,
+        )  # fmt: skip
 
     def restore(self, state: tuple) -> None:  # type: ignore[type-arg]
         for name, value in zip(Account.__slots__, state, strict=True):
@@ -112,7 +116,11 @@ class Hold:
         self.metadata = metadata
 
     def state(self) -> tuple:  # type: ignore[type-arg]
-        return tuple(getattr(self, name) for name in Hold.__slots__)
+        return (
+            self.account_id, self.id, self.amount, self.captured_amount, self.currency, self.status,
+            self.destination_account_id, self.expires_at, self.created_at, self.updated_at,
+            self.description, self.metadata,
+        )  # fmt: skip
 
     def restore(self, state: tuple) -> None:  # type: ignore[type-arg]
         for name, value in zip(Hold.__slots__, state, strict=True):
