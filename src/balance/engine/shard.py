@@ -227,14 +227,24 @@ class ShardEngine:
                 future.set_result(reply)
 
     async def _prefetch(self, commands: list[c.Command]) -> None:
-        """Read the few things memory may not hold: old holds and old first outcomes."""
-        op_keys: list[tuple[str, str]] = []
-        hold_keys: list[tuple[str, str]] = []
-        for command in commands:
-            ops, holds = self.ledger.lookups_needed(command)
-            op_keys += ops
-            hold_keys += holds
-        if op_keys or hold_keys:
+        """Read the few things memory may not hold: old holds and old first outcomes.
+
+        Two rounds: what the first loads can call for more. A finished hold loaded for a
+        capture or release makes a replayed placement of the same hold (same batch) need its
+        first outcome, which it did not need while the hold was out of memory.
+        """
+        asked: set[tuple[str, str, str]] = set()
+        for _ in range(2):
+            op_keys: list[tuple[str, str]] = []
+            hold_keys: list[tuple[str, str]] = []
+            for command in commands:
+                ops, holds = self.ledger.lookups_needed(command)
+                op_keys += [key for key in ops if ("op", *key) not in asked]
+                hold_keys += [key for key in holds if ("hold", *key) not in asked]
+            if not op_keys and not hold_keys:
+                return
+            asked.update(("op", *key) for key in op_keys)
+            asked.update(("hold", *key) for key in hold_keys)
             await self._load(op_keys, hold_keys)
 
     async def _load(self, op_keys: list[tuple[str, str]], hold_keys: list[tuple[str, str]]) -> None:
