@@ -25,8 +25,8 @@ ADMIN = "admin"
 def shard_of(account_id: str) -> int | None:
     """The home shard encoded in an account id, or None if the id is not one of ours."""
     parts = account_id.split("-", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
-        return None
+    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()) or len(parts[1]) > 9:
+        return None  # not ASCII digits ("²" passes isdigit) or too long for int(): not one of ours
     return int(parts[1])
 
 

@@ -66,7 +66,7 @@ def decode(body: bytes, type_: Any) -> Any:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         raise validation(str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets UnicodeDecodeError through
         raise validation(f"malformed JSON: {exc}") from None
 
 
@@ -133,7 +133,10 @@ class BalanceApp:
         except Exception:  # a bug: log it, answer 500, keep serving
             log.exception("unhandled error")
             reply, extra = Reply(500, problem("internal_error", 500, "internal error")), []
-        headers = [(b"content-type", PROBLEM if reply.status >= 400 else JSON), *extra]
+        if any(name == b"content-type" for name, _ in extra):  # e.g. /metrics: one Content-Type, not two
+            headers = list(extra)
+        else:
+            headers = [(b"content-type", PROBLEM if reply.status >= 400 else JSON), *extra]
         if reply.replayed:
             headers.append((b"idempotent-replayed", b"true"))
         if reply.status == 503 or reply.status == 429:
@@ -172,9 +175,18 @@ class BalanceApp:
         if path == "/readyz":
             ready = self.service.ready
             shards = {str(engine.shard): engine.state for engine in self.service.engines}
-            return path, json_reply(200 if ready else 503, {"ready": ready, "shards": shards}), []
+            if ready:
+                return path, json_reply(200, {"ready": ready, "shards": shards}), []
+            # A 503 goes out as problem+json, so the body is a problem (with the shard states as extensions).
+            detail = "not every shard has recovered"
+            body = {**msgspec.json.decode(problem(e.UNAVAILABLE, 503, detail)), "ready": ready, "shards": shards}
+            return path, json_reply(503, body), []
         if path == "/metrics":
-            return path, Reply(200, generate_latest(self.metrics.registry)), [(b"content-type", b"text/plain; version=0.0.4")]
+            return (
+                path,
+                Reply(200, generate_latest(self.metrics.registry)),
+                [(b"content-type", b"text/plain; version=0.0.4")],
+            )
         if path == "/openapi.json":
             return path, Reply(200, self._openapi), []
         parts = path.strip("/").split("/")
@@ -187,11 +199,11 @@ class BalanceApp:
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
         request = Request(method, path, query, headers, body)
         try:
+            if not self.service.ready:  # first: partner keys are only known once recovery has loaded them
+                raise HttpError(e.UNAVAILABLE, 503, "the service is recovering; retry shortly")
             principal = self.service.principal(_bearer(headers))
             if principal is None:
                 raise HttpError(e.UNAUTHORIZED, 401, "missing or unknown API key")
-            if not self.service.ready:
-                raise HttpError(e.UNAVAILABLE, 503, "the service is recovering; retry shortly")
             if body is None:
                 raise validation(f"body larger than {BODY_BYTES_MAX} bytes")
             request.principal = principal
@@ -340,7 +352,7 @@ class BalanceApp:
         cursor = request.query.get("cursor") or None
         before_seq = None
         if cursor is not None:
-            if not cursor.isdigit() or len(cursor) > 19:
+            if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19 or int(cursor) > _SEQ_MAX:
                 raise validation("cursor is not one this service gave out")
             before_seq = int(cursor)
         since, until = _time_query(request.query, "since"), _time_query(request.query, "until")
@@ -362,6 +374,8 @@ class BalanceApp:
                     op = decoder.decode(raw)
                 except msgspec.ValidationError as exc:
                     raise validation(str(exc)) from None
+                except UnicodeDecodeError as exc:  # msgspec.Raw keeps invalid UTF-8 until decoded
+                    raise validation(f"malformed JSON: {exc}") from None
                 command = batch_command(op)
                 self._check_access(request.principal, *_accounts_of(command))
             except HttpError as exc:
@@ -455,13 +469,14 @@ def _hold_id(value: str) -> str:
 
 
 _ID = re.compile(s.ID_PATTERN)
+_SEQ_MAX = 2**63 - 1  # journal sequence numbers are BIGINT: a larger cursor cannot be bound
 
 
 def _int_query(query: dict[str, str], name: str, default: int, maximum: int) -> int:
     raw = query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 1 <= int(raw) <= maximum:
         raise validation(f"{name} must be an integer from 1 to {maximum}")
     return int(raw)
 

@@ -57,9 +57,24 @@ def _page(item: str) -> dict[str, Any]:
     }
 
 
+def _renamed(value: Any, renames: dict[str, str]) -> Any:
+    """``value`` with every ``$ref`` to a renamed component pointing at its new name."""
+    if isinstance(value, dict):
+        ref = value.get("$ref")
+        if isinstance(ref, str) and ref.rpartition("/")[2] in renames:
+            value = {**value, "$ref": _ref(renames[ref.rpartition("/")[2]])["$ref"]}
+        return {key: _renamed(item, renames) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_renamed(item, renames) for item in value]
+    return value
+
+
 def openapi_document() -> dict[str, Any]:
     types = [*_REQUESTS.values(), *_RESPONSES.values(), s.BatchOp]
     (_, *_), components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    # The paths name responses by their public names (Account, not AccountView): rename to match.
+    renames = {t.__name__: name for name, t in _RESPONSES.items() if t.__name__ != name}
+    components = _renamed({renames.get(key, key): value for key, value in components.items()}, renames)
     batch_request = {
         "type": "object",
         "required": ["operations"],

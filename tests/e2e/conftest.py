@@ -1,0 +1,247 @@
+"""In-process HTTP harness: a real service on SQLite files under ``tmp_path``, no sockets.
+
+``api`` (one shard) and ``api2`` (two shards) build the service with ``bootstrap.build_service``,
+start it (recovery included), and talk to ``BalanceApp(service, start_service=False)`` through
+``httpx.ASGITransport``. A fatal invariant breach fails the test instead of ending the process.
+``make_api`` builds more of them (e.g. a second process on the same files, or one never started).
+
+Test modules import nothing from here (``tests/e2e`` is no package): the helpers ride on the
+``Api`` object (``api.op_id()``, ``api.assert_problem(...)``) and the ``e2e`` fixture.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from balance import bootstrap
+from balance.api.app import BalanceApp
+from balance.config import Settings
+from balance.service import BalanceService
+
+ADMIN_KEY = "test-admin"
+PROBLEM_TYPE = "application/problem+json"
+
+_ids = itertools.count(1)
+
+
+def op_id(prefix: str = "op") -> str:
+    """A fresh, valid operation id."""
+    return f"{prefix}-{next(_ids)}-{uuid.uuid4().hex[:8]}"
+
+
+def bearer(key: str | None) -> dict[str, str]:
+    return {} if key is None else {"Authorization": f"Bearer {key}"}
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """An RFC 9457 problem with the contract's members and the expected status and code."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM_TYPE
+    body = response.json()
+    assert_problem_body(body, status, code)
+    return body
+
+
+def assert_problem_body(body: dict[str, Any], status: int, code: str) -> None:
+    for member in ("type", "title", "status", "detail", "code"):
+        assert member in body, f"problem without {member}: {body}"
+    assert isinstance(body["type"], str) and body["type"]
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert body["status"] == status, body
+    assert body["code"] == code, body
+
+
+class Api:
+    """An httpx client on one in-process deployment, plus helpers that assert success."""
+
+    def __init__(self, client: httpx.AsyncClient, service: BalanceService, app: BalanceApp) -> None:
+        self.client = client
+        self.service = service
+        self.app = app
+        self.admin = ADMIN_KEY
+
+    op_id = staticmethod(op_id)
+    assert_problem = staticmethod(assert_problem)
+    assert_problem_body = staticmethod(assert_problem_body)
+    problem_type = PROBLEM_TYPE
+
+    # ---- raw requests (the admin key unless told otherwise; key=None sends none) ----------
+
+    async def request(self, method: str, url: str, *, key: str | None = ADMIN_KEY, **kwargs: Any) -> httpx.Response:
+        headers = {**bearer(key), **kwargs.pop("headers", {})}
+        return await self.client.request(method, url, headers=headers, **kwargs)
+
+    async def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("GET", url, **kwargs)
+
+    async def post(self, url: str, json: Any = None, **kwargs: Any) -> httpx.Response:
+        if json is not None:
+            kwargs["json"] = json
+        return await self.request("POST", url, **kwargs)
+
+    async def patch(self, url: str, json: Any = None, **kwargs: Any) -> httpx.Response:
+        if json is not None:
+            kwargs["json"] = json
+        return await self.request("PATCH", url, **kwargs)
+
+    # ---- helpers that expect success -------------------------------------------------------
+
+    async def create_account(
+        self, parent_id: str | None = None, *, key: str = ADMIN_KEY, kind: str = "partner", **fields: Any
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"kind": kind, **fields}
+        if parent_id is None:
+            body.setdefault("region", "US")
+            body.setdefault("currency", "USD")
+        else:
+            body["parent_id"] = parent_id
+        response = await self.post("/v1/accounts", body, key=key)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def account(self, account_id: str, *, key: str = ADMIN_KEY) -> dict[str, Any]:
+        response = await self.get(f"/v1/accounts/{account_id}", key=key)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def create_key(self, account_id: str, *, key: str = ADMIN_KEY) -> str:
+        response = await self.post(f"/v1/accounts/{account_id}/keys", key=key)
+        assert response.status_code == 201, response.text
+        assert response.json()["account_id"] == account_id
+        return response.json()["key"]
+
+    async def patch_account(self, account_id: str, *, key: str = ADMIN_KEY, **fields: Any) -> dict[str, Any]:
+        response = await self.patch(f"/v1/accounts/{account_id}", fields, key=key)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def credit(self, account_id: str, amount: int, *, key: str = ADMIN_KEY, id: str | None = None,
+                     **fields: Any) -> dict[str, Any]:  # fmt: skip
+        body = {"id": id or op_id("credit"), "amount": amount, **fields}
+        response = await self.post(f"/v1/accounts/{account_id}/credits", body, key=key)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def debit(self, account_id: str, amount: int, *, key: str = ADMIN_KEY, id: str | None = None,
+                    **fields: Any) -> dict[str, Any]:  # fmt: skip
+        body = {"id": id or op_id("debit"), "amount": amount, **fields}
+        response = await self.post(f"/v1/accounts/{account_id}/debits", body, key=key)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def transfer(self, from_id: str, to_id: str, amount: int, *, key: str = ADMIN_KEY, currency: str = "USD",
+                       id: str | None = None) -> dict[str, Any]:  # fmt: skip
+        body = {"id": id or op_id("transfer"), "from_account_id": from_id, "to_account_id": to_id,
+                "amount": amount, "currency": currency}  # fmt: skip
+        response = await self.post("/v1/transfers", body, key=key)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def hold(self, account_id: str, amount: int, *, key: str = ADMIN_KEY, id: str | None = None,
+                   **fields: Any) -> dict[str, Any]:  # fmt: skip
+        body = {"id": id or op_id("hold"), "amount": amount, **fields}
+        response = await self.post(f"/v1/accounts/{account_id}/holds", body, key=key)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    async def capture(self, account_id: str, hold_id: str, amount: int | None = None, *,
+                      key: str = ADMIN_KEY) -> dict[str, Any]:  # fmt: skip
+        body = {} if amount is None else {"amount": amount}
+        response = await self.post(f"/v1/accounts/{account_id}/holds/{hold_id}/capture", body, key=key)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def release(self, account_id: str, hold_id: str, *, key: str = ADMIN_KEY) -> dict[str, Any]:
+        response = await self.post(f"/v1/accounts/{account_id}/holds/{hold_id}/release", key=key)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def get_hold(self, account_id: str, hold_id: str, *, key: str = ADMIN_KEY) -> dict[str, Any]:
+        response = await self.get(f"/v1/accounts/{account_id}/holds/{hold_id}", key=key)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    async def history(self, account_id: str, *, key: str = ADMIN_KEY, limit: int = 1000,
+                      **query: str) -> list[dict[str, Any]]:  # fmt: skip
+        """The whole history, newest first, following ``next_cursor`` to the end."""
+        rows: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params = {"limit": str(limit), **query, **({"cursor": cursor} if cursor else {})}
+            response = await self.get(f"/v1/accounts/{account_id}/transactions", params=params, key=key)
+            assert response.status_code == 200, response.text
+            page = response.json()
+            rows += page["data"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return rows
+
+    async def snapshot(self, *account_ids: str) -> dict[str, Any]:
+        """Each account as GET shows it, and its full history: what must not change."""
+        return {a: {"account": await self.account(a), "history": await self.history(a)} for a in account_ids}
+
+
+class Fatal:
+    """on_fatal for tests: record the breach and fail loudly instead of ending the process."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+
+    def __call__(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+        pytest.fail(f"fatal invariant breach in the service: {exc!r}")
+
+
+MakeApi = Callable[..., AbstractAsyncContextManager[Api]]
+
+
+@pytest.fixture
+def make_api(tmp_path: Path) -> MakeApi:
+    """``async with make_api(shards=1, start=True, data_dir=tmp_path) as api:`` — a deployment."""
+
+    @asynccontextmanager
+    async def make(*, shards: int = 1, start: bool = True, data_dir: Path | None = None) -> AsyncIterator[Api]:
+        settings = Settings.from_env(
+            {
+                "BALANCE_DATA_DIR": str(data_dir or tmp_path),
+                "BALANCE_ADMIN_KEY": ADMIN_KEY,
+                "BALANCE_SHARDS": str(shards),
+            }  # fmt: skip
+        )
+        fatal = Fatal()
+        service = bootstrap.build_service(settings, on_fatal=fatal)
+        try:
+            if start:
+                await service.start()
+            app = BalanceApp(service, start_service=False)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+                yield Api(client, service, app)
+        finally:
+            await service.stop()
+        if fatal.errors:
+            pytest.fail(f"the service hit a fatal error: {fatal.errors[0]!r}")
+
+    return make
+
+
+@pytest.fixture
+async def api(make_api: MakeApi) -> AsyncIterator[Api]:
+    """A started one-shard deployment."""
+    async with make_api(shards=1) as api:
+        yield api
+
+
+@pytest.fixture
+async def api2(make_api: MakeApi) -> AsyncIterator[Api]:
+    """A started two-shard deployment."""
+    async with make_api(shards=2) as api:
+        yield api
