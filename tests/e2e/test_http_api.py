@@ -680,7 +680,6 @@ async def test_transfer_across_shards(api2: Api) -> None:
     assert [a["balance"] for a in reply["accounts"]] == [70, 30]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (ledger.py): raising credit_limit does not lift `exhausted`")
 async def test_raising_the_credit_limit_of_an_exhausted_account_lets_it_hold_again(api: Api) -> None:
     account = await api.create_account()
     await api.credit(account["id"], 100)

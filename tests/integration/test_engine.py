@@ -183,3 +183,87 @@ async def test_a_broken_invariant_stops_the_shard_and_answers_unavailable(tmp_pa
     with pytest.raises(InvariantViolation):
         engine.ledger.check_invariants()
     await engine.stop()
+
+
+class LandsThenFails(SqliteShardStorage):
+    """Fault injection: the commit is durable, then the 'connection' dies before the answer."""
+
+    armed = False
+
+    def _commit(self, batch):  # type: ignore[no-untyped-def]
+        super()._commit(batch)
+        if self.armed:
+            self.armed = False
+            raise sqlite3.OperationalError("injected: connection lost after COMMIT")
+
+
+class SlowThenFails(SqliteShardStorage):
+    """Fault injection: the next commit takes a while (so a batch is applied on top) and fails."""
+
+    armed = False
+
+    def _commit(self, batch):  # type: ignore[no-untyped-def]
+        if self.armed:
+            self.armed = False
+            import time
+
+            time.sleep(0.2)
+            raise sqlite3.OperationalError("injected: disk I/O error")
+        super()._commit(batch)
+
+
+async def test_a_commit_that_landed_but_reported_failure_is_found_and_memory_reloaded(tmp_path: Path) -> None:
+    clock = ManualClock()
+    engine = await started(tmp_path / "s0.db", clock, storage_class=LandsThenFails)
+    await setup_accounts(engine)
+    assert isinstance(engine.storage, LandsThenFails)
+    engine.storage.armed = True
+
+    replies = await asyncio.gather(*(engine.enqueue(command) for command in mixed_batch()))
+
+    assert {r.status for r in replies} == {503}
+    for _ in range(200):  # the shard resynchronises by itself (bounded wait)
+        if engine.ready:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.ready
+    engine.ledger.check_invariants()
+    assert engine.ledger.accounts[A].balance == 10_000 + 700 - 300 - 2_000 - 200  # what is durable
+    retried = await asyncio.gather(*(engine.enqueue(command) for command in mixed_batch()))
+    assert all(r.replayed for r in retried)
+    assert [r.status for r in retried] == [201, 201, 201, 201, 200, 200, 201, 201]
+    assert engine.ledger.accounts[A].balance == 10_000 + 700 - 300 - 2_000 - 200  # not applied twice
+    await engine.stop()
+
+
+async def test_when_a_commit_fails_the_batch_applied_on_top_of_it_is_undone_too(tmp_path: Path) -> None:
+    clock = ManualClock()
+    engine = await started(tmp_path / "s0.db", clock, storage_class=SlowThenFails)
+    await setup_accounts(engine)
+    before = snapshot(engine)
+    assert isinstance(engine.storage, SlowThenFails)
+    engine.storage.armed = True
+
+    first = [engine.enqueue(c.Credit(A, "first-1", 10)), engine.enqueue(c.PlaceHold(A, "first-h", 10, 900))]
+    await asyncio.sleep(0.05)  # the first batch is committing (slowly) now
+    assert engine.ledger.batches_in_flight == 1
+    second = [engine.enqueue(c.Credit(A, "second-1", 10)), engine.enqueue(c.Transfer("second-t", A, B, 5, "USD"))]
+    for _ in range(100):
+        if engine.ledger.batches_in_flight == 2:  # the second batch is applied on top of the first
+            break
+        await asyncio.sleep(0.001)
+    assert engine.ledger.batches_in_flight == 2
+    replies = await asyncio.gather(*first, *second)
+
+    assert [r.status for r in replies] == [503, 503, 503, 503]
+    for _ in range(200):
+        if engine.ready:
+            break
+        await asyncio.sleep(0.01)
+    assert snapshot(engine) == before
+    again = await asyncio.gather(
+        engine.enqueue(c.Credit(A, "first-1", 10)), engine.enqueue(c.Transfer("second-t", A, B, 5, "USD"))
+    )
+    assert [(r.status, r.replayed) for r in again] == [(201, False), (201, False)]
+    engine.ledger.check_invariants()
+    await engine.stop()

@@ -383,30 +383,19 @@ async def test_a_batch_of_5000_journal_rows_commits_in_a_handful_of_insert_state
 
 # ---- failures ------------------------------------------------------------------------------
 
-_SQLITE_CLOSED = pytest.mark.xfail(
-    reason="SqliteShardStorage after close(): run_in_executor on a shut-down pool raises RuntimeError, "
-    "not StorageError (sqlite.py _run only translates sqlite3.Error)",
-    raises=RuntimeError,
-    strict=True,
-)
-
-
-async def test_after_close_a_commit_raises_storage_error(request: pytest.FixtureRequest, storage: ShardStorage) -> None:
-    if not isinstance(storage, MariaDbShardStorage):
-        request.applymarker(_SQLITE_CLOSED)
+async def test_after_close_a_commit_raises_storage_error(storage: ShardStorage) -> None:
     await storage.close()
     with pytest.raises(StorageError) as raised:
         await storage.commit(BatchWrite(accounts=[account()]))
     assert raised.type is StorageError
 
 
-async def test_after_close_reads_raise_storage_error(request: pytest.FixtureRequest, storage: ShardStorage) -> None:
-    if not isinstance(storage, MariaDbShardStorage):
-        request.applymarker(_SQLITE_CLOSED)
+async def test_after_close_reads_raise_storage_error(storage: ShardStorage) -> None:
     await storage.close()
     for read in (
         lambda: storage.load(),
         lambda: storage.load_keys(),
+        lambda: storage.max_seq(),
         lambda: storage.lookup([("acc-1", "credit:1")], []),
         lambda: storage.history("acc-1", 10, None, None, None),
         lambda: storage.children("acc-1", 10, None),

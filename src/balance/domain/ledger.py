@@ -17,9 +17,25 @@ from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
 from balance.domain.model import (
-    CAPTURE, CREDIT, DEBIT, EXPIRE, HOLD, HOLD_CAPTURED, HOLD_EXPIRED, HOLD_PENDING,
-    HOLD_RELEASED, KIND_FUNDING, KIND_SETTLEMENT, RELEASE, STATUS_ACTIVE, STATUS_CLOSED,
-    TRANSFER, Account, Entry, Event, Hold,
+    CAPTURE,
+    CREDIT,
+    DEBIT,
+    EXPIRE,
+    HOLD,
+    HOLD_CAPTURED,
+    HOLD_EXPIRED,
+    HOLD_PENDING,
+    HOLD_RELEASED,
+    KIND_FUNDING,
+    KIND_SETTLEMENT,
+    RELEASE,
+    STATUS_ACTIVE,
+    STATUS_CLOSED,
+    TRANSFER,
+    Account,
+    Entry,
+    Event,
+    Hold,
 )  # fmt: skip
 
 
@@ -58,6 +74,19 @@ class Changes:
     keys: list[tuple[str, str, int]] = field(default_factory=list)  # (key_hash, account_id, at)
 
 
+class _Frame:
+    """Undo information of one batch: snapshots before its first change, outcomes it added."""
+
+    __slots__ = ("seq_at_begin", "accounts", "holds", "records", "changes")
+
+    def __init__(self, seq_at_begin: int) -> None:
+        self.seq_at_begin = seq_at_begin
+        self.accounts: dict[str, tuple | None] = {}  # type: ignore[type-arg]  # None: created here
+        self.holds: dict[tuple[str, str], tuple | None] = {}  # type: ignore[type-arg]
+        self.records: list[tuple[str, str]] = []
+        self.changes = Changes()
+
+
 def system_account_id(shard: int, currency: str, kind: str) -> str:
     return f"SYS-{shard}-{kind}-{currency}"
 
@@ -85,10 +114,11 @@ class Ledger:
         self._finished: dict[tuple[str, str], None] = {}  # finished holds, oldest first
         self._finished_max = finished_holds_max
         self._expiry: list[tuple[int, str, str]] = []  # heap of (expires_at, account_id, hold_id)
+        self._frames: list[_Frame] = []  # batches applied and not yet durable, oldest first
+        # The open batch's frame, by its parts (what the rules write to):
         self._undo_accounts: dict[str, tuple | None] = {}  # type: ignore[type-arg]
         self._undo_holds: dict[tuple[str, str], tuple | None] = {}  # type: ignore[type-arg]
         self._new_records: list[tuple[str, str]] = []
-        self._seq_at_begin = 1
         self._changes = Changes()
         self._in_batch = False
 
@@ -127,17 +157,24 @@ class Ledger:
 
     def committed_account(self, account_id: str) -> tuple | None:  # type: ignore[type-arg]
         """The account as last committed (no dirty read of a batch still being written)."""
-        if account_id in self._undo_accounts:
-            return self._undo_accounts[account_id]
+        for frame in self._frames:  # oldest first: its snapshot is the committed state
+            if account_id in frame.accounts:
+                return frame.accounts[account_id]
         account = self.accounts.get(account_id)
         return None if account is None else account.state()
 
     def committed_hold(self, account_id: str, hold_id: str) -> tuple | None:  # type: ignore[type-arg]
         key = (account_id, hold_id)
-        if key in self._undo_holds:
-            return self._undo_holds[key]
+        for frame in self._frames:
+            if key in frame.holds:
+                return frame.holds[key]
         hold = self.holds.get(key)
         return None if hold is None else hold.state()
+
+    def knows_hold(self, account_id: str, hold_id: str) -> bool:
+        """True if memory holds the hold or a batch in flight created it (no storage read needed)."""
+        key = (account_id, hold_id)
+        return key in self.holds or any(key in frame.holds for frame in self._frames)
 
     def due_holds(self, now: int, limit: int) -> list[tuple[str, str]]:
         """Pending holds whose expiry has passed, oldest first (stale heap entries dropped)."""
@@ -194,16 +231,23 @@ class Ledger:
             e.require(account_id in self.accounts, f"hold {hold.id} on unknown account {account_id}")
 
     # ---- batch lifecycle -----------------------------------------------------------------
+    #
+    # A batch is a frame of undo information. The writer may apply batch N+1 while batch N is
+    # still being committed, so frames stack: ``accept`` drops the oldest (it is durable),
+    # ``rollback`` undoes them all, newest first (N+1 was built on N).
 
     def begin(self) -> None:
         e.require(not self._in_batch, "begin() inside a batch")
+        frame = _Frame(self.next_seq)
+        self._frames.append(frame)
+        self._undo_accounts, self._undo_holds = frame.accounts, frame.holds
+        self._new_records, self._changes = frame.records, frame.changes
         self._in_batch = True
-        self._seq_at_begin = self.next_seq
-        self._changes = Changes()
 
     def collect(self) -> Changes:
-        """What the batch changed (the rows to write), after a cheap check of what it touched."""
+        """Close the open batch: the rows to write, after a cheap check of what it touched."""
         e.require(self._in_batch, "collect() outside a batch")
+        self._in_batch = False
         changes = self._changes
         changes.accounts = []
         changes.holds = []
@@ -221,42 +265,41 @@ class Ledger:
         return changes
 
     def accept(self) -> None:
-        """The batch is durable: forget its undo information."""
-        e.require(self._in_batch, "accept() outside a batch")
-        for key in self._undo_holds:
+        """The oldest collected batch is durable: forget its undo information."""
+        e.require(bool(self._frames) and (len(self._frames) > 1 or not self._in_batch), "accept() without a batch")
+        frame = self._frames.pop(0)
+        for key in frame.holds:
             if self.holds[key].status != HOLD_PENDING:
                 self._remember_finished(key)
-        self._clear_batch()
+
+    @property
+    def batches_in_flight(self) -> int:
+        return len(self._frames)
 
     def event_seq(self) -> int:
         """A sequence number for an outbox row (shared with the journal: one order per shard)."""
         return self._seq()
 
     def rollback(self) -> None:
-        """The batch was not written: put every account, hold, outcome and sequence back."""
-        e.require(self._in_batch, "rollback() outside a batch")
-        for account_id, before in self._undo_accounts.items():
-            if before is None:
-                del self.accounts[account_id]
-            else:
-                self.accounts[account_id].restore(before)
-        for key, hold_before in self._undo_holds.items():
-            if hold_before is None:
-                del self.holds[key]
-            else:
-                self.holds[key].restore(hold_before)
-                if hold_before[5] == HOLD_PENDING:  # re-arm its expiry (heap entries are lazy)
-                    heapq.heappush(self._expiry, (hold_before[7], key[0], key[1]))
-        for key in self._new_records:
-            self.records.pop(key, None)
-        self.next_seq = self._seq_at_begin
-        self._clear_batch()
-
-    def _clear_batch(self) -> None:
-        self._undo_accounts = {}
-        self._undo_holds = {}
-        self._new_records = []
-        self._changes = Changes()
+        """No batch in flight was written: put every account, hold, outcome and sequence back."""
+        e.require(bool(self._frames), "rollback() without a batch")
+        for frame in reversed(self._frames):
+            for account_id, before in frame.accounts.items():
+                if before is None:
+                    del self.accounts[account_id]
+                else:
+                    self.accounts[account_id].restore(before)
+            for key, hold_before in frame.holds.items():
+                if hold_before is None:
+                    del self.holds[key]
+                else:
+                    self.holds[key].restore(hold_before)
+                    if hold_before[5] == HOLD_PENDING:  # re-arm its expiry (heap entries are lazy)
+                        heapq.heappush(self._expiry, (hold_before[7], key[0], key[1]))
+            for key in frame.records:
+                self.records.pop(key, None)
+            self.next_seq = frame.seq_at_begin
+        self._frames = []
         self._in_batch = False
 
     # ---- apply ---------------------------------------------------------------------------
@@ -311,9 +354,13 @@ class Ledger:
             account.name = cmd.name
         if cmd.metadata is not None:
             account.metadata = cmd.metadata
+        limit_changed = credit_limit != account.credit_limit
         account.credit_limit = credit_limit
         account.version += 1
         account.updated_at = now
+        if limit_changed and account.exhausted:  # what it may spend changed: the flag lifts
+            account.exhausted = False
+            self._changes.events.append(Event("account_replenished", account.id, account.version, now))
         return Outcome(200, accounts=(account,))
 
     def _create_key(self, cmd: c.CreateKey, now: int) -> Outcome:

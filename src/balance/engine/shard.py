@@ -41,6 +41,20 @@ class Reply:
     replayed: bool = False
 
 
+@dataclass(slots=True)
+class _Batch:
+    """A batch on its way: applied in memory, its rows written by ``commit``, callers waiting."""
+
+    items: list[tuple[c.Command, asyncio.Future[Reply]]]
+    replies: list[Reply]
+    counts: dict[tuple[str, str], int]
+    write: BatchWrite
+    first_seq: int
+    op_keys: list[tuple[str, str]]
+    commit: asyncio.Future[None] | None = None
+    started: float = 0.0
+
+
 class Unavailable(Exception):
     """The shard cannot take commands now (recovering, overloaded, storage failing)."""
 
@@ -92,6 +106,7 @@ class ShardEngine:
         self._tasks: list[asyncio.Task[None]] = []
         self._label = str(shard)
         self._counts: dict[tuple[str, str], int] = {}  # (kind, outcome) -> count, per batch
+        self._requeued = 0  # commands put back at the head of the queue by the last _settle
         self._m_batch = self.metrics.batch_commands.labels(self._label)
         self._m_commit = self.metrics.commit_seconds.labels(self._label)
         self._m_queue = self.metrics.queue_depth.labels(self._label)
@@ -104,6 +119,17 @@ class ShardEngine:
         self.metrics.ready.labels(self._label).set(0)
         started = time.perf_counter()
         await self.storage.open()
+        self.ledger = await self._load_ledger()
+        self.recovery_s = time.perf_counter() - started
+        self.metrics.recovery_seconds.labels(self._label).set(self.recovery_s)
+        self._tasks = [asyncio.create_task(self._write_loop()), asyncio.create_task(self._sweep_loop())]
+        self.state = READY
+        self.metrics.ready.labels(self._label).set(1)
+        log.info("shard %s ready: %d accounts, %d holds, %.2fs",
+                 self.shard, len(self.ledger.accounts), len(self.ledger.holds), self.recovery_s)  # fmt: skip
+
+    async def _load_ledger(self) -> Ledger:
+        """Recovery: every account and pending hold, ``reserved`` rebuilt, invariants checked."""
         loaded = await self.storage.load()
         ledger = Ledger(self.shard, **self._ledger_limits)
         for row in loaded.accounts:
@@ -113,19 +139,14 @@ class ShardEngine:
         ledger.next_seq = loaded.next_seq
         ledger.rebuild_reserved()
         ledger.check_invariants()
-        self.ledger = ledger
-        self.recovery_s = time.perf_counter() - started
-        self.metrics.recovery_seconds.labels(self._label).set(self.recovery_s)
-        self._tasks = [asyncio.create_task(self._write_loop()), asyncio.create_task(self._sweep_loop())]
-        self.state = READY
-        self.metrics.ready.labels(self._label).set(1)
-        log.info("shard %s ready: %d accounts, %d pending holds, %.2fs",
-                 self.shard, len(loaded.accounts), len(loaded.pending_holds), self.recovery_s)  # fmt: skip
+        return ledger
 
     async def stop(self) -> None:
         """Finish what is queued, then close storage."""
         if self.state == READY:
-            while self._queue:
+            for _ in range(2000):  # drain what is queued and in flight (bounded: 10 s)
+                if not self._queue and not self.ledger.batches_in_flight:
+                    break
                 await asyncio.sleep(0.005)
         self.state = STOPPED
         for task in self._tasks:
@@ -176,55 +197,178 @@ class ShardEngine:
 
     async def hold_state(self, account_id: str, hold_id: str) -> tuple | None:  # type: ignore[type-arg]
         key = (account_id, hold_id)
-        if key in self.ledger.holds or key in self.ledger._undo_holds:
+        if self.ledger.knows_hold(account_id, hold_id):
             return self.ledger.committed_hold(account_id, hold_id)
         return await self.storage.get_hold(account_id, hold_id)
 
     # ---- the writer ----------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue and self.state == READY:
-                items = self._queue[: self.batch_max]
-                del self._queue[: self.batch_max]
-                self._m_queue.set(len(self._queue))
+        """Take, prefetch, apply; commit batch N while batch N+1 is being applied (depth 2)."""
+        inflight: _Batch | None = None
+        items: list[tuple[c.Command, asyncio.Future[Reply]]] = []
+        try:
+            while True:
+                items = []
+                if inflight is not None and inflight.commit is not None and inflight.commit.done():
+                    await self._settle(inflight, None)
+                    inflight = None
+                    continue
+                if not self._queue or self.state != READY:
+                    self._wakeup.clear()  # set again by enqueue() and by the end of a commit
+                    await self._wakeup.wait()
+                    continue
+                items = self._take()
                 try:
-                    await self._process(items)
-                except BaseException as exc:  # a bug or a broken invariant: stop loudly
-                    self._fail(exc, items)
-                    raise
+                    await self._prefetch([command for command, _ in items])
+                except StorageError as exc:
+                    self._answer_unavailable(items, f"storage is failing ({exc}); retry with the same id")
+                    continue
+                if inflight is not None and inflight.commit is not None and inflight.commit.done():
+                    ok = await self._settle(inflight, None)  # it ended during the prefetch
+                    inflight = None
+                    if not ok:
+                        if self._requeued:  # undone batches go first, then these, in order
+                            self._queue[self._requeued : self._requeued] = items
+                        else:
+                            self._answer_unavailable(items, "storage is failing; retry with the same id")
+                        continue
+                batch = self._prepare(items)
+                if inflight is not None:
+                    ok = await self._settle(inflight, batch)
+                    inflight = None
+                    if not ok:
+                        continue
+                self._start_commit(batch)
+                inflight = batch
+        except BaseException as exc:
+            pending = items + (inflight.items if inflight is not None else [])
+            if self.ledger.batches_in_flight:
+                self.ledger.rollback()
+            self._fail(exc, pending)
+            raise
+
+    def _take(self) -> list[tuple[c.Command, asyncio.Future[Reply]]]:
+        items = self._queue[: self.batch_max]
+        del self._queue[: self.batch_max]
+        self._m_queue.set(len(self._queue))
+        self._m_batch.observe(len(items))
+        return items
+
+    def _prepare(self, items: list[tuple[c.Command, asyncio.Future[Reply]]]) -> _Batch:
+        """Apply a batch to the ledger (a new undo frame) and build the rows its commit writes."""
+        ledger = self.ledger
+        self._counts = {}
+        first_seq = ledger.next_seq
+        ledger.begin()
+        now = self.clock()
+        replies = [self._apply(command, now) for command, _ in items]
+        changes = ledger.collect()
+        write = BatchWrite(
+            accounts=[account.state() for account in changes.accounts],
+            holds=[hold.state() for hold in changes.holds],
+            journal=[entry.row() for entry in changes.entries],
+            outbox=[(ledger.event_seq(), ev.kind, ev.account_id, ev.version, ev.created_at) for ev in changes.events],
+            keys=list(changes.keys),
+        )
+        op_keys = [(entry.account_id, entry.op_key) for entry in changes.entries if entry.op_key]
+        return _Batch(items, replies, self._counts, write, first_seq, op_keys)
+
+    def _start_commit(self, batch: _Batch) -> None:
+        batch.started = time.perf_counter()
+        # A batch with nothing to write (replays only) still waits its turn: a replay of an
+        # operation in the batch before it must not be answered before that batch is durable.
+        work = self.storage.commit(batch.write) if len(batch.write) else asyncio.sleep(0)
+        batch.commit = asyncio.ensure_future(work)
+        batch.commit.add_done_callback(lambda task: self._committed(batch, task))
+
+    def _committed(self, batch: _Batch, task: asyncio.Future[None]) -> None:
+        """Runs as soon as a commit ends. Success: the batch is durable, answer its callers."""
+        self._wakeup.set()
+        if task.cancelled() or task.exception() is not None:
+            return  # the writer loop undoes and answers (it may have applied a batch on top)
+        self._m_commit.observe(time.perf_counter() - batch.started)
+        self.ledger.accept()
+        for (kind, code), count in batch.counts.items():
+            self.metrics.operations.labels(kind, code).inc(count)
+        for (_, future), reply in zip(batch.items, batch.replies, strict=True):
+            if not future.done():
+                future.set_result(reply)
+
+    async def _settle(self, batch: _Batch, applied_on_top: _Batch | None) -> bool:
+        """Wait for ``batch``'s commit. On failure undo it and ``applied_on_top``; False then."""
+        assert batch.commit is not None
+        await asyncio.wait([batch.commit])
+        if batch.commit.cancelled():
+            raise asyncio.CancelledError
+        exc = batch.commit.exception()
+        self._requeued = 0
+        if exc is None:
+            return True
+        if not isinstance(exc, StorageError):
+            raise exc  # a bug in an adapter: stop loudly
+        self.ledger.rollback()
+        undone = batch.items + (applied_on_top.items if applied_on_top is not None else [])
+        if isinstance(exc, DuplicateOperation):
+            # Operation ids older than the in-memory window came back (after a restart, say):
+            # read their first outcomes and apply both batches again, now as replays. Each
+            # retry must learn at least one outcome, so this cannot loop.
+            try:
+                learned = await self._load(batch.op_keys, [])
+            except StorageError as load_exc:
+                exc = load_exc
+            else:
+                if learned:
+                    self._queue[0:0] = undone
+                    self._requeued = len(undone)
+                    return False
+        self.metrics.commit_failures.labels(self._label).inc()
+        log.error("shard %s: %d commands undone, storage failed: %s", self.shard, len(undone), exc)
+        self._answer_unavailable(undone, "storage is failing; retry with the same id")
+        await self._resync(batch.first_seq)
+        return False
+
+    async def _resync(self, first_seq: int) -> None:
+        """After a failed commit: did it land anyway (lost connection during COMMIT)? If so, reload.
+
+        Until storage answers, the shard is unready and answers 503 at once.
+        """
+        self.state = RECOVERING
+        self.metrics.ready.labels(self._label).set(0)
+        self._answer_unavailable(self._queue, "the shard is resynchronising with storage")
+        self._queue.clear()
+        delay = 0.05
+        while True:
+            try:
+                if await self.storage.max_seq() >= first_seq:
+                    log.warning("shard %s: a failed commit had landed; reloading from storage", self.shard)
+                    self.ledger = await self._load_ledger()
+                break
+            except StorageError as exc:
+                log.error("shard %s: storage still failing: %s", self.shard, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.state = READY
+        self.metrics.ready.labels(self._label).set(1)
+
+    def _answer_unavailable(self, items: list[tuple[c.Command, asyncio.Future[Reply]]], detail: str) -> None:
+        reply = unavailable_reply(detail)
+        for _, future in items:
+            if not future.done():
+                future.set_result(reply)
 
     def _fail(self, exc: BaseException, items: list[tuple[c.Command, asyncio.Future[Reply]]]) -> None:
         if isinstance(exc, asyncio.CancelledError):
-            for _, future in items:
-                if not future.done():
-                    future.set_result(unavailable_reply("the shard is stopping"))
+            self._answer_unavailable(items + self._queue, "the shard is stopping")
+            self._queue.clear()
             return
         self.state = FAILED
         self.metrics.ready.labels(self._label).set(0)
         log.critical("shard %s stopped: %r", self.shard, exc, exc_info=exc)
-        for _, future in items + self._queue:
-            if not future.done():
-                future.set_result(unavailable_reply("the shard failed"))
+        self._answer_unavailable(items + self._queue, "the shard failed")
         self._queue.clear()
         if self._on_fatal is not None:
             self._on_fatal(exc)
-
-    async def _process(self, items: list[tuple[c.Command, asyncio.Future[Reply]]]) -> None:
-        self._m_batch.observe(len(items))
-        commands = [command for command, _ in items]
-        try:
-            await self._prefetch(commands)
-            replies = await self._apply_and_commit(commands)
-        except StorageError as exc:
-            self.metrics.commit_failures.labels(self._label).inc()
-            log.error("shard %s: batch of %d undone, storage failed: %s", self.shard, len(items), exc)
-            replies = [unavailable_reply("storage is failing; retry with the same id")] * len(items)
-        for (_, future), reply in zip(items, replies, strict=True):
-            if not future.done():
-                future.set_result(reply)
 
     async def _prefetch(self, commands: list[c.Command]) -> None:
         """Read the few things memory may not hold: old holds and old first outcomes.
@@ -247,53 +391,16 @@ class ShardEngine:
             asked.update(("hold", *key) for key in hold_keys)
             await self._load(op_keys, hold_keys)
 
-    async def _load(self, op_keys: list[tuple[str, str]], hold_keys: list[tuple[str, str]]) -> None:
+    async def _load(self, op_keys: list[tuple[str, str]], hold_keys: list[tuple[str, str]]) -> int:
+        """Read first outcomes and holds into memory; how many outcomes were new to it."""
         operations, holds = await self.storage.lookup(op_keys, hold_keys)
+        learned = 0
         for op in operations:
+            learned += (op.account_id, op.op_key) not in self.ledger.records
             self.ledger.load_record(op.account_id, op.op_key, op.fingerprint, op.status, op.result)
         for row in holds:
             self.ledger.load_hold(Hold(*row))
-
-    async def _apply_and_commit(self, commands: list[c.Command]) -> list[Reply]:
-        for attempt in (1, 2):
-            ledger = self.ledger
-            self._counts = {}
-            ledger.begin()
-            now = self.clock()
-            try:
-                replies = [self._apply(command, now) for command in commands]
-                changes = ledger.collect()
-            except BaseException:
-                ledger.rollback()
-                raise
-            batch = BatchWrite(
-                accounts=[account.state() for account in changes.accounts],
-                holds=[hold.state() for hold in changes.holds],
-                journal=[entry.row() for entry in changes.entries],
-                outbox=[(ledger.event_seq(), ev.kind, ev.account_id, ev.version, ev.created_at) for ev in changes.events],
-                keys=list(changes.keys),
-            )
-            started = time.perf_counter()
-            try:
-                await self.storage.commit(batch)
-            except DuplicateOperation:
-                # An operation id older than the in-memory window came back: read its first
-                # outcome and apply the batch again (it will now be answered as a replay).
-                ledger.rollback()
-                if attempt == 2:
-                    raise
-                keys = [(entry.account_id, entry.op_key) for entry in changes.entries if entry.op_key]
-                await self._load(keys, [])
-                continue
-            except BaseException:
-                ledger.rollback()
-                raise
-            self._m_commit.observe(time.perf_counter() - started)
-            ledger.accept()
-            for (kind, code), count in self._counts.items():
-                self.metrics.operations.labels(kind, code).inc(count)
-            return replies
-        raise AssertionError("unreachable")
+        return learned
 
     def _apply(self, command: c.Command, now: int) -> Reply:
         outcome = self.ledger.apply(command, now)

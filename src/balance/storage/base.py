@@ -13,7 +13,7 @@ Row = tuple  # type: ignore[type-arg]
 
 
 class StorageError(Exception):
-    """The database failed or is unreachable. Retryable: nothing of the batch was written."""
+    """The database failed or is unreachable. Retryable with the same operation ids."""
 
 
 class DuplicateOperation(StorageError):
@@ -66,7 +66,14 @@ class ShardStorage(Protocol):
         """(key_hash, account_id) of every API key stored in this shard."""
 
     async def commit(self, batch: BatchWrite) -> None:
-        """Write the batch atomically and durably, or raise and write nothing."""
+        """Write the batch atomically and durably, or raise.
+
+        A raise usually means nothing was written, but not always: a connection lost during
+        COMMIT leaves the outcome unknown. The engine then asks ``max_seq`` and reloads.
+        """
+
+    async def max_seq(self) -> int:
+        """The highest journal or outbox sequence number stored (0 if none)."""
 
     async def lookup(
         self, op_keys: list[tuple[str, str]], hold_keys: list[tuple[str, str]]

@@ -330,6 +330,16 @@ class MariaDbShardStorage:
 
         return await self._read(read)
 
+    async def max_seq(self) -> int:
+        rows = await self._read(
+            lambda conn: self._fetch(
+                conn,
+                "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM journal), 0),"
+                " COALESCE((SELECT MAX(seq) FROM outbox), 0))",
+            )
+        )
+        return int(rows[0][0])
+
     async def load_keys(self) -> list[tuple[str, str]]:
         return await self._read(lambda conn: self._fetch(conn, "SELECT key_hash, account_id FROM api_keys"))
 

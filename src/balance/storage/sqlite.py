@@ -54,6 +54,8 @@ class SqliteShardStorage:
             raise StorageError(f"sqlite integrity error: {exc}") from exc
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite: {exc}") from exc
+        except RuntimeError as exc:  # the thread pool is shut down: the storage is closed
+            raise StorageError(f"sqlite storage is closed: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -138,6 +140,11 @@ class SqliteShardStorage:
             return LoadedShard(accounts, holds, (last or 0) + 1)
 
         return await self._run(self._reader_pool, read)
+
+    async def max_seq(self) -> int:
+        sql = "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM journal UNION ALL SELECT MAX(seq) FROM outbox)"
+        row = await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql).fetchone())
+        return int(row[0] or 0)
 
     async def load_keys(self) -> list[tuple[str, str]]:
         return await self._run(
