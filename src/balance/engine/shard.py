@@ -196,7 +196,6 @@ class ShardEngine:
         return None if account is None else account.parent_id
 
     async def hold_state(self, account_id: str, hold_id: str) -> tuple | None:  # type: ignore[type-arg]
-        key = (account_id, hold_id)
         if self.ledger.knows_hold(account_id, hold_id):
             return self.ledger.committed_hold(account_id, hold_id)
         return await self.storage.get_hold(account_id, hold_id)
