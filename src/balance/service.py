@@ -14,9 +14,13 @@ import hmac
 import secrets
 from collections.abc import Sequence
 
+import msgspec
+
 from balance import views
 from balance.domain import commands as c
 from balance.domain import errors as e
+from balance.domain.ledger import TRANSFER_IN_PROGRESS
+from balance.domain.model import STATUS_ACTIVE
 from balance.engine.shard import Reply, ShardEngine, Unavailable, unavailable_reply
 
 ADMIN = "admin"
@@ -56,6 +60,7 @@ class BalanceService:
         for engine in self.engines:
             for key_hash, account_id in await engine.storage.load_keys():
                 self._keys[key_hash] = account_id
+        await self.finish_pending_transfers()
 
     async def stop(self) -> None:
         await asyncio.gather(*(engine.stop() for engine in self.engines))
@@ -133,7 +138,7 @@ class BalanceService:
                 futures.append(_done(loop, not_found(account_id)))
                 continue
             if isinstance(command, c.Transfer) and self.engine_for(command.to_account_id) is not engine:
-                futures.append(_done(loop, _cross_shard(command)))
+                futures.append(asyncio.ensure_future(self._transfer_across_shards(command, engine)))
                 continue
             try:
                 futures.append(engine.enqueue(command))
@@ -141,19 +146,74 @@ class BalanceService:
                 futures.append(_done(loop, unavailable_reply(exc.detail)))
         return futures
 
+    # ---- transfers across shards ---------------------------------------------------------
+
+    async def _transfer_across_shards(self, transfer: c.Transfer, source: ShardEngine) -> Reply:
+        """Source leg (debit into transit), target leg (credit from transit), then the answer.
+
+        Each leg is its own durable, idempotent commit. A crash between them leaves a row in
+        the source shard's ``transfers_pending``; ``start`` (and any retry of the same id)
+        finishes it. Money in transit sits on the shards' transit accounts, so every shard's
+        balances still sum to zero.
+        """
+        target = self.engine_for(transfer.to_account_id)
+        state = None if target is None else target.account_state(transfer.to_account_id)
+        if target is None or state is None:
+            return not_found(transfer.to_account_id)
+        if state[2] not in ("partner", "provider", "user"):
+            return Reply(422, views.problem(e.VALIDATION_ERROR, 422, "system accounts cannot take part in transfers"))
+        if state[4] != transfer.currency:
+            detail = f"{transfer.currency} transfer to a {state[4]} account"
+            return Reply(422, views.problem(e.CURRENCY_MISMATCH, 422, detail))
+        if state[6] != STATUS_ACTIVE:
+            detail = f"account {transfer.to_account_id} is {state[6]}"
+            return Reply(409, views.problem(e.ACCOUNT_INACTIVE, 409, detail))
+        first = await source.execute(c.TransferOut(transfer))
+        if first.status != TRANSFER_IN_PROGRESS:
+            return first  # refused, unavailable, or the finished transfer replayed
+        return await self._finish_transfer(transfer, first.body, target, source, replayed=first.replayed)
+
+    async def _finish_transfer(
+        self, transfer: c.Transfer, started_body: bytes, target: ShardEngine, source: ShardEngine, replayed: bool
+    ) -> Reply:
+        second = await target.execute(c.TransferIn(transfer))
+        if second.status != 201:
+            return second  # unavailable: the client retries the same id, which finishes it
+        started = _view_of(started_body)
+        final = views.encoder.encode(
+            {"transaction": started["transaction"], "accounts": [started["account"], _view_of(second.body)["account"]]}
+        )
+        done = await source.execute(c.CompleteTransfer(transfer.from_account_id, transfer.op_id, final))
+        if done.status != 200:
+            return done
+        return Reply(201, final, replayed)
+
+    async def finish_pending_transfers(self) -> int:
+        """Recovery: complete every cross-shard transfer whose second leg was not confirmed."""
+        finished = 0
+        for source in self.engines:
+            for row in await source.storage.pending_transfers():
+                account_id, op_id, to_account_id, amount, currency, description, metadata, _ = row
+                transfer = c.Transfer(op_id, account_id, to_account_id, amount, currency, description, bytes(metadata))
+                target = self.engine_for(to_account_id)
+                if target is None:
+                    raise RuntimeError(f"pending transfer {op_id} to an unknown shard")
+                first = await source.execute(c.TransferOut(transfer))
+                if first.status == TRANSFER_IN_PROGRESS:
+                    reply = await self._finish_transfer(transfer, first.body, target, source, replayed=True)
+                    finished += reply.status == 201
+        return finished
+
     def account_state(self, account_id: str) -> tuple | None:  # type: ignore[type-arg]
         engine = self.engine_for(account_id)
         return None if engine is None else engine.account_state(account_id)
+
+
+def _view_of(body: bytes) -> dict[str, object]:
+    return msgspec.json.decode(body)  # type: ignore[no-any-return]
 
 
 def _done(loop: asyncio.AbstractEventLoop, reply: Reply) -> asyncio.Future[Reply]:
     future: asyncio.Future[Reply] = loop.create_future()
     future.set_result(reply)
     return future
-
-
-def _cross_shard(command: c.Transfer) -> Reply:
-    if shard_of(command.to_account_id) is None:
-        return not_found(command.to_account_id)
-    detail = "transfers between accounts on different shards are not supported yet"
-    return Reply(422, views.problem(e.VALIDATION_ERROR, 422, detail))

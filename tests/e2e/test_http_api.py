@@ -8,8 +8,6 @@ import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 from balance.service import shard_of
 
 if TYPE_CHECKING:  # tests/e2e is no package: the harness is reached through fixtures
@@ -671,7 +669,6 @@ async def test_two_shards_spread_and_route(api2: Api) -> None:
     api2.assert_problem(response, 404, "account_not_found")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: API.md says transfers work across shards; the service answers 422")
 async def test_transfer_across_shards(api2: Api) -> None:
     tops = [await api2.create_account() for _ in range(2)]
     assert {shard_of(t["id"]) for t in tops} == {0, 1}

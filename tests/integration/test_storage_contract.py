@@ -447,3 +447,26 @@ def test_from_url_parses_credentials_host_port_and_names_the_shard_database() ->
         from_url("mysql://root@localhost/", 0)
     with pytest.raises(ValueError):
         from_url("mysql://root@localhost/bad`name", 0)
+
+
+# ---- transfers across shards -----------------------------------------------------------------
+
+
+async def test_a_started_transfer_is_pending_until_completed_and_completion_rewrites_its_result(
+    storage: ShardStorage,
+) -> None:
+    started = ("acc-1", "tr-9", "acc-2", 300, "EUR", "rent", b'{"a":1}', T0)
+    await storage.commit(
+        BatchWrite(
+            journal=[entry(seq=1, op_key="transfer:tr-9", kind="transfer", op_id="tr-9", status=202, result=b"partial")],
+            transfers_started=[started],
+        )
+    )
+    assert typed(await storage.pending_transfers()) == typed([started])
+
+    await storage.commit(BatchWrite(transfers_completed=[(b'{"final":true}', "acc-1", "tr-9")]))
+
+    assert await storage.pending_transfers() == []
+    (stored,), _ = await storage.lookup([("acc-1", "transfer:tr-9")], [])
+    assert (stored.status, stored.result) == (201, b'{"final":true}')
+    assert await storage.max_seq() == 1

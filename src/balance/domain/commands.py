@@ -85,6 +85,45 @@ class Transfer:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferOut:
+    """First leg of a transfer to another shard, on the source shard: source -> transit.
+
+    Its outcome stays *in progress* (status 202 inside the service) until ``CompleteTransfer``;
+    its id, fingerprint and replay are those of the client's ``Transfer``.
+    """
+
+    transfer: Transfer
+
+    @property
+    def account_id(self) -> str:
+        return self.transfer.from_account_id
+
+
+@dataclass(frozen=True, slots=True)
+class TransferIn:
+    """Second leg, on the target shard: transit -> target. Idempotent; never refused."""
+
+    transfer: Transfer
+
+    @property
+    def account_id(self) -> str:
+        return self.transfer.to_account_id
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteTransfer:
+    """Back on the source shard: the transfer's final answer, which replays will give."""
+
+    from_account_id: str
+    op_id: str
+    body: bytes
+
+    @property
+    def account_id(self) -> str:
+        return self.from_account_id
+
+
+@dataclass(frozen=True, slots=True)
 class PlaceHold:
     account_id: str
     op_id: str  # the hold id, chosen by the client (the order id)
@@ -129,4 +168,5 @@ class ExpireHold:
 
 
 MoneyCommand = Credit | Debit | Transfer | PlaceHold | CaptureHold | ReleaseHold | ExpireHold
-Command = MoneyCommand | CreateAccount | UpdateAccount | CreateKey
+CrossShardCommand = TransferOut | TransferIn | CompleteTransfer
+Command = MoneyCommand | CrossShardCommand | CreateAccount | UpdateAccount | CreateKey

@@ -28,6 +28,7 @@ from balance.domain.model import (
     HOLD_RELEASED,
     KIND_FUNDING,
     KIND_SETTLEMENT,
+    KIND_TRANSIT,
     RELEASE,
     STATUS_ACTIVE,
     STATUS_CLOSED,
@@ -72,19 +73,25 @@ class Changes:
     entries: list[Entry] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     keys: list[tuple[str, str, int]] = field(default_factory=list)  # (key_hash, account_id, at)
+    transfers_started: list[tuple] = field(default_factory=list)  # type: ignore[type-arg]  # TRANSFER_COLUMNS
+    transfers_completed: list[tuple[bytes, str, str]] = field(default_factory=list)  # (body, account, op_id)
 
 
 class _Frame:
     """Undo information of one batch: snapshots before its first change, outcomes it added."""
 
-    __slots__ = ("seq_at_begin", "accounts", "holds", "records", "changes")
+    __slots__ = ("seq_at_begin", "accounts", "holds", "records", "restores", "changes")
 
     def __init__(self, seq_at_begin: int) -> None:
         self.seq_at_begin = seq_at_begin
         self.accounts: dict[str, tuple | None] = {}  # type: ignore[type-arg]  # None: created here
         self.holds: dict[tuple[str, str], tuple | None] = {}  # type: ignore[type-arg]
         self.records: list[tuple[str, str]] = []
+        self.restores: list[tuple[Record, int, bytes]] = []  # outcomes changed in place
         self.changes = Changes()
+
+
+TRANSFER_IN_PROGRESS = 202  # a cross-shard transfer whose second leg is not yet confirmed
 
 
 def system_account_id(shard: int, currency: str, kind: str) -> str:
@@ -298,6 +305,8 @@ class Ledger:
                         heapq.heappush(self._expiry, (hold_before[7], key[0], key[1]))
             for key in frame.records:
                 self.records.pop(key, None)
+            for record, status, body in reversed(frame.restores):
+                record.status, record.body = status, body
             self.next_seq = frame.seq_at_begin
         self._frames = []
         self._in_batch = False
@@ -434,6 +443,60 @@ class Ledger:
         self._move(source, target, cmd.amount, now)
         entry = self._entries(key, fingerprint, TRANSFER, cmd.op_id, cmd.amount, source, target, None, cmd.description, cmd.metadata, now)
         return self._accepted(201, key, fingerprint, entry, (source, target))
+
+    def _transfer_out(self, cmd: c.TransferOut, now: int) -> Outcome:
+        """The source leg of a cross-shard transfer. The service checked the target beforehand."""
+        t = cmd.transfer
+        source = self.accounts.get(t.from_account_id)
+        if source is None:
+            return _reject(e.ACCOUNT_NOT_FOUND, f"account {t.from_account_id} not found")
+        key, fingerprint = (source.id, op_key_of(TRANSFER, t.op_id)), t.fingerprint()
+        if (early := self._replay(key, fingerprint)) is not None:
+            return early
+        e.require(t.to_account_id not in self.accounts, "TransferOut to an account of this shard")
+        if source.is_system:
+            return _reject(e.VALIDATION_ERROR, "system accounts cannot take part in transfers")
+        if t.currency != source.currency:
+            return self._refuse(key, fingerprint, TRANSFER, t, source, e.CURRENCY_MISMATCH, f"{t.currency} transfer from a {source.currency} account", now)
+        if source.status != STATUS_ACTIVE:
+            return self._refuse(key, fingerprint, TRANSFER, t, source, e.ACCOUNT_INACTIVE, f"account {source.id} is {source.status}", now)
+        if source.available < t.amount:
+            return self._refuse(key, fingerprint, TRANSFER, t, source, e.INSUFFICIENT_FUNDS, f"available {source.available} < amount {t.amount}", now)
+        transit = self._system_account(source.currency, KIND_TRANSIT, now)
+        self._move(source, transit, t.amount, now)
+        entry = self._entries(key, fingerprint, TRANSFER, t.op_id, t.amount, source, transit, None, t.description, t.metadata, now)
+        entry.counterparty_account_id = t.to_account_id  # the real counterparty, on its own shard
+        self._changes.transfers_started.append(
+            (source.id, t.op_id, t.to_account_id, t.amount, t.currency, t.description, t.metadata, now)
+        )
+        return self._accepted(TRANSFER_IN_PROGRESS, key, fingerprint, entry, (source,))
+
+    def _transfer_in(self, cmd: c.TransferIn, now: int) -> Outcome:
+        """The target leg: money leaves this shard's transit account for the target."""
+        t = cmd.transfer
+        target = self.accounts.get(t.to_account_id)
+        e.require(target is not None, f"transfer {t.op_id}: target {t.to_account_id} vanished")
+        assert target is not None
+        key = (target.id, op_key_of("transfer_in", f"{t.from_account_id}:{t.op_id}"))
+        if (early := self._replay(key, t.fingerprint())) is not None:
+            return early
+        e.require(target.currency == t.currency, f"transfer {t.op_id}: target currency changed")
+        transit = self._system_account(t.currency, KIND_TRANSIT, now)
+        self._move(transit, target, t.amount, now)
+        entry = self._entries(key, t.fingerprint(), TRANSFER, t.op_id, t.amount, target, transit, None, t.description, t.metadata, now)
+        entry.counterparty_account_id = t.from_account_id
+        return self._accepted(201, key, t.fingerprint(), entry, (target,))
+
+    def _complete_transfer(self, cmd: c.CompleteTransfer, now: int) -> Outcome:
+        key = (cmd.from_account_id, op_key_of(TRANSFER, cmd.op_id))
+        record = self.records.get(key)
+        if record is not None:
+            if record.status != TRANSFER_IN_PROGRESS:
+                return Outcome(200)  # completed already
+            self._frames[-1].restores.append((record, record.status, record.body))
+            record.status, record.body = 201, cmd.body
+        self._changes.transfers_completed.append((cmd.body, cmd.from_account_id, cmd.op_id))
+        return Outcome(200)
 
     def _place_hold(self, cmd: c.PlaceHold, now: int) -> Outcome:
         account = self.accounts.get(cmd.account_id)
@@ -689,6 +752,9 @@ def _check_account(account: Account) -> None:
 
 
 _HANDLERS = {
+    c.TransferOut: Ledger._transfer_out,
+    c.TransferIn: Ledger._transfer_in,
+    c.CompleteTransfer: Ledger._complete_transfer,
     c.CreateAccount: Ledger._create_account,
     c.UpdateAccount: Ledger._update_account,
     c.CreateKey: Ledger._create_key,

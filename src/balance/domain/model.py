@@ -11,7 +11,8 @@ from dataclasses import dataclass
 KINDS_USER = ("partner", "provider", "user")
 KIND_FUNDING = "funding"
 KIND_SETTLEMENT = "settlement"
-KINDS_SYSTEM = (KIND_FUNDING, KIND_SETTLEMENT)
+KIND_TRANSIT = "transit"  # money between the two legs of a transfer across shards
+KINDS_SYSTEM = (KIND_FUNDING, KIND_SETTLEMENT, KIND_TRANSIT)
 REGIONS = ("US", "EU", "ASIA")
 STATUS_ACTIVE = "active"
 STATUS_FROZEN = "frozen"

@@ -67,6 +67,7 @@ _KIND_NAMES = {
     c.Credit: "credit", c.Debit: "debit", c.Transfer: "transfer", c.PlaceHold: "hold",
     c.CaptureHold: "capture", c.ReleaseHold: "release", c.ExpireHold: "expire",
     c.CreateAccount: "create_account", c.UpdateAccount: "update_account", c.CreateKey: "create_key",
+    c.TransferOut: "transfer_out", c.TransferIn: "transfer_in", c.CompleteTransfer: "transfer_complete",
 }  # fmt: skip
 
 
@@ -269,6 +270,8 @@ class ShardEngine:
             journal=[entry.row() for entry in changes.entries],
             outbox=[(ledger.event_seq(), ev.kind, ev.account_id, ev.version, ev.created_at) for ev in changes.events],
             keys=list(changes.keys),
+            transfers_started=list(changes.transfers_started),
+            transfers_completed=list(changes.transfers_completed),
         )
         op_keys = [(entry.account_id, entry.op_key) for entry in changes.entries if entry.op_key]
         return _Batch(items, replies, self._counts, write, first_seq, op_keys)

@@ -29,9 +29,16 @@ class BatchWrite:
     journal: list[Row] = field(default_factory=list)  # inserted, JOURNAL_COLUMNS
     outbox: list[Row] = field(default_factory=list)  # inserted, OUTBOX_COLUMNS
     keys: list[Row] = field(default_factory=list)  # inserted, KEY_COLUMNS
+    transfers_started: list[Row] = field(default_factory=list)  # inserted, TRANSFER_COLUMNS
+    # (final result, account_id, op_id): the journal row of that transfer gets status 201 and
+    # this result; its transfers_pending row is deleted.
+    transfers_completed: list[tuple[bytes, str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.accounts) + len(self.holds) + len(self.journal) + len(self.outbox) + len(self.keys)
+        return (
+            len(self.accounts) + len(self.holds) + len(self.journal) + len(self.outbox) + len(self.keys)
+            + len(self.transfers_started) + len(self.transfers_completed)
+        )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -71,6 +78,9 @@ class ShardStorage(Protocol):
         A raise usually means nothing was written, but not always: a connection lost during
         COMMIT leaves the outcome unknown. The engine then asks ``max_seq`` and reloads.
         """
+
+    async def pending_transfers(self) -> list[Row]:
+        """Cross-shard transfers whose second leg is not confirmed yet (TRANSFER_COLUMNS)."""
 
     async def max_seq(self) -> int:
         """The highest journal or outbox sequence number stored (0 if none)."""

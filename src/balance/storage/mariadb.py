@@ -212,9 +212,18 @@ class MariaDbShardStorage:
                         ("accounts", schema.ACCOUNT_COLUMNS, batch.accounts, True),
                         ("outbox", schema.OUTBOX_COLUMNS, batch.outbox, False),
                         ("api_keys", schema.KEY_COLUMNS, batch.keys, False),
+                        ("transfers_pending", schema.TRANSFER_COLUMNS, batch.transfers_started, False),
                     ):
                         for sql in self._insert_statements(conn, table, columns, rows, upsert):
                             await cur.execute(sql)
+                    for result, account_id, op_id in batch.transfers_completed:  # rare: row by row
+                        await cur.execute(
+                            "UPDATE journal SET status = 201, result = %s WHERE account_id = %s AND op_key = %s",
+                            (result, account_id, f"transfer:{op_id}"),
+                        )
+                        await cur.execute(
+                            "DELETE FROM transfers_pending WHERE account_id = %s AND op_id = %s", (account_id, op_id)
+                        )
                     await cur.execute("COMMIT")
             except BaseException as exc:
                 await self._abort(conn, exc)
@@ -329,6 +338,10 @@ class MariaDbShardStorage:
             return LoadedShard(accounts, holds, int(last[0][0]) + 1)
 
         return await self._read(read)
+
+    async def pending_transfers(self) -> list[Row]:
+        sql = f"SELECT {_columns(schema.TRANSFER_COLUMNS)} FROM transfers_pending ORDER BY created_at"
+        return await self._read(lambda conn: self._fetch(conn, sql))
 
     async def max_seq(self) -> int:
         rows = await self._read(

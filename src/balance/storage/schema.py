@@ -13,6 +13,9 @@ JOURNAL_COLUMNS = (
 )  # fmt: skip
 OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at")
 KEY_COLUMNS = ("key_hash", "account_id", "created_at")
+TRANSFER_COLUMNS = (
+    "account_id", "op_id", "to_account_id", "amount", "currency", "description", "metadata", "created_at",
+)  # fmt: skip
 
 # Types are written for MariaDB; the SQLite adapter maps them (SQLite is dynamically typed).
 TABLES = {
@@ -50,7 +53,7 @@ TABLES = {
         seq BIGINT NOT NULL PRIMARY KEY,
         account_id VARCHAR(64) NOT NULL,
         op_key VARCHAR(80) NULL,
-        kind VARCHAR(8) NOT NULL,
+        kind VARCHAR(16) NOT NULL,
         op_id VARCHAR(64) NOT NULL,
         status SMALLINT NOT NULL,
         code VARCHAR(32) NOT NULL,
@@ -72,6 +75,16 @@ TABLES = {
         account_id VARCHAR(64) NOT NULL,
         version BIGINT NOT NULL,
         created_at BIGINT NOT NULL""",
+    "transfers_pending": """
+        account_id VARCHAR(64) NOT NULL,
+        op_id VARCHAR(64) NOT NULL,
+        to_account_id VARCHAR(64) NOT NULL,
+        amount BIGINT NOT NULL,
+        currency CHAR(3) NOT NULL,
+        description VARCHAR(500) NOT NULL,
+        metadata BLOB NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (account_id, op_id)""",
     "api_keys": """
         key_hash CHAR(64) NOT NULL PRIMARY KEY,
         account_id VARCHAR(64) NOT NULL,

@@ -100,6 +100,13 @@ class SqliteShardStorage:
             self._insert(conn, "accounts", schema.ACCOUNT_COLUMNS, batch.accounts, upsert=True)
             self._insert(conn, "outbox", schema.OUTBOX_COLUMNS, batch.outbox, upsert=False)
             self._insert(conn, "api_keys", schema.KEY_COLUMNS, batch.keys, upsert=False)
+            self._insert(conn, "transfers_pending", schema.TRANSFER_COLUMNS, batch.transfers_started, upsert=False)
+            for result, account_id, op_id in batch.transfers_completed:
+                conn.execute(
+                    "UPDATE journal SET status = 201, result = ? WHERE account_id = ? AND op_key = ?",
+                    (result, account_id, f"transfer:{op_id}"),
+                )
+                conn.execute("DELETE FROM transfers_pending WHERE account_id = ? AND op_id = ?", (account_id, op_id))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -140,6 +147,10 @@ class SqliteShardStorage:
             return LoadedShard(accounts, holds, (last or 0) + 1)
 
         return await self._run(self._reader_pool, read)
+
+    async def pending_transfers(self) -> list[Row]:
+        sql = f"SELECT {','.join(schema.TRANSFER_COLUMNS)} FROM transfers_pending ORDER BY created_at"
+        return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql).fetchall())
 
     async def max_seq(self) -> int:
         sql = "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM journal UNION ALL SELECT MAX(seq) FROM outbox)"
