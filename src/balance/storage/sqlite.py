@@ -37,11 +37,11 @@ class SqliteShardStorage:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-w-{self.path.stem}")
-        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-r-{self.path.stem}")
+        self._writer_pool, self._reader_pool = self._new_pools()
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._sql_cache: dict[tuple[str, int], str] = {}
+        self._closed = False
 
     # ---- plumbing ------------------------------------------------------------------------
 
@@ -64,7 +64,17 @@ class SqliteShardStorage:
         conn.execute("PRAGMA busy_timeout=30000")
         return conn
 
+    def _new_pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
+        return (
+            ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-w-{self.path.stem}"),
+            ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-r-{self.path.stem}"),
+        )
+
     async def open(self) -> None:
+        if self._closed:  # opened again after close(): new threads
+            self._writer_pool, self._reader_pool = self._new_pools()
+            self._closed = False
+
         def setup() -> None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = self._connect()
@@ -83,6 +93,7 @@ class SqliteShardStorage:
                 await asyncio.get_running_loop().run_in_executor(pool, conn.close)
             pool.shutdown(wait=True)
         self._writer = self._reader = None
+        self._closed = True
 
     # ---- writes --------------------------------------------------------------------------
 

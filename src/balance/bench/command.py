@@ -1,0 +1,161 @@
+"""`balance-service bench`: the naive design, the storage ceiling and our service, in ONE run.
+
+Same machine, same databases, same row shapes, side by side; ratios are computed inside the
+run (ours / naive, ours / ceiling), never across runs. ``--quick`` finishes in under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from balance.bench import ours, recovery
+from balance.bench.ceiling import run_ceiling
+from balance.bench.naive import mysql_reachable, run_naive
+from balance.bench.results import BenchResult
+
+console = Console(width=180)
+
+
+def plan(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    scenarios = ["hot", "uniform", "mix"] if args.scenario == "all" else [args.scenario]
+    return {
+        "duration_s": 2.0 if quick else 8.0,
+        "scenarios": [s for s in scenarios if s != "recovery"] if not quick else [s for s in scenarios if s == "hot"],
+        "batch_sizes": [1000] if quick else [100, 1000, 8190],
+        "recovery": args.scenario in ("all", "recovery") and not (quick and args.scenario == "all"),
+        "recovery_size": 100_000 if quick else 1_000_000,
+        "clients": args.clients,
+    }
+
+
+async def _measure(
+    progress: Progress, label: str, total: float, unit_total: bool, run: Callable[[Callable[[int], None]], Awaitable[BenchResult]]
+) -> BenchResult:  # fmt: skip
+    task = progress.add_task(label, total=total)
+
+    def update(value: int) -> None:
+        progress.update(task, completed=value if unit_total else min(value, total))
+
+    result = await run(update)
+    progress.update(task, completed=total, description=f"{label}: {result.ops_per_s:,.0f}/s")
+    return result
+
+
+async def run_all(args: argparse.Namespace) -> list[BenchResult]:
+    settings = plan(args)
+    duration = settings["duration_s"]
+    backends = ["sqlite", "mariadb"] if args.backend == "both" else [args.backend]
+    if "mariadb" in backends and not await mysql_reachable():
+        console.print("[yellow]MariaDB is not reachable: measuring SQLite only[/yellow]")
+        backends.remove("mariadb")
+    work_dir = Path(tempfile.mkdtemp(prefix="balance-bench-"))
+    results: list[BenchResult] = []
+    ms = int(duration * 1000)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=False
+    ) as progress:
+        for backend in backends:
+            if settings["scenarios"]:
+                results.append(await _measure(progress, f"{backend} naive hot x16", 10**9, True, lambda p, b=backend: run_naive(
+                    b, scenario="hot", clients=16, duration_s=duration, progress=p)))  # fmt: skip
+                results.append(await _measure(progress, f"{backend} naive uniform x16", 10**9, True, lambda p, b=backend: run_naive(
+                    b, scenario="uniform", clients=16, duration_s=duration, progress=p)))  # fmt: skip
+                writers = [1] if backend == "sqlite" else [1, 2, 4]
+                for w in writers:
+                    results.append(await _measure(progress, f"{backend} ceiling x{w} writers", 10**9, True, lambda p, b=backend, w=w: run_ceiling(
+                        b, writers=w, rows_per_txn=1000, duration_s=duration, progress=p)))  # fmt: skip
+            for scenario in settings["scenarios"]:
+                results.append(await _measure(progress, f"{backend} engine {scenario}", 10**9, True, lambda p, b=backend, s=scenario: ours.run_engine(
+                    b, s, clients=settings["clients"], duration_s=duration, work_dir=work_dir, progress=p)))  # fmt: skip
+                results.append(await _measure(progress, f"{backend} http single {scenario} x{settings['clients']}", ms, False, lambda p, b=backend, s=scenario: ours.run_http_single(
+                    b, s, clients=settings["clients"], duration_s=duration, work_dir=work_dir, progress=p)))  # fmt: skip
+                for size in settings["batch_sizes"]:
+                    results.append(await _measure(progress, f"{backend} http batch {size} {scenario}", 10**9, True, lambda p, b=backend, s=scenario, n=size: ours.run_http_batch(
+                        b, s, batch_size=n, senders=4, duration_s=duration, work_dir=work_dir, progress=p)))  # fmt: skip
+            if settings["recovery"]:
+                n = settings["recovery_size"]
+                results.append(await _measure(progress, f"{backend} recovery {n:,}+{n:,}", 2 * n, False, lambda p, b=backend, n=n: recovery.run_recovery(
+                    b, accounts=n, holds=n, work_dir=work_dir, progress=p)))  # fmt: skip
+    for backend in backends:
+        for result in results:
+            if result.backend == backend:
+                result.extra.setdefault("durability", ours.durability_settings(backend))
+    _add_ratios(results)
+    return results
+
+
+def _add_ratios(results: list[BenchResult]) -> None:
+    """ours / naive (hot, same backend) and ours / ceiling (best writer count, same backend)."""
+    for result in results:
+        if result.name in ("naive", "recovery") or result.name.startswith("ceiling"):
+            continue
+        naive = next((r for r in results if r.name == "naive" and r.backend == result.backend and r.scenario == "hot"), None)
+        ceilings = [r.ops_per_s for r in results if r.name.startswith("ceiling") and r.backend == result.backend]
+        if naive is not None and naive.ops_per_s:
+            result.extra["x_naive"] = result.ops_per_s / naive.ops_per_s
+        if ceilings:
+            result.extra["of_ceiling"] = result.ops_per_s / max(ceilings)
+
+
+def render(results: list[BenchResult]) -> Table:
+    table = Table(title="balance-service bench (durable commits; medians where repeated)")
+    for column in ("backend", "what", "scenario", "ops/s", "p50 ms", "p95 ms", "p99 ms", "x naive", "of ceiling",
+                   "peak RSS MB", "loadgen CPU", "notes"):  # fmt: skip
+        table.add_column(column, justify="right" if column not in ("backend", "what", "scenario", "notes") else "left")
+    for r in results:
+        x = r.extra
+        notes = ""
+        if r.name == "recovery":
+            notes = f"ready {x['ready_s']:.1f}s, {x['bytes_per_account']:.0f} B/account, {x['bytes_per_hold']:.0f} B/hold"
+        elif "writers" in x:
+            notes = f"{x['writers']} writer(s), {x.get('rows_per_txn', '')} rows/txn"
+        elif "clients" in x and r.name == "naive":
+            notes = f"{x['clients']} connections"
+        table.add_row(
+            r.backend, r.name, r.scenario, f"{r.ops_per_s:,.0f}",
+            *(f"{v:.2f}" if v else "" for v in (r.p50_ms, r.p95_ms, r.p99_ms)),
+            f"{x['x_naive']:.1f}x" if "x_naive" in x else "", f"{x['of_ceiling']:.0%}" if "of_ceiling" in x else "",
+            f"{x['peak_rss_mb']:.0f}" if "peak_rss_mb" in x else "",
+            f"{x['loadgen_cpu']:.0%}" if "loadgen_cpu" in x else "", notes,
+        )  # fmt: skip
+    return table
+
+
+def main(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    results = asyncio.run(run_all(args))
+    console.print(render(results))
+    console.print(f"finished in {time.perf_counter() - started:.0f} s")
+    if args.json_path:
+        document = {
+            "machine": {"python": platform.python_version(), "cpus": _cpus(), "platform": platform.platform()},
+            "args": {"quick": args.quick, "backend": args.backend, "scenario": args.scenario, "clients": args.clients},
+            "results": [r.to_dict() for r in results],
+        }
+        Path(args.json_path).write_text(json.dumps(document, indent=2, default=str))
+        console.print(f"figures written to {args.json_path}")
+    return 0
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+def median_of(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
