@@ -34,6 +34,20 @@ RELEASE = "release"
 EXPIRE = "expire"
 
 
+_SHARED: dict[object, object] = {}
+
+
+def shared(value: object) -> object:
+    """One object for a value repeated across millions of rows (kind, currency, status, ...).
+
+    Only for low-cardinality fields: the table grows with the number of distinct values.
+    """
+    return _SHARED.setdefault(value, value)
+
+
+EMPTY_METADATA = b"{}"
+
+
 class Account:
     """One balance. ``available = balance + credit_limit - reserved``."""
 
@@ -88,6 +102,18 @@ class Account:
     def from_state(cls, state: tuple) -> Account:  # type: ignore[type-arg]
         return cls(*state)
 
+    @classmethod
+    def from_row(cls, row: tuple) -> Account:  # type: ignore[type-arg]
+        """A stored row, with repeated values shared (recovery of millions of accounts)."""
+        (id_, parent_id, kind, region, currency, name, status, balance, reserved, credit_limit,
+         exhausted, version, created_at, updated_at, metadata) = row  # fmt: skip
+        return cls(
+            id_, parent_id, shared(kind), shared(region), shared(currency), name if name else "",  # type: ignore[arg-type]
+            shared(status), balance, reserved, credit_limit, bool(exhausted), version, created_at,  # type: ignore[arg-type]
+            created_at if updated_at == created_at else updated_at,
+            EMPTY_METADATA if metadata == EMPTY_METADATA else bytes(metadata),
+        )  # fmt: skip
+
 
 class Hold:
     """Money set aside on ``account_id`` until captured, released or expired."""
@@ -130,6 +156,18 @@ class Hold:
     @classmethod
     def from_state(cls, state: tuple) -> Hold:  # type: ignore[type-arg]
         return cls(*state)
+
+    @classmethod
+    def from_row(cls, row: tuple, account_id: str | None = None) -> Hold:  # type: ignore[type-arg]
+        """A stored row, sharing the account's id object and repeated values."""
+        (row_account_id, id_, amount, captured, currency, status, destination, expires_at, created_at,
+         updated_at, description, metadata) = row  # fmt: skip
+        return cls(
+            account_id if account_id == row_account_id else row_account_id, id_, amount, captured,  # type: ignore[arg-type]
+            shared(currency), shared(status), destination, expires_at, created_at,  # type: ignore[arg-type]
+            created_at if updated_at == created_at else updated_at, description if description else "",
+            EMPTY_METADATA if metadata == EMPTY_METADATA else bytes(metadata),
+        )  # fmt: skip
 
 
 @dataclass(slots=True)

@@ -133,10 +133,14 @@ class ShardEngine:
         """Recovery: every account and pending hold, ``reserved`` rebuilt, invariants checked."""
         loaded = await self.storage.load()
         ledger = Ledger(self.shard, **self._ledger_limits)
+        accounts = ledger.accounts
         for row in loaded.accounts:
-            ledger.load_account(Account(*row))
+            ledger.load_account(Account.from_row(row))
+        loaded.accounts.clear()
         for row in loaded.pending_holds:
-            ledger.load_hold(Hold(*row))
+            owner = accounts.get(row[0])
+            ledger.load_hold(Hold.from_row(row, None if owner is None else owner.id))
+        loaded.pending_holds.clear()
         ledger.next_seq = loaded.next_seq
         ledger.rebuild_reserved()
         ledger.check_invariants()
