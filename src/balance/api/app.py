@@ -95,10 +95,11 @@ class BalanceApp:
         self._start_service = start_service
         self._startup: asyncio.Task[None] | None = None
         self._openapi = encoder.encode(openapi_document())
-        self._routes: dict[tuple[str, tuple[str, ...]], tuple[Handler, str]] = {}
+        self._latency: dict[str, Any] = {}  # route -> its bound histogram (labels() costs a lookup)
+        self._routes: dict[int, list[tuple[str, tuple[str, ...], Handler, str]]] = {}
         for method, pattern, handler in self._route_table():
             parts = tuple(pattern.strip("/").split("/"))
-            self._routes[(method, parts)] = (handler, pattern)
+            self._routes.setdefault(len(parts), []).append((method, parts, handler, pattern))
 
     def _route_table(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -143,7 +144,10 @@ class BalanceApp:
             headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
-        self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+        histogram = self._latency.get(route)
+        if histogram is None:
+            histogram = self._latency[route] = self.metrics.request_seconds.labels(route)
+        histogram.observe(time.perf_counter() - started)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -196,7 +200,8 @@ class BalanceApp:
             return "unmatched", Reply(status, problem(code, status, f"{method} {path} is not a route")), []
         headers = dict(scope["headers"])
         body = await _read_body(receive)
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        raw_query = scope["query_string"]
+        query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if raw_query else {}
         request = Request(method, path, query, headers, body)
         try:
             if not self.service.ready:  # first: partner keys are only known once recovery has loaded them
@@ -215,9 +220,7 @@ class BalanceApp:
 
     def _match(self, method: str, parts: list[str]) -> tuple[Handler | None, str, list[str]]:
         allowed = ""
-        for (route_method, route_parts), (handler, pattern) in self._routes.items():
-            if len(route_parts) != len(parts):
-                continue
+        for route_method, route_parts, handler, pattern in self._routes.get(len(parts), ()):
             params = []
             for want, got in zip(route_parts, parts, strict=True):
                 if want.startswith("{"):
