@@ -511,16 +511,19 @@ class Ledger:
             return _reject(e.VALIDATION_ERROR, "system accounts cannot hold money")
         if not limits.EXPIRES_IN_S_MIN <= cmd.expires_in_s <= limits.EXPIRES_IN_S_MAX:
             return _reject(e.VALIDATION_ERROR, "expires_in_s out of range")
+        # Shape before state: a rejection that is not recorded must not follow one that is, or a
+        # re-sent request whose recorded outcome is not in memory (after a restart) would be
+        # answered this rejection instead of its first outcome.
+        if cmd.destination_account_id == account.id:
+            return _reject(e.VALIDATION_ERROR, "destination_account_id is the holding account")
+        destination = None if cmd.destination_account_id is None else self.accounts.get(cmd.destination_account_id)
+        if destination is not None and destination.is_system:
+            return _reject(e.VALIDATION_ERROR, "a system account cannot be a destination")
         if account.status != STATUS_ACTIVE:
             return self._refuse(key, fingerprint, HOLD, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now)
         if cmd.destination_account_id is not None:
-            if cmd.destination_account_id == account.id:
-                return _reject(e.VALIDATION_ERROR, "destination_account_id is the holding account")
-            destination = self.accounts.get(cmd.destination_account_id)
             if destination is None:
                 return self._refuse(key, fingerprint, HOLD, cmd, account, e.ACCOUNT_NOT_FOUND, f"account {cmd.destination_account_id} not found", now)
-            if destination.is_system:
-                return _reject(e.VALIDATION_ERROR, "a system account cannot be a destination")
             if destination.currency != account.currency:
                 return self._refuse(key, fingerprint, HOLD, cmd, account, e.CURRENCY_MISMATCH, f"destination is in {destination.currency}", now)
             if destination.status != STATUS_ACTIVE:
