@@ -50,7 +50,12 @@ AMOUNTS = st.integers(1, 150)
 CREDITS = st.integers(1, 400)  # larger than the rest: money accumulates, so not everything is refused
 UNKNOWN_ACCOUNT = "ghost"
 UNKNOWN_HOLD = "no-such-hold"
-BAD_ACCOUNTS = (UNKNOWN_ACCOUNT, system_account_id(SHARD, "USD", FUNDING), system_account_id(SHARD, "USD", SETTLEMENT))
+BAD_ACCOUNTS = (
+    UNKNOWN_ACCOUNT,
+    system_account_id(SHARD, "USD", FUNDING),
+    system_account_id(SHARD, "USD", SETTLEMENT),
+    system_account_id(SHARD, "EUR", FUNDING),  # exists once an EUR account does
+)
 ACCOUNTS_MAX = 6
 
 
@@ -108,6 +113,11 @@ class Expect:
     record: MRecord | None = None  # a first outcome this answer's body becomes
     shown: dict[str, tuple[int, int, int, bool, str]] = field(default_factory=dict)  # accounts in the body
     hold: tuple[str, int, int] | None = None  # (status, amount, captured_amount) in the body
+
+
+def is_system_id(account_id: str) -> bool:
+    """System accounts are named ``SYS-<shard>-<kind>-<currency>``, whether they exist yet or not."""
+    return account_id.startswith(f"SYS-{SHARD}-")
 
 
 def _problem(code: str) -> Expect:
@@ -220,13 +230,11 @@ class Model:
         key = (source.id, "transfer", cmd.op_id)
         if (first := self._first(key, cmd, "idempotency_conflict")) is not None:
             return first
-        if cmd.to_account_id == source.id:
+        if cmd.to_account_id == source.id or source.system or is_system_id(cmd.to_account_id):
             return _problem("validation_error")
         target = self.accounts.get(cmd.to_account_id)
         if target is None:
             return self._refuse(key, cmd, "account_not_found")
-        if source.system or target.system:
-            return _problem("validation_error")
         if not cmd.currency == source.currency == target.currency:
             return self._refuse(key, cmd, "currency_mismatch")
         if source.status != ACTIVE or target.status != ACTIVE:
@@ -251,7 +259,7 @@ class Model:
         # What the request itself gets wrong is answered before the state is looked at (and is
         # not recorded); everything that depends on the state is recorded.
         destination = self.accounts.get(cmd.destination_account_id or "")
-        if cmd.destination_account_id == account.id or (destination is not None and destination.system):
+        if cmd.destination_account_id == account.id or is_system_id(cmd.destination_account_id or ""):
             return _problem("validation_error")
         if account.status != ACTIVE:
             return self._refuse(key, cmd, "account_inactive")
@@ -706,6 +714,30 @@ def test_hold_to_a_bad_destination_answers_the_same_after_restart() -> None:
         for together in (False, True):
             machine.restart_engine()
             again = [reply for _, reply in machine.run(holds, together=together)]
+            assert [(r.status, r.body) for r in again] == [(r.status, r.body) for r in first]
+        assert [json.loads(r.body)["code"] for r in first] == ["validation_error", "validation_error"]
+    finally:
+        machine.teardown()
+
+
+def test_transfer_or_hold_to_a_system_account_created_later_answers_the_same_after_restart() -> None:
+    """A shard's system accounts of a currency appear with its first account in that currency.
+    A transfer (or hold) naming one before it exists must not be answered a recorded
+    ``account_not_found`` that a re-send after a restart, the account existing now, turns into
+    an unrecorded ``validation_error``: its first answer is given again."""
+    machine = EngineMachine()
+    try:
+        machine.run([c.CreateAccount("U", None, "user", "EU", "USD", "U", 0, b"{}"), c.Credit("U", "c1", 100)])
+        requests = [
+            c.Transfer("t1", "U", system_account_id(SHARD, "GBP", FUNDING), 5, "GBP"),
+            c.PlaceHold("U", "h1", 5, 60, system_account_id(SHARD, "GBP", SETTLEMENT)),
+        ]
+        first = [reply for _, reply in machine.run(requests)]
+        machine.run([c.CreateAccount("G", None, "user", "EU", "GBP", "G", 0, b"{}")])  # GBP system accounts now
+        assert system_account_id(SHARD, "GBP", FUNDING) in machine.engine.ledger.accounts  # type: ignore[union-attr]
+        for together in (False, True):
+            machine.restart_engine()
+            again = [reply for _, reply in machine.run(requests, together=together)]
             assert [(r.status, r.body) for r in again] == [(r.status, r.body) for r in first]
         assert [json.loads(r.body)["code"] for r in first] == ["validation_error", "validation_error"]
     finally:

@@ -205,6 +205,12 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "transfer-to-unknown": (*A100, "transfer A X 1 -> account_not_found", "A = 100/0/100"),
     "transfer-from-unknown": ("open B", "transfer X B 1 -> account_not_found"),
     "transfer-to-self": (*A100, "transfer A A 1 -> validation_error"),
+    "transfer-to-system": (*A100, f"transfer A {system_account_id(SHARD, 'USD', KIND_SETTLEMENT)} 1 -> validation_error"),
+    # A system account that does not exist yet (no GBP account so far) is still a system account:
+    "transfer-to-system-not-yet-created": (
+        *A100, f"transfer A {system_account_id(SHARD, 'GBP', KIND_FUNDING)} 1 cur=GBP -> validation_error",
+    ),
+    "hold-to-system-not-yet-created": (*A100, f"hold A h1 1 to={system_account_id(SHARD, 'GBP', KIND_FUNDING)} -> validation_error"),
     "transfer-currency-mismatch-accounts": (
         *A100, "open E EUR", "transfer A E 10 -> currency_mismatch", "A = 100/0/100", "E = 0/0/0",
     ),

@@ -98,6 +98,11 @@ def system_account_id(shard: int, currency: str, kind: str) -> str:
     return f"SYS-{shard}-{kind}-{currency}"
 
 
+def is_system_account_id(shard: int, account_id: str) -> bool:
+    """One of the shard's system accounts, whether it exists yet or not (a fact of the id alone)."""
+    return account_id.startswith(f"SYS-{shard}-")
+
+
 def op_key_of(kind: str, op_id: str) -> str:
     return f"{kind}:{op_id}"
 
@@ -426,11 +431,13 @@ class Ledger:
             return early
         if cmd.from_account_id == cmd.to_account_id:
             return _reject(e.VALIDATION_ERROR, "from_account_id and to_account_id are the same")
+        # By id, before the look-up: a system account created later must not turn a recorded
+        # account_not_found into an unrecorded rejection for the same request.
+        if source.is_system or is_system_account_id(self.shard, cmd.to_account_id):
+            return _reject(e.VALIDATION_ERROR, "system accounts cannot take part in transfers")
         target = self.accounts.get(cmd.to_account_id)
         if target is None:
             return self._refuse(key, fingerprint, TRANSFER, cmd, source, e.ACCOUNT_NOT_FOUND, f"account {cmd.to_account_id} not found", now)
-        if source.is_system or target.is_system:
-            return _reject(e.VALIDATION_ERROR, "system accounts cannot take part in transfers")
         if cmd.currency != source.currency or cmd.currency != target.currency:
             return self._refuse(key, fingerprint, TRANSFER, cmd, source, e.CURRENCY_MISMATCH, f"{cmd.currency} transfer between {source.currency} and {target.currency} accounts", now)
         for account in (source, target):
@@ -516,9 +523,9 @@ class Ledger:
         # answered this rejection instead of its first outcome.
         if cmd.destination_account_id == account.id:
             return _reject(e.VALIDATION_ERROR, "destination_account_id is the holding account")
-        destination = None if cmd.destination_account_id is None else self.accounts.get(cmd.destination_account_id)
-        if destination is not None and destination.is_system:
+        if cmd.destination_account_id is not None and is_system_account_id(self.shard, cmd.destination_account_id):
             return _reject(e.VALIDATION_ERROR, "a system account cannot be a destination")
+        destination = None if cmd.destination_account_id is None else self.accounts.get(cmd.destination_account_id)
         if account.status != STATUS_ACTIVE:
             return self._refuse(key, fingerprint, HOLD, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now)
         if cmd.destination_account_id is not None:
