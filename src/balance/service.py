@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import hmac
 import secrets
@@ -26,6 +27,7 @@ from balance.engine.shard import Reply, ShardEngine, Unavailable, unavailable_re
 ADMIN = "admin"
 
 
+@functools.lru_cache(maxsize=65536)
 def shard_of(account_id: str) -> int | None:
     """The home shard encoded in an account id, or None if the id is not one of ours."""
     parts = account_id.split("-", 2)

@@ -162,9 +162,9 @@ def encode_account(account: Account) -> bytes:
 
 def encode_money_reply(entry: Entry, accounts: tuple[Account, ...], hold: Hold | None) -> bytes:
     """The answer of a successful money operation, from the live objects right after it."""
-    txn = txn_view(entry.row())
     if hold is not None:
         return encoder.encode({"hold": hold_view(hold.state()), "account": account_view(accounts[0].state())})
+    txn = txn_view(entry.row())
     if len(accounts) == 2:
         return encoder.encode({"transaction": txn, "accounts": [account_view(a.state()) for a in accounts]})
     return encoder.encode({"transaction": txn, "account": account_view(accounts[0].state())})

@@ -390,8 +390,8 @@ class BalanceApp:
         futures = self.service.execute_many(commands)
         for position, reply in zip(positions, await asyncio.gather(*futures), strict=True):
             results[position] = reply
-        out = [{"status": r.status, "body": msgspec.Raw(r.body)} for r in results if r is not None]
-        return json_reply(200, {"results": out})
+        parts = [b'{"status":%d,"body":%b}' % (r.status, r.body) for r in results if r is not None]
+        return Reply(200, b'{"results":[' + b",".join(parts) + b"]}")
 
 
 # ---- body -> command -------------------------------------------------------------------
