@@ -212,7 +212,10 @@ class Ledger:
             hold_key = (command.account_id, command.hold_id)
             if key in self.records or command.account_id not in self.accounts:
                 return [], []
-            return [key], ([] if hold_key in self.holds else [hold_key])
+            hold = self.holds.get(hold_key)
+            if hold is not None and hold.status == HOLD_PENDING:
+                return [], []  # a pending hold was never captured or released: nothing to read
+            return [key], ([] if hold is not None else [hold_key])
         if isinstance(command, c.PlaceHold):
             key = (command.account_id, op_key_of(HOLD, command.op_id))
             if key not in self.records and (command.account_id, command.op_id) in self.holds:
