@@ -470,3 +470,28 @@ async def test_a_started_transfer_is_pending_until_completed_and_completion_rewr
     (stored,), _ = await storage.lookup([("acc-1", "transfer:tr-9")], [])
     assert (stored.status, stored.result) == (201, b'{"final":true}')
     assert await storage.max_seq() == 1
+
+
+# ---- recovery, page by page ------------------------------------------------------------------
+
+
+async def test_accounts_and_pending_holds_come_back_page_by_page_in_key_order(storage: ShardStorage) -> None:
+    ids = [f"acc-{i:03d}" for i in range(7)]
+    await storage.commit(BatchWrite(accounts=[account(id=i) for i in reversed(ids)]))
+    holds = [hold(account_id=a, id=f"h-{j}") for a in ids[:3] for j in range(3)]
+    holds.append(hold(account_id="acc-001", id="h-done", status="captured"))
+    await storage.commit(BatchWrite(holds=holds))
+
+    seen, after = [], ""
+    while page := await storage.scan_accounts(after, 3):
+        assert len(page) <= 3
+        seen += [row[0] for row in page]
+        after = page[-1][0]
+    assert seen == ids
+    assert typed(await storage.scan_accounts("", 100)) == typed([account(id=i) for i in ids])
+
+    pending, after_hold = [], ("", "")
+    while page := await storage.scan_pending_holds(after_hold, 2):
+        pending += [(row[0], row[1]) for row in page]
+        after_hold = (page[-1][0], page[-1][1])
+    assert pending == [(a, f"h-{j}") for a in ids[:3] for j in range(3)]

@@ -28,6 +28,7 @@ from balance.storage.base import BatchWrite, DuplicateOperation, ShardStorage, S
 log = logging.getLogger("balance.engine")
 
 STARTING, RECOVERING, READY, STOPPED, FAILED = "starting", "recovering", "ready", "stopped", "failed"
+RECOVERY_PAGE_ROWS = 20_000
 QUEUE_MAX = 200_000  # beyond this, shed load at once instead of queueing without bound
 RETRY_AFTER_S = 1
 
@@ -131,17 +132,20 @@ class ShardEngine:
 
     async def _load_ledger(self) -> Ledger:
         """Recovery: every account and pending hold, ``reserved`` rebuilt, invariants checked."""
-        loaded = await self.storage.load()
-        ledger = Ledger(self.shard, **self._ledger_limits)
+        storage, ledger = self.storage, Ledger(self.shard, **self._ledger_limits)
         accounts = ledger.accounts
-        for row in loaded.accounts:
-            ledger.load_account(Account.from_row(row))
-        loaded.accounts.clear()
-        for row in loaded.pending_holds:
-            owner = accounts.get(row[0])
-            ledger.load_hold(Hold.from_row(row, None if owner is None else owner.id))
-        loaded.pending_holds.clear()
-        ledger.next_seq = loaded.next_seq
+        after_id = ""
+        while rows := await storage.scan_accounts(after_id, RECOVERY_PAGE_ROWS):  # pages: no second copy in RAM
+            for row in rows:
+                ledger.load_account(Account.from_row(row))
+            after_id = rows[-1][0]
+        after_hold = ("", "")
+        while rows := await storage.scan_pending_holds(after_hold, RECOVERY_PAGE_ROWS):
+            for row in rows:
+                owner = accounts.get(row[0])
+                ledger.load_hold(Hold.from_row(row, None if owner is None else owner.id))
+            after_hold = (rows[-1][0], rows[-1][1])
+        ledger.next_seq = await storage.max_seq() + 1
         ledger.rebuild_reserved()
         ledger.check_invariants()
         return ledger

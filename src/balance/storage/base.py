@@ -69,6 +69,12 @@ class ShardStorage(Protocol):
 
     async def load(self) -> LoadedShard: ...
 
+    async def scan_accounts(self, after_id: str, limit: int) -> list[Row]:
+        """Recovery, page by page: up to ``limit`` accounts with id > ``after_id``, by id."""
+
+    async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:
+        """Recovery, page by page: pending holds after (account_id, hold_id), in that order."""
+
     async def load_keys(self) -> list[tuple[str, str]]:
         """(key_hash, account_id) of every API key stored in this shard."""
 

@@ -339,6 +339,18 @@ class MariaDbShardStorage:
 
         return await self._read(read)
 
+    async def scan_accounts(self, after_id: str, limit: int) -> list[Row]:
+        sql = f"SELECT {_columns(schema.ACCOUNT_COLUMNS)} FROM accounts WHERE id > %s ORDER BY id LIMIT %s"
+        rows = await self._read(lambda conn: self._fetch(conn, sql, (after_id, limit)))
+        return [(*row[:10], bool(row[10]), *row[11:]) for row in rows]
+
+    async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:
+        sql = (
+            f"SELECT {_columns(schema.HOLD_COLUMNS)} FROM holds WHERE status = 'pending'"
+            " AND (account_id > %s OR (account_id = %s AND id > %s)) ORDER BY account_id, id LIMIT %s"
+        )
+        return await self._read(lambda conn: self._fetch(conn, sql, (after[0], after[0], after[1], limit)))
+
     async def pending_transfers(self) -> list[Row]:
         sql = f"SELECT {_columns(schema.TRANSFER_COLUMNS)} FROM transfers_pending ORDER BY created_at"
         return await self._read(lambda conn: self._fetch(conn, sql))

@@ -93,7 +93,7 @@ TABLES = {
 
 INDEXES = (
     ("accounts_by_parent", "accounts", "parent_id, id", False),
-    ("holds_pending", "holds", "status, expires_at", False),
+    ("holds_by_status", "holds", "status, account_id, id", False),  # recovery pages through pending holds
     ("journal_op_key", "journal", "account_id, op_key", True),
     ("journal_history", "journal", "account_id, seq", False),
 )

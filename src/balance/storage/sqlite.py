@@ -159,6 +159,19 @@ class SqliteShardStorage:
 
         return await self._run(self._reader_pool, read)
 
+    async def scan_accounts(self, after_id: str, limit: int) -> list[Row]:
+        sql = f"SELECT {','.join(schema.ACCOUNT_COLUMNS)} FROM accounts WHERE id > ? ORDER BY id LIMIT ?"
+        rows = await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, (after_id, limit)).fetchall())
+        return [(*row[:10], bool(row[10]), *row[11:]) for row in rows]
+
+    async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:
+        sql = (
+            f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE status = 'pending'"
+            " AND (account_id > ? OR (account_id = ? AND id > ?)) ORDER BY account_id, id LIMIT ?"
+        )
+        args = (after[0], after[0], after[1], limit)
+        return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, args).fetchall())
+
     async def pending_transfers(self) -> list[Row]:
         sql = f"SELECT {','.join(schema.TRANSFER_COLUMNS)} FROM transfers_pending ORDER BY created_at"
         return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql).fetchall())
