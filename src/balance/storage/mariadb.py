@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import asyncmy
 from asyncmy import errors as mysql_errors
+from asyncmy.constants import CLIENT
 
 from balance.storage import schema
 from balance.storage.base import BatchWrite, DuplicateOperation, LoadedShard, Row, StorageError, StoredOperation
@@ -57,6 +58,20 @@ def _translate(exc: BaseException, what: str) -> StorageError:
         if _DUPLICATE_OP_KEY.search(str(exc.args[-1])):
             return DuplicateOperation(str(exc.args[-1]))
     return StorageError(f"mariadb {what}: {exc!r}")
+
+
+def _packets(statements: list[str], budget: int) -> Iterator[str]:
+    """Statements joined with ';' into packets of at most ``budget`` characters (one if it fits)."""
+    packet: list[str] = []
+    size = 0
+    for statement in statements:
+        if packet and size + len(statement) + 1 > budget:
+            yield ";".join(packet)
+            packet, size = [], 0
+        packet.append(statement)
+        size += len(statement) + 1
+    if packet:
+        yield ";".join(packet)
 
 
 def _columns(columns: tuple[str, ...]) -> str:
@@ -108,6 +123,7 @@ class MariaDbShardStorage:
             autocommit=autocommit,
             sql_mode=_SQL_MODE,
             connect_timeout=self._connect_timeout,
+            client_flag=CLIENT.MULTI_STATEMENTS,
         )
         if database:
             kwargs["database"] = self.database
@@ -203,28 +219,33 @@ class MariaDbShardStorage:
                 conn = await self._writer_conn()
             except _DRIVER_ERRORS as exc:
                 raise _translate(exc, "connect") from exc
+            statements = ["BEGIN"]
+            for table, columns, rows, upsert in (
+                ("journal", schema.JOURNAL_COLUMNS, batch.journal, False),
+                ("holds", schema.HOLD_COLUMNS, batch.holds, True),
+                ("accounts", schema.ACCOUNT_COLUMNS, batch.accounts, True),
+                ("outbox", schema.OUTBOX_COLUMNS, batch.outbox, False),
+                ("api_keys", schema.KEY_COLUMNS, batch.keys, False),
+                ("transfers_pending", schema.TRANSFER_COLUMNS, batch.transfers_started, False),
+            ):
+                statements += self._insert_statements(conn, table, columns, rows, upsert)
+            for result, account_id, op_id in batch.transfers_completed:
+                key = conn.literal(account_id)
+                statements.append(
+                    f"UPDATE journal SET status = 201, result = {conn.literal(result)}"
+                    f" WHERE account_id = {key} AND op_key = {conn.literal(f'transfer:{op_id}')}"
+                )
+                statements.append(f"DELETE FROM transfers_pending WHERE account_id = {key} AND op_id = {conn.literal(op_id)}")
+            statements.append("COMMIT")
             try:
                 async with conn.cursor() as cur:
-                    await cur.execute("BEGIN")
-                    for table, columns, rows, upsert in (
-                        ("journal", schema.JOURNAL_COLUMNS, batch.journal, False),
-                        ("holds", schema.HOLD_COLUMNS, batch.holds, True),
-                        ("accounts", schema.ACCOUNT_COLUMNS, batch.accounts, True),
-                        ("outbox", schema.OUTBOX_COLUMNS, batch.outbox, False),
-                        ("api_keys", schema.KEY_COLUMNS, batch.keys, False),
-                        ("transfers_pending", schema.TRANSFER_COLUMNS, batch.transfers_started, False),
-                    ):
-                        for sql in self._insert_statements(conn, table, columns, rows, upsert):
-                            await cur.execute(sql)
-                    for result, account_id, op_id in batch.transfers_completed:  # rare: row by row
-                        await cur.execute(
-                            "UPDATE journal SET status = 201, result = %s WHERE account_id = %s AND op_key = %s",
-                            (result, account_id, f"transfer:{op_id}"),
-                        )
-                        await cur.execute(
-                            "DELETE FROM transfers_pending WHERE account_id = %s AND op_id = %s", (account_id, op_id)
-                        )
-                    await cur.execute("COMMIT")
+                    # Usually ONE round trip: the statements go as multi-statement packets of at
+                    # most the packet budget (the server stops at the first error, leaving the
+                    # transaction open for the rollback).
+                    for packet in _packets(statements, self._packet_budget):
+                        await cur.execute(packet)
+                        while await cur.nextset():
+                            pass
             except BaseException as exc:
                 await self._abort(conn, exc)
                 if isinstance(exc, _DRIVER_ERRORS):
