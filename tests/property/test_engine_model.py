@@ -183,8 +183,14 @@ class Model:
             return _problem("account_inactive")
         if cmd.status == CLOSED and (account.balance != 0 or account.reserved != 0):
             return _problem("validation_error")
+        credit_limit = account.credit_limit if cmd.credit_limit is None else cmd.credit_limit
+        if account.balance + credit_limit - account.reserved < 0:
+            return _problem("validation_error")  # below what the account already uses
         if cmd.status is not None:
             account.status = cmd.status
+        if credit_limit != account.credit_limit:
+            account.credit_limit = credit_limit
+            account.moved()  # what it may spend changed: the exhausted flag lifts
         return Expect(200, shown={account.id: account.snapshot()})
 
     # ---- money ------------------------------------------------------------------------
@@ -371,6 +377,7 @@ def changed(cmd: c.Command) -> c.Command:
 class EngineMachine(RuleBasedStateMachine):
     accounts = Bundle("accounts")
     holds = Bundle("holds")
+    engine_options: dict[str, int] = {}  # defaults: everything recent stays in memory
 
     def __init__(self) -> None:
         super().__init__()
@@ -385,7 +392,8 @@ class EngineMachine(RuleBasedStateMachine):
         self.engine = self.loop.run_until_complete(self._new_engine())
 
     async def _new_engine(self) -> ShardEngine:
-        engine = ShardEngine(SHARD, SqliteShardStorage(self.path), clock=self.clock, sweep_interval_s=3600)
+        storage = SqliteShardStorage(self.path)
+        engine = ShardEngine(SHARD, storage, clock=self.clock, sweep_interval_s=3600, **self.engine_options)
         await engine.start()
         return engine
 
@@ -488,6 +496,10 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(account=accounts, status=st.sampled_from([FROZEN, FROZEN, ACTIVE, ACTIVE, ACTIVE, CLOSED]))
     def set_status(self, account: str, status: str) -> None:
         self.run([c.UpdateAccount(account, status=status)])
+
+    @rule(account=accounts, credit_limit=st.sampled_from([0, 10, 50, 100]))
+    def set_credit_limit(self, account: str, credit_limit: int) -> None:
+        self.run([c.UpdateAccount(account, credit_limit=credit_limit)])
 
     @rule(account=accounts, amount=CREDITS)
     def credit(self, account: str, amount: int) -> None:
@@ -639,8 +651,18 @@ class EngineMachine(RuleBasedStateMachine):
         assert set(ledger.accounts) == set(self.model.accounts)
         for account_id, expected in self.model.accounts.items():
             account = ledger.accounts[account_id]
-            got = (account.currency, account.balance, account.reserved, account.status, account.exhausted)
-            want = (expected.currency, expected.balance, expected.reserved, expected.status, expected.exhausted)
+            got = (
+                account.currency,
+                account.balance,
+                account.reserved,
+                account.credit_limit,
+                account.status,
+                account.exhausted,
+            )
+            want = (
+                expected.currency, expected.balance, expected.reserved, expected.credit_limit, expected.status,
+                expected.exhausted,
+            )  # fmt: skip
             assert got == want, f"account {account_id}: engine {got} != model {want}"
         pending = {
             k: (h.amount, h.destination_account_id, h.expires_at)
@@ -664,10 +686,47 @@ class EngineMachine(RuleBasedStateMachine):
         assert all(total == 0 for total in sums.values()), sums
 
 
+class _FourOutcomesMachine(EngineMachine):
+    engine_options = {"records_max": 4}
+
+
+def test_replay_of_the_oldest_outcome_in_memory_in_a_busy_batch() -> None:
+    """A release re-sent when its first outcome is the oldest the engine remembers: the commands
+    before it in the same batch push outcomes of their own into the window. The machine (with
+    small windows) found that this evicted the outcome between the prefetch, which had found
+    it in memory, and the apply, which then answered ``hold_not_pending`` instead of the
+    replay. Fixed in ``Ledger.lookups_needed``: what it finds in memory becomes the newest."""
+    machine = _FourOutcomesMachine()
+    try:
+        machine.run([c.CreateAccount("A", None, "user", "EU", "USD", "A", 0, b"{}"), c.Credit("A", "c0", 100)])
+        machine.run([c.PlaceHold("A", "h1", 10, 60), c.ReleaseHold("A", "h1"), c.Credit("A", "c1", 1)])
+        machine.run([c.Debit("A", "d1", 1)])  # the window: hold h1, release h1, c1, d1
+        results = machine.run([c.Credit("A", "c2", 1), c.Credit("A", "c3", 1), c.ReleaseHold("A", "h1")], together=True)
+        assert results[-1][1].replayed
+        results = machine.run(
+            [c.Credit("A", "c4", 1), c.Credit("A", "c5", 1), c.PlaceHold("A", "h1", 10, 60)], together=True
+        )
+        assert results[-1][1].replayed
+    finally:
+        machine.teardown()
+
+
+class SmallMemoryMachine(EngineMachine):
+    """The same, with tiny in-memory windows: old first outcomes and finished holds are
+    forgotten soon and must be read back from SQLite; batches of at most 2 commands. (As in
+    production, the windows stay larger than what two batches in flight can add to them.)"""
+
+    engine_options = {"records_max": 12, "finished_holds_max": 8, "batch_max": 2}
+
+
 EngineMachine.TestCase.settings = settings(
     max_examples=50, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+SmallMemoryMachine.TestCase.settings = settings(
+    max_examples=25, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 test_engine_against_model = EngineMachine.TestCase
+test_engine_against_model_small_memory = SmallMemoryMachine.TestCase
 
 
 # ---- found by the machine, kept as plain examples ----------------------------------------

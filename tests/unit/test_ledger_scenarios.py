@@ -13,6 +13,7 @@ Each scenario is a list of steps written in a tiny language, one step per string
     sweep -> 2                 expire every hold ``due_holds(now)`` returns; how many expired
     wait 61                    move the time on by 61 seconds
     freeze A / activate A / close A      UpdateAccount(status=...)
+    limit A 50                 UpdateAccount(credit_limit=50)
 
 followed by ``-> expected``: ``ok`` (the default), ``replay`` (the first outcome again; ``replay
 insufficient_funds`` also names the replayed refusal), or a problem code. Checks::
@@ -157,6 +158,8 @@ def run_step(world: World, step: str) -> None:
     elif verb in ("freeze", "activate", "close"):
         status = {"freeze": STATUS_FROZEN, "activate": STATUS_ACTIVE, "close": STATUS_CLOSED}[verb]
         command = c.UpdateAccount(args[0], status=status)
+    elif verb == "limit":
+        command = c.UpdateAccount(args[0], credit_limit=int(args[1]))
     elif verb == "credit":
         command = c.Credit(args[0], op, int(args[1]))
     elif verb == "debit":
@@ -219,6 +222,9 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     # ---- credit limit ------------------------------------------------------------------
     "credit-limit-debit-below-zero": ("open A limit=50", "credit A 10", "debit A 60", "A = -50/0/0", "debit A 1 -> insufficient_funds"),
     "credit-limit-hold-beyond-balance": ("open A limit=50", "credit A 10", "hold A h1 55", "A = 10/55/5", "capture A h1", "A = -45/0/5"),
+    "credit-limit-raised": (*A100, "limit A 50", "A = 100/0/150", "debit A 150", "A = -50/0/0"),
+    "credit-limit-below-use": ("open A limit=50", "debit A 30", "limit A 29 -> validation_error", "limit A 30", "A = -30/0/0"),
+    "credit-limit-raise-lifts-exhausted": (*A100, "hold A h1 100", "A exhausted", "limit A 10", "A !exhausted", "hold A h2 10"),
     "credit-limit-transfer": ("open A limit=100", "open B", "transfer A B 100", "A = -100/0/0", "B = 100/0/100"),
     # ---- holds -------------------------------------------------------------------------
     "hold-then-full-capture": (
@@ -541,3 +547,54 @@ def test_batch_lifecycle_misuse_is_an_invariant_violation() -> None:
     ledger.begin()
     with pytest.raises(e.InvariantViolation):
         ledger.begin()
+
+
+# ---- the in-memory windows: what ``lookups_needed`` calls present stays until it is used ----
+#
+# The engine asks ``lookups_needed`` for every command of a batch, reads what it names from
+# storage, and only then applies the batch. Whatever the ledger said it did not need to read
+# must still be in memory when the command is applied, even if the commands before it in the
+# batch (or the batch committing meanwhile) push new entries into the bounded windows.
+
+
+def _prefetch_then_apply(world: World, commands: list[c.Command]) -> list[Outcome]:
+    """The engine's order, with an empty storage (nothing to read is allowed here)."""
+    for command in commands:
+        assert world.ledger.lookups_needed(command) == ([], []), command
+    return world.batch(commands)
+
+
+@pytest.mark.parametrize("kind", ["release", "capture", "hold"])
+def test_replay_whose_outcome_is_the_oldest_in_memory_is_not_evicted_by_its_own_batch(kind: str) -> None:
+    world = World()
+    world.ledger = Ledger(SHARD, records_max=4)
+    settle = {"release": "release A h1", "capture": "capture A h1", "hold": "debit A 1"}[kind]
+    for step in ("open A", "credit A 100 #c0", "hold A h1 10", settle):
+        run_step(world, step)
+    again = {
+        "release": c.ReleaseHold("A", "h1"),
+        "capture": c.CaptureHold("A", "h1"),
+        "hold": c.PlaceHold("A", "h1", 10, DEFAULT_TTL_S),
+    }[kind]
+    run_step(world, "credit A 1 #c1")
+    run_step(world, "debit A 1 #d1")  # the window is full: the needed outcome is among its two oldest
+    assert ("A", f"{kind}:h1") in list(world.ledger.records)[:2]
+    outcomes = _prefetch_then_apply(world, [c.Credit("A", "c2", 1), c.Credit("A", "c3", 1), again])
+    assert outcomes[-1].replay is not None, outcomes[-1].rejection
+    world.ledger.check_invariants()
+
+
+def test_finished_hold_called_present_is_not_evicted_by_the_batch_committing_meanwhile() -> None:
+    world = World()
+    world.ledger = Ledger(SHARD, finished_holds_max=2)
+    for step in (*A100, "hold A h1 10", "hold A h0 10", "hold A h2 10", "release A h1", "release A h0"):
+        run_step(world, step)
+    ledger = world.ledger
+    ledger.begin()  # batch N, being committed while batch N+1 is prepared
+    world._apply(c.ReleaseHold("A", "h2"))
+    ledger.collect()
+    capture = c.CaptureHold("A", "h1")  # batch N+1: h1 is finished and in memory, no hold to read
+    assert ledger.lookups_needed(capture) == ([("A", "capture:h1")], [])
+    ledger.accept()  # N is durable: h2 joins the finished window
+    [outcome] = world.batch([capture])
+    assert outcome.rejection is not None and outcome.rejection.code == e.HOLD_NOT_PENDING, outcome.rejection

@@ -210,17 +210,29 @@ class Ledger:
             kind = CAPTURE if isinstance(command, c.CaptureHold) else RELEASE
             key = (command.account_id, op_key_of(kind, command.hold_id))
             hold_key = (command.account_id, command.hold_id)
-            if key in self.records or command.account_id not in self.accounts:
+            if command.account_id not in self.accounts:
+                return [], []
+            if key in self.records:
+                self._keep_record(key)
                 return [], []
             hold = self.holds.get(hold_key)
             if hold is not None and hold.status == HOLD_PENDING:
                 return [], []  # a pending hold was never captured or released: nothing to read
+            if hold is not None and hold_key in self._finished:
+                self._finished[hold_key] = self._finished.pop(hold_key)  # kept, as records are
             return [key], ([] if hold is not None else [hold_key])
         if isinstance(command, c.PlaceHold):
             key = (command.account_id, op_key_of(HOLD, command.op_id))
-            if key not in self.records and (command.account_id, command.op_id) in self.holds:
+            if key in self.records:
+                self._keep_record(key)
+            elif (command.account_id, command.op_id) in self.holds:
                 return [key], []
         return [], []
+
+    def _keep_record(self, key: tuple[str, str]) -> None:
+        """Found in memory, so not read from storage: make it the newest, so that the entries
+        the batch adds before applying it (far fewer than the window holds) cannot evict it."""
+        self.records[key] = self.records.pop(key)
 
     def pending_sums(self) -> dict[str, int]:
         sums: dict[str, int] = {}
