@@ -417,8 +417,8 @@ class EngineMachine(RuleBasedStateMachine):
         """Predict with the model, run on the engine, compare.
 
         ``together``: all queued at once, so they land in one group commit. ``split``: the first
-        ``split`` commands are queued, the writer is let run until it commits them, and the rest
-        are queued meanwhile (a second batch applied while the first is being committed).
+        ``split`` commands are queued and the writer gets a turn to apply them and start their
+        commit; the rest are queued then, and applied on top while that commit runs (pipelined).
         """
         assert self.engine is not None
         engine = self.engine
