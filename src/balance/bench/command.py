@@ -33,7 +33,7 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     scenarios = ["hot", "uniform", "mix"] if args.scenario == "all" else [args.scenario]
     return {
-        "duration_s": 2.0 if quick else 8.0,
+        "duration_s": 2.0 if quick else 5.0,
         "scenarios": [s for s in scenarios if s != "recovery"] if not quick else [s for s in scenarios if s == "hot"],
         "batch_sizes": [1000] if quick else [100, 1000, 8190],
         "recovery": args.scenario in ("all", "recovery") and not (quick and args.scenario == "all"),
@@ -103,7 +103,9 @@ def _add_ratios(results: list[BenchResult]) -> None:
     for result in results:
         if result.name in ("naive", "recovery") or result.name.startswith("ceiling"):
             continue
-        naive = next((r for r in results if r.name == "naive" and r.backend == result.backend and r.scenario == "hot"), None)
+        naive = next(
+            (r for r in results if r.name == "naive" and r.backend == result.backend and r.scenario == "hot"), None
+        )
         ceilings = [r.ops_per_s for r in results if r.name.startswith("ceiling") and r.backend == result.backend]
         if naive is not None and naive.ops_per_s:
             result.extra["x_naive"] = result.ops_per_s / naive.ops_per_s
@@ -120,7 +122,9 @@ def render(results: list[BenchResult]) -> Table:
         x = r.extra
         notes = ""
         if r.name == "recovery":
-            notes = f"ready {x['ready_s']:.1f}s, {x['bytes_per_account']:.0f} B/account, {x['bytes_per_hold']:.0f} B/hold"
+            notes = (
+                f"ready {x['ready_s']:.1f}s, {x['bytes_per_account']:.0f} B/account, {x['bytes_per_hold']:.0f} B/hold"
+            )
         elif "writers" in x:
             notes = f"{x['writers']} writer(s), {x.get('rows_per_txn', '')} rows/txn"
         elif "clients" in x and r.name == "naive":
