@@ -11,6 +11,7 @@ fail: lookups → idempotency → shape → state → currency → funds → ove
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from balance.domain import commands as c
@@ -77,6 +78,47 @@ class Changes:
     transfers_completed: list[tuple[bytes, str, str]] = field(default_factory=list)  # (body, account, op_id)
 
 
+class _ExpiryWheel:
+    """Pending holds by the second they expire in.
+
+    8 bytes per hold in a bucket list, instead of a 64-byte (expires_at, account, id) tuple on
+    a heap: at millions of pending holds that is most of a hold's memory. Entries are lazy:
+    a hold that was captured, released or rolled back is skipped when its second comes.
+    """
+
+    __slots__ = ("buckets", "seconds")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, list[Hold]] = {}
+        self.seconds: list[int] = []  # heap of the bucket keys
+
+    def add(self, hold: Hold) -> None:
+        second = hold.expires_at // 1_000_000
+        bucket = self.buckets.get(second)
+        if bucket is None:
+            bucket = self.buckets[second] = []
+            heapq.heappush(self.seconds, second)
+        bucket.append(hold)
+
+    def take_due(self, now: int, limit: int, is_live: Callable[[Hold], bool]) -> list[Hold]:
+        due: list[Hold] = []
+        seen: set[int] = set()
+        while self.seconds and self.seconds[0] <= now // 1_000_000:
+            second = self.seconds[0]
+            keep: list[Hold] = []
+            for hold in self.buckets[second]:
+                if id(hold) in seen or not is_live(hold):
+                    continue
+                seen.add(id(hold))
+                (due if hold.expires_at <= now and len(due) < limit else keep).append(hold)
+            if keep:  # later in this second, or over the limit: they wait for the next sweep
+                self.buckets[second] = keep
+                break
+            del self.buckets[second]
+            heapq.heappop(self.seconds)
+        return due
+
+
 class _Frame:
     """Undo information of one batch: snapshots before its first change, outcomes it added."""
 
@@ -125,7 +167,7 @@ class Ledger:
         self._records_max = records_max
         self._finished: dict[tuple[str, str], None] = {}  # finished holds, oldest first
         self._finished_max = finished_holds_max
-        self._expiry: list[tuple[int, str, str]] = []  # heap of (expires_at, account_id, hold_id)
+        self._expiry = _ExpiryWheel()
         self._frames: list[_Frame] = []  # batches applied and not yet durable, oldest first
         # The open batch's frame, by its parts (what the rules write to):
         self._undo_accounts: dict[str, tuple | None] = {}  # type: ignore[type-arg]
@@ -146,7 +188,7 @@ class Ledger:
             return
         self.holds[key] = hold
         if hold.status == HOLD_PENDING:
-            heapq.heappush(self._expiry, (hold.expires_at, hold.account_id, hold.id))
+            self._expiry.add(hold)
         else:
             self._remember_finished(key)
 
@@ -189,20 +231,17 @@ class Ledger:
         return key in self.holds or any(key in frame.holds for frame in self._frames)
 
     def due_holds(self, now: int, limit: int) -> list[tuple[str, str]]:
-        """Pending holds whose expiry has passed, oldest first (stale heap entries dropped)."""
-        due: list[tuple[str, str]] = []
-        while self._expiry and self._expiry[0][0] <= now and len(due) < limit:
-            _, account_id, hold_id = heapq.heappop(self._expiry)
-            hold = self.holds.get((account_id, hold_id))
-            if hold is not None and hold.status == HOLD_PENDING and hold.expires_at <= now:
-                due.append((account_id, hold_id))
-        return due
+        """Pending holds whose expiry has passed, oldest second first (stale entries dropped)."""
+        return [(hold.account_id, hold.id) for hold in self._expiry.take_due(now, limit, self._is_live)]
+
+    def _is_live(self, hold: Hold) -> bool:
+        return hold.status == HOLD_PENDING and self.holds.get((hold.account_id, hold.id)) is hold
 
     def rearm(self, account_id: str, hold_id: str) -> None:
-        """Put a hold taken by ``due_holds`` back on the expiry heap (it was not expired)."""
+        """Put a hold taken by ``due_holds`` back on the expiry wheel (it was not expired)."""
         hold = self.holds.get((account_id, hold_id))
         if hold is not None and hold.status == HOLD_PENDING:
-            heapq.heappush(self._expiry, (hold.expires_at, account_id, hold_id))
+            self._expiry.add(hold)
 
     def lookups_needed(self, command: c.Command) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """(op keys, hold keys) that must be read from storage before ``command`` can be applied."""
@@ -321,8 +360,8 @@ class Ledger:
                     del self.holds[key]
                 else:
                     self.holds[key].restore(hold_before)
-                    if hold_before[5] == HOLD_PENDING:  # re-arm its expiry (heap entries are lazy)
-                        heapq.heappush(self._expiry, (hold_before[7], key[0], key[1]))
+                    if hold_before[5] == HOLD_PENDING:  # re-arm its expiry (stale entries are skipped)
+                        self._expiry.add(self.holds[key])
             for key in frame.records:
                 self.records.pop(key, None)
             for record, status, body in reversed(frame.restores):
@@ -567,7 +606,7 @@ class Ledger:
         )  # fmt: skip
         self._undo_holds[(account.id, hold.id)] = None
         self.holds[(account.id, hold.id)] = hold
-        heapq.heappush(self._expiry, (expires_at, account.id, hold.id))
+        self._expiry.add(hold)
         entry = self._entries(key, fingerprint, HOLD, cmd.op_id, cmd.amount, account, None, hold.id, cmd.description, cmd.metadata, now)
         outcome = self._accepted(201, key, fingerprint, entry, (account,))
         outcome.hold = hold

@@ -107,9 +107,11 @@ class Account:
         """A stored row, with repeated values shared (recovery of millions of accounts)."""
         (id_, parent_id, kind, region, currency, name, status, balance, reserved, credit_limit,
          exhausted, version, created_at, updated_at, metadata) = row  # fmt: skip
+        share = _SHARED.setdefault  # bound once: this runs millions of times at recovery
         return cls(
-            id_, parent_id, shared(kind), shared(region), shared(currency), name if name else "",  # type: ignore[arg-type]
-            shared(status), balance, reserved, credit_limit, bool(exhausted), version, created_at,  # type: ignore[arg-type]
+            id_, parent_id, share(kind, kind), share(region, region), share(currency, currency),  # type: ignore[arg-type]
+            name if name else "", share(status, status), balance, reserved, credit_limit,  # type: ignore[arg-type]
+            bool(exhausted), version, created_at,
             created_at if updated_at == created_at else updated_at,
             EMPTY_METADATA if metadata == EMPTY_METADATA else bytes(metadata),
         )  # fmt: skip
@@ -162,9 +164,10 @@ class Hold:
         """A stored row, sharing the account's id object and repeated values."""
         (row_account_id, id_, amount, captured, currency, status, destination, expires_at, created_at,
          updated_at, description, metadata) = row  # fmt: skip
+        share = _SHARED.setdefault
         return cls(
             account_id if account_id == row_account_id else row_account_id, id_, amount, captured,  # type: ignore[arg-type]
-            shared(currency), shared(status), destination, expires_at, created_at,  # type: ignore[arg-type]
+            share(currency, currency), share(status, status), destination, expires_at, created_at,  # type: ignore[arg-type]
             created_at if updated_at == created_at else updated_at, description if description else "",
             EMPTY_METADATA if metadata == EMPTY_METADATA else bytes(metadata),
         )  # fmt: skip
