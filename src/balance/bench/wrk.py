@@ -127,11 +127,11 @@ def run_wrk(
             str(mix.credit), str(mix.transfer), tag,
         ]  # fmt: skip
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out = process.stdout.read() if process.stdout else ""
-        err = process.stderr.read() if process.stderr else ""
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+            out = process.stdout.read() if process.stdout else ""  # small: wrk prints a few lines
+            err = process.stderr.read() if process.stderr else ""
+            _, status, usage = os.wait4(process.pid, 0)  # its CPU use: is the load generator the limit?
+            process.returncode = os.waitstatus_to_exitcode(status)
         elapsed = time.perf_counter() - started
     line = next((ln for ln in out.splitlines() if ln.startswith("{")), None)
     if process.returncode != 0 or line is None:

@@ -1,0 +1,28 @@
+"""The bench's own measurements run and leave the books balanced (a correctness check, no timing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from balance.bench import ours, wrk
+
+
+async def test_the_engine_measurement_counts_answered_operations_and_checks_invariants(tmp_path: Path) -> None:
+    result = await ours.run_engine("sqlite", "mix", clients=8, duration_s=0.3, work_dir=tmp_path)
+    assert result.ops > 0 and result.ops_per_s > 0
+    assert result.p50_ms <= result.p99_ms
+
+
+async def test_the_batch_endpoint_measurement_runs_against_a_real_server(tmp_path: Path) -> None:
+    result = await ours.run_http_batch("sqlite", "hot", batch_size=50, senders=2, duration_s=0.3, work_dir=tmp_path)
+    assert result.ops >= 50 and result.extra["errors"] == 0
+    assert result.extra["peak_rss_mb"] > 0
+
+
+async def test_single_operation_http_is_driven_by_wrk(tmp_path: Path) -> None:
+    if not wrk.available():
+        pytest.skip("wrk is not installed (apt-get install wrk): the single-operation load generator")
+    result = await ours.run_http_single("sqlite", "hot", clients=4, duration_s=1, work_dir=tmp_path)
+    assert result.ops > 0 and result.extra["errors"] == 0
