@@ -495,3 +495,18 @@ async def test_accounts_and_pending_holds_come_back_page_by_page_in_key_order(st
         pending += [(row[0], row[1]) for row in page]
         after_hold = (page[-1][0], page[-1][1])
     assert pending == [(a, f"h-{j}") for a in ids[:3] for j in range(3)]
+
+
+async def test_text_and_bytes_of_any_content_round_trip_exactly(storage: ShardStorage) -> None:
+    name = "O'Brien \\ \"quoted\" ; DROP TABLE accounts; -- ünïcødé \u2603"
+    metadata = b'{"note":"it\'s \\\\ \\"x\\" \x00 end"}'
+    await storage.commit(BatchWrite(accounts=[account(id="acc-odd", name=name, metadata=metadata)]))
+    await storage.commit(
+        BatchWrite(journal=[entry(seq=7, account_id="acc-odd", op_key="credit:x", description=name, result=metadata)])
+    )
+    (row,) = await storage.scan_accounts("", 10)
+    assert (row[5], row[14]) == (name, metadata)
+    (stored,), _ = await storage.lookup([("acc-odd", "credit:x")], [])
+    assert stored.result == metadata
+    (journal_row,) = await storage.history("acc-odd", 10, None, None, None)
+    assert journal_row[16] == name

@@ -282,6 +282,7 @@ class ShardEngine:
             transfers_started=list(changes.transfers_started),
             transfers_completed=list(changes.transfers_completed),
         )
+        self.storage.prepare(write)  # e.g. SQL text, built while the previous batch commits
         op_keys = [(entry.account_id, entry.op_key) for entry in changes.entries if entry.op_key]
         return _Batch(items, replies, self._counts, write, first_seq, op_keys)
 

@@ -33,6 +33,8 @@ class BatchWrite:
     # (final result, account_id, op_id): the journal row of that transfer gets status 201 and
     # this result; its transfers_pending row is deleted.
     transfers_completed: list[tuple[bytes, str, str]] = field(default_factory=list)
+    # What an adapter's ``prepare`` made of the rows ahead of ``commit`` (e.g. SQL text), or None.
+    prepared: object = None
 
     def __len__(self) -> int:
         return (
@@ -87,6 +89,10 @@ class ShardStorage(Protocol):
 
     async def pending_transfers(self) -> list[Row]:
         """Cross-shard transfers whose second leg is not confirmed yet (TRANSFER_COLUMNS)."""
+
+    def prepare(self, batch: BatchWrite) -> None:
+        """Optional head start, called while the previous batch is still committing: encode
+        what ``commit`` will send (into ``batch.prepared``). Must not do IO."""
 
     async def max_seq(self) -> int:
         """The highest journal or outbox sequence number stored (0 if none)."""

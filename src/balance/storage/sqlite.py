@@ -97,6 +97,9 @@ class SqliteShardStorage:
 
     # ---- writes --------------------------------------------------------------------------
 
+    def prepare(self, batch: BatchWrite) -> None:
+        """Nothing to do ahead: parameters are bound in the writer thread."""
+
     async def commit(self, batch: BatchWrite) -> None:
         await self._run(self._writer_pool, lambda: self._commit(batch))
 
