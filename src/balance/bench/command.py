@@ -83,6 +83,12 @@ async def run_all(args: argparse.Namespace) -> list[BenchResult]:
                     b, s, clients=settings["clients"], duration_s=duration, work_dir=work_dir, progress=p)))  # fmt: skip
                 results.append(await _measure(progress, f"{backend} http single {scenario} x{settings['clients']}", ms, False, lambda p, b=backend, s=scenario: ours.run_http_single(
                     b, s, clients=settings["clients"], duration_s=duration, work_dir=work_dir, progress=p)))  # fmt: skip
+                if scenario == "hot" and not args.quick:  # latency at a lighter load: a quarter of the clients
+                    light = max(1, settings["clients"] // 4)
+                    result = await _measure(progress, f"{backend} http single {scenario} x{light}", ms, False, lambda p, b=backend, s=scenario, n=light: ours.run_http_single(
+                        b, s, clients=n, duration_s=duration, work_dir=work_dir, progress=p))  # fmt: skip
+                    result.name = f"http-single-x{light}"
+                    results.append(result)
                 for size in settings["batch_sizes"]:
                     results.append(await _measure(progress, f"{backend} http batch {size} {scenario}", 10**9, True, lambda p, b=backend, s=scenario, n=size: ours.run_http_batch(
                         b, s, batch_size=n, senders=4, duration_s=duration, work_dir=work_dir, progress=p)))  # fmt: skip
