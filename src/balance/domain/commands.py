@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 def _fingerprint(fields: tuple) -> int:  # type: ignore[type-arg]
@@ -40,27 +41,28 @@ class CreateKey:
 
 
 @dataclass(frozen=True, slots=True)
-class Credit:
+class _OutsideMovement:
+    """Money into or out of one account from the outside world (a credit or a debit)."""
+
     account_id: str
     op_id: str
     amount: int
     description: str = ""
     metadata: bytes = b"{}"
+    KIND: ClassVar[str] = ""
 
     def fingerprint(self) -> int:
-        return _fingerprint(("credit", self.account_id, self.op_id, self.amount, self.description, self.metadata))
+        return _fingerprint((self.KIND, self.account_id, self.op_id, self.amount, self.description, self.metadata))
 
 
 @dataclass(frozen=True, slots=True)
-class Debit:
-    account_id: str
-    op_id: str
-    amount: int
-    description: str = ""
-    metadata: bytes = b"{}"
+class Credit(_OutsideMovement):
+    KIND: ClassVar[str] = "credit"
 
-    def fingerprint(self) -> int:
-        return _fingerprint(("debit", self.account_id, self.op_id, self.amount, self.description, self.metadata))
+
+@dataclass(frozen=True, slots=True)
+class Debit(_OutsideMovement):
+    KIND: ClassVar[str] = "debit"
 
 
 @dataclass(frozen=True, slots=True)

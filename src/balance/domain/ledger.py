@@ -612,11 +612,17 @@ class Ledger:
         outcome.hold = hold
         return outcome
 
-    def _capture_hold(self, cmd: c.CaptureHold, now: int) -> Outcome:
+    def _settling(
+        self, cmd: c.CaptureHold | c.ReleaseHold, kind: str, now: int
+    ) -> Outcome | tuple[Account, tuple[str, str], int, Hold]:
+        """The checks a capture and a release share: lookups, replay, the hold still pending.
+
+        A hold past its expiry that no sweep has reached yet is expired here, first.
+        """
         account = self.accounts.get(cmd.account_id)
         if account is None:
             return _reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
-        key, fingerprint = (account.id, op_key_of(CAPTURE, cmd.hold_id)), cmd.fingerprint()
+        key, fingerprint = (account.id, op_key_of(kind, cmd.hold_id)), cmd.fingerprint()
         if (early := self._replay(key, fingerprint, conflict=e.HOLD_NOT_PENDING)) is not None:
             return early
         hold = self.holds.get((account.id, cmd.hold_id))
@@ -626,6 +632,13 @@ class Ledger:
             self._expire(hold, now)
         if hold.status != HOLD_PENDING:
             return _reject(e.HOLD_NOT_PENDING, f"hold is {hold.status}")
+        return account, key, fingerprint, hold
+
+    def _capture_hold(self, cmd: c.CaptureHold, now: int) -> Outcome:
+        checked = self._settling(cmd, CAPTURE, now)
+        if isinstance(checked, Outcome):
+            return checked
+        account, key, fingerprint, hold = checked
         amount = hold.amount if cmd.amount is None else cmd.amount
         if amount < limits.AMOUNT_MIN:
             return _reject(e.VALIDATION_ERROR, "amount must be at least 1")
@@ -650,19 +663,10 @@ class Ledger:
         return outcome
 
     def _release_hold(self, cmd: c.ReleaseHold, now: int) -> Outcome:
-        account = self.accounts.get(cmd.account_id)
-        if account is None:
-            return _reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
-        key, fingerprint = (account.id, op_key_of(RELEASE, cmd.hold_id)), cmd.fingerprint()
-        if (early := self._replay(key, fingerprint, conflict=e.HOLD_NOT_PENDING)) is not None:
-            return early
-        hold = self.holds.get((account.id, cmd.hold_id))
-        if hold is None:
-            return _reject(e.HOLD_NOT_FOUND, f"hold {cmd.hold_id} not found")
-        if hold.status == HOLD_PENDING and hold.expires_at <= now:
-            self._expire(hold, now)
-        if hold.status != HOLD_PENDING:
-            return _reject(e.HOLD_NOT_PENDING, f"hold is {hold.status}")
+        checked = self._settling(cmd, RELEASE, now)
+        if isinstance(checked, Outcome):
+            return checked
+        account, key, fingerprint, hold = checked
         self._touch_hold(hold)
         self._touch(account)
         account.reserved -= hold.amount
