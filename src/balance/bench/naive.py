@@ -29,7 +29,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -44,6 +44,7 @@ UNIFORM_ACCOUNTS = 10_000
 DEFAULT_MAX_OPS = 10_000_000  # hard bound on any run, whatever the duration
 HOT_BALANCE = 10**15  # large enough that no hold is ever refused
 MYSQL_RETRYABLE = (1205, 1213)  # lock wait timeout, deadlock
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")  # a server whose CPU time /proc shows
 
 Progress = Callable[[int], None]
 
@@ -97,7 +98,7 @@ async def mysql_scratch_database(
     measured for notes only). Yields ``(connect params, database name)``.
     """
     params = parse_mysql_url(url)
-    name = f"balance_bench_{os.getpid()}_{secrets.token_hex(4)}"
+    name = f"bench_baseline_{os.getpid()}_{secrets.token_hex(4)}"
     admin = await mysql_connect(params, autocommit=True)
     try:
         async with admin.cursor() as cur:
@@ -126,6 +127,78 @@ async def mysql_reachable(url: str | None = None, timeout_s: float = 2.0) -> boo
     return True
 
 
+def find_server_pid(names: tuple[str, ...] = ("mariadbd", "mysqld")) -> int | None:
+    """The pid of a local MariaDB server process (to read its CPU time), or None."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() in names:
+                        return int(entry)
+            except OSError:
+                continue
+    return None
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc), or None."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> tuple[float, float] | None:
+    """(busy, iowait) CPU seconds of the whole machine so far, summed over cores (Linux /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / tick, iowait / tick
+
+
+class CpuMeter:
+    """CPU used by this process and by a local MariaDB server between ``start`` and ``stop``,
+    as a fraction of the wall time (1.0 = one core busy)."""
+
+    def __init__(self, server: bool) -> None:
+        self.server_pid = find_server_pid() if server else None
+
+    def start(self) -> None:
+        self.wall0 = time.perf_counter()
+        self.client0 = time.process_time()
+        self.server0 = process_cpu_seconds(self.server_pid)
+        self.machine0 = machine_cpu_seconds()
+
+    def stop(self) -> dict[str, float]:
+        """``client_cpu``, ``server_cpu``, and ``other_cpu``: the rest of the machine's busy CPU
+        (other processes, the kernel's share not charged to either): high means a noisy run."""
+        wall = max(time.perf_counter() - self.wall0, 1e-9)
+        client = time.process_time() - self.client0
+        out = {"client_cpu": client / wall}
+        server1 = process_cpu_seconds(self.server_pid)
+        server = 0.0
+        if self.server0 is not None and server1 is not None:
+            server = server1 - self.server0
+            out["server_cpu"] = server / wall
+        machine1 = machine_cpu_seconds()
+        if self.machine0 is not None and machine1 is not None:
+            out["other_cpu"] = max(0.0, machine1[0] - self.machine0[0] - client - server) / wall
+            out["iowait"] = (machine1[1] - self.machine0[1]) / wall
+        return out
+
+
 # ---- SQLite fixtures ---------------------------------------------------------------------
 
 
@@ -151,7 +224,7 @@ def sqlite_scratch_file(
     (under ``directory``, default the system temp dir); the directory is deleted on exit unless ``keep``."""
     if directory is not None:
         Path(directory).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="balance-bench-", dir=directory))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-baseline-", dir=directory))
     path = tmp / "bench.db"
     try:
         conn = sqlite_connect(path)
@@ -203,8 +276,15 @@ def hold_result(
 
 
 def hold_journal_row(
-    seq: int, aid: str, hold_id: str, amount: int, balance: int, reserved_after: int, credit_limit: int,
-    version: int, now: int,
+    seq: int,
+    aid: str,
+    hold_id: str,
+    amount: int,
+    balance: int,
+    reserved_after: int,
+    credit_limit: int,
+    version: int,
+    now: int,
 ) -> tuple:  # type: ignore[type-arg]
     """A hold's primary journal row, in ``JOURNAL_COLUMNS`` order."""
     return (
@@ -224,11 +304,41 @@ def journal_insert_sql(placeholder: str) -> str:
 # ---- the naive design ----------------------------------------------------------------------
 
 
+class Deadline:
+    """When the workers of a run stop: at ``at`` (perf_counter), or at once after ``stop()``."""
+
+    def __init__(self, at: float = float("inf")) -> None:
+        self.at = at
+
+    def passed(self) -> bool:
+        return time.perf_counter() >= self.at
+
+    def stop(self) -> None:
+        self.at = float("-inf")
+
+
+async def run_workers(workers: Iterable[Awaitable[None]], deadline: Deadline) -> None:
+    """Await every worker (coroutines or thread futures). The first failure stops the others
+    through ``deadline`` and is raised once all of them have ended: no worker is left running."""
+
+    async def guarded(worker: Awaitable[None]) -> None:
+        try:
+            await worker
+        except BaseException:
+            deadline.stop()
+            raise
+
+    results = await asyncio.gather(*(guarded(w) for w in workers), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
 class _Shared:
     """Counters shared by the workers of one run (asyncio tasks, or threads under the GIL)."""
 
-    def __init__(self, deadline: float, max_ops: int) -> None:
-        self.deadline = deadline
+    def __init__(self, max_ops: int) -> None:
+        self.deadline = Deadline()
         self.max_ops = max_ops
         self.ops = 0
         self.refused = 0
@@ -239,7 +349,7 @@ class _Shared:
         self.latencies: list[list[float]] = []
 
     def more(self) -> bool:
-        return self.ops < self.max_ops and time.perf_counter() < self.deadline
+        return self.ops < self.max_ops and not self.deadline.passed()
 
 
 def _accounts(scenario: str) -> list[str]:
@@ -283,7 +393,9 @@ async def run_naive(
     if clients < 1 or duration_s <= 0 or max_ops < 1:
         raise ValueError("clients, duration_s and max_ops must be positive")
     if backend == "mariadb":
-        return await _naive_mariadb(str(url_or_path or mysql_url()), scenario, clients, duration_s, max_ops, progress, keep)
+        return await _naive_mariadb(
+            str(url_or_path or mysql_url()), scenario, clients, duration_s, max_ops, progress, keep
+        )
     if backend == "sqlite":
         return await _naive_sqlite(url_or_path, scenario, clients, duration_s, max_ops, progress, keep)
     raise ValueError(f"unknown backend {backend!r} (mariadb | sqlite)")
@@ -326,6 +438,8 @@ async def _naive_mariadb(
                         rows[start : start + 1000],
                     )
             await conns[0].commit()
+            shared = _Shared(max_ops)
+            shared.latencies = [[] for _ in conns]
 
             async def worker(conn: Any, latencies: list[float]) -> None:
                 rng = random.Random()
@@ -360,16 +474,19 @@ async def _naive_mariadb(
                     shared.ops += 1
                     shared.amount += amount
 
-            shared = _Shared(0.0, max_ops)
-            shared.latencies = [[] for _ in conns]
             done = asyncio.Event()
             reporter = asyncio.create_task(_report(shared, progress, done))
+            meter = CpuMeter(server=params["host"] in LOCAL_HOSTS)
+            meter.start()
             begin = time.perf_counter()
-            shared.deadline = begin + duration_s
+            shared.deadline.at = begin + duration_s
             try:
-                await asyncio.gather(*(worker(c, lat) for c, lat in zip(conns, shared.latencies, strict=True)))
+                await run_workers(
+                    (worker(c, lat) for c, lat in zip(conns, shared.latencies, strict=True)), shared.deadline
+                )
             finally:
                 seconds = time.perf_counter() - begin
+                cpu = meter.stop()
                 done.set()
                 await reporter
 
@@ -384,7 +501,7 @@ async def _naive_mariadb(
                 conn.close()
         return _result(
             "mariadb", scenario, clients, shared, seconds,
-            journal_rows=int(journal_rows), reserved_sum=int(reserved_sum), version_bumps=int(versions),
+            journal_rows=int(journal_rows), reserved_sum=int(reserved_sum), version_bumps=int(versions), **cpu,
             **({"database": database} if keep else {}),
         )  # fmt: skip
 
@@ -413,7 +530,7 @@ async def _naive_sqlite(
             )
             conns[0].execute("COMMIT")
 
-            shared = _Shared(0.0, max_ops)
+            shared = _Shared(max_ops)
             shared.latencies = [[] for _ in conns]
 
             def worker(conn: sqlite3.Connection, latencies: list[float]) -> None:
@@ -451,27 +568,36 @@ async def _naive_sqlite(
             loop = asyncio.get_running_loop()
             done = asyncio.Event()
             reporter = asyncio.create_task(_report(shared, progress, done))
+            meter = CpuMeter(server=False)
             with ThreadPoolExecutor(clients, thread_name_prefix="naive-sqlite") as pool:
+                meter.start()
                 begin = time.perf_counter()
-                shared.deadline = begin + duration_s
+                shared.deadline.at = begin + duration_s
                 try:
-                    await asyncio.gather(
-                        *(loop.run_in_executor(pool, worker, c, lat) for c, lat in zip(conns, shared.latencies, strict=True))
+                    await run_workers(
+                        (
+                            loop.run_in_executor(pool, worker, c, lat)
+                            for c, lat in zip(conns, shared.latencies, strict=True)
+                        ),
+                        shared.deadline,
                     )
                 finally:
                     seconds = time.perf_counter() - begin
+                    cpu = meter.stop()
                     done.set()
                     await reporter
 
             (journal_rows,) = conns[0].execute("SELECT COUNT(*) FROM journal").fetchone()
-            reserved_sum, versions = conns[0].execute(
-                "SELECT COALESCE(SUM(reserved), 0), COALESCE(SUM(version - 1), 0) FROM accounts"
-            ).fetchone()
+            reserved_sum, versions = (
+                conns[0]
+                .execute("SELECT COALESCE(SUM(reserved), 0), COALESCE(SUM(version - 1), 0) FROM accounts")
+                .fetchone()
+            )
         finally:
             for conn in conns:
                 conn.close()
         return _result(
             "sqlite", scenario, clients, shared, seconds,
-            journal_rows=int(journal_rows), reserved_sum=int(reserved_sum), version_bumps=int(versions),
+            journal_rows=int(journal_rows), reserved_sum=int(reserved_sum), version_bumps=int(versions), **cpu,
             **({"path": str(path)} if keep else {}),
         )  # fmt: skip
