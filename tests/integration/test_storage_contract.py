@@ -510,3 +510,21 @@ async def test_text_and_bytes_of_any_content_round_trip_exactly(storage: ShardSt
     assert stored.result == metadata
     (journal_row,) = await storage.history("acc-odd", 10, None, None, None)
     assert journal_row[16] == name
+
+
+async def test_a_large_batch_with_a_stale_operation_id_writes_nothing_and_says_so(storage: ShardStorage) -> None:
+    await storage.commit(BatchWrite(journal=[entry(seq=1, op_key="credit:old")]))
+    rows = [entry(seq=i, op_key=f"credit:{i}", counterparty_account_id=None if i % 2 else "acc-2",
+                  result=b'{"q":"\\"quoted\\" it\'s"}') for i in range(2, 700)]  # fmt: skip
+    rows.append(entry(seq=700, op_key="credit:old"))
+    holds = [hold(id=f"h-{i}") for i in range(400)]
+    with pytest.raises(DuplicateOperation):
+        await storage.commit(BatchWrite(journal=rows, holds=holds, accounts=[account(balance=5)]))
+    assert await storage.max_seq() == 1
+    assert await storage.scan_pending_holds(("", ""), 10) == []
+    assert await storage.scan_accounts("", 10) == []
+    await storage.commit(BatchWrite(journal=rows[:-1], holds=holds, accounts=[account(balance=5)]))
+    assert await storage.max_seq() == 699
+    (stored,), _ = await storage.lookup([("acc-1", "credit:3")], [])
+    assert stored.result == b'{"q":"\\"quoted\\" it\'s"}'
+    assert len(await storage.scan_pending_holds(("", ""), 1000)) == 400
