@@ -20,8 +20,8 @@ import msgspec
 from balance import views
 from balance.domain import commands as c
 from balance.domain import errors as e
-from balance.domain.ledger import TRANSFER_IN_PROGRESS
-from balance.domain.model import STATUS_ACTIVE
+from balance.domain.ledger import TRANSFER_IN_PROGRESS, transfer_target_refusal
+from balance.domain.model import Account
 from balance.engine.shard import Reply, ShardEngine, Unavailable, unavailable_reply
 
 ADMIN = "admin"
@@ -159,17 +159,12 @@ class BalanceService:
         balances still sum to zero.
         """
         target = self.engine_for(transfer.to_account_id)
-        state = None if target is None else target.account_state(transfer.to_account_id)
-        if target is None or state is None:
+        if target is None:
             return not_found(transfer.to_account_id)
-        if state[2] not in ("partner", "provider", "user"):
-            return Reply(422, views.problem(e.VALIDATION_ERROR, 422, "system accounts cannot take part in transfers"))
-        if state[4] != transfer.currency:
-            detail = f"{transfer.currency} transfer to a {state[4]} account"
-            return Reply(422, views.problem(e.CURRENCY_MISMATCH, 422, detail))
-        if state[6] != STATUS_ACTIVE:
-            detail = f"account {transfer.to_account_id} is {state[6]}"
-            return Reply(409, views.problem(e.ACCOUNT_INACTIVE, 409, detail))
+        state = target.account_state(transfer.to_account_id)
+        refusal = transfer_target_refusal(None if state is None else Account(*state), transfer)
+        if refusal is not None:
+            return Reply(refusal.status, views.encode_rejection(refusal))
         first = await source.execute(c.TransferOut(transfer))
         if first.status != TRANSFER_IN_PROGRESS:
             return first  # refused, unavailable, or the finished transfer replayed

@@ -136,6 +136,20 @@ class _Frame:
 TRANSFER_IN_PROGRESS = 202  # a cross-shard transfer whose second leg is not yet confirmed
 
 
+def transfer_target_refusal(target: Account | None, transfer: c.Transfer) -> e.Rejection | None:
+    """Why the target of a cross-shard transfer cannot take it (checked on its own shard,
+    on committed state, before the source leg); None if it can."""
+    if target is None:
+        return e.Rejection(e.ACCOUNT_NOT_FOUND, f"account {transfer.to_account_id} not found")
+    if target.is_system:
+        return e.Rejection(e.VALIDATION_ERROR, "system accounts cannot take part in transfers")
+    if target.currency != transfer.currency:
+        return e.Rejection(e.CURRENCY_MISMATCH, f"{transfer.currency} transfer to a {target.currency} account")
+    if target.status != STATUS_ACTIVE:
+        return e.Rejection(e.ACCOUNT_INACTIVE, f"account {target.id} is {target.status}")
+    return None
+
+
 def system_account_id(shard: int, currency: str, kind: str) -> str:
     return f"SYS-{shard}-{kind}-{currency}"
 
