@@ -105,18 +105,9 @@ class HoldReply(msgspec.Struct):
     account: AccountView
 
 
-class Page(msgspec.Struct):
-    data: list[Any]
-    next_cursor: str | None
-
-
 class KeyReply(msgspec.Struct):
     key: str
     account_id: str
-
-
-# Raw JSON metadata is embedded without decoding it again.
-_RAW_METADATA = msgspec.Raw
 
 
 def account_view(state: tuple) -> dict[str, Any]:  # type: ignore[type-arg]

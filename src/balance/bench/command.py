@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -165,7 +164,3 @@ def _cpus() -> int:
     import os
 
     return os.cpu_count() or 0
-
-
-def median_of(values: list[float]) -> float:
-    return statistics.median(values) if values else 0.0

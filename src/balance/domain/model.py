@@ -99,10 +99,6 @@ class Account:
             setattr(self, name, value)
 
     @classmethod
-    def from_state(cls, state: tuple) -> Account:  # type: ignore[type-arg]
-        return cls(*state)
-
-    @classmethod
     def from_row(cls, row: tuple) -> Account:  # type: ignore[type-arg]
         """A stored row, with repeated values shared (recovery of millions of accounts)."""
         (id_, parent_id, kind, region, currency, name, status, balance, reserved, credit_limit,
@@ -154,10 +150,6 @@ class Hold:
     def restore(self, state: tuple) -> None:  # type: ignore[type-arg]
         for name, value in zip(Hold.__slots__, state, strict=True):
             setattr(self, name, value)
-
-    @classmethod
-    def from_state(cls, state: tuple) -> Hold:  # type: ignore[type-arg]
-        return cls(*state)
 
     @classmethod
     def from_row(cls, row: tuple, account_id: str | None = None) -> Hold:  # type: ignore[type-arg]

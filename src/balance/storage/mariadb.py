@@ -536,19 +536,7 @@ class MariaDbShardStorage:
     async def history(
         self, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
     ) -> list[Row]:
-        sql = f"SELECT {_columns(schema.JOURNAL_COLUMNS)} FROM journal WHERE account_id = %s AND status < 300"
-        args: list[object] = [account_id]
-        if before_seq is not None:
-            sql += " AND seq < %s"
-            args.append(before_seq)
-        if since is not None:
-            sql += " AND created_at >= %s"
-            args.append(since)
-        if until is not None:
-            sql += " AND created_at < %s"
-            args.append(until)
-        sql += " ORDER BY seq DESC LIMIT %s"
-        args.append(int(limit))
+        sql, args = schema.history_query("%s", account_id, limit, before_seq, since, until)
         return await self._read(lambda conn: self._fetch(conn, sql, args))
 
     async def get_hold(self, account_id: str, hold_id: str) -> Row | None:

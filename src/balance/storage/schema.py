@@ -91,6 +91,21 @@ TABLES = {
         created_at BIGINT NOT NULL""",
 }
 
+def history_query(
+    placeholder: str, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
+) -> tuple[str, list[object]]:
+    """The history read (accepted journal rows of one account, newest first), for either driver's
+    placeholder style (``?`` or ``%s``)."""
+    sql = f"SELECT {','.join(JOURNAL_COLUMNS)} FROM journal WHERE account_id = {placeholder} AND status < 300"
+    args: list[object] = [account_id]
+    for condition, value in (("seq <", before_seq), ("created_at >=", since), ("created_at <", until)):
+        if value is not None:
+            sql += f" AND {condition} {placeholder}"
+            args.append(value)
+    args.append(int(limit))
+    return sql + f" ORDER BY seq DESC LIMIT {placeholder}", args
+
+
 INDEXES = (
     ("accounts_by_parent", "accounts", "parent_id, id", False),
     ("holds_by_status", "holds", "status, account_id, id", False),  # recovery pages through pending holds

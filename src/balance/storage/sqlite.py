@@ -218,19 +218,7 @@ class SqliteShardStorage:
     async def history(
         self, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
     ) -> list[Row]:
-        sql = f"SELECT {','.join(schema.JOURNAL_COLUMNS)} FROM journal WHERE account_id = ? AND status < 300"
-        args: list[object] = [account_id]
-        if before_seq is not None:
-            sql += " AND seq < ?"
-            args.append(before_seq)
-        if since is not None:
-            sql += " AND created_at >= ?"
-            args.append(since)
-        if until is not None:
-            sql += " AND created_at < ?"
-            args.append(until)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        args.append(limit)
+        sql, args = schema.history_query("?", account_id, limit, before_seq, since, until)
         return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, args).fetchall())
 
     async def get_hold(self, account_id: str, hold_id: str) -> Row | None:
