@@ -22,7 +22,7 @@ from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain.ledger import TRANSFER_IN_PROGRESS, transfer_target_refusal
 from balance.domain.model import Account
-from balance.engine.shard import Reply, ShardEngine, Unavailable, unavailable_reply
+from balance.engine.shard import Collector, Reply, ShardEngine, Unavailable, unavailable_reply
 
 ADMIN = "admin"
 
@@ -147,6 +147,30 @@ class BalanceService:
             except Unavailable as exc:
                 futures.append(_done(loop, unavailable_reply(exc.detail)))
         return futures
+
+    async def run_many(self, commands: Sequence[c.Command]) -> list[Reply]:
+        """Run commands in order (same-account order is kept: one shard, one queue), all
+        answered through one collector: the batch endpoint's path, no future per operation."""
+        collector = Collector(len(commands))
+        across: list[tuple[int, asyncio.Task[Reply]]] = []
+        for index, command in enumerate(commands):
+            account_id = command.account_id
+            engine = self.engine_for(account_id)
+            if engine is None:
+                collector.answer(index, not_found(account_id))
+                continue
+            if isinstance(command, c.Transfer) and self.engine_for(command.to_account_id) is not engine:
+                across.append((index, asyncio.ensure_future(self._transfer_across_shards(command, engine))))
+                continue
+            try:
+                engine.enqueue_into(command, collector, index)
+            except Unavailable as exc:
+                collector.answer(index, unavailable_reply(exc.detail))
+        for index, task in across:
+            collector.answer(index, await task)
+        if commands:
+            await collector.future
+        return collector.replies  # type: ignore[return-value]  # every slot answered
 
     # ---- transfers across shards ---------------------------------------------------------
 

@@ -111,7 +111,7 @@ class KeyReply(msgspec.Struct):
 
 
 def account_view(state: tuple) -> dict[str, Any]:  # type: ignore[type-arg]
-    """An account state tuple (Account.__slots__ order) as its public shape."""
+    """An account state tuple (ACCOUNT_FIELDS order) as its public shape."""
     (id_, parent_id, kind, region, currency, name, status, balance, reserved, credit_limit,
      exhausted, version, created_at, updated_at, metadata) = state  # fmt: skip
     return {
@@ -147,18 +147,103 @@ def txn_view(row: tuple) -> dict[str, Any]:  # type: ignore[type-arg]
     }  # fmt: skip
 
 
+# ---- the write path's answers, rendered from byte templates ----------------------------
+#
+# Every accepted operation is answered with its account (and hold or transaction) right after
+# it. Building dicts and encoding them costs more than the rest of the operation; these
+# functions write the same bytes (tests/unit/test_views.py checks them against the dict views
+# encoded by msgspec) from %-templates, with the parts that rarely change (an account's id,
+# parent, kind, region, currency and name) encoded once and cached.
+
+_ACCOUNT_TAIL = (
+    b',"status":%b,"balance":%d,"reserved":%d,"available":%d,"credit_limit":%d,"exhausted":%b,'
+    b'"version":%d,"created_at":"%b","updated_at":"%b","metadata":%b}'
+)
+_HOLD = (
+    b'{"id":%b,"account_id":%b,"amount":%d,"captured_amount":%d,"currency":%b,"status":%b,'
+    b'"destination_account_id":%b,"expires_at":"%b","created_at":"%b","updated_at":"%b",'
+    b'"description":%b,"metadata":%b}'
+)
+_TXN = (
+    b'{"id":%b,"kind":%b,"account_id":%b,"counterparty_account_id":%b,"amount":%d,"currency":%b,'
+    b'"hold_id":%b,"balance_after":%d,"reserved_after":%d,"version":%d,"created_at":"%b",'
+    b'"description":%b,"metadata":%b}'
+)
+_BOOL = {True: b"true", False: b"false"}
+_CACHE_MAX = 65_536
+_heads: dict[tuple[str | None, ...], bytes] = {}  # (id, parent, kind, region, currency, name) -> b'{"id":...,"name":...'
+_strings: dict[str | None, bytes] = {None: b"null"}  # low-cardinality strings: kinds, statuses, currencies
+_stamps: dict[int, bytes] = {}
+
+
+def _string(value: str | None) -> bytes:
+    """JSON of a repeated short string (cached; unbounded values go through ``encoder``)."""
+    encoded = _strings.get(value)
+    if encoded is None:
+        encoded = encoder.encode(value)
+        if len(_strings) < _CACHE_MAX:
+            _strings[value] = encoded
+    return encoded
+
+
+def _stamp(us: int) -> bytes:
+    text = _stamps.get(us)
+    if text is None:
+        if len(_stamps) > 4096:
+            _stamps.clear()
+        text = _stamps[us] = timestamp(us).encode()
+    return text
+
+
+def _account_bytes(account: Account) -> bytes:
+    key = (account.id, account.parent_id, account.kind, account.region, account.currency, account.name)
+    head = _heads.get(key)
+    if head is None:
+        if len(_heads) >= _CACHE_MAX:
+            _heads.clear()
+        head = _heads[key] = b'{"id":%b,"parent_id":%b,"kind":%b,"region":%b,"currency":%b,"name":%b' % (
+            encoder.encode(account.id), encoder.encode(account.parent_id), _string(account.kind),
+            _string(account.region), _string(account.currency), encoder.encode(account.name),
+        )  # fmt: skip
+    balance, reserved, credit_limit = account.balance, account.reserved, account.credit_limit
+    return head + _ACCOUNT_TAIL % (
+        _string(account.status), balance, reserved, balance + credit_limit - reserved, credit_limit,
+        _BOOL[bool(account.exhausted)], account.version, _stamp(account.created_at), _stamp(account.updated_at),
+        account.metadata,
+    )  # fmt: skip
+
+
+def _hold_bytes(hold: Hold) -> bytes:
+    return _HOLD % (
+        encoder.encode(hold.id), encoder.encode(hold.account_id), hold.amount, hold.captured_amount,
+        _string(hold.currency), _string(hold.status), encoder.encode(hold.destination_account_id),
+        _stamp(hold.expires_at), _stamp(hold.created_at), _stamp(hold.updated_at),
+        encoder.encode(hold.description), hold.metadata,
+    )  # fmt: skip
+
+
+def _txn_bytes(entry: Entry) -> bytes:
+    return _TXN % (
+        encoder.encode(entry.op_id), _string(entry.kind), encoder.encode(entry.account_id),
+        encoder.encode(entry.counterparty_account_id), entry.amount, _string(entry.currency),
+        encoder.encode(entry.hold_id), entry.balance_after, entry.reserved_after, entry.version,
+        _stamp(entry.created_at), encoder.encode(entry.description), entry.metadata,
+    )  # fmt: skip
+
+
 def encode_account(account: Account) -> bytes:
-    return encoder.encode(account_view(account.state()))
+    return _account_bytes(account)
 
 
 def encode_money_reply(entry: Entry, accounts: tuple[Account, ...], hold: Hold | None) -> bytes:
     """The answer of a successful money operation, from the live objects right after it."""
     if hold is not None:
-        return encoder.encode({"hold": hold_view(hold.state()), "account": account_view(accounts[0].state())})
-    txn = txn_view(entry.row())
+        return b'{"hold":%b,"account":%b}' % (_hold_bytes(hold), _account_bytes(accounts[0]))
     if len(accounts) == 2:
-        return encoder.encode({"transaction": txn, "accounts": [account_view(a.state()) for a in accounts]})
-    return encoder.encode({"transaction": txn, "account": account_view(accounts[0].state())})
+        return b'{"transaction":%b,"accounts":[%b,%b]}' % (
+            _txn_bytes(entry), _account_bytes(accounts[0]), _account_bytes(accounts[1]),
+        )  # fmt: skip
+    return b'{"transaction":%b,"account":%b}' % (_txn_bytes(entry), _account_bytes(accounts[0]))
 
 
 def problem(code: str, status: int, detail: str, title: str | None = None) -> bytes:

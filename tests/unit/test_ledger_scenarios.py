@@ -37,7 +37,7 @@ import pytest
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain.ledger import Ledger, Outcome, system_account_id
-from balance.domain.model import KIND_FUNDING, KIND_SETTLEMENT, STATUS_ACTIVE, STATUS_CLOSED, STATUS_FROZEN
+from balance.domain.model import KIND_FUNDING, KIND_SETTLEMENT, STATUS_ACTIVE, STATUS_CLOSED, STATUS_FROZEN, Hold
 
 SHARD = 0
 T0 = 1_790_000_000_000_000  # microseconds
@@ -483,7 +483,7 @@ def _corrupt_available(ledger: Ledger) -> None:
 
 
 def _corrupt_orphan_hold(ledger: Ledger) -> None:
-    hold = copy.copy(ledger.holds[("A", "h1")])
+    hold = Hold(*ledger.holds[("A", "h1")].state())
     hold.account_id = "ghost"
     ledger.holds[("ghost", "h1")] = hold
 

@@ -387,8 +387,7 @@ class BalanceApp:
             positions.append(len(results))
             results.append(None)
             commands.append(command)
-        futures = self.service.execute_many(commands)
-        for position, reply in zip(positions, await asyncio.gather(*futures), strict=True):
+        for position, reply in zip(positions, await self.service.run_many(commands), strict=True):
             results[position] = reply
         parts = [b'{"status":%d,"body":%b}' % (r.status, r.body) for r in results if r is not None]
         return Reply(200, b'{"results":[' + b",".join(parts) + b"]}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import ClassVar
 
 
 def _fingerprint(fields: tuple) -> int:  # type: ignore[type-arg]
@@ -49,20 +48,24 @@ class _OutsideMovement:
     amount: int
     description: str = ""
     metadata: bytes = b"{}"
-    KIND: ClassVar[str] = ""
+
+    def kind(self) -> str:
+        raise NotImplementedError
 
     def fingerprint(self) -> int:
-        return _fingerprint((self.KIND, self.account_id, self.op_id, self.amount, self.description, self.metadata))
+        return _fingerprint((self.kind(), self.account_id, self.op_id, self.amount, self.description, self.metadata))
 
 
 @dataclass(frozen=True, slots=True)
 class Credit(_OutsideMovement):
-    KIND: ClassVar[str] = "credit"
+    def kind(self) -> str:
+        return "credit"
 
 
 @dataclass(frozen=True, slots=True)
 class Debit(_OutsideMovement):
-    KIND: ClassVar[str] = "debit"
+    def kind(self) -> str:
+        return "debit"
 
 
 @dataclass(frozen=True, slots=True)

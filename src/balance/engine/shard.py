@@ -33,7 +33,7 @@ QUEUE_MAX = 200_000  # beyond this, shed load at once instead of queueing withou
 RETRY_AFTER_S = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~3x (one per operation)
 class Reply:
     """An answer: HTTP status, encoded body, and whether it replays an earlier outcome."""
 
@@ -54,6 +54,44 @@ class _Batch:
     op_keys: list[tuple[str, str]]
     commit: asyncio.Future[None] | None = None
     started: float = 0.0
+
+
+class Collector:
+    """The replies of many commands behind ONE future (a batch request: no future per operation).
+
+    ``slot(i)`` stands where the queue expects a future: it has the two methods the writer
+    calls (``done`` and ``set_result``). The future resolves once every slot is answered.
+    """
+
+    __slots__ = ("replies", "remaining", "future")
+
+    def __init__(self, size: int) -> None:
+        self.replies: list[Reply | None] = [None] * size
+        self.remaining = size
+        self.future: asyncio.Future[list[Reply | None]] = asyncio.get_running_loop().create_future()
+
+    def slot(self, index: int) -> _Slot:
+        return _Slot(self, index)
+
+    def answer(self, index: int, reply: Reply) -> None:
+        if self.replies[index] is None:
+            self.replies[index] = reply
+            self.remaining -= 1
+            if self.remaining == 0 and not self.future.done():
+                self.future.set_result(self.replies)
+
+
+class _Slot:
+    __slots__ = ("collector", "index")
+
+    def __init__(self, collector: Collector, index: int) -> None:
+        self.collector, self.index = collector, index
+
+    def done(self) -> bool:
+        return self.collector.replies[self.index] is not None
+
+    def set_result(self, reply: Reply) -> None:
+        self.collector.answer(self.index, reply)
 
 
 class Unavailable(Exception):
@@ -189,6 +227,15 @@ class ShardEngine:
         self._queue.append((command, future))
         self._wakeup.set()
         return future
+
+    def enqueue_into(self, command: c.Command, collector: Collector, index: int) -> None:
+        """Queue one command whose reply goes to ``collector.replies[index]``."""
+        if self.state != READY:
+            raise Unavailable(f"shard {self.shard} is {self.state}")
+        if len(self._queue) >= QUEUE_MAX:
+            raise Unavailable(f"shard {self.shard} is overloaded")
+        self._queue.append((command, _Slot(collector, index)))  # type: ignore[arg-type]
+        self._wakeup.set()
 
     async def execute(self, command: c.Command) -> Reply:
         try:

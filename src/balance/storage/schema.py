@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from balance.domain.model import Account, Hold
+from balance.domain.model import ACCOUNT_FIELDS, HOLD_FIELDS
 
-ACCOUNT_COLUMNS = Account.__slots__
-HOLD_COLUMNS = Hold.__slots__
+ACCOUNT_COLUMNS = ACCOUNT_FIELDS
+HOLD_COLUMNS = HOLD_FIELDS
 JOURNAL_COLUMNS = (
     "seq", "account_id", "op_key", "kind", "op_id", "status", "code", "fingerprint", "amount",
     "currency", "counterparty_account_id", "hold_id", "balance_after", "reserved_after",

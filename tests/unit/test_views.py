@@ -1,0 +1,66 @@
+"""The write path renders answers from byte templates; they must equal the dict views encoded
+by msgspec (the read path's encoding), byte for byte, whatever the field values."""
+
+from __future__ import annotations
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from balance import views
+from balance.domain.model import Account, Entry, Hold
+
+texts = st.text(max_size=12)  # includes quotes, backslashes, control characters, non-ASCII
+ids = st.text(alphabet="abcXYZ019-_:é\"\\", min_size=1, max_size=10)
+money = st.integers(min_value=-(2**63) + 1, max_value=2**63 - 1)
+stamps = st.integers(min_value=0, max_value=4_102_444_800_000_000)  # up to 2100
+metadata = st.sampled_from([b"{}", b'{"order":"A-1","n":3}', msgspec.json.encode({"ключ": "знач\n"})])
+
+accounts = st.builds(
+    Account, ids, st.none() | ids, st.sampled_from(["partner", "user", "funding"]), st.sampled_from(["US", "EU"]),
+    st.sampled_from(["USD", "EUR"]), texts, st.sampled_from(["active", "frozen", "closed"]), money,
+    st.integers(0, 2**62), st.integers(0, 2**62), st.booleans(), st.integers(1, 2**62), stamps, stamps, metadata,
+)  # fmt: skip
+holds = st.builds(
+    Hold, ids, ids, st.integers(1, 2**62), st.integers(0, 2**62), st.sampled_from(["USD", "EUR"]),
+    st.sampled_from(["pending", "captured", "released", "expired"]), st.none() | ids, stamps, stamps, stamps,
+    texts, metadata,
+)  # fmt: skip
+entries = st.builds(
+    Entry, st.integers(1, 2**62), ids, st.none() | ids, st.sampled_from(["credit", "transfer", "capture"]), ids,
+    st.just(200), st.just(""), st.integers(0, 2**62), st.integers(1, 2**62), st.sampled_from(["USD", "EUR"]),
+    st.none() | ids, st.none() | ids, money, st.integers(0, 2**62), st.integers(1, 2**62), stamps, texts, metadata,
+)  # fmt: skip
+
+
+def _encoded(value: object) -> bytes:
+    return msgspec.json.encode(value)
+
+
+@given(accounts)
+def test_account_template_equals_the_encoded_view(account: Account) -> None:
+    assert views.encode_account(account) == _encoded(views.account_view(account.state()))
+
+
+@given(entries, accounts, holds)
+def test_hold_answer_equals_the_encoded_views(entry: Entry, account: Account, hold: Hold) -> None:
+    expected = {"hold": views.hold_view(hold.state()), "account": views.account_view(account.state())}
+    assert views.encode_money_reply(entry, (account,), hold) == _encoded(expected)
+
+
+@given(entries, accounts, accounts)
+def test_transaction_answers_equal_the_encoded_views(entry: Entry, first: Account, second: Account) -> None:
+    txn = views.txn_view(entry.row())
+    one = {"transaction": txn, "account": views.account_view(first.state())}
+    two = {"transaction": txn, "accounts": [views.account_view(first.state()), views.account_view(second.state())]}
+    assert views.encode_money_reply(entry, (first,), None) == _encoded(one)
+    assert views.encode_money_reply(entry, (first, second), None) == _encoded(two)
+
+
+def test_a_renamed_account_is_not_rendered_from_a_stale_cache() -> None:
+    account = Account("US-0-1", None, "user", "US", "USD", "old", "active", 5, 0, 0, False, 1, 0, 0, b"{}")
+    assert b'"name":"old"' in views.encode_account(account)
+    account.name = "new"
+    assert b'"name":"new"' in views.encode_account(account)
+    same_id = Account("US-0-1", "US-0-9", "partner", "US", "EUR", "new", "active", 5, 0, 0, False, 1, 0, 0, b"{}")
+    assert views.encode_account(same_id) == _encoded(views.account_view(same_id.state()))
