@@ -488,7 +488,9 @@ async def test_accounts_and_pending_holds_come_back_page_by_page_in_key_order(st
         seen += [row[0] for row in page]
         after = page[-1][0]
     assert seen == ids
-    assert typed(await storage.scan_accounts("", 100)) == typed([account(id=i) for i in ids])
+    # Recovery reads millions of these: ``exhausted`` may come back as 0/1 (Account.from_row makes the bool).
+    scanned = [(*row[:10], bool(row[10]), *row[11:]) for row in await storage.scan_accounts("", 100)]
+    assert typed(scanned) == typed([account(id=i) for i in ids])
 
     pending, after_hold = [], ("", "")
     while page := await storage.scan_pending_holds(after_hold, 2):

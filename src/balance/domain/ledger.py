@@ -301,14 +301,14 @@ class Ledger:
         for account in self.accounts.values():
             totals[account.currency] = totals.get(account.currency, 0) + account.balance
             _check_account(account)
-            e.require(
-                account.reserved == sums.get(account.id, 0),
-                f"account {account.id}: reserved {account.reserved} != pending {sums.get(account.id, 0)}",
-            )
+            if account.reserved != sums.get(account.id, 0):
+                raise e.InvariantViolation(f"account {account.id}: reserved {account.reserved} != pending {sums.get(account.id, 0)}")
         for currency, total in totals.items():
             e.require(total == 0, f"sum of balances in {currency} is {total}, not 0")
+        accounts = self.accounts
         for (account_id, _), hold in self.holds.items():
-            e.require(account_id in self.accounts, f"hold {hold.id} on unknown account {account_id}")
+            if account_id not in accounts:
+                raise e.InvariantViolation(f"hold {hold.id} on unknown account {account_id}")
 
     # ---- batch lifecycle -----------------------------------------------------------------
     #
@@ -826,6 +826,19 @@ def _reject(code: str, detail: str) -> Outcome:
 
 
 def _check_account(account: Account) -> None:
+    """Per-account invariants. The fast test first: messages are only formatted on a failure
+    (this runs for every account a batch touches and for every account at recovery)."""
+    reserved = account.reserved
+    if (
+        reserved >= 0
+        and -limits.BALANCE_MAX <= account.balance <= limits.BALANCE_MAX
+        and (account.is_system or (account.available >= 0 and (reserved == 0 or account.status != STATUS_CLOSED)))
+    ):
+        return
+    _explain_account(account)
+
+
+def _explain_account(account: Account) -> None:
     e.require(account.reserved >= 0, f"account {account.id}: negative reserved {account.reserved}")
     e.require(abs(account.balance) <= limits.BALANCE_MAX, f"account {account.id}: balance out of range")
     if not account.is_system:

@@ -10,6 +10,7 @@ and every caller of the batch gets ``unavailable`` (safe to retry with the same 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -169,7 +170,22 @@ class ShardEngine:
                  self.shard, len(self.ledger.accounts), len(self.ledger.holds), self.recovery_s)  # fmt: skip
 
     async def _load_ledger(self) -> Ledger:
-        """Recovery: every account and pending hold, ``reserved`` rebuilt, invariants checked."""
+        """Recovery: every account and pending hold, ``reserved`` rebuilt, invariants checked.
+
+        The cyclic GC is paused while millions of objects are built (they hold no cycles; each
+        collection would walk them all again), and what was loaded is then frozen out of later
+        full collections: it lives as long as the process."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            ledger = await self._read_ledger()
+        finally:
+            if collecting:
+                gc.enable()
+        gc.freeze()
+        return ledger
+
+    async def _read_ledger(self) -> Ledger:
         storage, ledger = self.storage, Ledger(self.shard, **self._ledger_limits)
         accounts = ledger.accounts
         # Pages are read ahead: the next page is on its way while this one becomes objects.

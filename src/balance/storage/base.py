@@ -72,7 +72,8 @@ class ShardStorage(Protocol):
     async def load(self) -> LoadedShard: ...
 
     async def scan_accounts(self, after_id: str, limit: int) -> list[Row]:
-        """Recovery, page by page: up to ``limit`` accounts with id > ``after_id``, by id."""
+        """Recovery, page by page: up to ``limit`` accounts with id > ``after_id``, by id
+        (``exhausted`` as stored: 0/1 or a bool; ``Account.from_row`` makes it a bool)."""
 
     async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:
         """Recovery, page by page: pending holds after (account_id, hold_id), in that order."""

@@ -469,8 +469,8 @@ class MariaDbShardStorage:
 
     async def scan_accounts(self, after_id: str, limit: int) -> list[Row]:
         sql = f"SELECT {_columns(schema.ACCOUNT_COLUMNS)} FROM accounts WHERE id > %s ORDER BY id LIMIT %s"
-        rows = await self._read(lambda conn: self._fetch(conn, sql, (after_id, limit)))
-        return [(*row[:10], bool(row[10]), *row[11:]) for row in rows]
+        # ``exhausted`` comes back as 0/1: Account.from_row makes it a bool (not a second pass here).
+        return await self._read(lambda conn: self._fetch(conn, sql, (after_id, limit)))
 
     async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:
         sql = (

@@ -164,15 +164,15 @@ class SqliteShardStorage:
 
     async def scan_accounts(self, after_id: str, limit: int) -> list[Row]:
         sql = f"SELECT {','.join(schema.ACCOUNT_COLUMNS)} FROM accounts WHERE id > ? ORDER BY id LIMIT ?"
-        rows = await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, (after_id, limit)).fetchall())
-        return [(*row[:10], bool(row[10]), *row[11:]) for row in rows]
+        # ``exhausted`` comes back as 0/1: Account.from_row makes it a bool (not a second pass here).
+        return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, (after_id, limit)).fetchall())
 
     async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:
         sql = (
             f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE status = 'pending'"
-            " AND (account_id > ? OR (account_id = ? AND id > ?)) ORDER BY account_id, id LIMIT ?"
+            " AND (account_id, id) > (?, ?) ORDER BY account_id, id LIMIT ?"  # a row value: an index range
         )
-        args = (after[0], after[0], after[1], limit)
+        args = (after[0], after[1], limit)
         return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, args).fetchall())
 
     async def pending_transfers(self) -> list[Row]:
