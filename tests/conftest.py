@@ -75,12 +75,12 @@ def mariadb_required() -> Callable[[], Awaitable[str]]:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Compiled domain modules (mypyc, setup.py) shadow their .py files: a .py edited after the
-    last build would not be what the tests run. Stop and say so (``make test`` rebuilds)."""
+    """Compiled modules (mypyc, setup.py) shadow their .py files: a .py edited after the last
+    build would not be what the tests run. Stop and say so (``make test`` rebuilds)."""
     from pathlib import Path
 
-    domain = Path(__file__).resolve().parent.parent / "src" / "balance" / "domain"
-    for compiled in domain.glob("*.so"):
-        source = domain / (compiled.name.split(".", 1)[0] + ".py")
+    package = Path(__file__).resolve().parent.parent / "src" / "balance"
+    for compiled in package.rglob("*.so"):
+        source = compiled.parent / (compiled.name.split(".", 1)[0] + ".py")
         if source.exists() and source.stat().st_mtime > compiled.stat().st_mtime:
             raise pytest.UsageError(f"{compiled.name} is older than {source.name}: run `make` (pip install -e .) again")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from balance.api.app import BalanceApp
 from balance.config import Settings
 from balance.engine.clock import Clock, system_clock
+from balance.engine.runtime import tune_gc
 from balance.engine.shard import ShardEngine
 from balance.metrics import Metrics
 from balance.service import BalanceService
@@ -40,6 +41,7 @@ def stop_process(exc: BaseException) -> None:
 def build_service(
     settings: Settings, *, clock: Clock = system_clock, on_fatal: Callable[[BaseException], None] = stop_process
 ) -> BalanceService:
+    tune_gc()
     metrics = Metrics()
     engines = [
         ShardEngine(shard, shard_storage(settings, shard), clock=clock, metrics=metrics, on_fatal=on_fatal)

@@ -6,8 +6,9 @@ from typing import Any
 
 import msgspec
 
-from balance import __version__, views
+from balance import __version__
 from balance.api import schemas as s
+from balance.api import shapes
 
 _REQUESTS = {
     "NewAccount": s.NewAccount, "AccountPatch": s.AccountPatch, "CreditBody": s.CreditBody,
@@ -15,9 +16,9 @@ _REQUESTS = {
     "CaptureBody": s.CaptureBody, "ReleaseBody": s.ReleaseBody,
 }  # fmt: skip
 _RESPONSES = {
-    "Account": views.AccountView, "Hold": views.HoldView, "Txn": views.TxnView, "Problem": views.Problem,
-    "AccountReply": views.AccountReply, "TransferReply": views.TransferReply, "HoldReply": views.HoldReply,
-    "KeyReply": views.KeyReply,
+    "Account": shapes.AccountView, "Hold": shapes.HoldView, "Txn": shapes.TxnView, "Problem": shapes.Problem,
+    "AccountReply": shapes.AccountReply, "TransferReply": shapes.TransferReply, "HoldReply": shapes.HoldReply,
+    "KeyReply": shapes.KeyReply,
 }  # fmt: skip
 
 

@@ -36,6 +36,7 @@ from balance.bench import wrk
 from balance.bench.naive import CpuMeter, mysql_url
 from balance.bench.results import BenchResult, make_result
 from balance.domain import commands as c
+from balance.engine.runtime import tune_gc
 from balance.engine.shard import ShardEngine
 from balance.storage.mariadb import from_url
 from balance.storage.sqlite import SqliteShardStorage
@@ -136,6 +137,7 @@ async def run_engine(
 ) -> BenchResult:
     """The shard writer in this process: ``clients`` tasks, each waiting for its answer."""
     async with scratch_storage(backend, work_dir) as (storage, _):
+        tune_gc()  # as bootstrap.build_service does for the server
         engine = ShardEngine(0, storage, sweep_interval_s=3600)
         await engine.start()
         try:

@@ -1,0 +1,19 @@
+"""The server process collects garbage less often than CPython's default (see engine/runtime.py)."""
+
+from __future__ import annotations
+
+import gc
+
+from balance.bootstrap import build_service
+from balance.config import Settings
+from balance.engine.runtime import GC_THRESHOLDS
+
+
+def test_building_the_service_raises_the_gc_thresholds(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        build_service(Settings.from_env({"BALANCE_DATA_DIR": str(tmp_path)}))
+        assert gc.get_threshold() == GC_THRESHOLDS
+    finally:
+        gc.set_threshold(*before)
