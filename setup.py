@@ -18,6 +18,8 @@ COMPILED = [
     "src/balance/domain/ledger.py",
     "src/balance/views.py",
     "src/balance/engine/shard.py",
+    "src/balance/service.py",
+    "src/balance/api/app.py",
 ]
 
 ext_modules = []

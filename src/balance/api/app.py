@@ -183,8 +183,8 @@ class BalanceApp:
                 return path, json_reply(200, {"ready": ready, "shards": shards}), []
             # A 503 goes out as problem+json, so the body is a problem (with the shard states as extensions).
             detail = "not every shard has recovered"
-            body = {**msgspec.json.decode(problem(e.UNAVAILABLE, 503, detail)), "ready": ready, "shards": shards}
-            return path, json_reply(503, body), []
+            document = {**msgspec.json.decode(problem(e.UNAVAILABLE, 503, detail)), "ready": ready, "shards": shards}
+            return path, json_reply(503, document), []
         if path == "/metrics":
             return (
                 path,
@@ -202,7 +202,7 @@ class BalanceApp:
         body = await _read_body(receive)
         raw_query = scope["query_string"]
         query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if raw_query else {}
-        request = Request(method, path, query, headers, body)
+        request = Request(method, path, query, headers, b"" if body is None else body)  # None: too large, 400 below
         try:
             if not self.service.ready:  # first: partner keys are only known once recovery has loaded them
                 raise HttpError(e.UNAVAILABLE, 503, "the service is recovering; retry shortly")
