@@ -6,7 +6,7 @@ import gc
 
 from balance.bootstrap import build_service
 from balance.config import Settings
-from balance.engine.runtime import GC_THRESHOLDS
+from balance.engine.runtime import GC_THRESHOLDS, gc_thresholds
 
 
 def test_building_the_service_raises_the_gc_thresholds(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -17,3 +17,14 @@ def test_building_the_service_raises_the_gc_thresholds(tmp_path) -> None:  # typ
         assert gc.get_threshold() == GC_THRESHOLDS
     finally:
         gc.set_threshold(*before)
+
+
+def test_the_thresholds_can_be_set_from_the_environment() -> None:
+    assert gc_thresholds({}) == GC_THRESHOLDS
+    assert gc_thresholds({"BALANCE_GC_THRESHOLDS": "700,10,10"}) == (700, 10, 10)
+    for bad in ("700,10", "a,b,c", "700,-1,10"):
+        try:
+            gc_thresholds({"BALANCE_GC_THRESHOLDS": bad})
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
