@@ -692,3 +692,27 @@ async def test_admin_key_is_the_configured_one(api: Api) -> None:
     assert api.admin == ADMIN_KEY
     response = await api.get("/v1/accounts/US-0-0000000000000000", key=ADMIN_KEY + "x")
     api.assert_problem(response, 401, "unauthorized")
+
+
+async def test_a_batch_answers_every_kind_of_route_in_order(api2: Api) -> None:
+    """One collector answers a batch whose ops go to two shards, across shards (a task of its
+    own), and to a shard that does not exist: each result in its place."""
+    tops = [await api2.create_account() for _ in range(2)]
+    assert {shard_of(t["id"]) for t in tops} == {0, 1}
+    ops = [
+        {"op": "credit", "account_id": tops[0]["id"], "id": "c1", "amount": 100},
+        {"op": "transfer", "id": "t1", "from_account_id": tops[0]["id"], "to_account_id": tops[1]["id"],
+         "amount": 30, "currency": "USD"},
+        {"op": "credit", "account_id": "US-7-0000000000000000", "id": "c2", "amount": 5},
+        {"op": "hold", "account_id": tops[1]["id"], "id": "h1", "amount": 10, "expires_in_s": 600},
+    ]  # fmt: skip
+    results = (await api2.post("/v1/batch", {"operations": ops})).json()["results"]
+    assert [r["status"] for r in results[:3]] == [201, 201, 404]
+    assert results[0]["body"]["account"]["balance"] == 100
+    assert [a["balance"] for a in results[1]["body"]["accounts"]] == [70, 30]
+    assert results[2]["body"]["code"] == "account_not_found"
+    # The hold on the target was queued before the transfer's second leg reached it: it was
+    # refused or accepted on the target's state at that moment, never half-applied.
+    hold = results[3]
+    assert (hold["status"], hold["body"].get("code")) in ((201, None), (422, "insufficient_funds")), hold
+    assert (await api2.account(tops[1]["id"]))["balance"] == 30

@@ -60,8 +60,9 @@ class _Batch:
 class Collector:
     """The replies of many commands behind ONE future (a batch request: no future per operation).
 
-    ``slot(i)`` stands where the queue expects a future: it has the two methods the writer
-    calls (``done`` and ``set_result``). The future resolves once every slot is answered.
+    A ``_Slot`` stands in the queue where a single command's future would: it has the two
+    methods the writer calls (``done`` and ``set_result``). The future resolves once every
+    slot is answered.
     """
 
     __slots__ = ("replies", "remaining", "future")
@@ -70,9 +71,6 @@ class Collector:
         self.replies: list[Reply | None] = [None] * size
         self.remaining = size
         self.future: asyncio.Future[list[Reply | None]] = asyncio.get_running_loop().create_future()
-
-    def slot(self, index: int) -> _Slot:
-        return _Slot(self, index)
 
     def answer(self, index: int, reply: Reply) -> None:
         if self.replies[index] is None:
@@ -235,10 +233,7 @@ class ShardEngine:
 
     def enqueue(self, command: c.Command) -> asyncio.Future[Reply]:
         """Queue one command; the future resolves after its batch is committed (or undone)."""
-        if self.state != READY:
-            raise Unavailable(f"shard {self.shard} is {self.state}")
-        if len(self._queue) >= QUEUE_MAX:
-            raise Unavailable(f"shard {self.shard} is overloaded")
+        self._admit()
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._queue.append((command, future))
         self._wakeup.set()
@@ -246,12 +241,15 @@ class ShardEngine:
 
     def enqueue_into(self, command: c.Command, collector: Collector, index: int) -> None:
         """Queue one command whose reply goes to ``collector.replies[index]``."""
+        self._admit()
+        self._queue.append((command, _Slot(collector, index)))  # type: ignore[arg-type]
+        self._wakeup.set()
+
+    def _admit(self) -> None:
         if self.state != READY:
             raise Unavailable(f"shard {self.shard} is {self.state}")
         if len(self._queue) >= QUEUE_MAX:
             raise Unavailable(f"shard {self.shard} is overloaded")
-        self._queue.append((command, _Slot(collector, index)))  # type: ignore[arg-type]
-        self._wakeup.set()
 
     async def execute(self, command: c.Command) -> Reply:
         try:
