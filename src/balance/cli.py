@@ -18,7 +18,9 @@ def run(_: argparse.Namespace) -> int:
     if settings.admin_key_generated:
         print(f"BALANCE_ADMIN_KEY was not set; this run's admin key is:\n  {settings.admin_key}\n", flush=True)
     storage = settings.db_url.split("@")[-1] if settings.db_url else f"SQLite files in {settings.data_dir}/"
-    print(f"balance service: {settings.shards} shard(s) on {storage}, http://{settings.host}:{settings.port}", flush=True)
+    print(
+        f"balance service: {settings.shards} shard(s) on {storage}, http://{settings.host}:{settings.port}", flush=True
+    )
     uvicorn.run(
         build_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
         lifespan="on", access_log=False, log_level="warning", backlog=4096,

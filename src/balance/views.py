@@ -93,7 +93,9 @@ _TXN = (
 )
 _BOOL = {True: b"true", False: b"false"}
 _CACHE_MAX = 65_536
-_heads: dict[tuple[str | None, ...], bytes] = {}  # (id, parent, kind, region, currency, name) -> b'{"id":...,"name":...'
+_heads: dict[
+    tuple[str | None, ...], bytes
+] = {}  # (id, parent, kind, region, currency, name) -> b'{"id":...,"name":...'
 _strings: dict[str | None, bytes] = {None: b"null"}  # low-cardinality strings: kinds, statuses, currencies
 _stamps: dict[int, bytes] = {}
 

@@ -42,7 +42,9 @@ def snapshot(engine: ShardEngine) -> tuple:  # type: ignore[type-arg]
 
 async def started(path: Path, clock: ManualClock, **kwargs) -> ShardEngine:  # type: ignore[no-untyped-def]
     storage_class = kwargs.pop("storage_class", SqliteShardStorage)
-    engine = ShardEngine(0, storage_class(path), clock=clock, sweep_interval_s=3600, on_fatal=lambda exc: None, **kwargs)
+    engine = ShardEngine(
+        0, storage_class(path), clock=clock, sweep_interval_s=3600, on_fatal=lambda exc: None, **kwargs
+    )
     await engine.start()
     return engine
 

@@ -383,6 +383,7 @@ async def test_a_batch_of_5000_journal_rows_commits_in_a_handful_of_insert_state
 
 # ---- failures ------------------------------------------------------------------------------
 
+
 async def test_after_close_a_commit_raises_storage_error(storage: ShardStorage) -> None:
     await storage.close()
     with pytest.raises(StorageError) as raised:
@@ -458,7 +459,9 @@ async def test_a_started_transfer_is_pending_until_completed_and_completion_rewr
     started = ("acc-1", "tr-9", "acc-2", 300, "EUR", "rent", b'{"a":1}', T0)
     await storage.commit(
         BatchWrite(
-            journal=[entry(seq=1, op_key="transfer:tr-9", kind="transfer", op_id="tr-9", status=202, result=b"partial")],
+            journal=[
+                entry(seq=1, op_key="transfer:tr-9", kind="transfer", op_id="tr-9", status=202, result=b"partial")
+            ],
             transfers_started=[started],
         )
     )
@@ -500,7 +503,7 @@ async def test_accounts_and_pending_holds_come_back_page_by_page_in_key_order(st
 
 
 async def test_text_and_bytes_of_any_content_round_trip_exactly(storage: ShardStorage) -> None:
-    name = "O'Brien \\ \"quoted\" ; DROP TABLE accounts; -- ünïcødé \u2603"
+    name = 'O\'Brien \\ "quoted" ; DROP TABLE accounts; -- ünïcødé \u2603'
     metadata = b'{"note":"it\'s \\\\ \\"x\\" \x00 end"}'
     await storage.commit(BatchWrite(accounts=[account(id="acc-odd", name=name, metadata=metadata)]))
     await storage.commit(

@@ -76,7 +76,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         )
     recovery = [r for r in rows if r["what"] == "recovery"]
     if recovery:
-        lines += ["", "| backend | recovery | start → ready s | bytes/account | bytes/pending hold |", "|---|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "| backend | recovery | start → ready s | bytes/account | bytes/pending hold |",
+            "|---|---|---:|---:|---:|",
+        ]
         for r in recovery:
             lines.append(
                 f"| {r['backend']} | {r['scenario']} | {_f(r['ready_s'], '.1f')} | "

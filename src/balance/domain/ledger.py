@@ -226,8 +226,7 @@ class Ledger:
         for account in self.accounts.values():
             e.require(
                 account.reserved == sums.get(account.id, 0),
-                f"account {account.id}: stored reserved {account.reserved} != pending holds "
-                f"{sums.get(account.id, 0)}",
+                f"account {account.id}: stored reserved {account.reserved} != pending holds {sums.get(account.id, 0)}",
             )
 
     # ---- queries -------------------------------------------------------------------------
@@ -311,7 +310,9 @@ class Ledger:
             totals[account.currency] = totals.get(account.currency, 0) + account.balance
             _check_account(account)
             if account.reserved != sums.get(account.id, 0):
-                raise e.InvariantViolation(f"account {account.id}: reserved {account.reserved} != pending {sums.get(account.id, 0)}")
+                raise e.InvariantViolation(
+                    f"account {account.id}: reserved {account.reserved} != pending {sums.get(account.id, 0)}"
+                )
         for currency, total in totals.items():
             e.require(total == 0, f"sum of balances in {currency} is {total}, not 0")
         accounts = self.accounts
@@ -471,12 +472,16 @@ class Ledger:
         if account.is_system:
             return _reject(e.VALIDATION_ERROR, "system accounts cannot be credited directly")
         if account.status != STATUS_ACTIVE:
-            return self._refuse(key, fingerprint, CREDIT, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now)
+            return self._refuse(
+                key, fingerprint, CREDIT, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now
+            )
         funding = self._system_account(account.currency, KIND_FUNDING, now)
         if account.balance + cmd.amount > limits.BALANCE_MAX or funding.balance - cmd.amount < -limits.BALANCE_MAX:
             return _reject(e.VALIDATION_ERROR, "amount would overflow the balance")
         self._move(funding, account, cmd.amount, now)
-        entry = self._entries(key, fingerprint, CREDIT, cmd.op_id, cmd.amount, account, funding, None, cmd.description, cmd.metadata, now)
+        entry = self._entries(
+            key, fingerprint, CREDIT, cmd.op_id, cmd.amount, account, funding, None, cmd.description, cmd.metadata, now
+        )
         return self._accepted(201, key, fingerprint, entry, (account,))
 
     def _debit(self, cmd: c.Debit, now: int) -> Outcome:
@@ -489,14 +494,37 @@ class Ledger:
         if account.is_system:
             return _reject(e.VALIDATION_ERROR, "system accounts cannot be debited directly")
         if account.status != STATUS_ACTIVE:
-            return self._refuse(key, fingerprint, DEBIT, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now)
+            return self._refuse(
+                key, fingerprint, DEBIT, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now
+            )
         if account.available < cmd.amount:
-            return self._refuse(key, fingerprint, DEBIT, cmd, account, e.INSUFFICIENT_FUNDS, f"available {account.available} < amount {cmd.amount}", now)
+            return self._refuse(
+                key,
+                fingerprint,
+                DEBIT,
+                cmd,
+                account,
+                e.INSUFFICIENT_FUNDS,
+                f"available {account.available} < amount {cmd.amount}",
+                now,
+            )
         settlement = self._system_account(account.currency, KIND_SETTLEMENT, now)
         if settlement.balance + cmd.amount > limits.BALANCE_MAX:
             return _reject(e.VALIDATION_ERROR, "amount would overflow the settlement balance")
         self._move(account, settlement, cmd.amount, now)
-        entry = self._entries(key, fingerprint, DEBIT, cmd.op_id, cmd.amount, account, settlement, None, cmd.description, cmd.metadata, now)
+        entry = self._entries(
+            key,
+            fingerprint,
+            DEBIT,
+            cmd.op_id,
+            cmd.amount,
+            account,
+            settlement,
+            None,
+            cmd.description,
+            cmd.metadata,
+            now,
+        )
         return self._accepted(201, key, fingerprint, entry, (account,))
 
     def _transfer(self, cmd: c.Transfer, now: int) -> Outcome:
@@ -514,18 +542,56 @@ class Ledger:
             return _reject(e.VALIDATION_ERROR, "system accounts cannot take part in transfers")
         target = self.accounts.get(cmd.to_account_id)
         if target is None:
-            return self._refuse(key, fingerprint, TRANSFER, cmd, source, e.ACCOUNT_NOT_FOUND, f"account {cmd.to_account_id} not found", now)
+            return self._refuse(
+                key,
+                fingerprint,
+                TRANSFER,
+                cmd,
+                source,
+                e.ACCOUNT_NOT_FOUND,
+                f"account {cmd.to_account_id} not found",
+                now,
+            )
         if cmd.currency != source.currency or cmd.currency != target.currency:
-            return self._refuse(key, fingerprint, TRANSFER, cmd, source, e.CURRENCY_MISMATCH, f"{cmd.currency} transfer between {source.currency} and {target.currency} accounts", now)
+            return self._refuse(
+                key,
+                fingerprint,
+                TRANSFER,
+                cmd,
+                source,
+                e.CURRENCY_MISMATCH,
+                f"{cmd.currency} transfer between {source.currency} and {target.currency} accounts",
+                now,
+            )
         for account in (source, target):
             if account.status != STATUS_ACTIVE:
-                return self._refuse(key, fingerprint, TRANSFER, cmd, source, e.ACCOUNT_INACTIVE, f"account {account.id} is {account.status}", now)
+                return self._refuse(
+                    key,
+                    fingerprint,
+                    TRANSFER,
+                    cmd,
+                    source,
+                    e.ACCOUNT_INACTIVE,
+                    f"account {account.id} is {account.status}",
+                    now,
+                )
         if source.available < cmd.amount:
-            return self._refuse(key, fingerprint, TRANSFER, cmd, source, e.INSUFFICIENT_FUNDS, f"available {source.available} < amount {cmd.amount}", now)
+            return self._refuse(
+                key,
+                fingerprint,
+                TRANSFER,
+                cmd,
+                source,
+                e.INSUFFICIENT_FUNDS,
+                f"available {source.available} < amount {cmd.amount}",
+                now,
+            )
         if target.balance + cmd.amount > limits.BALANCE_MAX:
             return _reject(e.VALIDATION_ERROR, "amount would overflow the target balance")
         self._move(source, target, cmd.amount, now)
-        entry = self._entries(key, fingerprint, TRANSFER, cmd.op_id, cmd.amount, source, target, None, cmd.description, cmd.metadata, now)
+        entry = self._entries(
+            key, fingerprint, TRANSFER, cmd.op_id, cmd.amount, source, target, None, cmd.description, cmd.metadata, now
+        )
         return self._accepted(201, key, fingerprint, entry, (source, target))
 
     def _transfer_out(self, cmd: c.TransferOut, now: int) -> Outcome:
@@ -541,14 +607,43 @@ class Ledger:
         if source.is_system:
             return _reject(e.VALIDATION_ERROR, "system accounts cannot take part in transfers")
         if t.currency != source.currency:
-            return self._refuse(key, fingerprint, TRANSFER, t, source, e.CURRENCY_MISMATCH, f"{t.currency} transfer from a {source.currency} account", now)
+            return self._refuse(
+                key,
+                fingerprint,
+                TRANSFER,
+                t,
+                source,
+                e.CURRENCY_MISMATCH,
+                f"{t.currency} transfer from a {source.currency} account",
+                now,
+            )
         if source.status != STATUS_ACTIVE:
-            return self._refuse(key, fingerprint, TRANSFER, t, source, e.ACCOUNT_INACTIVE, f"account {source.id} is {source.status}", now)
+            return self._refuse(
+                key,
+                fingerprint,
+                TRANSFER,
+                t,
+                source,
+                e.ACCOUNT_INACTIVE,
+                f"account {source.id} is {source.status}",
+                now,
+            )
         if source.available < t.amount:
-            return self._refuse(key, fingerprint, TRANSFER, t, source, e.INSUFFICIENT_FUNDS, f"available {source.available} < amount {t.amount}", now)
+            return self._refuse(
+                key,
+                fingerprint,
+                TRANSFER,
+                t,
+                source,
+                e.INSUFFICIENT_FUNDS,
+                f"available {source.available} < amount {t.amount}",
+                now,
+            )
         transit = self._system_account(source.currency, KIND_TRANSIT, now)
         self._move(source, transit, t.amount, now)
-        entry = self._entries(key, fingerprint, TRANSFER, t.op_id, t.amount, source, transit, None, t.description, t.metadata, now)
+        entry = self._entries(
+            key, fingerprint, TRANSFER, t.op_id, t.amount, source, transit, None, t.description, t.metadata, now
+        )
         entry.counterparty_account_id = t.to_account_id  # the real counterparty, on its own shard
         self._changes.transfers_started.append(
             (source.id, t.op_id, t.to_account_id, t.amount, t.currency, t.description, t.metadata, now)
@@ -567,7 +662,9 @@ class Ledger:
         e.require(target.currency == t.currency, f"transfer {t.op_id}: target currency changed")
         transit = self._system_account(t.currency, KIND_TRANSIT, now)
         self._move(transit, target, t.amount, now)
-        entry = self._entries(key, t.fingerprint(), TRANSFER, t.op_id, t.amount, target, transit, None, t.description, t.metadata, now)
+        entry = self._entries(
+            key, t.fingerprint(), TRANSFER, t.op_id, t.amount, target, transit, None, t.description, t.metadata, now
+        )
         entry.counterparty_account_id = t.from_account_id
         return self._accepted(201, key, t.fingerprint(), entry, (target,))
 
@@ -604,18 +701,56 @@ class Ledger:
             return _reject(e.VALIDATION_ERROR, "a system account cannot be a destination")
         destination = None if cmd.destination_account_id is None else self.accounts.get(cmd.destination_account_id)
         if account.status != STATUS_ACTIVE:
-            return self._refuse(key, fingerprint, HOLD, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now)
+            return self._refuse(
+                key, fingerprint, HOLD, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now
+            )
         if cmd.destination_account_id is not None:
             if destination is None:
-                return self._refuse(key, fingerprint, HOLD, cmd, account, e.ACCOUNT_NOT_FOUND, f"account {cmd.destination_account_id} not found", now)
+                return self._refuse(
+                    key,
+                    fingerprint,
+                    HOLD,
+                    cmd,
+                    account,
+                    e.ACCOUNT_NOT_FOUND,
+                    f"account {cmd.destination_account_id} not found",
+                    now,
+                )
             if destination.currency != account.currency:
-                return self._refuse(key, fingerprint, HOLD, cmd, account, e.CURRENCY_MISMATCH, f"destination is in {destination.currency}", now)
+                return self._refuse(
+                    key,
+                    fingerprint,
+                    HOLD,
+                    cmd,
+                    account,
+                    e.CURRENCY_MISMATCH,
+                    f"destination is in {destination.currency}",
+                    now,
+                )
             if destination.status != STATUS_ACTIVE:
-                return self._refuse(key, fingerprint, HOLD, cmd, account, e.ACCOUNT_INACTIVE, f"destination is {destination.status}", now)
+                return self._refuse(
+                    key,
+                    fingerprint,
+                    HOLD,
+                    cmd,
+                    account,
+                    e.ACCOUNT_INACTIVE,
+                    f"destination is {destination.status}",
+                    now,
+                )
         if account.exhausted:
             return self._refuse(key, fingerprint, HOLD, cmd, account, e.INSUFFICIENT_FUNDS, "account is exhausted", now)
         if account.available < cmd.amount:
-            return self._refuse(key, fingerprint, HOLD, cmd, account, e.INSUFFICIENT_FUNDS, f"available {account.available} < amount {cmd.amount}", now)
+            return self._refuse(
+                key,
+                fingerprint,
+                HOLD,
+                cmd,
+                account,
+                e.INSUFFICIENT_FUNDS,
+                f"available {account.available} < amount {cmd.amount}",
+                now,
+            )
         self._touch(account)
         account.reserved += cmd.amount
         self._changed(account, now)
@@ -630,7 +765,9 @@ class Ledger:
         self._undo_holds[(account.id, hold.id)] = None
         self.holds[(account.id, hold.id)] = hold
         self._expiry.add(hold)
-        entry = self._entries(key, fingerprint, HOLD, cmd.op_id, cmd.amount, account, None, hold.id, cmd.description, cmd.metadata, now)
+        entry = self._entries(
+            key, fingerprint, HOLD, cmd.op_id, cmd.amount, account, None, hold.id, cmd.description, cmd.metadata, now
+        )
         outcome = self._accepted(201, key, fingerprint, entry, (account,))
         outcome.hold = hold
         return outcome
@@ -680,7 +817,9 @@ class Ledger:
         account.reserved -= hold.amount
         hold.status, hold.captured_amount, hold.updated_at = HOLD_CAPTURED, amount, now
         self._move(account, target, amount, now)
-        entry = self._entries(key, fingerprint, CAPTURE, hold.id, amount, account, target, hold.id, hold.description, hold.metadata, now)
+        entry = self._entries(
+            key, fingerprint, CAPTURE, hold.id, amount, account, target, hold.id, hold.description, hold.metadata, now
+        )
         outcome = self._accepted(200, key, fingerprint, entry, (account,))
         outcome.hold = hold
         return outcome
@@ -695,7 +834,19 @@ class Ledger:
         account.reserved -= hold.amount
         hold.status, hold.updated_at = HOLD_RELEASED, now
         self._changed(account, now)
-        entry = self._entries(key, fingerprint, RELEASE, hold.id, hold.amount, account, None, hold.id, hold.description, hold.metadata, now)
+        entry = self._entries(
+            key,
+            fingerprint,
+            RELEASE,
+            hold.id,
+            hold.amount,
+            account,
+            None,
+            hold.id,
+            hold.description,
+            hold.metadata,
+            now,
+        )
         outcome = self._accepted(200, key, fingerprint, entry, (account,))
         outcome.hold = hold
         return outcome
@@ -717,7 +868,9 @@ class Ledger:
         hold.status, hold.updated_at = HOLD_EXPIRED, now
         self._changed(account, now)
         key = (account.id, op_key_of(EXPIRE, hold.id))
-        return self._entries(key, 0, EXPIRE, hold.id, hold.amount, account, None, hold.id, hold.description, hold.metadata, now)
+        return self._entries(
+            key, 0, EXPIRE, hold.id, hold.amount, account, None, hold.id, hold.description, hold.metadata, now
+        )
 
     def _replay(self, key: tuple[str, str], fingerprint: int, conflict: str = e.IDEMPOTENCY_CONFLICT) -> Outcome | None:
         record = self.records.get(key)

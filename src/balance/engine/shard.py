@@ -194,7 +194,9 @@ class ShardEngine:
                 ledger.load_account(Account.from_row(row))
         next_holds = asyncio.ensure_future(storage.scan_pending_holds(("", ""), RECOVERY_PAGE_ROWS))
         while rows := await next_holds:
-            next_holds = asyncio.ensure_future(storage.scan_pending_holds((rows[-1][0], rows[-1][1]), RECOVERY_PAGE_ROWS))
+            next_holds = asyncio.ensure_future(
+                storage.scan_pending_holds((rows[-1][0], rows[-1][1]), RECOVERY_PAGE_ROWS)
+            )
             for row in rows:
                 owner = accounts.get(row[0])
                 ledger.load_hold(Hold.from_row(row, None if owner is None else owner.id))

@@ -352,7 +352,9 @@ class MariaDbShardStorage:
                 f"UPDATE journal SET status = 201, result = {conn.literal(result)}"
                 f" WHERE account_id = {key} AND op_key = {conn.literal(f'transfer:{op_id}')}"
             )
-            statements.append(f"DELETE FROM transfers_pending WHERE account_id = {key} AND op_id = {conn.literal(op_id)}")
+            statements.append(
+                f"DELETE FROM transfers_pending WHERE account_id = {key} AND op_id = {conn.literal(op_id)}"
+            )
         return statements
 
     async def _abort(self, conn: asyncmy.Connection, exc: BaseException) -> None:

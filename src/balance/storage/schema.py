@@ -91,6 +91,7 @@ TABLES = {
         created_at BIGINT NOT NULL""",
 }
 
+
 def history_query(
     placeholder: str, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
 ) -> tuple[str, list[object]]:

@@ -126,7 +126,9 @@ class SqliteShardStorage:
             conn.execute("ROLLBACK")
             raise
 
-    def _insert(self, conn: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: list[Row], upsert: bool) -> None:
+    def _insert(
+        self, conn: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: list[Row], upsert: bool
+    ) -> None:
         """Explicit multi-row INSERTs: one statement per ``_CHUNK`` rows, not one per row."""
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
@@ -165,7 +167,9 @@ class SqliteShardStorage:
     async def scan_accounts(self, after_id: str, limit: int) -> list[Row]:
         sql = f"SELECT {','.join(schema.ACCOUNT_COLUMNS)} FROM accounts WHERE id > ? ORDER BY id LIMIT ?"
         # ``exhausted`` comes back as 0/1: Account.from_row makes it a bool (not a second pass here).
-        return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, (after_id, limit)).fetchall())
+        return await self._run(
+            self._reader_pool, lambda: self._reader_conn().execute(sql, (after_id, limit)).fetchall()
+        )
 
     async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:
         sql = (
