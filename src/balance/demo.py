@@ -174,7 +174,7 @@ def walk(node: Node) -> list[Node]:
 async def fund(service: BalanceService, accounts: list[Node]) -> None:
     amounts = {"partner": 5_000_000, "provider": 2_000_000, "user": 500_000}
     commands = [c.Credit(node.id, f"seed-{node.id}", amounts[node.kind]) for node in accounts]
-    replies = await asyncio.gather(*service.execute_many(commands))
+    replies = await service.run_many(commands)
     for node, reply in zip(accounts, replies, strict=True):
         if reply.status != 201:
             raise RuntimeError(f"funding {node.name}: {reply.status} {reply.body.decode(errors='replace')}")

@@ -127,30 +127,11 @@ class BalanceService:
         return Reply(201, views.encoder.encode({"key": key, "account_id": account_id})), key
 
     async def execute(self, command: c.Command) -> Reply:
-        return await self.execute_many([command])[0]
-
-    def execute_many(self, commands: Sequence[c.Command]) -> list[asyncio.Future[Reply]]:
-        """Queue commands in order (same-account order is kept: one shard, one queue)."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Reply]] = []
-        for command in commands:
-            account_id = command.account_id
-            engine = self.engine_for(account_id)
-            if engine is None:
-                futures.append(_done(loop, not_found(account_id)))
-                continue
-            if isinstance(command, c.Transfer) and self.engine_for(command.to_account_id) is not engine:
-                futures.append(asyncio.ensure_future(self._transfer_across_shards(command, engine)))
-                continue
-            try:
-                futures.append(engine.enqueue(command))
-            except Unavailable as exc:
-                futures.append(_done(loop, unavailable_reply(exc.detail)))
-        return futures
+        return (await self.run_many([command]))[0]
 
     async def run_many(self, commands: Sequence[c.Command]) -> list[Reply]:
         """Run commands in order (same-account order is kept: one shard, one queue), all
-        answered through one collector: the batch endpoint's path, no future per operation."""
+        answered through one collector (a batch request makes no future per operation)."""
         collector = Collector(len(commands))
         across: list[tuple[int, asyncio.Task[Reply]]] = []
         for index, command in enumerate(commands):
@@ -232,9 +213,3 @@ class BalanceService:
 
 def _view_of(body: bytes) -> dict[str, object]:
     return msgspec.json.decode(body)  # type: ignore[no-any-return]
-
-
-def _done(loop: asyncio.AbstractEventLoop, reply: Reply) -> asyncio.Future[Reply]:
-    future: asyncio.Future[Reply] = loop.create_future()
-    future.set_result(reply)
-    return future

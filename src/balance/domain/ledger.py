@@ -472,9 +472,7 @@ class Ledger:
         if account.is_system:
             return _reject(e.VALIDATION_ERROR, "system accounts cannot be credited directly")
         if account.status != STATUS_ACTIVE:
-            return self._refuse(
-                key, fingerprint, CREDIT, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now
-            )
+            return self._refuse(key, fingerprint, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now)
         funding = self._system_account(account.currency, KIND_FUNDING, now)
         if account.balance + cmd.amount > limits.BALANCE_MAX or funding.balance - cmd.amount < -limits.BALANCE_MAX:
             return _reject(e.VALIDATION_ERROR, "amount would overflow the balance")
@@ -494,14 +492,11 @@ class Ledger:
         if account.is_system:
             return _reject(e.VALIDATION_ERROR, "system accounts cannot be debited directly")
         if account.status != STATUS_ACTIVE:
-            return self._refuse(
-                key, fingerprint, DEBIT, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now
-            )
+            return self._refuse(key, fingerprint, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now)
         if account.available < cmd.amount:
             return self._refuse(
                 key,
                 fingerprint,
-                DEBIT,
                 cmd,
                 account,
                 e.INSUFFICIENT_FUNDS,
@@ -543,20 +538,12 @@ class Ledger:
         target = self.accounts.get(cmd.to_account_id)
         if target is None:
             return self._refuse(
-                key,
-                fingerprint,
-                TRANSFER,
-                cmd,
-                source,
-                e.ACCOUNT_NOT_FOUND,
-                f"account {cmd.to_account_id} not found",
-                now,
+                key, fingerprint, cmd, source, e.ACCOUNT_NOT_FOUND, f"account {cmd.to_account_id} not found", now
             )
         if cmd.currency != source.currency or cmd.currency != target.currency:
             return self._refuse(
                 key,
                 fingerprint,
-                TRANSFER,
                 cmd,
                 source,
                 e.CURRENCY_MISMATCH,
@@ -566,20 +553,12 @@ class Ledger:
         for account in (source, target):
             if account.status != STATUS_ACTIVE:
                 return self._refuse(
-                    key,
-                    fingerprint,
-                    TRANSFER,
-                    cmd,
-                    source,
-                    e.ACCOUNT_INACTIVE,
-                    f"account {account.id} is {account.status}",
-                    now,
+                    key, fingerprint, cmd, source, e.ACCOUNT_INACTIVE, f"account {account.id} is {account.status}", now
                 )
         if source.available < cmd.amount:
             return self._refuse(
                 key,
                 fingerprint,
-                TRANSFER,
                 cmd,
                 source,
                 e.INSUFFICIENT_FUNDS,
@@ -610,7 +589,6 @@ class Ledger:
             return self._refuse(
                 key,
                 fingerprint,
-                TRANSFER,
                 t,
                 source,
                 e.CURRENCY_MISMATCH,
@@ -619,20 +597,12 @@ class Ledger:
             )
         if source.status != STATUS_ACTIVE:
             return self._refuse(
-                key,
-                fingerprint,
-                TRANSFER,
-                t,
-                source,
-                e.ACCOUNT_INACTIVE,
-                f"account {source.id} is {source.status}",
-                now,
+                key, fingerprint, t, source, e.ACCOUNT_INACTIVE, f"account {source.id} is {source.status}", now
             )
         if source.available < t.amount:
             return self._refuse(
                 key,
                 fingerprint,
-                TRANSFER,
                 t,
                 source,
                 e.INSUFFICIENT_FUNDS,
@@ -701,15 +671,12 @@ class Ledger:
             return _reject(e.VALIDATION_ERROR, "a system account cannot be a destination")
         destination = None if cmd.destination_account_id is None else self.accounts.get(cmd.destination_account_id)
         if account.status != STATUS_ACTIVE:
-            return self._refuse(
-                key, fingerprint, HOLD, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now
-            )
+            return self._refuse(key, fingerprint, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now)
         if cmd.destination_account_id is not None:
             if destination is None:
                 return self._refuse(
                     key,
                     fingerprint,
-                    HOLD,
                     cmd,
                     account,
                     e.ACCOUNT_NOT_FOUND,
@@ -720,7 +687,6 @@ class Ledger:
                 return self._refuse(
                     key,
                     fingerprint,
-                    HOLD,
                     cmd,
                     account,
                     e.CURRENCY_MISMATCH,
@@ -729,22 +695,14 @@ class Ledger:
                 )
             if destination.status != STATUS_ACTIVE:
                 return self._refuse(
-                    key,
-                    fingerprint,
-                    HOLD,
-                    cmd,
-                    account,
-                    e.ACCOUNT_INACTIVE,
-                    f"destination is {destination.status}",
-                    now,
+                    key, fingerprint, cmd, account, e.ACCOUNT_INACTIVE, f"destination is {destination.status}", now
                 )
         if account.exhausted:
-            return self._refuse(key, fingerprint, HOLD, cmd, account, e.INSUFFICIENT_FUNDS, "account is exhausted", now)
+            return self._refuse(key, fingerprint, cmd, account, e.INSUFFICIENT_FUNDS, "account is exhausted", now)
         if account.available < cmd.amount:
             return self._refuse(
                 key,
                 fingerprint,
-                HOLD,
                 cmd,
                 account,
                 e.INSUFFICIENT_FUNDS,
@@ -881,14 +839,16 @@ class Ledger:
         return _reject(conflict, f"operation {key[1]} was already made with a different body")
 
     def _refuse(
-        self, key: tuple[str, str], fingerprint: int, kind: str, cmd: c.MoneyCommand,
+        self, key: tuple[str, str], fingerprint: int, cmd: c.MoneyCommand,
         account: Account, code: str, detail: str, now: int,
     ) -> Outcome:  # fmt: skip
-        """A business refusal that is recorded: replaying the id answers the same refusal."""
+        """A business refusal that is recorded: replaying the id answers the same refusal.
+        Its kind and id are those of the operation key (``op_key_of``)."""
         rejection = e.Rejection(code, detail)
         amount = getattr(cmd, "amount", 0) or 0
+        kind, op_id = key[1].split(":", 1)
         entry = Entry(
-            self._seq(), account.id, key[1], kind, key[1].split(":", 1)[1], rejection.status, code,
+            self._seq(), account.id, key[1], kind, op_id, rejection.status, code,
             fingerprint, amount, account.currency, None, None, account.balance, account.reserved,
             account.version, now, "", b"{}",
         )  # fmt: skip
