@@ -2,7 +2,7 @@
 
 For SQLite and MariaDB: start ``python -m balance run`` (two shards), build a small partner
 tree, drive a concurrent mix of credits, debits, parent<->child transfers, holds, captures and
-releases from 16 HTTP clients, and SIGKILL the process at a random moment while requests are in
+releases from 16 HTTP clients (and 2 more sending the same mix in batches of 300), and SIGKILL the process at a random moment while requests are in
 flight. Then restart it on the same data and prove:
 
 (a) every acknowledged operation is there: replaying it answers the same status and body,
@@ -45,6 +45,9 @@ import pytest
 ADMIN_KEY = "adm_crash_" + uuid.uuid4().hex
 SHARDS = 2
 WORKERS = 16
+BATCH_WORKERS = 2  # besides: clients sending the same mix through /v1/batch
+BATCH_OPS = 300  # operations per batch request (MariaDB writes batches this large as XA branches)
+SINGLE_REPLAY_EVERY = 10  # of the operations sent in batches, this one in N is also replayed alone
 CURRENCY = "USD"
 PARTNERS = 3
 CHILDREN_PER_PARTNER = 3
@@ -143,6 +146,7 @@ class Op:
     status: int | None = None
     answer: Any = None
     error: str = ""
+    via_batch: bool = False  # sent in a POST /v1/batch
     final_status: int | None = None  # after the audit's replays: what the service settled on
     final_answer: Any = None
 
@@ -181,6 +185,16 @@ class Tree:
 
 def shard_of(account_id: str) -> int:
     return int(account_id.split("-", 2)[1])
+
+
+def batch_form(op: Op) -> dict[str, Any]:
+    """The operation as an entry of ``POST /v1/batch``."""
+    if op.kind == "transfer":
+        return {"op": "transfer", **op.body}
+    if op.kind in ("capture", "release"):
+        assert op.hold is not None
+        return {"op": op.kind, "account_id": op.account_id, "hold_id": op.op_id, **op.body}
+    return {"op": op.kind, "account_id": op.account_id, **op.body}
 
 
 def credit_op(account_id: str, op_id: str, amount: int) -> Op:
@@ -262,7 +276,8 @@ class LoadResult:
 
 
 async def load_and_kill(server: Server, tree: Tree, rng: random.Random, tag: str) -> LoadResult:
-    """16 clients send the mix until the server is SIGKILLed after a random 0.3-1.5 s."""
+    """16 clients send the mix one request per operation, 2 more in batches of 300, until the
+    server is SIGKILLed after a random 0.3-1.5 s."""
     result = LoadResult(kill_after_s=rng.uniform(0.3, 1.5))
     killed = asyncio.Event()
     in_flight = 0
@@ -298,10 +313,46 @@ async def load_and_kill(server: Server, tree: Tree, rng: random.Random, tag: str
             if op.kind == "hold" and response.status_code == 201:
                 my_holds.append(op)
 
+    async def batch_worker(n: int, http: httpx.AsyncClient) -> None:
+        nonlocal in_flight, answered
+        wrng = random.Random(rng.getrandbits(64))
+        my_holds: list[Op] = []
+        for i in range(OPS_PER_WORKER_MAX // BATCH_OPS):
+            if killed.is_set():
+                return
+            ops = [next_op(wrng, tree, f"{tag}-b{n}-{i}-{k}", my_holds) for k in range(BATCH_OPS)]
+            for op in ops:
+                op.via_batch = True
+            result.ops += ops
+            in_flight += len(ops)
+            try:
+                response = await http.post("/v1/batch", json={"operations": [batch_form(op) for op in ops]})
+            except httpx.TransportError as exc:
+                for op in ops:
+                    op.error = type(exc).__name__
+                if not killed.is_set():
+                    result.errors_before_kill.append(f"batch {tag}-b{n}-{i}: {exc!r}")
+                return
+            finally:
+                in_flight -= len(ops)
+            if response.status_code != 200:
+                result.unexpected.append(f"batch {tag}-b{n}-{i}: {response.status_code} {response.text[:200]}")
+                continue
+            for op, item in zip(ops, response.json()["results"], strict=True):
+                op.status, op.answer = item["status"], item["body"]
+                answered += 1
+                if op.status >= 500 and op.status != 503:
+                    result.unexpected.append(f"{op.describe()}: {op.status} {op.answer}")
+                elif 400 <= op.status < 500 and not op.acknowledged:
+                    result.unexpected.append(f"{op.describe()}: unrecorded refusal {op.answer}")
+                if op.kind == "hold" and op.status == 201:
+                    my_holds.append(op)
+
     async with AsyncExitStack() as stack:
         # Clients are made before the clock starts (each one costs some milliseconds to build).
-        clients = [await stack.enter_async_context(client(server.base_url)) for _ in range(WORKERS)]
-        tasks = [asyncio.create_task(worker(n, http)) for n, http in enumerate(clients)]
+        clients = [await stack.enter_async_context(client(server.base_url)) for _ in range(WORKERS + BATCH_WORKERS)]
+        tasks = [asyncio.create_task(worker(n, http)) for n, http in enumerate(clients[:WORKERS])]
+        tasks += [asyncio.create_task(batch_worker(n, http)) for n, http in enumerate(clients[WORKERS:])]
         try:
             await asyncio.sleep(result.kill_after_s)
             assert server.alive, f"the server died before the kill:\n{server.log_tail()}"
@@ -367,7 +418,8 @@ async def run_all(base_url: str, items: Iterable[Op], fn: Callable[[httpx.AsyncC
 
 
 async def replay_acknowledged(base_url: str, ops: list[Op]) -> list[str]:
-    """(a) the same request answers the same status and body, as a replay."""
+    """(a) the same request answers the same status and body, as a replay (operations sent in
+    batches are replayed in batches, and one in ``SINGLE_REPLAY_EVERY`` alone as well)."""
     failures: list[str] = []
 
     async def replay(http: httpx.AsyncClient, op: Op) -> None:
@@ -380,7 +432,18 @@ async def replay_acknowledged(base_url: str, ops: list[Op]) -> list[str]:
             failures.append(f"{op.describe()}: replay without Idempotent-Replayed: true")
         op.final_status, op.final_answer = op.status, op.answer
 
-    await run_all(base_url, ops, replay)
+    batched = [op for op in ops if op.via_batch]
+    async with client(base_url) as http:
+        for start in range(0, len(batched), BATCH_OPS):
+            chunk = batched[start : start + BATCH_OPS]
+            response = await http.post("/v1/batch", json={"operations": [batch_form(op) for op in chunk]})
+            assert response.status_code == 200, response.text
+            for op, item in zip(chunk, response.json()["results"], strict=True):
+                if (item["status"], item["body"]) != (op.status, op.answer):
+                    failures.append(f"{op.describe()}: batch replay answered {item}, first {op.answer}")
+                op.final_status, op.final_answer = op.status, op.answer
+    singles = [op for op in ops if not op.via_batch] + batched[::SINGLE_REPLAY_EVERY]
+    await run_all(base_url, singles, replay)
     return failures
 
 
@@ -474,9 +537,11 @@ async def audit(base_url: str, tree: Tree, ops: list[Op]) -> list[str]:
     async with client(base_url) as http:
         journals = await asyncio.gather(*(fetch_journal(http, a) for a in tree.accounts))
         states = await asyncio.gather(*(get_json(http, f"/v1/accounts/{a}") for a in tree.accounts))
-        hold_states = await asyncio.gather(
-            *(get_json(http, f"/v1/accounts/{h.account_id}/holds/{h.op_id}") for h in holds)
-        )
+        hold_states = []
+        for start in range(0, len(holds), 64):  # bounded: httpx slows down with thousands waiting
+            hold_states += await asyncio.gather(
+                *(get_json(http, f"/v1/accounts/{h.account_id}/holds/{h.op_id}") for h in holds[start : start + 64])
+            )
         system = {}
         for shard in range(SHARDS):
             for kind in ("funding", "settlement"):

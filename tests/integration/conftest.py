@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -46,11 +47,9 @@ async def _drop_database(url: str, database: str) -> None:
         await conn.ensure_closed()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
-async def backend(
-    request: pytest.FixtureRequest, tmp_path: Path, mariadb_required: Callable[[], Awaitable[str]]
-) -> AsyncIterator[Backend]:
-    if request.param == "sqlite":
+@asynccontextmanager
+async def _backend(kind: str, tmp_path: Path, mariadb_required: Callable[[], Awaitable[str]]) -> AsyncIterator[Backend]:
+    if kind == "sqlite":
         path = tmp_path / "shard.db"
         backend = Backend("sqlite", lambda: SqliteShardStorage(path))
         database = url = None
@@ -68,6 +67,31 @@ async def backend(
             await storage.close()
         if url is not None and database is not None:
             await _drop_database(url, database)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, mariadb_required: Callable[[], Awaitable[str]]
+) -> AsyncIterator[Backend]:
+    async with _backend(request.param, tmp_path, mariadb_required) as backend:
+        yield backend
+
+
+@pytest.fixture(params=[pytest.param("mariadb", marks=pytest.mark.mariadb)])
+async def mariadb_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, mariadb_required: Callable[[], Awaitable[str]]
+) -> AsyncIterator[Backend]:
+    """For what only MariaDB has (XA branches): a fresh database, dropped afterwards."""
+    async with _backend(request.param, tmp_path, mariadb_required) as backend:
+        yield backend
+
+
+@pytest.fixture
+async def mariadb_storage(mariadb_backend: Backend) -> MariaDbShardStorage:
+    storage = mariadb_backend.make()
+    assert isinstance(storage, MariaDbShardStorage)
+    await storage.open()
+    return storage
 
 
 @pytest.fixture

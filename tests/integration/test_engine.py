@@ -6,8 +6,10 @@ import asyncio
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
+from faults import LosesTheConnectionAtXaCommit
 
 from balance.domain import commands as c
 from balance.domain.errors import InvariantViolation
@@ -269,3 +271,43 @@ async def test_when_a_commit_fails_the_batch_applied_on_top_of_it_is_undone_too(
     assert [(r.status, r.replayed) for r in again] == [(201, False), (201, False)]
     engine.ledger.check_invariants()
     await engine.stop()
+
+
+async def test_on_mariadb_a_connection_lost_at_xa_commit_undoes_both_batches_in_flight(mariadb_backend: Any) -> None:
+    """Large batches commit as XA branches, two in flight: the first loses its connection at
+    XA COMMIT, the one applied on top must not commit, memory must match storage after."""
+    backend = mariadb_backend
+    storage = LosesTheConnectionAtXaCommit.like(backend.new())
+    backend.created.append(storage)
+    engine = ShardEngine(
+        0, storage, clock=ManualClock(), sweep_interval_s=3600, on_fatal=lambda exc: None, batch_max=500
+    )
+    await engine.start()
+    await setup_accounts(engine)
+    holds = [c.PlaceHold(A, f"h-{n}", 1, 900) for n in range(2000)]
+    storage.armed = True
+
+    replies = await asyncio.gather(*(engine.enqueue(command) for command in holds))
+
+    assert not storage.armed
+    assert {r.status for r in replies[:1000]} == {503}  # the first two batches: undone
+    for _ in range(500):
+        if engine.ready:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.ready
+    engine.ledger.check_invariants()
+    placed = sum(r.status == 201 for r in replies)
+    assert engine.ledger.accounts[A].reserved == 1_500 + placed
+    in_memory = snapshot(engine)
+    await engine.stop()
+
+    again = ShardEngine(0, backend.make(), clock=ManualClock(), sweep_interval_s=3600, on_fatal=lambda exc: None)
+    await again.start()
+    assert snapshot(again)[:2] == in_memory[:2]  # storage holds exactly what memory held
+    retried = await asyncio.gather(*(again.enqueue(command) for command in holds))
+    assert {r.status for r in retried} == {201}
+    assert sum(r.replayed for r in retried) == placed
+    assert again.ledger.accounts[A].reserved == 1_500 + 2_000
+    again.ledger.check_invariants()
+    await again.stop()

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncmy
 import pytest
+from faults import LosesTheConnectionAtXaCommit
 
 from balance.storage import schema
 from balance.storage.base import BatchWrite, DuplicateOperation, ShardStorage, StorageError, StoredOperation
@@ -381,6 +382,134 @@ async def test_a_batch_of_5000_journal_rows_commits_in_a_handful_of_insert_state
     assert len(found) == 4
 
 
+# ---- overlapping commits (the engine starts batch N+1 while N commits) ---------------------
+
+BIG_BATCH = 300  # journal rows: MariaDB writes a batch this large as an XA branch
+
+
+def big_batch(first_seq: int, version: int, *, rows: int = BIG_BATCH, op_key_of: int | None = None) -> BatchWrite:
+    journal = [
+        entry(
+            seq=seq, account_id="acc-1", op_key=f"credit:{seq if op_key_of is None else op_key_of}", op_id=f"op-{seq}"
+        )
+        for seq in range(first_seq, first_seq + rows)
+    ]
+    return BatchWrite(journal=journal, accounts=[account(version=version, balance=version)])
+
+
+async def stored_seqs(storage: ShardStorage) -> list[int]:
+    return sorted(row[0] for row in await storage.history("acc-1", 100_000, None, None, None))
+
+
+async def our_prepared_branches(storage: ShardStorage) -> list[str]:
+    if not isinstance(storage, MariaDbShardStorage):
+        return []
+
+    async def recover(conn: asyncmy.Connection) -> list[str]:
+        async with conn.cursor() as cur:
+            await cur.execute("XA RECOVER")
+            return [bytes(row[3]).decode() for row in await cur.fetchall()]
+
+    return [xid for xid in await storage._read(recover) if xid.startswith(storage._xid_prefix)]
+
+
+@pytest.mark.parametrize("rows", [BIG_BATCH, 3])
+async def test_a_commit_started_while_the_one_before_runs_takes_effect_after_it(
+    storage: ShardStorage, rows: int
+) -> None:
+    first = asyncio.ensure_future(storage.commit(big_batch(1, 1, rows=rows)))
+    second = asyncio.ensure_future(storage.commit(big_batch(1 + rows, 2, rows=rows), after=first))
+    third = asyncio.ensure_future(storage.commit(BatchWrite(), after=second))  # nothing to write
+    await asyncio.gather(first, second, third)
+    assert await stored_seqs(storage) == list(range(1, 1 + 2 * rows))
+    assert [row[11] for row in (await storage.load()).accounts] == [2]  # the later version won
+    assert await our_prepared_branches(storage) == []
+
+
+@pytest.mark.parametrize("rows", [BIG_BATCH, 3])
+async def test_when_a_commit_fails_the_one_started_after_it_writes_nothing(storage: ShardStorage, rows: int) -> None:
+    await storage.commit(BatchWrite(journal=[entry(seq=1, op_key="credit:taken")]))
+    failing = asyncio.ensure_future(storage.commit(big_batch(2, 1, rows=rows, op_key_of=10**6)))  # a key twice
+    following = asyncio.ensure_future(storage.commit(big_batch(2 + rows, 2, rows=rows), after=failing))
+    with pytest.raises(DuplicateOperation):
+        await failing
+    with pytest.raises(StorageError) as raised:
+        await following
+    assert raised.type is StorageError
+    assert await stored_seqs(storage) == [1]
+    assert (await storage.load()).accounts == []
+    assert await our_prepared_branches(storage) == []
+    await storage.commit(big_batch(2, 3, rows=rows))  # the connections are usable again
+    assert await stored_seqs(storage) == list(range(1, 2 + rows))
+
+
+async def test_a_commit_after_one_that_already_failed_writes_nothing(storage: ShardStorage) -> None:
+    failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    failed.set_exception(StorageError("earlier"))
+    failed.exception()  # (retrieved: no "never retrieved" warning)
+    with pytest.raises(StorageError):
+        await storage.commit(big_batch(1, 1), after=failed)
+    assert await stored_seqs(storage) == []
+
+
+async def _prepared_then_abandoned(storage: MariaDbShardStorage) -> None:
+    """Fault injection: a branch is prepared, waiting for a batch before it that never ends, and
+    its task is cancelled: the connection is dropped with the branch prepared (as in a crash)."""
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(storage.commit(big_batch(1, 1), after=never))
+    for _ in range(500):
+        if await our_prepared_branches(storage):
+            break
+        await asyncio.sleep(0.01)
+    assert len(await our_prepared_branches(storage)) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_branch_a_crash_left_prepared_is_rolled_back_when_the_shard_opens(
+    mariadb_storage: MariaDbShardStorage, mariadb_backend: Any
+) -> None:
+    storage = mariadb_storage
+    await _prepared_then_abandoned(storage)
+    storage._unsettled.clear()  # as after a crash: the new process knows nothing of it
+    storage._orphans.clear()
+    await asyncio.sleep(0.1)
+    assert len(await our_prepared_branches(storage)) == 1  # a prepared branch outlives its connection
+
+    restarted = mariadb_backend.make()
+    await restarted.open()
+    assert await our_prepared_branches(restarted) == []
+    assert await stored_seqs(restarted) == []
+    # Its row locks went with it: the same account row is written at once.
+    await asyncio.wait_for(restarted.commit(big_batch(1, 5)), timeout=10)
+    assert [row[11] for row in (await restarted.load()).accounts] == [5]
+
+
+async def test_a_branch_of_a_failed_commit_is_rolled_back_before_max_seq_answers(
+    mariadb_storage: MariaDbShardStorage,
+) -> None:
+    storage = mariadb_storage
+    await _prepared_then_abandoned(storage)
+    assert await storage.max_seq() == 0
+    assert await our_prepared_branches(storage) == []
+    await asyncio.wait_for(storage.commit(big_batch(1, 5)), timeout=10)
+    assert await storage.max_seq() == BIG_BATCH
+
+
+async def test_a_connection_lost_at_xa_commit_leaves_nothing_undecided(mariadb_backend: Any) -> None:
+    storage = LosesTheConnectionAtXaCommit.like(mariadb_backend.new())
+    mariadb_backend.created.append(storage)
+    await storage.open()
+    storage.armed = True
+    with pytest.raises(StorageError):
+        await storage.commit(big_batch(1, 1))
+    assert await storage.max_seq() == 0  # not committed, and decided: rolled back
+    assert await our_prepared_branches(storage) == []
+    await asyncio.wait_for(storage.commit(big_batch(1, 2)), timeout=10)
+    assert await stored_seqs(storage) == list(range(1, 1 + BIG_BATCH))
+
+
 # ---- failures ------------------------------------------------------------------------------
 
 
@@ -406,9 +535,10 @@ async def test_after_close_reads_raise_storage_error(storage: ShardStorage) -> N
         assert raised.type is StorageError
 
 
-async def test_a_commit_after_the_server_dropped_the_connections_reconnects(storage: ShardStorage) -> None:
-    if not isinstance(storage, MariaDbShardStorage):
-        pytest.skip("MariaDB only: SQLite has no server connection to lose")
+async def test_a_commit_after_the_server_dropped_the_connections_reconnects(
+    mariadb_storage: MariaDbShardStorage,
+) -> None:
+    storage = mariadb_storage
     await storage.commit(BatchWrite(accounts=[account()]))
     admin = await asyncmy.connect(host=storage.host, port=storage.port, user=storage.user, password=storage._password)
     try:

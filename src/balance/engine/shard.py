@@ -24,7 +24,14 @@ from balance.domain.ledger import Ledger, Outcome
 from balance.domain.model import Account, Hold
 from balance.engine.clock import Clock, system_clock
 from balance.metrics import Metrics
-from balance.storage.base import BatchWrite, DuplicateOperation, ShardStorage, StorageError
+from balance.storage.base import (
+    EARLIER_FAILED,
+    BatchWrite,
+    DuplicateOperation,
+    ShardStorage,
+    StorageError,
+    succeeded,
+)
 
 log = logging.getLogger("balance.engine")
 
@@ -91,6 +98,12 @@ class _Slot:
 
     def set_result(self, reply: Reply) -> None:
         self.collector.answer(self.index, reply)
+
+
+async def _follow(after: asyncio.Future[None] | None) -> None:
+    """The commit of a batch with nothing to write: done when the batch before it is."""
+    if not await succeeded(after):
+        raise StorageError(EARLIER_FAILED)
 
 
 class Unavailable(Exception):
@@ -276,7 +289,8 @@ class ShardEngine:
     # ---- the writer ----------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        """Take, prefetch, apply; commit batch N while batch N+1 is being applied (depth 2)."""
+        """Take, prefetch, apply, commit. Batch N+1 is applied and its commit started while N
+        commits (the storage makes N+1 take effect only if N does): two batches in flight."""
         inflight: _Batch | None = None
         items: list[tuple[c.Command, asyncio.Future[Reply]]] = []
         try:
@@ -306,12 +320,12 @@ class ShardEngine:
                             self._answer_unavailable(items, "storage is failing; retry with the same id")
                         continue
                 batch = self._prepare(items)
+                self._start_commit(batch, None if inflight is None else inflight.commit)
                 if inflight is not None:
                     ok = await self._settle(inflight, batch)
                     inflight = None
                     if not ok:
                         continue
-                self._start_commit(batch)
                 inflight = batch
         except BaseException as exc:
             pending = items + (inflight.items if inflight is not None else [])
@@ -349,11 +363,12 @@ class ShardEngine:
         op_keys = [(entry.account_id, entry.op_key) for entry in changes.entries if entry.op_key]
         return _Batch(items, replies, self._counts, write, first_seq, op_keys)
 
-    def _start_commit(self, batch: _Batch) -> None:
+    def _start_commit(self, batch: _Batch, after: asyncio.Future[None] | None) -> None:
+        """Start writing ``batch``; it takes effect only if ``after`` (the batch before) does."""
         batch.started = time.perf_counter()
         # A batch with nothing to write (replays only) still waits its turn: a replay of an
         # operation in the batch before it must not be answered before that batch is durable.
-        work = self.storage.commit(batch.write) if len(batch.write) else asyncio.sleep(0)
+        work = self.storage.commit(batch.write, after) if len(batch.write) else _follow(after)
         batch.commit = asyncio.ensure_future(work)
         batch.commit.add_done_callback(lambda task: self._committed(batch, task))
 
@@ -382,6 +397,11 @@ class ShardEngine:
             return True
         if not isinstance(exc, StorageError):
             raise exc  # a bug in an adapter: stop loudly
+        if applied_on_top is not None and applied_on_top.commit is not None:
+            # Its commit was started after this one: it fails too (the storage's promise);
+            # wait until it has, so nothing of it is still being written.
+            if await succeeded(applied_on_top.commit):
+                raise RuntimeError("a batch committed although the batch before it failed")
         self.ledger.rollback()
         undone = batch.items + (applied_on_top.items if applied_on_top is not None else [])
         if isinstance(exc, DuplicateOperation):

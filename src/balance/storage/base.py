@@ -6,6 +6,7 @@ exceptions into ``StorageError`` at the edge (``raise StorageError(...) from exc
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -81,8 +82,13 @@ class ShardStorage(Protocol):
     async def load_keys(self) -> list[tuple[str, str]]:
         """(key_hash, account_id) of every API key stored in this shard."""
 
-    async def commit(self, batch: BatchWrite) -> None:
+    async def commit(self, batch: BatchWrite, after: asyncio.Future[None] | None = None) -> None:
         """Write the batch atomically and durably, or raise.
+
+        ``after`` is the commit of the batch before this one when it is still running: this
+        batch then takes effect only if that one succeeds (raise StorageError otherwise). An
+        adapter may overlap the two (MariaDB writes this batch on a second connection and
+        prepares it while ``after`` commits); SQLite waits for it.
 
         A raise usually means nothing was written, but not always: a connection lost during
         COMMIT leaves the outcome unknown. The engine then asks ``max_seq`` and reloads.
@@ -96,7 +102,10 @@ class ShardStorage(Protocol):
         what ``commit`` will send (into ``batch.prepared``). Must not do IO."""
 
     async def max_seq(self) -> int:
-        """The highest journal or outbox sequence number stored (0 if none)."""
+        """The highest journal or outbox sequence number stored (0 if none).
+
+        Final: what a failed commit may have left undecided is decided first (MariaDB rolls
+        back the prepared XA branches of its failed commits)."""
 
     async def lookup(
         self, op_keys: list[tuple[str, str]], hold_keys: list[tuple[str, str]]
@@ -112,3 +121,14 @@ class ShardStorage(Protocol):
 
     async def children(self, parent_id: str, limit: int, after_id: str | None) -> list[str]:
         """Ids of the direct children of ``parent_id``, ordered by id, after ``after_id``."""
+
+
+async def succeeded(commit: asyncio.Future[None] | None) -> bool:
+    """Wait for an earlier commit (without cancelling it if the waiter is cancelled): did it succeed?"""
+    if commit is None:
+        return True
+    await asyncio.wait([commit])
+    return not commit.cancelled() and commit.exception() is None
+
+
+EARLIER_FAILED = "the batch before this one failed to commit: nothing of this one was written"

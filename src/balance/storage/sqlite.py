@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from balance.storage import schema
-from balance.storage.base import BatchWrite, DuplicateOperation, LoadedShard, Row, StorageError, StoredOperation
+from balance.storage.base import (
+    EARLIER_FAILED,
+    BatchWrite,
+    DuplicateOperation,
+    LoadedShard,
+    Row,
+    StorageError,
+    StoredOperation,
+    succeeded,
+)
 
 T = TypeVar("T")
 _CHUNK = 400  # rows per multi-row INSERT (SQLite allows 32766 bound parameters)
@@ -100,7 +109,10 @@ class SqliteShardStorage:
     def prepare(self, batch: BatchWrite) -> None:
         """Nothing to do ahead: parameters are bound in the writer thread."""
 
-    async def commit(self, batch: BatchWrite) -> None:
+    async def commit(self, batch: BatchWrite, after: asyncio.Future[None] | None = None) -> None:
+        # One connection, in process: nothing to overlap with the batch before.
+        if not await succeeded(after):
+            raise StorageError(EARLIER_FAILED)
         await self._run(self._writer_pool, lambda: self._commit(batch))
 
     def _commit(self, batch: BatchWrite) -> None:
