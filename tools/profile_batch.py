@@ -2,6 +2,9 @@
 
     .venv/bin/python tools/profile_batch.py [sqlite|mariadb] [ops per request] [requests]
     SENDERS=8 ...            concurrent senders (default 4, as the bench)
+    BATCH_MAX=2000 ...       the engine's batch_max (commands per batch)
+    SPLIT_MIN=0 ...          the engine's split_min (0: an idle writer takes the whole queue)
+    TRACE=1 ...              commits: how many, their rows, duration, and how often 0/1/2 were in flight
     PROFILE=1 ...            cProfile of the run (compiled modules show as single entries)
     py-spy record --native --gil -- .venv/bin/python tools/profile_batch.py   (what BENCHMARKS.md quotes)
 
@@ -44,6 +47,37 @@ def _on_gc(phase: str, info: dict) -> None:
         _gc["collections"][info["generation"]] += 1
 
 
+def _trace(storage, commits: list) -> None:
+    """Wrap one shard's ``commit`` to record (start, end, rows) of each."""
+    commit = storage.commit
+
+    async def traced(batch, after=None):
+        started = time.perf_counter()
+        try:
+            return await commit(batch, after)
+        finally:
+            commits.append((started, time.perf_counter(), len(batch)))
+
+    storage.commit = traced
+
+
+def _report(commits: list, begin: float, end: float) -> None:
+    events = sorted([(t0, 1) for t0, _, _ in commits] + [(t1, -1) for _, t1, _ in commits])
+    in_flight, last, share = 0, begin, [0.0, 0.0, 0.0]
+    for t, step in events:
+        share[min(in_flight, 2)] += max(0.0, min(t, end) - max(last, begin))
+        in_flight, last = in_flight + step, t
+    share[0] += max(0.0, end - last)
+    total = end - begin
+    rows = [r for _, _, r in commits]
+    durations = sorted(t1 - t0 for t0, t1, _ in commits)
+    print(
+        f"{len(commits)} commits, rows median {sorted(rows)[len(rows) // 2]}, max {max(rows)}; duration median "
+        f"{durations[len(durations) // 2] * 1000:.1f} ms; 0/1/2 in flight: "
+        + " / ".join(f"{s / total:.0%}" for s in share)
+    )
+
+
 async def call(app, method: str, path: str, body: bytes = b"") -> dict:
     scope = {
         "type": "http", "method": method, "path": path, "query_string": b"",
@@ -78,6 +112,13 @@ async def main() -> None:
         env["BALANCE_DB_URL"] = "mysql://root@127.0.0.1:3306/profile_batch"
     app = build_app(Settings.from_env(env))
     await app.service.start()
+    for engine in app.service.engines:
+        engine.batch_max = int(os.environ.get("BATCH_MAX", engine.batch_max))
+        engine.split_min = int(os.environ.get("SPLIT_MIN", engine.split_min))
+    commits: list[tuple[float, float, int]] = []
+    if os.environ.get("TRACE"):
+        for engine in app.service.engines:
+            _trace(engine.storage, commits)
     created = await call(
         app, "POST", "/v1/accounts", msgspec.json.encode({"kind": "partner", "region": "US", "currency": "USD"})
     )
@@ -108,6 +149,8 @@ async def main() -> None:
         f"{BACKEND} {SIZE}/request x{SENDERS}: {ops} ops, {ops / seconds:,.0f} ops/s, process CPU "
         f"{time.process_time() - cpu0:.1f} s, GC {_gc['seconds']:.2f} s {_gc['collections']}"
     )
+    if commits:
+        _report(commits, started, started + seconds)
     await app.service.stop()
     shutil.rmtree(data_dir)
     if profile:

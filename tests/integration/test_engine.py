@@ -311,3 +311,34 @@ async def test_on_mariadb_a_connection_lost_at_xa_commit_undoes_both_batches_in_
     assert again.ledger.accounts[A].reserved == 1_500 + 2_000
     again.ledger.check_invariants()
     await again.stop()
+
+
+class RecordsBatchSizes(SqliteShardStorage):
+    """The real SQLite storage, noting how many journal rows each commit writes."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.sizes: list[int] = []
+
+    def _commit(self, batch):  # type: ignore[no-untyped-def]
+        self.sizes.append(len(batch.journal))
+        super()._commit(batch)
+
+
+async def test_an_idle_writer_takes_half_of_a_long_queue_so_the_other_half_overlaps_its_commit(
+    tmp_path: Path,
+) -> None:
+    engine = await started(tmp_path / "s0.db", ManualClock(), storage_class=RecordsBatchSizes, batch_max=8190)
+    await setup_accounts(engine)
+    assert isinstance(engine.storage, RecordsBatchSizes)
+    engine.storage.sizes.clear()
+
+    replies = await asyncio.gather(*(engine.enqueue(c.Credit(A, f"c-{n}", 1)) for n in range(3000)))
+
+    assert {r.status for r in replies} == {201}
+    assert engine.storage.sizes == [1500, 1500]  # not one batch of 3,000
+    engine.storage.sizes.clear()
+    replies = await asyncio.gather(*(engine.enqueue(c.Credit(A, f"d-{n}", 1)) for n in range(300)))
+    assert engine.storage.sizes == [300]  # a short queue goes whole
+    assert engine.ledger.accounts[A].balance == 10_000 + 3_300
+    await engine.stop()

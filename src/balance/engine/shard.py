@@ -39,6 +39,7 @@ STARTING, RECOVERING, READY, STOPPED, FAILED = "starting", "recovering", "ready"
 RECOVERY_PAGE_ROWS = 20_000
 QUEUE_MAX = 200_000  # beyond this, shed load at once instead of queueing without bound
 RETRY_AFTER_S = 1
+SPLIT_MIN = 512  # commands: a queue of twice this, met by an idle writer, goes in two batches
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~3x (one per operation)
@@ -147,6 +148,7 @@ class ShardEngine:
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.batch_max = batch_max
+        self.split_min = SPLIT_MIN
         self.sweep_interval_s = sweep_interval_s
         self._ledger_limits = {"records_max": records_max, "finished_holds_max": finished_holds_max}
         self.ledger = Ledger(shard, **self._ledger_limits)
@@ -304,7 +306,7 @@ class ShardEngine:
                     self._wakeup.clear()  # set again by enqueue() and by the end of a commit
                     await self._wakeup.wait()
                     continue
-                items = self._take()
+                items = self._take(inflight is None)
                 try:
                     await self._prefetch([command for command, _ in items])
                 except StorageError as exc:
@@ -334,9 +336,14 @@ class ShardEngine:
             self._fail(exc, pending)
             raise
 
-    def _take(self) -> list[tuple[c.Command, asyncio.Future[Reply]]]:
-        items = self._queue[: self.batch_max]
-        del self._queue[: self.batch_max]
+    def _take(self, idle: bool) -> list[tuple[c.Command, asyncio.Future[Reply]]]:
+        """Up to ``batch_max`` commands; when nothing is committing, at most half of a long
+        queue, so that the other half is applied and written while this half commits."""
+        size = self.batch_max
+        if idle and self.split_min and len(self._queue) >= 2 * self.split_min:
+            size = min(size, (len(self._queue) + 1) // 2)
+        items = self._queue[:size]
+        del self._queue[:size]
         self._m_queue.set(len(self._queue))
         self._m_batch.observe(len(items))
         return items
