@@ -598,3 +598,14 @@ def test_finished_hold_called_present_is_not_evicted_by_the_batch_committing_mea
     ledger.accept()  # N is durable: h2 joins the finished window
     [outcome] = world.batch([capture])
     assert outcome.rejection is not None and outcome.rejection.code == e.HOLD_NOT_PENDING, outcome.rejection
+
+
+def test_the_outcome_window_keeps_the_newest_and_evicts_the_oldest_first() -> None:
+    world = World()
+    world.ledger = Ledger(SHARD, records_max=3)
+    for step in ("open A", "credit A 1 #c1", "credit A 1 #c2", "credit A 1 #c3", "credit A 1 #c4"):
+        run_step(world, step)
+    assert list(world.ledger.records) == [("A", "credit:c2"), ("A", "credit:c3"), ("A", "credit:c4")]
+    world.ledger.lookups_needed(c.PlaceHold("A", "h9", 1, DEFAULT_TTL_S))  # nothing kept: no such outcome
+    run_step(world, "credit A 1 #c5")
+    assert list(world.ledger.records) == [("A", "credit:c3"), ("A", "credit:c4"), ("A", "credit:c5")]

@@ -11,6 +11,7 @@ fail: lookups → idempotency → shape → state → currency → funds → ove
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -185,10 +186,13 @@ class Ledger:
         self.shard = shard
         self.accounts: dict[str, Account] = {}
         self.holds: dict[tuple[str, str], Hold] = {}  # pending, plus recently finished ones
-        self.records: dict[tuple[str, str], Record] = {}  # (account_id, op_key) -> first outcome
+        # (account_id, op_key) -> first outcome, oldest first. Windows evicted from the front are
+        # OrderedDicts: a plain dict skips every slot deleted before its first live one on
+        # each next(iter(d)) (measured: ~44 us per eviction at 200,000 entries, 0.6 here).
+        self.records: OrderedDict[tuple[str, str], Record] = OrderedDict()
         self.next_seq = 1
         self._records_max = records_max
-        self._finished: dict[tuple[str, str], None] = {}  # finished holds, oldest first
+        self._finished: OrderedDict[tuple[str, str], None] = OrderedDict()  # finished holds, oldest first
         self._finished_max = finished_holds_max
         self._expiry = _ExpiryWheel()
         self._frames: list[_Frame] = []  # batches applied and not yet durable, oldest first
@@ -280,7 +284,7 @@ class Ledger:
             if hold is not None and hold.status == HOLD_PENDING:
                 return [], []  # a pending hold was never captured or released: nothing to read
             if hold is not None and hold_key in self._finished:
-                self._finished[hold_key] = self._finished.pop(hold_key)  # kept, as records are
+                self._finished.move_to_end(hold_key)  # kept, as records are
             return [key], ([] if hold is not None else [hold_key])
         if isinstance(command, c.PlaceHold):
             key = (command.account_id, op_key_of(HOLD, command.op_id))
@@ -293,7 +297,7 @@ class Ledger:
     def _keep_record(self, key: tuple[str, str]) -> None:
         """Found in memory, so not read from storage: make it the newest, so that the entries
         the batch adds before applying it (far fewer than the window holds) cannot evict it."""
-        self.records[key] = self.records.pop(key)
+        self.records.move_to_end(key)
 
     def pending_sums(self) -> dict[str, int]:
         sums: dict[str, int] = {}
@@ -930,13 +934,12 @@ class Ledger:
     def _remember_record(self, key: tuple[str, str], record: Record) -> None:
         self.records[key] = record
         if len(self.records) > self._records_max:
-            del self.records[next(iter(self.records))]  # oldest; storage still has it
+            self.records.popitem(last=False)  # the oldest; storage still has it
 
     def _remember_finished(self, key: tuple[str, str]) -> None:
         self._finished[key] = None
         while len(self._finished) > self._finished_max:
-            old = next(iter(self._finished))
-            del self._finished[old]
+            old, _ = self._finished.popitem(last=False)
             hold = self.holds.get(old)
             if hold is not None and hold.status != HOLD_PENDING:
                 del self.holds[old]
