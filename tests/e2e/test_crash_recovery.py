@@ -283,8 +283,21 @@ async def load_and_kill(server: Server, tree: Tree, rng: random.Random, tag: str
     in_flight = 0
     answered = 0
 
+    def take_answer(op: Op, shown: Any, my_holds: list[Op]) -> None:
+        """A first answer: of the 5xx only 503, of the 4xx only recorded refusals; a placed hold
+        may be captured or released later by the same worker."""
+        nonlocal answered
+        answered += 1
+        assert op.status is not None
+        if op.status >= 500 and op.status != 503:
+            result.unexpected.append(f"{op.describe()}: {op.status} {shown}")
+        elif 400 <= op.status < 500 and not op.acknowledged:
+            result.unexpected.append(f"{op.describe()}: unrecorded refusal {shown}")
+        if op.kind == "hold" and op.status == 201:
+            my_holds.append(op)
+
     async def worker(n: int, http: httpx.AsyncClient) -> None:
-        nonlocal in_flight, answered
+        nonlocal in_flight
         wrng = random.Random(rng.getrandbits(64))
         my_holds: list[Op] = []
         for i in range(OPS_PER_WORKER_MAX):
@@ -303,18 +316,12 @@ async def load_and_kill(server: Server, tree: Tree, rng: random.Random, tag: str
             finally:
                 in_flight -= 1
             op.record(response)
-            answered += 1
             if response.headers.get("idempotent-replayed"):
                 result.unexpected.append(f"{op.describe()}: a first request answered as a replay")
-            if response.status_code >= 500 and response.status_code != 503:
-                result.unexpected.append(f"{op.describe()}: {response.status_code} {response.text}")
-            elif 400 <= response.status_code < 500 and not op.acknowledged:
-                result.unexpected.append(f"{op.describe()}: unrecorded refusal {response.text}")
-            if op.kind == "hold" and response.status_code == 201:
-                my_holds.append(op)
+            take_answer(op, response.text, my_holds)
 
     async def batch_worker(n: int, http: httpx.AsyncClient) -> None:
-        nonlocal in_flight, answered
+        nonlocal in_flight
         wrng = random.Random(rng.getrandbits(64))
         my_holds: list[Op] = []
         for i in range(OPS_PER_WORKER_MAX // BATCH_OPS):
@@ -340,13 +347,7 @@ async def load_and_kill(server: Server, tree: Tree, rng: random.Random, tag: str
                 continue
             for op, item in zip(ops, response.json()["results"], strict=True):
                 op.status, op.answer = item["status"], item["body"]
-                answered += 1
-                if op.status >= 500 and op.status != 503:
-                    result.unexpected.append(f"{op.describe()}: {op.status} {op.answer}")
-                elif 400 <= op.status < 500 and not op.acknowledged:
-                    result.unexpected.append(f"{op.describe()}: unrecorded refusal {op.answer}")
-                if op.kind == "hold" and op.status == 201:
-                    my_holds.append(op)
+                take_answer(op, op.answer, my_holds)
 
     async with AsyncExitStack() as stack:
         # Clients are made before the clock starts (each one costs some milliseconds to build).

@@ -498,15 +498,7 @@ class Ledger:
         if account.status != STATUS_ACTIVE:
             return self._refuse(key, fingerprint, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now)
         if account.available < cmd.amount:
-            return self._refuse(
-                key,
-                fingerprint,
-                cmd,
-                account,
-                e.INSUFFICIENT_FUNDS,
-                f"available {account.available} < amount {cmd.amount}",
-                now,
-            )
+            return self._insufficient(key, fingerprint, cmd, account, now)
         settlement = self._system_account(account.currency, KIND_SETTLEMENT, now)
         if settlement.balance + cmd.amount > limits.BALANCE_MAX:
             return _reject(e.VALIDATION_ERROR, "amount would overflow the settlement balance")
@@ -560,15 +552,7 @@ class Ledger:
                     key, fingerprint, cmd, source, e.ACCOUNT_INACTIVE, f"account {account.id} is {account.status}", now
                 )
         if source.available < cmd.amount:
-            return self._refuse(
-                key,
-                fingerprint,
-                cmd,
-                source,
-                e.INSUFFICIENT_FUNDS,
-                f"available {source.available} < amount {cmd.amount}",
-                now,
-            )
+            return self._insufficient(key, fingerprint, cmd, source, now)
         if target.balance + cmd.amount > limits.BALANCE_MAX:
             return _reject(e.VALIDATION_ERROR, "amount would overflow the target balance")
         self._move(source, target, cmd.amount, now)
@@ -604,15 +588,7 @@ class Ledger:
                 key, fingerprint, t, source, e.ACCOUNT_INACTIVE, f"account {source.id} is {source.status}", now
             )
         if source.available < t.amount:
-            return self._refuse(
-                key,
-                fingerprint,
-                t,
-                source,
-                e.INSUFFICIENT_FUNDS,
-                f"available {source.available} < amount {t.amount}",
-                now,
-            )
+            return self._insufficient(key, fingerprint, t, source, now)
         transit = self._system_account(source.currency, KIND_TRANSIT, now)
         self._move(source, transit, t.amount, now)
         entry = self._entries(
@@ -704,15 +680,7 @@ class Ledger:
         if account.exhausted:
             return self._refuse(key, fingerprint, cmd, account, e.INSUFFICIENT_FUNDS, "account is exhausted", now)
         if account.available < cmd.amount:
-            return self._refuse(
-                key,
-                fingerprint,
-                cmd,
-                account,
-                e.INSUFFICIENT_FUNDS,
-                f"available {account.available} < amount {cmd.amount}",
-                now,
-            )
+            return self._insufficient(key, fingerprint, cmd, account, now)
         self._touch(account)
         account.reserved += cmd.amount
         self._changed(account, now)
@@ -841,6 +809,18 @@ class Ledger:
         if record.fingerprint == fingerprint:
             return Outcome(record.status, replay=record)
         return _reject(conflict, f"operation {key[1]} was already made with a different body")
+
+    def _insufficient(
+        self,
+        key: tuple[str, str],
+        fingerprint: int,
+        cmd: c.Debit | c.Transfer | c.PlaceHold,
+        account: Account,
+        now: int,
+    ) -> Outcome:
+        """The recorded refusal of an amount above what the account has available."""
+        detail = f"available {account.available} < amount {cmd.amount}"
+        return self._refuse(key, fingerprint, cmd, account, e.INSUFFICIENT_FUNDS, detail, now)
 
     def _refuse(
         self, key: tuple[str, str], fingerprint: int, cmd: c.MoneyCommand,

@@ -527,6 +527,7 @@ class MariaDbShardStorage:
         """Roll the branch back on its connection. If that cannot be done, drop the connection:
         a branch not yet prepared dies with it; a prepared one is rolled back from another
         connection at once if possible (until then its row locks stop the batch after it)."""
+        in_doubt = xid if stage == _PREPARING else None
         if self._trusted(conn, exc):
             try:
                 async with conn.cursor() as cur:
@@ -544,10 +545,10 @@ class MariaDbShardStorage:
                 return
             except BaseException as rollback_exc:
                 if not isinstance(rollback_exc, Exception):
-                    self._drop(writer, conn, in_doubt=xid if stage == _PREPARING else None)
+                    self._drop(writer, conn, in_doubt)
                     raise
-        self._drop(writer, conn, in_doubt=xid if stage == _PREPARING else None)
-        if stage == _PREPARING and not isinstance(exc, asyncio.CancelledError):
+        self._drop(writer, conn, in_doubt)
+        if in_doubt is not None and not isinstance(exc, asyncio.CancelledError):
             for _ in range(10):
                 try:
                     await self._settle_in_doubt()
