@@ -14,6 +14,7 @@ from setuptools import setup
 COMPILED = [
     "src/balance/domain/limits.py",
     "src/balance/domain/model.py",
+    "src/balance/domain/holds.py",
     "src/balance/domain/commands.py",
     "src/balance/domain/ledger.py",
     "src/balance/views.py",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
+from balance.domain.holds import HoldIndex
 from balance.domain.model import (
     CAPTURE,
     CREDIT,
@@ -185,14 +186,14 @@ class Ledger:
     ) -> None:
         self.shard = shard
         self.accounts: dict[str, Account] = {}
-        self.holds: dict[tuple[str, str], Hold] = {}  # pending, plus recently finished ones
+        self.holds = HoldIndex()  # pending, plus recently finished ones
         # (account_id, op_key) -> first outcome, oldest first. Windows evicted from the front are
         # OrderedDicts: a plain dict skips every slot deleted before its first live one on
         # each next(iter(d)) (measured: ~44 us per eviction at 200,000 entries, 0.6 here).
         self.records: OrderedDict[tuple[str, str], Record] = OrderedDict()
         self.next_seq = 1
         self._records_max = records_max
-        self._finished: OrderedDict[tuple[str, str], None] = OrderedDict()  # finished holds, oldest first
+        self._finished: OrderedDict[Hold, None] = OrderedDict()  # finished holds, oldest first (by identity)
         self._finished_max = finished_holds_max
         self._expiry = _ExpiryWheel()
         self._frames: list[_Frame] = []  # batches applied and not yet durable, oldest first
@@ -210,14 +211,13 @@ class Ledger:
 
     def load_hold(self, hold: Hold) -> None:
         """A hold read from storage: pending ones count in ``reserved``, finished ones are cached."""
-        key = (hold.account_id, hold.id)
-        if key in self.holds:
+        if self.holds.find(hold.account_id, hold.id) is not None:
             return
-        self.holds[key] = hold
+        self.holds.put(hold)
         if hold.status == HOLD_PENDING:
             self._expiry.add(hold)
         else:
-            self._remember_finished(key)
+            self._remember_finished(hold)
 
     def load_record(self, account_id: str, op_key: str, fingerprint: int, status: int, body: bytes) -> None:
         key = (account_id, op_key)
@@ -248,24 +248,26 @@ class Ledger:
         for frame in self._frames:
             if key in frame.holds:
                 return frame.holds[key]
-        hold = self.holds.get(key)
+        hold = self.holds.find(account_id, hold_id)
         return None if hold is None else hold.state()
 
     def knows_hold(self, account_id: str, hold_id: str) -> bool:
         """True if memory holds the hold or a batch in flight created it (no storage read needed)."""
+        if self.holds.find(account_id, hold_id) is not None:
+            return True
         key = (account_id, hold_id)
-        return key in self.holds or any(key in frame.holds for frame in self._frames)
+        return any(key in frame.holds for frame in self._frames)
 
     def due_holds(self, now: int, limit: int) -> list[tuple[str, str]]:
         """Pending holds whose expiry has passed, oldest second first (stale entries dropped)."""
         return [(hold.account_id, hold.id) for hold in self._expiry.take_due(now, limit, self._is_live)]
 
     def _is_live(self, hold: Hold) -> bool:
-        return hold.status == HOLD_PENDING and self.holds.get((hold.account_id, hold.id)) is hold
+        return hold.status == HOLD_PENDING and self.holds.find(hold.account_id, hold.id) is hold
 
     def rearm(self, account_id: str, hold_id: str) -> None:
         """Put a hold taken by ``due_holds`` back on the expiry wheel (it was not expired)."""
-        hold = self.holds.get((account_id, hold_id))
+        hold = self.holds.find(account_id, hold_id)
         if hold is not None and hold.status == HOLD_PENDING:
             self._expiry.add(hold)
 
@@ -274,23 +276,22 @@ class Ledger:
         if isinstance(command, (c.CaptureHold, c.ReleaseHold)):
             kind = CAPTURE if isinstance(command, c.CaptureHold) else RELEASE
             key = (command.account_id, op_key_of(kind, command.hold_id))
-            hold_key = (command.account_id, command.hold_id)
             if command.account_id not in self.accounts:
                 return [], []
             if key in self.records:
                 self._keep_record(key)
                 return [], []
-            hold = self.holds.get(hold_key)
+            hold = self.holds.find(command.account_id, command.hold_id)
             if hold is not None and hold.status == HOLD_PENDING:
                 return [], []  # a pending hold was never captured or released: nothing to read
-            if hold is not None and hold_key in self._finished:
-                self._finished.move_to_end(hold_key)  # kept, as records are
-            return [key], ([] if hold is not None else [hold_key])
+            if hold is not None and hold in self._finished:
+                self._finished.move_to_end(hold)  # kept, as records are
+            return [key], ([] if hold is not None else [(command.account_id, command.hold_id)])
         if isinstance(command, c.PlaceHold):
             key = (command.account_id, op_key_of(HOLD, command.op_id))
             if key in self.records:
                 self._keep_record(key)
-            elif (command.account_id, command.op_id) in self.holds:
+            elif self.holds.find(command.account_id, command.op_id) is not None:
                 return [key], []
         return [], []
 
@@ -320,9 +321,9 @@ class Ledger:
         for currency, total in totals.items():
             e.require(total == 0, f"sum of balances in {currency} is {total}, not 0")
         accounts = self.accounts
-        for (account_id, _), hold in self.holds.items():
-            if account_id not in accounts:
-                raise e.InvariantViolation(f"hold {hold.id} on unknown account {account_id}")
+        for hold in self.holds.values():
+            if hold.account_id not in accounts:
+                raise e.InvariantViolation(f"hold {hold.id} on unknown account {hold.account_id}")
 
     # ---- batch lifecycle -----------------------------------------------------------------
     #
@@ -354,8 +355,8 @@ class Ledger:
             delta[account.currency] = delta.get(account.currency, 0) + account.balance - old_balance
         for currency, moved in delta.items():
             e.require(moved == 0, f"batch created {moved} {currency} out of nothing")
-        for key in self._undo_holds:
-            changes.holds.append(self.holds[key])
+        for account_id, hold_id in self._undo_holds:
+            changes.holds.append(self.holds[account_id, hold_id])
         return changes
 
     def accept(self) -> None:
@@ -363,8 +364,9 @@ class Ledger:
         e.require(bool(self._frames) and (len(self._frames) > 1 or not self._in_batch), "accept() without a batch")
         frame = self._frames.pop(0)
         for key in frame.holds:
-            if self.holds[key].status != HOLD_PENDING:
-                self._remember_finished(key)
+            hold = self.holds[key]
+            if hold.status != HOLD_PENDING:
+                self._remember_finished(hold)
 
     @property
     def batches_in_flight(self) -> int:
@@ -387,9 +389,10 @@ class Ledger:
                 if hold_before is None:
                     del self.holds[key]
                 else:
-                    self.holds[key].restore(hold_before)
+                    hold = self.holds[key]
+                    hold.restore(hold_before)
                     if hold_before[5] == HOLD_PENDING:  # re-arm its expiry (stale entries are skipped)
-                        self._expiry.add(self.holds[key])
+                        self._expiry.add(hold)
             for key in frame.records:
                 self.records.pop(key, None)
             for record, status, body in reversed(frame.restores):
@@ -636,7 +639,7 @@ class Ledger:
         key, fingerprint = (account.id, op_key_of(HOLD, cmd.op_id)), cmd.fingerprint()
         if (early := self._replay(key, fingerprint)) is not None:
             return early
-        if (account.id, cmd.op_id) in self.holds:  # its outcome was not found: never place twice
+        if self.holds.find(account.id, cmd.op_id) is not None:  # its outcome was not found: never place twice
             return _reject(e.IDEMPOTENCY_CONFLICT, f"hold {cmd.op_id} exists")
         if account.is_system:
             return _reject(e.VALIDATION_ERROR, "system accounts cannot hold money")
@@ -693,7 +696,7 @@ class Ledger:
             cmd.destination_account_id, expires_at, now, now, cmd.description, cmd.metadata,
         )  # fmt: skip
         self._undo_holds[(account.id, hold.id)] = None
-        self.holds[(account.id, hold.id)] = hold
+        self.holds.put(hold)
         self._expiry.add(hold)
         entry = self._entries(
             key, fingerprint, HOLD, cmd.op_id, cmd.amount, account, None, hold.id, cmd.description, cmd.metadata, now
@@ -715,7 +718,7 @@ class Ledger:
         key, fingerprint = (account.id, op_key_of(kind, cmd.hold_id)), cmd.fingerprint()
         if (early := self._replay(key, fingerprint, conflict=e.HOLD_NOT_PENDING)) is not None:
             return early
-        hold = self.holds.get((account.id, cmd.hold_id))
+        hold = self.holds.find(account.id, cmd.hold_id)
         if hold is None:
             return _reject(e.HOLD_NOT_FOUND, f"hold {cmd.hold_id} not found")
         if hold.status == HOLD_PENDING and hold.expires_at <= now:
@@ -782,7 +785,7 @@ class Ledger:
         return outcome
 
     def _expire_hold(self, cmd: c.ExpireHold, now: int) -> Outcome:
-        hold = self.holds.get((cmd.account_id, cmd.hold_id))
+        hold = self.holds.find(cmd.account_id, cmd.hold_id)
         if hold is None or hold.status != HOLD_PENDING or hold.expires_at > now:
             return _reject(e.HOLD_NOT_PENDING, "nothing to expire")
         entry = self._expire(hold, now)
@@ -916,13 +919,12 @@ class Ledger:
         if len(self.records) > self._records_max:
             self.records.popitem(last=False)  # the oldest; storage still has it
 
-    def _remember_finished(self, key: tuple[str, str]) -> None:
-        self._finished[key] = None
+    def _remember_finished(self, hold: Hold) -> None:
+        self._finished[hold] = None
         while len(self._finished) > self._finished_max:
             old, _ = self._finished.popitem(last=False)
-            hold = self.holds.get(old)
-            if hold is not None and hold.status != HOLD_PENDING:
-                del self.holds[old]
+            if old.status != HOLD_PENDING and self.holds.find(old.account_id, old.id) is old:
+                self.holds.remove(old.account_id, old.id)
 
 
 def _reject(code: str, detail: str) -> Outcome:

@@ -47,7 +47,7 @@ def shared(value: object) -> object:
 
 EMPTY_METADATA = b"{}"
 
-# Field orders: the state tuples, the storage rows and the slots (one list, checked by a test).
+# Field orders: the state tuples and the storage rows (the hold folds three into one slot).
 ACCOUNT_FIELDS = (
     "id", "parent_id", "kind", "region", "currency", "name", "status",
     "balance", "reserved", "credit_limit", "exhausted", "version",
@@ -126,12 +126,16 @@ class Account:
 
 
 class Hold:
-    """Money set aside on ``account_id`` until captured, released or expired."""
+    """Money set aside on ``account_id`` until captured, released or expired.
+
+    The three fields a hold seldom has (a destination, a description, metadata) and never
+    changes share one slot, ``None`` when all are defaults: 24 bytes less per hold, which
+    counts at millions of pending holds.
+    """
 
     __slots__ = (
         "account_id", "id", "amount", "captured_amount", "currency", "status",
-        "destination_account_id", "expires_at", "created_at", "updated_at",
-        "description", "metadata",
+        "expires_at", "created_at", "updated_at", "_details",
     )  # fmt: skip
 
     def __init__(
@@ -145,23 +149,39 @@ class Hold:
         self.captured_amount = captured_amount
         self.currency = currency
         self.status = status
-        self.destination_account_id = destination_account_id
         self.expires_at = expires_at
         self.created_at = created_at
         self.updated_at = updated_at
-        self.description = description
-        self.metadata = metadata
+        self._details: tuple[str | None, str, bytes] | None = (
+            None
+            if destination_account_id is None and not description and metadata == EMPTY_METADATA
+            else (destination_account_id, description, metadata)
+        )
+
+    @property
+    def destination_account_id(self) -> str | None:
+        return None if self._details is None else self._details[0]
+
+    @property
+    def description(self) -> str:
+        return "" if self._details is None else self._details[1]
+
+    @property
+    def metadata(self) -> bytes:
+        return EMPTY_METADATA if self._details is None else self._details[2]
 
     def state(self) -> tuple:  # type: ignore[type-arg]
+        """All fields in ``HOLD_FIELDS`` order: the row written to storage and the undo snapshot."""
+        destination, description, metadata = (None, "", EMPTY_METADATA) if self._details is None else self._details
         return (
             self.account_id, self.id, self.amount, self.captured_amount, self.currency, self.status,
-            self.destination_account_id, self.expires_at, self.created_at, self.updated_at,
-            self.description, self.metadata,
+            destination, self.expires_at, self.created_at, self.updated_at, description, metadata,
         )  # fmt: skip
 
     def restore(self, state: tuple) -> None:  # type: ignore[type-arg]
-        for name, value in zip(HOLD_FIELDS, state, strict=True):
-            setattr(self, name, value)
+        """Undo: only the fields a capture, release or expiry change (the rest never change)."""
+        self.amount, self.captured_amount, self.status = state[2], state[3], state[5]
+        self.expires_at, self.updated_at = state[7], state[9]
 
     @classmethod
     def from_row(cls, row: tuple, account_id: str | None = None) -> Hold:  # type: ignore[type-arg]
