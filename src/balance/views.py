@@ -60,7 +60,7 @@ def hold_view(state: tuple) -> dict[str, Any]:  # type: ignore[type-arg]
 def txn_view(row: tuple) -> dict[str, Any]:  # type: ignore[type-arg]
     """A journal row (schema.JOURNAL_COLUMNS order) as a Txn."""
     (_seq, account_id, _op_key, kind, op_id, _status, _code, _fp, amount, currency, counterparty,
-     hold_id, balance_after, reserved_after, version, created_at, description, metadata, _result) = row  # fmt: skip
+     hold_id, balance_after, reserved_after, version, created_at, description, metadata) = row[:18]  # fmt: skip
     return {
         "id": op_id, "kind": kind, "account_id": account_id, "counterparty_account_id": counterparty,
         "amount": amount, "currency": currency, "hold_id": hold_id, "balance_after": balance_after,

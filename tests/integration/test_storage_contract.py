@@ -39,7 +39,7 @@ _DEFAULTS: dict[tuple[str, ...], dict[str, Any]] = {
         seq=1, account_id="acc-1", op_key=None, kind="credit", op_id="op-1", status=200, code="ok",
         fingerprint=1, amount=100, currency="EUR", counterparty_account_id=None, hold_id=None,
         balance_after=100, reserved_after=0, version=2, created_at=T0, description="",
-        metadata=b"{}", result=b"",
+        metadata=b"{}", result=b"", expires_at=None, destination_account_id=None,
     ),
     schema.OUTBOX_COLUMNS: dict(seq=1, kind="account.updated", account_id="acc-1", version=1, created_at=T0),
     schema.KEY_COLUMNS: dict(key_hash="0" * 64, account_id="acc-1", created_at=T0),

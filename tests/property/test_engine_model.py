@@ -719,14 +719,26 @@ class SmallMemoryMachine(EngineMachine):
     engine_options = {"records_max": 12, "finished_holds_max": 8, "batch_max": 2}
 
 
+class CheckpointingMachine(EngineMachine):
+    """Every batch that changes a hold also writes the holds checkpoint (the base machine never
+    does: its restarts rebuild every hold from the journal), and finished holds leave memory
+    early (read back from the journal)."""
+
+    engine_options = {"checkpoint_interval_s": 0, "finished_holds_max": 8}
+
+
 EngineMachine.TestCase.settings = settings(
     max_examples=50, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 SmallMemoryMachine.TestCase.settings = settings(
     max_examples=25, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+CheckpointingMachine.TestCase.settings = settings(
+    max_examples=25, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 test_engine_against_model = EngineMachine.TestCase
 test_engine_against_model_small_memory = SmallMemoryMachine.TestCase
+test_engine_against_model_checkpointing = CheckpointingMachine.TestCase
 
 
 # ---- found by the machine, kept as plain examples ----------------------------------------

@@ -291,6 +291,7 @@ def hold_journal_row(
         seq, aid, f"hold:{hold_id}", "hold", hold_id, 201, "", random.getrandbits(63), amount, "USD", None, hold_id,
         balance, reserved_after, version, now, "", b"{}",
         hold_result(aid, hold_id, amount, balance, reserved_after, credit_limit, version, now),
+        now + 900_000_000, None,  # expires_at, destination_account_id
     )  # fmt: skip
 
 

@@ -1,4 +1,6 @@
-"""The holds a shard keeps in memory, found by (account id, hold id) without a key tuple per hold.
+"""The holds a shard keeps in memory, and how a hold is rebuilt from its journal rows.
+
+Memory: found by (account id, hold id) without a key tuple per hold.
 
 A hold id is unique per account, not per shard, so the natural key is the pair. A dict keyed
 by ``(account_id, hold_id)`` tuples costs a 64-byte tuple per hold on top of the hold itself:
@@ -12,7 +14,43 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from balance.domain.model import Hold
+from balance.domain.model import (
+    CAPTURE,
+    EMPTY_METADATA,
+    EXPIRE,
+    HOLD,
+    HOLD_CAPTURED,
+    HOLD_EXPIRED,
+    HOLD_PENDING,
+    HOLD_RELEASED,
+    RELEASE,
+    Hold,
+)
+
+# A settling journal row's kind -> the status it leaves the hold in.
+SETTLED_STATUS = {CAPTURE: HOLD_CAPTURED, RELEASE: HOLD_RELEASED, EXPIRE: HOLD_EXPIRED}
+
+
+def hold_from_journal(rows: list[tuple]) -> tuple | None:  # type: ignore[type-arg]
+    """A hold's state (``HOLD_FIELDS``) from its accepted primary journal rows, oldest first.
+
+    The rows are in ``schema.HOLD_JOURNAL_COLUMNS`` order: (seq, account_id, kind, hold_id,
+    amount, currency, created_at, description, metadata, expires_at, destination_account_id).
+    The journal is the record of a hold: the hold row places it, at most one capture, release
+    or expiry row settles it. None if no hold row is among them (or it predates the columns)."""
+    placed = next((row for row in rows if row[2] == HOLD), None)
+    if placed is None or placed[9] is None:  # no hold row, or one written before rows had expires_at
+        return None
+    _, account_id, _, hold_id, amount, currency, created_at, description, metadata, expires_at, destination = placed
+    status, captured, updated_at = HOLD_PENDING, 0, created_at
+    for row in rows:
+        if row[2] in SETTLED_STATUS and row[0] > placed[0]:
+            status, updated_at = SETTLED_STATUS[row[2]], row[6]
+            captured = row[4] if row[2] == CAPTURE else 0
+    return (
+        account_id, hold_id, amount, captured, currency, status, destination, expires_at, created_at, updated_at,
+        description if description else "", EMPTY_METADATA if metadata == EMPTY_METADATA else bytes(metadata),
+    )  # fmt: skip
 
 
 class HoldIndex:

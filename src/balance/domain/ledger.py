@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
-from balance.domain.holds import HoldIndex
+from balance.domain.holds import SETTLED_STATUS, HoldIndex
 from balance.domain.model import (
     CAPTURE,
     CREDIT,
@@ -81,7 +81,9 @@ class Changes:
     """What one accepted batch changed: the rows its commit must write."""
 
     accounts: list[Account] = field(default_factory=list)
-    holds: list[Hold] = field(default_factory=list)
+    holds: list[Hold] = field(default_factory=list)  # a checkpoint's pending holds (upserted)
+    holds_deleted: list[tuple[str, str]] = field(default_factory=list)  # a checkpoint's finished holds
+    checkpoint_seq: int = 0  # > 0: the holds table reflects the journal up to here once committed
     entries: list[Entry] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     keys: list[tuple[str, str, int]] = field(default_factory=list)  # (key_hash, account_id, at)
@@ -133,7 +135,7 @@ class _ExpiryWheel:
 class _Frame:
     """Undo information of one batch: snapshots before its first change, outcomes it added."""
 
-    __slots__ = ("seq_at_begin", "accounts", "holds", "records", "restores", "changes")
+    __slots__ = ("seq_at_begin", "accounts", "holds", "records", "restores", "changes", "checkpoint")
 
     def __init__(self, seq_at_begin: int) -> None:
         self.seq_at_begin = seq_at_begin
@@ -142,6 +144,7 @@ class _Frame:
         self.records: list[tuple[str, str]] = []
         self.restores: list[tuple[Record, int, bytes]] = []  # outcomes changed in place
         self.changes = Changes()
+        self.checkpoint: dict[Hold, bool] | None = None  # the unsaved holds this batch checkpoints
 
 
 TRANSFER_IN_PROGRESS = 202  # a cross-shard transfer whose second leg is not yet confirmed
@@ -196,6 +199,12 @@ class Ledger:
         self._finished: OrderedDict[Hold, None] = OrderedDict()  # finished holds, oldest first (by identity)
         self._finished_max = finished_holds_max
         self._expiry = _ExpiryWheel()
+        # Holds changed since the last checkpoint -> "a row of it may be in the holds table".
+        # The journal is the record of holds; the holds table is a checkpoint of the pending
+        # ones, written with a batch now and then (``collect(checkpoint=True)``), so that a
+        # hold and its capture cost one journal row each instead of a journal row and a hold
+        # row (measured: the hold upserts took half of MariaDB's time per batch).
+        self._unsaved: dict[Hold, bool] = {}
         self._frames: list[_Frame] = []  # batches applied and not yet durable, oldest first
         # The open batch's frame, by its parts (what the rules write to):
         self._undo_accounts: dict[str, tuple | None] = {}  # type: ignore[type-arg]
@@ -223,6 +232,33 @@ class Ledger:
         key = (account_id, op_key)
         if key not in self.records:
             self._remember_record(key, Record(fingerprint, status, body))
+
+    def replay_hold_row(self, row: tuple) -> None:  # type: ignore[type-arg]
+        """Recovery: a hold's journal row written after the last checkpoint of the holds table
+        (``schema.HOLD_JOURNAL_COLUMNS``, in journal order) is applied to the holds loaded."""
+        _, account_id, kind, hold_id, amount, currency, created_at, description, metadata, expires_at, destination = row
+        owner = self.accounts.get(account_id)
+        e.require(owner is not None, f"journal: hold {hold_id} on unknown account {account_id}")
+        if kind == HOLD:
+            e.require(self.holds.find(account_id, hold_id) is None, f"journal: hold {hold_id} placed twice")
+            hold = Hold.from_row(
+                (account_id, hold_id, amount, 0, currency, HOLD_PENDING, destination, expires_at, created_at,
+                 created_at, description, metadata),
+                owner.id if owner is not None else None,
+            )  # fmt: skip
+            self.holds.put(hold)
+            self._unsaved[hold] = False
+            self._expiry.add(hold)
+            return
+        found = self.holds.find(account_id, hold_id)
+        e.require(found is not None and found.status == HOLD_PENDING, f"journal: {kind} of hold {hold_id} not pending")
+        hold = found  # type: ignore[assignment]
+        if hold not in self._unsaved:
+            self._unsaved[hold] = True  # loaded from the holds table
+        hold.status, hold.updated_at = SETTLED_STATUS[kind], created_at
+        if kind == CAPTURE:
+            hold.captured_amount = amount
+        self._remember_finished(hold)
 
     def rebuild_reserved(self) -> None:
         """Recovery: ``reserved`` is recomputed from the pending holds, never trusted alone."""
@@ -339,8 +375,12 @@ class Ledger:
         self._new_records, self._changes = frame.records, frame.changes
         self._in_batch = True
 
-    def collect(self) -> Changes:
-        """Close the open batch: the rows to write, after a cheap check of what it touched."""
+    def collect(self, checkpoint: bool = False) -> Changes:
+        """Close the open batch: the rows to write, after a cheap check of what it touched.
+
+        With ``checkpoint`` the batch also brings the holds table up to date: every hold
+        changed since the last checkpoint is upserted if pending and deleted if finished
+        (unless no row of it can be there: placed and finished in between)."""
         e.require(self._in_batch, "collect() outside a batch")
         self._in_batch = False
         changes = self._changes
@@ -355,9 +395,21 @@ class Ledger:
             delta[account.currency] = delta.get(account.currency, 0) + account.balance - old_balance
         for currency, moved in delta.items():
             e.require(moved == 0, f"batch created {moved} {currency} out of nothing")
-        for account_id, hold_id in self._undo_holds:
-            changes.holds.append(self.holds[account_id, hold_id])
+        if checkpoint:
+            saved, self._unsaved = self._unsaved, {}
+            self._frames[-1].checkpoint = saved
+            for hold, in_table in saved.items():
+                if hold.status == HOLD_PENDING:
+                    changes.holds.append(hold)
+                elif in_table:
+                    changes.holds_deleted.append((hold.account_id, hold.id))
+            changes.checkpoint_seq = self.next_seq - 1
         return changes
+
+    @property
+    def unsaved_holds(self) -> int:
+        """Holds changed since the last checkpoint (the engine decides when to write one)."""
+        return len(self._unsaved)
 
     def accept(self) -> None:
         """The oldest collected batch is durable: forget its undo information."""
@@ -379,6 +431,7 @@ class Ledger:
     def rollback(self) -> None:
         """No batch in flight was written: put every account, hold, outcome and sequence back."""
         e.require(bool(self._frames), "rollback() without a batch")
+        created: list[Hold] = []
         for frame in reversed(self._frames):
             for account_id, before in frame.accounts.items():
                 if before is None:
@@ -387,6 +440,7 @@ class Ledger:
                     self.accounts[account_id].restore(before)
             for key, hold_before in frame.holds.items():
                 if hold_before is None:
+                    created.append(self.holds[key])
                     del self.holds[key]
                 else:
                     hold = self.holds[key]
@@ -398,6 +452,11 @@ class Ledger:
             for record, status, body in reversed(frame.restores):
                 record.status, record.body = status, body
             self.next_seq = frame.seq_at_begin
+            if frame.checkpoint is not None:  # not written: its holds are unsaved again
+                for hold, in_table in frame.checkpoint.items():
+                    self._unsaved[hold] = in_table or self._unsaved.get(hold, False)
+        for hold in created:
+            self._unsaved.pop(hold, None)
         self._frames = []
         self._in_batch = False
 
@@ -697,10 +756,12 @@ class Ledger:
         )  # fmt: skip
         self._undo_holds[(account.id, hold.id)] = None
         self.holds.put(hold)
+        self._unsaved[hold] = False  # no row of it anywhere but the journal yet
         self._expiry.add(hold)
         entry = self._entries(
             key, fingerprint, HOLD, cmd.op_id, cmd.amount, account, None, hold.id, cmd.description, cmd.metadata, now
         )
+        entry.expires_at, entry.destination_account_id = expires_at, cmd.destination_account_id
         outcome = self._accepted(201, key, fingerprint, entry, (account,))
         outcome.hold = hold
         return outcome
@@ -908,6 +969,8 @@ class Ledger:
         key = (hold.account_id, hold.id)
         if key not in self._undo_holds:
             self._undo_holds[key] = hold.state()
+        if hold not in self._unsaved:  # saved: a pending hold is in the holds table, a finished one not
+            self._unsaved[hold] = hold.status == HOLD_PENDING
 
     def _seq(self) -> int:
         seq = self.next_seq

@@ -203,20 +203,24 @@ class Entry:
     ``op_key`` is set on the operation's primary row only; it is unique per account and
     is what makes a replay return the first outcome, also after a restart.
     ``status`` is the HTTP status of the outcome; ``result`` the encoded answer (primary rows).
+    A hold's row also carries its ``expires_at`` and ``destination_account_id``: with the
+    capture, release or expiry row after it, the journal alone rebuilds the hold (the holds
+    table is only a checkpoint of the pending ones; ``HoldIndex`` and the ledger explain).
     A plain class (one per operation): its compiled ``__init__`` is cheaper than a dataclass's.
     """
 
     __slots__ = (
         "seq", "account_id", "op_key", "kind", "op_id", "status", "code", "fingerprint", "amount",
         "currency", "counterparty_account_id", "hold_id", "balance_after", "reserved_after",
-        "version", "created_at", "description", "metadata", "result",
+        "version", "created_at", "description", "metadata", "result", "expires_at", "destination_account_id",
     )  # fmt: skip
 
     def __init__(
         self, seq: int, account_id: str, op_key: str | None, kind: str, op_id: str, status: int, code: str,
         fingerprint: int, amount: int, currency: str, counterparty_account_id: str | None, hold_id: str | None,
         balance_after: int, reserved_after: int, version: int, created_at: int, description: str,
-        metadata: bytes, result: bytes = b"",
+        metadata: bytes, result: bytes = b"", expires_at: int | None = None,
+        destination_account_id: str | None = None,
     ) -> None:  # fmt: skip
         self.seq = seq
         self.account_id = account_id
@@ -237,6 +241,8 @@ class Entry:
         self.description = description
         self.metadata = metadata
         self.result = result
+        self.expires_at = expires_at
+        self.destination_account_id = destination_account_id
 
     def row(self) -> tuple:  # type: ignore[type-arg]
         return (
@@ -244,7 +250,7 @@ class Entry:
             self.code, self.fingerprint, self.amount, self.currency,
             self.counterparty_account_id, self.hold_id, self.balance_after,
             self.reserved_after, self.version, self.created_at, self.description,
-            self.metadata, self.result,
+            self.metadata, self.result, self.expires_at, self.destination_account_id,
         )  # fmt: skip
 
 

@@ -39,6 +39,8 @@ STARTING, RECOVERING, READY, STOPPED, FAILED = "starting", "recovering", "ready"
 RECOVERY_PAGE_ROWS = 20_000
 QUEUE_MAX = 200_000  # beyond this, shed load at once instead of queueing without bound
 RETRY_AFTER_S = 1
+CHECKPOINT_INTERVAL_S = 2.0  # the holds table is brought up to date with a batch this often
+CHECKPOINT_ROWS = 100_000  # ... or after this many journal rows, whichever comes first
 SPLIT_MIN = 512  # commands: a queue of twice this, met by an idle writer, goes in two batches
 
 
@@ -142,6 +144,7 @@ class ShardEngine:
         on_fatal: Callable[[BaseException], None] | None = None,
         records_max: int = limits.IDEMPOTENCY_CACHE_ENTRIES,
         finished_holds_max: int = limits.FINISHED_HOLDS_CACHE_ENTRIES,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
     ) -> None:
         self.shard = shard
         self.storage = storage
@@ -149,6 +152,9 @@ class ShardEngine:
         self.metrics = metrics or Metrics()
         self.batch_max = batch_max
         self.split_min = SPLIT_MIN
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self._checkpointed_at = time.monotonic()
+        self._checkpoint_from = 0
         self.sweep_interval_s = sweep_interval_s
         self._ledger_limits = {"records_max": records_max, "finished_holds_max": finished_holds_max}
         self.ledger = Ledger(shard, **self._ledger_limits)
@@ -215,6 +221,13 @@ class ShardEngine:
             for row in rows:
                 owner = accounts.get(row[0])
                 ledger.load_hold(Hold.from_row(row, None if owner is None else owner.id))
+        # The holds table is a checkpoint: what the journal says of holds since, on top.
+        checkpoint = seq = await storage.holds_checkpoint()
+        while rows := await storage.scan_hold_journal(seq, RECOVERY_PAGE_ROWS):
+            for row in rows:
+                ledger.replay_hold_row(row)
+            seq = rows[-1][0]
+        self._checkpoint_from = checkpoint
         ledger.next_seq = await storage.max_seq() + 1
         # ``reserved`` was stored; check_invariants recomputes it from the pending holds.
         ledger.check_invariants()
@@ -356,10 +369,12 @@ class ShardEngine:
         ledger.begin()
         now = self.clock()
         replies = [self._apply(command, now) for command, _ in items]
-        changes = ledger.collect()
+        changes = ledger.collect(self._checkpoint_due())
         write = BatchWrite(
             accounts=[account.state() for account in changes.accounts],
             holds=[hold.state() for hold in changes.holds],
+            holds_deleted=changes.holds_deleted,
+            checkpoint_seq=changes.checkpoint_seq,
             journal=[entry.row() for entry in changes.entries],
             outbox=[(ledger.event_seq(), ev.kind, ev.account_id, ev.version, ev.created_at) for ev in changes.events],
             keys=list(changes.keys),
@@ -369,6 +384,19 @@ class ShardEngine:
         self.storage.prepare(write)  # e.g. SQL text, built while the previous batch commits
         op_keys = [(entry.account_id, entry.op_key) for entry in changes.entries if entry.op_key]
         return _Batch(items, replies, self._counts, write, first_seq, op_keys)
+
+    def _checkpoint_due(self) -> bool:
+        """Write the holds checkpoint with this batch? Every ``checkpoint_interval_s`` or
+        ``CHECKPOINT_ROWS`` journal rows, whichever comes first: recovery then replays at most
+        about that much journal on top of the holds table."""
+        ledger, now = self.ledger, time.monotonic()
+        if not ledger.unsaved_holds or (
+            now - self._checkpointed_at < self.checkpoint_interval_s
+            and ledger.next_seq - self._checkpoint_from < CHECKPOINT_ROWS
+        ):
+            return False
+        self._checkpointed_at, self._checkpoint_from = now, ledger.next_seq
+        return True
 
     def _start_commit(self, batch: _Batch, after: asyncio.Future[None] | None) -> None:
         """Start writing ``batch``; it takes effect only if ``after`` (the batch before) does."""

@@ -26,7 +26,11 @@ class BatchWrite:
     """Everything one batch changes, written in ONE transaction (the durability point)."""
 
     accounts: list[Row] = field(default_factory=list)  # upserted, ACCOUNT_COLUMNS
-    holds: list[Row] = field(default_factory=list)  # upserted, HOLD_COLUMNS
+    # The holds checkpoint (only some batches carry one): pending holds upserted (HOLD_COLUMNS),
+    # finished ones deleted by (account_id, hold_id), and the journal seq it is complete up to.
+    holds: list[Row] = field(default_factory=list)
+    holds_deleted: list[tuple[str, str]] = field(default_factory=list)
+    checkpoint_seq: int = 0  # 0: no checkpoint in this batch
     journal: list[Row] = field(default_factory=list)  # inserted, JOURNAL_COLUMNS
     outbox: list[Row] = field(default_factory=list)  # inserted, OUTBOX_COLUMNS
     keys: list[Row] = field(default_factory=list)  # inserted, KEY_COLUMNS
@@ -39,7 +43,7 @@ class BatchWrite:
 
     def __len__(self) -> int:
         return (
-            len(self.accounts) + len(self.holds) + len(self.journal) + len(self.outbox) + len(self.keys)
+            len(self.accounts) + len(self.holds) + len(self.holds_deleted) + len(self.journal) + len(self.outbox) + len(self.keys)
             + len(self.transfers_started) + len(self.transfers_completed)
         )  # fmt: skip
 
@@ -77,7 +81,15 @@ class ShardStorage(Protocol):
         (``exhausted`` as stored: 0/1 or a bool; ``Account.from_row`` makes it a bool)."""
 
     async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:
-        """Recovery, page by page: pending holds after (account_id, hold_id), in that order."""
+        """Recovery, page by page: pending holds after (account_id, hold_id), in that order.
+        The holds table is a checkpoint: complete up to ``holds_checkpoint()`` only."""
+
+    async def holds_checkpoint(self) -> int:
+        """The journal seq the holds table is complete up to (the last checkpoint written)."""
+
+    async def scan_hold_journal(self, after_seq: int, limit: int) -> list[Row]:
+        """Recovery, page by page: accepted primary journal rows of holds (placed, captured,
+        released, expired) with seq > ``after_seq``, by seq (``HOLD_JOURNAL_COLUMNS``)."""
 
     async def load_keys(self) -> list[tuple[str, str]]:
         """(key_hash, account_id) of every API key stored in this shard."""
@@ -110,7 +122,8 @@ class ShardStorage(Protocol):
     async def lookup(
         self, op_keys: list[tuple[str, str]], hold_keys: list[tuple[str, str]]
     ) -> tuple[list[StoredOperation], list[Row]]:
-        """Stored first outcomes of (account_id, op_key), and holds by (account_id, hold_id)."""
+        """Stored first outcomes of (account_id, op_key), and holds by (account_id, hold_id)
+        (rebuilt from the journal: ``balance.domain.holds.hold_from_journal``)."""
 
     async def history(
         self, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None

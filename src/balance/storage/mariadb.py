@@ -32,6 +32,8 @@ import asyncmy
 from asyncmy import errors as mysql_errors
 from asyncmy.constants import CLIENT
 
+from balance.domain.holds import hold_from_journal
+from balance.domain.ledger import op_key_of
 from balance.storage import schema
 from balance.storage.base import (
     EARLIER_FAILED,
@@ -105,7 +107,9 @@ def _literal(value: Any, escape: Callable[[Any], str]) -> str:
 
 _BULK_ROWS_MIN = 256  # smaller batches go as one multi-statement text packet: one round trip
 _BULK_CHUNK = 2000  # rows per bulk command (stays far below max_allowed_packet)
-_NULLABLE = frozenset({"parent_id", "op_key", "counterparty_account_id", "hold_id", "destination_account_id"})
+_NULLABLE = frozenset(
+    {"parent_id", "op_key", "counterparty_account_id", "hold_id", "destination_account_id", "expires_at"}
+)
 
 
 def _packets(statements: list[str], budget: int) -> Iterator[str]:
@@ -219,6 +223,15 @@ class MariaDbShardStorage:
                     for name, table, columns, unique in schema.INDEXES:
                         kind = "UNIQUE INDEX" if unique else "INDEX"
                         await cur.execute(f"CREATE {kind} IF NOT EXISTS `{name}` ON `{table}` ({columns})")
+                    for column, ddl in schema.JOURNAL_COLUMNS_ADDED.items():  # an earlier version's database
+                        await cur.execute(f"ALTER TABLE journal ADD COLUMN IF NOT EXISTS `{column}` {ddl}")
+                    # No checkpoint row yet: the holds table is complete (a new or an earlier version's database).
+                    # A consistent read, no locks: a branch a crash left prepared may hold some.
+                    await cur.execute("SELECT COALESCE(MAX(seq), 0) FROM journal")
+                    (last,) = await cur.fetchone()
+                    await cur.execute(
+                        "INSERT IGNORE INTO meta (name, value) VALUES (%s, %s)", (schema.HOLDS_CHECKPOINT, int(last))
+                    )
                     await cur.execute("SELECT @@max_allowed_packet, @@innodb_flush_log_at_trx_commit")
                     max_packet, flush = await cur.fetchone()
             finally:
@@ -320,7 +333,7 @@ class MariaDbShardStorage:
         earlier_shared, shared_in = self._shared_in, loop.create_future()
         # A batch completing transfers updates and deletes by key: if a key were missing, its
         # gap lock could wait for the next batch's own rows. The next batch then waits for it.
-        earlier_exclusive, self._exclusive = self._exclusive, bool(batch.transfers_completed)
+        earlier_exclusive, self._exclusive = self._exclusive, bool(batch.transfers_completed or batch.holds_deleted)
         self._shared_in = shared_in
         try:
             if len(batch.journal) + len(batch.holds) >= _BULK_ROWS_MIN:
@@ -490,6 +503,14 @@ class MariaDbShardStorage:
     @staticmethod
     def _completion_statements(conn: asyncmy.Connection, batch: BatchWrite) -> list[str]:
         statements = []
+        for start in range(0, len(batch.holds_deleted), _BULK_CHUNK):  # a checkpoint's finished holds
+            keys = batch.holds_deleted[start : start + _BULK_CHUNK]
+            pairs = ",".join(f"({conn.literal(account_id)},{conn.literal(hold_id)})" for account_id, hold_id in keys)
+            statements.append(f"DELETE FROM holds WHERE (account_id, id) IN ({pairs})")
+        if batch.checkpoint_seq:
+            statements.append(
+                f"UPDATE meta SET value = {int(batch.checkpoint_seq)} WHERE name = '{schema.HOLDS_CHECKPOINT}'"
+            )
         for result, account_id, op_id in batch.transfers_completed:  # rare: row by row
             key = conn.literal(account_id)
             statements.append(
@@ -701,6 +722,18 @@ class MariaDbShardStorage:
         )
         return await self._read(lambda conn: self._fetch(conn, sql, (after[0], after[0], after[1], limit)))
 
+    async def holds_checkpoint(self) -> int:
+        sql = "SELECT value FROM meta WHERE name = %s"
+        rows = await self._read(lambda conn: self._fetch(conn, sql, (schema.HOLDS_CHECKPOINT,)))
+        return int(rows[0][0]) if rows else 0
+
+    async def scan_hold_journal(self, after_seq: int, limit: int) -> list[Row]:
+        sql = (
+            f"SELECT {_columns(schema.HOLD_JOURNAL_COLUMNS)} FROM journal WHERE seq > %s AND op_key IS NOT NULL"
+            f" AND status < 300 AND kind IN {schema.HOLD_JOURNAL_KINDS} ORDER BY seq LIMIT %s"
+        )
+        return await self._read(lambda conn: self._fetch(conn, sql, (after_seq, limit)))
+
     async def pending_transfers(self) -> list[Row]:
         sql = f"SELECT {_columns(schema.TRANSFER_COLUMNS)} FROM transfers_pending ORDER BY created_at"
         return await self._read(lambda conn: self._fetch(conn, sql))
@@ -740,12 +773,27 @@ class MariaDbShardStorage:
             found_holds: dict[tuple[str, str], Row] = {}
             for start in range(0, len(hold_keys), _LOOKUP_CHUNK):
                 chunk = list(dict.fromkeys(hold_keys[start : start + _LOOKUP_CHUNK]))
+                # The journal is the record of a hold: its rows rebuild it.
+                wanted = [(a, op_key_of(kind, h)) for a, h in chunk for kind in schema.HOLD_KINDS]
                 sql = (
-                    f"SELECT {_columns(schema.HOLD_COLUMNS)} FROM holds"
-                    " WHERE (account_id, id) IN (" + ",".join(["(%s,%s)"] * len(chunk)) + ")"
+                    f"SELECT {_columns(schema.HOLD_JOURNAL_COLUMNS)} FROM journal"
+                    " WHERE (account_id, op_key) IN (" + ",".join(["(%s,%s)"] * len(wanted)) + ")"
+                    " AND status < 300 ORDER BY seq"
                 )
-                for row in await self._fetch(conn, sql, [v for key in chunk for v in key]):
-                    found_holds[(row[0], row[1])] = row
+                per_hold: dict[tuple[str, str], list[Row]] = {}
+                for row in await self._fetch(conn, sql, [v for key in wanted for v in key]):
+                    per_hold.setdefault((row[1], row[3]), []).append(row)
+                for key, rows in per_hold.items():
+                    if (rebuilt := hold_from_journal(rows)) is not None:
+                        found_holds[key] = rebuilt
+                older = [key for key in chunk if key not in found_holds]  # an earlier version's journal
+                if older:
+                    sql = (
+                        f"SELECT {_columns(schema.HOLD_COLUMNS)} FROM holds"
+                        " WHERE (account_id, id) IN (" + ",".join(["(%s,%s)"] * len(older)) + ")"
+                    )
+                    for row in await self._fetch(conn, sql, [v for key in older for v in key]):
+                        found_holds[(row[0], row[1])] = row
             operations = [
                 StoredOperation(account_id, op_key, row[2], row[3], row[4])
                 for account_id, op_key in op_keys

@@ -9,8 +9,19 @@ HOLD_COLUMNS = HOLD_FIELDS
 JOURNAL_COLUMNS = (
     "seq", "account_id", "op_key", "kind", "op_id", "status", "code", "fingerprint", "amount",
     "currency", "counterparty_account_id", "hold_id", "balance_after", "reserved_after",
-    "version", "created_at", "description", "metadata", "result",
+    "version", "created_at", "description", "metadata", "result", "expires_at", "destination_account_id",
 )  # fmt: skip
+# What rebuilds a hold from its journal rows (``balance.domain.holds.hold_from_journal``).
+HOLD_JOURNAL_COLUMNS = (
+    "seq", "account_id", "kind", "hold_id", "amount", "currency", "created_at", "description", "metadata",
+    "expires_at", "destination_account_id",
+)  # fmt: skip
+HOLD_KINDS = ("hold", "capture", "release", "expire")  # the journal kinds of a hold's rows
+HOLD_JOURNAL_KINDS = "(" + ",".join(f"'{kind}'" for kind in HOLD_KINDS) + ")"  # SQL
+# Columns added to the journal since its first version (added at open to an older database).
+JOURNAL_COLUMNS_ADDED = {"expires_at": "BIGINT NULL", "destination_account_id": "VARCHAR(64) NULL"}
+META_COLUMNS = ("name", "value")
+HOLDS_CHECKPOINT = "holds_checkpoint_seq"  # the meta row: holds reflect the journal up to this seq
 OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at")
 KEY_COLUMNS = ("key_hash", "account_id", "created_at")
 TRANSFER_COLUMNS = (
@@ -68,7 +79,9 @@ TABLES = {
         created_at BIGINT NOT NULL,
         description VARCHAR(500) NOT NULL,
         metadata BLOB NOT NULL,
-        result BLOB NOT NULL""",
+        result BLOB NOT NULL,
+        expires_at BIGINT NULL,
+        destination_account_id VARCHAR(64) NULL""",
     "outbox": """
         seq BIGINT NOT NULL PRIMARY KEY,
         kind VARCHAR(32) NOT NULL,
@@ -85,6 +98,9 @@ TABLES = {
         metadata BLOB NOT NULL,
         created_at BIGINT NOT NULL,
         PRIMARY KEY (account_id, op_id)""",
+    "meta": """
+        name VARCHAR(32) NOT NULL PRIMARY KEY,
+        value BIGINT NOT NULL""",
     "api_keys": """
         key_hash CHAR(64) NOT NULL PRIMARY KEY,
         account_id VARCHAR(64) NOT NULL,

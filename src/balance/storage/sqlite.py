@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from balance.domain.holds import hold_from_journal
+from balance.domain.ledger import op_key_of
 from balance.storage import schema
 from balance.storage.base import (
     EARLIER_FAILED,
@@ -39,6 +41,16 @@ def _insert_sql(table: str, columns: tuple[str, ...], rows: int, upsert: bool) -
     verb = "INSERT OR REPLACE" if upsert else "INSERT"
     one = "(" + ",".join("?" * len(columns)) + ")"
     return f"{verb} INTO {table} ({','.join(columns)}) VALUES " + ",".join([one] * rows)
+
+
+_HOLD_JOURNAL_BY_KEYS = (
+    f"SELECT {','.join(schema.HOLD_JOURNAL_COLUMNS)} FROM journal"
+    " WHERE account_id = ? AND op_key IN (?, ?, ?, ?) AND status < 300 ORDER BY seq"
+)
+_HOLD_JOURNAL_AFTER = (
+    f"SELECT {','.join(schema.HOLD_JOURNAL_COLUMNS)} FROM journal WHERE seq > ? AND op_key IS NOT NULL"
+    f" AND status < 300 AND kind IN {schema.HOLD_JOURNAL_KINDS} ORDER BY seq LIMIT ?"
+)
 
 
 class SqliteShardStorage:
@@ -92,6 +104,15 @@ class SqliteShardStorage:
             for name, table, columns, unique in schema.INDEXES:
                 kind = "UNIQUE INDEX" if unique else "INDEX"
                 self._writer.execute(f"CREATE {kind} IF NOT EXISTS {name} ON {table} ({columns})")
+            have = {row[1] for row in self._writer.execute("PRAGMA table_info(journal)")}
+            for column, ddl in schema.JOURNAL_COLUMNS_ADDED.items():  # a database of an earlier version
+                if column not in have:
+                    self._writer.execute(f"ALTER TABLE journal ADD COLUMN {column} {_sqlite_type(ddl)}")
+            # No checkpoint row yet: the holds table is complete (a new or an earlier version's database).
+            self._writer.execute(
+                "INSERT OR IGNORE INTO meta (name, value) SELECT ?, COALESCE(MAX(seq), 0) FROM journal",
+                (schema.HOLDS_CHECKPOINT,),
+            )
 
         await self._run(self._writer_pool, setup)
         self._reader = await self._run(self._reader_pool, self._connect)
@@ -127,6 +148,12 @@ class SqliteShardStorage:
             self._insert(conn, "outbox", schema.OUTBOX_COLUMNS, batch.outbox, upsert=False)
             self._insert(conn, "api_keys", schema.KEY_COLUMNS, batch.keys, upsert=False)
             self._insert(conn, "transfers_pending", schema.TRANSFER_COLUMNS, batch.transfers_started, upsert=False)
+            if batch.holds_deleted:
+                conn.executemany("DELETE FROM holds WHERE account_id = ? AND id = ?", batch.holds_deleted)
+            if batch.checkpoint_seq:
+                conn.execute(
+                    "UPDATE meta SET value = ? WHERE name = ?", (batch.checkpoint_seq, schema.HOLDS_CHECKPOINT)
+                )
             for result, account_id, op_id in batch.transfers_completed:
                 conn.execute(
                     "UPDATE journal SET status = 201, result = ? WHERE account_id = ? AND op_key = ?",
@@ -191,6 +218,19 @@ class SqliteShardStorage:
         args = (after[0], after[1], limit)
         return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, args).fetchall())
 
+    async def holds_checkpoint(self) -> int:
+        sql = "SELECT value FROM meta WHERE name = ?"
+        row = await self._run(
+            self._reader_pool, lambda: self._reader_conn().execute(sql, (schema.HOLDS_CHECKPOINT,)).fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    async def scan_hold_journal(self, after_seq: int, limit: int) -> list[Row]:
+        args = (after_seq, limit)
+        return await self._run(
+            self._reader_pool, lambda: self._reader_conn().execute(_HOLD_JOURNAL_AFTER, args).fetchall()
+        )
+
     async def pending_transfers(self) -> list[Row]:
         sql = f"SELECT {','.join(schema.TRANSFER_COLUMNS)} FROM transfers_pending ORDER BY created_at"
         return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql).fetchall())
@@ -221,10 +261,14 @@ class SqliteShardStorage:
                     operations.append(StoredOperation(account_id, op_key, row[0], row[1], row[2]))
             holds = []
             for account_id, hold_id in hold_keys:
-                hold = conn.execute(
-                    f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE account_id = ? AND id = ?",
-                    (account_id, hold_id),
-                ).fetchone()
+                keys = [op_key_of(kind, hold_id) for kind in schema.HOLD_KINDS]
+                rows = conn.execute(_HOLD_JOURNAL_BY_KEYS, (account_id, *keys)).fetchall()
+                hold = hold_from_journal(rows)
+                if hold is None:  # a hold of an earlier version's journal: its row is in the table
+                    hold = conn.execute(
+                        f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE account_id = ? AND id = ?",
+                        (account_id, hold_id),
+                    ).fetchone()
                 if hold is not None:
                     holds.append(hold)
             return operations, holds
