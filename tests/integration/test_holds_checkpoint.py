@@ -8,7 +8,10 @@ is complete up to. Recovery loads the table and replays the journal after that s
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
+
+import asyncmy
 
 from balance.domain import commands as c
 from balance.engine.clock import ManualClock
@@ -126,3 +129,52 @@ async def test_a_checkpoint_that_fails_to_commit_is_written_by_the_next_one(back
     assert again.ledger.accounts[A].reserved == 300
     again.ledger.check_invariants()
     await again.stop()
+
+
+async def _raw(backend: Any, storage: ShardStorage, statements: list[str]) -> None:
+    """Run SQL on the shard's database directly (to make it look like an earlier version's)."""
+    if backend.name == "sqlite":
+        with sqlite3.connect(storage.path) as conn:  # type: ignore[attr-defined]
+            for sql in statements:
+                conn.execute(sql)
+        return
+    conn = await asyncmy.connect(**storage._connect_kwargs(autocommit=True))  # type: ignore[attr-defined]
+    try:
+        async with conn.cursor() as cur:
+            for sql in statements:
+                await cur.execute(sql)
+    finally:
+        conn.close()
+
+
+async def test_a_database_of_the_earlier_version_opens_with_its_holds_table_taken_as_complete(backend: Any) -> None:
+    """Before session 4 the holds table had every hold, and journal rows had no expiry: such
+    a database gets the new columns at open, its holds table counts as a checkpoint up to the
+    journal's end, and its finished holds are read from the table."""
+    engine = await started(backend.make(), checkpoint_interval_s=0)
+    await ok(engine, c.CreateAccount(A, None, "partner", "US", "USD", "a", 0, b"{}"))
+    await ok(engine, c.Credit(A, "seed", 10_000))
+    await ok(engine, c.PlaceHold(A, "open", 100, 900))
+    await ok(engine, c.PlaceHold(A, "done", 200, 900))
+    await ok(engine, c.CaptureHold(A, "done", 150))
+    done = engine.ledger.holds[A, "done"].state()
+    await engine.stop()
+    values = ",".join(f"X'{v.hex()}'" if isinstance(v, bytes) else "NULL" if v is None else repr(v) for v in done)
+    await _raw(backend, engine.storage, [
+        f"INSERT INTO holds VALUES ({values})",  # the earlier version kept finished holds
+        "ALTER TABLE journal DROP COLUMN expires_at",
+        "ALTER TABLE journal DROP COLUMN destination_account_id",
+        "DROP TABLE meta",
+    ])  # fmt: skip
+
+    again = await started(backend.make(), checkpoint_interval_s=NEVER)
+    assert {k for k, h in again.ledger.holds.items() if h.status == "pending"} == {(A, "open")}
+    assert again.ledger.accounts[A].reserved == 100
+    assert await again.storage.holds_checkpoint() == again.ledger.next_seq - 1
+    assert await again.storage.get_hold(A, "done") == done  # from the table: the journal has no expiry
+    await ok(again, c.ReleaseHold(A, "open"))
+    await again.stop()
+    third = await started(backend.make(), checkpoint_interval_s=NEVER)  # the release replayed from the journal
+    assert third.ledger.holds[A, "open"].status == "released" and third.ledger.accounts[A].reserved == 0
+    third.ledger.check_invariants()
+    await third.stop()

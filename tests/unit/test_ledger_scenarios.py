@@ -609,3 +609,50 @@ def test_the_outcome_window_keeps_the_newest_and_evicts_the_oldest_first() -> No
     world.ledger.lookups_needed(c.PlaceHold("A", "h9", 1, DEFAULT_TTL_S))  # nothing kept: no such outcome
     run_step(world, "credit A 1 #c5")
     assert list(world.ledger.records) == [("A", "credit:c3"), ("A", "credit:c4"), ("A", "credit:c5")]
+
+
+def _checkpoint(world: World, commands: list[c.Command]) -> tuple[set[str], set[str]]:
+    """One batch that also writes the holds checkpoint: (hold ids upserted, hold ids deleted)."""
+    ledger = world.ledger
+    ledger.begin()
+    for command in commands:
+        world._apply(command)
+    changes = ledger.collect(checkpoint=True)
+    ledger.accept()
+    assert changes.checkpoint_seq == ledger.next_seq - 1
+    return {hold.id for hold in changes.holds}, {hold_id for _, hold_id in changes.holds_deleted}
+
+
+def test_a_checkpoint_upserts_pending_holds_and_deletes_only_finished_ones_it_may_hold() -> None:
+    world = World()
+    for step in (*A100, "hold A h1 10", "hold A h2 10", "hold A h3 10"):
+        run_step(world, step)
+    assert world.ledger.unsaved_holds == 3
+    assert _checkpoint(world, []) == ({"h1", "h2", "h3"}, set())
+    assert world.ledger.unsaved_holds == 0
+    for step in ("capture A h1", "hold A h4 10", "hold A h5 10", "release A h5"):
+        run_step(world, step)
+    # h1 was written as pending: deleted. h5 was placed and finished in between: never written.
+    assert _checkpoint(world, [c.ReleaseHold("A", "h2")]) == ({"h4"}, {"h1", "h2"})
+    assert _checkpoint(world, []) == (set(), set())
+
+
+def test_a_checkpoint_undone_makes_its_holds_unsaved_again_and_forgets_holds_undone_with_it() -> None:
+    world = World()
+    for step in (*A100, "hold A h1 10", "hold A h2 10"):
+        run_step(world, step)
+    ledger = world.ledger
+    ledger.begin()  # batch N: a checkpoint (h1, h2 pending), being committed ...
+    world._apply(c.PlaceHold("A", "h3", 10, DEFAULT_TTL_S))
+    assert {hold.id for hold in ledger.collect(checkpoint=True).holds} == {"h1", "h2", "h3"}
+    ledger.begin()  # ... while batch N+1 captures h1, which N writes as pending
+    world._apply(c.CaptureHold("A", "h1"))
+    world._apply(c.PlaceHold("A", "h4", 10, DEFAULT_TTL_S))
+    ledger.collect()
+    ledger.rollback()  # N failed: both undone
+    assert ("A", "h3") not in ledger.holds and ("A", "h4") not in ledger.holds
+    assert ledger.unsaved_holds == 2  # h1, h2 again; h3 and h4 no longer exist
+    run_step(world, "capture A h1")
+    # After an undo the ledger cannot tell whether h1's row was written (N+1 counted on N):
+    # it errs on the safe side, a delete that may find nothing. Never a stale pending row.
+    assert _checkpoint(world, []) == ({"h2"}, {"h1"})

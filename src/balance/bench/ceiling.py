@@ -113,9 +113,12 @@ class JournalRows:
                 b'"%s"' % counterparty.encode() if counterparty else b"null",
                 now, aid.encode(), balance, reserved, balance - reserved, version,
             )  # fmt: skip
+            # One hold in four pays out to a destination account (or every row of a transaction
+            # would be NULL in that column, which the bulk command cannot send: see ``send``).
+            destination = ids[rng.randrange(len(ids))] if kind == "hold" and i % 4 == 0 else None
             self.pool.append((
                 kind, status, has_hold, aid, counterparty, amount, balance, reserved, version,
-                rng.getrandbits(63), result if with_result else None,
+                rng.getrandbits(63), result if with_result else None, destination,
             ))  # fmt: skip
 
     def take(self, count: int) -> list[tuple]:  # type: ignore[type-arg]
@@ -125,9 +128,9 @@ class JournalRows:
         for _ in range(count):
             seq += 1
             n += 1
-            kind, status, has_hold, aid, counterparty, amount, balance, reserved, version, fp, result = pool[
-                n & (_POOL - 1)
-            ]
+            kind, status, has_hold, aid, counterparty, amount, balance, reserved, version, fp, result, destination = (
+                pool[n & (_POOL - 1)]
+            )
             op_id = f"ord-{writer}-{n:07d}"
             if result is None:
                 result = b""
@@ -137,7 +140,7 @@ class JournalRows:
             rows.append((
                 seq, aid, f"{kind}:{op_id}", kind, op_id, status, "", fp, amount, "USD",
                 counterparty, op_id if has_hold else None, balance, reserved, version, now, "", b"{}", result,
-                now + 900_000_000 if kind == "hold" else None, None,  # a hold's row carries its expiry
+                now + 900_000_000 if kind == "hold" else None, destination,  # a hold's row: its expiry, destination
             ))  # fmt: skip
         self.seq, self.n = seq, n
         return rows
