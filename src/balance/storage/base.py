@@ -50,7 +50,8 @@ class BatchWrite:
 
 @dataclass(slots=True)
 class LoadedShard:
-    """What recovery reads: every account, every pending hold, where the journal ends."""
+    """The tables at a glance (tests): every account, the pending holds of the holds
+    checkpoint (recovery adds the journal's hold rows after it), where the journal ends."""
 
     accounts: list[Row]
     pending_holds: list[Row]
