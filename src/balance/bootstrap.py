@@ -44,7 +44,14 @@ def build_service(
     tune_gc()
     metrics = Metrics()
     engines = [
-        ShardEngine(shard, shard_storage(settings, shard), clock=clock, metrics=metrics, on_fatal=on_fatal)
+        ShardEngine(
+            shard,
+            shard_storage(settings, shard),
+            clock=clock,
+            metrics=metrics,
+            on_fatal=on_fatal,
+            checkpoint_interval_s=settings.checkpoint_interval_s,
+        )  # fmt: skip
         for shard in range(settings.shards)
     ]
     return BalanceService(engines, settings.admin_key)

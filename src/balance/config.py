@@ -17,6 +17,7 @@ class Settings:
     admin_key_generated: bool
     shards: int
     db_url: str | None
+    checkpoint_interval_s: float = 2.0  # how often the holds table is brought up to date
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -25,6 +26,9 @@ class Settings:
         shards = int(env.get("BALANCE_SHARDS", "1"))
         if not 1 <= shards <= 1024:
             raise ValueError("BALANCE_SHARDS must be between 1 and 1024")
+        checkpoint_interval_s = float(env.get("BALANCE_CHECKPOINT_INTERVAL_S", "2"))
+        if not 0 <= checkpoint_interval_s <= 3600:
+            raise ValueError("BALANCE_CHECKPOINT_INTERVAL_S must be between 0 and 3600 seconds")
         return cls(
             host=env.get("BALANCE_HOST", "127.0.0.1"),
             port=int(env.get("BALANCE_PORT", "8080")),
@@ -33,4 +37,5 @@ class Settings:
             admin_key_generated=not admin_key,
             shards=shards,
             db_url=env.get("BALANCE_DB_URL") or None,
+            checkpoint_interval_s=checkpoint_interval_s,
         )

@@ -1,4 +1,4 @@
-"""The server process collects garbage less often than CPython's default (see engine/runtime.py)."""
+"""Process settings: the GC thresholds (see engine/runtime.py) and the holds checkpoint interval."""
 
 from __future__ import annotations
 
@@ -25,6 +25,19 @@ def test_the_thresholds_can_be_set_from_the_environment() -> None:
     for bad in ("700,10", "a,b,c", "700,-1,10"):
         try:
             gc_thresholds({"BALANCE_GC_THRESHOLDS": bad})
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_the_holds_checkpoint_interval_comes_from_the_environment(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {"BALANCE_DATA_DIR": str(tmp_path), "BALANCE_SHARDS": "2"}
+    assert [e.checkpoint_interval_s for e in build_service(Settings.from_env(env)).engines] == [2.0, 2.0]
+    service = build_service(Settings.from_env({**env, "BALANCE_CHECKPOINT_INTERVAL_S": "0.5"}))
+    assert [e.checkpoint_interval_s for e in service.engines] == [0.5, 0.5]
+    for bad in ("-1", "abc", "3601"):
+        try:
+            Settings.from_env({**env, "BALANCE_CHECKPOINT_INTERVAL_S": bad})
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} was accepted")
