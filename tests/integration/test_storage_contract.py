@@ -663,3 +663,24 @@ async def test_a_large_batch_with_a_stale_operation_id_writes_nothing_and_says_s
     (stored,), _ = await storage.lookup([("acc-1", "credit:3")], [])
     assert stored.result == b'{"q":"\\"quoted\\" it\'s"}'
     assert len(await storage.scan_pending_holds(("", ""), 1000)) == 400
+
+
+async def test_large_batches_go_in_the_bulk_command_whatever_columns_are_null(mariadb_storage: Any) -> None:
+    """A column NULL in every row (a batch of captures has no expiry, most have no destination)
+    is left out of the bulk statement; it must not make the batch fall back to SQL text
+    (that fallback is silent and several times slower: it happened once, for ``expires_at``)."""
+    storage = mariadb_storage
+    captures = [
+        entry(seq=seq, op_key=f"capture:h{seq}", kind="capture", hold_id=f"h{seq}", result=b"r")
+        for seq in range(1, BIG_BATCH + 1)
+    ]
+    holds_placed = [
+        entry(seq=seq, op_key=f"hold:h{seq}", kind="hold", hold_id=f"h{seq}", expires_at=T0 + seq)
+        for seq in range(BIG_BATCH + 1, 2 * BIG_BATCH + 1)
+    ]
+    for journal in (captures, holds_placed):
+        before = await storage.session_status("Com_stmt_execute")
+        await storage.commit(BatchWrite(journal=journal))
+        after = await storage.session_status("Com_stmt_execute")
+        assert after["Com_stmt_execute"] - before["Com_stmt_execute"] >= 1, "the rows went as SQL text"
+    assert len(await storage.history("acc-1", 10_000, None, None, None)) == 2 * BIG_BATCH
