@@ -53,6 +53,7 @@ async def test_recovery_is_the_checkpoint_plus_the_journal_after_it(backend: Any
     assert await storage.holds_checkpoint() == engine.ledger.next_seq - 1
     await ok(engine, c.CaptureHold(A, "h1", 60))
     assert set(await table(storage)) == {"h2", "h3"}  # a finished hold leaves the table
+    assert engine.metrics.holds_checkpoints.labels("0")._value.get() == 4  # three holds, one capture
     checkpoint = await storage.holds_checkpoint()
 
     engine.checkpoint_interval_s = NEVER  # from here on only the journal knows
@@ -60,6 +61,8 @@ async def test_recovery_is_the_checkpoint_plus_the_journal_after_it(backend: Any
     await ok(engine, c.ReleaseHold(A, "h2"))
     await ok(engine, c.PlaceHold(A, "h5", 500, 900))
     await ok(engine, c.CaptureHold(A, "h5", None))
+    await ok(engine, c.Credit(A, "more", 1))  # the next batch reports the holds left unsaved
+    assert engine.metrics.holds_unsaved.labels("0")._value.get() == 3  # h4, h2, h5
     expected = {k: h.state() for k, h in engine.ledger.holds.items()}
     reserved = engine.ledger.accounts[A].reserved
     assert reserved == 300 + 400

@@ -170,6 +170,8 @@ class ShardEngine:
         self._m_batch = self.metrics.batch_commands.labels(self._label)
         self._m_commit = self.metrics.commit_seconds.labels(self._label)
         self._m_queue = self.metrics.queue_depth.labels(self._label)
+        self._m_checkpoints = self.metrics.holds_checkpoints.labels(self._label)
+        self._m_unsaved = self.metrics.holds_unsaved.labels(self._label)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -390,12 +392,14 @@ class ShardEngine:
         ``CHECKPOINT_ROWS`` journal rows, whichever comes first: recovery then replays at most
         about that much journal on top of the holds table."""
         ledger, now = self.ledger, time.monotonic()
+        self._m_unsaved.set(ledger.unsaved_holds)
         if not ledger.unsaved_holds or (
             now - self._checkpointed_at < self.checkpoint_interval_s
             and ledger.next_seq - self._checkpoint_from < CHECKPOINT_ROWS
         ):
             return False
         self._checkpointed_at, self._checkpoint_from = now, ledger.next_seq
+        self._m_checkpoints.inc()
         return True
 
     def _start_commit(self, batch: _Batch, after: asyncio.Future[None] | None) -> None:
