@@ -29,28 +29,42 @@ from balance.domain.model import (
 
 # A settling journal row's kind -> the status it leaves the hold in.
 SETTLED_STATUS = {CAPTURE: HOLD_CAPTURED, RELEASE: HOLD_RELEASED, EXPIRE: HOLD_EXPIRED}
+HOLD_KINDS = (HOLD, *SETTLED_STATUS)  # the journal kinds of a hold's rows
+
+# Journal rows of holds come in ``schema.HOLD_JOURNAL_COLUMNS`` order: (seq, account_id,
+# kind, hold_id, amount, currency, created_at, description, metadata, expires_at,
+# destination_account_id). The hold row places a hold; at most one capture, release or
+# expiry row settles it.
+
+
+def placed_hold(row: tuple) -> tuple:  # type: ignore[type-arg]
+    """The state (``HOLD_FIELDS``) a hold's journal row placed it in: pending."""
+    _, account_id, _, hold_id, amount, currency, created_at, description, metadata, expires_at, destination = row
+    return (
+        account_id, hold_id, amount, 0, currency, HOLD_PENDING, destination, expires_at, created_at, created_at,
+        description if description else "", EMPTY_METADATA if metadata == EMPTY_METADATA else bytes(metadata),
+    )  # fmt: skip
+
+
+def settlement(row: tuple) -> tuple[str, int, int]:  # type: ignore[type-arg]
+    """(status, captured_amount, updated_at) a capture, release or expiry row leaves its hold with."""
+    kind = row[2]
+    return SETTLED_STATUS[kind], row[4] if kind == CAPTURE else 0, row[6]
 
 
 def hold_from_journal(rows: list[tuple]) -> tuple | None:  # type: ignore[type-arg]
     """A hold's state (``HOLD_FIELDS``) from its accepted primary journal rows, oldest first.
-
-    The rows are in ``schema.HOLD_JOURNAL_COLUMNS`` order: (seq, account_id, kind, hold_id,
-    amount, currency, created_at, description, metadata, expires_at, destination_account_id).
-    The journal is the record of a hold: the hold row places it, at most one capture, release
-    or expiry row settles it. None if no hold row is among them (or it predates the columns)."""
+    None if no hold row is among them (or it predates the ``expires_at`` column)."""
     placed = next((row for row in rows if row[2] == HOLD), None)
-    if placed is None or placed[9] is None:  # no hold row, or one written before rows had expires_at
+    if placed is None or placed[9] is None:
         return None
-    _, account_id, _, hold_id, amount, currency, created_at, description, metadata, expires_at, destination = placed
-    status, captured, updated_at = HOLD_PENDING, 0, created_at
-    for row in rows:
-        if row[2] in SETTLED_STATUS and row[0] > placed[0]:
-            status, updated_at = SETTLED_STATUS[row[2]], row[6]
-            captured = row[4] if row[2] == CAPTURE else 0
-    return (
-        account_id, hold_id, amount, captured, currency, status, destination, expires_at, created_at, updated_at,
-        description if description else "", EMPTY_METADATA if metadata == EMPTY_METADATA else bytes(metadata),
-    )  # fmt: skip
+    state = placed_hold(placed)
+    settled = next((row for row in rows if row[2] in SETTLED_STATUS and row[0] > placed[0]), None)
+    if settled is None:
+        return state
+    status, captured, updated_at = settlement(settled)
+    # HOLD_FIELDS: captured_amount is field 3, status 5, updated_at 9.
+    return (*state[:3], captured, state[4], status, *state[6:9], updated_at, *state[10:])
 
 
 class HoldIndex:
@@ -122,7 +136,7 @@ class HoldIndex:
         for hold in self.values():
             yield (hold.account_id, hold.id), hold
 
-    # The mapping protocol over (account_id, hold_id) pairs: for tests and audits, not the hot path.
+    # The mapping protocol over (account_id, hold_id) pairs: the undo frames' keys, tests, audits.
 
     def get(self, key: tuple[str, str]) -> Hold | None:
         return self.find(key[0], key[1])

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
-from balance.domain.holds import SETTLED_STATUS, HoldIndex
+from balance.domain.holds import HoldIndex, placed_hold, settlement
 from balance.domain.model import (
     CAPTURE,
     CREDIT,
@@ -236,29 +236,24 @@ class Ledger:
     def replay_hold_row(self, row: tuple) -> None:  # type: ignore[type-arg]
         """Recovery: a hold's journal row written after the last checkpoint of the holds table
         (``schema.HOLD_JOURNAL_COLUMNS``, in journal order) is applied to the holds loaded."""
-        _, account_id, kind, hold_id, amount, currency, created_at, description, metadata, expires_at, destination = row
+        account_id, kind, hold_id = row[1], row[2], row[3]
         owner = self.accounts.get(account_id)
-        e.require(owner is not None, f"journal: hold {hold_id} on unknown account {account_id}")
+        if owner is None:
+            raise e.InvariantViolation(f"journal: hold {hold_id} on unknown account {account_id}")
         if kind == HOLD:
             e.require(self.holds.find(account_id, hold_id) is None, f"journal: hold {hold_id} placed twice")
-            hold = Hold.from_row(
-                (account_id, hold_id, amount, 0, currency, HOLD_PENDING, destination, expires_at, created_at,
-                 created_at, description, metadata),
-                owner.id if owner is not None else None,
-            )  # fmt: skip
+            hold = Hold.from_row(placed_hold(row), owner.id)
             self.holds.put(hold)
             self._unsaved[hold] = False
             self._expiry.add(hold)
             return
         found = self.holds.find(account_id, hold_id)
-        e.require(found is not None and found.status == HOLD_PENDING, f"journal: {kind} of hold {hold_id} not pending")
-        hold = found  # type: ignore[assignment]
-        if hold not in self._unsaved:
-            self._unsaved[hold] = True  # loaded from the holds table
-        hold.status, hold.updated_at = SETTLED_STATUS[kind], created_at
-        if kind == CAPTURE:
-            hold.captured_amount = amount
-        self._remember_finished(hold)
+        if found is None or found.status != HOLD_PENDING:
+            raise e.InvariantViolation(f"journal: {kind} of hold {hold_id} not pending")
+        if found not in self._unsaved:
+            self._unsaved[found] = True  # loaded from the holds table
+        found.status, found.captured_amount, found.updated_at = settlement(row)
+        self._remember_finished(found)
 
     def rebuild_reserved(self) -> None:
         """Recovery: ``reserved`` is recomputed from the pending holds, never trusted alone."""

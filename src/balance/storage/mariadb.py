@@ -32,7 +32,7 @@ import asyncmy
 from asyncmy import errors as mysql_errors
 from asyncmy.constants import CLIENT
 
-from balance.domain.holds import hold_from_journal
+from balance.domain.holds import HOLD_KINDS, hold_from_journal
 from balance.domain.ledger import op_key_of
 from balance.storage import schema
 from balance.storage.base import (
@@ -107,9 +107,7 @@ def _literal(value: Any, escape: Callable[[Any], str]) -> str:
 
 _BULK_ROWS_MIN = 256  # smaller batches go as one multi-statement text packet: one round trip
 _BULK_CHUNK = 2000  # rows per bulk command (stays far below max_allowed_packet)
-_NULLABLE = frozenset(
-    {"parent_id", "op_key", "counterparty_account_id", "hold_id", "destination_account_id", "expires_at"}
-)
+_NULLABLE = schema.nullable_columns()  # left out of a bulk statement when NULL in every row
 
 
 def _packets(statements: list[str], budget: int) -> Iterator[str]:
@@ -728,10 +726,7 @@ class MariaDbShardStorage:
         return int(rows[0][0]) if rows else 0
 
     async def scan_hold_journal(self, after_seq: int, limit: int) -> list[Row]:
-        sql = (
-            f"SELECT {_columns(schema.HOLD_JOURNAL_COLUMNS)} FROM journal WHERE seq > %s AND op_key IS NOT NULL"
-            f" AND status < 300 AND kind IN {schema.HOLD_JOURNAL_KINDS} ORDER BY seq LIMIT %s"
-        )
+        sql = schema.hold_journal_query("%s")
         return await self._read(lambda conn: self._fetch(conn, sql, (after_seq, limit)))
 
     async def pending_transfers(self) -> list[Row]:
@@ -774,7 +769,7 @@ class MariaDbShardStorage:
             for start in range(0, len(hold_keys), _LOOKUP_CHUNK):
                 chunk = list(dict.fromkeys(hold_keys[start : start + _LOOKUP_CHUNK]))
                 # The journal is the record of a hold: its rows rebuild it.
-                wanted = [(a, op_key_of(kind, h)) for a, h in chunk for kind in schema.HOLD_KINDS]
+                wanted = [(a, op_key_of(kind, h)) for a, h in chunk for kind in HOLD_KINDS]
                 sql = (
                     f"SELECT {_columns(schema.HOLD_JOURNAL_COLUMNS)} FROM journal"
                     " WHERE (account_id, op_key) IN (" + ",".join(["(%s,%s)"] * len(wanted)) + ")"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from balance.domain.holds import HOLD_KINDS
 from balance.domain.model import ACCOUNT_FIELDS, HOLD_FIELDS
 
 ACCOUNT_COLUMNS = ACCOUNT_FIELDS
@@ -16,11 +17,8 @@ HOLD_JOURNAL_COLUMNS = (
     "seq", "account_id", "kind", "hold_id", "amount", "currency", "created_at", "description", "metadata",
     "expires_at", "destination_account_id",
 )  # fmt: skip
-HOLD_KINDS = ("hold", "capture", "release", "expire")  # the journal kinds of a hold's rows
-HOLD_JOURNAL_KINDS = "(" + ",".join(f"'{kind}'" for kind in HOLD_KINDS) + ")"  # SQL
 # Columns added to the journal since its first version (added at open to an older database).
 JOURNAL_COLUMNS_ADDED = {"expires_at": "BIGINT NULL", "destination_account_id": "VARCHAR(64) NULL"}
-META_COLUMNS = ("name", "value")
 HOLDS_CHECKPOINT = "holds_checkpoint_seq"  # the meta row: holds reflect the journal up to this seq
 OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at")
 KEY_COLUMNS = ("key_hash", "account_id", "created_at")
@@ -106,6 +104,27 @@ TABLES = {
         account_id VARCHAR(64) NOT NULL,
         created_at BIGINT NOT NULL""",
 }
+
+
+def nullable_columns() -> frozenset[str]:
+    """Every column declared ``NULL`` in ``TABLES`` (read off the DDL, so none is forgotten)."""
+    found = set()
+    for ddl in TABLES.values():
+        for line in ddl.splitlines():
+            words = line.strip().rstrip(",").split()
+            if len(words) >= 3 and words[-1] == "NULL" and words[-2] != "NOT":
+                found.add(words[0])
+    return frozenset(found)
+
+
+def hold_journal_query(placeholder: str) -> str:
+    """Recovery's read of the journal after the holds checkpoint: accepted primary rows of
+    holds with seq > ?, by seq, at most ? (``HOLD_JOURNAL_COLUMNS``)."""
+    kinds = ",".join(f"'{kind}'" for kind in HOLD_KINDS)
+    return (
+        f"SELECT {','.join(HOLD_JOURNAL_COLUMNS)} FROM journal WHERE seq > {placeholder} AND op_key IS NOT NULL"
+        f" AND status < 300 AND kind IN ({kinds}) ORDER BY seq LIMIT {placeholder}"
+    )
 
 
 def history_query(

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from balance.domain.holds import hold_from_journal
+from balance.domain.holds import HOLD_KINDS, hold_from_journal
 from balance.domain.ledger import op_key_of
 from balance.storage import schema
 from balance.storage.base import (
@@ -47,10 +47,7 @@ _HOLD_JOURNAL_BY_KEYS = (
     f"SELECT {','.join(schema.HOLD_JOURNAL_COLUMNS)} FROM journal"
     " WHERE account_id = ? AND op_key IN (?, ?, ?, ?) AND status < 300 ORDER BY seq"
 )
-_HOLD_JOURNAL_AFTER = (
-    f"SELECT {','.join(schema.HOLD_JOURNAL_COLUMNS)} FROM journal WHERE seq > ? AND op_key IS NOT NULL"
-    f" AND status < 300 AND kind IN {schema.HOLD_JOURNAL_KINDS} ORDER BY seq LIMIT ?"
-)
+_HOLD_JOURNAL_AFTER = schema.hold_journal_query("?")
 
 
 class SqliteShardStorage:
@@ -261,7 +258,7 @@ class SqliteShardStorage:
                     operations.append(StoredOperation(account_id, op_key, row[0], row[1], row[2]))
             holds = []
             for account_id, hold_id in hold_keys:
-                keys = [op_key_of(kind, hold_id) for kind in schema.HOLD_KINDS]
+                keys = [op_key_of(kind, hold_id) for kind in HOLD_KINDS]
                 rows = conn.execute(_HOLD_JOURNAL_BY_KEYS, (account_id, *keys)).fetchall()
                 hold = hold_from_journal(rows)
                 if hold is None:  # a hold of an earlier version's journal: its row is in the table
