@@ -36,10 +36,17 @@ class Metrics:
         )
         self.holds_expired = Counter("balance_holds_expired", "Holds expired by the sweep", ["shard"], registry=r)
         self.holds_checkpoints = Counter(
-            "balance_holds_checkpoints", "Batches that also brought the holds table up to date", ["shard"], registry=r
+            "balance_holds_checkpoints",
+            "Batches that also brought the holds and accounts tables up to date",
+            ["shard"],
+            registry=r,
         )
         self.holds_unsaved = Gauge(
             "balance_holds_unsaved", "Holds changed since the last holds checkpoint (only the journal has them)",
+            ["shard"], registry=r,
+        )  # fmt: skip
+        self.accounts_unsaved = Gauge(
+            "balance_accounts_unsaved", "Accounts whose row is behind the journal (the next checkpoint writes them)",
             ["shard"], registry=r,
         )  # fmt: skip
         self.ready = Gauge("balance_shard_ready", "1 when the shard has recovered and serves", ["shard"], registry=r)

@@ -627,7 +627,14 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def restart(self, data: st.DataObject) -> None:
         """A new engine on the same file: same state, and replays still answer the first outcome."""
+        assert self.engine is not None
+        before = {account_id: account.state() for account_id, account in self.engine.ledger.accounts.items()}
         self.restart_engine()
+        assert self.engine is not None
+        # Every field of every account, versions and times too: rebuilt from the accounts table
+        # and whatever the journal says after the last checkpoint.
+        after = {account_id: account.state() for account_id, account in self.engine.ledger.accounts.items()}
+        assert after == before
         self.state_matches_model()
         alone = self.sent[-2:]
         together = (

@@ -656,3 +656,89 @@ def test_a_checkpoint_undone_makes_its_holds_unsaved_again_and_forgets_holds_und
     # After an undo the ledger cannot tell whether h1's row was written (N+1 counted on N):
     # it errs on the safe side, a delete that may find nothing. Never a stale pending row.
     assert _checkpoint(world, []) == ({"h2"}, {"h1"})
+
+
+def _written(world: World, commands: list[c.Command], checkpoint: bool = False) -> set[str]:
+    """One batch: the ids of the accounts whose row it writes."""
+    ledger = world.ledger
+    ledger.begin()
+    for command in commands:
+        world._apply(command)
+    changes = ledger.collect(checkpoint=checkpoint)
+    ledger.accept()
+    return {account.id for account in changes.accounts}
+
+
+def test_money_operations_leave_account_rows_to_the_checkpoint_and_write_the_rest_at_once() -> None:
+    world = World()
+    funding = system_account_id(SHARD, "USD", KIND_FUNDING)
+    settlement = system_account_id(SHARD, "USD", KIND_SETTLEMENT)
+    created = _written(world, [c.CreateAccount("A", None, "user", "EU", "USD", "A", 0, b"{}")])
+    assert created == {"A", funding, settlement}  # created: written with the batch
+    # A money operation writes the system account it moves money with (no journal rows of its
+    # own), never the user account: its journal row carries the account's state.
+    assert _written(world, [c.Credit("A", "c1", 100)]) == {funding}
+    assert _written(world, [c.PlaceHold("A", "h1", 100, DEFAULT_TTL_S)]) == set()
+    assert world.ledger.accounts["A"].exhausted and world.ledger.unsaved_accounts == 1
+    # A change no journal row describes is written at once, whatever else the batch did.
+    assert _written(world, [c.UpdateAccount("A", name="renamed"), c.ReleaseHold("A", "h1")]) == {"A"}
+    assert _written(world, [c.Debit("A", "d1", 10)]) == {settlement}
+    assert _written(world, [], checkpoint=True) == {"A"}  # the checkpoint catches the row up
+    assert world.ledger.unsaved_accounts == 0
+    assert _written(world, [], checkpoint=True) == set()
+
+
+def test_an_undone_checkpoint_leaves_its_accounts_unsaved_for_the_next_one() -> None:
+    world = World()
+    for step in (*A100, "transfer A B 10"):
+        run_step(world, step)
+    ledger = world.ledger
+    assert ledger.unsaved_accounts == 2
+    ledger.begin()  # a checkpoint, being committed ...
+    world._apply(c.Credit("B", "c9", 1))
+    assert {a.id for a in ledger.collect(checkpoint=True).accounts} >= {"A", "B"}
+    assert ledger.unsaved_accounts == 0
+    ledger.begin()  # ... while the next batch opens C, undone with it
+    world._apply(c.CreateAccount("C", None, "user", "EU", "USD", "C", 0, b"{}"))
+    ledger.collect()
+    ledger.rollback()
+    assert "C" not in ledger.accounts
+    assert ledger.unsaved_accounts == 2
+    assert _written(world, [], checkpoint=True) == {"A", "B"}
+
+
+def test_recovery_replays_account_state_from_journal_rows_newer_than_the_stored_row() -> None:
+    """What the engine's recovery does with the journal after the checkpoint, on the ledger's
+    side: the stored (stale) row plus each newer accepted row gives the live state back."""
+    from balance.domain.ledger import RECOVERY_JOURNAL_FIELDS
+    from balance.domain.model import Account
+    from balance.storage.schema import JOURNAL_COLUMNS
+
+    world = World()
+    for step in (*A100, "hold A h1 60", "capture A h1 50"):
+        run_step(world, step)
+    ledger = world.ledger
+    stale = {account_id: account.state() for account_id, account in ledger.accounts.items()}
+    rows: list[tuple] = []  # type: ignore[type-arg]
+    for command in (c.Credit("B", "c2", 5), c.Transfer("t1", "A", "B", 10, "USD"), c.PlaceHold("A", "h2", 40, 60)):
+        ledger.begin()
+        world._apply(command)
+        changes = ledger.collect()
+        ledger.accept()
+        for entry in changes.entries:
+            row = dict(zip(JOURNAL_COLUMNS, entry.row(), strict=True))
+            rows.append(tuple(row[name] for name in RECOVERY_JOURNAL_FIELDS))
+    live = {account_id: account.state() for account_id, account in ledger.accounts.items()}
+    assert live["A"][10] is True  # h2 left nothing available: exhausted
+
+    again = Ledger(SHARD)
+    for account_id, state in stale.items():
+        again.load_account(Account.from_row(state if account_id.startswith(("A", "B")) else live[account_id]))
+    for hold in ledger.holds.values():
+        if hold.status == "pending" and hold.id != "h2":
+            again.load_hold(Hold.from_row(hold.state(), hold.account_id))
+    for row in rows:
+        again.replay_journal_row(row)
+    assert {account_id: account.state() for account_id, account in again.accounts.items()} == live
+    again.check_invariants()
+    assert again.unsaved_accounts == 2

@@ -31,10 +31,12 @@ from balance.domain.model import (
 SETTLED_STATUS = {CAPTURE: HOLD_CAPTURED, RELEASE: HOLD_RELEASED, EXPIRE: HOLD_EXPIRED}
 HOLD_KINDS = (HOLD, *SETTLED_STATUS)  # the journal kinds of a hold's rows
 
-# Journal rows of holds come in ``schema.HOLD_JOURNAL_COLUMNS`` order: (seq, account_id,
-# kind, hold_id, amount, currency, created_at, description, metadata, expires_at,
-# destination_account_id). The hold row places a hold; at most one capture, release or
-# expiry row settles it.
+# What rebuilds a hold from its journal rows, in this order (``schema.HOLD_JOURNAL_COLUMNS``).
+# The hold row places a hold; at most one capture, release or expiry row settles it.
+HOLD_JOURNAL_FIELDS = (
+    "seq", "account_id", "kind", "hold_id", "amount", "currency", "created_at", "description", "metadata",
+    "expires_at", "destination_account_id",
+)  # fmt: skip
 
 
 def placed_hold(row: tuple) -> tuple:  # type: ignore[type-arg]

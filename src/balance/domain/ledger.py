@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
-from balance.domain.holds import HoldIndex, placed_hold, settlement
+from balance.domain.holds import HOLD_JOURNAL_FIELDS, HOLD_KINDS, HoldIndex, placed_hold, settlement
 from balance.domain.model import (
     CAPTURE,
     CREDIT,
@@ -81,9 +81,11 @@ class Changes:
     """What one accepted batch changed: the rows its commit must write."""
 
     accounts: list[Account] = field(default_factory=list)
+    # Accounts whose row this batch writes: created or changed beyond what a journal row says,
+    # system accounts (no journal rows of their own), and at a checkpoint every unsaved one.
     holds: list[Hold] = field(default_factory=list)  # a checkpoint's pending holds (upserted)
     holds_deleted: list[tuple[str, str]] = field(default_factory=list)  # a checkpoint's finished holds
-    checkpoint_seq: int = 0  # > 0: the holds table reflects the journal up to here once committed
+    checkpoint_seq: int = 0  # > 0: the holds and accounts tables reflect the journal up to here once committed
     entries: list[Entry] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     keys: list[tuple[str, str, int]] = field(default_factory=list)  # (key_hash, account_id, at)
@@ -135,7 +137,10 @@ class _ExpiryWheel:
 class _Frame:
     """Undo information of one batch: snapshots before its first change, outcomes it added."""
 
-    __slots__ = ("seq_at_begin", "accounts", "holds", "records", "restores", "changes", "checkpoint")
+    __slots__ = (
+        "seq_at_begin", "accounts", "holds", "records", "restores", "changes", "rewritten", "checkpoint",
+        "checkpoint_accounts",
+    )  # fmt: skip
 
     def __init__(self, seq_at_begin: int) -> None:
         self.seq_at_begin = seq_at_begin
@@ -144,8 +149,16 @@ class _Frame:
         self.records: list[tuple[str, str]] = []
         self.restores: list[tuple[Record, int, bytes]] = []  # outcomes changed in place
         self.changes = Changes()
+        self.rewritten: set[str] = set()  # accounts whose row this batch must write (not only the journal's fields)
         self.checkpoint: dict[Hold, bool] | None = None  # the unsaved holds this batch checkpoints
+        self.checkpoint_accounts: set[str] | None = None  # ... and the unsaved accounts
 
+
+# What recovery replays of each accepted journal row after the checkpoint: a hold's fields
+# first (``HOLD_JOURNAL_FIELDS``), then what the row says of its account's state after it.
+RECOVERY_JOURNAL_FIELDS = (*HOLD_JOURNAL_FIELDS, "op_key", "balance_after", "reserved_after", "version")
+HOLD_ROW_LENGTH = len(HOLD_JOURNAL_FIELDS)
+RECOVERY_OP_KEY, RECOVERY_BALANCE, RECOVERY_RESERVED, RECOVERY_VERSION = range(HOLD_ROW_LENGTH, HOLD_ROW_LENGTH + 4)
 
 TRANSFER_IN_PROGRESS = 202  # a cross-shard transfer whose second leg is not yet confirmed
 
@@ -205,6 +218,11 @@ class Ledger:
         # hold and its capture cost one journal row each instead of a journal row and a hold
         # row (measured: the hold upserts took half of MariaDB's time per batch).
         self._unsaved: dict[Hold, bool] = {}
+        # Accounts whose row is behind the journal, by id. The same idea: a money operation
+        # changes only what its journal row carries (balance, reserved, version; ``exhausted``
+        # follows from them), so the account's row waits for the next checkpoint. Without it a
+        # batch spread over many accounts rewrote a row per account: on SQLite a page each.
+        self._unsaved_accounts: set[str] = set()
         self._frames: list[_Frame] = []  # batches applied and not yet durable, oldest first
         # The open batch's frame, by its parts (what the rules write to):
         self._undo_accounts: dict[str, tuple | None] = {}  # type: ignore[type-arg]
@@ -233,16 +251,30 @@ class Ledger:
         if key not in self.records:
             self._remember_record(key, Record(fingerprint, status, body))
 
-    def replay_hold_row(self, row: tuple) -> None:  # type: ignore[type-arg]
-        """Recovery: a hold's journal row written after the last checkpoint of the holds table
-        (``schema.HOLD_JOURNAL_COLUMNS``, in journal order) is applied to the holds loaded."""
+    def replay_journal_row(self, row: tuple) -> None:  # type: ignore[type-arg]
+        """Recovery: an accepted journal row written after the last checkpoint
+        (``schema.RECOVERY_JOURNAL_COLUMNS``, in journal order) is applied to the accounts and
+        holds loaded from the tables. An account takes the row's state if the row is newer than
+        its stored one (by version: a row written since also carries any later change)."""
+        account = self.accounts.get(row[1])
+        if account is None:
+            raise e.InvariantViolation(f"journal: row {row[0]} on unknown account {row[1]}")
+        version = row[RECOVERY_VERSION]
+        if version > account.version and not account.is_system:
+            account.balance, account.reserved = row[RECOVERY_BALANCE], row[RECOVERY_RESERVED]
+            account.version, account.updated_at = version, row[6]
+            # Every change lifts the flag; only a hold that leaves nothing available sets it.
+            account.exhausted = row[2] == HOLD and row[RECOVERY_OP_KEY] is not None and account.available <= 0
+            self._unsaved_accounts.add(account.id)
+        if row[RECOVERY_OP_KEY] is not None and row[2] in HOLD_KINDS:
+            self._replay_hold_row(row, account)
+
+    def _replay_hold_row(self, row: tuple, owner: Account) -> None:  # type: ignore[type-arg]
+        """A hold's primary journal row (``schema.HOLD_JOURNAL_COLUMNS`` first) on the holds loaded."""
         account_id, kind, hold_id = row[1], row[2], row[3]
-        owner = self.accounts.get(account_id)
-        if owner is None:
-            raise e.InvariantViolation(f"journal: hold {hold_id} on unknown account {account_id}")
         if kind == HOLD:
             e.require(self.holds.find(account_id, hold_id) is None, f"journal: hold {hold_id} placed twice")
-            hold = Hold.from_row(placed_hold(row), owner.id)
+            hold = Hold.from_row(placed_hold(row[:HOLD_ROW_LENGTH]), owner.id)
             self.holds.put(hold)
             self._unsaved[hold] = False
             self._expiry.add(hold)
@@ -382,22 +414,34 @@ class Ledger:
         changes.accounts = []
         changes.holds = []
         delta: dict[str, int] = {}
+        frame = self._frames[-1]
+        rewritten, unsaved_accounts = frame.rewritten, self._unsaved_accounts
         for account_id, before in self._undo_accounts.items():
             account = self.accounts[account_id]
             _check_account(account)
-            changes.accounts.append(account)
+            if before is None or account_id in rewritten or account.is_system:
+                changes.accounts.append(account)
+            else:
+                unsaved_accounts.add(account_id)
             old_balance = 0 if before is None else before[7]
             delta[account.currency] = delta.get(account.currency, 0) + account.balance - old_balance
         for currency, moved in delta.items():
             e.require(moved == 0, f"batch created {moved} {currency} out of nothing")
         if checkpoint:
             saved, self._unsaved = self._unsaved, {}
-            self._frames[-1].checkpoint = saved
+            frame.checkpoint = saved
             for hold, in_table in saved.items():
                 if hold.status == HOLD_PENDING:
                     changes.holds.append(hold)
                 elif in_table:
                     changes.holds_deleted.append((hold.account_id, hold.id))
+            saved_accounts, self._unsaved_accounts = unsaved_accounts, set()
+            frame.checkpoint_accounts = saved_accounts
+            written = {account.id for account in changes.accounts}
+            for account_id in saved_accounts:
+                unsaved = self.accounts.get(account_id)  # None: created by a batch since undone
+                if unsaved is not None and account_id not in written:
+                    changes.accounts.append(unsaved)
             changes.checkpoint_seq = self.next_seq - 1
         return changes
 
@@ -405,6 +449,11 @@ class Ledger:
     def unsaved_holds(self) -> int:
         """Holds changed since the last checkpoint (the engine decides when to write one)."""
         return len(self._unsaved)
+
+    @property
+    def unsaved_accounts(self) -> int:
+        """Accounts whose row is behind the journal (the next checkpoint writes them)."""
+        return len(self._unsaved_accounts)
 
     def accept(self) -> None:
         """The oldest collected batch is durable: forget its undo information."""
@@ -450,6 +499,8 @@ class Ledger:
             if frame.checkpoint is not None:  # not written: its holds are unsaved again
                 for hold, in_table in frame.checkpoint.items():
                     self._unsaved[hold] = in_table or self._unsaved.get(hold, False)
+            if frame.checkpoint_accounts is not None:  # ... and its accounts
+                self._unsaved_accounts |= frame.checkpoint_accounts
         for hold in created:
             self._unsaved.pop(hold, None)
         self._frames = []
@@ -481,7 +532,7 @@ class Ledger:
             cmd.account_id, cmd.parent_id, cmd.kind, cmd.region, cmd.currency, cmd.name,
             STATUS_ACTIVE, 0, 0, cmd.credit_limit, False, 1, now, now, cmd.metadata,
         )  # fmt: skip
-        self._undo_accounts[account.id] = None
+        self._undo_accounts[account.id] = None  # created: its row is written with the batch
         self.accounts[account.id] = account
         return Outcome(201, accounts=(account,))
 
@@ -501,6 +552,7 @@ class Ledger:
         if account.balance + credit_limit - account.reserved < 0:
             return _reject(e.VALIDATION_ERROR, "credit_limit is below what the account already uses")
         self._touch(account)
+        self._frames[-1].rewritten.add(account.id)  # no journal row says what changed: write the row
         if cmd.status is not None:
             account.status = cmd.status
         if cmd.name is not None:

@@ -172,6 +172,7 @@ class ShardEngine:
         self._m_queue = self.metrics.queue_depth.labels(self._label)
         self._m_checkpoints = self.metrics.holds_checkpoints.labels(self._label)
         self._m_unsaved = self.metrics.holds_unsaved.labels(self._label)
+        self._m_unsaved_accounts = self.metrics.accounts_unsaved.labels(self._label)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -223,11 +224,11 @@ class ShardEngine:
             for row in rows:
                 owner = accounts.get(row[0])
                 ledger.load_hold(Hold.from_row(row, None if owner is None else owner.id))
-        # The holds table is a checkpoint: what the journal says of holds since, on top.
-        checkpoint = seq = await storage.holds_checkpoint()
-        while rows := await storage.scan_hold_journal(seq, RECOVERY_PAGE_ROWS):
+        # The tables are a checkpoint: what the journal says of accounts and holds since, on top.
+        checkpoint = seq = await storage.checkpoint_seq()
+        while rows := await storage.scan_recovery_journal(seq, RECOVERY_PAGE_ROWS):
             for row in rows:
-                ledger.replay_hold_row(row)
+                ledger.replay_journal_row(row)
             seq = rows[-1][0]
         self._checkpoint_from = checkpoint
         ledger.next_seq = await storage.max_seq() + 1
@@ -388,12 +389,13 @@ class ShardEngine:
         return _Batch(items, replies, self._counts, write, first_seq, op_keys)
 
     def _checkpoint_due(self) -> bool:
-        """Write the holds checkpoint with this batch? Every ``checkpoint_interval_s`` or
+        """Write the checkpoint (holds and accounts) with this batch? Every ``checkpoint_interval_s`` or
         ``CHECKPOINT_ROWS`` journal rows, whichever comes first: recovery then replays at most
-        about that much journal on top of the holds table."""
+        about that much journal on top of the tables."""
         ledger, now = self.ledger, time.monotonic()
         self._m_unsaved.set(ledger.unsaved_holds)
-        if not ledger.unsaved_holds or (
+        self._m_unsaved_accounts.set(ledger.unsaved_accounts)
+        if not (ledger.unsaved_holds or ledger.unsaved_accounts) or (
             now - self._checkpointed_at < self.checkpoint_interval_s
             and ledger.next_seq - self._checkpoint_from < CHECKPOINT_ROWS
         ):

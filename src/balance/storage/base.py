@@ -79,18 +79,19 @@ class ShardStorage(Protocol):
 
     async def scan_accounts(self, after_id: str, limit: int) -> list[Row]:
         """Recovery, page by page: up to ``limit`` accounts with id > ``after_id``, by id
-        (``exhausted`` as stored: 0/1 or a bool; ``Account.from_row`` makes it a bool)."""
+        (``exhausted`` as stored: 0/1 or a bool; ``Account.from_row`` makes it a bool).
+        The accounts table is a checkpoint: a row may be behind the journal after ``checkpoint_seq()``."""
 
     async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:
         """Recovery, page by page: pending holds after (account_id, hold_id), in that order.
-        The holds table is a checkpoint: complete up to ``holds_checkpoint()`` only."""
+        The holds table is a checkpoint: complete up to ``checkpoint_seq()`` only."""
 
-    async def holds_checkpoint(self) -> int:
-        """The journal seq the holds table is complete up to (the last checkpoint written)."""
+    async def checkpoint_seq(self) -> int:
+        """The journal seq the holds and accounts tables are complete up to (the last checkpoint written)."""
 
-    async def scan_hold_journal(self, after_seq: int, limit: int) -> list[Row]:
-        """Recovery, page by page: accepted primary journal rows of holds (placed, captured,
-        released, expired) with seq > ``after_seq``, by seq (``HOLD_JOURNAL_COLUMNS``)."""
+    async def scan_recovery_journal(self, after_seq: int, limit: int) -> list[Row]:
+        """Recovery, page by page: accepted journal rows with seq > ``after_seq``, by seq
+        (``RECOVERY_JOURNAL_COLUMNS``)."""
 
     async def load_keys(self) -> list[tuple[str, str]]:
         """(key_hash, account_id) of every API key stored in this shard."""

@@ -228,7 +228,7 @@ class MariaDbShardStorage:
                     await cur.execute("SELECT COALESCE(MAX(seq), 0) FROM journal")
                     (last,) = await cur.fetchone()
                     await cur.execute(
-                        "INSERT IGNORE INTO meta (name, value) VALUES (%s, %s)", (schema.HOLDS_CHECKPOINT, int(last))
+                        "INSERT IGNORE INTO meta (name, value) VALUES (%s, %s)", (schema.CHECKPOINT_META_KEY, int(last))
                     )
                     await cur.execute("SELECT @@max_allowed_packet, @@innodb_flush_log_at_trx_commit")
                     max_packet, flush = await cur.fetchone()
@@ -507,7 +507,7 @@ class MariaDbShardStorage:
             statements.append(f"DELETE FROM holds WHERE (account_id, id) IN ({pairs})")
         if batch.checkpoint_seq:
             statements.append(
-                f"UPDATE meta SET value = {int(batch.checkpoint_seq)} WHERE name = '{schema.HOLDS_CHECKPOINT}'"
+                f"UPDATE meta SET value = {int(batch.checkpoint_seq)} WHERE name = '{schema.CHECKPOINT_META_KEY}'"
             )
         for result, account_id, op_id in batch.transfers_completed:  # rare: row by row
             key = conn.literal(account_id)
@@ -720,13 +720,13 @@ class MariaDbShardStorage:
         )
         return await self._read(lambda conn: self._fetch(conn, sql, (after[0], after[0], after[1], limit)))
 
-    async def holds_checkpoint(self) -> int:
+    async def checkpoint_seq(self) -> int:
         sql = "SELECT value FROM meta WHERE name = %s"
-        rows = await self._read(lambda conn: self._fetch(conn, sql, (schema.HOLDS_CHECKPOINT,)))
+        rows = await self._read(lambda conn: self._fetch(conn, sql, (schema.CHECKPOINT_META_KEY,)))
         return int(rows[0][0]) if rows else 0
 
-    async def scan_hold_journal(self, after_seq: int, limit: int) -> list[Row]:
-        sql = schema.hold_journal_query("%s")
+    async def scan_recovery_journal(self, after_seq: int, limit: int) -> list[Row]:
+        sql = schema.recovery_journal_query("%s")
         return await self._read(lambda conn: self._fetch(conn, sql, (after_seq, limit)))
 
     async def pending_transfers(self) -> list[Row]:

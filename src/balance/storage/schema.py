@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from balance.domain.holds import HOLD_KINDS
+from balance.domain.holds import HOLD_JOURNAL_FIELDS
+from balance.domain.ledger import RECOVERY_JOURNAL_FIELDS
 from balance.domain.model import ACCOUNT_FIELDS, HOLD_FIELDS
 
 ACCOUNT_COLUMNS = ACCOUNT_FIELDS
@@ -13,13 +14,14 @@ JOURNAL_COLUMNS = (
     "version", "created_at", "description", "metadata", "result", "expires_at", "destination_account_id",
 )  # fmt: skip
 # What rebuilds a hold from its journal rows (``balance.domain.holds.hold_from_journal``).
-HOLD_JOURNAL_COLUMNS = (
-    "seq", "account_id", "kind", "hold_id", "amount", "currency", "created_at", "description", "metadata",
-    "expires_at", "destination_account_id",
-)  # fmt: skip
+HOLD_JOURNAL_COLUMNS = HOLD_JOURNAL_FIELDS
+# What recovery replays on top of the checkpoint (``Ledger.replay_journal_row``).
+RECOVERY_JOURNAL_COLUMNS = RECOVERY_JOURNAL_FIELDS
 # Columns added to the journal since its first version (added at open to an older database).
 JOURNAL_COLUMNS_ADDED = {"expires_at": "BIGINT NULL", "destination_account_id": "VARCHAR(64) NULL"}
-HOLDS_CHECKPOINT = "holds_checkpoint_seq"  # the meta row: holds reflect the journal up to this seq
+# The meta row: the holds and accounts tables reflect the journal up to this seq. (Named when
+# only holds were checkpointed; kept so that databases already written open unchanged.)
+CHECKPOINT_META_KEY = "holds_checkpoint_seq"
 OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at")
 KEY_COLUMNS = ("key_hash", "account_id", "created_at")
 TRANSFER_COLUMNS = (
@@ -117,13 +119,12 @@ def nullable_columns() -> frozenset[str]:
     return frozenset(found)
 
 
-def hold_journal_query(placeholder: str) -> str:
-    """Recovery's read of the journal after the holds checkpoint: accepted primary rows of
-    holds with seq > ?, by seq, at most ? (``HOLD_JOURNAL_COLUMNS``)."""
-    kinds = ",".join(f"'{kind}'" for kind in HOLD_KINDS)
+def recovery_journal_query(placeholder: str) -> str:
+    """Recovery's read of the journal after the checkpoint: accepted rows with seq > ?, by seq,
+    at most ? (``RECOVERY_JOURNAL_COLUMNS``)."""
     return (
-        f"SELECT {','.join(HOLD_JOURNAL_COLUMNS)} FROM journal WHERE seq > {placeholder} AND op_key IS NOT NULL"
-        f" AND status < 300 AND kind IN ({kinds}) ORDER BY seq LIMIT {placeholder}"
+        f"SELECT {','.join(RECOVERY_JOURNAL_COLUMNS)} FROM journal WHERE seq > {placeholder}"
+        f" AND status < 300 ORDER BY seq LIMIT {placeholder}"
     )
 
 

@@ -47,7 +47,7 @@ _HOLD_JOURNAL_BY_KEYS = (
     f"SELECT {','.join(schema.HOLD_JOURNAL_COLUMNS)} FROM journal"
     " WHERE account_id = ? AND op_key IN (?, ?, ?, ?) AND status < 300 ORDER BY seq"
 )
-_HOLD_JOURNAL_AFTER = schema.hold_journal_query("?")
+_RECOVERY_JOURNAL_AFTER = schema.recovery_journal_query("?")
 
 
 class SqliteShardStorage:
@@ -108,7 +108,7 @@ class SqliteShardStorage:
             # No checkpoint row yet: the holds table is complete (a new or an earlier version's database).
             self._writer.execute(
                 "INSERT OR IGNORE INTO meta (name, value) SELECT ?, COALESCE(MAX(seq), 0) FROM journal",
-                (schema.HOLDS_CHECKPOINT,),
+                (schema.CHECKPOINT_META_KEY,),
             )
 
         await self._run(self._writer_pool, setup)
@@ -149,7 +149,7 @@ class SqliteShardStorage:
                 conn.executemany("DELETE FROM holds WHERE account_id = ? AND id = ?", batch.holds_deleted)
             if batch.checkpoint_seq:
                 conn.execute(
-                    "UPDATE meta SET value = ? WHERE name = ?", (batch.checkpoint_seq, schema.HOLDS_CHECKPOINT)
+                    "UPDATE meta SET value = ? WHERE name = ?", (batch.checkpoint_seq, schema.CHECKPOINT_META_KEY)
                 )
             for result, account_id, op_id in batch.transfers_completed:
                 conn.execute(
@@ -215,17 +215,17 @@ class SqliteShardStorage:
         args = (after[0], after[1], limit)
         return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, args).fetchall())
 
-    async def holds_checkpoint(self) -> int:
+    async def checkpoint_seq(self) -> int:
         sql = "SELECT value FROM meta WHERE name = ?"
         row = await self._run(
-            self._reader_pool, lambda: self._reader_conn().execute(sql, (schema.HOLDS_CHECKPOINT,)).fetchone()
+            self._reader_pool, lambda: self._reader_conn().execute(sql, (schema.CHECKPOINT_META_KEY,)).fetchone()
         )
         return int(row[0]) if row else 0
 
-    async def scan_hold_journal(self, after_seq: int, limit: int) -> list[Row]:
+    async def scan_recovery_journal(self, after_seq: int, limit: int) -> list[Row]:
         args = (after_seq, limit)
         return await self._run(
-            self._reader_pool, lambda: self._reader_conn().execute(_HOLD_JOURNAL_AFTER, args).fetchall()
+            self._reader_pool, lambda: self._reader_conn().execute(_RECOVERY_JOURNAL_AFTER, args).fetchall()
         )
 
     async def pending_transfers(self) -> list[Row]:

@@ -1,8 +1,11 @@
-"""The holds table is a checkpoint; the journal is the record of holds (both backends).
+"""The holds and accounts tables are a checkpoint; the journal is the record (both backends).
 
-A batch writes a hold's journal row only; now and then a batch also brings the holds table
-up to date (pending holds upserted, finished ones deleted) and records the journal seq it
-is complete up to. Recovery loads the table and replays the journal after that seq.
+A batch writes a hold's journal row only, and a money operation's journal row carries its
+account's balance, reserved and version after it. Now and then a batch also brings the tables
+up to date (pending holds upserted, finished ones deleted, accounts behind the journal
+rewritten) and records the journal seq they are complete up to. Recovery loads the tables and
+replays the journal after that seq. An account row is still written with its batch when no
+journal row can say what changed: a new account, an update, a system account.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any
 import asyncmy
 
 from balance.domain import commands as c
+from balance.domain.ledger import system_account_id
+from balance.domain.model import KIND_FUNDING
 from balance.engine.clock import ManualClock
 from balance.engine.shard import ShardEngine
 from balance.storage.base import ShardStorage, StorageError
@@ -50,11 +55,11 @@ async def test_recovery_is_the_checkpoint_plus_the_journal_after_it(backend: Any
     for hold_id, amount in (("h1", 100), ("h2", 200), ("h3", 300)):
         await ok(engine, c.PlaceHold(A, hold_id, amount, 900, destination_account_id=B if hold_id == "h3" else None))
     assert set(await table(storage)) == {"h1", "h2", "h3"}
-    assert await storage.holds_checkpoint() == engine.ledger.next_seq - 1
+    assert await storage.checkpoint_seq() == engine.ledger.next_seq - 1
     await ok(engine, c.CaptureHold(A, "h1", 60))
     assert set(await table(storage)) == {"h2", "h3"}  # a finished hold leaves the table
     assert engine.metrics.holds_checkpoints.labels("0")._value.get() == 4  # three holds, one capture
-    checkpoint = await storage.holds_checkpoint()
+    checkpoint = await storage.checkpoint_seq()
 
     engine.checkpoint_interval_s = NEVER  # from here on only the journal knows
     await ok(engine, c.PlaceHold(A, "h4", 400, 900, description="later", metadata=b'{"k":1}'))
@@ -66,7 +71,7 @@ async def test_recovery_is_the_checkpoint_plus_the_journal_after_it(backend: Any
     expected = {k: h.state() for k, h in engine.ledger.holds.items()}
     reserved = engine.ledger.accounts[A].reserved
     assert reserved == 300 + 400
-    assert set(await table(storage)) == {"h2", "h3"} and await storage.holds_checkpoint() == checkpoint
+    assert set(await table(storage)) == {"h2", "h3"} and await storage.checkpoint_seq() == checkpoint
     await engine.stop()
 
     again = await started(backend.make(), checkpoint_interval_s=NEVER)
@@ -87,7 +92,7 @@ async def test_recovery_is_the_checkpoint_plus_the_journal_after_it(backend: Any
     await ok(again, c.PlaceHold(B, "hb", 1, 900))
     assert set(await table(again.storage)) == {"h3", "h4", "hb"}
     newest = await again.storage.history(B, 1, None, None, None)  # hb's journal row
-    assert await again.storage.holds_checkpoint() == newest[0][0]
+    assert await again.storage.checkpoint_seq() == newest[0][0]
     await again.stop()
 
 
@@ -124,7 +129,7 @@ async def test_a_checkpoint_that_fails_to_commit_is_written_by_the_next_one(back
         await asyncio.sleep(0.01)
     await ok(engine, c.ReleaseHold(A, "h2"))  # retried: this checkpoint deletes h1 and h2
     assert set(await table(storage)) == {"h3"}
-    assert await storage.holds_checkpoint() == engine.ledger.next_seq - 1
+    assert await storage.checkpoint_seq() == engine.ledger.next_seq - 1
     await engine.stop()
 
     again = await started(backend.make(), checkpoint_interval_s=NEVER)
@@ -173,11 +178,63 @@ async def test_a_database_of_the_earlier_version_opens_with_its_holds_table_take
     again = await started(backend.make(), checkpoint_interval_s=NEVER)
     assert {k for k, h in again.ledger.holds.items() if h.status == "pending"} == {(A, "open")}
     assert again.ledger.accounts[A].reserved == 100
-    assert await again.storage.holds_checkpoint() == again.ledger.next_seq - 1
+    assert await again.storage.checkpoint_seq() == again.ledger.next_seq - 1
     assert await again.storage.get_hold(A, "done") == done  # from the table: the journal has no expiry
     await ok(again, c.ReleaseHold(A, "open"))
     await again.stop()
     third = await started(backend.make(), checkpoint_interval_s=NEVER)  # the release replayed from the journal
     assert third.ledger.holds[A, "open"].status == "released" and third.ledger.accounts[A].reserved == 0
     third.ledger.check_invariants()
+    await third.stop()
+
+
+C = "US-0-cccc"
+
+
+async def stored(storage: ShardStorage) -> dict[str, tuple[Any, ...]]:
+    """The accounts table's rows by id, ``exhausted`` as a bool."""
+    return {row[0]: (*row[:10], bool(row[10]), *row[11:]) for row in await storage.scan_accounts("", 1000)}
+
+
+async def test_recovery_is_the_accounts_checkpoint_plus_the_journal_after_it(backend: Any) -> None:
+    engine = await started(backend.make(), checkpoint_interval_s=NEVER)
+    for account_id in (A, B, C):
+        await ok(engine, c.CreateAccount(account_id, None, "user", "US", "USD", account_id, 0, b"{}"))
+    created = await stored(engine.storage)
+    assert {A, B, C} <= set(created)
+
+    await ok(engine, c.Credit(A, "seed", 1_000))
+    await ok(engine, c.Credit(B, "seed", 500))
+    await ok(engine, c.Transfer("t1", A, B, 100, "USD"))
+    await ok(engine, c.PlaceHold(A, "h1", 200, 900, destination_account_id=C))
+    await ok(engine, c.CaptureHold(A, "h1", 150))  # a second journal row, on C
+    await ok(engine, c.Debit(B, "d1", 50))
+    await ok(engine, c.PlaceHold(B, "h2", 550, 900))  # leaves nothing available: exhausted
+    await ok(engine, c.UpdateAccount(C, name="renamed"))  # written at once ...
+    await ok(engine, c.Credit(C, "more", 7))  # ... and behind the journal again
+    ledger = engine.ledger
+    assert ledger.accounts[B].exhausted
+    table = await stored(engine.storage)
+    assert table[A] == created[A] and table[B] == created[B]  # only the journal knows A and B now
+    assert table[C][5] == "renamed" and table[C][7] == 150  # the update's row; not the last credit
+    funding = system_account_id(0, "USD", KIND_FUNDING)
+    assert table[funding] == ledger.accounts[funding].state()  # system accounts: every batch
+    assert engine.metrics.accounts_unsaved.labels("0")._value.get() >= 2
+    live = {account_id: account.state() for account_id, account in ledger.accounts.items()}
+    await engine.stop()  # no checkpoint on the way out: the next start replays the journal
+
+    again = await started(backend.make(), checkpoint_interval_s=NEVER)
+    assert {account_id: account.state() for account_id, account in again.ledger.accounts.items()} == live
+    again.ledger.check_invariants()
+    again.checkpoint_interval_s = 0  # the next batch writes every account behind the journal
+    await ok(again, c.ReleaseHold(B, "h2"))  # the flag lifts
+    live = {account_id: account.state() for account_id, account in again.ledger.accounts.items()}
+    assert not again.ledger.accounts[B].exhausted
+    assert await stored(again.storage) == live
+    newest = await again.storage.history(B, 1, None, None, None)  # the release's journal row
+    assert await again.storage.checkpoint_seq() == newest[0][0]
+    await again.stop()
+
+    third = await started(backend.make(), checkpoint_interval_s=NEVER)
+    assert {account_id: account.state() for account_id, account in third.ledger.accounts.items()} == live
     await third.stop()
