@@ -38,6 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 from balance.bench.results import BenchResult, make_result
 from balance.storage import schema
+from balance.storage.sqlite import WAL_AUTOCHECKPOINT_PAGES
 
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306"
 UNIFORM_ACCOUNTS = 10_000
@@ -208,11 +209,12 @@ def sqlite_table_ddl(table: str, ddl: str) -> str:
 
 
 def sqlite_connect(path: Path | str, busy_timeout_ms: int = 60_000) -> sqlite3.Connection:
-    """Autocommit mode (transactions are explicit), WAL, ``synchronous=FULL``."""
+    """Autocommit mode (transactions are explicit), WAL, ``synchronous=FULL``, the service's WAL checkpoint size."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")  # as the service's writer
     return conn
 
 
