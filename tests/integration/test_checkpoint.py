@@ -72,7 +72,7 @@ async def test_recovery_is_the_checkpoint_plus_the_journal_after_it(backend: Any
     reserved = engine.ledger.accounts[A].reserved
     assert reserved == 300 + 400
     assert set(await table(storage)) == {"h2", "h3"} and await storage.checkpoint_seq() == checkpoint
-    await engine.stop()
+    await engine.stop(checkpoint=False)  # as a crash: the next start replays the journal
 
     again = await started(backend.make(), checkpoint_interval_s=NEVER)
     ledger = again.ledger
@@ -181,7 +181,7 @@ async def test_a_database_of_the_earlier_version_opens_with_its_holds_table_take
     assert await again.storage.checkpoint_seq() == again.ledger.next_seq - 1
     assert await again.storage.get_hold(A, "done") == done  # from the table: the journal has no expiry
     await ok(again, c.ReleaseHold(A, "open"))
-    await again.stop()
+    await again.stop(checkpoint=False)
     third = await started(backend.make(), checkpoint_interval_s=NEVER)  # the release replayed from the journal
     assert third.ledger.holds[A, "open"].status == "released" and third.ledger.accounts[A].reserved == 0
     third.ledger.check_invariants()
@@ -221,7 +221,7 @@ async def test_recovery_is_the_accounts_checkpoint_plus_the_journal_after_it(bac
     assert table[funding] == ledger.accounts[funding].state()  # system accounts: every batch
     assert engine.metrics.accounts_unsaved.labels("0")._value.get() >= 2
     live = {account_id: account.state() for account_id, account in ledger.accounts.items()}
-    await engine.stop()  # no checkpoint on the way out: the next start replays the journal
+    await engine.stop(checkpoint=False)  # as a crash: the next start replays the journal
 
     again = await started(backend.make(), checkpoint_interval_s=NEVER)
     assert {account_id: account.state() for account_id, account in again.ledger.accounts.items()} == live
@@ -233,7 +233,20 @@ async def test_recovery_is_the_accounts_checkpoint_plus_the_journal_after_it(bac
     assert await stored(again.storage) == live
     newest = await again.storage.history(B, 1, None, None, None)  # the release's journal row
     assert await again.storage.checkpoint_seq() == newest[0][0]
-    await again.stop()
+    again.checkpoint_interval_s = NEVER
+    await ok(again, c.Credit(A, "after", 3))
+    await ok(again, c.PlaceHold(A, "h3", 5, 900))
+    live = {account_id: account.state() for account_id, account in again.ledger.accounts.items()}
+    holds = {k: h.state() for k, h in again.ledger.holds.items() if h.status == "pending"}
+    assert await stored(again.storage) != live
+    await again.stop()  # a clean stop writes a last checkpoint: the tables are complete
+    reader = backend.make()
+    await reader.open()
+    assert await stored(reader) == live
+    assert {(row[0], row[1]): row for row in await reader.scan_pending_holds(("", ""), 100)} == holds
+    newest = await reader.history(A, 1, None, None, None)
+    assert await reader.checkpoint_seq() == newest[0][0]
+    await reader.close()
 
     third = await started(backend.make(), checkpoint_interval_s=NEVER)
     assert {account_id: account.state() for account_id, account in third.ledger.accounts.items()} == live
