@@ -139,20 +139,51 @@ async def test_a_checkpoint_that_fails_to_commit_is_written_by_the_next_one(back
     await again.stop()
 
 
-async def _raw(backend: Any, storage: ShardStorage, statements: list[str]) -> None:
-    """Run SQL on the shard's database directly (to make it look like an earlier version's)."""
+async def _raw(backend: Any, storage: ShardStorage, statements: list[str]) -> list[tuple[Any, ...]]:
+    """Run SQL on the shard's database directly (to make it look like an earlier version's);
+    the rows of the last statement."""
     if backend.name == "sqlite":
         with sqlite3.connect(storage.path) as conn:  # type: ignore[attr-defined]
             for sql in statements:
-                conn.execute(sql)
-        return
+                rows = conn.execute(sql).fetchall()
+        return rows
     conn = await asyncmy.connect(**storage._connect_kwargs(autocommit=True))  # type: ignore[attr-defined]
     try:
         async with conn.cursor() as cur:
             for sql in statements:
                 await cur.execute(sql)
+            return list(await cur.fetchall() or [])
     finally:
         conn.close()
+
+
+async def _journal_indexes(backend: Any, storage: ShardStorage) -> set[str]:
+    if backend.name == "sqlite":
+        rows = await _raw(
+            backend, storage, ["SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'journal'"]
+        )
+        return {row[0] for row in rows if not row[0].startswith("sqlite_")}
+    return {row[2] for row in await _raw(backend, storage, ["SHOW INDEX FROM journal"]) if row[2] != "PRIMARY"}
+
+
+async def test_an_earlier_version_s_idempotency_index_is_replaced_at_open(backend: Any) -> None:
+    """The unique index of operation keys was (account_id, op_key) before session 5; it is now
+    (op_key, account_id), under a new name, and the old one is dropped once the new one exists."""
+    engine = await started(backend.make(), checkpoint_interval_s=NEVER)
+    await ok(engine, c.CreateAccount(A, None, "partner", "US", "USD", "a", 0, b"{}"))
+    await ok(engine, c.Credit(A, "seed", 10))
+    await engine.stop()
+    on = "" if backend.name == "sqlite" else " ON journal"
+    await _raw(backend, engine.storage, [
+        f"DROP INDEX journal_key{on}", "CREATE UNIQUE INDEX journal_op_key ON journal (account_id, op_key)",
+    ])  # fmt: skip
+    assert await _journal_indexes(backend, engine.storage) == {"journal_op_key", "journal_history"}
+
+    again = await started(backend.make(), checkpoint_interval_s=NEVER)
+    assert await _journal_indexes(backend, again.storage) == {"journal_key", "journal_history"}
+    replay = await again.execute(c.Credit(A, "seed", 10))  # the first outcome, read back through the new index
+    assert replay.status == 201 and replay.replayed
+    await again.stop()
 
 
 async def test_a_database_of_the_earlier_version_opens_with_its_holds_table_taken_as_complete(backend: Any) -> None:

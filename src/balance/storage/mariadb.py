@@ -61,7 +61,7 @@ _ER_DUP_ENTRY = 1062
 _ER_XAER_NOTA = 1397  # unknown XID: decided already, or still attached to its connection
 _ACTIVE, _PREPARING = 0, 1  # how far an XA branch got
 _SETTLE_TRIES = 50  # at open, 0.1 s apart: a crashed process's connections may still be closing
-_DUPLICATE_OP_KEY = re.compile(r"for key '(?:journal\.)?journal_op_key'")
+_DUPLICATE_OP_KEY = re.compile(r"for key '(?:journal\.)?journal_key'")
 _DATABASE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _UPSERT_KEYS = {"accounts": ("id",), "holds": ("account_id", "id")}
 
@@ -221,6 +221,8 @@ class MariaDbShardStorage:
                     for name, table, columns, unique in schema.INDEXES:
                         kind = "UNIQUE INDEX" if unique else "INDEX"
                         await cur.execute(f"CREATE {kind} IF NOT EXISTS `{name}` ON `{table}` ({columns})")
+                    for name, table in schema.INDEXES_DROPPED:  # after their replacements exist
+                        await cur.execute(f"DROP INDEX IF EXISTS `{name}` ON `{table}`")
                     for column, ddl in schema.JOURNAL_COLUMNS_ADDED.items():  # an earlier version's database
                         await cur.execute(f"ALTER TABLE journal ADD COLUMN IF NOT EXISTS `{column}` {ddl}")
                     # No checkpoint row yet: the holds table is complete (a new or an earlier version's database).
@@ -761,9 +763,9 @@ class MariaDbShardStorage:
                 chunk = list(dict.fromkeys(op_keys[start : start + _LOOKUP_CHUNK]))
                 sql = (
                     "SELECT account_id, op_key, fingerprint, status, result FROM journal"
-                    " WHERE (account_id, op_key) IN (" + ",".join(["(%s,%s)"] * len(chunk)) + ")"
-                )
-                for row in await self._fetch(conn, sql, [v for key in chunk for v in key]):
+                    " WHERE (op_key, account_id) IN (" + ",".join(["(%s,%s)"] * len(chunk)) + ")"
+                )  # in the index's order (``journal_key``)
+                for row in await self._fetch(conn, sql, [v for a, k in chunk for v in (k, a)]):
                     found_ops[(row[0], row[1])] = row
             found_holds: dict[tuple[str, str], Row] = {}
             for start in range(0, len(hold_keys), _LOOKUP_CHUNK):
@@ -772,11 +774,11 @@ class MariaDbShardStorage:
                 wanted = [(a, op_key_of(kind, h)) for a, h in chunk for kind in HOLD_KINDS]
                 sql = (
                     f"SELECT {_columns(schema.HOLD_JOURNAL_COLUMNS)} FROM journal"
-                    " WHERE (account_id, op_key) IN (" + ",".join(["(%s,%s)"] * len(wanted)) + ")"
+                    " WHERE (op_key, account_id) IN (" + ",".join(["(%s,%s)"] * len(wanted)) + ")"
                     " AND status < 300 ORDER BY seq"
                 )
                 per_hold: dict[tuple[str, str], list[Row]] = {}
-                for row in await self._fetch(conn, sql, [v for key in wanted for v in key]):
+                for row in await self._fetch(conn, sql, [v for a, k in wanted for v in (k, a)]):
                     per_hold.setdefault((row[1], row[3]), []).append(row)
                 for key, rows in per_hold.items():
                     if (rebuilt := hold_from_journal(rows)) is not None:

@@ -146,6 +146,11 @@ def history_query(
 INDEXES = (
     ("accounts_by_parent", "accounts", "parent_id, id", False),
     ("holds_by_status", "holds", "status, account_id, id", False),  # recovery pages through pending holds
-    ("journal_op_key", "journal", "account_id, op_key", True),
+    # Idempotency: one outcome per (operation key, account). The key leads: ids that grow with
+    # time (ULIDs, snowflakes, counters: most order ids) then go in at one end of the index
+    # instead of into every account's part of it, one page written per row. Measured on the
+    # bench's journal ceiling: SQLite +47%, MariaDB (2 writers) +21%. Random ids cost as before.
+    ("journal_key", "journal", "op_key, account_id", True),
     ("journal_history", "journal", "account_id, seq", False),
 )
+INDEXES_DROPPED = (("journal_op_key", "journal"),)  # replaced: dropped from an earlier version's database

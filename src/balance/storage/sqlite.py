@@ -74,7 +74,7 @@ class SqliteShardStorage:
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn)
         except sqlite3.IntegrityError as exc:
-            if "journal.account_id, journal.op_key" in str(exc):
+            if "journal.op_key, journal.account_id" in str(exc):
                 raise DuplicateOperation(str(exc)) from exc
             raise StorageError(f"sqlite integrity error: {exc}") from exc
         except sqlite3.Error as exc:
@@ -109,6 +109,8 @@ class SqliteShardStorage:
             for name, table, columns, unique in schema.INDEXES:
                 kind = "UNIQUE INDEX" if unique else "INDEX"
                 self._writer.execute(f"CREATE {kind} IF NOT EXISTS {name} ON {table} ({columns})")
+            for name, _ in schema.INDEXES_DROPPED:  # after their replacements exist
+                self._writer.execute(f"DROP INDEX IF EXISTS {name}")
             have = {row[1] for row in self._writer.execute("PRAGMA table_info(journal)")}
             for column, ddl in schema.JOURNAL_COLUMNS_ADDED.items():  # a database of an earlier version
                 if column not in have:
