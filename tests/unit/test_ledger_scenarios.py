@@ -36,7 +36,7 @@ import pytest
 
 from balance.domain import commands as c
 from balance.domain import errors as e
-from balance.domain.ledger import Ledger, Outcome, system_account_id
+from balance.domain.ledger import Changes, Ledger, Outcome, system_account_id
 from balance.domain.model import KIND_FUNDING, KIND_SETTLEMENT, STATUS_ACTIVE, STATUS_CLOSED, STATUS_FROZEN, Hold
 
 SHARD = 0
@@ -611,15 +611,21 @@ def test_the_outcome_window_keeps_the_newest_and_evicts_the_oldest_first() -> No
     assert list(world.ledger.records) == [("A", "credit:c3"), ("A", "credit:c4"), ("A", "credit:c5")]
 
 
-def _checkpoint(world: World, commands: list[c.Command]) -> tuple[set[str], set[str]]:
-    """One batch that also writes the holds checkpoint: (hold ids upserted, hold ids deleted)."""
+def _one_batch(world: World, commands: list[c.Command], checkpoint: bool = False) -> Changes:
+    """One begin/apply/collect/accept cycle: what the batch writes."""
     ledger = world.ledger
     ledger.begin()
     for command in commands:
         world._apply(command)
-    changes = ledger.collect(checkpoint=True)
+    changes = ledger.collect(checkpoint=checkpoint)
     ledger.accept()
-    assert changes.checkpoint_seq == ledger.next_seq - 1
+    return changes
+
+
+def _checkpoint(world: World, commands: list[c.Command]) -> tuple[set[str], set[str]]:
+    """One batch that also writes the holds checkpoint: (hold ids upserted, hold ids deleted)."""
+    changes = _one_batch(world, commands, checkpoint=True)
+    assert changes.checkpoint_seq == world.ledger.next_seq - 1
     return {hold.id for hold in changes.holds}, {hold_id for _, hold_id in changes.holds_deleted}
 
 
@@ -660,13 +666,7 @@ def test_a_checkpoint_undone_makes_its_holds_unsaved_again_and_forgets_holds_und
 
 def _written(world: World, commands: list[c.Command], checkpoint: bool = False) -> set[str]:
     """One batch: the ids of the accounts whose row it writes."""
-    ledger = world.ledger
-    ledger.begin()
-    for command in commands:
-        world._apply(command)
-    changes = ledger.collect(checkpoint=checkpoint)
-    ledger.accept()
-    return {account.id for account in changes.accounts}
+    return {account.id for account in _one_batch(world, commands, checkpoint).accounts}
 
 
 def test_money_operations_leave_account_rows_to_the_checkpoint_and_write_the_rest_at_once() -> None:
@@ -721,11 +721,7 @@ def test_recovery_replays_account_state_from_journal_rows_newer_than_the_stored_
     stale = {account_id: account.state() for account_id, account in ledger.accounts.items()}
     rows: list[tuple] = []  # type: ignore[type-arg]
     for command in (c.Credit("B", "c2", 5), c.Transfer("t1", "A", "B", 10, "USD"), c.PlaceHold("A", "h2", 40, 60)):
-        ledger.begin()
-        world._apply(command)
-        changes = ledger.collect()
-        ledger.accept()
-        for entry in changes.entries:
+        for entry in _one_batch(world, [command]).entries:
             row = dict(zip(JOURNAL_COLUMNS, entry.row(), strict=True))
             rows.append(tuple(row[name] for name in RECOVERY_JOURNAL_FIELDS))
     live = {account_id: account.state() for account_id, account in ledger.accounts.items()}
