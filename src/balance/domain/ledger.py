@@ -80,9 +80,9 @@ class Outcome:
 class Changes:
     """What one accepted batch changed: the rows its commit must write."""
 
-    accounts: list[Account] = field(default_factory=list)
     # Accounts whose row this batch writes: created or changed beyond what a journal row says,
     # system accounts (no journal rows of their own), and at a checkpoint every unsaved one.
+    accounts: list[Account] = field(default_factory=list)
     holds: list[Hold] = field(default_factory=list)  # a checkpoint's pending holds (upserted)
     holds_deleted: list[tuple[str, str]] = field(default_factory=list)  # a checkpoint's finished holds
     checkpoint_seq: int = 0  # > 0: the holds and accounts tables reflect the journal up to here once committed
