@@ -524,6 +524,17 @@ class EngineMachine(RuleBasedStateMachine):
         self.run([c.PlaceHold(account, hold_id, amount, expires_in_s, other if to else None)])
         return (account, hold_id)
 
+    @rule(target=holds, account=accounts, then_restart=st.booleans())
+    def hold_everything(self, account: str, then_restart: bool) -> tuple[str, str]:
+        """A hold of exactly what is available: the account is exhausted (a flag no journal row
+        stores: a restart must work it out from the hold's row)."""
+        hold_id = self.fresh("all")
+        self.run([c.PlaceHold(account, hold_id, max(1, self.model.accounts[account].available), 30)])
+        if then_restart:
+            self.restart_engine()
+            self.state_matches_model()
+        return (account, hold_id)
+
     @rule(hold=holds, mode=st.sampled_from(["whole", "exact", "part", "too_much"]), quarter=st.integers(1, 3))
     def capture(self, hold: tuple[str, str], mode: str, quarter: int) -> None:
         known = self.model.holds.get(hold)
@@ -618,18 +629,20 @@ class EngineMachine(RuleBasedStateMachine):
         command = data.draw(st.sampled_from(earlier + self.sent), label="again")
         return changed(command) if data.draw(st.booleans(), label="changed") else command
 
-    def restart_engine(self) -> None:
+    def restart_engine(self, clean: bool = False) -> None:
+        """A new engine on the same file. Not ``clean``: the old one stops without its last
+        checkpoint, as after a crash, so the new one rebuilds accounts and holds from the journal."""
         assert self.engine is not None
-        self.loop.run_until_complete(self.engine.stop())
+        self.loop.run_until_complete(self.engine.stop(checkpoint=clean))
         self.engine = None
         self.engine = self.loop.run_until_complete(self._new_engine())
 
-    @rule(data=st.data())
-    def restart(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), clean=st.booleans())
+    def restart(self, data: st.DataObject, clean: bool) -> None:
         """A new engine on the same file: same state, and replays still answer the first outcome."""
         assert self.engine is not None
         before = {account_id: account.state() for account_id, account in self.engine.ledger.accounts.items()}
-        self.restart_engine()
+        self.restart_engine(clean)
         assert self.engine is not None
         # Every field of every account, versions and times too: rebuilt from the accounts table
         # and whatever the journal says after the last checkpoint.
