@@ -132,7 +132,9 @@ class BalanceService:
     async def run_many(self, commands: Sequence[c.Command]) -> list[Reply]:
         """Run commands in order (same-account order is kept: one shard, one queue), all
         answered through one collector (a batch request makes no future per operation)."""
-        collector = Collector(len(commands))
+        first = self.engines[0] if self.engines else None
+        loop = first.loop if first is not None and first.ready and first.loop is not None else asyncio.get_running_loop()
+        collector = Collector(len(commands), loop)
         across: list[tuple[int, asyncio.Task[Reply]]] = []
         for index, command in enumerate(commands):
             account_id = command.account_id
