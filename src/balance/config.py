@@ -17,7 +17,7 @@ class Settings:
     admin_key_generated: bool
     shards: int
     db_url: str | None
-    checkpoint_interval_s: float = 2.0  # how often the holds table is brought up to date
+    checkpoint_interval_s: float = 2.0  # how often the holds and accounts tables are brought up to date
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

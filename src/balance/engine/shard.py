@@ -161,7 +161,7 @@ class ShardEngine:
         self.state = STARTING
         # The loop the engine runs in, taken once at start: CPython 3.11's get_running_loop()
         # makes a getpid() system call on every call (~8% of a single-op server's busy time).
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.recovery_s = 0.0
         self._on_fatal = on_fatal
         self._queue: list[tuple[c.Command, asyncio.Future[Reply]]] = []
@@ -182,7 +182,7 @@ class ShardEngine:
     async def start(self) -> None:
         """Recover (load, rebuild reserved, check invariants), then serve."""
         self.state = RECOVERING
-        self.loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self.metrics.ready.labels(self._label).set(0)
         started = time.perf_counter()
         await self.storage.open()
@@ -293,7 +293,7 @@ class ShardEngine:
     def enqueue(self, command: c.Command) -> asyncio.Future[Reply]:
         """Queue one command; the future resolves after its batch is committed (or undone)."""
         self._admit()
-        loop = self.loop
+        loop = self._loop
         assert loop is not None  # _admit: the engine is ready, so it started
         future: asyncio.Future[Reply] = loop.create_future()
         self._queue.append((command, future))
@@ -401,7 +401,7 @@ class ShardEngine:
         ledger.begin()
         now = self.clock()
         replies = [self._apply(command, now) for command, _ in items]
-        changes = ledger.collect(self._checkpoint_due() or checkpoint)
+        changes = ledger.collect(self._checkpoint_due(force=checkpoint))
         write = BatchWrite(
             accounts=[account.state() for account in changes.accounts],
             holds=[hold.state() for hold in changes.holds],
@@ -417,15 +417,16 @@ class ShardEngine:
         op_keys = [(entry.account_id, entry.op_key) for entry in changes.entries if entry.op_key]
         return _Batch(items, replies, self._counts, write, first_seq, op_keys)
 
-    def _checkpoint_due(self) -> bool:
+    def _checkpoint_due(self, force: bool = False) -> bool:
         """Write the checkpoint (holds and accounts) with this batch? Every ``checkpoint_interval_s`` or
-        ``CHECKPOINT_ROWS`` journal rows, whichever comes first: recovery then replays at most
-        about that much journal on top of the tables."""
+        ``CHECKPOINT_ROWS`` journal rows, whichever comes first (or when ``force``d, if anything is
+        unsaved): recovery then replays at most about that much journal on top of the tables."""
         ledger, now = self.ledger, time.monotonic()
         self._m_unsaved.set(ledger.unsaved_holds)
         self._m_unsaved_accounts.set(ledger.unsaved_accounts)
         if not (ledger.unsaved_holds or ledger.unsaved_accounts) or (
-            now - self._checkpointed_at < self.checkpoint_interval_s
+            not force
+            and now - self._checkpointed_at < self.checkpoint_interval_s
             and ledger.next_seq - self._checkpoint_from < CHECKPOINT_ROWS
         ):
             return False
