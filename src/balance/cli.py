@@ -8,9 +8,6 @@ import sys
 
 
 def run(_: argparse.Namespace) -> int:
-    import uvicorn
-
-    from balance.bootstrap import build_app
     from balance.config import Settings
 
     settings = Settings.from_env()
@@ -21,10 +18,9 @@ def run(_: argparse.Namespace) -> int:
     print(
         f"balance service: {settings.shards} shard(s) on {storage}, http://{settings.host}:{settings.port}", flush=True
     )
-    uvicorn.run(
-        build_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        lifespan="on", access_log=False, log_level="warning", backlog=4096,
-    )  # fmt: skip
+    from balance.server import run as serve
+
+    serve(settings)
     return 0
 
 

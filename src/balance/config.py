@@ -17,7 +17,8 @@ class Settings:
     admin_key_generated: bool
     shards: int
     db_url: str | None
-    checkpoint_interval_s: float = 2.0  # how often the holds and accounts tables are brought up to date
+    checkpoint_interval_s: float = 2.0
+    http_server: str = "builtin"  # the built-in HTTP/1.1 server (balance.api.http1), or "uvicorn"  # how often the holds and accounts tables are brought up to date
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -29,6 +30,9 @@ class Settings:
         checkpoint_interval_s = float(env.get("BALANCE_CHECKPOINT_INTERVAL_S", "2"))
         if not 0 <= checkpoint_interval_s <= 3600:
             raise ValueError("BALANCE_CHECKPOINT_INTERVAL_S must be between 0 and 3600 seconds")
+        http_server = env.get("BALANCE_HTTP_SERVER", "builtin")
+        if http_server not in ("builtin", "uvicorn"):
+            raise ValueError("BALANCE_HTTP_SERVER must be builtin or uvicorn")
         return cls(
             host=env.get("BALANCE_HOST", "127.0.0.1"),
             port=int(env.get("BALANCE_PORT", "8080")),
@@ -38,4 +42,5 @@ class Settings:
             shards=shards,
             db_url=env.get("BALANCE_DB_URL") or None,
             checkpoint_interval_s=checkpoint_interval_s,
+            http_server=http_server,
         )

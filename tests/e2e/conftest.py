@@ -1,8 +1,9 @@
-"""In-process HTTP harness: a real service on SQLite files under ``tmp_path``, no sockets.
+"""HTTP harness: a real service on SQLite files under ``tmp_path``, in this process.
 
 ``api`` (one shard) and ``api2`` (two shards) build the service with ``bootstrap.build_service``,
-start it (recovery included), and talk to ``BalanceApp(service, start_service=False)`` through
-``httpx.ASGITransport``. A fatal invariant breach fails the test instead of ending the process.
+start it (recovery included), and talk to ``BalanceApp(service, start_service=False)`` twice:
+through ``httpx.ASGITransport`` (no sockets) and through the built-in HTTP/1.1 server on a real
+socket. A fatal invariant breach fails the test instead of ending the process.
 ``make_api`` builds more of them (e.g. a second process on the same files, or one never started).
 
 Test modules import nothing from here (``tests/e2e`` is no package): the helpers ride on the
@@ -23,6 +24,7 @@ import pytest
 
 from balance import bootstrap
 from balance.api.app import BalanceApp
+from balance.api.http1 import HttpServer
 from balance.config import Settings
 from balance.service import BalanceService
 
@@ -209,7 +211,9 @@ def make_api(tmp_path: Path) -> MakeApi:
     """``async with make_api(shards=1, start=True, data_dir=tmp_path) as api:`` — a deployment."""
 
     @asynccontextmanager
-    async def make(*, shards: int = 1, start: bool = True, data_dir: Path | None = None) -> AsyncIterator[Api]:
+    async def make(
+        *, shards: int = 1, start: bool = True, data_dir: Path | None = None, transport: str = "asgi"
+    ) -> AsyncIterator[Api]:
         settings = Settings.from_env(
             {
                 "BALANCE_DATA_DIR": str(data_dir or tmp_path),
@@ -223,8 +227,17 @@ def make_api(tmp_path: Path) -> MakeApi:
             if start:
                 await service.start()
             app = BalanceApp(service, start_service=False)
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-                yield Api(client, service, app)
+            if transport == "asgi":
+                async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+                    yield Api(client, service, app)
+            else:  # the built-in HTTP/1.1 server on a real socket
+                server = HttpServer(app.serve)
+                port = await server.listen("127.0.0.1", 0)
+                try:
+                    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                        yield Api(client, service, app)
+                finally:
+                    await server.stop()
         finally:
             await service.stop()
         if fatal.errors:
@@ -233,15 +246,16 @@ def make_api(tmp_path: Path) -> MakeApi:
     return make
 
 
-@pytest.fixture
-async def api(make_api: MakeApi) -> AsyncIterator[Api]:
-    """A started one-shard deployment."""
-    async with make_api(shards=1) as api:
+@pytest.fixture(params=["asgi", "http"])
+async def api(make_api: MakeApi, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    """A started one-shard deployment, reached in process (ASGI) and through the built-in
+    HTTP/1.1 server on a real socket: every API test runs both ways."""
+    async with make_api(shards=1, transport=request.param) as api:
         yield api
 
 
-@pytest.fixture
-async def api2(make_api: MakeApi) -> AsyncIterator[Api]:
-    """A started two-shard deployment."""
-    async with make_api(shards=2) as api:
+@pytest.fixture(params=["asgi", "http"])
+async def api2(make_api: MakeApi, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    """A started two-shard deployment, both ways."""
+    async with make_api(shards=2, transport=request.param) as api:
         yield api

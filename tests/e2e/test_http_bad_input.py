@@ -278,7 +278,7 @@ CASES: list[tuple[str, int, str, Build]] = [
     ("basic-scheme", 401, "unauthorized",
      lambda w: Req("POST", f"/v1/accounts/{w.P}/credits", json=VALID, key="Basic dGVzdC1hZG1pbg==", literal_auth=True)),
     ("bearer-without-token", 401, "unauthorized",
-     lambda w: Req("POST", f"/v1/accounts/{w.P}/credits", json=VALID, key="Bearer ", literal_auth=True)),
+     lambda w: Req("POST", f"/v1/accounts/{w.P}/credits", json=VALID, key="Bearer", literal_auth=True)),
     ("child-key-on-parent", 403, "forbidden", lambda w: Req("POST", f"/v1/accounts/{w.P}/debits", json=VALID, key="child")),
     ("child-key-patches-itself", 403, "forbidden",
      lambda w: Req("PATCH", f"/v1/accounts/{w.C}", json={"credit_limit": 10**6}, key="child")),

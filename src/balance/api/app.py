@@ -20,6 +20,7 @@ from prometheus_client import generate_latest
 
 from balance import views
 from balance.api import schemas as s
+from balance.api.body import BODY_BYTES_MAX, read_body
 from balance.api.openapi import openapi_document
 from balance.domain import commands as c
 from balance.domain import errors as e
@@ -31,7 +32,6 @@ from balance.views import encoder, problem
 
 log = logging.getLogger("balance.api")
 
-BODY_BYTES_MAX = 16 * 1024 * 1024
 JSON = b"application/json"
 PROBLEM = b"application/problem+json"
 
@@ -127,27 +127,40 @@ class BalanceApp:
             return
         if scope["type"] != "http":
             return
+        body = await read_body(receive)
+        status, headers, payload = await self.serve(
+            scope["method"], scope["path"], scope["query_string"], dict(scope["headers"]), body
+        )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def serve(
+        self, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes | None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One request, whoever carried it (ASGI here, the relay from HTTP front processes).
+
+        ``body`` is None when it was larger than BODY_BYTES_MAX (answered 422).
+        """
         started = time.perf_counter()
         route = "unmatched"
         try:
-            route, reply, extra = await self._handle(scope, receive)
+            route, reply, extra = await self._handle(method, path, raw_query, headers, body)
         except Exception:  # a bug: log it, answer 500, keep serving
             log.exception("unhandled error")
             reply, extra = Reply(500, problem("internal_error", 500, "internal error")), []
         if any(name == b"content-type" for name, _ in extra):  # e.g. /metrics: one Content-Type, not two
-            headers = list(extra)
+            response_headers = list(extra)
         else:
-            headers = [(b"content-type", PROBLEM if reply.status >= 400 else JSON), *extra]
+            response_headers = [(b"content-type", PROBLEM if reply.status >= 400 else JSON), *extra]
         if reply.replayed:
-            headers.append((b"idempotent-replayed", b"true"))
+            response_headers.append((b"idempotent-replayed", b"true"))
         if reply.status == 503 or reply.status == 429:
-            headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
+            response_headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
         histogram = self._latency.get(route)
         if histogram is None:
             histogram = self._latency[route] = self.metrics.request_seconds.labels(route)
         histogram.observe(time.perf_counter() - started)
+        return reply.status, response_headers, reply.body
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -171,9 +184,9 @@ class BalanceApp:
             log.critical("recovery failed; the service stays unready", exc_info=True)
             raise
 
-    async def _handle(self, scope: dict[str, Any], receive: Any) -> tuple[str, Reply, list[tuple[bytes, bytes]]]:
-        path: str = scope["path"]
-        method: str = scope["method"]
+    async def _handle(
+        self, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes | None
+    ) -> tuple[str, Reply, list[tuple[bytes, bytes]]]:
         if path == "/healthz":
             return path, json_reply(200, {"status": "ok"}), []
         if path == "/readyz":
@@ -198,9 +211,6 @@ class BalanceApp:
         if handler is None:
             status, code = (405, "method_not_allowed") if pattern else (404, "not_found")
             return "unmatched", Reply(status, problem(code, status, f"{method} {path} is not a route")), []
-        headers = dict(scope["headers"])
-        body = await _read_body(receive)
-        raw_query = scope["query_string"]
         query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if raw_query else {}
         request = Request(method, path, query, headers, b"" if body is None else body)  # None: too large, 400 below
         try:
@@ -442,20 +452,6 @@ def _accounts_of(command: c.Command) -> tuple[str | None, ...]:
 
 
 # ---- small parsers ---------------------------------------------------------------------
-
-
-async def _read_body(receive: Any) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size <= BODY_BYTES_MAX:
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks) if size <= BODY_BYTES_MAX else None
 
 
 def _bearer(headers: dict[bytes, bytes]) -> str | None:
