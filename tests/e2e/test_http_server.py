@@ -3,18 +3,19 @@
 The API's behaviour through it is covered by every ``api`` test (they run over ASGI and over
 this server). Here: keep-alive, pipelining in order, chunked bodies, ``Expect: 100-continue``,
 HEAD, the body limit, malformed requests, ``Connection: close``, HTTP/1.0, the idle timeout,
-back-pressure, and a graceful stop that answers what is in flight.
+back-pressure, and a graceful stop that answers what is in flight; on asyncio's loop and uvloop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from balance import bootstrap
 from balance.api.app import BalanceApp
@@ -47,10 +48,28 @@ async def _serve(tmp_path: Path, **server_options: Any) -> AsyncIterator[Served]
         await service.stop()
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    async for value in _serve(tmp_path):
-        yield value
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def served_test(**server_options: Any) -> Callable[[Callable[[Served], Awaitable[None]]], Any]:
+    """A test on a fresh server, run once on asyncio's loop and once on uvloop (what the service
+    runs on: its transports and handles are not asyncio's classes, and the compiled module must
+    not assume they are)."""
+
+    def wrap(scenario: Callable[[Served], Awaitable[None]]) -> Any:
+        @pytest.mark.parametrize("loop", list(LOOPS))
+        def test(loop: str, tmp_path: Path) -> None:
+            async def body() -> None:
+                async for served in _serve(tmp_path, **server_options):
+                    await scenario(served)
+
+            with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+                runner.run(body())
+
+        test.__name__, test.__doc__ = scenario.__name__, scenario.__doc__
+        return test
+
+    return wrap
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
@@ -101,6 +120,7 @@ async def closed_by_server(reader: asyncio.StreamReader) -> bool:
     return await asyncio.wait_for(reader.read(1), 10) == b""
 
 
+@served_test()
 async def test_keep_alive_serves_many_requests_on_one_connection(served: Served) -> None:
     account = await funded_account(served)
     reader, writer = await served.connect()
@@ -116,6 +136,7 @@ async def test_keep_alive_serves_many_requests_on_one_connection(served: Served)
     writer.close()
 
 
+@served_test()
 async def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
     account = await funded_account(served)
     reader, writer = await served.connect()
@@ -133,6 +154,7 @@ async def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
     writer.close()
 
 
+@served_test()
 async def test_many_pipelined_requests_past_the_read_ahead_limit(served: Served) -> None:
     account = await funded_account(served, amount=10_000)
     reader, writer = await served.connect()
@@ -147,6 +169,7 @@ async def test_many_pipelined_requests_past_the_read_ahead_limit(served: Served)
     writer.close()
 
 
+@served_test()
 async def test_replay_and_retry_headers_pass_through(served: Served) -> None:
     account = await funded_account(served)
     reader, writer = await served.connect()
@@ -158,6 +181,7 @@ async def test_replay_and_retry_headers_pass_through(served: Served) -> None:
     writer.close()
 
 
+@served_test()
 async def test_chunked_request_body(served: Served) -> None:
     account = await funded_account(served)
     reader, writer = await served.connect()
@@ -173,6 +197,7 @@ async def test_chunked_request_body(served: Served) -> None:
     writer.close()
 
 
+@served_test()
 async def test_expect_100_continue(served: Served) -> None:
     account = await funded_account(served)
     reader, writer = await served.connect()
@@ -189,6 +214,7 @@ async def test_expect_100_continue(served: Served) -> None:
     writer.close()
 
 
+@served_test()
 async def test_head_gets_headers_without_body(served: Served) -> None:
     reader, writer = await served.connect()
     writer.write(b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n\r\n" + get("/healthz"))
@@ -199,6 +225,7 @@ async def test_head_gets_headers_without_body(served: Served) -> None:
     writer.close()
 
 
+@served_test()
 async def test_percent_encoded_path_is_decoded(served: Served) -> None:
     account = await funded_account(served)
     reader, writer = await served.connect()
@@ -209,24 +236,25 @@ async def test_percent_encoded_path_is_decoded(served: Served) -> None:
     writer.close()
 
 
-async def test_body_over_the_limit_is_refused_and_changes_nothing(tmp_path: Path) -> None:
-    async for served in _serve(tmp_path, body_bytes_max=1_000):
-        account = await funded_account(served)
-        reader, writer = await served.connect()
-        raw = json.dumps({"id": "big", "amount": 1, "description": "x" * 2_000}).encode()
-        writer.write(
-            b"POST /v1/accounts/%b/credits HTTP/1.1\r\nHost: t\r\n%bContent-Length: %d\r\n\r\n%b"
-            % (account.encode(), AUTH, len(raw), raw)
-        )
-        status, headers, body = await read_response(reader)
-        assert status == 422 and headers["content-type"] == "application/problem+json"
-        assert "body larger than" in json.loads(body)["detail"]
-        writer.write(get(f"/v1/accounts/{account}"))  # the connection is still usable
-        status, _, body = await read_response(reader)
-        assert (status, json.loads(body)["balance"]) == (200, 1_000)
-        writer.close()
+@served_test(body_bytes_max=1_000)
+async def test_body_over_the_limit_is_refused_and_changes_nothing(served: Served) -> None:
+    account = await funded_account(served)
+    reader, writer = await served.connect()
+    raw = json.dumps({"id": "big", "amount": 1, "description": "x" * 2_000}).encode()
+    writer.write(
+        b"POST /v1/accounts/%b/credits HTTP/1.1\r\nHost: t\r\n%bContent-Length: %d\r\n\r\n%b"
+        % (account.encode(), AUTH, len(raw), raw)
+    )
+    status, headers, body = await read_response(reader)
+    assert status == 422 and headers["content-type"] == "application/problem+json"
+    assert "body larger than" in json.loads(body)["detail"]
+    writer.write(get(f"/v1/accounts/{account}"))  # the connection is still usable
+    status, _, body = await read_response(reader)
+    assert (status, json.loads(body)["balance"]) == (200, 1_000)
+    writer.close()
 
 
+@served_test()
 async def test_malformed_request_gets_400_after_earlier_answers_then_close(served: Served) -> None:
     reader, writer = await served.connect()
     writer.write(get("/healthz") + b"NOT HTTP AT ALL\r\n\r\n")
@@ -241,6 +269,7 @@ async def test_malformed_request_gets_400_after_earlier_answers_then_close(serve
     writer.close()
 
 
+@served_test()
 async def test_connection_close_and_http_1_0(served: Served) -> None:
     for request in (get("/healthz", b"Connection: close\r\n"), b"GET /healthz HTTP/1.0\r\n\r\n"):
         reader, writer = await served.connect()
@@ -251,16 +280,17 @@ async def test_connection_close_and_http_1_0(served: Served) -> None:
         writer.close()
 
 
-async def test_idle_connection_is_closed_after_the_timeout(tmp_path: Path) -> None:
-    async for served in _serve(tmp_path, idle_timeout_s=0.3):
-        reader, writer = await served.connect()
-        writer.write(get("/healthz"))
-        assert (await read_response(reader))[0] == 200
-        assert await closed_by_server(reader)
-        assert not served.server.connections
-        writer.close()
+@served_test(idle_timeout_s=0.3)
+async def test_idle_connection_is_closed_after_the_timeout(served: Served) -> None:
+    reader, writer = await served.connect()
+    writer.write(get("/healthz"))
+    assert (await read_response(reader))[0] == 200
+    assert await closed_by_server(reader)
+    assert not served.server.connections
+    writer.close()
 
 
+@served_test()
 async def test_stop_answers_requests_in_flight_and_refuses_new_connections(served: Served) -> None:
     account = await funded_account(served)
     reader, writer = await served.connect()

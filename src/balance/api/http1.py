@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
+from typing import Any
 from urllib.parse import unquote
 
 import httptools
@@ -106,7 +107,7 @@ class HttpProtocol(asyncio.Protocol):
         self._loop = server.loop
         self._body_max = server.body_bytes_max
         self._parser = httptools.HttpRequestParser(self)
-        self._transport: asyncio.Transport | None = None
+        self._transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
         self._current: _Request | None = None
         self._url = b""
         self._queue: deque[_Request] = deque()  # requests not answered yet, in arrival order
@@ -118,8 +119,8 @@ class HttpProtocol(asyncio.Protocol):
 
     # ---- asyncio -------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -288,8 +289,8 @@ class HttpServer:
         self.body_bytes_max = body_bytes_max
         self.connections: set[HttpProtocol] = set()
         self.loop = asyncio.get_running_loop()
-        self._listener: asyncio.AbstractServer | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._listener: Any = None  # under uvloop these are uvloop's own classes
+        self._sweeper: Any = None
 
     async def listen(self, host: str, port: int, backlog: int = 4096) -> int:
         """Start accepting; returns the bound port (``port`` 0: any free one)."""
@@ -297,7 +298,8 @@ class HttpServer:
             lambda: HttpProtocol(self.serve, self), host, port, backlog=backlog
         )
         self._sweep_later()
-        return int(self._listener.sockets[0].getsockname()[1])
+        listening: Any = self._listener.sockets[0]
+        return int(listening.getsockname()[1])  # a tuple, or a list under uvloop
 
     def _sweep_later(self) -> None:
         self._sweeper = self.loop.call_later(min(1.0, self.idle_timeout_s / 2), self._sweep)
