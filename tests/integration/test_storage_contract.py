@@ -443,6 +443,46 @@ async def test_when_a_commit_fails_the_one_started_after_it_writes_nothing(stora
     assert await stored_seqs(storage) == list(range(1, 2 + rows))
 
 
+async def test_a_chain_of_small_commits_stops_at_the_first_that_fails(storage: ShardStorage) -> None:
+    """Twenty small commits handed over back to back, each after the one before (MariaDB sends
+    each as soon as the one before answered, without waiting for the engine to see it)."""
+    await storage.commit(BatchWrite(journal=[entry(seq=1, op_key="credit:taken")]))
+    tasks: list[asyncio.Future[None]] = []
+    for k in range(20):
+        seq = 2 + 3 * k
+        batch = big_batch(seq, k + 1, rows=3, op_key_of=10**6 if k == 12 else None)  # the 13th: a key twice
+        tasks.append(asyncio.ensure_future(storage.commit(batch, after=tasks[-1] if tasks else None)))
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert outcomes[:12] == [None] * 12
+    assert isinstance(outcomes[12], DuplicateOperation)
+    assert all(type(outcome) is StorageError for outcome in outcomes[13:]), outcomes[13:]
+    assert await stored_seqs(storage) == list(range(1, 2 + 3 * 12))
+    assert [row[11] for row in (await storage.load()).accounts] == [12]
+    await storage.commit(big_batch(2 + 3 * 12, 99, rows=3))  # usable again
+    assert await stored_seqs(storage) == list(range(1, 2 + 3 * 13))
+
+
+async def test_a_commit_whose_waiter_gave_up_before_its_turn_writes_nothing_nor_does_the_next(
+    storage: ShardStorage,
+) -> None:
+    first = asyncio.ensure_future(storage.commit(big_batch(1, 1, rows=3)))
+    second = asyncio.ensure_future(storage.commit(big_batch(4, 2, rows=3), after=first))
+    third = asyncio.ensure_future(storage.commit(big_batch(7, 3, rows=3), after=second))
+    await asyncio.sleep(0)  # all three handed over; the first is being written
+    second.cancel()
+    fourth = asyncio.ensure_future(storage.commit(big_batch(10, 4, rows=3), after=third))
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    for later in (third, fourth):
+        with pytest.raises(StorageError) as raised:
+            await later
+        assert raised.type is StorageError
+    assert await stored_seqs(storage) == [1, 2, 3]
+    await storage.commit(big_batch(4, 5, rows=3))  # usable again
+    assert await stored_seqs(storage) == list(range(1, 7))
+
+
 async def test_a_commit_after_one_that_already_failed_writes_nothing(storage: ShardStorage) -> None:
     failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     failed.set_exception(StorageError("earlier"))

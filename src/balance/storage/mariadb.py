@@ -24,6 +24,7 @@ import itertools
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -124,6 +125,17 @@ def _packets(statements: list[str], budget: int) -> Iterator[str]:
         yield ";".join(packet)
 
 
+class _Chained:
+    """A small batch waiting for its turn on the first writer connection."""
+
+    __slots__ = ("batch", "after", "task", "done")
+
+    def __init__(
+        self, batch: BatchWrite, after: asyncio.Future[None] | None, task: object, done: asyncio.Future[None]
+    ) -> None:
+        self.batch, self.after, self.task, self.done = batch, after, task, done
+
+
 def _columns(columns: tuple[str, ...]) -> str:
     return ",".join(f"`{c}`" for c in columns)
 
@@ -180,6 +192,9 @@ class MariaDbShardStorage:
         self._open = False
         self._packet_budget = 4 * 1024 * 1024  # characters per statement; set from max_allowed_packet
         self._head_cache: dict[str, tuple[str, str]] = {}
+        self._chain: deque[_Chained] = deque()  # small batches waiting to be sent, in order
+        self._chain_runner: asyncio.Task[None] | None = None
+        self._chain_last: tuple[object, bool] = (None, False)  # the last one sent: its commit task, succeeded
 
     def __repr__(self) -> str:
         return f"MariaDbShardStorage({self.user}@{self.host}:{self.port}/{self.database})"
@@ -264,6 +279,10 @@ class MariaDbShardStorage:
 
     async def close(self) -> None:
         self._open = False
+        runner, self._chain_runner = self._chain_runner, None
+        if runner is not None and not runner.done():
+            runner.cancel()
+            await asyncio.wait([runner])
         pool, self._pool = self._pool, None
         for writer in self._writers:
             conn, writer.conn, writer.statements = writer.conn, None, {}
@@ -321,7 +340,9 @@ class MariaDbShardStorage:
         """Large batches (``_BULK_ROWS_MIN`` rows and more) are XA branches on the two writer
         connections in turn: this batch's rows go in and are prepared while ``after`` is still
         committing on the other connection, and it is committed only once ``after`` succeeded.
-        Small batches are one text packet on the first connection, sent once ``after`` is done.
+        Small batches are one text packet each on the first connection, sent in the order they
+        are handed over (``_run_chain``): once ``after`` is done, or at once when ``after`` is the
+        small batch just before and it succeeded.
 
         Row locks stay deadlock-free. The rows no other batch writes (journal, outbox, keys,
         pending transfers: new keys, inserts only) go in at once; the rows batches share
@@ -343,12 +364,58 @@ class MariaDbShardStorage:
                     await asyncio.wait([earlier_shared])
                 await self._commit_branch(writer, batch, after, earlier_shared, shared_in)
             else:
-                if not await succeeded(after):
-                    raise StorageError(EARLIER_FAILED)
-                await self._commit_text(self._writers[0], batch)
+                item = _Chained(batch, after, asyncio.current_task(), loop.create_future())
+                self._chain.append(item)
+                if self._chain_runner is None or self._chain_runner.done():
+                    self._chain_runner = loop.create_task(self._run_chain())
+                await item.done
         finally:
             if not shared_in.done():
                 shared_in.set_result(None)
+
+    async def _run_chain(self) -> None:
+        """Send the small batches' packets one after another on the first connection.
+
+        Batch N+1's packet goes out in the same step that reads N's answer: no trip through
+        the event loop's queue between them (behind the HTTP requests read meanwhile, that
+        trip took as long as the commit itself: the connection was busy 43-47% of the time).
+        N+1 is sent only if N succeeded, and only if its waiter still waits for it."""
+        writer = self._writers[0]
+        try:
+            while self._chain:
+                item = self._chain.popleft()
+                if item.done.done():  # the waiter gave up (cancelled): not sent, and a failure for the next
+                    self._chain_last = (item.task, False)
+                    continue
+                last_task, last_ok = self._chain_last
+                if item.after is None:
+                    ok = True
+                elif item.after is last_task:
+                    ok = last_ok
+                else:  # the batch before went another way (an XA branch, or nothing to write)
+                    ok = await succeeded(item.after)
+                if not ok:
+                    item.done.set_exception(StorageError(EARLIER_FAILED))
+                    self._chain_last = (item.task, False)
+                    continue
+                try:
+                    await self._commit_text(writer, item.batch)
+                except Exception as exc:
+                    self._chain_last = (item.task, False)
+                    if not item.done.done():
+                        item.done.set_exception(exc)
+                    continue
+                # A waiter cancelled meanwhile counts as a failure: the engine undoes it and the batch after.
+                self._chain_last = (item.task, not item.done.done())
+                if not item.done.done():
+                    item.done.set_result(None)
+        except BaseException as exc:  # cancelled (the storage closes): nothing more goes out
+            while self._chain:
+                item = self._chain.popleft()
+                if not item.done.done():
+                    item.done.set_exception(StorageError(f"{self!r} is closed"))
+            if not isinstance(exc, asyncio.CancelledError):
+                raise
 
     async def _commit_text(self, writer: _Writer, batch: BatchWrite) -> None:
         async with writer.lock:
