@@ -290,6 +290,15 @@ async def test_idle_connection_is_closed_after_the_timeout(served: Served) -> No
     writer.close()
 
 
+@served_test(idle_timeout_s=0.3)
+async def test_a_request_that_stops_arriving_is_closed_after_the_timeout(served: Served) -> None:
+    reader, writer = await served.connect()
+    writer.write(b"POST /v1/accounts HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")  # 99 bytes owed
+    assert await closed_by_server(reader)
+    assert not served.server.connections
+    writer.close()
+
+
 @served_test()
 async def test_stop_answers_requests_in_flight_and_refuses_new_connections(served: Served) -> None:
     account = await funded_account(served)

@@ -2,13 +2,14 @@
 
 Why not uvicorn on the hot path: per request uvicorn builds an ASGI scope, a cycle object,
 message dicts and receive/send coroutines; on a single operation that was a quarter of the
-service's CPU (BENCHMARKS.md: 1.25-1.33× the requests per second with this server, at less
+service's CPU (BENCHMARKS.md: 1.12-1.33× the requests per second with this server, at less
 CPU). Here a request goes from the parser's callbacks to ``BalanceApp.serve`` and its answer
 into one ``write``. Parsing (request line, headers, chunked bodies) is llhttp's; this module
-does connection handling: keep-alive with an idle timeout, pipelined requests answered in
-order, ``Expect: 100-continue``, the body size limit, back-pressure on a client that does not
-read, 400 on a malformed request, and a graceful stop. ``BALANCE_HTTP_SERVER=uvicorn`` serves
-the same app through uvicorn instead (``balance.asgi:app`` for any ASGI server).
+does connection handling: keep-alive with an idle timeout (which also ends a request that
+stops arriving), pipelined requests answered in order, ``Expect: 100-continue``, the body
+size limit, back-pressure on a client that does not read, 400 on a malformed request, and a
+graceful stop. ``BALANCE_HTTP_SERVER=uvicorn`` serves the same app through uvicorn instead
+(``balance.asgi:app`` for any ASGI server).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class HttpProtocol(asyncio.Protocol):
         self._paused_writes = False  # reading paused: the client does not read our answers
         self._closed = False
         self._reading_stopped = False  # a malformed request, or the server stopping: no more reads
-        self.idle_since = self._loop.time()
+        self.active_at = self._loop.time()  # the last bytes read or answer written
 
     # ---- asyncio -------------------------------------------------------------------------
 
@@ -132,6 +133,7 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._reading_stopped:
             return
+        self.active_at = self._loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -228,8 +230,7 @@ class HttpProtocol(asyncio.Protocol):
         if not parts:
             return
         transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
-        if not queue:
-            self.idle_since = self._loop.time()
+        self.active_at = self._loop.time()
         if close:
             self._closed = True
             transport.close()
@@ -258,10 +259,6 @@ class HttpProtocol(asyncio.Protocol):
         self._flush()
 
     # ---- the server's housekeeping -------------------------------------------------------
-
-    @property
-    def idle(self) -> bool:
-        return not self._queue and self._current is None
 
     @property
     def answering(self) -> bool:
@@ -305,8 +302,10 @@ class HttpServer:
         self._sweeper = self.loop.call_later(min(1.0, self.idle_timeout_s / 2), self._sweep)
 
     def _sweep(self) -> None:
+        # Nothing owed to the client and nothing from it for the timeout: between requests, or
+        # in the middle of one that stopped coming (a request is not allowed to take forever).
         deadline = self.loop.time() - self.idle_timeout_s
-        for connection in [c for c in self.connections if c.idle and c.idle_since < deadline]:
+        for connection in [c for c in self.connections if not c.answering and c.active_at < deadline]:
             connection.close()
         self._sweep_later()
 

@@ -244,8 +244,9 @@ class MariaDbShardStorage:
                     # A consistent read, no locks: a branch a crash left prepared may hold some.
                     await cur.execute("SELECT COALESCE(MAX(seq), 0) FROM journal")
                     (last,) = await cur.fetchone()
-                    await cur.execute(
-                        "INSERT IGNORE INTO meta (name, value) VALUES (%s, %s)", (schema.CHECKPOINT_META_KEY, int(last))
+                    await cur.execute(  # (not INSERT IGNORE: its "duplicate entry" warning is logged by the driver)
+                        "INSERT INTO meta (name, value) VALUES (%s, %s) ON DUPLICATE KEY UPDATE name = name",
+                        (schema.CHECKPOINT_META_KEY, int(last)),
                     )
                     await cur.execute("SELECT @@max_allowed_packet, @@innodb_flush_log_at_trx_commit")
                     max_packet, flush = await cur.fetchone()
