@@ -30,7 +30,7 @@ class Settings:
         checkpoint_interval_s = float(env.get("BALANCE_CHECKPOINT_INTERVAL_S", "2"))
         if not 0 <= checkpoint_interval_s <= 3600:
             raise ValueError("BALANCE_CHECKPOINT_INTERVAL_S must be between 0 and 3600 seconds")
-        http_server = env.get("BALANCE_HTTP_SERVER", "builtin")
+        http_server = env.get("BALANCE_HTTP_SERVER") or "builtin"
         if http_server not in ("builtin", "uvicorn"):
             raise ValueError("BALANCE_HTTP_SERVER must be builtin or uvicorn")
         return cls(

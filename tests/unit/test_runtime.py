@@ -41,3 +41,15 @@ def test_the_holds_checkpoint_interval_comes_from_the_environment(tmp_path) -> N
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_the_http_server_comes_from_the_environment() -> None:
+    assert Settings.from_env({}).http_server == "builtin"
+    assert Settings.from_env({"BALANCE_HTTP_SERVER": ""}).http_server == "builtin"  # set but empty: the default
+    assert Settings.from_env({"BALANCE_HTTP_SERVER": "uvicorn"}).http_server == "uvicorn"
+    for bad in ("granian", "Builtin"):
+        try:
+            Settings.from_env({"BALANCE_HTTP_SERVER": bad})
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
