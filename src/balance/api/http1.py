@@ -187,7 +187,10 @@ class HttpProtocol(asyncio.Protocol):
         assert request is not None
         self._current = None
         self._queue.append(request)
-        self._loop.create_task(self._answer(request))
+        task = self._loop.create_task(self._answer(request))
+        tasks = self._server.tasks  # held until done: the loop keeps only weak references to tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
         if len(self._queue) >= PIPELINE_MAX and not self._paused_pipeline:
             self._paused_pipeline = True
             self._update_reading()
@@ -285,6 +288,7 @@ class HttpServer:
         self.idle_timeout_s = idle_timeout_s
         self.body_bytes_max = body_bytes_max
         self.connections: set[HttpProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # requests being served
         self.loop = asyncio.get_running_loop()
         self._listener: Any = None  # under uvloop these are uvloop's own classes
         self._sweeper: Any = None
