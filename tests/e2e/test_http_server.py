@@ -2,7 +2,7 @@
 
 The API's behaviour through it is covered by every ``api`` test (they run over ASGI and over
 this server). Here: keep-alive, pipelining in order, chunked bodies, ``Expect: 100-continue``,
-HEAD, the body limit, malformed requests, ``Connection: close``, HTTP/1.0, the idle timeout,
+HEAD, the body and header limits, malformed requests, ``Connection: close``, HTTP/1.0, the idle timeout,
 back-pressure, and a graceful stop that answers what is in flight; on asyncio's loop and uvloop.
 """
 
@@ -19,7 +19,7 @@ import uvloop
 
 from balance import bootstrap
 from balance.api.app import BalanceApp
-from balance.api.http1 import PIPELINE_MAX, HttpServer
+from balance.api.http1 import HEAD_BYTES_MAX, PIPELINE_MAX, HttpServer
 from balance.config import Settings
 
 ADMIN = "test-admin"
@@ -265,6 +265,25 @@ async def test_malformed_request_gets_400_after_earlier_answers_then_close(serve
     assert headers["connection"] == "close"
     problem = json.loads(body)
     assert (problem["status"], problem["code"]) == (400, "bad_request")
+    assert await closed_by_server(reader)
+    writer.close()
+
+
+@served_test()
+async def test_oversized_headers_get_431_then_close(served: Served) -> None:
+    reader, writer = await served.connect()
+    writer.write(get("/healthz") + b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: ")
+    for _ in range(2 * HEAD_BYTES_MAX // 8192):  # a header that never ends, in reads of its own
+        try:
+            writer.write(b"a" * 8192)
+            await writer.drain()
+        except ConnectionError:
+            break  # refused and closed already
+        await asyncio.sleep(0.005)
+    assert (await read_response(reader))[0] == 200  # the request before it is answered first
+    status, headers, body = await read_response(reader)
+    assert (status, headers["connection"]) == (431, "close")
+    assert json.loads(body)["status"] == 431
     assert await closed_by_server(reader)
     writer.close()
 

@@ -7,7 +7,8 @@ CPU). Here a request goes from the parser's callbacks to ``BalanceApp.serve`` an
 into one ``write``. Parsing (request line, headers, chunked bodies) is llhttp's; this module
 does connection handling: keep-alive with an idle timeout (which also ends a request that
 stops arriving), pipelined requests answered in order, ``Expect: 100-continue``, the body
-size limit, back-pressure on a client that does not read, 400 on a malformed request, and a
+size limit, a header size limit (431), back-pressure on a client that does not read, 400 on
+a malformed request, a lingering close (the last answer is not lost to a reset), and a
 graceful stop. ``BALANCE_HTTP_SERVER=uvicorn`` serves the same app through uvicorn instead
 (``balance.asgi:app`` for any ASGI server).
 """
@@ -33,11 +34,13 @@ Headers = list[tuple[bytes, bytes]]
 Serve = Callable[[str, str, bytes, dict[bytes, bytes], "bytes | None"], Awaitable[tuple[int, Headers, bytes]]]
 
 PIPELINE_MAX = 64  # requests read ahead on one connection before it stops reading
+LINGER_S = 2.0  # how long a closing connection waits for the client to close its side
+HEAD_BYTES_MAX = 64 * 1024  # request line and headers; more is refused (431), not buffered on
 IDLE_TIMEOUT_S = 75.0  # a keep-alive connection with nothing to do is closed after this (as nginx)
 _REASONS = {
     100: b"Continue", 200: b"OK", 201: b"Created", 400: b"Bad Request", 401: b"Unauthorized",
     403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed", 409: b"Conflict",
-    413: b"Content Too Large", 422: b"Unprocessable Content", 429: b"Too Many Requests",
+    413: b"Content Too Large", 431: b"Request Header Fields Too Large", 422: b"Unprocessable Content", 429: b"Too Many Requests",
     500: b"Internal Server Error", 503: b"Service Unavailable",
 }  # fmt: skip
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -77,12 +80,12 @@ def response(status: int, headers: Headers, body: bytes, *, keep_alive: bool = T
     return b"".join(parts)
 
 
-def _bad_request(detail: str) -> bytes:
+def _bad_request(detail: str, status: int = 400) -> bytes:
     body = (
-        b'{"type":"urn:balance:problem:bad_request","title":"Bad request","status":400,"detail":"%b",'
-        b'"code":"bad_request"}' % detail.encode()
+        b'{"type":"urn:balance:problem:bad_request","title":"Bad request","status":%d,"detail":"%b",'
+        b'"code":"bad_request"}' % (status, detail.encode())
     )
-    return response(400, [(b"content-type", b"application/problem+json")], body, keep_alive=False)
+    return response(status, [(b"content-type", b"application/problem+json")], body, keep_alive=False)
 
 
 class _Request:
@@ -111,11 +114,14 @@ class HttpProtocol(asyncio.Protocol):
         self._transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
         self._current: _Request | None = None
         self._url = b""
+        self._in_head = False  # between a request's first byte and the end of its headers
+        self._head_bytes = 0  # bytes read into that head, counted per read (bounded, not exact)
         self._queue: deque[_Request] = deque()  # requests not answered yet, in arrival order
         self._paused_pipeline = False  # reading paused: too many requests ahead
         self._paused_writes = False  # reading paused: the client does not read our answers
         self._closed = False
-        self._reading_stopped = False  # a malformed request, or the server stopping: no more reads
+        self._reading_stopped = False  # the server is stopping: no more reads
+        self._discarding = False  # a malformed request: what follows is read and dropped until the close
         self.active_at = self._loop.time()  # the last bytes read or answer written
 
     # ---- asyncio -------------------------------------------------------------------------
@@ -131,15 +137,22 @@ class HttpProtocol(asyncio.Protocol):
         self._server.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._reading_stopped:
+        if self._reading_stopped or self._discarding:
             return
         self.active_at = self._loop.time()
+        in_head = self._in_head
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject("protocol upgrades are not supported")
+            return
         except httptools.HttpParserError as exc:
             self._reject(f"malformed HTTP request: {str(exc)[:100]}".replace('"', "'"))
+            return
+        if in_head and self._in_head:  # the whole read went into one head that is still not complete
+            self._head_bytes += len(data)
+            if self._head_bytes > HEAD_BYTES_MAX:
+                self._reject(f"request line and headers larger than {HEAD_BYTES_MAX} bytes", 431)
 
     def pause_writing(self) -> None:
         self._paused_writes = True
@@ -154,6 +167,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._current = _Request()
         self._url = b""
+        self._in_head, self._head_bytes = True, 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -162,6 +176,7 @@ class HttpProtocol(asyncio.Protocol):
         self._current.headers[name.lower()] = value  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         request = self._current
         assert request is not None
         request.method = self._parser.get_method().decode("ascii")
@@ -236,10 +251,23 @@ class HttpProtocol(asyncio.Protocol):
         self.active_at = self._loop.time()
         if close:
             self._closed = True
-            transport.close()
+            self._linger(transport)
         elif self._paused_pipeline and len(queue) <= PIPELINE_MAX // 2:
             self._paused_pipeline = False
             self._update_reading()
+
+    def _linger(self, transport: Any) -> None:
+        """Close after the last answer without losing it: send FIN, keep reading (and dropping)
+        what the client still sends, close when it closes or after LINGER_S. Closing at once
+        with unread bytes would make the kernel reset the connection, and the client could
+        lose the answer (a 400 or 431 sent while it was still writing)."""
+        if transport.can_write_eof():
+            self._discarding = True
+            transport.resume_reading()
+            transport.write_eof()
+            self._loop.call_later(LINGER_S, transport.close)
+        else:
+            transport.close()
 
     def _update_reading(self) -> None:
         transport = self._transport
@@ -250,14 +278,14 @@ class HttpProtocol(asyncio.Protocol):
         else:
             transport.resume_reading()
 
-    def _reject(self, detail: str) -> None:
-        """A malformed request: 400 after the answers owed before it, then close."""
+    def _reject(self, detail: str, status: int = 400) -> None:
+        """A malformed request: 400 (431 for oversized headers) after the answers owed before it, then close."""
         if self._closed or self._transport is None:
             return
-        self.stop_reading()
+        self._discarding = True
         request = _Request()
         request.keep_alive = False
-        request.answer = _bad_request(detail)
+        request.answer = _bad_request(detail, status)
         self._queue.append(request)
         self._flush()
 
