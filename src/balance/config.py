@@ -17,8 +17,8 @@ class Settings:
     admin_key_generated: bool
     shards: int
     db_url: str | None
-    checkpoint_interval_s: float = 2.0
-    http_server: str = "builtin"  # the built-in HTTP/1.1 server (balance.api.http1), or "uvicorn"  # how often the holds and accounts tables are brought up to date
+    checkpoint_interval_s: float = 2.0  # how often the holds and accounts tables are brought up to date
+    http_server: str = "builtin"  # the built-in HTTP/1.1 server (balance.api.http1), or "uvicorn"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

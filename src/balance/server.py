@@ -8,13 +8,9 @@ engines (which write a last checkpoint).
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 
 from balance.config import Settings
-from balance.service import BalanceService
-
-log = logging.getLogger("balance.server")
 
 
 def run(settings: Settings) -> None:
@@ -48,7 +44,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stopping.set)
     http = HttpServer(app.serve)
     await http.listen(settings.host, settings.port)
-    starting = loop.create_task(_start(app.service))  # recovery in the background
+    starting = loop.create_task(app.start_service())  # recovery in the background
     try:
         await stopping.wait()
     finally:
@@ -56,11 +52,3 @@ async def serve(settings: Settings) -> None:
         if not starting.done():
             starting.cancel()
         await app.service.stop()
-
-
-async def _start(service: BalanceService) -> None:
-    try:
-        await service.start()
-    except Exception:
-        log.critical("recovery failed; the service stays unready", exc_info=True)
-        raise

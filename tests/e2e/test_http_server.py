@@ -88,15 +88,14 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     return int(status), headers, body
 
 
+def post_head(path: str, headers: bytes) -> bytes:
+    """The request line and headers of an authorised POST (``headers``: more, each ending in CRLF)."""
+    return b"POST %b HTTP/1.1\r\nHost: t\r\n%b%b\r\n" % (path.encode(), AUTH, headers)
+
+
 def post(path: str, body: dict[str, Any], extra: bytes = b"") -> bytes:
     raw = json.dumps(body).encode()
-    return b"POST %b HTTP/1.1\r\nHost: t\r\n%bContent-Type: application/json\r\nContent-Length: %d\r\n%b\r\n%b" % (
-        path.encode(),
-        AUTH,
-        len(raw),
-        extra,
-        raw,
-    )
+    return post_head(path, b"Content-Type: application/json\r\nContent-Length: %d\r\n%b" % (len(raw), extra)) + raw
 
 
 def get(path: str, extra: bytes = b"") -> bytes:
@@ -187,10 +186,7 @@ async def test_chunked_request_body(served: Served) -> None:
     reader, writer = await served.connect()
     raw = json.dumps({"id": "c1", "amount": 3}).encode()
     chunks = b"".join(b"%x\r\n%b\r\n" % (len(part), part) for part in (raw[:5], raw[5:])) + b"0\r\n\r\n"
-    writer.write(
-        b"POST /v1/accounts/%b/credits HTTP/1.1\r\nHost: t\r\n%bTransfer-Encoding: chunked\r\n\r\n%b"
-        % (account.encode(), AUTH, chunks)
-    )
+    writer.write(post_head(f"/v1/accounts/{account}/credits", b"Transfer-Encoding: chunked\r\n") + chunks)
     status, _, body = await read_response(reader)
     assert status == 201, body
     assert json.loads(body)["account"]["balance"] == 1_003
@@ -203,8 +199,7 @@ async def test_expect_100_continue(served: Served) -> None:
     reader, writer = await served.connect()
     raw = json.dumps({"id": "e1", "amount": 2}).encode()
     writer.write(
-        b"POST /v1/accounts/%b/credits HTTP/1.1\r\nHost: t\r\n%bExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
-        % (account.encode(), AUTH, len(raw))
+        post_head(f"/v1/accounts/{account}/credits", b"Expect: 100-continue\r\nContent-Length: %d\r\n" % len(raw))
     )
     interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -241,10 +236,7 @@ async def test_body_over_the_limit_is_refused_and_changes_nothing(served: Served
     account = await funded_account(served)
     reader, writer = await served.connect()
     raw = json.dumps({"id": "big", "amount": 1, "description": "x" * 2_000}).encode()
-    writer.write(
-        b"POST /v1/accounts/%b/credits HTTP/1.1\r\nHost: t\r\n%bContent-Length: %d\r\n\r\n%b"
-        % (account.encode(), AUTH, len(raw), raw)
-    )
+    writer.write(post_head(f"/v1/accounts/{account}/credits", b"Content-Length: %d\r\n" % len(raw)) + raw)
     status, headers, body = await read_response(reader)
     assert status == 422 and headers["content-type"] == "application/problem+json"
     assert "body larger than" in json.loads(body)["detail"]

@@ -137,7 +137,7 @@ class BalanceApp:
     async def serve(
         self, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes | None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """One request, whoever carried it (ASGI here, the relay from HTTP front processes).
+        """One request, whoever carried it (ASGI here, or the built-in HTTP server).
 
         ``body`` is None when it was larger than BODY_BYTES_MAX (answered 422).
         """
@@ -168,7 +168,7 @@ class BalanceApp:
             if message["type"] == "lifespan.startup":
                 if self._start_service:
                     # Recovery runs in the background: /healthz answers and /readyz says 503 meanwhile.
-                    self._startup = asyncio.create_task(self._start())
+                    self._startup = asyncio.create_task(self.start_service())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._startup is not None and not self._startup.done():
@@ -177,7 +177,8 @@ class BalanceApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _start(self) -> None:
+    async def start_service(self) -> None:
+        """Recover the shards (run in the background: the HTTP server answers meanwhile)."""
         try:
             await self.service.start()
         except Exception:

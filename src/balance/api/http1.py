@@ -27,6 +27,7 @@ from urllib.parse import unquote
 import httptools
 
 from balance.api.body import BODY_BYTES_MAX
+from balance.views import problem
 
 log = logging.getLogger("balance.http")
 
@@ -81,10 +82,7 @@ def response(status: int, headers: Headers, body: bytes, *, keep_alive: bool = T
 
 
 def _bad_request(detail: str, status: int = 400) -> bytes:
-    body = (
-        b'{"type":"urn:balance:problem:bad_request","title":"Bad request","status":%d,"detail":"%b",'
-        b'"code":"bad_request"}' % (status, detail.encode())
-    )
+    body = problem("bad_request", status, detail)
     return response(status, [(b"content-type", b"application/problem+json")], body, keep_alive=False)
 
 
@@ -147,7 +145,7 @@ class HttpProtocol(asyncio.Protocol):
             self._reject("protocol upgrades are not supported")
             return
         except httptools.HttpParserError as exc:
-            self._reject(f"malformed HTTP request: {str(exc)[:100]}".replace('"', "'"))
+            self._reject(f"malformed HTTP request: {str(exc)[:100]}")
             return
         if in_head and self._in_head:  # the whole read went into one head that is still not complete
             self._head_bytes += len(data)
