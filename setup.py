@@ -2,8 +2,9 @@
 
 The per-operation loop (apply a command, build its journal rows) is pure Python with
 type annotations; mypyc turns it into a C extension that runs it about 1.4x faster and
-keeps integer fields unboxed (less memory per account and per hold). BENCHMARKS.md has the
-measurements. ``BALANCE_PURE_PYTHON=1`` at install time skips the compilation: the same
+keeps integer fields unboxed (less memory per account and per hold). The SQL literals of
+MariaDB's small batches (``storage/sqltext.py``) are compiled too (2.4x faster per row).
+BENCHMARKS.md has the measurements. ``BALANCE_PURE_PYTHON=1`` at install time skips the compilation: the same
 modules then run interpreted (slower, same behaviour; the tests pass either way).
 """
 
@@ -21,6 +22,7 @@ COMPILED = [
     "src/balance/engine/shard.py",
     "src/balance/service.py",
     "src/balance/api/app.py",
+    "src/balance/storage/sqltext.py",
 ]
 
 ext_modules = []
