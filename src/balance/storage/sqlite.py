@@ -57,6 +57,23 @@ _HOLD_JOURNAL_BY_KEYS = (
 _RECOVERY_JOURNAL_AFTER = schema.recovery_journal_query("?")
 
 
+class _Link:
+    """A commit handed to the writer thread, for the one queued behind it to check."""
+
+    __slots__ = ("task", "queued", "committed", "abandoned")
+
+    def __init__(self, task: asyncio.Task[object] | None) -> None:
+        self.task = task  # the commit() call's task: what the engine passes as ``after``
+        self.queued = False  # in the thread's queue
+        self.committed = False  # set by the writer thread
+        self.abandoned = False  # set on the loop: its waiter gave up
+
+    def given_up(self) -> bool:
+        """Read from the writer thread: a cancellation asked for counts at once (``Task.cancel``
+        sets it synchronously), not only once the loop has delivered it."""
+        return self.abandoned or (self.task is not None and self.task.cancelling() > 0)
+
+
 class SqliteShardStorage:
     """ShardStorage on one SQLite file."""
 
@@ -67,12 +84,16 @@ class SqliteShardStorage:
         self._reader: sqlite3.Connection | None = None
         self._sql_cache: dict[tuple[str, int], str] = {}
         self._closed = False
+        self._last_link: _Link | None = None  # the latest commit handed to the writer thread
 
     # ---- plumbing ------------------------------------------------------------------------
 
-    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T], link: _Link | None = None) -> T:
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn)
+            future = asyncio.get_running_loop().run_in_executor(pool, fn)
+            if link is not None:
+                link.queued = True  # in the thread's queue: a batch queued after it runs after it
+            return await future
         except sqlite3.IntegrityError as exc:
             if "journal.op_key, journal.account_id" in str(exc):
                 raise DuplicateOperation(str(exc)) from exc
@@ -138,10 +159,33 @@ class SqliteShardStorage:
         """Nothing to do ahead: parameters are bound in the writer thread."""
 
     async def commit(self, batch: BatchWrite, after: asyncio.Future[None] | None = None) -> None:
-        # One connection, in process: nothing to overlap with the batch before.
-        if not await succeeded(after):
+        """One writer thread, in order. When ``after`` is the commit just handed to the thread,
+        this batch is queued behind it at once and the thread itself checks that it succeeded:
+        no trip through the event loop between the two. Waiting on the loop instead left the
+        thread idle while the loop applied the next batch (a 2,000-operation batch keeps it
+        busy ~30 ms): the writer was busy 64% of the time on spread-out batches."""
+        link = _Link(asyncio.current_task())
+        last, self._last_link = self._last_link, link
+        earlier: _Link | None = None
+        if after is not None:
+            if last is not None and last.queued and after is last.task:
+                earlier = last
+            elif not await succeeded(after):
+                raise StorageError(EARLIER_FAILED)
+        try:
+            await self._run(self._writer_pool, lambda: self._commit_linked(batch, earlier, link), link)
+        except BaseException:
+            link.abandoned = True  # e.g. cancelled while queued: the batch after must not follow it
+            raise
+
+    def _commit_linked(self, batch: BatchWrite, earlier: _Link | None, link: _Link) -> None:
+        """In the writer thread: commit unless this batch's waiter gave up, or the batch before
+        failed or was given up (a waiter that gives up counts as a failure: the engine undoes
+        its batch and the one after, as on MariaDB)."""
+        if link.given_up() or (earlier is not None and (not earlier.committed or earlier.given_up())):
             raise StorageError(EARLIER_FAILED)
-        await self._run(self._writer_pool, lambda: self._commit(batch))
+        self._commit(batch)
+        link.committed = True
 
     def _commit(self, batch: BatchWrite) -> None:
         conn = self._writer
