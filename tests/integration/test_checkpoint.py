@@ -177,12 +177,77 @@ async def test_an_earlier_version_s_idempotency_index_is_replaced_at_open(backen
     await _raw(backend, engine.storage, [
         f"DROP INDEX journal_key{on}", "CREATE UNIQUE INDEX journal_op_key ON journal (account_id, op_key)",
     ])  # fmt: skip
-    assert await _journal_indexes(backend, engine.storage) == {"journal_op_key", "journal_history"}
+    history = {"journal_history"} if backend.name == "mariadb" else set()  # SQLite: a table (below)
+    assert await _journal_indexes(backend, engine.storage) == {"journal_op_key", *history}
 
     again = await started(backend.make(), checkpoint_interval_s=NEVER)
-    assert await _journal_indexes(backend, again.storage) == {"journal_key", "journal_history"}
+    assert await _journal_indexes(backend, again.storage) == {"journal_key", *history}
     replay = await again.execute(c.Credit(A, "seed", 10))  # the first outcome, read back through the new index
     assert replay.status == 201 and replay.replayed
+    await again.stop()
+
+
+async def _history(storage: ShardStorage, account_id: str, limit: int = 1000, **filters: int) -> list[int]:
+    before, since, until = filters.get("before"), filters.get("since"), filters.get("until")
+    return [row[0] for row in await storage.history(account_id, limit, before, since, until)]
+
+
+async def test_history_reads_the_same_across_checkpoints(backend: Any) -> None:
+    """SQLite keeps an account's history in a table filled at each checkpoint, and reads the
+    journal after the checkpoint for the rest: every answer must be what one index over the
+    whole journal gives (MariaDB's), whatever side of a checkpoint its rows are on."""
+    clock = ManualClock()
+    engine = ShardEngine(
+        0, backend.make(), clock=clock, sweep_interval_s=3600, on_fatal=lambda exc: None, checkpoint_interval_s=NEVER
+    )  # fmt: skip
+    await engine.start()
+    await ok(engine, c.CreateAccount(A, None, "partner", "US", "USD", "a", 0, b"{}"))
+    await ok(engine, c.CreateAccount(B, None, "partner", "US", "USD", "b", 0, b"{}"))
+    for k in range(1, 31):
+        clock.advance(1)
+        engine.checkpoint_interval_s = 0 if k in (10, 20) else NEVER  # these batches checkpoint
+        await ok(engine, c.Credit(A if k % 3 else B, f"cr-{k}", 10))
+        if k == 12:
+            refused = await engine.execute(c.Debit(A, "too-much", 10**9))  # refused: not in the history
+            assert refused.status >= 400
+    storage = engine.storage
+    assert 0 < await storage.checkpoint_seq() < engine.ledger.next_seq - 1  # rows on both sides of it
+    everything = await _history(storage, A)
+    assert len(everything) == 20 and everything == sorted(everything, reverse=True)
+    cut = await storage.checkpoint_seq()
+    assert min(everything) < cut < max(everything)
+    assert await _history(storage, A, limit=5) == everything[:5]
+    assert await _history(storage, A, limit=15) == everything[:15]  # across the checkpoint
+    assert await _history(storage, A, before=cut + 1) == [s for s in everything if s <= cut]
+    assert await _history(storage, A, limit=3, before=everything[8]) == everything[9:12]
+    stamps = {row[0]: row[15] for row in await storage.history(A, 1000, None, None, None)}
+    middle = stamps[everything[10]]
+    assert await _history(storage, A, since=middle) == [s for s in everything if stamps[s] >= middle]
+    assert await _history(storage, A, until=middle) == [s for s in everything if stamps[s] < middle]
+    assert len(await _history(storage, B)) == 10
+    await engine.stop()  # the last checkpoint: everything in the history table now
+    again = await started(backend.make(), checkpoint_interval_s=NEVER)
+    assert await _history(again.storage, A) == everything
+    await again.stop()
+
+
+async def test_an_earlier_version_s_sqlite_history_index_becomes_the_history_table(backend: Any) -> None:
+    """An earlier version's SQLite journal had a (account_id, seq) index and no history table:
+    at open the pairs up to the checkpoint are copied into the table and the index dropped."""
+    if backend.name != "sqlite":
+        return
+    engine = await started(backend.make(), checkpoint_interval_s=NEVER)
+    await ok(engine, c.CreateAccount(A, None, "partner", "US", "USD", "a", 0, b"{}"))
+    for k in range(5):
+        await ok(engine, c.Credit(A, f"cr-{k}", 10))
+    expected = await _history(engine.storage, A)
+    await engine.stop()
+    await _raw(backend, engine.storage, [
+        "DROP TABLE history", "CREATE INDEX journal_history ON journal (account_id, seq)",
+    ])  # fmt: skip
+    again = await started(backend.make(), checkpoint_interval_s=NEVER)
+    assert await _journal_indexes(backend, again.storage) == {"journal_key"}
+    assert len(expected) == 5 and await _history(again.storage, A) == expected
     await again.stop()
 
 

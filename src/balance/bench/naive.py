@@ -108,7 +108,7 @@ async def mysql_scratch_database(
                 await cur.execute(f"USE {name}")
                 for table, ddl in schema.TABLES.items():
                     await cur.execute(mysql_table_ddl(table, ddl))
-                for index in schema.INDEXES:
+                for index in schema.indexes("mariadb"):
                     if secondary_indexes or index[1] != "journal":
                         await cur.execute(mysql_index_ddl(*index))
                 yield params, name
@@ -233,7 +233,7 @@ def sqlite_scratch_file(
         try:
             for table, ddl in schema.TABLES.items():
                 conn.execute(sqlite_table_ddl(table, ddl))
-            for name, table, columns, unique in schema.INDEXES:
+            for name, table, columns, unique in schema.indexes("sqlite"):
                 if secondary_indexes or table != "journal":
                     conn.execute(f"CREATE {'UNIQUE INDEX' if unique else 'INDEX'} {name} ON {table} ({columns})")
         finally:

@@ -213,7 +213,7 @@ class MariaDbShardStorage:
                             f"CREATE TABLE IF NOT EXISTS `{table}` ({ddl}) "
                             f"ENGINE=InnoDB DEFAULT CHARSET={_CHARSET} COLLATE={_COLLATION}"
                         )
-                    for name, table, columns, unique in schema.INDEXES:
+                    for name, table, columns, unique in schema.indexes("mariadb"):
                         kind = "UNIQUE INDEX" if unique else "INDEX"
                         await cur.execute(f"CREATE {kind} IF NOT EXISTS `{name}` ON `{table}` ({columns})")
                     for name, table in schema.INDEXES_DROPPED:  # after their replacements exist

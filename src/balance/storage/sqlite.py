@@ -55,6 +55,7 @@ _HOLD_JOURNAL_BY_KEYS = (
     " WHERE account_id = ? AND op_key IN (?, ?, ?, ?) AND status < 300 ORDER BY seq"
 )
 _RECOVERY_JOURNAL_AFTER = schema.recovery_journal_query("?")
+_HISTORY_FILL = schema.history_fill_sql("?")
 
 
 class _Link:
@@ -125,22 +126,36 @@ class SqliteShardStorage:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = self._connect()
             self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            conn = self._writer
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             for table, ddl in schema.TABLES.items():
-                self._writer.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_sqlite_type(ddl)})")
-            for name, table, columns, unique in schema.INDEXES:
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_sqlite_type(ddl)})")
+            for table, ddl in schema.SQLITE_TABLES.items():
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_sqlite_type(ddl)}) WITHOUT ROWID")
+            for name, table, columns, unique in schema.indexes("sqlite"):
                 kind = "UNIQUE INDEX" if unique else "INDEX"
-                self._writer.execute(f"CREATE {kind} IF NOT EXISTS {name} ON {table} ({columns})")
+                conn.execute(f"CREATE {kind} IF NOT EXISTS {name} ON {table} ({columns})")
             for name, _ in schema.INDEXES_DROPPED:  # after their replacements exist
-                self._writer.execute(f"DROP INDEX IF EXISTS {name}")
-            have = {row[1] for row in self._writer.execute("PRAGMA table_info(journal)")}
+                conn.execute(f"DROP INDEX IF EXISTS {name}")
+            have = {row[1] for row in conn.execute("PRAGMA table_info(journal)")}
             for column, ddl in schema.JOURNAL_COLUMNS_ADDED.items():  # a database of an earlier version
                 if column not in have:
-                    self._writer.execute(f"ALTER TABLE journal ADD COLUMN {column} {_sqlite_type(ddl)}")
+                    conn.execute(f"ALTER TABLE journal ADD COLUMN {column} {_sqlite_type(ddl)}")
             # No checkpoint row yet: the holds table is complete (a new or an earlier version's database).
-            self._writer.execute(
+            conn.execute(
                 "INSERT OR IGNORE INTO meta (name, value) SELECT ?, COALESCE(MAX(seq), 0) FROM journal",
                 (schema.CHECKPOINT_META_KEY,),
             )
+            if "history" not in tables:  # an earlier version's journal: its pairs up to the checkpoint
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT INTO history (account_id, seq) SELECT account_id, seq FROM journal"
+                    " WHERE seq <= (SELECT value FROM meta WHERE name = ?) ORDER BY account_id, seq",
+                    (schema.CHECKPOINT_META_KEY,),
+                )
+                conn.execute("COMMIT")
+            for name, _ in schema.SQLITE_INDEXES_DROPPED:  # once the history table has its pairs
+                conn.execute(f"DROP INDEX IF EXISTS {name}")
 
         await self._run(self._writer_pool, setup)
         self._reader = await self._run(self._reader_pool, self._connect)
@@ -202,6 +217,7 @@ class SqliteShardStorage:
             if batch.holds_deleted:
                 conn.executemany("DELETE FROM holds WHERE account_id = ? AND id = ?", batch.holds_deleted)
             if batch.checkpoint_seq:
+                conn.execute(_HISTORY_FILL, (batch.checkpoint_seq,))  # before the meta row moves
                 conn.execute(
                     "UPDATE meta SET value = ? WHERE name = ?", (batch.checkpoint_seq, schema.CHECKPOINT_META_KEY)
                 )
@@ -329,7 +345,7 @@ class SqliteShardStorage:
     async def history(
         self, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
     ) -> list[Row]:
-        sql, args = schema.history_query("?", account_id, limit, before_seq, since, until)
+        sql, args = schema.history_query("?", account_id, limit, before_seq, since, until, history_table=True)
         return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, args).fetchall())
 
     async def get_hold(self, account_id: str, hold_id: str) -> Row | None:
