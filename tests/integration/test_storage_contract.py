@@ -443,6 +443,18 @@ async def test_when_a_commit_fails_the_one_started_after_it_writes_nothing(stora
     assert await stored_seqs(storage) == list(range(1, 2 + rows))
 
 
+async def test_a_batch_of_journal_rows_only_is_all_or_nothing(storage: ShardStorage) -> None:
+    """The commonest small batch is its journal rows alone: one statement, which SQLite runs
+    without BEGIN/COMMIT around it. A row of it refused must leave none of it."""
+    await storage.commit(BatchWrite(journal=[entry(seq=1, op_key="credit:taken")]))
+    rows = [entry(seq=seq, op_key=f"credit:{seq}") for seq in range(2, 12)] + [entry(seq=12, op_key="credit:taken")]
+    with pytest.raises(DuplicateOperation):
+        await storage.commit(BatchWrite(journal=rows))
+    assert await stored_seqs(storage) == [1]
+    await storage.commit(BatchWrite(journal=rows[:-1]))
+    assert await stored_seqs(storage) == list(range(1, 12))
+
+
 async def test_a_chain_of_small_commits_stops_at_the_first_that_fails(storage: ShardStorage) -> None:
     """Twenty small commits handed over back to back, each after the one before (MariaDB sends
     each as soon as the one before answered, without waiting for the engine to see it)."""
