@@ -440,7 +440,9 @@ class ShardEngine:
         # A batch with nothing to write (replays only) still waits its turn: a replay of an
         # operation in the batch before it must not be answered before that batch is durable.
         work = self.storage.commit(batch.write, after) if len(batch.write) else _follow(after)
-        batch.commit = asyncio.ensure_future(work)
+        loop = self._loop
+        assert loop is not None  # batches are made only once the engine has started
+        batch.commit = loop.create_task(work)  # not ensure_future: no get_event_loop() (getpid) per batch
         batch.commit.add_done_callback(lambda task: self._committed(batch, task))
 
     def _committed(self, batch: _Batch, task: asyncio.Future[None]) -> None:
