@@ -180,6 +180,9 @@ class MariaDbShardStorage:
         # a single-op server's samples.
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop or asyncio.get_running_loop()
+
     def __repr__(self) -> str:
         return f"MariaDbShardStorage({self.user}@{self.host}:{self.port}/{self.database})"
 
@@ -295,7 +298,7 @@ class MariaDbShardStorage:
         self._check_open()
         conn = writer.conn
         if conn is not None and conn.connected:
-            if (self._loop or asyncio.get_running_loop()).time() - conn.last_usage < _IDLE_PING:
+            if self._event_loop().time() - conn.last_usage < _IDLE_PING:
                 return conn
             try:
                 await conn.ping(reconnect=False)
@@ -336,7 +339,7 @@ class MariaDbShardStorage:
         rows in. This batch may then wait for that one's locks (until it commits), never the
         reverse.
         """
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self._event_loop()
         earlier_shared, shared_in = self._shared_in, loop.create_future()
         # A batch completing transfers updates and deletes by key: if a key were missing, its
         # gap lock could wait for the next batch's own rows. The next batch then waits for it.

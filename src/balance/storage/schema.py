@@ -22,6 +22,7 @@ JOURNAL_COLUMNS_ADDED = {"expires_at": "BIGINT NULL", "destination_account_id": 
 # The meta row: the holds and accounts tables reflect the journal up to this seq. (Named when
 # only holds were checkpointed; kept so that databases already written open unchanged.)
 CHECKPOINT_META_KEY = "holds_checkpoint_seq"
+CHECKPOINT_SEQ_SQL = f"(SELECT value FROM meta WHERE name = '{CHECKPOINT_META_KEY}')"  # in SQL
 OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at")
 KEY_COLUMNS = ("key_hash", "account_id", "created_at")
 TRANSFER_COLUMNS = (
@@ -155,7 +156,7 @@ def history_query(
         sql = f"SELECT {columns} FROM journal WHERE account_id = {p} AND status < 300{where()}"
         return sql + f" ORDER BY seq DESC LIMIT {p}", [account_id, *values, int(limit)]
     newer = (
-        f"SELECT {columns} FROM journal WHERE seq > (SELECT value FROM meta WHERE name = '{CHECKPOINT_META_KEY}')"
+        f"SELECT {columns} FROM journal WHERE seq > {CHECKPOINT_SEQ_SQL}"
         f" AND account_id = {p} AND status < 300{where()} ORDER BY seq DESC LIMIT {p}"
     )
     older = (
@@ -199,11 +200,11 @@ def indexes(backend: str) -> tuple[tuple[str, str, str, bool], ...]:
     return INDEXES if backend == "sqlite" else (*INDEXES, HISTORY_INDEX)
 
 
-def history_fill_sql(placeholder: str) -> str:
-    """SQLite's checkpoint: the (account_id, seq) pairs from the last checkpoint up to this
-    one (``?``) into the history table, in the table's order. Runs before the meta row moves."""
+def history_fill_sql(after: str, up_to: str) -> str:
+    """SQLite: the (account_id, seq) pairs with ``after`` < seq <= ``up_to`` (SQL expressions)
+    into the history table, in the table's order. A checkpoint fills from the last checkpoint
+    (before the meta row moves); an earlier version's database from 0 at open."""
     return (
         "INSERT OR IGNORE INTO history (account_id, seq) SELECT account_id, seq FROM journal"
-        f" WHERE seq > (SELECT value FROM meta WHERE name = '{CHECKPOINT_META_KEY}') AND seq <= {placeholder}"
-        " ORDER BY account_id, seq"
+        f" WHERE seq > {after} AND seq <= {up_to} ORDER BY account_id, seq"
     )

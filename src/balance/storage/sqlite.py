@@ -55,7 +55,7 @@ _HOLD_JOURNAL_BY_KEYS = (
     " WHERE account_id = ? AND op_key IN (?, ?, ?, ?) AND status < 300 ORDER BY seq"
 )
 _RECOVERY_JOURNAL_AFTER = schema.recovery_journal_query("?")
-_HISTORY_FILL = schema.history_fill_sql("?")
+_HISTORY_FILL = schema.history_fill_sql(schema.CHECKPOINT_SEQ_SQL, "?")  # a checkpoint's: before meta moves
 
 
 class _Link:
@@ -148,11 +148,7 @@ class SqliteShardStorage:
             )
             if "history" not in tables:  # an earlier version's journal: its pairs up to the checkpoint
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute(
-                    "INSERT INTO history (account_id, seq) SELECT account_id, seq FROM journal"
-                    " WHERE seq <= (SELECT value FROM meta WHERE name = ?) ORDER BY account_id, seq",
-                    (schema.CHECKPOINT_META_KEY,),
-                )
+                conn.execute(schema.history_fill_sql("0", schema.CHECKPOINT_SEQ_SQL))
                 conn.execute("COMMIT")
             for name, _ in schema.SQLITE_INDEXES_DROPPED:  # once the history table has its pairs
                 conn.execute(f"DROP INDEX IF EXISTS {name}")
