@@ -342,3 +342,95 @@ async def test_an_idle_writer_takes_half_of_a_long_queue_so_the_other_half_overl
     assert engine.storage.sizes == [300]  # a short queue goes whole
     assert engine.ledger.accounts[A].balance == 10_000 + 3_300
     await engine.stop()
+
+
+class SlowFirstCommit(SqliteShardStorage):
+    """The real SQLite storage; the next transaction (when ``slow`` or ``armed``) takes a while,
+    so that batches are applied on top of it, and fails when ``armed``. Transactions are counted."""
+
+    armed = False
+    slow = False
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.transactions: list[int] = []
+
+    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
+        if self.slow or self.armed:
+            import time
+
+            time.sleep(0.2)
+            self.slow = False
+            if self.armed:
+                self.armed = False
+                raise sqlite3.OperationalError("injected: disk I/O error")
+        self.transactions.append(len(batches))
+        super()._commit_all(batches)
+
+
+async def _in_flight(engine: ShardEngine, batches: int) -> None:
+    for _ in range(200):
+        if engine.ledger.batches_in_flight == batches:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"{engine.ledger.batches_in_flight} batches in flight, not {batches}")
+
+
+async def test_small_batches_applied_while_one_commits_go_out_together_and_all_are_answered(tmp_path: Path) -> None:
+    engine = await started(tmp_path / "s0.db", ManualClock(), storage_class=SlowFirstCommit)
+    await setup_accounts(engine)
+    storage = engine.storage
+    assert isinstance(storage, SlowFirstCommit)
+    storage.transactions.clear()
+    storage.slow = True
+    waves = []
+    for wave in range(3):  # one batch being written, two applied on top of it
+        waves.append([engine.enqueue(c.Credit(A, f"w{wave}-{n}", 1)) for n in range(5)])
+        await _in_flight(engine, wave + 1)
+    replies = await asyncio.gather(*(future for wave in waves for future in wave))
+
+    assert {(r.status, r.replayed) for r in replies} == {(201, False)}
+    assert storage.transactions == [1, 2]  # the first alone, the two behind it together
+    engine.ledger.check_invariants()
+    in_memory = snapshot(engine)
+    await engine.stop()
+    again = await started(tmp_path / "s0.db", ManualClock())
+    assert snapshot(again)[:2] == in_memory[:2]
+    assert again.ledger.accounts[A].balance == 10_000 + 15
+    await again.stop()
+
+
+async def test_when_a_commit_fails_the_two_small_batches_applied_on_top_are_undone_too(tmp_path: Path) -> None:
+    engine = await started(tmp_path / "s0.db", ManualClock(), storage_class=SlowFirstCommit)
+    await setup_accounts(engine)
+    before = snapshot(engine)
+    assert isinstance(engine.storage, SlowFirstCommit)
+    engine.storage.armed = True
+    waves = []
+    for wave, commands in enumerate(
+        (
+            [c.Credit(A, "first-1", 10), c.PlaceHold(A, "first-h", 10, 900)],
+            [c.Credit(A, "second-1", 10), c.Transfer("second-t", A, B, 5, "USD")],
+            [c.CaptureHold(A, "to-capture", 100), c.Debit(B, "third-d", 1)],
+        )
+    ):
+        waves.append([engine.enqueue(command) for command in commands])
+        await _in_flight(engine, wave + 1)
+    replies = await asyncio.gather(*(future for wave in waves for future in wave))
+
+    assert [r.status for r in replies] == [503] * 6
+    for _ in range(200):
+        if engine.ready:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.ready
+    assert snapshot(engine) == before
+    await engine.stop()
+    again = await started(tmp_path / "s0.db", ManualClock())
+    assert snapshot(again)[:2] == before[:2]  # nothing of the three batches was written
+    replies = await asyncio.gather(
+        again.enqueue(c.Credit(A, "first-1", 10)), again.enqueue(c.CaptureHold(A, "to-capture", 100))
+    )
+    assert [(r.status, r.replayed) for r in replies] == [(201, False), (200, False)]
+    again.ledger.check_invariants()
+    await again.stop()

@@ -336,45 +336,45 @@ class ShardEngine:
 
     async def _write_loop(self) -> None:
         """Take, prefetch, apply, commit. Batch N+1 is applied and its commit started while N
-        commits (the storage makes N+1 take effect only if N does): two batches in flight."""
-        inflight: _Batch | None = None
+        commits (the storage makes N+1 take effect only if N does): two batches in flight, or
+        more where the storage asks for them (``in_flight_max``: SQLite merges those waiting)."""
+        inflight: list[_Batch] = []  # oldest first; each one's commit started after the one before
         items: list[tuple[c.Command, asyncio.Future[Reply]]] = []
         try:
             while True:
                 items = []
-                if inflight is not None and inflight.commit is not None and inflight.commit.done():
-                    await self._settle(inflight, None)
-                    inflight = None
+                if inflight and (
+                    inflight[0].commit.done()  # type: ignore[union-attr]
+                    or len(inflight) >= self.storage.in_flight_max(inflight[-1].write)
+                ):
+                    await self._settle(inflight)
                     continue
                 if not self._queue or self.state != READY:
                     self._wakeup.clear()  # set again by enqueue() and by the end of a commit
                     await self._wakeup.wait()
                     continue
-                items = self._take(inflight is None)
+                items = self._take(not inflight)
                 try:
                     await self._prefetch([command for command, _ in items])
                 except StorageError as exc:
                     self._answer_unavailable(items, f"storage is failing ({exc}); retry with the same id")
                     continue
-                if inflight is not None and inflight.commit is not None and inflight.commit.done():
-                    ok = await self._settle(inflight, None)  # it ended during the prefetch
-                    inflight = None
-                    if not ok:
+                while inflight and inflight[0].commit.done():  # type: ignore[union-attr]
+                    if not await self._settle(inflight):  # it ended during the prefetch, and failed
                         if self._requeued:  # undone batches go first, then these, in order
                             self._queue[self._requeued : self._requeued] = items
                         else:
                             self._answer_unavailable(items, "storage is failing; retry with the same id")
-                        continue
+                        items = []
+                        break
+                if not items:
+                    continue
                 batch = self._prepare(items)
-                self._start_commit(batch, None if inflight is None else inflight.commit)
-                if inflight is not None:
-                    ok = await self._settle(inflight, batch)
-                    inflight = None
-                    if not ok:
-                        continue
-                inflight = batch
+                self._start_commit(batch, inflight[-1].commit if inflight else None)
+                inflight.append(batch)
+                items = []
         except BaseException as exc:
-            pending = items + (inflight.items if inflight is not None else [])
+            pending = items + [item for batch in inflight for item in batch.items]
             if self.ledger.batches_in_flight:
                 self.ledger.rollback()
             self._fail(exc, pending)
@@ -458,8 +458,10 @@ class ShardEngine:
             if not future.done():
                 future.set_result(reply)
 
-    async def _settle(self, batch: _Batch, applied_on_top: _Batch | None) -> bool:
-        """Wait for ``batch``'s commit. On failure undo it and ``applied_on_top``; False then."""
+    async def _settle(self, inflight: list[_Batch]) -> bool:
+        """Wait for the oldest batch's commit and take it off ``inflight``. On failure undo it and
+        every batch applied on top (their commits fail too), empty ``inflight``; False then."""
+        batch = inflight[0]
         assert batch.commit is not None
         await asyncio.wait([batch.commit])
         if batch.commit.cancelled():
@@ -467,22 +469,25 @@ class ShardEngine:
         exc = batch.commit.exception()
         self._requeued = 0
         if exc is None:
+            del inflight[0]
             return True
         if not isinstance(exc, StorageError):
             raise exc  # a bug in an adapter: stop loudly
-        if applied_on_top is not None and applied_on_top.commit is not None:
+        for later in inflight[1:]:
             # Its commit was started after this one: it fails too (the storage's promise);
             # wait until it has, so nothing of it is still being written.
-            if await succeeded(applied_on_top.commit):
+            if later.commit is not None and await succeeded(later.commit):
                 raise RuntimeError("a batch committed although the batch before it failed")
         self.ledger.rollback()
-        undone = batch.items + (applied_on_top.items if applied_on_top is not None else [])
+        undone = [item for undone_batch in inflight for item in undone_batch.items]
+        op_keys = [key for undone_batch in inflight for key in undone_batch.op_keys]
+        inflight.clear()
         if isinstance(exc, DuplicateOperation):
             # Operation ids older than the in-memory window came back (after a restart, say):
-            # read their first outcomes and apply both batches again, now as replays. Each
+            # read their first outcomes and apply the batches again, now as replays. Each
             # retry must learn at least one outcome, so this cannot loop.
             try:
-                learned = await self._load(batch.op_keys, [])
+                learned = await self._load(op_keys, [])
             except StorageError as load_exc:
                 exc = load_exc
             else:

@@ -111,6 +111,10 @@ class ShardStorage(Protocol):
     async def pending_transfers(self) -> list[Row]:
         """Cross-shard transfers whose second leg is not confirmed yet (TRANSFER_COLUMNS)."""
 
+    def in_flight_max(self, batch: BatchWrite) -> int:
+        """How many batches the engine may have applied and committing at once while ``batch``
+        is the latest of them (at least 2: one being written while the next is applied)."""
+
     def prepare(self, batch: BatchWrite) -> None:
         """Optional head start, called while the previous batch is still committing: encode
         what ``commit`` will send (into ``batch.prepared``). Must not do IO."""

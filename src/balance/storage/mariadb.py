@@ -541,6 +541,11 @@ class MariaDbShardStorage:
             ("accounts", schema.ACCOUNT_COLUMNS, batch.accounts, True),
         )
 
+    def in_flight_max(self, batch: BatchWrite) -> int:
+        """Two: small batches are sent one after another on one connection (merging those
+        waiting was measured 0.96x), large ones prepared on the two writer connections."""
+        return 2
+
     def prepare(self, batch: BatchWrite) -> None:
         """Escape a small batch into SQL now, while the previous batch is still being written
         (large batches go in the binary bulk command instead: nothing to build)."""
