@@ -9,7 +9,7 @@ from collections.abc import Callable
 from balance.api.app import BalanceApp
 from balance.config import Settings
 from balance.engine.clock import Clock, system_clock
-from balance.engine.runtime import tune_gc
+from balance.engine.runtime import tune_runtime
 from balance.engine.shard import ShardEngine
 from balance.metrics import Metrics
 from balance.service import BalanceService
@@ -41,7 +41,7 @@ def stop_process(exc: BaseException) -> None:
 def build_service(
     settings: Settings, *, clock: Clock = system_clock, on_fatal: Callable[[BaseException], None] = stop_process
 ) -> BalanceService:
-    tune_gc()
+    tune_runtime()
     metrics = Metrics()
     engines = [
         ShardEngine(

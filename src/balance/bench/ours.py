@@ -36,8 +36,9 @@ from balance.bench import wrk
 from balance.bench.naive import CpuMeter, mysql_url
 from balance.bench.results import BenchResult, make_result
 from balance.domain import commands as c
-from balance.engine.runtime import tune_gc
+from balance.engine.runtime import tuned
 from balance.engine.shard import ShardEngine
+from balance.storage.base import ShardStorage
 from balance.storage.mariadb import from_url
 from balance.storage.sqlite import SqliteShardStorage
 
@@ -137,42 +138,49 @@ async def run_engine(
 ) -> BenchResult:
     """The shard writer in this process: ``clients`` tasks, each waiting for its answer."""
     async with scratch_storage(backend, work_dir) as (storage, _):
-        tune_gc()  # as bootstrap.build_service does for the server
-        engine = ShardEngine(0, storage, sweep_interval_s=3600)
-        await engine.start()
-        try:
-            setup, ids, parents = _accounts_commands(scenario)
-            for start in range(0, len(setup), 8000):
-                replies = await asyncio.gather(*(engine.enqueue(cmd) for cmd in setup[start : start + 8000]))
-                assert all(r.status == 201 for r in replies), "setup failed"
-            latencies: list[float] = []
-            ops = 0
-            deadline = time.perf_counter() + duration_s
-            meter = CpuMeter(server=backend == "mariadb")
-            meter.start()
-            started = time.perf_counter()
+        with tuned():  # as bootstrap.build_service does for the server
+            return await _run_engine(backend, scenario, storage, clients, duration_s, progress)
 
-            async def client(k: int) -> None:
-                nonlocal ops
-                for flow in Workload(scenario, ids, parents, f"e{k}", k).flows():
-                    for command in flow:
-                        t0 = time.perf_counter()
-                        reply = await engine.execute(command)
-                        latencies.append(time.perf_counter() - t0)
-                        if reply.status >= 300:
-                            raise RuntimeError(f"{command}: {reply.status} {reply.body[:200]!r}")
-                        ops += 1
-                    if time.perf_counter() >= deadline:
-                        return
 
-            reporter = asyncio.create_task(_report(lambda: ops, progress))
-            await asyncio.gather(*(client(k) for k in range(clients)))
-            reporter.cancel()
-            seconds = time.perf_counter() - started
-            cpu = meter.stop()
-            engine.ledger.check_invariants()
-        finally:
-            await engine.stop()
+async def _run_engine(
+    backend: str, scenario: str, storage: ShardStorage, clients: int, duration_s: float, progress: Progress | None
+) -> BenchResult:
+    """``clients`` tasks, each waiting for its answer, against an engine on ``storage``."""
+    engine = ShardEngine(0, storage, sweep_interval_s=3600)
+    await engine.start()
+    try:
+        setup, ids, parents = _accounts_commands(scenario)
+        for start in range(0, len(setup), 8000):
+            replies = await asyncio.gather(*(engine.enqueue(cmd) for cmd in setup[start : start + 8000]))
+            assert all(r.status == 201 for r in replies), "setup failed"
+        latencies: list[float] = []
+        ops = 0
+        deadline = time.perf_counter() + duration_s
+        meter = CpuMeter(server=backend == "mariadb")
+        meter.start()
+        started = time.perf_counter()
+
+        async def client(k: int) -> None:
+            nonlocal ops
+            for flow in Workload(scenario, ids, parents, f"e{k}", k).flows():
+                for command in flow:
+                    t0 = time.perf_counter()
+                    reply = await engine.execute(command)
+                    latencies.append(time.perf_counter() - t0)
+                    if reply.status >= 300:
+                        raise RuntimeError(f"{command}: {reply.status} {reply.body[:200]!r}")
+                    ops += 1
+                if time.perf_counter() >= deadline:
+                    return
+
+        reporter = asyncio.create_task(_report(lambda: ops, progress))
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        reporter.cancel()
+        seconds = time.perf_counter() - started
+        cpu = meter.stop()
+        engine.ledger.check_invariants()
+    finally:
+        await engine.stop()
     return make_result("engine", backend, scenario, ops, seconds, latencies, clients=clients, **cpu)
 
 
