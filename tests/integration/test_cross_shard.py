@@ -18,15 +18,15 @@ from balance.storage.sqlite import SqliteShardStorage
 
 
 class FailingSqlite(SqliteShardStorage):
-    """Fault injection: the next ``fail_commits`` commits fail (nothing of them is written)."""
+    """Fault injection: the next ``fail_commits`` transactions fail (nothing of them is written)."""
 
     fail_commits = 0
 
-    def _commit(self, batch):  # type: ignore[no-untyped-def]
+    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
         if self.fail_commits > 0:
             self.fail_commits -= 1
             raise sqlite3.OperationalError("injected: disk I/O error")
-        super()._commit(batch)
+        super()._commit_all(batches)
 
 
 def build(tmp_path: Path) -> BalanceService:

@@ -194,26 +194,35 @@ class LandsThenFails(SqliteShardStorage):
 
     armed = False
 
-    def _commit(self, batch):  # type: ignore[no-untyped-def]
-        super()._commit(batch)
+    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
+        super()._commit_all(batches)
         if self.armed:
             self.armed = False
             raise sqlite3.OperationalError("injected: connection lost after COMMIT")
 
 
-class SlowThenFails(SqliteShardStorage):
-    """Fault injection: the next commit takes a while (so a batch is applied on top) and fails."""
+class SlowNextCommit(SqliteShardStorage):
+    """The real SQLite storage; the next transaction (when ``slow`` or ``armed``) takes a while,
+    so that batches are applied on top of it, and fails when ``armed``. Transactions are counted."""
 
     armed = False
+    slow = False
 
-    def _commit(self, batch):  # type: ignore[no-untyped-def]
-        if self.armed:
-            self.armed = False
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.transactions: list[int] = []
+
+    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
+        if self.slow or self.armed:
             import time
 
             time.sleep(0.2)
-            raise sqlite3.OperationalError("injected: disk I/O error")
-        super()._commit(batch)
+            self.slow = False
+            if self.armed:
+                self.armed = False
+                raise sqlite3.OperationalError("injected: disk I/O error")
+        self.transactions.append(len(batches))
+        super()._commit_all(batches)
 
 
 async def test_a_commit_that_landed_but_reported_failure_is_found_and_memory_reloaded(tmp_path: Path) -> None:
@@ -242,10 +251,10 @@ async def test_a_commit_that_landed_but_reported_failure_is_found_and_memory_rel
 
 async def test_when_a_commit_fails_the_batch_applied_on_top_of_it_is_undone_too(tmp_path: Path) -> None:
     clock = ManualClock()
-    engine = await started(tmp_path / "s0.db", clock, storage_class=SlowThenFails)
+    engine = await started(tmp_path / "s0.db", clock, storage_class=SlowNextCommit)
     await setup_accounts(engine)
     before = snapshot(engine)
-    assert isinstance(engine.storage, SlowThenFails)
+    assert isinstance(engine.storage, SlowNextCommit)
     engine.storage.armed = True
 
     first = [engine.enqueue(c.Credit(A, "first-1", 10)), engine.enqueue(c.PlaceHold(A, "first-h", 10, 900))]
@@ -314,15 +323,15 @@ async def test_on_mariadb_a_connection_lost_at_xa_commit_undoes_both_batches_in_
 
 
 class RecordsBatchSizes(SqliteShardStorage):
-    """The real SQLite storage, noting how many journal rows each commit writes."""
+    """The real SQLite storage, noting how many journal rows each transaction writes."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.sizes: list[int] = []
 
-    def _commit(self, batch):  # type: ignore[no-untyped-def]
-        self.sizes.append(len(batch.journal))
-        super()._commit(batch)
+    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
+        self.sizes.append(sum(len(batch.journal) for batch in batches))
+        super()._commit_all(batches)
 
 
 async def test_an_idle_writer_takes_half_of_a_long_queue_so_the_other_half_overlaps_its_commit(
@@ -344,30 +353,6 @@ async def test_an_idle_writer_takes_half_of_a_long_queue_so_the_other_half_overl
     await engine.stop()
 
 
-class SlowFirstCommit(SqliteShardStorage):
-    """The real SQLite storage; the next transaction (when ``slow`` or ``armed``) takes a while,
-    so that batches are applied on top of it, and fails when ``armed``. Transactions are counted."""
-
-    armed = False
-    slow = False
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.transactions: list[int] = []
-
-    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
-        if self.slow or self.armed:
-            import time
-
-            time.sleep(0.2)
-            self.slow = False
-            if self.armed:
-                self.armed = False
-                raise sqlite3.OperationalError("injected: disk I/O error")
-        self.transactions.append(len(batches))
-        super()._commit_all(batches)
-
-
 async def _in_flight(engine: ShardEngine, batches: int) -> None:
     for _ in range(200):
         if engine.ledger.batches_in_flight == batches:
@@ -377,10 +362,10 @@ async def _in_flight(engine: ShardEngine, batches: int) -> None:
 
 
 async def test_small_batches_applied_while_one_commits_go_out_together_and_all_are_answered(tmp_path: Path) -> None:
-    engine = await started(tmp_path / "s0.db", ManualClock(), storage_class=SlowFirstCommit)
+    engine = await started(tmp_path / "s0.db", ManualClock(), storage_class=SlowNextCommit)
     await setup_accounts(engine)
     storage = engine.storage
-    assert isinstance(storage, SlowFirstCommit)
+    assert isinstance(storage, SlowNextCommit)
     storage.transactions.clear()
     storage.slow = True
     waves = []
@@ -401,10 +386,10 @@ async def test_small_batches_applied_while_one_commits_go_out_together_and_all_a
 
 
 async def test_when_a_commit_fails_the_two_small_batches_applied_on_top_are_undone_too(tmp_path: Path) -> None:
-    engine = await started(tmp_path / "s0.db", ManualClock(), storage_class=SlowFirstCommit)
+    engine = await started(tmp_path / "s0.db", ManualClock(), storage_class=SlowNextCommit)
     await setup_accounts(engine)
     before = snapshot(engine)
-    assert isinstance(engine.storage, SlowFirstCommit)
+    assert isinstance(engine.storage, SlowNextCommit)
     engine.storage.armed = True
     waves = []
     for wave, commands in enumerate(

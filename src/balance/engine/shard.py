@@ -343,11 +343,10 @@ class ShardEngine:
         try:
             while True:
                 items = []
-                if inflight and (
-                    inflight[0].commit.done()  # type: ignore[union-attr]
-                    or len(inflight) >= self.storage.in_flight_max(inflight[-1].write)
-                ):
-                    await self._settle(inflight)
+                if inflight and len(inflight) >= self.storage.in_flight_max(inflight[-1].write):
+                    await self._settle(inflight)  # full: wait for the oldest
+                    continue
+                if not await self._settle_finished(inflight):
                     continue
                 if not self._queue or self.state != READY:
                     self._wakeup.clear()  # set again by enqueue() and by the end of a commit
@@ -359,15 +358,11 @@ class ShardEngine:
                 except StorageError as exc:
                     self._answer_unavailable(items, f"storage is failing ({exc}); retry with the same id")
                     continue
-                while inflight and inflight[0].commit.done():  # type: ignore[union-attr]
-                    if not await self._settle(inflight):  # it ended during the prefetch, and failed
-                        if self._requeued:  # undone batches go first, then these, in order
-                            self._queue[self._requeued : self._requeued] = items
-                        else:
-                            self._answer_unavailable(items, "storage is failing; retry with the same id")
-                        items = []
-                        break
-                if not items:
+                if not await self._settle_finished(inflight):  # one ended during the prefetch, and failed
+                    if self._requeued:  # undone batches go first, then these, in order
+                        self._queue[self._requeued : self._requeued] = items
+                    else:
+                        self._answer_unavailable(items, "storage is failing; retry with the same id")
                     continue
                 batch = self._prepare(items)
                 self._start_commit(batch, inflight[-1].commit if inflight else None)
@@ -457,6 +452,13 @@ class ShardEngine:
         for (_, future), reply in zip(batch.items, batch.replies, strict=True):
             if not future.done():
                 future.set_result(reply)
+
+    async def _settle_finished(self, inflight: list[_Batch]) -> bool:
+        """Settle the batches whose commits have ended, oldest first; False if one failed."""
+        while inflight and inflight[0].commit is not None and inflight[0].commit.done():
+            if not await self._settle(inflight):
+                return False
+        return True
 
     async def _settle(self, inflight: list[_Batch]) -> bool:
         """Wait for the oldest batch's commit and take it off ``inflight``. On failure undo it and

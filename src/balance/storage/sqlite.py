@@ -240,7 +240,7 @@ class SqliteShardStorage:
                 for member in group:
                     member.committed = True
                 return
-        self._commit(link.batch)
+        self._commit_all([link.batch])
         link.committed = True
 
     def _followers(self, link: _Link) -> list[_Link]:
@@ -254,9 +254,6 @@ class SqliteShardStorage:
                     break
                 group.append(following)
         return group
-
-    def _commit(self, batch: BatchWrite) -> None:
-        self._commit_all([batch])
 
     def _commit_all(self, batches: list[BatchWrite]) -> None:
         """Batches in ONE transaction, in order."""
