@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -418,4 +419,80 @@ async def test_when_a_commit_fails_the_two_small_batches_applied_on_top_are_undo
     )
     assert [(r.status, r.replayed) for r in replies] == [(201, False), (200, False)]
     again.ledger.check_invariants()
+    await again.stop()
+
+
+class FailsWhileTheNextBatchReads(SqliteShardStorage):
+    """The real SQLite storage. When ``armed``, the next transaction waits until the engine
+    reads storage for the batch after it (``gate``), and has ended (here: refused for a stale
+    operation id) before that read returns: a commit failing during the next prefetch."""
+
+    armed = False
+    gate = False
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reading = threading.Event()
+        self.ended = threading.Event()
+
+    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
+        if not self.armed:
+            return super()._commit_all(batches)
+        self.armed = False
+        assert self.reading.wait(5), "the next batch never read storage"
+        try:
+            return super()._commit_all(batches)
+        finally:
+            self.ended.set()
+
+    async def lookup(self, op_keys, hold_keys):  # type: ignore[no-untyped-def]
+        if self.gate:
+            self.gate = False
+            self.reading.set()
+            assert await asyncio.to_thread(self.ended.wait, 5)
+            await asyncio.sleep(0.05)  # the failed commit reaches the engine's task
+        return await super().lookup(op_keys, hold_keys)
+
+
+async def test_a_commit_failing_while_the_next_batch_reads_storage_is_retried_before_that_batch(
+    tmp_path: Path,
+) -> None:
+    """Batch 1 (a stale hold id, and a new hold) fails while batch 2 (a capture of that new
+    hold, and an old capture that must be read from storage) is being prefetched. Batch 1 is
+    applied again first, as replays where learnt, and only then batch 2: the capture finds its
+    hold. Applying batch 2 at once (ignoring the failure) would answer it ``hold_not_found``."""
+    path = tmp_path / "s0.db"
+    engine = await started(path, ManualClock(), storage_class=FailsWhileTheNextBatchReads)
+    await setup_accounts(engine)
+    first = await engine.execute(c.PlaceHold(A, "old-1", 10, 900))
+    assert first.status == 201
+    assert (await engine.execute(c.PlaceHold(A, "old-2", 20, 900))).status == 201
+    assert (await engine.execute(c.CaptureHold(A, "old-1"))).status == 200
+    old_capture = await engine.execute(c.CaptureHold(A, "old-2"))
+    assert old_capture.status == 200
+    await engine.stop()
+
+    engine = await started(path, ManualClock(), storage_class=FailsWhileTheNextBatchReads)
+    storage = engine.storage
+    assert isinstance(storage, FailsWhileTheNextBatchReads)
+    assert engine.ledger.holds.find(A, "old-1") is None and engine.ledger.holds.find(A, "old-2") is None
+    assert not engine.ledger.records  # a clean stop leaves no journal tail to learn outcomes from
+    balance = engine.ledger.accounts[A].balance
+    storage.armed = True
+    wave_1 = [engine.enqueue(c.PlaceHold(A, "old-1", 10, 900)), engine.enqueue(c.PlaceHold(A, "new-h", 30, 900))]
+    await _in_flight(engine, 1)
+    storage.gate = True
+    wave_2 = [engine.enqueue(c.CaptureHold(A, "new-h")), engine.enqueue(c.CaptureHold(A, "old-2"))]
+    replies = await asyncio.gather(*wave_1, *wave_2)
+
+    assert storage.ended.is_set() and not storage.gate  # the failure did happen during the read
+    assert [(r.status, r.replayed) for r in replies] == [(201, True), (201, False), (200, False), (200, True)]
+    assert replies[0].body == first.body and replies[3].body == old_capture.body
+    assert engine.ledger.accounts[A].balance == balance - 30
+    engine.ledger.check_invariants()
+    accounts, holds = snapshot(engine)[:2]
+    await engine.stop()
+    again = await started(path, ManualClock())
+    pending = {key: hold for key, hold in holds.items() if hold[5] == "pending"}  # finished ones stay on disk
+    assert snapshot(again)[:2] == (accounts, pending)
     await again.stop()
