@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,18 @@ async def test_single_operation_http_is_driven_by_wrk(tmp_path: Path) -> None:
         pytest.skip("wrk is not installed (apt-get install wrk): the single-operation load generator")
     result = await ours.run_http_single("sqlite", "hot", clients=4, duration_s=1, work_dir=tmp_path)
     assert result.ops > 0 and result.extra["errors"] == 0
+
+
+async def test_the_sqlite_durability_reported_is_read_back_from_a_connection_opened_like_the_service() -> None:
+    assert await ours.durability_settings("sqlite") == {"journal_mode": "wal", "synchronous": "FULL (2)"}
+
+
+@pytest.mark.mariadb
+async def test_the_mariadb_durability_reported_is_read_from_the_server(
+    mariadb_required: Callable[[], Awaitable[str]],
+) -> None:
+    """(The bench once reported '?' here: it asked from inside the running event loop.)"""
+    await mariadb_required()
+    settings = await ours.durability_settings("mariadb")
+    assert settings["innodb_flush_log_at_trx_commit"] in {"0", "1", "2"}
+    assert settings["log_bin"] in {"ON", "OFF"}

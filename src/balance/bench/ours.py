@@ -417,37 +417,41 @@ async def run_http_batch(
     )  # fmt: skip
 
 
-def durability_settings(backend: str) -> dict[str, Any]:
-    """What the run's durability was (reported with the figures)."""
+async def durability_settings(backend: str) -> dict[str, Any]:
+    """The run's durability, read back rather than assumed (reported with the figures):
+    SQLite's from a connection opened the way the service opens its shard files, MariaDB's
+    from the server the run used."""
     if backend == "sqlite":
-        return {"journal_mode": "wal", "synchronous": "FULL (2)"}
-    return {"innodb_flush_log_at_trx_commit": _mariadb_variable("innodb_flush_log_at_trx_commit")}
+        from balance.storage.sqlite import SqliteShardStorage
+
+        with tempfile.TemporaryDirectory() as tmp:
+            conn = SqliteShardStorage(Path(tmp) / "probe.db")._connect()
+            try:
+                journal_mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+                synchronous = int(conn.execute("PRAGMA synchronous").fetchone()[0])
+            finally:
+                conn.close()
+        names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+        return {"journal_mode": journal_mode, "synchronous": f"{names.get(synchronous, '?')} ({synchronous})"}
+    return await _mariadb_variables(("innodb_flush_log_at_trx_commit", "log_bin", "sync_binlog"))
 
 
-def _mariadb_variable(name: str) -> str:
-    async def read() -> str:
-        import asyncmy
+async def _mariadb_variables(names: tuple[str, ...]) -> dict[str, Any]:
+    import asyncmy
 
-        from balance.bench.naive import parse_mysql_url
+    from balance.bench.naive import parse_mysql_url
 
-        params = parse_mysql_url(mysql_url())
-        params.pop("db", None)
-        params.pop("database", None)
-        conn = await asyncmy.connect(**params)
-        try:
-            async with conn.cursor() as cur:
+    params = parse_mysql_url(mysql_url())
+    params.pop("db", None)
+    params.pop("database", None)
+    conn = await asyncmy.connect(**params)
+    try:
+        async with conn.cursor() as cur:
+            values = {}
+            for name in names:
                 await cur.execute("SHOW GLOBAL VARIABLES LIKE %s", (name,))
                 row = await cur.fetchone()
-                return str(row[1]) if row else "?"
-        finally:
-            conn.close()
-
-    return asyncio.run(read()) if not _in_loop() else "?"
-
-
-def _in_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+                values[name] = str(row[1]) if row else None
+            return values
+    finally:
+        conn.close()
