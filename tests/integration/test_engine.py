@@ -424,8 +424,9 @@ async def test_when_a_commit_fails_the_two_small_batches_applied_on_top_are_undo
 
 class FailsWhileTheNextBatchReads(SqliteShardStorage):
     """The real SQLite storage. When ``armed``, the next transaction waits until the engine
-    reads storage for the batch after it (``gate``), and has ended (here: refused for a stale
-    operation id) before that read returns: a commit failing during the next prefetch."""
+    reads storage for the batch after it (``gate``), and that read returns only once the
+    commit has ended (here: refused for a stale operation id): a commit failing during the
+    next batch's prefetch."""
 
     armed = False
     gate = False
@@ -433,24 +434,27 @@ class FailsWhileTheNextBatchReads(SqliteShardStorage):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.reading = threading.Event()
-        self.ended = threading.Event()
+        self.failing_commit: asyncio.Task[Any] | None = None
+
+    async def commit(self, batch, after=None):  # type: ignore[no-untyped-def]
+        if self.armed and self.failing_commit is None:
+            self.failing_commit = asyncio.current_task()  # the engine's task for this commit
+        await super().commit(batch, after)
 
     def _commit_all(self, batches):  # type: ignore[no-untyped-def]
         if not self.armed:
             return super()._commit_all(batches)
         self.armed = False
         assert self.reading.wait(5), "the next batch never read storage"
-        try:
-            return super()._commit_all(batches)
-        finally:
-            self.ended.set()
+        return super()._commit_all(batches)
 
     async def lookup(self, op_keys, hold_keys):  # type: ignore[no-untyped-def]
         if self.gate:
             self.gate = False
             self.reading.set()
-            assert await asyncio.to_thread(self.ended.wait, 5)
-            await asyncio.sleep(0.05)  # the failed commit reaches the engine's task
+            assert self.failing_commit is not None
+            await asyncio.wait([self.failing_commit], timeout=5)
+            assert self.failing_commit.done()
         return await super().lookup(op_keys, hold_keys)
 
 
@@ -485,7 +489,8 @@ async def test_a_commit_failing_while_the_next_batch_reads_storage_is_retried_be
     wave_2 = [engine.enqueue(c.CaptureHold(A, "new-h")), engine.enqueue(c.CaptureHold(A, "old-2"))]
     replies = await asyncio.gather(*wave_1, *wave_2)
 
-    assert storage.ended.is_set() and not storage.gate  # the failure did happen during the read
+    assert storage.failing_commit is not None and storage.failing_commit.exception() is not None
+    assert storage.reading.is_set() and not storage.gate  # it failed while the next batch read storage
     assert [(r.status, r.replayed) for r in replies] == [(201, True), (201, False), (200, False), (200, True)]
     assert replies[0].body == first.body and replies[3].body == old_capture.body
     assert engine.ledger.accounts[A].balance == balance - 30
