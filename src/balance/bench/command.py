@@ -122,7 +122,7 @@ def _add_ratios(results: list[BenchResult]) -> None:
 def render(results: list[BenchResult]) -> Table:
     table = Table(title="balance-service bench (durable commits; medians where repeated)")
     for column in ("backend", "what", "scenario", "ops/s", "p50 ms", "p95 ms", "p99 ms", "x naive", "of ceiling",
-                   "peak RSS MB", "loadgen CPU", "notes"):  # fmt: skip
+                   "peak RSS MB", "loadgen CPU", "machine CPU", "notes"):  # fmt: skip
         table.add_column(column, justify="right" if column not in ("backend", "what", "scenario", "notes") else "left")
     for r in results:
         x = r.extra
@@ -140,7 +140,8 @@ def render(results: list[BenchResult]) -> Table:
             *(f"{v:.2f}" if v else "" for v in (r.p50_ms, r.p95_ms, r.p99_ms)),
             f"{x['x_naive']:.1f}x" if "x_naive" in x else "", f"{x['of_ceiling']:.0%}" if "of_ceiling" in x else "",
             f"{x['peak_rss_mb']:.0f}" if "peak_rss_mb" in x else "",
-            f"{x['loadgen_cpu']:.0%}" if "loadgen_cpu" in x else "", notes,
+            f"{x['loadgen_cpu']:.0%}" if "loadgen_cpu" in x else "",
+            f"{x['machine_cpu']:.2f}/{_cpus()}" if x.get("machine_cpu") is not None else "", notes,
         )  # fmt: skip
     return table
 

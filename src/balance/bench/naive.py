@@ -183,8 +183,9 @@ class CpuMeter:
         self.machine0 = machine_cpu_seconds()
 
     def stop(self) -> dict[str, float]:
-        """``client_cpu``, ``server_cpu``, and ``other_cpu``: the rest of the machine's busy CPU
-        (other processes, the kernel's share not charged to either): high means a noisy run."""
+        """``client_cpu``, ``server_cpu``, ``machine_cpu`` (every core's busy time: how full the
+        machine was, out of ``os.cpu_count()``), and ``other_cpu``: the rest of the machine's busy
+        CPU (other processes, the kernel's share not charged to either): high means a noisy run."""
         wall = max(time.perf_counter() - self.wall0, 1e-9)
         client = time.process_time() - self.client0
         out = {"client_cpu": client / wall}
@@ -195,6 +196,7 @@ class CpuMeter:
             out["server_cpu"] = server / wall
         machine1 = machine_cpu_seconds()
         if self.machine0 is not None and machine1 is not None:
+            out["machine_cpu"] = (machine1[0] - self.machine0[0]) / wall
             out["other_cpu"] = max(0.0, machine1[0] - self.machine0[0] - client - server) / wall
             out["iowait"] = (machine1[1] - self.machine0[1]) / wall
         return out

@@ -296,6 +296,7 @@ async def run_http_single(
         extra={
             "clients": clients, "errors": result.errors, "loadgen_cpu": result.cpu_s / result.seconds,
             "service_cpu": server_cpu, "db_cpu": cpu.get("server_cpu", 0.0), "peak_rss_mb": rss / 2**20,
+            "machine_cpu": cpu.get("machine_cpu"),
         },
     )  # fmt: skip
 
@@ -413,7 +414,7 @@ async def run_http_batch(
     return make_result(
         f"http-batch-{batch_size}", backend, scenario, ops, seconds, latencies, senders=senders,
         errors=failures, loadgen_cpu=loadgen, service_cpu=server_cpu, db_cpu=cpu.get("server_cpu", 0.0),
-        peak_rss_mb=rss / 2**20,
+        peak_rss_mb=rss / 2**20, machine_cpu=cpu.get("machine_cpu"),
     )  # fmt: skip
 
 

@@ -48,6 +48,7 @@ def medians(paths: list[Path]) -> list[dict[str, Any]]:
             "loadgen_cpu": med(lambda r: r["extra"].get("loadgen_cpu")),
             "service_cpu": med(lambda r: r["extra"].get("service_cpu", r["extra"].get("client_cpu"))),
             "db_cpu": med(lambda r: r["extra"].get("db_cpu", r["extra"].get("server_cpu"))),
+            "machine_cpu": med(lambda r: r["extra"].get("machine_cpu")),
             "ready_s": med(lambda r: r["extra"].get("ready_s")),
             "bytes_per_account": med(lambda r: r["extra"].get("bytes_per_account")),
             "bytes_per_hold": med(lambda r: r["extra"].get("bytes_per_hold")),
@@ -62,8 +63,8 @@ def _f(value: float | None, fmt: str) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| backend | what | scenario | ops/s (median) | all runs | p50 ms | p99 ms | × naive | of ceiling | "
-        "service CPU | DB CPU | load-gen CPU | peak RSS MB |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "service CPU | DB CPU | load-gen CPU | machine CPU | peak RSS MB |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["what"] == "recovery":
@@ -72,7 +73,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['backend']} | {r['what']} | {r['scenario']} | {_f(r['ops_per_s'], ',.0f')} | "
             f"{', '.join(f'{v:,}' for v in r['ops_per_s_all'])} | {_f(r['p50_ms'], '.1f')} | {_f(r['p99_ms'], '.1f')} | "
             f"{_f(r['x_naive'], '.1f')} | {_f(r['of_ceiling'], '.0%')} | {_f(r['service_cpu'], '.2f')} | "
-            f"{_f(r['db_cpu'], '.2f')} | {_f(r['loadgen_cpu'], '.2f')} | {_f(r['peak_rss_mb'], '.0f')} |"
+            f"{_f(r['db_cpu'], '.2f')} | {_f(r['loadgen_cpu'], '.2f')} | {_f(r['machine_cpu'], '.2f')} | "
+            f"{_f(r['peak_rss_mb'], '.0f')} |"
         )
     recovery = [r for r in rows if r["what"] == "recovery"]
     if recovery:
