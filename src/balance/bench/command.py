@@ -96,7 +96,10 @@ async def run_all(args: argparse.Namespace) -> list[BenchResult]:
                 results.append(await _measure(progress, f"{backend} recovery {n:,}+{n:,}", 2 * n, False, lambda p, b=backend, n=n: recovery.run_recovery(
                     b, accounts=n, holds=n, work_dir=work_dir, progress=p)))  # fmt: skip
     for backend in backends:
-        durability = await ours.durability_settings(backend)
+        try:
+            durability = await ours.durability_settings(backend)
+        except Exception as exc:  # noqa: BLE001 (the figures measured so far are kept)
+            durability = {"error": f"could not read the durability settings: {exc!r}"}
         for result in results:
             if result.backend == backend:
                 result.extra.setdefault("durability", durability)
