@@ -3,7 +3,8 @@
 The per-operation loop (apply a command, build its journal rows) is pure Python with
 type annotations; mypyc turns it into a C extension that runs it about 1.4x faster and
 keeps integer fields unboxed (less memory per account and per hold). The SQL literals of
-MariaDB's small batches (``storage/sqltext.py``) are compiled too (2.4x faster per row).
+MariaDB's small batches (``storage/sqltext.py``) are compiled too (2.4x faster per row), and
+so is the built-in HTTP/1.1 server's protocol (``api/http1.py``: 1.03-1.05x single operations).
 BENCHMARKS.md has the measurements. ``BALANCE_PURE_PYTHON=1`` at install time skips the compilation: the same
 modules then run interpreted (slower, same behaviour; the tests pass either way).
 """
@@ -23,6 +24,7 @@ COMPILED = [
     "src/balance/service.py",
     "src/balance/api/app.py",
     "src/balance/storage/sqltext.py",
+    "src/balance/api/http1.py",
 ]
 
 ext_modules = []
