@@ -94,3 +94,25 @@ async def test_when_merged_batches_fail_each_is_written_on_its_own_and_only_its_
     assert [row[11] for row in (await storage.load()).accounts] == [2]
     # Batches 2-5 together (refused), 2 alone; then 3-5 together (refused), 3 alone (refused).
     assert storage.transactions == [1, 4, 1, 3, 1]
+
+
+async def test_a_commit_cancelled_while_queued_leaves_the_queue_and_later_commits_still_merge(
+    storage: HoldsTheFirstCommit,
+) -> None:
+    first = asyncio.ensure_future(storage.commit(big_batch(1, 1, rows=3)))
+    await _until(storage.writing.is_set)
+    cancelled = asyncio.ensure_future(storage.commit(big_batch(4, 2, rows=3), after=first))
+    await _until(lambda: len(storage._waiting) == 1)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    storage.release.set()
+    await first
+    assert not storage._waiting  # the thread never takes a cancelled commit up: it is not left queued
+
+    storage.writing.clear()  # hold the next transaction too, and queue three behind it
+    storage.release.clear()
+    tasks = await _queued_behind_the_first(storage, [big_batch(4 + 3 * k, k + 2, rows=3) for k in range(4)])
+    await asyncio.gather(*tasks)
+    assert storage.transactions == [1, 1, 3]
+    assert await stored_seqs(storage) == list(range(1, 16))  # the cancelled batch wrote nothing

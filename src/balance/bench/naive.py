@@ -196,8 +196,9 @@ class CpuMeter:
             out["server_cpu"] = server / wall
         machine1 = machine_cpu_seconds()
         if self.machine0 is not None and machine1 is not None:
-            out["machine_cpu"] = (machine1[0] - self.machine0[0]) / wall
-            out["other_cpu"] = max(0.0, machine1[0] - self.machine0[0] - client - server) / wall
+            machine = machine1[0] - self.machine0[0]
+            out["machine_cpu"] = machine / wall
+            out["other_cpu"] = max(0.0, machine - client - server) / wall
             out["iowait"] = (machine1[1] - self.machine0[1]) / wall
         return out
 

@@ -33,7 +33,7 @@ import httpx
 import msgspec
 
 from balance.bench import wrk
-from balance.bench.naive import CpuMeter, mysql_url
+from balance.bench.naive import CpuMeter, mysql_connect, mysql_url, parse_mysql_url
 from balance.bench.results import BenchResult, make_result
 from balance.domain import commands as c
 from balance.engine.runtime import tuned
@@ -41,6 +41,7 @@ from balance.engine.shard import ShardEngine
 from balance.storage.base import ShardStorage
 from balance.storage.mariadb import from_url
 from balance.storage.sqlite import SqliteShardStorage
+from balance.storage.sqlite import connect as connect_shard_file
 
 Progress = Callable[[int], None]
 ADMIN_KEY = "bench-admin"
@@ -423,10 +424,8 @@ async def durability_settings(backend: str) -> dict[str, Any]:
     SQLite's from a connection opened the way the service opens its shard files, MariaDB's
     from the server the run used."""
     if backend == "sqlite":
-        from balance.storage.sqlite import SqliteShardStorage
-
         with tempfile.TemporaryDirectory() as tmp:
-            conn = SqliteShardStorage(Path(tmp) / "probe.db")._connect()
+            conn = connect_shard_file(Path(tmp) / "probe.db")
             try:
                 journal_mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0])
                 synchronous = int(conn.execute("PRAGMA synchronous").fetchone()[0])
@@ -438,14 +437,7 @@ async def durability_settings(backend: str) -> dict[str, Any]:
 
 
 async def _mariadb_variables(names: tuple[str, ...]) -> dict[str, Any]:
-    import asyncmy
-
-    from balance.bench.naive import parse_mysql_url
-
-    params = parse_mysql_url(mysql_url())
-    params.pop("db", None)
-    params.pop("database", None)
-    conn = await asyncmy.connect(**params)
+    conn = await mysql_connect(parse_mysql_url(mysql_url()))
     try:
         async with conn.cursor() as cur:
             values = {}

@@ -67,6 +67,16 @@ _RECOVERY_JOURNAL_AFTER = schema.recovery_journal_query("?")
 _HISTORY_FILL = schema.history_fill_sql(schema.CHECKPOINT_SEQ_SQL, "?")  # a checkpoint's: before meta moves
 
 
+def connect(path: Path | str) -> sqlite3.Connection:
+    """A connection to a shard file as the service opens it: WAL, synchronous=FULL (every
+    commit synced before it is acknowledged), transactions explicit."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
 class _Link:
     """A commit handed to the writer thread, for the one queued behind it to check."""
 
@@ -120,11 +130,7 @@ class SqliteShardStorage:
             raise StorageError(f"sqlite storage is closed: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
+        return connect(self.path)
 
     def _new_pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         return (
@@ -208,6 +214,9 @@ class SqliteShardStorage:
             await self._run(self._writer_pool, lambda: self._commit_linked(link), link)
         except BaseException:
             link.abandoned = True  # e.g. cancelled while queued: the batch after must not follow it
+            with self._waiting_lock:  # (cancelled before the thread took it up, it never will)
+                if link in self._waiting:
+                    self._waiting.remove(link)
             raise
 
     def in_flight_max(self, batch: BatchWrite) -> int:
