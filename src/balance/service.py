@@ -20,7 +20,7 @@ import msgspec
 from balance import views
 from balance.domain import commands as c
 from balance.domain import errors as e
-from balance.domain.ledger import TRANSFER_IN_PROGRESS, transfer_target_refusal
+from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, transfer_target_refusal
 from balance.domain.model import Account
 from balance.engine.shard import Collector, Reply, ShardEngine, Unavailable, unavailable_reply
 

@@ -18,7 +18,7 @@ import asyncmy
 import pytest
 
 from balance.domain import commands as c
-from balance.domain.ledger import system_account_id
+from balance.domain.ids import system_account_id
 from balance.domain.model import KIND_FUNDING
 from balance.engine.clock import ManualClock
 from balance.engine.shard import ShardEngine

@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 )  # fmt: skip
 
 from balance.domain import commands as c
-from balance.domain.ledger import system_account_id
+from balance.domain.ids import system_account_id
 from balance.engine.clock import ManualClock
 from balance.engine.shard import Reply, ShardEngine
 from balance.storage.sqlite import SqliteShardStorage

@@ -36,8 +36,10 @@ import pytest
 
 from balance.domain import commands as c
 from balance.domain import errors as e
-from balance.domain.ledger import Changes, Ledger, Outcome, system_account_id
+from balance.domain.ids import system_account_id
+from balance.domain.ledger import Ledger
 from balance.domain.model import KIND_FUNDING, KIND_SETTLEMENT, STATUS_ACTIVE, STATUS_CLOSED, STATUS_FROZEN, Hold
+from balance.domain.outcomes import Changes, Outcome
 
 SHARD = 0
 T0 = 1_790_000_000_000_000  # microseconds

@@ -20,8 +20,9 @@ from balance import views
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
-from balance.domain.ledger import Ledger, Outcome
+from balance.domain.ledger import Ledger
 from balance.domain.model import Account, Hold
+from balance.domain.outcomes import Outcome
 from balance.engine.clock import Clock, system_clock
 from balance.metrics import Metrics
 from balance.storage.base import (

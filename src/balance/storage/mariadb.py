@@ -35,7 +35,7 @@ from asyncmy import errors as mysql_errors
 from asyncmy.constants import CLIENT
 
 from balance.domain.holds import HOLD_KINDS, hold_from_journal
-from balance.domain.ledger import op_key_of
+from balance.domain.ids import op_key_of
 from balance.storage import schema
 from balance.storage.base import (
     EARLIER_FAILED,
