@@ -26,6 +26,7 @@ from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
 from balance.domain.currencies import ISO_4217
+from balance.domain.model import ACCOUNT_CURRENCY, ACCOUNT_REGION, JOURNAL_SEQ
 from balance.engine.shard import RETRY_AFTER_S, Reply
 from balance.service import ADMIN, BalanceService
 from balance.views import encoder, problem
@@ -279,7 +280,7 @@ class BalanceApp:
             region, currency = body.region, body.currency
         else:
             parent = self._require_account(request, body.parent_id)
-            region, currency = body.region or parent[3], body.currency or parent[4]
+            region, currency = body.region or parent[ACCOUNT_REGION], body.currency or parent[ACCOUNT_CURRENCY]
         check_currency(currency)
         command = c.CreateAccount(
             "", body.parent_id, body.kind, region, currency, body.name, body.credit_limit, metadata_bytes(body.metadata)
@@ -373,7 +374,7 @@ class BalanceApp:
         engine = self.service.engine_for(params[0])
         assert engine is not None
         rows = await engine.storage.history(params[0], limit, before_seq, since, until)
-        next_cursor = str(rows[-1][0]) if len(rows) == limit else None
+        next_cursor = str(rows[-1][JOURNAL_SEQ]) if len(rows) == limit else None
         return json_reply(200, {"data": [views.txn_view(row) for row in rows], "next_cursor": next_cursor})
 
     async def batch(self, request: Request, _: list[str]) -> Reply:

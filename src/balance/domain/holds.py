@@ -13,6 +13,7 @@ Two accounts using the same hold id share a slot that then holds a list of their
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Final
 
 from balance.domain.model import (
     CAPTURE,
@@ -20,9 +21,12 @@ from balance.domain.model import (
     EXPIRE,
     HOLD,
     HOLD_CAPTURED,
+    HOLD_CAPTURED_AMOUNT,
     HOLD_EXPIRED,
     HOLD_PENDING,
     HOLD_RELEASED,
+    HOLD_STATUS,
+    HOLD_UPDATED_AT,
     RELEASE,
     Hold,
 )
@@ -37,6 +41,14 @@ HOLD_JOURNAL_FIELDS = (
     "seq", "account_id", "kind", "hold_id", "amount", "currency", "created_at", "description", "metadata",
     "expires_at", "destination_account_id",
 )  # fmt: skip
+# Positions in those rows, as literal ints (mypyc folds them; tests/unit/test_model_fields.py checks them).
+HOLD_JOURNAL_SEQ: Final = 0
+HOLD_JOURNAL_ACCOUNT_ID: Final = 1
+HOLD_JOURNAL_KIND: Final = 2
+HOLD_JOURNAL_HOLD_ID: Final = 3
+HOLD_JOURNAL_AMOUNT: Final = 4
+HOLD_JOURNAL_CREATED_AT: Final = 6
+HOLD_JOURNAL_EXPIRES_AT: Final = 9
 
 
 def placed_hold(row: tuple) -> tuple:  # type: ignore[type-arg]
@@ -50,23 +62,31 @@ def placed_hold(row: tuple) -> tuple:  # type: ignore[type-arg]
 
 def settlement(row: tuple) -> tuple[str, int, int]:  # type: ignore[type-arg]
     """(status, captured_amount, updated_at) a capture, release or expiry row leaves its hold with."""
-    kind = row[2]
-    return SETTLED_STATUS[kind], row[4] if kind == CAPTURE else 0, row[6]
+    kind = row[HOLD_JOURNAL_KIND]
+    return SETTLED_STATUS[kind], row[HOLD_JOURNAL_AMOUNT] if kind == CAPTURE else 0, row[HOLD_JOURNAL_CREATED_AT]
 
 
 def hold_from_journal(rows: list[tuple]) -> tuple | None:  # type: ignore[type-arg]
     """A hold's state (``HOLD_FIELDS``) from its accepted primary journal rows, oldest first.
     None if no hold row is among them (or it predates the ``expires_at`` column)."""
-    placed = next((row for row in rows if row[2] == HOLD), None)
-    if placed is None or placed[9] is None:
+    placed = next((row for row in rows if row[HOLD_JOURNAL_KIND] == HOLD), None)
+    if placed is None or placed[HOLD_JOURNAL_EXPIRES_AT] is None:
         return None
     state = placed_hold(placed)
-    settled = next((row for row in rows if row[2] in SETTLED_STATUS and row[0] > placed[0]), None)
+    settled = next(
+        (
+            row
+            for row in rows
+            if row[HOLD_JOURNAL_KIND] in SETTLED_STATUS and row[HOLD_JOURNAL_SEQ] > placed[HOLD_JOURNAL_SEQ]
+        ),
+        None,
+    )
     if settled is None:
         return state
     status, captured, updated_at = settlement(settled)
-    # HOLD_FIELDS: captured_amount is field 3, status 5, updated_at 9.
-    return (*state[:3], captured, state[4], status, *state[6:9], updated_at, *state[10:])
+    fields = list(state)
+    fields[HOLD_CAPTURED_AMOUNT], fields[HOLD_STATUS], fields[HOLD_UPDATED_AT] = captured, status, updated_at
+    return tuple(fields)
 
 
 class HoldIndex:

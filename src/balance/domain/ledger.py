@@ -20,12 +20,25 @@ from balance.domain import account_rules, cross_shard, hold_rules, limits, movem
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain.expiry import ExpiryWheel
-from balance.domain.holds import HOLD_JOURNAL_FIELDS, HOLD_KINDS, HoldIndex, placed_hold, settlement
+from balance.domain.holds import (
+    HOLD_JOURNAL_ACCOUNT_ID,
+    HOLD_JOURNAL_CREATED_AT,
+    HOLD_JOURNAL_FIELDS,
+    HOLD_JOURNAL_HOLD_ID,
+    HOLD_JOURNAL_KIND,
+    HOLD_JOURNAL_SEQ,
+    HOLD_KINDS,
+    HoldIndex,
+    placed_hold,
+    settlement,
+)
 from balance.domain.ids import op_key_of, system_account_id
 from balance.domain.model import (
+    ACCOUNT_BALANCE,
     CAPTURE,
     HOLD,
     HOLD_PENDING,
+    HOLD_STATUS,
     RELEASE,
     STATUS_ACTIVE,
     STATUS_CLOSED,
@@ -130,22 +143,26 @@ class Ledger:
         (``schema.RECOVERY_JOURNAL_COLUMNS``, in journal order) is applied to the accounts and
         holds loaded from the tables. An account takes the row's state if the row is newer than
         its stored one (by version: a row written since also carries any later change)."""
-        account = self.accounts.get(row[1])
+        account = self.accounts.get(row[HOLD_JOURNAL_ACCOUNT_ID])
         if account is None:
-            raise e.InvariantViolation(f"journal: row {row[0]} on unknown account {row[1]}")
+            raise e.InvariantViolation(
+                f"journal: row {row[HOLD_JOURNAL_SEQ]} on unknown account {row[HOLD_JOURNAL_ACCOUNT_ID]}"
+            )
         version = row[RECOVERY_VERSION]
         if version > account.version and not account.is_system:
             account.balance, account.reserved = row[RECOVERY_BALANCE], row[RECOVERY_RESERVED]
-            account.version, account.updated_at = version, row[6]
+            account.version, account.updated_at = version, row[HOLD_JOURNAL_CREATED_AT]
             # Every change lifts the flag; only a hold that leaves nothing available sets it.
-            account.exhausted = row[2] == HOLD and row[RECOVERY_OP_KEY] is not None and account.available <= 0
+            account.exhausted = (
+                row[HOLD_JOURNAL_KIND] == HOLD and row[RECOVERY_OP_KEY] is not None and account.available <= 0
+            )
             self._unsaved_accounts.add(account.id)
-        if row[RECOVERY_OP_KEY] is not None and row[2] in HOLD_KINDS:
+        if row[RECOVERY_OP_KEY] is not None and row[HOLD_JOURNAL_KIND] in HOLD_KINDS:
             self._replay_hold_row(row, account)
 
     def _replay_hold_row(self, row: tuple, owner: Account) -> None:  # type: ignore[type-arg]
         """A hold's primary journal row (``schema.HOLD_JOURNAL_COLUMNS`` first) on the holds loaded."""
-        account_id, kind, hold_id = row[1], row[2], row[3]
+        account_id, kind, hold_id = row[HOLD_JOURNAL_ACCOUNT_ID], row[HOLD_JOURNAL_KIND], row[HOLD_JOURNAL_HOLD_ID]
         if kind == HOLD:
             e.require(self.holds.find(account_id, hold_id) is None, f"journal: hold {hold_id} placed twice")
             hold = Hold.from_row(placed_hold(row[:HOLD_ROW_LENGTH]), owner.id)
@@ -297,7 +314,7 @@ class Ledger:
                 changes.accounts.append(account)
             else:
                 unsaved_accounts.add(account_id)
-            old_balance = 0 if before is None else before[7]
+            old_balance = 0 if before is None else before[ACCOUNT_BALANCE]
             delta[account.currency] = delta.get(account.currency, 0) + account.balance - old_balance
         for currency, moved in delta.items():
             e.require(moved == 0, f"batch created {moved} {currency} out of nothing")
@@ -363,7 +380,7 @@ class Ledger:
                 else:
                     hold = self.holds[key]
                     hold.restore(hold_before)
-                    if hold_before[5] == HOLD_PENDING:  # re-arm its expiry (stale entries are skipped)
+                    if hold_before[HOLD_STATUS] == HOLD_PENDING:  # re-arm its expiry (stale entries are skipped)
                         self.expiry.add(hold)
             for key in frame.records:
                 self.records.pop(key, None)

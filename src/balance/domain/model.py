@@ -7,6 +7,7 @@ Classes use ``__slots__`` because a shard keeps millions of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 KINDS_USER = ("partner", "provider", "user")
 KIND_FUNDING = "funding"
@@ -58,6 +59,21 @@ HOLD_FIELDS = (
     "destination_account_id", "expires_at", "created_at", "updated_at",
     "description", "metadata",
 )  # fmt: skip
+# Positions of fields in those tuples, as literal ints: mypyc folds a Final int into the code
+# that indexes with it (tests/unit/test_model_fields.py checks each against the names above).
+ACCOUNT_ID: Final = 0
+ACCOUNT_REGION: Final = 3
+ACCOUNT_CURRENCY: Final = 4
+ACCOUNT_BALANCE: Final = 7
+ACCOUNT_EXHAUSTED: Final = 10
+HOLD_ACCOUNT_ID: Final = 0
+HOLD_ID: Final = 1
+HOLD_AMOUNT: Final = 2
+HOLD_CAPTURED_AMOUNT: Final = 3
+HOLD_STATUS: Final = 5
+HOLD_EXPIRES_AT: Final = 7
+HOLD_UPDATED_AT: Final = 9
+JOURNAL_SEQ: Final = 0  # in a journal row (``Entry.row()``, ``schema.JOURNAL_COLUMNS``)
 
 
 class Account:
@@ -180,8 +196,12 @@ class Hold:
 
     def restore(self, state: tuple) -> None:  # type: ignore[type-arg]
         """Undo: only the fields a capture, release or expiry change (the rest never change)."""
-        self.amount, self.captured_amount, self.status = state[2], state[3], state[5]
-        self.expires_at, self.updated_at = state[7], state[9]
+        self.amount, self.captured_amount = state[HOLD_AMOUNT], state[HOLD_CAPTURED_AMOUNT]
+        self.status, self.expires_at, self.updated_at = (
+            state[HOLD_STATUS],
+            state[HOLD_EXPIRES_AT],
+            state[HOLD_UPDATED_AT],
+        )
 
     @classmethod
     def from_row(cls, row: tuple, account_id: str | None = None) -> Hold:  # type: ignore[type-arg]

@@ -20,8 +20,9 @@ from balance import views
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
+from balance.domain.holds import HOLD_JOURNAL_SEQ
 from balance.domain.ledger import Ledger
-from balance.domain.model import Account, Hold
+from balance.domain.model import ACCOUNT_ID, HOLD_ACCOUNT_ID, HOLD_ID, Account, Hold
 from balance.domain.outcomes import Outcome
 from balance.engine.clock import Clock, system_clock
 from balance.metrics import Metrics
@@ -218,23 +219,23 @@ class ShardEngine:
         # Pages are read ahead: the next page is on its way while this one becomes objects.
         next_page = asyncio.ensure_future(storage.scan_accounts("", RECOVERY_PAGE_ROWS))
         while rows := await next_page:
-            next_page = asyncio.ensure_future(storage.scan_accounts(rows[-1][0], RECOVERY_PAGE_ROWS))
+            next_page = asyncio.ensure_future(storage.scan_accounts(rows[-1][ACCOUNT_ID], RECOVERY_PAGE_ROWS))
             for row in rows:
                 ledger.load_account(Account.from_row(row))
         next_holds = asyncio.ensure_future(storage.scan_pending_holds(("", ""), RECOVERY_PAGE_ROWS))
         while rows := await next_holds:
             next_holds = asyncio.ensure_future(
-                storage.scan_pending_holds((rows[-1][0], rows[-1][1]), RECOVERY_PAGE_ROWS)
+                storage.scan_pending_holds((rows[-1][HOLD_ACCOUNT_ID], rows[-1][HOLD_ID]), RECOVERY_PAGE_ROWS)
             )
             for row in rows:
-                owner = accounts.get(row[0])
+                owner = accounts.get(row[HOLD_ACCOUNT_ID])
                 ledger.load_hold(Hold.from_row(row, None if owner is None else owner.id))
         # The tables are a checkpoint: what the journal says of accounts and holds since, on top.
         checkpoint = seq = await storage.checkpoint_seq()
         while rows := await storage.scan_recovery_journal(seq, RECOVERY_PAGE_ROWS):
             for row in rows:
                 ledger.replay_journal_row(row)
-            seq = rows[-1][0]
+            seq = rows[-1][HOLD_JOURNAL_SEQ]  # recovery rows begin with a hold row's fields
         self._checkpoint_from = checkpoint
         ledger.next_seq = await storage.max_seq() + 1
         # ``reserved`` was stored; check_invariants recomputes it from the pending holds.

@@ -34,8 +34,9 @@ import asyncmy
 from asyncmy import errors as mysql_errors
 from asyncmy.constants import CLIENT
 
-from balance.domain.holds import HOLD_KINDS, hold_from_journal
+from balance.domain.holds import HOLD_JOURNAL_ACCOUNT_ID, HOLD_JOURNAL_HOLD_ID, HOLD_KINDS, hold_from_journal
 from balance.domain.ids import op_key_of
+from balance.domain.model import ACCOUNT_EXHAUSTED, HOLD_ACCOUNT_ID, HOLD_ID
 from balance.storage import schema
 from balance.storage.base import (
     EARLIER_FAILED,
@@ -766,7 +767,10 @@ class MariaDbShardStorage:
                 " COALESCE((SELECT MAX(seq) FROM outbox), 0))",
             )
             await self._fetch(conn, "COMMIT")
-            accounts = [(*row[:10], bool(row[10]), *row[11:]) for row in accounts]
+            accounts = [
+                (*row[:ACCOUNT_EXHAUSTED], bool(row[ACCOUNT_EXHAUSTED]), *row[ACCOUNT_EXHAUSTED + 1 :])
+                for row in accounts
+            ]
             return LoadedShard(accounts, holds, int(last[0][0]) + 1)
 
         return await self._read(read)
@@ -840,7 +844,7 @@ class MariaDbShardStorage:
                 )
                 per_hold: dict[tuple[str, str], list[Row]] = {}
                 for row in await self._fetch(conn, sql, [v for a, k in wanted for v in (k, a)]):
-                    per_hold.setdefault((row[1], row[3]), []).append(row)
+                    per_hold.setdefault((row[HOLD_JOURNAL_ACCOUNT_ID], row[HOLD_JOURNAL_HOLD_ID]), []).append(row)
                 for key, rows in per_hold.items():
                     if (rebuilt := hold_from_journal(rows)) is not None:
                         found_holds[key] = rebuilt
@@ -851,7 +855,7 @@ class MariaDbShardStorage:
                         " WHERE (account_id, id) IN (" + ",".join(["(%s,%s)"] * len(older)) + ")"
                     )
                     for row in await self._fetch(conn, sql, [v for key in older for v in key]):
-                        found_holds[(row[0], row[1])] = row
+                        found_holds[(row[HOLD_ACCOUNT_ID], row[HOLD_ID])] = row
             operations = [
                 StoredOperation(account_id, op_key, row[2], row[3], row[4])
                 for account_id, op_key in op_keys

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from balance.domain.holds import HOLD_KINDS, hold_from_journal
 from balance.domain.ids import op_key_of
+from balance.domain.model import ACCOUNT_EXHAUSTED
 from balance.storage import schema
 from balance.storage.base import (
     EARLIER_FAILED,
@@ -330,7 +331,10 @@ class SqliteShardStorage:
                 ).fetchone()[0]
             finally:
                 conn.execute("COMMIT")
-            accounts = [(*row[:10], bool(row[10]), *row[11:]) for row in accounts]
+            accounts = [
+                (*row[:ACCOUNT_EXHAUSTED], bool(row[ACCOUNT_EXHAUSTED]), *row[ACCOUNT_EXHAUSTED + 1 :])
+                for row in accounts
+            ]
             return LoadedShard(accounts, holds, (last or 0) + 1)
 
         return await self._run(self._reader_pool, read)
