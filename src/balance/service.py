@@ -22,7 +22,8 @@ from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, transfer_target_refusal
 from balance.domain.model import Account
-from balance.engine.shard import Collector, Reply, ShardEngine, Unavailable, unavailable_reply
+from balance.engine.replies import Collector, Reply, Unavailable, unavailable_reply
+from balance.engine.shard import ShardEngine
 
 ADMIN = "admin"
 

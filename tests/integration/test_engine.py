@@ -15,6 +15,7 @@ from faults import LosesTheConnectionAtXaCommit
 from balance.domain import commands as c
 from balance.domain.errors import InvariantViolation
 from balance.engine.clock import ManualClock
+from balance.engine.expiry_sweep import sweep
 from balance.engine.shard import FAILED, ShardEngine
 from balance.storage.sqlite import SqliteShardStorage
 
@@ -111,9 +112,9 @@ async def test_a_hold_past_its_expiry_is_expired_by_the_sweep_and_stays_expired_
     assert (await engine.execute(c.PlaceHold(A, "short", 100, 5))).status == 201
     assert engine.ledger.accounts[A].reserved == 1_600
     clock.advance(4)
-    assert await engine.sweep() == 0
+    assert await sweep(engine) == 0
     clock.advance(2)
-    assert await engine.sweep() == 1
+    assert await sweep(engine) == 1
     assert engine.ledger.accounts[A].reserved == 1_500
     assert engine.ledger.holds[(A, "short")].status == "expired"
     rows = await engine.storage.history(A, 10, None, None, None)

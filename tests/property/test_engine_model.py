@@ -32,8 +32,10 @@ from hypothesis.stateful import (
 
 from balance.domain import commands as c
 from balance.domain.ids import system_account_id
+from balance.engine import expiry_sweep
 from balance.engine.clock import ManualClock
-from balance.engine.shard import Reply, ShardEngine
+from balance.engine.replies import Reply
+from balance.engine.shard import ShardEngine
 from balance.storage.sqlite import SqliteShardStorage
 
 SHARD = 7
@@ -552,7 +554,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.clock.advance(seconds)
         if sweep:
             expected = self.model.sweep(self.clock())
-            assert self.loop.run_until_complete(self.engine.sweep()) == expected
+            assert self.loop.run_until_complete(expiry_sweep.sweep(self.engine)) == expected
 
     @precondition(lambda self: self.sent)
     @rule(data=st.data(), change=st.booleans())

@@ -27,7 +27,7 @@ from balance.domain import errors as e
 from balance.domain import limits
 from balance.domain.currencies import ISO_4217
 from balance.domain.model import ACCOUNT_CURRENCY, ACCOUNT_REGION, JOURNAL_SEQ
-from balance.engine.shard import RETRY_AFTER_S, Reply
+from balance.engine.replies import RETRY_AFTER_S, Reply
 from balance.service import ADMIN, BalanceService
 from balance.views import encoder, problem
 

@@ -10,21 +10,19 @@ and every caller of the batch gets ``unavailable`` (safe to retry with the same 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from balance import views
 from balance.domain import commands as c
-from balance.domain import errors as e
 from balance.domain import limits
-from balance.domain.holds import HOLD_JOURNAL_SEQ
 from balance.domain.ledger import Ledger
-from balance.domain.model import ACCOUNT_ID, HOLD_ACCOUNT_ID, HOLD_ID, Account, Hold
-from balance.domain.outcomes import Outcome
+from balance.engine import lookups
 from balance.engine.clock import Clock, system_clock
+from balance.engine.expiry_sweep import sweep_loop
+from balance.engine.recovery import load_ledger
+from balance.engine.replies import Collector, Reply, Slot, Unavailable, render, unavailable_reply
 from balance.metrics import Metrics
 from balance.storage.base import (
     EARLIER_FAILED,
@@ -38,21 +36,10 @@ from balance.storage.base import (
 log = logging.getLogger("balance.engine")
 
 STARTING, RECOVERING, READY, STOPPED, FAILED = "starting", "recovering", "ready", "stopped", "failed"
-RECOVERY_PAGE_ROWS = 20_000
 QUEUE_MAX = 200_000  # beyond this, shed load at once instead of queueing without bound
-RETRY_AFTER_S = 1
 CHECKPOINT_INTERVAL_S = 2.0  # the holds table is brought up to date with a batch this often
 CHECKPOINT_ROWS = 100_000  # ... or after this many journal rows, whichever comes first
 SPLIT_MIN = 512  # commands: a queue of twice this, met by an idle writer, goes in two batches
-
-
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~3x (one per operation)
-class Reply:
-    """An answer: HTTP status, encoded body, and whether it replays an earlier outcome."""
-
-    status: int
-    body: bytes
-    replayed: bool = False
 
 
 @dataclass(slots=True)
@@ -69,54 +56,10 @@ class _Batch:
     started: float = 0.0
 
 
-class Collector:
-    """The replies of many commands behind ONE future (a batch request: no future per operation).
-
-    A ``_Slot`` stands in the queue where a single command's future would: it has the two
-    methods the writer calls (``done`` and ``set_result``). The future resolves once every
-    slot is answered.
-    """
-
-    __slots__ = ("replies", "remaining", "future")
-
-    def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.replies: list[Reply | None] = [None] * size
-        self.remaining = size
-        self.future: asyncio.Future[list[Reply | None]] = loop.create_future()
-
-    def answer(self, index: int, reply: Reply) -> None:
-        if self.replies[index] is None:
-            self.replies[index] = reply
-            self.remaining -= 1
-            if self.remaining == 0 and not self.future.done():
-                self.future.set_result(self.replies)
-
-
-class _Slot:
-    __slots__ = ("collector", "index")
-
-    def __init__(self, collector: Collector, index: int) -> None:
-        self.collector, self.index = collector, index
-
-    def done(self) -> bool:
-        return self.collector.replies[self.index] is not None
-
-    def set_result(self, reply: Reply) -> None:
-        self.collector.answer(self.index, reply)
-
-
 async def _follow(after: asyncio.Future[None] | None) -> None:
     """The commit of a batch with nothing to write: done when the batch before it is."""
     if not await succeeded(after):
         raise StorageError(EARLIER_FAILED)
-
-
-class Unavailable(Exception):
-    """The shard cannot take commands now (recovering, overloaded, storage failing)."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 _KIND_NAMES = {
@@ -125,10 +68,6 @@ _KIND_NAMES = {
     c.CreateAccount: "create_account", c.UpdateAccount: "update_account", c.CreateKey: "create_key",
     c.TransferOut: "transfer_out", c.TransferIn: "transfer_in", c.CompleteTransfer: "transfer_complete",
 }  # fmt: skip
-
-
-def unavailable_reply(detail: str) -> Reply:
-    return Reply(503, views.problem(e.UNAVAILABLE, 503, detail))
 
 
 class ShardEngine:
@@ -156,10 +95,10 @@ class ShardEngine:
         self.split_min = SPLIT_MIN
         self.checkpoint_interval_s = checkpoint_interval_s
         self._checkpointed_at = time.monotonic()
-        self._checkpoint_from = 0
+        self.checkpoint_from = 0
         self.sweep_interval_s = sweep_interval_s
-        self._ledger_limits = {"records_max": records_max, "finished_holds_max": finished_holds_max}
-        self.ledger = Ledger(shard, **self._ledger_limits)
+        self.ledger_limits = {"records_max": records_max, "finished_holds_max": finished_holds_max}
+        self.ledger = Ledger(shard, **self.ledger_limits)
         self.state = STARTING
         # The loop the engine runs in, taken once at start: CPython 3.11's get_running_loop()
         # makes a getpid() system call on every call (~8% of a single-op server's busy time).
@@ -169,15 +108,15 @@ class ShardEngine:
         self._queue: list[tuple[c.Command, asyncio.Future[Reply]]] = []
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._label = str(shard)
+        self.label = str(shard)
         self._counts: dict[tuple[str, str], int] = {}  # (kind, outcome) -> count, per batch
         self._requeued = 0  # commands put back at the head of the queue by the last _settle
-        self._m_batch = self.metrics.batch_commands.labels(self._label)
-        self._m_commit = self.metrics.commit_seconds.labels(self._label)
-        self._m_queue = self.metrics.queue_depth.labels(self._label)
-        self._m_checkpoints = self.metrics.holds_checkpoints.labels(self._label)
-        self._m_unsaved = self.metrics.holds_unsaved.labels(self._label)
-        self._m_unsaved_accounts = self.metrics.accounts_unsaved.labels(self._label)
+        self._m_batch = self.metrics.batch_commands.labels(self.label)
+        self._m_commit = self.metrics.commit_seconds.labels(self.label)
+        self._m_queue = self.metrics.queue_depth.labels(self.label)
+        self._m_checkpoints = self.metrics.holds_checkpoints.labels(self.label)
+        self._m_unsaved = self.metrics.holds_unsaved.labels(self.label)
+        self._m_unsaved_accounts = self.metrics.accounts_unsaved.labels(self.label)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -185,62 +124,17 @@ class ShardEngine:
         """Recover (load, rebuild reserved, check invariants), then serve."""
         self.state = RECOVERING
         self._loop = asyncio.get_running_loop()
-        self.metrics.ready.labels(self._label).set(0)
+        self.metrics.ready.labels(self.label).set(0)
         started = time.perf_counter()
         await self.storage.open()
-        self.ledger = await self._load_ledger()
+        self.ledger = await load_ledger(self)
         self.recovery_s = time.perf_counter() - started
-        self.metrics.recovery_seconds.labels(self._label).set(self.recovery_s)
-        self._tasks = [asyncio.create_task(self._write_loop()), asyncio.create_task(self._sweep_loop())]
+        self.metrics.recovery_seconds.labels(self.label).set(self.recovery_s)
+        self._tasks = [asyncio.create_task(self._write_loop()), asyncio.create_task(sweep_loop(self))]
         self.state = READY
-        self.metrics.ready.labels(self._label).set(1)
+        self.metrics.ready.labels(self.label).set(1)
         log.info("shard %s ready: %d accounts, %d holds, %.2fs",
                  self.shard, len(self.ledger.accounts), len(self.ledger.holds), self.recovery_s)  # fmt: skip
-
-    async def _load_ledger(self) -> Ledger:
-        """Recovery: every account and pending hold, ``reserved`` rebuilt, invariants checked.
-
-        The cyclic GC is paused while millions of objects are built (they hold no cycles; each
-        collection would walk them all again), and what was loaded is then frozen out of later
-        full collections: it lives as long as the process."""
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            ledger = await self._read_ledger()
-        finally:
-            if collecting:
-                gc.enable()
-        gc.freeze()
-        return ledger
-
-    async def _read_ledger(self) -> Ledger:
-        storage, ledger = self.storage, Ledger(self.shard, **self._ledger_limits)
-        accounts = ledger.accounts
-        # Pages are read ahead: the next page is on its way while this one becomes objects.
-        next_page = asyncio.ensure_future(storage.scan_accounts("", RECOVERY_PAGE_ROWS))
-        while rows := await next_page:
-            next_page = asyncio.ensure_future(storage.scan_accounts(rows[-1][ACCOUNT_ID], RECOVERY_PAGE_ROWS))
-            for row in rows:
-                ledger.load_account(Account.from_row(row))
-        next_holds = asyncio.ensure_future(storage.scan_pending_holds(("", ""), RECOVERY_PAGE_ROWS))
-        while rows := await next_holds:
-            next_holds = asyncio.ensure_future(
-                storage.scan_pending_holds((rows[-1][HOLD_ACCOUNT_ID], rows[-1][HOLD_ID]), RECOVERY_PAGE_ROWS)
-            )
-            for row in rows:
-                owner = accounts.get(row[HOLD_ACCOUNT_ID])
-                ledger.load_hold(Hold.from_row(row, None if owner is None else owner.id))
-        # The tables are a checkpoint: what the journal says of accounts and holds since, on top.
-        checkpoint = seq = await storage.checkpoint_seq()
-        while rows := await storage.scan_recovery_journal(seq, RECOVERY_PAGE_ROWS):
-            for row in rows:
-                ledger.replay_journal_row(row)
-            seq = rows[-1][HOLD_JOURNAL_SEQ]  # recovery rows begin with a hold row's fields
-        self._checkpoint_from = checkpoint
-        ledger.next_seq = await storage.max_seq() + 1
-        # ``reserved`` was stored; check_invariants recomputes it from the pending holds.
-        ledger.check_invariants()
-        return ledger
 
     async def stop(self, checkpoint: bool = True) -> None:
         """Finish what is queued, write a last checkpoint, then close storage.
@@ -305,7 +199,7 @@ class ShardEngine:
     def enqueue_into(self, command: c.Command, collector: Collector, index: int) -> None:
         """Queue one command whose reply goes to ``collector.replies[index]``."""
         self._admit()
-        self._queue.append((command, _Slot(collector, index)))  # type: ignore[arg-type]
+        self._queue.append((command, Slot(collector, index)))  # type: ignore[arg-type]
         self._wakeup.set()
 
     def _admit(self) -> None:
@@ -356,7 +250,7 @@ class ShardEngine:
                     continue
                 items = self._take(not inflight)
                 try:
-                    await self._prefetch([command for command, _ in items])
+                    await lookups.prefetch(self, [command for command, _ in items])
                 except StorageError as exc:
                     self._answer_unavailable(items, f"storage is failing ({exc}); retry with the same id")
                     continue
@@ -424,10 +318,10 @@ class ShardEngine:
         if not (ledger.unsaved_holds or ledger.unsaved_accounts) or (
             not force
             and now - self._checkpointed_at < self.checkpoint_interval_s
-            and ledger.next_seq - self._checkpoint_from < CHECKPOINT_ROWS
+            and ledger.next_seq - self.checkpoint_from < CHECKPOINT_ROWS
         ):
             return False
-        self._checkpointed_at, self._checkpoint_from = now, ledger.next_seq
+        self._checkpointed_at, self.checkpoint_from = now, ledger.next_seq
         self._m_checkpoints.inc()
         return True
 
@@ -491,7 +385,7 @@ class ShardEngine:
             # read their first outcomes and apply the batches again, now as replays. Each
             # retry must learn at least one outcome, so this cannot loop.
             try:
-                learned = await self._load(op_keys, [])
+                learned = await lookups.load(self, op_keys, [])
             except StorageError as load_exc:
                 exc = load_exc
             else:
@@ -499,7 +393,7 @@ class ShardEngine:
                     self._queue[0:0] = undone
                     self._requeued = len(undone)
                     return False
-        self.metrics.commit_failures.labels(self._label).inc()
+        self.metrics.commit_failures.labels(self.label).inc()
         log.error("shard %s: %d commands undone, storage failed: %s", self.shard, len(undone), exc)
         self._answer_unavailable(undone, "storage is failing; retry with the same id")
         await self._resync(batch.first_seq)
@@ -511,7 +405,7 @@ class ShardEngine:
         Until storage answers, the shard is unready and answers 503 at once.
         """
         self.state = RECOVERING
-        self.metrics.ready.labels(self._label).set(0)
+        self.metrics.ready.labels(self.label).set(0)
         self._answer_unavailable(self._queue, "the shard is resynchronising with storage")
         self._queue.clear()
         delay = 0.05
@@ -519,14 +413,14 @@ class ShardEngine:
             try:
                 if await self.storage.max_seq() >= first_seq:
                     log.warning("shard %s: a failed commit had landed; reloading from storage", self.shard)
-                    self.ledger = await self._load_ledger()
+                    self.ledger = await load_ledger(self)
                 break
             except StorageError as exc:
                 log.error("shard %s: storage still failing: %s", self.shard, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self.state = READY
-        self.metrics.ready.labels(self._label).set(1)
+        self.metrics.ready.labels(self.label).set(1)
 
     def _answer_unavailable(self, items: list[tuple[c.Command, asyncio.Future[Reply]]], detail: str) -> None:
         reply = unavailable_reply(detail)
@@ -540,48 +434,16 @@ class ShardEngine:
             self._queue.clear()
             return
         self.state = FAILED
-        self.metrics.ready.labels(self._label).set(0)
+        self.metrics.ready.labels(self.label).set(0)
         log.critical("shard %s stopped: %r", self.shard, exc, exc_info=exc)
         self._answer_unavailable(items + self._queue, "the shard failed")
         self._queue.clear()
         if self._on_fatal is not None:
             self._on_fatal(exc)
 
-    async def _prefetch(self, commands: list[c.Command]) -> None:
-        """Read the few things memory may not hold: old holds and old first outcomes.
-
-        Two rounds: what the first loads can call for more. A finished hold loaded for a
-        capture or release makes a replayed placement of the same hold (same batch) need its
-        first outcome, which it did not need while the hold was out of memory.
-        """
-        asked: set[tuple[str, str, str]] = set()
-        for _ in range(2):
-            op_keys: list[tuple[str, str]] = []
-            hold_keys: list[tuple[str, str]] = []
-            for command in commands:
-                ops, holds = self.ledger.lookups_needed(command)
-                op_keys += [key for key in ops if ("op", *key) not in asked]
-                hold_keys += [key for key in holds if ("hold", *key) not in asked]
-            if not op_keys and not hold_keys:
-                return
-            asked.update(("op", *key) for key in op_keys)
-            asked.update(("hold", *key) for key in hold_keys)
-            await self._load(op_keys, hold_keys)
-
-    async def _load(self, op_keys: list[tuple[str, str]], hold_keys: list[tuple[str, str]]) -> int:
-        """Read first outcomes and holds into memory; how many outcomes were new to it."""
-        operations, holds = await self.storage.lookup(op_keys, hold_keys)
-        learned = 0
-        for op in operations:
-            learned += (op.account_id, op.op_key) not in self.ledger.records
-            self.ledger.load_record(op.account_id, op.op_key, op.fingerprint, op.status, op.result)
-        for row in holds:
-            self.ledger.load_hold(Hold(*row))
-        return learned
-
     def _apply(self, command: c.Command, now: int) -> Reply:
         outcome = self.ledger.apply(command, now)
-        reply = self._render(command, outcome)
+        reply = render(command, outcome)
         if outcome.replay is not None:
             code = "replayed"
         else:
@@ -589,46 +451,3 @@ class ShardEngine:
         key = (_KIND_NAMES.get(type(command), "other"), code)
         self._counts[key] = self._counts.get(key, 0) + 1
         return reply
-
-    def _render(self, command: c.Command, outcome: Outcome) -> Reply:
-        if outcome.replay is not None:
-            return Reply(outcome.status, outcome.replay.body, True)
-        if outcome.rejection is not None:
-            body = views.encode_rejection(outcome.rejection)
-        elif isinstance(command, (c.CreateAccount, c.UpdateAccount)):
-            body = views.encode_account(outcome.accounts[0])
-        elif outcome.entry is not None and not isinstance(command, c.ExpireHold):
-            body = views.encode_money_reply(outcome.entry, outcome.accounts, outcome.hold)
-        else:
-            body = b""
-        if outcome.record is not None:
-            outcome.record.body = body
-        if outcome.entry is not None and outcome.entry.op_key is not None:
-            outcome.entry.result = body
-        return Reply(outcome.status, body)
-
-    # ---- expiry --------------------------------------------------------------------------
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.sweep_interval_s)
-            try:
-                await self.sweep()
-            except Unavailable:
-                pass
-
-    async def sweep(self) -> int:
-        """Expire every pending hold past its expiry; journaled like any other change."""
-        due = self.ledger.due_holds(self.clock(), limit=self.batch_max * 4)
-        if not due:
-            return 0
-        try:
-            futures = [self.enqueue(c.ExpireHold(account_id, hold_id)) for account_id, hold_id in due]
-        except Unavailable:
-            for account_id, hold_id in due:  # not queued: keep them due for the next sweep
-                self.ledger.rearm(account_id, hold_id)
-            raise
-        replies = await asyncio.gather(*futures)
-        expired = sum(1 for reply in replies if reply.status == 200)
-        self.metrics.holds_expired.labels(self._label).inc(expired)
-        return expired
