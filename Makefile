@@ -6,8 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint demo bench bench-quick clean
 
-# The domain modules are compiled with mypyc (setup.py): editing one rebuilds.
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml setup.py $(wildcard src/balance/domain/*.py) src/balance/views.py src/balance/engine/replies.py src/balance/engine/recovery.py src/balance/engine/lookups.py src/balance/engine/expiry_sweep.py src/balance/engine/shard.py src/balance/service.py src/balance/api/app.py src/balance/api/http1.py src/balance/storage/sqltext.py
+# The hot modules are compiled with mypyc (setup.py's COMPILED): editing one rebuilds.
+COMPILED_SOURCES := $(wildcard src/balance/domain/*.py) src/balance/views.py src/balance/service.py \
+	$(addprefix src/balance/engine/,replies.py recovery.py lookups.py expiry_sweep.py shard.py) \
+	$(addprefix src/balance/api/,answers.py parsing.py commands.py access.py app.py http1.py) \
+	$(wildcard src/balance/api/routes_*.py) src/balance/storage/sqltext.py
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml setup.py $(COMPILED_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .

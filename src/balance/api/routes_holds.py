@@ -1,0 +1,47 @@
+"""Hold routes: place a hold, capture or release it, read it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from balance import views
+from balance.api import schemas as s
+from balance.api.access import check_access, require_account
+from balance.api.answers import HttpError, json_reply
+from balance.api.commands import hold_command
+from balance.api.parsing import decode, hold_id
+from balance.domain import commands as c
+from balance.domain import errors as e
+from balance.engine.replies import Reply
+
+if TYPE_CHECKING:
+    from balance.api.app import BalanceApp, Request
+
+
+async def hold(app: BalanceApp, request: Request, params: list[str]) -> Reply:
+    require_account(app, request, params[0])
+    body: s.HoldBody = decode(request.body, s.HoldBody)
+    check_access(app, request.principal, body.destination_account_id)
+    return await app.service.execute(hold_command(params[0], body))
+
+
+async def capture(app: BalanceApp, request: Request, params: list[str]) -> Reply:
+    require_account(app, request, params[0])
+    body: s.CaptureBody = decode(request.body, s.CaptureBody)
+    return await app.service.execute(c.CaptureHold(params[0], hold_id(params[1]), body.amount))
+
+
+async def release(app: BalanceApp, request: Request, params: list[str]) -> Reply:
+    require_account(app, request, params[0])
+    decode(request.body, s.ReleaseBody)
+    return await app.service.execute(c.ReleaseHold(params[0], hold_id(params[1])))
+
+
+async def get_hold(app: BalanceApp, request: Request, params: list[str]) -> Reply:
+    require_account(app, request, params[0])
+    engine = app.service.engine_for(params[0])
+    assert engine is not None
+    state = await engine.hold_state(params[0], hold_id(params[1]))
+    if state is None:
+        raise HttpError(e.HOLD_NOT_FOUND, 404, f"hold {params[1]} not found")
+    return json_reply(200, views.hold_view(state))
