@@ -34,15 +34,19 @@ def _run_uvicorn(settings: Settings) -> None:
 
 
 async def serve(settings: Settings) -> None:
+    from balance.api.admission import HttpLimits, raise_file_limit
     from balance.api.http1 import HttpServer
     from balance.bootstrap import build_app
 
+    limits = HttpLimits.from_env()
+    raise_file_limit()
     app = build_app(settings)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    http = HttpServer(app.serve)
+    refusals = app.metrics.http_refusals
+    http = HttpServer(app.serve, admission=app.admission(limits), refusals=lambda reason: refusals.labels(reason).inc())
     await http.listen(settings.host, settings.port)
     starting = loop.create_task(app.start_service())  # recovery in the background
     try:

@@ -39,7 +39,7 @@ async def _serve(tmp_path: Path, **server_options: Any) -> AsyncIterator[Served]
     service = bootstrap.build_service(settings)
     await service.start()
     app = BalanceApp(service, start_service=False)
-    server = HttpServer(app.serve, **server_options)
+    server = HttpServer(app.serve, admission=app.admission(), **server_options)
     port = await server.listen("127.0.0.1", 0)
     try:
         yield Served(server, port, app)
@@ -232,15 +232,21 @@ async def test_percent_encoded_path_is_decoded(served: Served) -> None:
 
 
 @served_test(body_bytes_max=1_000)
-async def test_body_over_the_limit_is_refused_and_changes_nothing(served: Served) -> None:
+async def test_body_over_the_limit_is_refused_before_it_is_read_and_changes_nothing(served: Served) -> None:
     account = await funded_account(served)
     reader, writer = await served.connect()
     raw = json.dumps({"id": "big", "amount": 1, "description": "x" * 2_000}).encode()
-    writer.write(post_head(f"/v1/accounts/{account}/credits", b"Content-Length: %d\r\n" % len(raw)) + raw)
+    # Expect: 100-continue, so the refusal must come from the head alone, before the body is sent.
+    writer.write(
+        post_head(f"/v1/accounts/{account}/credits", b"Expect: 100-continue\r\nContent-Length: %d\r\n" % len(raw))
+    )
     status, headers, body = await read_response(reader)
-    assert status == 422 and headers["content-type"] == "application/problem+json"
-    assert "body larger than" in json.loads(body)["detail"]
-    writer.write(get(f"/v1/accounts/{account}"))  # the connection is still usable
+    assert (status, headers["content-type"], headers["connection"]) == (413, "application/problem+json", "close")
+    assert json.loads(body)["code"] == "payload_too_large"
+    assert await closed_by_server(reader)
+    writer.close()
+    reader, writer = await served.connect()
+    writer.write(get(f"/v1/accounts/{account}"))
     status, _, body = await read_response(reader)
     assert (status, json.loads(body)["balance"]) == (200, 1_000)
     writer.close()
@@ -304,9 +310,10 @@ async def test_idle_connection_is_closed_after_the_timeout(served: Served) -> No
 @served_test(idle_timeout_s=0.3)
 async def test_a_request_that_stops_arriving_is_closed_after_the_timeout(served: Served) -> None:
     reader, writer = await served.connect()
-    writer.write(b"POST /v1/accounts HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")  # 99 bytes owed
+    writer.write(post_head("/v1/accounts", b"Content-Length: 100\r\n") + b"{")  # 99 bytes owed
+    status, headers, body = await read_response(reader)
+    assert (status, headers["connection"], json.loads(body)["code"]) == (408, "close", "request_timeout")
     assert await closed_by_server(reader)
-    assert not served.server.connections
     writer.close()
 
 
