@@ -10,7 +10,11 @@ import sys
 def run(_: argparse.Namespace) -> int:
     from balance.config import Settings
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"balance-service: {exc}", file=sys.stderr, flush=True)
+        return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.admin_key_generated:
         print(f"BALANCE_ADMIN_KEY was not set; this run's admin key is:\n  {settings.admin_key}\n", flush=True)
@@ -18,9 +22,14 @@ def run(_: argparse.Namespace) -> int:
     print(
         f"balance service: {settings.shards} shard(s) on {storage}, http://{settings.host}:{settings.port}", flush=True
     )
+    from balance.server import StartError
     from balance.server import run as serve
 
-    serve(settings)
+    try:
+        serve(settings)
+    except StartError as exc:
+        print(f"balance-service: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
