@@ -147,6 +147,7 @@ class HttpProtocol(asyncio.Protocol):
         self._reading_stopped = False  # the server is stopping: no more reads
         self._discarding = False  # a refused request: what follows is read and dropped until the close
         self._refused: tuple[int, str, str, str] | None = None  # why a callback stopped the parser
+        self._expired = False  # past its deadline: closed without lingering
         self.deadline = self._loop.time() + server.limits.idle_timeout_s  # see HttpServer._sweep
 
     # ---- asyncio -------------------------------------------------------------------------
@@ -360,7 +361,10 @@ class HttpProtocol(asyncio.Protocol):
         transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
         if close:
             self._closed = True
-            self._linger(transport)
+            if self._expired:  # nothing more is arriving to be reset by: free the descriptor now
+                transport.close()
+            else:
+                self._linger(transport)
             return
         if not queue and self._current is None:  # nothing owed, nothing arriving: idle from now
             self.deadline = self._loop.time() + self._server.limits.idle_timeout_s
@@ -431,6 +435,7 @@ class HttpProtocol(asyncio.Protocol):
             what = "request line and headers" if self._in_head else "body"
             limits = self._server.limits
             seconds = limits.head_timeout_s if self._in_head else limits.body_timeout_s
+            self._expired = True
             self._reject(408, "request_timeout", f"{what} not received within {seconds:g} s", "timeout")
         else:
             self.close()
