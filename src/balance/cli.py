@@ -18,7 +18,9 @@ def run(_: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.admin_key_generated:
         print(f"BALANCE_ADMIN_KEY was not set; this run's admin key is:\n  {settings.admin_key}\n", flush=True)
-    storage = settings.db_url.split("@")[-1] if settings.db_url else f"SQLite files in {settings.data_dir}/"
+    from balance.storage.mariadb_url import redacted
+
+    storage = redacted(settings.db_url) if settings.db_url else f"SQLite files in {settings.data_dir}/"
     print(
         f"balance service: {settings.shards} shard(s) on {storage}, http://{settings.host}:{settings.port}", flush=True
     )

@@ -19,8 +19,8 @@ import pytest
 import uvloop
 
 from balance import bootstrap
-from balance.api.app import BalanceApp
 from balance.api.admission import HttpLimits
+from balance.api.app import BalanceApp
 from balance.api.http1 import HEAD_BYTES_MAX, PIPELINE_MAX, HttpProtocol, HttpServer
 from balance.config import Settings
 
@@ -435,7 +435,9 @@ async def test_two_authorization_headers_are_a_bad_request(served: Served) -> No
     reader, writer = await served.connect()
     raw = json.dumps({"id": "two", "amount": 1}).encode()
     writer.write(
-        post_head(f"/v1/accounts/{account}/credits", b"Authorization: Bearer other\r\nContent-Length: %d\r\n" % len(raw))
+        post_head(
+            f"/v1/accounts/{account}/credits", b"Authorization: Bearer other\r\nContent-Length: %d\r\n" % len(raw)
+        )
         + raw
     )
     status, headers, body = await read_response(reader)
