@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 import asyncmy
 import pytest
+
+from balance.storage.mariadb_url import connect_kwargs, redacted
 
 MYSQL_URL_ENV = "BALANCE_TEST_MYSQL_URL"
 DEFAULT_MYSQL_URL = "mysql://root:@127.0.0.1:3306/balance_test"
@@ -27,14 +28,7 @@ def mysql_url() -> str:
 
 def mysql_connect_kwargs(url: str) -> dict[str, object]:
     """asyncmy.connect() arguments for the server of ``url`` (no database selected)."""
-    parts = urlsplit(url)
-    return dict(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 3306,
-        user=parts.username or "root",
-        password=parts.password or "",
-        connect_timeout=3,
-    )
+    return {**connect_kwargs(url), "connect_timeout": 3}
 
 
 async def mariadb_unreachable_reason(url: str) -> str | None:
@@ -58,7 +52,7 @@ async def require_mariadb(url: str | None = None) -> str:
     url = url or mysql_url()
     reason = await mariadb_unreachable_reason(url)
     if reason is not None:
-        shown = urlsplit(url)._replace(netloc=urlsplit(url).netloc.rpartition("@")[2]).geturl()
+        shown = redacted(url)
         message = f"MariaDB not reachable at {shown} ({reason}); start it or set {MYSQL_URL_ENV}"
         if os.environ.get("CI") == "true":
             pytest.fail(message, pytrace=False)

@@ -14,6 +14,7 @@ from balance.engine.shard import ShardEngine
 from balance.metrics import Metrics
 from balance.service import BalanceService
 from balance.storage.base import ShardStorage
+from balance.storage.mariadb_url import is_mariadb_url
 
 log = logging.getLogger("balance")
 
@@ -24,7 +25,7 @@ def shard_storage(settings: Settings, shard: int) -> ShardStorage:
         from balance.storage.sqlite import SqliteShardStorage
 
         return SqliteShardStorage(settings.data_dir / f"shard-{shard}.db")
-    if settings.db_url.startswith(("mysql://", "mariadb://")):
+    if is_mariadb_url(settings.db_url):
         from balance.storage.mariadb import from_url
 
         return from_url(settings.db_url, shard)

@@ -10,17 +10,28 @@ import sys
 def run(_: argparse.Namespace) -> int:
     from balance.config import Settings
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"balance-service: {exc}", file=sys.stderr, flush=True)
+        return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.admin_key_generated:
         print(f"BALANCE_ADMIN_KEY was not set; this run's admin key is:\n  {settings.admin_key}\n", flush=True)
-    storage = settings.db_url.split("@")[-1] if settings.db_url else f"SQLite files in {settings.data_dir}/"
+    from balance.storage.mariadb_url import redacted
+
+    storage = redacted(settings.db_url) if settings.db_url else f"SQLite files in {settings.data_dir}/"
     print(
         f"balance service: {settings.shards} shard(s) on {storage}, http://{settings.host}:{settings.port}", flush=True
     )
+    from balance.server import StartError
     from balance.server import run as serve
 
-    serve(settings)
+    try:
+        serve(settings)
+    except StartError as exc:
+        print(f"balance-service: {exc}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -231,7 +231,7 @@ def make_api(tmp_path: Path) -> MakeApi:
                 async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
                     yield Api(client, service, app)
             else:  # the built-in HTTP/1.1 server on a real socket
-                server = HttpServer(app.serve)
+                server = HttpServer(app.serve, admission=app.admission())
                 port = await server.listen("127.0.0.1", 0)
                 try:
                     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:

@@ -18,6 +18,7 @@ import msgspec
 from prometheus_client import generate_latest
 
 from balance.api import routes_accounts, routes_batch, routes_history, routes_holds, routes_money
+from balance.api.admission import Admission, HttpLimits
 from balance.api.answers import HttpError, json_reply, validation
 from balance.api.body import BODY_BYTES_MAX, read_body
 from balance.api.openapi import openapi_document
@@ -31,6 +32,22 @@ log = logging.getLogger("balance.api")
 
 JSON = b"application/json"
 PROBLEM = b"application/problem+json"
+UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+_WITH_BODY = ("POST", "PATCH", "PUT")
+# What an API refusal (a problem answered before the engine) counts as in balance_operations.
+_KIND_OF_ROUTE = {
+    "/v1/accounts": "create_account", "/v1/accounts/{id}/keys": "create_key",
+    "/v1/accounts/{id}/credits": "credit", "/v1/accounts/{id}/debits": "debit", "/v1/transfers": "transfer",
+    "/v1/accounts/{id}/holds": "hold", "/v1/accounts/{id}/holds/{hold_id}/capture": "capture",
+    "/v1/accounts/{id}/holds/{hold_id}/release": "release", "/v1/batch": "batch",
+}  # fmt: skip
+
+
+def json_media_type(content_type: bytes) -> bool:
+    """``application/json``, with any parameters (a charset); what a JSON body may be sent as."""
+    if content_type == JSON:
+        return True
+    return content_type.split(b";", 1)[0].strip().lower() == JSON
 
 
 class Request:
@@ -53,6 +70,7 @@ class BalanceApp:
         self._start_service = start_service
         self._startup: asyncio.Task[None] | None = None
         self._openapi = encoder.encode(openapi_document())
+        self._refusals: dict[tuple[str, str], Any] = {}  # (kind, code) -> its bound counter
         self._latency: dict[str, Any] = {}  # route -> its bound histogram (labels() costs a lookup)
         self._routes: dict[int, list[tuple[str, tuple[str, ...], Handler, str]]] = {}
         for method, pattern, handler in self._route_table():
@@ -76,6 +94,18 @@ class BalanceApp:
             ("POST", "/v1/transfers", routes_money.transfer),
             ("POST", "/v1/batch", routes_batch.batch),
         ]
+
+    def admission(self, limits: HttpLimits | None = None) -> Admission:
+        """What the built-in server asks before it reads a body: the key, and readiness."""
+        service = self.service
+
+        def principal(headers: dict[bytes, bytes]) -> str | None:
+            return service.principal(bearer(headers))
+
+        def ready() -> bool:
+            return bool(service.ready)
+
+        return Admission(limits or HttpLimits(), principal, ready)
 
     # ---- ASGI ----------------------------------------------------------------------------
 
@@ -180,12 +210,26 @@ class BalanceApp:
                 raise HttpError(e.UNAUTHORIZED, 401, "missing or unknown API key")
             if body is None:
                 raise validation(f"body larger than {BODY_BYTES_MAX} bytes")
+            content_type = headers.get(b"content-type")
+            if content_type is not None and method in _WITH_BODY and not json_media_type(content_type):
+                shown = content_type[:80].decode("latin-1")
+                raise HttpError(UNSUPPORTED_MEDIA_TYPE, 415, f"Content-Type {shown} is not application/json")
             request.principal = principal
             reply = await handler(self, request, params)
         except HttpError as exc:
             reply = Reply(exc.status, problem(exc.code, exc.status, exc.detail))
+            self._count_refusal(pattern, exc.code)
         extra = [(b"www-authenticate", b"Bearer")] if reply.status == 401 else []
         return pattern, reply, extra
+
+    def _count_refusal(self, pattern: str, code: str) -> None:
+        """A refusal answered here, before the engine (a malformed body, a key, a media type),
+        counted as the engine counts its own: balance_operations{kind, outcome}."""
+        key = (_KIND_OF_ROUTE.get(pattern, "read"), code)
+        counter = self._refusals.get(key)
+        if counter is None:
+            counter = self._refusals[key] = self.metrics.operations.labels(*key)
+        counter.inc()
 
     def _match(self, method: str, parts: list[str]) -> tuple[Handler | None, str, list[str]]:
         allowed = ""

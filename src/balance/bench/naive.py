@@ -34,10 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from balance.bench.results import BenchResult, make_result
-from balance.storage import schema
+from balance.storage import mariadb_url, schema
 from balance.storage.sqlite import WAL_AUTOCHECKPOINT_PAGES
 
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306"
@@ -63,15 +62,7 @@ def now_us() -> int:
 
 def parse_mysql_url(url: str) -> dict[str, Any]:
     """``mysql://user:password@host:port`` (also ``mariadb://``) -> asyncmy connect() arguments."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mysql", "mariadb"):
-        raise ValueError(f"not a mysql:// or mariadb:// url: {url!r}")
-    return {
-        "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 3306,
-        "user": unquote(parts.username or "root"),
-        "password": unquote(parts.password or ""),
-    }
+    return mariadb_url.connect_kwargs(url)
 
 
 async def mysql_connect(params: dict[str, Any], database: str | None = None, **kwargs: Any) -> Any:

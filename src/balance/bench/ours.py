@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -40,6 +39,7 @@ from balance.engine.runtime import tuned
 from balance.engine.shard import ShardEngine
 from balance.storage.base import ShardStorage
 from balance.storage.mariadb import from_url
+from balance.storage.mariadb_url import with_database
 from balance.storage.sqlite import SqliteShardStorage
 from balance.storage.sqlite import connect as connect_shard_file
 
@@ -62,10 +62,8 @@ async def scratch_storage(backend: str, work_dir: Path) -> Any:
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         return
-    parts = urlsplit(mysql_url())
-    base = f"{parts.scheme}://{parts.netloc}"
     name = f"balance_bench_{uuid.uuid4().hex[:8]}"
-    url = f"{base}/{name}"
+    url = with_database(mysql_url(), name)
     try:
         yield from_url(url, 0), {"BALANCE_DB_URL": url}
     finally:
