@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 RECOVERY_PAGE_ROWS = 20_000
 RETRY_FIRST_S = 0.1  # the first wait after a failed attempt (at most; jittered below it)
-RETRY_CAP_S = 5.0  # no wait is longer: a database back is found within about this long
+RETRY_CAP_S = 1.0  # no wait is longer: a database that is back is found within about a second
 
 
 class Backoff:
