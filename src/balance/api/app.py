@@ -25,7 +25,9 @@ from balance.api.openapi import openapi_document
 from balance.api.parsing import bearer
 from balance.domain import errors as e
 from balance.engine.replies import RETRY_AFTER_S, Reply
+from balance.metrics import Metrics
 from balance.service import BalanceService
+from balance.storage.base import StorageError
 from balance.views import encoder, problem
 
 log = logging.getLogger("balance.api")
@@ -64,9 +66,9 @@ Handler = Callable[["BalanceApp", Request, list[str]], Awaitable[Reply]]
 class BalanceApp:
     """ASGI 3 application over a BalanceService."""
 
-    def __init__(self, service: BalanceService, *, start_service: bool = True) -> None:
+    def __init__(self, service: BalanceService, metrics: Metrics, *, start_service: bool = True) -> None:
         self.service = service
-        self.metrics = service.engines[0].metrics
+        self.metrics = metrics  # injected (bootstrap): the registry /metrics serves, shared with the engines
         self._start_service = start_service
         self._startup: asyncio.Task[None] | None = None
         self._openapi = encoder.encode(openapi_document())
@@ -168,10 +170,13 @@ class BalanceApp:
     async def start_service(self) -> None:
         """Recover the shards (run in the background: the HTTP server answers meanwhile)."""
         try:
-            await self.service.start()
-        except Exception:
-            log.critical("recovery failed; the service stays unready", exc_info=True)
+            await self.service.start()  # storage that is away is waited for in there (engine.start)
+        except asyncio.CancelledError:
             raise
+        except StorageError as exc:  # storage failed after the shards recovered (keys, transfers)
+            log.error("start failed, the service stays unready (restart it): %s", exc)
+        except Exception:  # a bug or a broken invariant: the shard says ``failed`` in /readyz
+            log.critical("recovery failed; the service stays unready", exc_info=True)
 
     async def _handle(
         self, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes | None
@@ -180,11 +185,14 @@ class BalanceApp:
             return path, json_reply(200, {"status": "ok"}), []
         if path == "/readyz":
             ready = self.service.ready
-            shards = {str(engine.shard): engine.state for engine in self.service.engines}
+            # Per shard: its state, failed attempts to reach storage, the last storage error, and
+            # while retrying, the seconds to the next attempt (README "Readiness").
+            shards = {str(engine.shard): engine.status() for engine in self.service.engines}
             if ready:
                 return path, json_reply(200, {"ready": ready, "shards": shards}), []
             # A 503 goes out as problem+json, so the body is a problem (with the shard states as extensions).
-            detail = "not every shard has recovered"
+            waiting = sorted({str(status["state"]) for status in shards.values()} - {"ready"})
+            detail = "not every shard is ready: " + ", ".join(waiting)
             document = {**msgspec.json.decode(problem(e.UNAVAILABLE, 503, detail)), "ready": ready, "shards": shards}
             return path, json_reply(503, document), []
         if path == "/metrics":
