@@ -59,8 +59,25 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
     bench_parser.add_argument("--json", dest="json_path", default=None, help="also write the figures to this file")
     bench_parser.add_argument("--backend", choices=["sqlite", "mariadb", "both"], default="both")
-    bench_parser.add_argument("--scenario", default="all", help="hot | uniform | mix | recovery | all")
+    bench_parser.add_argument(
+        "--scenario",
+        default="all",
+        help="hot | uniform | mix | recovery | all | pending | gateway | tail | million | expiry",
+    )
     bench_parser.add_argument("--clients", type=int, default=64)
+    # Tail latency (issue 18): --scenario pending | gateway | tail (both) | million | expiry.
+    bench_parser.add_argument("--chart", default=None, help="write a latency-over-time PNG per row into this directory")
+    bench_parser.add_argument(
+        "--before-python", default=None, help="run each row on this Python's code too (before/after)"
+    )
+    bench_parser.add_argument("--rates", default="0.5,0.9", help="open-loop rates, as fractions of the maximum")
+    bench_parser.add_argument(
+        "--max-rate", type=float, default=None, help="the maximum (ops/s) instead of measuring it"
+    )
+    bench_parser.add_argument("--modes", default="single,batch100", help="single and/or batchN")
+    bench_parser.add_argument("--duration", type=float, default=None, help="seconds per row")
+    bench_parser.add_argument("--accounts", type=int, default=100_000, help="million: accounts")
+    bench_parser.add_argument("--holds", type=int, default=1_000_000, help="million: pending holds (expiry: the burst)")
     bench_parser.set_defaults(fn=bench)
     args = parser.parse_args(argv)
     return int(args.fn(args))

@@ -23,6 +23,9 @@ JOURNAL_COLUMNS_ADDED = {"expires_at": "BIGINT NULL", "destination_account_id": 
 # only holds were checkpointed; kept so that databases already written open unchanged.)
 CHECKPOINT_META_KEY = "holds_checkpoint_seq"
 CHECKPOINT_SEQ_SQL = f"(SELECT value FROM meta WHERE name = '{CHECKPOINT_META_KEY}')"  # in SQL
+# SQLite: the history table holds the journal's pairs up to this seq (filled a slice at a time).
+HISTORY_META_KEY = "history_seq"
+HISTORY_SEQ_SQL = f"(SELECT value FROM meta WHERE name = '{HISTORY_META_KEY}')"  # in SQL
 OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at")
 KEY_COLUMNS = ("key_hash", "account_id", "created_at")
 TRANSFER_COLUMNS = (
@@ -141,8 +144,8 @@ def history_query(
 ) -> tuple[str, list[object]]:
     """The history read (accepted journal rows of one account, newest first), for either driver's
     placeholder style (``?`` or ``%s``). With ``history_table`` (SQLite): rows up to the
-    checkpoint through the history table, the rest from the journal after the checkpoint; one
-    statement, so both parts come from the same snapshot."""
+    history table's seq through it, the rest from the journal after it; one statement, so
+    both parts come from the same snapshot."""
     p = placeholder
     filters = (("seq <", before_seq), ("created_at >=", since), ("created_at <", until))
     wanted = [(condition, value) for condition, value in filters if value is not None]
@@ -156,7 +159,7 @@ def history_query(
         sql = f"SELECT {columns} FROM journal WHERE account_id = {p} AND status < 300{where()}"
         return sql + f" ORDER BY seq DESC LIMIT {p}", [account_id, *values, int(limit)]
     newer = (
-        f"SELECT {columns} FROM journal WHERE seq > {CHECKPOINT_SEQ_SQL}"
+        f"SELECT {columns} FROM journal WHERE seq > {HISTORY_SEQ_SQL}"
         f" AND account_id = {p} AND status < 300{where()} ORDER BY seq DESC LIMIT {p}"
     )
     older = (
@@ -182,9 +185,9 @@ INDEXES_DROPPED = (("journal_op_key", "journal"),)  # replaced: dropped from an 
 # redo log records only the bytes an insert changes. SQLite writes every page a commit
 # touches, whole, to its WAL: on spread-out workloads each row's entry lands on a page of its
 # own, so a commit of 2,000 rows wrote ~2,000 index pages (8 MB) and the writer spent its time
-# in fdatasync. SQLite keeps the same pairs in a table of its own instead, filled at each
-# checkpoint in account order (each page written about once per checkpoint); rows after the
-# checkpoint are read off the journal's tail (``history_query``).
+# in fdatasync. SQLite keeps the same pairs in a table of its own instead, filled a few
+# thousand rows at a time in account order (with a batch, ``HISTORY_META_KEY`` moving with
+# them); rows after that are read off the journal's tail (``history_query``).
 HISTORY_INDEX = ("journal_history", "journal", "account_id, seq", False)
 SQLITE_TABLES = {
     "history": """
@@ -202,8 +205,8 @@ def indexes(backend: str) -> tuple[tuple[str, str, str, bool], ...]:
 
 def history_fill_sql(after: str, up_to: str) -> str:
     """SQLite: the (account_id, seq) pairs with ``after`` < seq <= ``up_to`` (SQL expressions)
-    into the history table, in the table's order. A checkpoint fills from the last checkpoint
-    (before the meta row moves); an earlier version's database from 0 at open."""
+    into the history table, in the table's order: a slice with a batch, an earlier version's
+    database from 0 at open."""
     return (
         "INSERT OR IGNORE INTO history (account_id, seq) SELECT account_id, seq FROM journal"
         f" WHERE seq > {after} AND seq <= {up_to} ORDER BY account_id, seq"

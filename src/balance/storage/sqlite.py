@@ -65,7 +65,11 @@ _HOLD_JOURNAL_BY_KEYS = (
     " WHERE account_id = ? AND op_key IN (?, ?, ?, ?) AND status < 300 ORDER BY seq"
 )
 _RECOVERY_JOURNAL_AFTER = schema.recovery_journal_query("?")
-_HISTORY_FILL = schema.history_fill_sql(schema.CHECKPOINT_SEQ_SQL, "?")  # a checkpoint's: before meta moves
+_HISTORY_FILL = schema.history_fill_sql("?", "?")
+# The history table is filled with a batch once this many journal rows wait, at most twice as
+# many at once: never the whole of a checkpoint interval in one commit (a stall), never a row
+# at a time (each page rewritten per commit).
+HISTORY_SLICE_ROWS = 2048
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -107,6 +111,7 @@ class SqliteShardStorage:
         self._reader: sqlite3.Connection | None = None
         self._sql_cache: dict[tuple[str, int], str] = {}
         self._closed = False
+        self._history_seq = 0  # the history table has the journal's pairs up to here (writer thread)
         self._last_link: _Link | None = None  # the latest commit handed to the writer thread
         # Commits handed to the writer thread and not yet taken up by it, in order: the thread
         # writes those queued behind the one it takes up in the same transaction (``_followers``).
@@ -173,9 +178,20 @@ class SqliteShardStorage:
             if "history" not in tables:  # an earlier version's journal: its pairs up to the checkpoint
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(schema.history_fill_sql("0", schema.CHECKPOINT_SEQ_SQL))
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (name, value) SELECT ?, value FROM meta WHERE name = ?",
+                    (schema.HISTORY_META_KEY, schema.CHECKPOINT_META_KEY),
+                )
                 conn.execute("COMMIT")
             for name, _ in schema.SQLITE_INDEXES_DROPPED:  # once the history table has its pairs
                 conn.execute(f"DROP INDEX IF EXISTS {name}")
+            # No history row yet: the table was filled up to the checkpoint (an earlier version's database).
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (name, value) SELECT ?, value FROM meta WHERE name = ?",
+                (schema.HISTORY_META_KEY, schema.CHECKPOINT_META_KEY),
+            )
+            row = conn.execute("SELECT value FROM meta WHERE name = ?", (schema.HISTORY_META_KEY,)).fetchone()
+            self._history_seq = int(row[0])
 
         await self._run(self._writer_pool, setup)
         self._reader = await self._run(self._reader_pool, self._connect)
@@ -274,10 +290,22 @@ class SqliteShardStorage:
         try:
             for batch in batches:
                 self._write(conn, batch)
+            history_seq = self._fill_history(conn, batches)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._history_seq = history_seq
+
+    def _fill_history(self, conn: sqlite3.Connection, batches: list[BatchWrite]) -> int:
+        """A slice of the journal's pairs into the history table, when enough wait; the new seq."""
+        last = max((batch.journal[-1][0] for batch in batches if batch.journal), default=0)
+        if last - self._history_seq < HISTORY_SLICE_ROWS:
+            return self._history_seq
+        up_to = min(last, self._history_seq + 2 * HISTORY_SLICE_ROWS)
+        conn.execute(_HISTORY_FILL, (self._history_seq, up_to))
+        conn.execute("UPDATE meta SET value = ? WHERE name = ?", (up_to, schema.HISTORY_META_KEY))
+        return up_to
 
     def _write(self, conn: sqlite3.Connection, batch: BatchWrite) -> None:
         self._insert(conn, "journal", schema.JOURNAL_COLUMNS, batch.journal, upsert=False)
@@ -289,7 +317,6 @@ class SqliteShardStorage:
         if batch.holds_deleted:
             conn.executemany("DELETE FROM holds WHERE account_id = ? AND id = ?", batch.holds_deleted)
         if batch.checkpoint_seq:
-            conn.execute(_HISTORY_FILL, (batch.checkpoint_seq,))  # before the meta row moves
             conn.execute("UPDATE meta SET value = ? WHERE name = ?", (batch.checkpoint_seq, schema.CHECKPOINT_META_KEY))
         for result, account_id, op_id in batch.transfers_completed:
             conn.execute(
