@@ -21,7 +21,6 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncmy
 import pytest
