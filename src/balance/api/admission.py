@@ -31,7 +31,7 @@ class HttpLimits:
     body_bytes_max: int = 64 * KIB  # a single operation's body: a few KiB at most, with metadata
     batch_bytes_max: int = 16 * MIB  # /v1/batch: up to 8,190 operations
     body_budget_bytes: int = 64 * MIB  # bodies arriving or waiting for their answer, all keys together
-    key_bodies_max: int = 8  # bodies one key may have arriving at once
+    key_bodies_max: int = 64  # bodies one key may have arriving at once (a gateway sends from many connections)
     connections_max: int = 10_000  # open client connections (lowered to fit the file limit)
     head_timeout_s: float = 10.0  # from a request's first byte to the end of its headers
     body_timeout_s: float = 60.0  # from the end of the headers to the end of the body
