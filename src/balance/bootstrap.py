@@ -11,6 +11,7 @@ from balance.config import Settings
 from balance.engine.clock import Clock, system_clock
 from balance.engine.runtime import tune_runtime
 from balance.engine.shard import ShardEngine
+from balance.keys import admin_key_hash
 from balance.metrics import Metrics
 from balance.service import BalanceService
 from balance.storage.base import ShardStorage
@@ -54,7 +55,8 @@ def build_service(
         )  # fmt: skip
         for shard in range(settings.shards)
     ]
-    return BalanceService(engines, settings.admin_key)
+    admin_hash, _ = admin_key_hash(settings.admin_key, settings.admin_key_generated, settings.data_dir)
+    return BalanceService(engines, settings.admin_key, admin_key_hash=admin_hash)
 
 
 def build_app(settings: Settings) -> BalanceApp:

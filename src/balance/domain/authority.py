@@ -59,6 +59,7 @@ class Actor:
 
 
 ADMIN_ACTOR: Final = Actor(ADMIN, ALL, ADMIN)
+NOBODY: Final = Actor("", 0, "")  # before authentication: may do nothing
 
 
 def parse_scopes(names: Iterable[str]) -> int | None:
