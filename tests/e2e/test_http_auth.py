@@ -39,7 +39,9 @@ async def tree(api: Api) -> Tree:
     await api.hold(s, 100, id="s-hold")
     # Keys with every scope the admin may give a partner: these tests are about the subtree they reach.
     scopes = ["read", "move", "funds", "limits"]
-    keys = {name: await api.create_key(account, scopes=scopes) for name, account in (("T", t), ("P", p), ("C", c), ("S", s))}
+    keys = {
+        name: await api.create_key(account, scopes=scopes) for name, account in (("T", t), ("P", p), ("C", c), ("S", s))
+    }
     return Tree(api, t, p, c, s, g, keys)
 
 

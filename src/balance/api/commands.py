@@ -60,4 +60,3 @@ def batch_command(op: s.BatchOp, actor: a.Actor) -> c.Command:
     if isinstance(op, s.CaptureOp):
         return c.CaptureHold(op.account_id, op.hold_id, op.amount, actor)
     return c.ReleaseHold(op.account_id, op.hold_id, actor)
-
