@@ -55,7 +55,9 @@ def build_service(
         )  # fmt: skip
         for shard in range(settings.shards)
     ]
-    admin_hash, _ = admin_key_hash(settings.admin_key, settings.admin_key_generated, settings.data_dir)
+    if not settings.admin_key_generated:
+        return BalanceService(engines, settings.admin_key)
+    admin_hash, _ = admin_key_hash(settings.admin_key, True, settings.data_dir)  # kept across restarts
     return BalanceService(engines, settings.admin_key, admin_key_hash=admin_hash)
 
 
