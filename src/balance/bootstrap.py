@@ -12,6 +12,7 @@ from balance.engine.clock import Clock, system_clock
 from balance.engine.recovery import Backoff
 from balance.engine.runtime import tune_runtime
 from balance.engine.shard import ShardEngine
+from balance.keys import admin_key_hash
 from balance.metrics import Metrics
 from balance.service import BalanceService
 from balance.storage.base import ShardStorage
@@ -65,7 +66,10 @@ def build_service(
         )  # fmt: skip
         for shard in range(settings.shards)
     ]
-    return BalanceService(engines, settings.admin_key)
+    if not settings.admin_key_generated:
+        return BalanceService(engines, settings.admin_key)
+    admin_hash, _ = admin_key_hash(settings.admin_key, True, settings.data_dir)  # kept across restarts
+    return BalanceService(engines, settings.admin_key, admin_key_hash=admin_hash)
 
 
 def build_app(settings: Settings) -> BalanceApp:

@@ -17,7 +17,13 @@ def run(_: argparse.Namespace) -> int:
         return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.admin_key_generated:
-        print(f"BALANCE_ADMIN_KEY was not set; this run's admin key is:\n  {settings.admin_key}\n", flush=True)
+        from balance.keys import ADMIN_KEY_FILE, admin_key_hash
+
+        _, new_key = admin_key_hash(settings.admin_key, True, settings.data_dir)
+        if new_key is not None:  # printed once: only its hash is kept (in the data directory)
+            print(f"BALANCE_ADMIN_KEY was not set; the admin key (shown once) is:\n  {new_key}\n", flush=True)
+        else:
+            print(f"admin key: the one printed at first start (hash in {settings.data_dir / ADMIN_KEY_FILE})", flush=True)
     from balance.storage.mariadb_url import redacted
 
     storage = redacted(settings.db_url) if settings.db_url else f"SQLite files in {settings.data_dir}/"

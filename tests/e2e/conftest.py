@@ -118,8 +118,10 @@ class Api:
         assert response.status_code == 200, response.text
         return response.json()
 
-    async def create_key(self, account_id: str, *, key: str = ADMIN_KEY) -> str:
-        response = await self.post(f"/v1/accounts/{account_id}/keys", key=key)
+    async def create_key(self, account_id: str, *, key: str = ADMIN_KEY, scopes: list[str] | None = None) -> str:
+        """A new key (scopes: the default, read and move, unless given)."""
+        response = await self.post(f"/v1/accounts/{account_id}/keys", None if scopes is None else {"scopes": scopes},
+                                   key=key)  # fmt: skip
         assert response.status_code == 201, response.text
         assert response.json()["account_id"] == account_id
         return response.json()["key"]

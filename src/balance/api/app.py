@@ -24,6 +24,7 @@ from balance.api.body import BODY_BYTES_MAX, read_body
 from balance.api.openapi import openapi_document
 from balance.api.parsing import bearer
 from balance.domain import errors as e
+from balance.domain.authority import NOBODY, Actor
 from balance.engine.replies import RETRY_AFTER_S, Reply
 from balance.metrics import Metrics
 from balance.service import BalanceService
@@ -53,11 +54,12 @@ def json_media_type(content_type: bytes) -> bool:
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "principal")
+    __slots__ = ("method", "path", "query", "headers", "body", "principal", "actor")
 
     def __init__(self, method: str, path: str, query: dict[str, str], headers: dict[bytes, bytes], body: bytes):
         self.method, self.path, self.query, self.headers, self.body = method, path, query, headers, body
         self.principal: str = ""
+        self.actor: Actor = NOBODY
 
 
 Handler = Callable[["BalanceApp", Request, list[str]], Awaitable[Reply]]
@@ -86,6 +88,8 @@ class BalanceApp:
             ("PATCH", "/v1/accounts/{id}", routes_accounts.patch_account),
             ("GET", "/v1/accounts/{id}/children", routes_accounts.children),
             ("POST", "/v1/accounts/{id}/keys", routes_accounts.create_key),
+            ("GET", "/v1/accounts/{id}/keys", routes_accounts.list_keys),
+            ("DELETE", "/v1/accounts/{id}/keys/{key_id}", routes_accounts.revoke_key),
             ("POST", "/v1/accounts/{id}/credits", routes_money.credit),
             ("POST", "/v1/accounts/{id}/debits", routes_money.debit),
             ("POST", "/v1/accounts/{id}/holds", routes_holds.hold),
@@ -213,16 +217,16 @@ class BalanceApp:
         try:
             if not self.service.ready:  # first: partner keys are only known once recovery has loaded them
                 raise HttpError(e.UNAVAILABLE, 503, "the service is recovering; retry shortly")
-            principal = self.service.principal(bearer(headers))
-            if principal is None:
-                raise HttpError(e.UNAUTHORIZED, 401, "missing or unknown API key")
+            actor = self.service.actor(bearer(headers))
+            if actor is None:  # also a revoked key, or one of a closed account
+                raise HttpError(e.UNAUTHORIZED, 401, "missing, unknown or revoked API key")
             if body is None:
                 raise validation(f"body larger than {BODY_BYTES_MAX} bytes")
             content_type = headers.get(b"content-type")
             if content_type is not None and method in _WITH_BODY and not json_media_type(content_type):
                 shown = content_type[:80].decode("latin-1")
                 raise HttpError(UNSUPPORTED_MEDIA_TYPE, 415, f"Content-Type {shown} is not application/json")
-            request.principal = principal
+            request.principal, request.actor = actor.principal, actor
             reply = await handler(self, request, params)
         except HttpError as exc:
             reply = Reply(exc.status, problem(exc.code, exc.status, exc.detail))

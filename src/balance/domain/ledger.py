@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from balance.domain import account_rules, cross_shard, hold_rules, limits, movements
+from balance.domain import account_rules, authority, cross_shard, hold_rules, limits, movements
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain.expiry import ExpiryWheel
@@ -222,6 +222,14 @@ class Ledger:
         hold = self.holds.find(account_id, hold_id)
         return None if hold is None else hold.state()
 
+    def parent_of(self, account_id: str) -> str | None:
+        account = self.accounts.get(account_id)
+        return None if account is None else account.parent_id
+
+    def chain(self, account_id: str) -> tuple[str, ...]:
+        """``account_id`` and its ancestors (a child lives on its parent's shard: all are here)."""
+        return authority.chain(self.parent_of, account_id)
+
     def knows_hold(self, account_id: str, hold_id: str) -> bool:
         """True if memory holds the hold or a batch in flight created it (no storage read needed)."""
         if self.holds.find(account_id, hold_id) is not None:
@@ -249,10 +257,10 @@ class Ledger:
             key = (command.account_id, op_key_of(kind, command.hold_id))
             if command.account_id not in self.accounts:
                 return [], []
-            if key in self.records:
-                self._keep_record(key)
-                return [], []
             hold = self.holds.find(command.account_id, command.hold_id)
+            if key in self.records:  # the hold too: who placed it decides who may see the replay
+                self._keep_record(key)
+                return [], ([] if hold is not None else [(command.account_id, command.hold_id)])
             if hold is not None and hold.status == HOLD_PENDING:
                 return [], []  # a pending hold was never captured or released: nothing to read
             if hold is not None and hold in self._finished:
@@ -621,6 +629,7 @@ _HANDLERS = {
     c.CreateAccount: account_rules.create_account,
     c.UpdateAccount: account_rules.update_account,
     c.CreateKey: account_rules.create_key,
+    c.RevokeKey: account_rules.revoke_key,
     c.Credit: movements.credit,
     c.Debit: movements.debit,
     c.Transfer: movements.transfer,

@@ -12,13 +12,25 @@ JOURNAL_COLUMNS = (
     "seq", "account_id", "op_key", "kind", "op_id", "status", "code", "fingerprint", "amount",
     "currency", "counterparty_account_id", "hold_id", "balance_after", "reserved_after",
     "version", "created_at", "description", "metadata", "result", "expires_at", "destination_account_id",
+    "placed_by",
 )  # fmt: skip
 # What rebuilds a hold from its journal rows (``balance.domain.holds.hold_from_journal``).
 HOLD_JOURNAL_COLUMNS = HOLD_JOURNAL_FIELDS
 # What recovery replays on top of the checkpoint (``Ledger.replay_journal_row``).
 RECOVERY_JOURNAL_COLUMNS = RECOVERY_JOURNAL_FIELDS
 # Columns added to the journal since its first version (added at open to an older database).
-JOURNAL_COLUMNS_ADDED = {"expires_at": "BIGINT NULL", "destination_account_id": "VARCHAR(64) NULL"}
+JOURNAL_COLUMNS_ADDED = {
+    "expires_at": "BIGINT NULL", "destination_account_id": "VARCHAR(64) NULL", "placed_by": "VARCHAR(64) NULL",
+}  # fmt: skip
+# Columns added to other tables since their first version (added at open, as above).
+COLUMNS_ADDED = {
+    "accounts": {"frozen_by": "VARCHAR(64) NULL"},
+    "holds": {"placed_by": "VARCHAR(64) NULL"},
+    "api_keys": {
+        "key_id": "VARCHAR(40) NULL", "prefix": "VARCHAR(16) NULL", "scopes": "INT NULL",
+        "revoked_at": "BIGINT NULL", "client_id": "VARCHAR(64) NULL",
+    },
+}  # fmt: skip
 # The meta row: the holds and accounts tables reflect the journal up to this seq. (Named when
 # only holds were checkpointed; kept so that databases already written open unchanged.)
 CHECKPOINT_META_KEY = "holds_checkpoint_seq"
@@ -27,7 +39,7 @@ CHECKPOINT_SEQ_SQL = f"(SELECT value FROM meta WHERE name = '{CHECKPOINT_META_KE
 HISTORY_META_KEY = "history_seq"
 HISTORY_SEQ_SQL = f"(SELECT value FROM meta WHERE name = '{HISTORY_META_KEY}')"  # in SQL
 OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at")
-KEY_COLUMNS = ("key_hash", "account_id", "created_at")
+KEY_COLUMNS = ("key_hash", "account_id", "created_at", "key_id", "prefix", "scopes", "revoked_at", "client_id")
 TRANSFER_COLUMNS = (
     "account_id", "op_id", "to_account_id", "amount", "currency", "description", "metadata", "created_at",
 )  # fmt: skip
@@ -49,7 +61,8 @@ TABLES = {
         version BIGINT NOT NULL,
         created_at BIGINT NOT NULL,
         updated_at BIGINT NOT NULL,
-        metadata BLOB NOT NULL""",
+        metadata BLOB NOT NULL,
+        frozen_by VARCHAR(64) NULL""",
     "holds": """
         account_id VARCHAR(64) NOT NULL,
         id VARCHAR(64) NOT NULL,
@@ -63,6 +76,7 @@ TABLES = {
         updated_at BIGINT NOT NULL,
         description VARCHAR(500) NOT NULL,
         metadata BLOB NOT NULL,
+        placed_by VARCHAR(64) NULL,
         PRIMARY KEY (account_id, id)""",
     "journal": """
         seq BIGINT NOT NULL PRIMARY KEY,
@@ -85,7 +99,8 @@ TABLES = {
         metadata BLOB NOT NULL,
         result BLOB NOT NULL,
         expires_at BIGINT NULL,
-        destination_account_id VARCHAR(64) NULL""",
+        destination_account_id VARCHAR(64) NULL,
+        placed_by VARCHAR(64) NULL""",
     "outbox": """
         seq BIGINT NOT NULL PRIMARY KEY,
         kind VARCHAR(32) NOT NULL,
@@ -108,7 +123,12 @@ TABLES = {
     "api_keys": """
         key_hash CHAR(64) NOT NULL PRIMARY KEY,
         account_id VARCHAR(64) NOT NULL,
-        created_at BIGINT NOT NULL""",
+        created_at BIGINT NOT NULL,
+        key_id VARCHAR(40) NULL,
+        prefix VARCHAR(16) NULL,
+        scopes INT NULL,
+        revoked_at BIGINT NULL,
+        client_id VARCHAR(64) NULL""",
 }
 
 

@@ -166,10 +166,12 @@ class SqliteShardStorage:
                 conn.execute(f"CREATE {kind} IF NOT EXISTS {name} ON {table} ({columns})")
             for name, _ in schema.INDEXES_DROPPED:  # after their replacements exist
                 conn.execute(f"DROP INDEX IF EXISTS {name}")
-            have = {row[1] for row in conn.execute("PRAGMA table_info(journal)")}
-            for column, ddl in schema.JOURNAL_COLUMNS_ADDED.items():  # a database of an earlier version
-                if column not in have:
-                    conn.execute(f"ALTER TABLE journal ADD COLUMN {column} {_sqlite_type(ddl)}")
+            added = {"journal": schema.JOURNAL_COLUMNS_ADDED, **schema.COLUMNS_ADDED}
+            for table, columns in added.items():  # a database of an earlier version
+                have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for column, ddl in columns.items():
+                    if column not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {_sqlite_type(ddl)}")
             # No checkpoint row yet: the holds table is complete (a new or an earlier version's database).
             conn.execute(
                 "INSERT OR IGNORE INTO meta (name, value) SELECT ?, COALESCE(MAX(seq), 0) FROM journal",
@@ -312,7 +314,7 @@ class SqliteShardStorage:
         self._insert(conn, "holds", schema.HOLD_COLUMNS, batch.holds, upsert=True)
         self._insert(conn, "accounts", schema.ACCOUNT_COLUMNS, batch.accounts, upsert=True)
         self._insert(conn, "outbox", schema.OUTBOX_COLUMNS, batch.outbox, upsert=False)
-        self._insert(conn, "api_keys", schema.KEY_COLUMNS, batch.keys, upsert=False)
+        self._insert(conn, "api_keys", schema.KEY_COLUMNS, batch.keys, upsert=True)  # a revocation rewrites its row
         self._insert(conn, "transfers_pending", schema.TRANSFER_COLUMNS, batch.transfers_started, upsert=False)
         if batch.holds_deleted:
             conn.executemany("DELETE FROM holds WHERE account_id = ? AND id = ?", batch.holds_deleted)
@@ -403,10 +405,10 @@ class SqliteShardStorage:
         row = await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql).fetchone())
         return int(row[0] or 0)
 
-    async def load_keys(self) -> list[tuple[str, str]]:
+    async def load_keys(self) -> list[Row]:
         return await self._run(
             self._reader_pool,
-            lambda: self._reader_conn().execute("SELECT key_hash, account_id FROM api_keys").fetchall(),
+            lambda: self._reader_conn().execute(f"SELECT {','.join(schema.KEY_COLUMNS)} FROM api_keys").fetchall(),
         )
 
     async def lookup(
