@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import msgspec
 
 from balance import views
+from balance.api.statuses import status_of
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, transfer_target_refusal
@@ -174,7 +175,7 @@ class BalanceService:
         state = target.account_state(transfer.to_account_id)
         refusal = transfer_target_refusal(None if state is None else Account(*state), transfer)
         if refusal is not None:
-            return Reply(refusal.status, views.encode_rejection(refusal))
+            return Reply(status_of(refusal.code), views.encode_rejection(refusal))
         first = await source.execute(c.TransferOut(transfer))
         if first.status != TRANSFER_IN_PROGRESS:
             return first  # refused, unavailable, or the finished transfer replayed

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from balance.api.statuses import status_of
 from balance.domain.errors import Rejection
 from balance.domain.model import Account, Entry, Hold
 
@@ -183,4 +184,4 @@ def problem(code: str, status: int, detail: str, title: str | None = None) -> by
 
 
 def encode_rejection(rejection: Rejection) -> bytes:
-    return problem(rejection.code, rejection.status, rejection.detail)
+    return problem(rejection.code, status_of(rejection.code), rejection.detail)

@@ -47,7 +47,7 @@ from balance.domain.model import (
     Event,
     Hold,
 )
-from balance.domain.outcomes import Changes, Outcome, Record, reject
+from balance.domain.outcomes import REFUSED, Changes, Outcome, Record, reject
 
 
 class _Frame:
@@ -436,15 +436,15 @@ class Ledger:
         amount = getattr(cmd, "amount", 0) or 0
         kind, op_id = key[1].split(":", 1)
         entry = Entry(
-            self._seq(), account.id, key[1], kind, op_id, rejection.status, code,
+            self._seq(), account.id, key[1], kind, op_id, REFUSED, code,
             fingerprint, amount, account.currency, None, None, account.balance, account.reserved,
             account.version, now, "", b"{}",
         )  # fmt: skip
         self.changes.entries.append(entry)
-        record = Record(fingerprint, rejection.status)
+        record = Record(fingerprint, REFUSED)
         self._remember_record(key, record)
         self._new_records.append(key)
-        return Outcome(rejection.status, rejection=rejection, record=record, entry=entry)
+        return Outcome(REFUSED, rejection=rejection, record=record, entry=entry)
 
     def accepted(
         self, status: int, key: tuple[str, str], fingerprint: int, entry: Entry, accounts: tuple[Account, ...]
