@@ -181,6 +181,8 @@ class BalanceApp:
             if body is None:
                 raise validation(f"body larger than {BODY_BYTES_MAX} bytes")
             request.principal = principal
+            if "." in params or ".." in params:
+                raise validation("'.' and '..' are not ids")
             reply = await handler(self, request, params)
         except HttpError as exc:
             reply = Reply(exc.status, problem(exc.code, exc.status, exc.detail))
