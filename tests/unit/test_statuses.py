@@ -40,4 +40,4 @@ def test_a_recorded_refusal_is_answered_recorded_and_journaled_with_the_api_stat
     changes = ledger.collect()
     assert reply.status == 422 and b'"status":422' in reply.body
     assert [entry.status for entry in changes.entries] == [422]
-    assert ledger.records[("A", "debit:d1")].status == 422
+    assert ledger.records[("A", "op:d1")].status == 422

@@ -36,12 +36,15 @@ from balance.domain.ids import op_key_of, system_account_id
 from balance.domain.model import (
     ACCOUNT_BALANCE,
     CAPTURE,
+    CREDIT,
+    DEBIT,
     HOLD,
     HOLD_PENDING,
     HOLD_STATUS,
     RELEASE,
     STATUS_ACTIVE,
     STATUS_CLOSED,
+    TRANSFER,
     Account,
     Entry,
     Event,
@@ -412,7 +415,7 @@ class Ledger:
             return None
         if record.fingerprint == fingerprint:
             return Outcome(record.status, replay=record)
-        return reject(conflict, f"operation {key[1]} was already made with a different body")
+        return reject(conflict, f"operation id {key[1].partition(':')[2]} was already used with a different body")
 
     def insufficient(
         self,
@@ -431,10 +434,12 @@ class Ledger:
         account: Account, code: str, detail: str, now: int,
     ) -> Outcome:  # fmt: skip
         """A business refusal that is recorded: replaying the id answers the same refusal.
-        Its kind and id are those of the operation key (``op_key_of``)."""
+        Its id is that of the operation key (``op_key_of``), its kind the command's."""
         rejection = e.Rejection(code, detail)
         amount = getattr(cmd, "amount", 0) or 0
         kind, op_id = key[1].split(":", 1)
+        if kind == "op":  # a client operation's key (``op_key_of``) names no kind: the command does
+            kind = _KIND_OF_COMMAND[type(cmd)]
         entry = Entry(
             self._seq(), account.id, key[1], kind, op_id, REFUSED, code,
             fingerprint, amount, account.currency, None, None, account.balance, account.reserved,
@@ -550,6 +555,8 @@ def _explain_account(account: Account) -> None:
         e.require(account.available >= 0, f"account {account.id}: negative available {account.available}")
         e.require(account.reserved == 0 or account.status != STATUS_CLOSED, "closed account with holds")
 
+
+_KIND_OF_COMMAND = {c.Credit: CREDIT, c.Debit: DEBIT, c.Transfer: TRANSFER, c.PlaceHold: HOLD}
 
 _HANDLERS = {
     c.TransferOut: cross_shard.transfer_out,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from balance.domain.holds import HOLD_JOURNAL_FIELDS
+from balance.domain.ids import CLIENT_OP_KINDS, CLIENT_OP_PREFIX
 from balance.domain.ledger import RECOVERY_JOURNAL_FIELDS
 from balance.domain.model import ACCOUNT_FIELDS, HOLD_FIELDS
 
@@ -23,6 +24,27 @@ JOURNAL_COLUMNS_ADDED = {"expires_at": "BIGINT NULL", "destination_account_id": 
 # only holds were checkpointed; kept so that databases already written open unchanged.)
 CHECKPOINT_META_KEY = "holds_checkpoint_seq"
 CHECKPOINT_SEQ_SQL = f"(SELECT value FROM meta WHERE name = '{CHECKPOINT_META_KEY}')"  # in SQL
+# The meta row saying the journal's client operation keys are shared per account ("op:<id>",
+# ``balance.domain.ids.op_key_of``); an earlier version's database is migrated once at open.
+OP_KEYS_META_KEY = "op_keys_shared"
+
+
+def op_keys_migration_sql(concat: str) -> str:
+    """An earlier version keyed a client operation by kind (``credit:x``, ``debit:x``...). Each
+    such key becomes ``op:x``, except where one account used ``x`` for several kinds: the first
+    of those (by seq) takes ``op:x`` and replays its first answer; the later ones keep their old
+    key, so their rows stay in the history, and a replay of them answers 409 (the id is taken).
+    ``concat`` joins SQL strings: ``"{} || {}"`` for SQLite, ``"CONCAT({}, {})"`` for MariaDB.
+    (The derived table lets MariaDB read the table it updates.)"""
+    kinds = ",".join(f"'{kind}'" for kind in CLIENT_OP_KINDS)
+    old_key = concat.format(concat.format("kind", "':'"), "op_id")
+    return (
+        f"UPDATE journal SET op_key = {concat.format(repr(CLIENT_OP_PREFIX), 'op_id')} WHERE seq IN ("
+        f"SELECT seq FROM (SELECT MIN(seq) AS seq FROM journal WHERE kind IN ({kinds}) AND op_key = {old_key}"
+        " GROUP BY account_id, op_id) AS firsts)"
+    )
+
+
 OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at")
 KEY_COLUMNS = ("key_hash", "account_id", "created_at")
 TRANSFER_COLUMNS = (
