@@ -73,6 +73,7 @@ class BalanceApp:
             ("POST", "/v1/accounts/{id}/holds/{hold_id}/capture", routes_holds.capture),
             ("POST", "/v1/accounts/{id}/holds/{hold_id}/release", routes_holds.release),
             ("GET", "/v1/accounts/{id}/transactions", routes_history.transactions),
+            ("GET", "/v1/accounts/{id}/transactions/{txn_id}", routes_history.transaction),
             ("POST", "/v1/transfers", routes_money.transfer),
             ("POST", "/v1/batch", routes_batch.batch),
         ]
