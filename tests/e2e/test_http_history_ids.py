@@ -72,7 +72,9 @@ async def test_a_client_id_is_one_operation_per_account(api: Api) -> None:
     # A transfer claims its id on its source only: the target may still use it.
     await api.transfer(p, c, 5, id="y")
     await api.credit(c, 1, id="y")
-    api.assert_problem(await api.post(f"/v1/accounts/{p}/debits", {"id": "y", "amount": 1}), 409, "idempotency_conflict")
+    api.assert_problem(
+        await api.post(f"/v1/accounts/{p}/debits", {"id": "y", "amount": 1}), 409, "idempotency_conflict"
+    )
 
 
 async def test_a_row_is_read_by_its_id_with_the_account_s_access(api: Api) -> None:
@@ -98,7 +100,9 @@ async def test_a_row_is_read_by_its_id_with_the_account_s_access(api: Api) -> No
         api.assert_problem(response, 404, "transaction_not_found")
 
 
-async def test_row_ids_survive_a_restart_and_cross_shard_rows_name_their_shards(make_api: MakeApi, tmp_path: Path) -> None:
+async def test_row_ids_survive_a_restart_and_cross_shard_rows_name_their_shards(
+    make_api: MakeApi, tmp_path: Path
+) -> None:
     async with make_api(shards=2, data_dir=tmp_path) as api:
         a = (await api.create_account(name="A"))["id"]
         b = (await api.create_account(name="B"))["id"]
