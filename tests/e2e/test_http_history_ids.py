@@ -118,3 +118,35 @@ async def test_row_ids_survive_a_restart_and_cross_shard_rows_name_their_shards(
         for x in (a, b):
             for row in before[x]:
                 assert (await api.get(f"/v1/accounts/{x}/transactions/{row['id']}")).json() == row
+
+
+async def test_account_creation_under_a_client_id_replays(make_api: MakeApi, tmp_path: Path) -> None:
+    async with make_api(shards=2, data_dir=tmp_path) as api:
+        top = {"kind": "partner", "region": "US", "currency": "USD", "name": "P", "client_id": "p-1"}
+        first = await api.post("/v1/accounts", top)
+        assert first.status_code == 201 and "idempotent-replayed" not in first.headers
+        p = first.json()["id"]
+        again = await api.post("/v1/accounts", top)
+        assert (again.status_code, again.headers.get("idempotent-replayed"), again.json()) == (
+            201,
+            "true",
+            first.json(),
+        )
+        for changed in ({**top, "name": "other"}, {**top, "region": "EU"}):
+            api.assert_problem(await api.post("/v1/accounts", changed), 409, "idempotency_conflict")
+        child = {"kind": "user", "parent_id": p, "name": "C", "client_id": "c-1"}
+        c1 = await api.post("/v1/accounts", child)
+        assert c1.status_code == 201 and c1.json()["id"].split("-")[1] == p.split("-")[1]  # the parent's shard
+        other_parent = (await api.create_account(name="Q"))["id"]
+        c2 = await api.post("/v1/accounts", {**child, "parent_id": other_parent})  # ids are scoped per parent
+        assert c2.status_code == 201 and c2.json()["id"] != c1.json()["id"]
+        await api.credit(c1.json()["id"], 5)
+        assert [row["kind"] for row in await api.history(c1.json()["id"])] == ["credit"]  # no row for the creation
+        accounts = sum(len(engine.ledger.accounts) for engine in api.service.engines)
+    async with make_api(shards=2, data_dir=tmp_path) as api:  # after a restart: the first answers, from storage
+        replay = await api.post("/v1/accounts", child)
+        assert (replay.status_code, replay.headers.get("idempotent-replayed")) == (201, "true")
+        assert replay.json() == c1.json()
+        assert (await api.post("/v1/accounts", top)).json() == first.json()
+        api.assert_problem(await api.post("/v1/accounts", {**child, "kind": "provider"}), 409, "idempotency_conflict")
+        assert sum(len(engine.ledger.accounts) for engine in api.service.engines) == accounts

@@ -35,6 +35,7 @@ class NewAccount(Struct, forbid_unknown_fields=True):
     credit_limit: CreditLimit = 0
     name: Name = ""
     metadata: Metadata = {}
+    client_id: OpId | None = None  # a retry with the same id and body answers the first creation
 
 
 class AccountPatch(Struct, forbid_unknown_fields=True):

@@ -6,6 +6,8 @@ A module of their own: the rules, the ledger and the storage adapters all use th
 
 from __future__ import annotations
 
+import hashlib
+
 # Kinds whose client-chosen id shares one key per account: a credit ``x`` and then a debit ``x``
 # on one account are one id used twice (409 ``idempotency_conflict``), not two operations.
 # A hold's capture, release and expiry, and a cross-shard transfer's arriving leg, keep keys of
@@ -42,6 +44,18 @@ def hold_journal_keys(hold_id: str) -> tuple[str, str, str, str, str]:
         CLIENT_OP_PREFIX + hold_id, f"capture:{hold_id}", f"release:{hold_id}", f"expire:{hold_id}",
         legacy_op_key("hold", hold_id),
     )  # fmt: skip
+
+
+ACCOUNT_OP_KIND = "account"  # the key of an account's creation under a client id
+REGION_OF_ID_PARTS = 3  # <REGION>-<shard>-<16 hex>
+
+
+def client_account_suffix(parent_id: str | None, client_id: str) -> str:
+    """The last part of the id of the account created under ``client_id`` below ``parent_id``
+    (None: top level): 16 hex digits like a random id's, the same for every retry, so that a
+    retry finds the account it created (scoped per parent: two parents' ``x`` differ)."""
+    scope = "" if parent_id is None else parent_id
+    return hashlib.blake2b(f"{scope}\n{client_id}".encode(), digest_size=8).hexdigest()
 
 
 def txn_id(account_id: str, seq: int) -> str:

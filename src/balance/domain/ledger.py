@@ -32,7 +32,7 @@ from balance.domain.holds import (
     placed_hold,
     settlement,
 )
-from balance.domain.ids import op_key_of, system_account_id
+from balance.domain.ids import ACCOUNT_OP_KIND, op_key_of, system_account_id
 from balance.domain.model import (
     ACCOUNT_BALANCE,
     CAPTURE,
@@ -244,6 +244,13 @@ class Ledger:
             if hold is not None and hold in self._finished:
                 self._finished.move_to_end(hold)  # kept, as records are
             return [key], ([] if hold is not None else [(command.account_id, command.hold_id)])
+        if isinstance(command, c.CreateAccount) and command.client_id is not None:
+            key = (command.account_id, op_key_of(ACCOUNT_OP_KIND, command.client_id))
+            if key in self.records:
+                self._keep_record(key)
+            elif command.account_id in self.accounts:  # created earlier: its first answer is in storage
+                return [key], []
+            return [], []
         if isinstance(command, c.PlaceHold):
             key = (command.account_id, op_key_of(HOLD, command.op_id))
             if key in self.records:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from balance.domain.holds import HOLD_JOURNAL_FIELDS
 from balance.domain.ids import CLIENT_OP_KINDS, CLIENT_OP_PREFIX
 from balance.domain.ledger import RECOVERY_JOURNAL_FIELDS
-from balance.domain.model import ACCOUNT_FIELDS, HOLD_FIELDS
+from balance.domain.model import ACCOUNT_FIELDS, HOLD_FIELDS, OPEN
 
 ACCOUNT_COLUMNS = ACCOUNT_FIELDS
 HOLD_COLUMNS = HOLD_FIELDS
@@ -151,6 +151,12 @@ def recovery_journal_query(placeholder: str) -> str:
     )
 
 
+# An account's creation under a client id keeps its first answer in the journal (a row of kind
+# ``open``); the history lists money, not that row.
+HISTORY_SHOWN = f" AND kind <> '{OPEN}'"
+HISTORY_SHOWN_J = f" AND j.kind <> '{OPEN}'"
+
+
 def history_query(
     placeholder: str,
     account_id: str,
@@ -175,15 +181,15 @@ def history_query(
     values = [value for _, value in wanted]
     columns = ",".join(JOURNAL_COLUMNS)
     if not history_table:
-        sql = f"SELECT {columns} FROM journal WHERE account_id = {p} AND status < 300{where()}"
+        sql = f"SELECT {columns} FROM journal WHERE account_id = {p} AND status < 300{HISTORY_SHOWN}{where()}"
         return sql + f" ORDER BY seq DESC LIMIT {p}", [account_id, *values, int(limit)]
     newer = (
         f"SELECT {columns} FROM journal WHERE seq > {CHECKPOINT_SEQ_SQL}"
-        f" AND account_id = {p} AND status < 300{where()} ORDER BY seq DESC LIMIT {p}"
+        f" AND account_id = {p} AND status < 300{HISTORY_SHOWN}{where()} ORDER BY seq DESC LIMIT {p}"
     )
     older = (
         f"SELECT {','.join('j.' + c for c in JOURNAL_COLUMNS)} FROM history h JOIN journal j ON j.seq = h.seq"
-        f" WHERE h.account_id = {p} AND j.status < 300{where('h.', 'j.')} ORDER BY h.seq DESC LIMIT {p}"
+        f" WHERE h.account_id = {p} AND j.status < 300{HISTORY_SHOWN_J}{where('h.', 'j.')} ORDER BY h.seq DESC LIMIT {p}"
     )
     sql = f"SELECT * FROM ({newer}) UNION ALL SELECT * FROM ({older}) ORDER BY seq DESC LIMIT {p}"
     return sql, [account_id, *values, int(limit), account_id, *values, int(limit), int(limit)]
