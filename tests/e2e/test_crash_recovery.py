@@ -561,7 +561,7 @@ async def audit(base_url: str, tree: Tree, ops: list[Op]) -> list[str]:
 
     # (b) journals hold exactly the effective operations' rows; balances are their sums.
     for account, rows, state in zip(tree.accounts, journals, states, strict=True):
-        seen = Counter((row["kind"], row["id"], row["amount"]) for row in rows)
+        seen = Counter((row["kind"], row["operation_id"], row["amount"]) for row in rows)
         if seen != expected[account]:
             missing, extra = expected[account] - seen, seen - expected[account]
             failures.append(f"{account}: journal rows missing {dict(missing)}, unexpected {dict(extra)}")
