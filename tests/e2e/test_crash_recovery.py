@@ -568,7 +568,7 @@ async def audit(base_url: str, tree: Tree, ops: list[Op]) -> list[str]:
             continue
         balance = reserved = 0
         for row in rows:
-            d_balance, d_reserved = delta[(account, row["kind"], row["id"])]
+            d_balance, d_reserved = delta[(account, row["kind"], row["operation_id"])]
             balance += d_balance
             reserved += d_reserved
             if (row["balance_after"], row["reserved_after"]) != (balance, reserved):
