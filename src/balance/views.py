@@ -164,9 +164,22 @@ def _hold_bytes(hold: Hold) -> bytes:
     )  # fmt: skip
 
 
+_txn_prefixes: dict[str, bytes] = {}  # account id -> b'"US-3-t' (its rows' id, before the seq)
+
+
+def _txn_prefix(account_id: str) -> bytes:
+    prefix = _txn_prefixes.get(account_id)
+    if prefix is None:
+        if len(_txn_prefixes) >= _CACHE_MAX:
+            _txn_prefixes.clear()
+        text = encoder.encode(txn_id(account_id, 0))  # b'"US-3-t0"': the id's JSON, seq 0
+        prefix = _txn_prefixes[account_id] = text[:-2]
+    return prefix
+
+
 def _txn_bytes(entry: Entry) -> bytes:
     return _TXN % (
-        encoder.encode(txn_id(entry.account_id, entry.seq)), encoder.encode(entry.op_id), _string(entry.kind),
+        _txn_prefix(entry.account_id) + b"%d\"" % entry.seq, encoder.encode(entry.op_id), _string(entry.kind),
         direction(entry.kind, entry.op_key).encode(), encoder.encode(entry.account_id),
         encoder.encode(entry.counterparty_account_id), entry.amount, _string(entry.currency),
         encoder.encode(entry.hold_id), entry.balance_after, entry.reserved_after, entry.version,
