@@ -16,7 +16,7 @@ from balance.api.answers import HttpError, validation
 from balance.domain import errors as e
 
 
-def decode(body: bytes, type_: Any, decoder: msgspec.json.Decoder | None = None) -> Any:
+def decode(body: bytes, type_: Any, decoder: msgspec.json.Decoder[Any] | None = None) -> Any:
     """``body`` as ``type_`` (or by ``decoder``), refused with a 422 if it means two things
     (a key twice, nesting too deep: ``strict_json``) or does not fit the schema."""
     if not body.strip() and type_ in (s.CaptureBody, s.ReleaseBody, s.AccountPatch):

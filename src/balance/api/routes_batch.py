@@ -44,7 +44,7 @@ def _operations(raw_body: bytes) -> tuple[list[bytes], set[int]]:
 def _outer(raw_body: bytes) -> s.BatchBody:
     """The batch's own shape (its operations kept as raw bytes: they are checked one by one)."""
     try:
-        return _OUTER.decode(raw_body)  # type: ignore[no-any-return]
+        return _OUTER.decode(raw_body)
     except msgspec.ValidationError as exc:
         raise validation(str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:

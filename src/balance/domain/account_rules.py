@@ -58,7 +58,7 @@ def create_account(ledger: Ledger, cmd: c.CreateAccount, now: int) -> Outcome:
     )  # fmt: skip
     ledger.undo_accounts[account.id] = None  # created: its row is written with the batch
     ledger.accounts[account.id] = account
-    if key is None or fingerprint is None:
+    if key is None or fingerprint is None or cmd.client_id is None:
         return Outcome(201, accounts=(account,))
     # Under a client id, a journal row keeps the first answer (as a money operation's does); the
     # history does not list it (``schema.HISTORY_HIDDEN_KINDS``).
