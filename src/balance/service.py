@@ -17,10 +17,12 @@ from collections.abc import Sequence
 import msgspec
 
 from balance import views
+from balance.api.statuses import status_of
 from balance.domain import authority as a
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, transfer_target_refusal
+from balance.domain.ids import client_account_suffix
 from balance.domain.model import Account
 from balance.engine.replies import Collector, Reply, Unavailable, unavailable_reply
 from balance.engine.shard import ShardEngine
@@ -141,9 +143,16 @@ class BalanceService:
             engine = self.engine_for(cmd_without_id.parent_id)
             if engine is None:
                 return not_found(cmd_without_id.parent_id)
+        elif cmd_without_id.client_id is not None:  # a retry must find the shard of the first try
+            suffix = client_account_suffix(None, cmd_without_id.client_id)
+            engine = self.engines[int(suffix, 16) % len(self.engines)]
         else:
             engine = min(self.engines, key=lambda eng: len(eng.ledger.accounts))
-        account_id = new_account_id(cmd_without_id.region, engine.shard)
+        if cmd_without_id.client_id is None:
+            account_id = new_account_id(cmd_without_id.region, engine.shard)
+        else:
+            suffix = client_account_suffix(cmd_without_id.parent_id, cmd_without_id.client_id)
+            account_id = f"{cmd_without_id.region}-{engine.shard}-{suffix}"
         return await engine.execute(dataclasses.replace(cmd_without_id, account_id=account_id))
 
     async def create_key(
@@ -245,7 +254,7 @@ class BalanceService:
         state = target.account_state(transfer.to_account_id)
         refusal = transfer_target_refusal(None if state is None else Account(*state), transfer)
         if refusal is not None:
-            return Reply(refusal.status, views.encode_rejection(refusal))
+            return Reply(status_of(refusal.code), views.encode_rejection(refusal))
         first = await source.execute(c.TransferOut(transfer))
         if first.status != TRANSFER_IN_PROGRESS:
             return first  # refused, unavailable, or the finished transfer replayed

@@ -11,10 +11,15 @@ from typing import Any
 
 import msgspec
 
+from balance.api.statuses import status_of
 from balance.domain.errors import Rejection
-from balance.domain.model import Account, Entry, Hold
+from balance.domain.ids import txn_id
+from balance.domain.model import CREDIT, DEBIT, EXPIRE, HOLD, RELEASE, Account, Entry, Hold
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CREDIT_DIRECTION = "credit"
+DEBIT_DIRECTION = "debit"
+TRANSFER_IN_PREFIX = "transfer_in:"  # the key of a cross-shard transfer's arriving leg (``cross_shard``)
 encoder = msgspec.json.Encoder()
 
 
@@ -57,15 +62,28 @@ def hold_view(state: tuple) -> dict[str, Any]:  # type: ignore[type-arg]
     }  # fmt: skip
 
 
+def direction(kind: str, op_key: str | None) -> str:
+    """``debit`` or ``credit`` from the row's account's point of view. A credit, release or
+    expiry gives (money in, or set-aside money freed); a debit or hold takes; of the two rows of
+    a transfer or a capture to a destination, the one that started it (it has the operation's
+    key) pays and the other (no key, or a cross-shard transfer's arriving leg) receives."""
+    if kind == CREDIT or kind == RELEASE or kind == EXPIRE:
+        return CREDIT_DIRECTION
+    if kind == DEBIT or kind == HOLD or (op_key is not None and not op_key.startswith(TRANSFER_IN_PREFIX)):
+        return DEBIT_DIRECTION
+    return CREDIT_DIRECTION
+
+
 def txn_view(row: tuple) -> dict[str, Any]:  # type: ignore[type-arg]
     """A journal row (schema.JOURNAL_COLUMNS order) as a Txn."""
-    (_seq, account_id, _op_key, kind, op_id, _status, _code, _fp, amount, currency, counterparty,
+    (seq, account_id, op_key, kind, op_id, _status, _code, _fp, amount, currency, counterparty,
      hold_id, balance_after, reserved_after, version, created_at, description, metadata) = row[:18]  # fmt: skip
     return {
-        "id": op_id, "kind": kind, "account_id": account_id, "counterparty_account_id": counterparty,
-        "amount": amount, "currency": currency, "hold_id": hold_id, "balance_after": balance_after,
-        "reserved_after": reserved_after, "version": version, "created_at": timestamp(created_at),
-        "description": description, "metadata": msgspec.Raw(metadata),
+        "id": txn_id(account_id, seq), "operation_id": op_id, "kind": kind,
+        "direction": direction(kind, op_key), "account_id": account_id,
+        "counterparty_account_id": counterparty, "amount": amount, "currency": currency, "hold_id": hold_id,
+        "balance_after": balance_after, "reserved_after": reserved_after, "version": version,
+        "created_at": timestamp(created_at), "description": description, "metadata": msgspec.Raw(metadata),
     }  # fmt: skip
 
 
@@ -87,7 +105,7 @@ _HOLD = (
     b'"description":%b,"metadata":%b}'
 )
 _TXN = (
-    b'{"id":%b,"kind":%b,"account_id":%b,"counterparty_account_id":%b,"amount":%d,"currency":%b,'
+    b'{"id":%b,"operation_id":%b,"kind":%b,"direction":"%b","account_id":%b,"counterparty_account_id":%b,"amount":%d,"currency":%b,'
     b'"hold_id":%b,"balance_after":%d,"reserved_after":%d,"version":%d,"created_at":"%b",'
     b'"description":%b,"metadata":%b}'
 )
@@ -146,9 +164,23 @@ def _hold_bytes(hold: Hold) -> bytes:
     )  # fmt: skip
 
 
+_txn_prefixes: dict[str, bytes] = {}  # account id -> b'"US-3-t' (its rows' id, before the seq)
+
+
+def _txn_prefix(account_id: str) -> bytes:
+    prefix = _txn_prefixes.get(account_id)
+    if prefix is None:
+        if len(_txn_prefixes) >= _CACHE_MAX:
+            _txn_prefixes.clear()
+        text = encoder.encode(txn_id(account_id, 0))  # b'"US-3-t0"': the id's JSON, seq 0
+        prefix = _txn_prefixes[account_id] = text[:-2]
+    return prefix
+
+
 def _txn_bytes(entry: Entry) -> bytes:
     return _TXN % (
-        encoder.encode(entry.op_id), _string(entry.kind), encoder.encode(entry.account_id),
+        _txn_prefix(entry.account_id) + b"%d\"" % entry.seq, encoder.encode(entry.op_id), _string(entry.kind),
+        direction(entry.kind, entry.op_key).encode(), encoder.encode(entry.account_id),
         encoder.encode(entry.counterparty_account_id), entry.amount, _string(entry.currency),
         encoder.encode(entry.hold_id), entry.balance_after, entry.reserved_after, entry.version,
         _stamp(entry.created_at), encoder.encode(entry.description), entry.metadata,
@@ -183,4 +215,4 @@ def problem(code: str, status: int, detail: str, title: str | None = None) -> by
 
 
 def encode_rejection(rejection: Rejection) -> bytes:
-    return problem(rejection.code, rejection.status, rejection.detail)
+    return problem(rejection.code, status_of(rejection.code), rejection.detail)

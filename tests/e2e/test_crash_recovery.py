@@ -564,14 +564,14 @@ async def audit(base_url: str, tree: Tree, ops: list[Op]) -> list[str]:
 
     # (b) journals hold exactly the effective operations' rows; balances are their sums.
     for account, rows, state in zip(tree.accounts, journals, states, strict=True):
-        seen = Counter((row["kind"], row["id"], row["amount"]) for row in rows)
+        seen = Counter((row["kind"], row["operation_id"], row["amount"]) for row in rows)
         if seen != expected[account]:
             missing, extra = expected[account] - seen, seen - expected[account]
             failures.append(f"{account}: journal rows missing {dict(missing)}, unexpected {dict(extra)}")
             continue
         balance = reserved = 0
         for row in rows:
-            d_balance, d_reserved = delta[(account, row["kind"], row["id"])]
+            d_balance, d_reserved = delta[(account, row["kind"], row["operation_id"])]
             balance += d_balance
             reserved += d_reserved
             if (row["balance_after"], row["reserved_after"]) != (balance, reserved):

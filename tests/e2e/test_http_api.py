@@ -24,7 +24,7 @@ HOLD_FIELDS = {
     "expires_at", "created_at", "updated_at", "metadata",
 }  # fmt: skip
 TXN_FIELDS = {
-    "id", "kind", "account_id", "counterparty_account_id", "amount", "currency", "hold_id", "balance_after",
+    "id", "operation_id", "kind", "direction", "account_id", "counterparty_account_id", "amount", "currency", "hold_id", "balance_after",
     "reserved_after", "version", "created_at", "metadata",
 }  # fmt: skip
 
@@ -192,7 +192,7 @@ async def test_credit_and_debit(api: Api) -> None:
     assert set(reply) == {"transaction", "account"}
     txn, after = reply["transaction"], reply["account"]
     assert set(txn) >= TXN_FIELDS
-    assert (txn["id"], txn["kind"], txn["account_id"], txn["amount"], txn["currency"]) == (
+    assert (txn["operation_id"], txn["kind"], txn["account_id"], txn["amount"], txn["currency"]) == (
         "c-1",
         "credit",
         account["id"],
@@ -232,7 +232,7 @@ async def test_transfers_between_parent_and_child(api: Api) -> None:
     assert [a["id"] for a in down["accounts"]] == [parent["id"], child["id"]]
     assert [a["balance"] for a in down["accounts"]] == [700, 300]
     txn = down["transaction"]
-    assert (txn["id"], txn["kind"], txn["account_id"], txn["counterparty_account_id"], txn["amount"]) == (
+    assert (txn["operation_id"], txn["kind"], txn["account_id"], txn["counterparty_account_id"], txn["amount"]) == (
         "t-down", "transfer", parent["id"], child["id"], 300)  # fmt: skip
     up = await api.transfer(child["id"], parent["id"], 100, id="t-up")
     assert [a["balance"] for a in up["accounts"]] == [200, 800]
@@ -240,7 +240,7 @@ async def test_transfers_between_parent_and_child(api: Api) -> None:
     assert (await api.account(child["id"]))["balance"] == 200
     # Both legs are in both histories.
     child_history = await api.history(child["id"])
-    assert [(t["id"], t["counterparty_account_id"], t["balance_after"]) for t in child_history] == [
+    assert [(t["operation_id"], t["counterparty_account_id"], t["balance_after"]) for t in child_history] == [
         ("t-up", parent["id"], 200), ("t-down", parent["id"], 300)]  # fmt: skip
 
 
@@ -352,7 +352,7 @@ async def test_history_cursor_pagination_newest_first_without_gaps(api: Api) -> 
         assert txn["account_id"] == account["id"]
     versions = [txn["version"] for txn in full]
     assert versions == sorted(versions, reverse=True) and len(set(versions)) == len(versions)  # newest first
-    assert full[0]["id"] == "h-1" and full[-1]["id"] == "c-0"
+    assert full[0]["operation_id"] == "h-1" and full[-1]["operation_id"] == "c-0"
     for limit in (1, 3, 7, 20, 100):
         paged = await api.history(account["id"], limit=limit)
         assert paged == full, f"limit={limit}"
@@ -396,7 +396,7 @@ async def test_rejected_operations_are_not_in_history(api: Api) -> None:
     await api.credit(account["id"], 10, id="ok")
     response = await api.post(f"/v1/accounts/{account['id']}/debits", {"id": "too-much", "amount": 11})
     api.assert_problem(response, 422, "insufficient_funds")
-    assert [t["id"] for t in await api.history(account["id"])] == ["ok"]
+    assert [t["operation_id"] for t in await api.history(account["id"])] == ["ok"]
 
 
 # ---- batch -----------------------------------------------------------------------------------
@@ -433,8 +433,8 @@ async def test_batch_mixed_operations_in_order(api: Api) -> None:
     results = response.json()["results"]
     assert len(results) == len(ops)
     assert [r["status"] for r in results] == [201, 201, 422, 201, 201, 201, 200, 201, 200, 404, 422, 404, 201]
-    assert results[0]["body"]["transaction"]["id"] == "b-c1"
-    assert results[1]["body"]["transaction"]["id"] == "b-d1"
+    assert results[0]["body"]["transaction"]["operation_id"] == "b-c1"
+    assert results[1]["body"]["transaction"]["operation_id"] == "b-d1"
     api.assert_problem_body(results[2]["body"], 422, "insufficient_funds")
     assert results[4]["body"]["transaction"]["kind"] == "transfer"
     assert results[5]["body"]["hold"]["status"] == "pending"
@@ -491,11 +491,11 @@ async def test_idempotent_replays_answer_the_first_outcome(api: Api) -> None:
     b = await api.create_account()
     credit = {"id": "same-1", "amount": 500, "description": "d", "metadata": {"k": "v"}}
     await _replayed(api, "POST", f"/v1/accounts/{a['id']}/credits", credit, 201)
-    await _replayed(api, "POST", f"/v1/accounts/{a['id']}/debits", {"id": "same-1", "amount": 100}, 201)
-    transfer = {"id": "same-1", "from_account_id": a["id"], "to_account_id": b["id"], "amount": 50, "currency": "USD"}
+    await _replayed(api, "POST", f"/v1/accounts/{a['id']}/debits", {"id": "same-d", "amount": 100}, 201)
+    transfer = {"id": "same-t", "from_account_id": a["id"], "to_account_id": b["id"], "amount": 50, "currency": "USD"}
     await _replayed(api, "POST", "/v1/transfers", transfer, 201)
-    await _replayed(api, "POST", f"/v1/accounts/{a['id']}/holds", {"id": "same-1", "amount": 10}, 201)
-    await _replayed(api, "POST", f"/v1/accounts/{a['id']}/holds/same-1/capture", {"amount": 5}, 200)
+    await _replayed(api, "POST", f"/v1/accounts/{a['id']}/holds", {"id": "same-h", "amount": 10}, 201)
+    await _replayed(api, "POST", f"/v1/accounts/{a['id']}/holds/same-h/capture", {"amount": 5}, 200)
     # A refusal is an outcome too: replaying it answers the same refusal.
     body = await _replayed(api, "POST", f"/v1/accounts/{a['id']}/debits", {"id": "too-big", "amount": 10**6}, 422)
     assert json.loads(body)["code"] == "insufficient_funds"
@@ -512,7 +512,9 @@ async def test_idempotent_replays_answer_the_first_outcome(api: Api) -> None:
     assert response.status_code == 201  # keyed by the source account: another operation
     response = await api.post("/v1/transfers", {**transfer, "amount": 51})
     api.assert_problem(response, 409, "idempotency_conflict")
-    # The id is per account and kind: the same id is fresh on another account or kind.
+    # The id is per account (one for every kind): fresh on another account, taken for another kind.
+    response = await api.post(f"/v1/accounts/{a['id']}/debits", {"id": "same-1", "amount": 1})
+    api.assert_problem(response, 409, "idempotency_conflict")
     await api.credit(b["id"], 1, id="same-1")
     after = await api.snapshot(a["id"])
     assert after[a["id"]]["history"][1:] == before[a["id"]]["history"]

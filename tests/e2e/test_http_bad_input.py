@@ -384,7 +384,7 @@ async def test_batch_operation_with_invalid_utf8_is_refused_alone(world: World) 
     assert second["status"] == 201
     after = await world.snapshot()
     assert after[world.S]["account"]["balance"] == 7
-    assert [t["id"] for t in after[world.S]["history"]] == ["good-1"]
+    assert [t["operation_id"] for t in after[world.S]["history"]] == ["good-1"]
     for changed in (world.S, "children"):  # S got its credit, and shows it in P's children
         after.pop(changed), before.pop(changed)
     assert after == before

@@ -646,9 +646,7 @@ async def test_a_started_transfer_is_pending_until_completed_and_completion_rewr
     started = ("acc-1", "tr-9", "acc-2", 300, "EUR", "rent", b'{"a":1}', T0)
     await storage.commit(
         BatchWrite(
-            journal=[
-                entry(seq=1, op_key="transfer:tr-9", kind="transfer", op_id="tr-9", status=202, result=b"partial")
-            ],
+            journal=[entry(seq=1, op_key="op:tr-9", kind="transfer", op_id="tr-9", status=202, result=b"partial")],
             transfers_started=[started],
         )
     )
@@ -657,7 +655,7 @@ async def test_a_started_transfer_is_pending_until_completed_and_completion_rewr
     await storage.commit(BatchWrite(transfers_completed=[(b'{"final":true}', "acc-1", "tr-9")]))
 
     assert await storage.pending_transfers() == []
-    (stored,), _ = await storage.lookup([("acc-1", "transfer:tr-9")], [])
+    (stored,), _ = await storage.lookup([("acc-1", "op:tr-9")], [])
     assert (stored.status, stored.result) == (201, b'{"final":true}')
     assert await storage.max_seq() == 1
 

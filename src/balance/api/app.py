@@ -97,6 +97,7 @@ class BalanceApp:
             ("POST", "/v1/accounts/{id}/holds/{hold_id}/capture", routes_holds.capture),
             ("POST", "/v1/accounts/{id}/holds/{hold_id}/release", routes_holds.release),
             ("GET", "/v1/accounts/{id}/transactions", routes_history.transactions),
+            ("GET", "/v1/accounts/{id}/transactions/{txn_id}", routes_history.transaction),
             ("POST", "/v1/transfers", routes_money.transfer),
             ("POST", "/v1/batch", routes_batch.batch),
         ]
@@ -227,6 +228,8 @@ class BalanceApp:
                 shown = content_type[:80].decode("latin-1")
                 raise HttpError(UNSUPPORTED_MEDIA_TYPE, 415, f"Content-Type {shown} is not application/json")
             request.principal, request.actor = actor.principal, actor
+            if "." in params or ".." in params:
+                raise validation("'.' and '..' are not ids")
             reply = await handler(self, request, params)
         except HttpError as exc:
             reply = Reply(exc.status, problem(exc.code, exc.status, exc.detail))

@@ -90,7 +90,7 @@ def openapi_document() -> dict[str, Any]:
     batch_reply = {
         "type": "object",
         "properties": {"results": {"type": "array", "items": {"type": "object", "properties": {
-            "status": {"type": "integer"}, "body": {"type": "object"}}}}},
+            "status": {"type": "integer"}, "replayed": {"type": "boolean"}, "body": {"type": "object"}}}}},
     }  # fmt: skip
     acct, hold = ("id",), ("id", "hold_id")
     paths = {
@@ -121,6 +121,9 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/accounts/{id}/transactions": {
             "get": _op("History, newest first", None, "200", _page("Txn"), acct, ("limit", "cursor", "since", "until"))
+        },
+        "/v1/accounts/{id}/transactions/{txn_id}": {
+            "get": _op("Read one history row by its id", None, "200", _ref("Txn"), ("id", "txn_id"))
         },
         "/v1/transfers": {"post": _op("Move money between two accounts", "TransferBody", "201", _ref("TransferReply"))},
         "/v1/batch": {"post": {**_op("Up to 8190 operations, answered one by one", None, "200", batch_reply),

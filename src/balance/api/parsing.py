@@ -11,19 +11,27 @@ import msgspec
 
 from balance import views
 from balance.api import schemas as s
+from balance.api import strict_json
 from balance.api.answers import HttpError, validation
 from balance.domain import errors as e
 
 
-def decode(body: bytes, type_: Any) -> Any:
+def decode(body: bytes, type_: Any, decoder: msgspec.json.Decoder[Any] | None = None) -> Any:
+    """``body`` as ``type_`` (or by ``decoder``), refused with a 422 if it means two things
+    (a key twice, nesting too deep: ``strict_json``) or does not fit the schema."""
     if not body.strip() and type_ in (s.CaptureBody, s.ReleaseBody, s.AccountPatch, s.NewKey):
         body = b"{}"
+    problem = strict_json.problem_of(body)
+    if problem is not None:
+        raise validation(problem)
     try:
-        return msgspec.json.decode(body, type=type_)
+        return msgspec.json.decode(body, type=type_) if decoder is None else decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise validation(str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets UnicodeDecodeError through
         raise validation(f"malformed JSON: {exc}") from None
+    except RecursionError:  # not reached after the depth check; kept so that it can never be a 500
+        raise validation(f"JSON nested deeper than {strict_json.DEPTH_MAX} levels") from None
 
 
 def bearer(headers: dict[bytes, bytes]) -> str | None:
@@ -33,12 +41,15 @@ def bearer(headers: dict[bytes, bytes]) -> str | None:
 
 
 def hold_id(value: str) -> str:
+    if value in DOT_IDS:
+        raise validation(f"{value!r} is not an id")
     if _ID.fullmatch(value) is None:
         raise HttpError(e.HOLD_NOT_FOUND, 404, f"hold {value[:80]} not found")
     return value
 
 
 _ID = re.compile(s.ID_PATTERN)
+DOT_IDS = (".", "..")  # path segments, not ids: refused wherever an id is accepted
 SEQ_MAX = 2**63 - 1  # journal sequence numbers are BIGINT: a larger cursor cannot be bound
 
 

@@ -40,7 +40,15 @@ async def create_account(app: BalanceApp, request: Request, _: list[str]) -> Rep
         region, currency = body.region or parent[ACCOUNT_REGION], body.currency or parent[ACCOUNT_CURRENCY]
     check_currency(currency)
     command = c.CreateAccount(
-        "", body.parent_id, body.kind, region, currency, body.name, body.credit_limit, metadata_bytes(body.metadata)
+        "",
+        body.parent_id,
+        body.kind,
+        region,
+        currency,
+        body.name,
+        body.credit_limit,
+        metadata_bytes(body.metadata),
+        body.client_id,
     )
     return await app.service.create_account(command)
 

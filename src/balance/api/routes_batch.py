@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from balance.api import schemas as s
+from balance.api import strict_json
 from balance.api.access import check_command
 from balance.api.answers import HttpError, validation
 from balance.api.commands import batch_command
@@ -20,20 +21,46 @@ if TYPE_CHECKING:
     from balance.api.app import BalanceApp, Request
 
 
+_OUTER = msgspec.json.Decoder(s.BatchBody)
+_OP = msgspec.json.Decoder(s.BatchOp)
+
+
+def _operations(raw_body: bytes) -> tuple[list[bytes], set[int]]:
+    """The operations of a batch body, each as its own bytes (checked one by one, so that a bad
+    one fails alone), and the indices of those too deep for the decoder (replaced by null)."""
+    too_deep: set[int] = set()
+    try:
+        body = _outer(raw_body)
+    except RecursionError:
+        raw_body, too_deep = strict_json.blank_deep_elements(raw_body)
+        body = _outer(raw_body)
+    elements = [bytes(raw) for raw in body.operations]
+    problem = strict_json.skeleton_problem(raw_body, elements)
+    if problem is not None:
+        raise validation(problem)
+    return elements, too_deep
+
+
+def _outer(raw_body: bytes) -> s.BatchBody:
+    """The batch's own shape (its operations kept as raw bytes: they are checked one by one)."""
+    try:
+        return _OUTER.decode(raw_body)
+    except msgspec.ValidationError as exc:
+        raise validation(str(exc)) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise validation(f"malformed JSON: {exc}") from None
+
+
 async def batch(app: BalanceApp, request: Request, _: list[str]) -> Reply:
-    body: s.BatchBody = decode(request.body, s.BatchBody)
-    decoder = msgspec.json.Decoder(s.BatchOp)
+    elements, too_deep = _operations(request.body)
     results: list[Reply | None] = []
     commands: list[c.Command] = []
     positions: list[int] = []
-    for raw in body.operations:
+    for index, raw in enumerate(elements):
         try:
-            try:
-                op = decoder.decode(raw)
-            except msgspec.ValidationError as exc:
-                raise validation(str(exc)) from None
-            except UnicodeDecodeError as exc:  # msgspec.Raw keeps invalid UTF-8 until decoded
-                raise validation(f"malformed JSON: {exc}") from None
+            if index in too_deep:
+                raise validation(f"JSON nested deeper than {strict_json.DEPTH_MAX} levels")
+            op = decode(raw, s.BatchOp, _OP)
             command = batch_command(op, request.actor)
             check_command(app, request.actor, command)
         except HttpError as exc:
@@ -44,5 +71,9 @@ async def batch(app: BalanceApp, request: Request, _: list[str]) -> Reply:
         commands.append(command)
     for position, reply in zip(positions, await app.service.run_many(commands), strict=True):
         results[position] = reply
-    parts = [b'{"status":%d,"body":%b}' % (r.status, r.body) for r in results if r is not None]
+    parts = [
+        b'{"status":%d,"replayed":%b,"body":%b}' % (r.status, b"true" if r.replayed else b"false", r.body)
+        for r in results
+        if r is not None
+    ]
     return Reply(200, b'{"results":[' + b",".join(parts) + b"]}")

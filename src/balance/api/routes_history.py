@@ -1,4 +1,5 @@
-"""An account's history: its journal rows, newest first, a page at a time (cursor: a journal seq)."""
+"""An account's history: its journal rows, newest first, a page at a time (cursor: a journal seq),
+and one row by its id."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from typing import TYPE_CHECKING
 
 from balance import views
 from balance.api.access import require_account
-from balance.api.answers import json_reply, validation
+from balance.api.answers import HttpError, json_reply, validation
 from balance.api.parsing import SEQ_MAX, int_query, time_query
+from balance.domain import errors as e
 from balance.domain import limits
+from balance.domain.ids import txn_seq
 from balance.domain.model import JOURNAL_SEQ
 from balance.engine.replies import Reply
 
@@ -31,3 +34,17 @@ async def transactions(app: BalanceApp, request: Request, params: list[str]) -> 
     rows = await engine.storage.history(params[0], limit, before_seq, since, until)
     next_cursor = str(rows[-1][JOURNAL_SEQ]) if len(rows) == limit else None
     return json_reply(200, {"data": [views.txn_view(row) for row in rows], "next_cursor": next_cursor})
+
+
+async def transaction(app: BalanceApp, request: Request, params: list[str]) -> Reply:
+    """One row of the account's history. Its id names the seq (``ids.txn_id``): read as the
+    history page that ends at that seq, so no other storage read is needed."""
+    account_id, wanted = params
+    require_account(app, request, account_id)
+    seq = txn_seq(account_id, wanted)
+    engine = app.service.engine_for(account_id)
+    assert engine is not None
+    rows = [] if seq is None or seq > SEQ_MAX - 1 else await engine.storage.history(account_id, 1, seq + 1, None, None)
+    if not rows or rows[0][JOURNAL_SEQ] != seq:
+        raise HttpError(e.TRANSACTION_NOT_FOUND, 404, f"transaction {wanted[:80]} not found on account {account_id}")
+    return json_reply(200, views.txn_view(rows[0]))

@@ -9,7 +9,9 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from balance.domain import limits
 
-ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+# 1 to 64 of these characters, but not "." or ".." (path segments: a URL holding one means
+# something else to every proxy and client library on the way).
+ID_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,64}$"
 
 OpId = Annotated[str, Meta(pattern=ID_PATTERN, description="client-chosen operation id")]
 AccountId = Annotated[str, Meta(pattern=ID_PATTERN)]
@@ -33,6 +35,7 @@ class NewAccount(Struct, forbid_unknown_fields=True):
     credit_limit: CreditLimit = 0
     name: Name = ""
     metadata: Metadata = {}
+    client_id: OpId | None = None  # a retry with the same id and body answers the first creation
 
 
 class NewKey(Struct, forbid_unknown_fields=True):

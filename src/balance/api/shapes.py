@@ -6,7 +6,7 @@ the write path); tests check both against each other.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -46,8 +46,10 @@ class HoldView(msgspec.Struct):
 
 
 class TxnView(msgspec.Struct):
-    id: str
+    id: str  # the row's own id: <REGION>-<shard>-t<seq>
+    operation_id: str  # the client's id of the operation
     kind: str
+    direction: Literal["debit", "credit"]  # from account_id's point of view
     account_id: str
     counterparty_account_id: str | None
     amount: int

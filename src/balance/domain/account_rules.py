@@ -14,13 +14,17 @@ from balance.domain import authority as a
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
+from balance.domain.ids import ACCOUNT_OP_KIND, op_key_of
 from balance.domain.model import (
     KIND_FUNDING,
     KIND_SETTLEMENT,
+    OPEN,
+    REGIONS,
     STATUS_ACTIVE,
     STATUS_CLOSED,
     STATUS_FROZEN,
     Account,
+    Entry,
     Event,
     principal,
 )
@@ -31,6 +35,15 @@ if TYPE_CHECKING:
 
 
 def create_account(ledger: Ledger, cmd: c.CreateAccount, now: int) -> Outcome:
+    key = fingerprint = None
+    if cmd.client_id is not None:  # a retry answers the first creation (its id is derived: ``ids``)
+        key, fingerprint = (cmd.account_id, op_key_of(ACCOUNT_OP_KIND, cmd.client_id)), cmd.fingerprint()
+        if (early := ledger.replay(key, fingerprint)) is not None:
+            return early
+        suffix = cmd.account_id.rpartition("-")[2]
+        shard = cmd.account_id.split("-")[1]
+        if cmd.account_id in ledger.accounts or any(f"{r}-{shard}-{suffix}" in ledger.accounts for r in REGIONS):
+            return reject(e.IDEMPOTENCY_CONFLICT, f"account id {cmd.client_id} was already used with a different body")
     if cmd.account_id in ledger.accounts:
         return reject(e.VALIDATION_ERROR, f"account {cmd.account_id} exists")
     if cmd.parent_id is not None:
@@ -51,7 +64,16 @@ def create_account(ledger: Ledger, cmd: c.CreateAccount, now: int) -> Outcome:
     )  # fmt: skip
     ledger.undo_accounts[account.id] = None  # created: its row is written with the batch
     ledger.accounts[account.id] = account
-    return Outcome(201, accounts=(account,))
+    if key is None or fingerprint is None or cmd.client_id is None:
+        return Outcome(201, accounts=(account,))
+    # Under a client id, a journal row keeps the first answer (as a money operation's does); the
+    # history does not list it (``schema.HISTORY_HIDDEN_KINDS``).
+    entry = Entry(
+        ledger.event_seq(), account.id, key[1], OPEN, cmd.client_id, 201, "", fingerprint, 0, account.currency,
+        None, None, 0, 0, account.version, now, "", b"{}",
+    )  # fmt: skip
+    ledger.changes.entries.append(entry)
+    return ledger.accepted(201, key, fingerprint, entry, (account,))
 
 
 def update_account(ledger: Ledger, cmd: c.UpdateAccount, now: int) -> Outcome:

@@ -28,6 +28,14 @@ class CreateAccount:
     name: str
     credit_limit: int
     metadata: bytes
+    client_id: str | None = None  # the client's id of this creation: a retry replays it (``ids.client_account_id``)
+
+    def fingerprint(self) -> int:
+        """The body of the creation (its id is derived from the client id, so not part of it)."""
+        return _fingerprint((
+            "account", self.parent_id, self.kind, self.region, self.currency, self.name, self.credit_limit,
+            self.metadata,
+        ))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,6 @@
-"""Business outcomes (stable codes, values not exceptions) and the invariant breach (an exception)."""
+"""Business outcomes (stable codes, values not exceptions) and the invariant breach (an exception).
+
+Codes only: which HTTP status answers a code is the API's business (``balance.api.statuses``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ FORBIDDEN = "forbidden"
 ACCOUNT_NOT_FOUND = "account_not_found"
 HOLD_NOT_FOUND = "hold_not_found"
 KEY_NOT_FOUND = "key_not_found"
+TRANSACTION_NOT_FOUND = "transaction_not_found"
 CURRENCY_MISMATCH = "currency_mismatch"
 INSUFFICIENT_FUNDS = "insufficient_funds"
 ACCOUNT_INACTIVE = "account_inactive"
@@ -19,23 +22,6 @@ IDEMPOTENCY_CONFLICT = "idempotency_conflict"
 RATE_LIMITED = "rate_limited"
 UNAVAILABLE = "unavailable"
 
-STATUS_BY_CODE = {
-    VALIDATION_ERROR: 422,
-    UNAUTHORIZED: 401,
-    FORBIDDEN: 403,
-    ACCOUNT_NOT_FOUND: 404,
-    HOLD_NOT_FOUND: 404,
-    KEY_NOT_FOUND: 404,
-    CURRENCY_MISMATCH: 422,
-    INSUFFICIENT_FUNDS: 422,
-    ACCOUNT_INACTIVE: 409,
-    HOLD_NOT_PENDING: 409,
-    AMOUNT_EXCEEDS_HOLD: 422,
-    IDEMPOTENCY_CONFLICT: 409,
-    RATE_LIMITED: 429,
-    UNAVAILABLE: 503,
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
@@ -43,10 +29,6 @@ class Rejection:
 
     code: str
     detail: str
-
-    @property
-    def status(self) -> int:
-        return STATUS_BY_CODE[self.code]
 
 
 class InvariantViolation(RuntimeError):

@@ -32,22 +32,25 @@ from balance.domain.holds import (
     placed_hold,
     settlement,
 )
-from balance.domain.ids import op_key_of, system_account_id
+from balance.domain.ids import ACCOUNT_OP_KIND, op_key_of, system_account_id
 from balance.domain.model import (
     ACCOUNT_BALANCE,
     CAPTURE,
+    CREDIT,
+    DEBIT,
     HOLD,
     HOLD_PENDING,
     HOLD_STATUS,
     RELEASE,
     STATUS_ACTIVE,
     STATUS_CLOSED,
+    TRANSFER,
     Account,
     Entry,
     Event,
     Hold,
 )
-from balance.domain.outcomes import Changes, Outcome, Record, reject
+from balance.domain.outcomes import REFUSED, Changes, Outcome, Record, reject
 
 
 class _Frame:
@@ -266,6 +269,13 @@ class Ledger:
             if hold is not None and hold in self._finished:
                 self._finished.move_to_end(hold)  # kept, as records are
             return [key], ([] if hold is not None else [(command.account_id, command.hold_id)])
+        if isinstance(command, c.CreateAccount) and command.client_id is not None:
+            key = (command.account_id, op_key_of(ACCOUNT_OP_KIND, command.client_id))
+            if key in self.records:
+                self._keep_record(key)
+            elif command.account_id in self.accounts:  # created earlier: its first answer is in storage
+                return [key], []
+            return [], []
         if isinstance(command, c.PlaceHold):
             key = (command.account_id, op_key_of(HOLD, command.op_id))
             if key in self.records:
@@ -483,7 +493,7 @@ class Ledger:
             return None
         if record.fingerprint == fingerprint:
             return Outcome(record.status, replay=record)
-        return reject(conflict, f"operation {key[1]} was already made with a different body")
+        return reject(conflict, f"operation id {key[1].partition(':')[2]} was already used with a different body")
 
     def insufficient(
         self,
@@ -502,20 +512,22 @@ class Ledger:
         account: Account, code: str, detail: str, now: int,
     ) -> Outcome:  # fmt: skip
         """A business refusal that is recorded: replaying the id answers the same refusal.
-        Its kind and id are those of the operation key (``op_key_of``)."""
+        Its id is that of the operation key (``op_key_of``), its kind the command's."""
         rejection = e.Rejection(code, detail)
         amount = getattr(cmd, "amount", 0) or 0
         kind, op_id = key[1].split(":", 1)
+        if kind == "op":  # a client operation's key (``op_key_of``) names no kind: the command does
+            kind = _KIND_OF_COMMAND[type(cmd)]
         entry = Entry(
-            self._seq(), account.id, key[1], kind, op_id, rejection.status, code,
+            self._seq(), account.id, key[1], kind, op_id, REFUSED, code,
             fingerprint, amount, account.currency, None, None, account.balance, account.reserved,
             account.version, now, "", b"{}",
         )  # fmt: skip
         self.changes.entries.append(entry)
-        record = Record(fingerprint, rejection.status)
+        record = Record(fingerprint, REFUSED)
         self._remember_record(key, record)
         self._new_records.append(key)
-        return Outcome(rejection.status, rejection=rejection, record=record, entry=entry)
+        return Outcome(REFUSED, rejection=rejection, record=record, entry=entry)
 
     def accepted(
         self, status: int, key: tuple[str, str], fingerprint: int, entry: Entry, accounts: tuple[Account, ...]
@@ -621,6 +633,8 @@ def _explain_account(account: Account) -> None:
         e.require(account.available >= 0, f"account {account.id}: negative available {account.available}")
         e.require(account.reserved == 0 or account.status != STATUS_CLOSED, "closed account with holds")
 
+
+_KIND_OF_COMMAND = {c.Credit: CREDIT, c.Debit: DEBIT, c.Transfer: TRANSFER, c.PlaceHold: HOLD}
 
 _HANDLERS = {
     c.TransferOut: cross_shard.transfer_out,

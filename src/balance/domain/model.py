@@ -34,6 +34,7 @@ HOLD = "hold"
 CAPTURE = "capture"
 RELEASE = "release"
 EXPIRE = "expire"
+OPEN = "open"  # an account created under a client id: its first answer (not listed in the history)
 
 
 _SHARED: dict[object, object] = {}

@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 from balance.domain import errors as e
 from balance.domain.model import Account, Entry, Event, Hold
 
+# The status a refusal carries out of the domain: the engine replaces it with the API's status
+# for the rejection's code (``balance.api.statuses``) before the outcome is answered, recorded or
+# written. Accepted outcomes carry 200, 201 or 202 (the journal lists rows below 300).
+REFUSED = 400
+
 
 class Record:
     """The first outcome of an operation id: what a replay answers."""
@@ -65,5 +70,4 @@ class Changes:
 def reject(code: str, detail: str) -> Outcome:
     """A rejection that is NOT recorded: nothing is journaled, and the same request sent again
     is checked again (``Ledger.refuse_recorded`` is the one a replay answers)."""
-    rejection = e.Rejection(code, detail)
-    return Outcome(rejection.status, rejection=rejection)
+    return Outcome(REFUSED, rejection=e.Rejection(code, detail))

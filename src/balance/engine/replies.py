@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import dataclass
 
 from balance import views
+from balance.api.statuses import status_of
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain.outcomes import Outcome
@@ -76,6 +77,12 @@ def render(command: c.Command, outcome: Outcome) -> Reply:
     if outcome.replay is not None:
         return Reply(outcome.status, outcome.replay.body, True)
     if outcome.rejection is not None:
+        # The domain names the refusal; its status is the API's (recorded with it for replays).
+        outcome.status = status = status_of(outcome.rejection.code)
+        if outcome.record is not None:
+            outcome.record.status = status
+        if outcome.entry is not None:
+            outcome.entry.status = status
         body = views.encode_rejection(outcome.rejection)
     elif isinstance(command, (c.CreateAccount, c.UpdateAccount)):
         body = views.encode_account(outcome.accounts[0])

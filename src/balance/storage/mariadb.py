@@ -151,6 +151,12 @@ class MariaDbShardStorage(MariaDbWrites, MariaDbStatements, MariaDbReads):
                     for table, columns in added.items():  # an earlier version's database
                         for column, ddl in columns.items():
                             await cur.execute(f"ALTER TABLE `{table}` ADD COLUMN IF NOT EXISTS `{column}` {ddl}")
+                    await cur.execute("SELECT 1 FROM meta WHERE name = %s", (schema.OP_KEYS_META_KEY,))
+                    if await cur.fetchone() is None:  # an earlier version's keys (``schema.op_keys_migration_sql``)
+                        await cur.execute("START TRANSACTION")
+                        await cur.execute(schema.op_keys_migration_sql("CONCAT({}, {})"))
+                        await cur.execute("INSERT INTO meta (name, value) VALUES (%s, 1)", (schema.OP_KEYS_META_KEY,))
+                        await cur.execute("COMMIT")
                     # No checkpoint row yet: the holds table is complete (a new or an earlier version's database).
                     # A consistent read, no locks: a branch a crash left prepared may hold some.
                     await cur.execute("SELECT COALESCE(MAX(seq), 0) FROM journal")

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 import asyncmy
 
-from balance.domain.holds import HOLD_JOURNAL_ACCOUNT_ID, HOLD_JOURNAL_HOLD_ID, HOLD_KINDS, hold_from_journal
-from balance.domain.ids import op_key_of
+from balance.domain.holds import HOLD_JOURNAL_ACCOUNT_ID, HOLD_JOURNAL_HOLD_ID, hold_from_journal
+from balance.domain.ids import hold_journal_keys
 from balance.domain.model import ACCOUNT_EXHAUSTED, HOLD_ACCOUNT_ID, HOLD_ID
 from balance.storage import schema
 from balance.storage.base import LoadedShard, Row, StorageError, StoredOperation
@@ -137,7 +137,7 @@ class MariaDbReads:
             for start in range(0, len(hold_keys), _LOOKUP_CHUNK):
                 chunk = list(dict.fromkeys(hold_keys[start : start + _LOOKUP_CHUNK]))
                 # The journal is the record of a hold: its rows rebuild it.
-                wanted = [(a, op_key_of(kind, h)) for a, h in chunk for kind in HOLD_KINDS]
+                wanted = [(a, key) for a, h in chunk for key in hold_journal_keys(h)]
                 sql = (
                     f"SELECT {column_list(schema.HOLD_JOURNAL_COLUMNS)} FROM journal"
                     " WHERE (op_key, account_id) IN (" + ",".join(["(%s,%s)"] * len(wanted)) + ")"

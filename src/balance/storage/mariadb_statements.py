@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import asyncmy
 
+from balance.domain.ids import op_key_of
+from balance.domain.model import TRANSFER
 from balance.storage import schema
 from balance.storage.base import BatchWrite, Row
 from balance.storage.mariadb_driver import column_list
@@ -141,7 +143,7 @@ class MariaDbStatements:
             key = conn.literal(account_id)
             statements.append(
                 f"UPDATE journal SET status = 201, result = {conn.literal(result)}"
-                f" WHERE account_id = {key} AND op_key = {conn.literal(f'transfer:{op_id}')}"
+                f" WHERE account_id = {key} AND op_key = {conn.literal(op_key_of(TRANSFER, op_id))}"
             )
             statements.append(
                 f"DELETE FROM transfers_pending WHERE account_id = {key} AND op_id = {conn.literal(op_id)}"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from balance.domain.holds import HOLD_JOURNAL_FIELDS
+from balance.domain.ids import CLIENT_OP_KINDS, CLIENT_OP_PREFIX
 from balance.domain.ledger import RECOVERY_JOURNAL_FIELDS
-from balance.domain.model import ACCOUNT_FIELDS, HOLD_FIELDS
+from balance.domain.model import ACCOUNT_FIELDS, HOLD_FIELDS, OPEN
 
 ACCOUNT_COLUMNS = ACCOUNT_FIELDS
 HOLD_COLUMNS = HOLD_FIELDS
@@ -38,6 +39,27 @@ CHECKPOINT_SEQ_SQL = f"(SELECT value FROM meta WHERE name = '{CHECKPOINT_META_KE
 # SQLite: the history table holds the journal's pairs up to this seq (filled a slice at a time).
 HISTORY_META_KEY = "history_seq"
 HISTORY_SEQ_SQL = f"(SELECT value FROM meta WHERE name = '{HISTORY_META_KEY}')"  # in SQL
+# The meta row saying the journal's client operation keys are shared per account ("op:<id>",
+# ``balance.domain.ids.op_key_of``); an earlier version's database is migrated once at open.
+OP_KEYS_META_KEY = "op_keys_shared"
+
+
+def op_keys_migration_sql(concat: str) -> str:
+    """An earlier version keyed a client operation by kind (``credit:x``, ``debit:x``...). Each
+    such key becomes ``op:x``, except where one account used ``x`` for several kinds: the first
+    of those (by seq) takes ``op:x`` and replays its first answer; the later ones keep their old
+    key, so their rows stay in the history, and a replay of them answers 409 (the id is taken).
+    ``concat`` joins SQL strings: ``"{} || {}"`` for SQLite, ``"CONCAT({}, {})"`` for MariaDB.
+    (The derived table lets MariaDB read the table it updates.)"""
+    kinds = ",".join(f"'{kind}'" for kind in CLIENT_OP_KINDS)
+    old_key = concat.format(concat.format("kind", "':'"), "op_id")
+    return (
+        f"UPDATE journal SET op_key = {concat.format(repr(CLIENT_OP_PREFIX), 'op_id')} WHERE seq IN ("
+        f"SELECT seq FROM (SELECT MIN(seq) AS seq FROM journal WHERE kind IN ({kinds}) AND op_key = {old_key}"
+        " GROUP BY account_id, op_id) AS firsts)"
+    )
+
+
 OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at")
 KEY_COLUMNS = ("key_hash", "account_id", "created_at", "key_id", "prefix", "scopes", "revoked_at", "client_id")
 TRANSFER_COLUMNS = (
@@ -152,6 +174,12 @@ def recovery_journal_query(placeholder: str) -> str:
     )
 
 
+# An account's creation under a client id keeps its first answer in the journal (a row of kind
+# ``open``); the history lists money, not that row.
+HISTORY_SHOWN = f" AND kind <> '{OPEN}'"
+HISTORY_SHOWN_J = f" AND j.kind <> '{OPEN}'"
+
+
 def history_query(
     placeholder: str,
     account_id: str,
@@ -176,15 +204,15 @@ def history_query(
     values = [value for _, value in wanted]
     columns = ",".join(JOURNAL_COLUMNS)
     if not history_table:
-        sql = f"SELECT {columns} FROM journal WHERE account_id = {p} AND status < 300{where()}"
+        sql = f"SELECT {columns} FROM journal WHERE account_id = {p} AND status < 300{HISTORY_SHOWN}{where()}"
         return sql + f" ORDER BY seq DESC LIMIT {p}", [account_id, *values, int(limit)]
     newer = (
         f"SELECT {columns} FROM journal WHERE seq > {HISTORY_SEQ_SQL}"
-        f" AND account_id = {p} AND status < 300{where()} ORDER BY seq DESC LIMIT {p}"
+        f" AND account_id = {p} AND status < 300{HISTORY_SHOWN}{where()} ORDER BY seq DESC LIMIT {p}"
     )
     older = (
         f"SELECT {','.join('j.' + c for c in JOURNAL_COLUMNS)} FROM history h JOIN journal j ON j.seq = h.seq"
-        f" WHERE h.account_id = {p} AND j.status < 300{where('h.', 'j.')} ORDER BY h.seq DESC LIMIT {p}"
+        f" WHERE h.account_id = {p} AND j.status < 300{HISTORY_SHOWN_J}{where('h.', 'j.')} ORDER BY h.seq DESC LIMIT {p}"
     )
     sql = f"SELECT * FROM ({newer}) UNION ALL SELECT * FROM ({older}) ORDER BY seq DESC LIMIT {p}"
     return sql, [account_id, *values, int(limit), account_id, *values, int(limit), int(limit)]

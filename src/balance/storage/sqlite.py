@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from balance.domain.holds import HOLD_KINDS, hold_from_journal
-from balance.domain.ids import op_key_of
-from balance.domain.model import ACCOUNT_EXHAUSTED
+from balance.domain.holds import hold_from_journal
+from balance.domain.ids import hold_journal_keys, op_key_of
+from balance.domain.model import ACCOUNT_EXHAUSTED, TRANSFER
 from balance.storage import schema
 from balance.storage.base import (
     EARLIER_FAILED,
@@ -62,7 +62,7 @@ def _insert_sql(table: str, columns: tuple[str, ...], rows: int, upsert: bool) -
 
 _HOLD_JOURNAL_BY_KEYS = (
     f"SELECT {','.join(schema.HOLD_JOURNAL_COLUMNS)} FROM journal"
-    " WHERE account_id = ? AND op_key IN (?, ?, ?, ?) AND status < 300 ORDER BY seq"
+    " WHERE account_id = ? AND op_key IN (?, ?, ?, ?, ?) AND status < 300 ORDER BY seq"
 )
 _RECOVERY_JOURNAL_AFTER = schema.recovery_journal_query("?")
 _HISTORY_FILL = schema.history_fill_sql("?", "?")
@@ -172,6 +172,11 @@ class SqliteShardStorage:
                 for column, ddl in columns.items():
                     if column not in have:
                         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {_sqlite_type(ddl)}")
+            if conn.execute("SELECT 1 FROM meta WHERE name = ?", (schema.OP_KEYS_META_KEY,)).fetchone() is None:
+                conn.execute("BEGIN IMMEDIATE")  # an earlier version's keys (``schema.op_keys_migration_sql``)
+                conn.execute(schema.op_keys_migration_sql("{} || {}"))
+                conn.execute("INSERT INTO meta (name, value) VALUES (?, 1)", (schema.OP_KEYS_META_KEY,))
+                conn.execute("COMMIT")
             # No checkpoint row yet: the holds table is complete (a new or an earlier version's database).
             conn.execute(
                 "INSERT OR IGNORE INTO meta (name, value) SELECT ?, COALESCE(MAX(seq), 0) FROM journal",
@@ -323,7 +328,7 @@ class SqliteShardStorage:
         for result, account_id, op_id in batch.transfers_completed:
             conn.execute(
                 "UPDATE journal SET status = 201, result = ? WHERE account_id = ? AND op_key = ?",
-                (result, account_id, f"transfer:{op_id}"),
+                (result, account_id, op_key_of(TRANSFER, op_id)),
             )
             conn.execute("DELETE FROM transfers_pending WHERE account_id = ? AND op_id = ?", (account_id, op_id))
 
@@ -426,7 +431,7 @@ class SqliteShardStorage:
                     operations.append(StoredOperation(account_id, op_key, row[0], row[1], row[2]))
             holds = []
             for account_id, hold_id in hold_keys:
-                keys = [op_key_of(kind, hold_id) for kind in HOLD_KINDS]
+                keys = hold_journal_keys(hold_id)
                 rows = conn.execute(_HOLD_JOURNAL_BY_KEYS, (account_id, *keys)).fetchall()
                 hold = hold_from_journal(rows)
                 if hold is None:  # a hold of an earlier version's journal: its row is in the table
