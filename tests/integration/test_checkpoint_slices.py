@@ -107,5 +107,5 @@ async def test_sqlite_history_is_filled_in_slices_and_reads_stay_whole(tmp_path:
     filled = storage._history_seq
     assert 0 < filled < await storage.max_seq()  # some in the table, the newest still only in the journal
     history = await storage.history(ACCOUNTS[0], 1000, None, None, None)
-    assert [row[2] for row in history] == [f"credit:c{k}" for k in reversed(range(60))]
+    assert [row[2] for row in history] == [f"op:c{k}" for k in reversed(range(60))]
     await engine.stop()
