@@ -21,11 +21,11 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncmy
 import pytest
 
+from balance.storage.mariadb_url import connect_kwargs, redacted
 from ci import skip_or_fail
 
 MYSQL_URL_ENV = "BALANCE_TEST_MYSQL_URL"
@@ -40,14 +40,7 @@ def mysql_url() -> str:
 
 def mysql_connect_kwargs(url: str) -> dict[str, object]:
     """asyncmy.connect() arguments for the server of ``url`` (no database selected)."""
-    parts = urlsplit(url)
-    return dict(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 3306,
-        user=parts.username or "root",
-        password=parts.password or "",
-        connect_timeout=3,
-    )
+    return {**connect_kwargs(url), "connect_timeout": 3}
 
 
 async def mariadb_unreachable_reason(url: str) -> str | None:
@@ -71,7 +64,7 @@ async def require_mariadb(url: str | None = None) -> str:
     url = url or mysql_url()
     reason = await mariadb_unreachable_reason(url)
     if reason is not None:
-        shown = urlsplit(url)._replace(netloc=urlsplit(url).netloc.rpartition("@")[2]).geturl()
+        shown = redacted(url)
         message = f"MariaDB not reachable at {shown} ({reason}); start it or set {MYSQL_URL_ENV}"
         skip_or_fail(message)
     return url

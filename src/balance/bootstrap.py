@@ -12,9 +12,11 @@ from balance.engine.clock import Clock, system_clock
 from balance.engine.recovery import Backoff
 from balance.engine.runtime import tune_runtime
 from balance.engine.shard import ShardEngine
+from balance.keys import admin_key_hash
 from balance.metrics import Metrics
 from balance.service import BalanceService
 from balance.storage.base import ShardStorage
+from balance.storage.mariadb_url import is_mariadb_url
 
 log = logging.getLogger("balance")
 
@@ -25,7 +27,7 @@ def shard_storage(settings: Settings, shard: int) -> ShardStorage:
         from balance.storage.sqlite import SqliteShardStorage
 
         return SqliteShardStorage(settings.data_dir / f"shard-{shard}.db")
-    if settings.db_url.startswith(("mysql://", "mariadb://")):
+    if is_mariadb_url(settings.db_url):
         from balance.storage.mariadb import from_url
 
         return from_url(settings.db_url, shard)
@@ -64,7 +66,10 @@ def build_service(
         )  # fmt: skip
         for shard in range(settings.shards)
     ]
-    return BalanceService(engines, settings.admin_key)
+    if not settings.admin_key_generated:
+        return BalanceService(engines, settings.admin_key)
+    admin_hash, _ = admin_key_hash(settings.admin_key, True, settings.data_dir)  # kept across restarts
+    return BalanceService(engines, settings.admin_key, admin_key_hash=admin_hash)
 
 
 def build_app(settings: Settings) -> BalanceApp:

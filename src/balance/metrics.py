@@ -54,3 +54,9 @@ class Metrics:
             ["shard", "phase"], registry=r,
         )  # fmt: skip
         self.ready = Gauge("balance_shard_ready", "1 when the shard has recovered and serves", ["shard"], registry=r)
+        self.http_refusals = Counter(
+            "balance_http_refusals",
+            "Requests and connections the HTTP server refused before the API saw them, by reason",
+            ["reason"],
+            registry=r,
+        )

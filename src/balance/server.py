@@ -1,16 +1,26 @@
 """`balance-service run`: the API on the built-in HTTP/1.1 server (or uvicorn), engines in process.
 
 Start: listen at once (``/healthz`` answers, ``/readyz`` and the API say 503 while the shards
-recover). Stop (SIGTERM, SIGINT): stop reading requests, answer those in flight, then stop the
-engines (which write a last checkpoint).
+recover); an address that cannot be bound is ``StartError`` (the command line prints one
+line and exits 1). Stop (SIGTERM, SIGINT): stop reading requests, answer those in flight, then
+stop the engines (which write a last checkpoint), and log one line saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
+import time
 
 from balance.config import Settings
+
+log = logging.getLogger("balance.server")
+
+
+class StartError(Exception):
+    """The server could not start (e.g. its port is in use): one line for the operator."""
 
 
 def run(settings: Settings) -> None:
@@ -34,21 +44,37 @@ def _run_uvicorn(settings: Settings) -> None:
 
 
 async def serve(settings: Settings) -> None:
+    from balance.api.admission import HttpLimits, raise_file_limit
     from balance.api.http1 import HttpServer
     from balance.bootstrap import build_app
 
+    try:
+        limits = HttpLimits.from_env()
+    except ValueError as exc:
+        raise StartError(str(exc)) from None
+    raise_file_limit()
     app = build_app(settings)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    signals: list[str] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    http = HttpServer(app.serve)
-    await http.listen(settings.host, settings.port)
+        loop.add_signal_handler(sig, lambda name=sig.name: (signals.append(name), stopping.set()))
+    refusals = app.metrics.http_refusals
+    http = HttpServer(app.serve, admission=app.admission(limits), refusals=lambda reason: refusals.labels(reason).inc())
+    try:
+        await http.listen(settings.host, settings.port)
+    except OSError as exc:
+        await app.service.stop()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StartError(f"cannot listen on {settings.host}:{settings.port}: {reason.lower()}") from None
     starting = loop.create_task(app.start_service())  # recovery in the background
     try:
         await stopping.wait()
     finally:
+        began = time.monotonic()
         await http.stop()
         if not starting.done():
             starting.cancel()
         await app.service.stop()
+        cause = signals[0] if signals else "shutdown"
+        log.info("stopped on %s in %.2fs: answers in flight sent, shards checkpointed", cause, time.monotonic() - began)

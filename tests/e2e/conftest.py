@@ -118,8 +118,10 @@ class Api:
         assert response.status_code == 200, response.text
         return response.json()
 
-    async def create_key(self, account_id: str, *, key: str = ADMIN_KEY) -> str:
-        response = await self.post(f"/v1/accounts/{account_id}/keys", key=key)
+    async def create_key(self, account_id: str, *, key: str = ADMIN_KEY, scopes: list[str] | None = None) -> str:
+        """A new key (scopes: the default, read and move, unless given)."""
+        response = await self.post(f"/v1/accounts/{account_id}/keys", None if scopes is None else {"scopes": scopes},
+                                   key=key)  # fmt: skip
         assert response.status_code == 201, response.text
         assert response.json()["account_id"] == account_id
         return response.json()["key"]
@@ -267,7 +269,7 @@ def make_api(tmp_path: Path) -> MakeApi:
                 async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
                     yield Api(client, service, app)
             else:  # the built-in HTTP/1.1 server on a real socket
-                server = HttpServer(app.serve)
+                server = HttpServer(app.serve, admission=app.admission())
                 port = await server.listen("127.0.0.1", 0)
                 try:
                     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:

@@ -36,11 +36,12 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncmy
 import httpx
 import pytest
+
+from balance.storage.mariadb_url import connect_kwargs, parse_server, with_database
 
 ADMIN_KEY = "adm_crash_" + uuid.uuid4().hex
 SHARDS = 2
@@ -608,11 +609,7 @@ async def audit(base_url: str, tree: Tree, ops: list[Op]) -> list[str]:
 
 async def drop_databases(url: str, name: str) -> None:
     """Drop every ``<name>_s<N>`` database."""
-    parts = urlsplit(url)
-    conn = await asyncmy.connect(
-        host=parts.hostname or "127.0.0.1", port=parts.port or 3306, user=parts.username or "root",
-        password=parts.password or "", connect_timeout=5,
-    )  # fmt: skip
+    conn = await asyncmy.connect(**connect_kwargs(url), connect_timeout=5)
     try:
         async with conn.cursor() as cur:
             await cur.execute("SHOW DATABASES LIKE %s", (name.replace("_", "\\_") + "\\_s%",))
@@ -638,9 +635,8 @@ async def test_sigkill_under_load_loses_nothing_and_half_applies_nothing(
     url = database = None
     if backend == "mariadb":
         url = await mariadb_required()
-        parts = urlsplit(url)
-        database = f"{parts.path.lstrip('/') or 'balance_test'}_crash_{uuid.uuid4().hex[:8]}"
-        env["BALANCE_DB_URL"] = parts._replace(path=f"/{database}").geturl()
+        database = f"{parse_server(url).database or 'balance_test'}_crash_{uuid.uuid4().hex[:8]}"
+        env["BALANCE_DB_URL"] = with_database(url, database)
     seed = int(os.environ.get(SEED_ENV) or random.randrange(2**32))
     print(f"{SEED_ENV}={seed}")  # shown with every failure (captured output)
     rng = random.Random(seed)

@@ -9,6 +9,7 @@ back-pressure, and a graceful stop that answers what is in flight; on asyncio's 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,8 +19,9 @@ import pytest
 import uvloop
 
 from balance import bootstrap
+from balance.api.admission import HttpLimits
 from balance.api.app import BalanceApp
-from balance.api.http1 import HEAD_BYTES_MAX, PIPELINE_MAX, HttpServer
+from balance.api.http1 import HEAD_BYTES_MAX, PIPELINE_MAX, HttpProtocol, HttpServer
 from balance.config import Settings
 from balance.metrics import Metrics
 
@@ -41,7 +43,7 @@ async def _serve(tmp_path: Path, **server_options: Any) -> AsyncIterator[Served]
     service = bootstrap.build_service(settings, metrics=metrics)
     await service.start()
     app = BalanceApp(service, metrics, start_service=False)
-    server = HttpServer(app.serve, **server_options)
+    server = HttpServer(app.serve, admission=app.admission(), **server_options)
     port = await server.listen("127.0.0.1", 0)
     try:
         yield Served(server, port, app)
@@ -234,15 +236,21 @@ async def test_percent_encoded_path_is_decoded(served: Served) -> None:
 
 
 @served_test(body_bytes_max=1_000)
-async def test_body_over_the_limit_is_refused_and_changes_nothing(served: Served) -> None:
+async def test_body_over_the_limit_is_refused_before_it_is_read_and_changes_nothing(served: Served) -> None:
     account = await funded_account(served)
     reader, writer = await served.connect()
     raw = json.dumps({"id": "big", "amount": 1, "description": "x" * 2_000}).encode()
-    writer.write(post_head(f"/v1/accounts/{account}/credits", b"Content-Length: %d\r\n" % len(raw)) + raw)
+    # Expect: 100-continue, so the refusal must come from the head alone, before the body is sent.
+    writer.write(
+        post_head(f"/v1/accounts/{account}/credits", b"Expect: 100-continue\r\nContent-Length: %d\r\n" % len(raw))
+    )
     status, headers, body = await read_response(reader)
-    assert status == 422 and headers["content-type"] == "application/problem+json"
-    assert "body larger than" in json.loads(body)["detail"]
-    writer.write(get(f"/v1/accounts/{account}"))  # the connection is still usable
+    assert (status, headers["content-type"], headers["connection"]) == (413, "application/problem+json", "close")
+    assert json.loads(body)["code"] == "payload_too_large"
+    assert await closed_by_server(reader)
+    writer.close()
+    reader, writer = await served.connect()
+    writer.write(get(f"/v1/accounts/{account}"))
     status, _, body = await read_response(reader)
     assert (status, json.loads(body)["balance"]) == (200, 1_000)
     writer.close()
@@ -306,9 +314,10 @@ async def test_idle_connection_is_closed_after_the_timeout(served: Served) -> No
 @served_test(idle_timeout_s=0.3)
 async def test_a_request_that_stops_arriving_is_closed_after_the_timeout(served: Served) -> None:
     reader, writer = await served.connect()
-    writer.write(b"POST /v1/accounts HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")  # 99 bytes owed
+    writer.write(post_head("/v1/accounts", b"Content-Length: 100\r\n") + b"{")  # 99 bytes owed
+    status, headers, body = await read_response(reader)
+    assert (status, headers["connection"], json.loads(body)["code"]) == (408, "close", "request_timeout")
     assert await closed_by_server(reader)
-    assert not served.server.connections
     writer.close()
 
 
@@ -337,3 +346,188 @@ async def test_stop_answers_requests_in_flight_and_refuses_new_connections(serve
     state = served.app.service.account_state(account)
     assert state is not None and state[8] == answered  # reserved
     writer.close()
+
+
+# ---- what one client may cost the others (docs/limits.md) -----------------------------------
+
+
+def batch_head(length: int, key: bytes = AUTH, extra: bytes = b"") -> bytes:
+    return b"POST /v1/batch HTTP/1.1\r\nHost: t\r\n%bContent-Length: %d\r\n%b\r\n" % (key, length, extra)
+
+
+@served_test()
+async def test_anonymous_body_is_refused_from_the_head_without_100_continue(served: Served) -> None:
+    reader, writer = await served.connect()
+    writer.write(batch_head(15 * 1024 * 1024, key=b"", extra=b"Expect: 100-continue\r\n"))
+    status, headers, body = await read_response(reader)  # the first thing back is the 401, not 100 Continue
+    assert (status, headers["connection"], json.loads(body)["code"]) == (401, "close", "unauthorized")
+    assert headers["www-authenticate"] == "Bearer"
+    assert await closed_by_server(reader)
+    assert served.server.admission.buffered == 0
+    writer.close()
+
+
+@served_test()
+async def test_a_wrong_key_is_refused_before_the_body(served: Served) -> None:
+    reader, writer = await served.connect()
+    writer.write(batch_head(1_000, key=b"Authorization: Bearer nope\r\n"))
+    status, headers, _ = await read_response(reader)
+    assert (status, headers["connection"]) == (401, "close")
+    writer.close()
+
+
+@served_test(limits=HttpLimits(key_bodies_max=2))
+async def test_a_key_may_have_only_a_few_bodies_arriving(served: Served) -> None:
+    account = await funded_account(served)
+    raw = json.dumps({"operations": [{"op": "credit", "account_id": account, "id": "k1", "amount": 1}]}).encode()
+    slow = [await served.connect() for _ in range(2)]
+    for _, writer in slow:  # the heads and half of each body: two bodies arriving for this key
+        writer.write(batch_head(len(raw)) + raw[:10])
+        await writer.drain()
+    await asyncio.sleep(0.05)
+    reader, writer = await served.connect()
+    writer.write(batch_head(len(raw), extra=b"Expect: 100-continue\r\n"))
+    status, headers, body = await read_response(reader)
+    assert (status, headers["retry-after"], json.loads(body)["code"]) == (503, "1", "unavailable")
+    writer.close()
+    for reader, writer in slow:  # the admitted ones finish and are served
+        writer.write(raw[10:])
+        status, _, body = await read_response(reader)
+        assert status == 200, body
+        writer.close()
+    assert not served.server.admission.arriving and served.server.admission.buffered == 0
+
+
+@served_test(limits=HttpLimits(body_budget_bytes=100_000))
+async def test_bodies_share_one_budget_per_process(served: Served) -> None:
+    first_reader, first = await served.connect()
+    first.write(batch_head(80_000) + b"{")
+    await first.drain()
+    await asyncio.sleep(0.05)
+    assert served.server.admission.buffered == 80_000
+    reader, writer = await served.connect()
+    writer.write(batch_head(30_000))
+    status, headers, _ = await read_response(reader)
+    assert (status, headers["retry-after"], headers["connection"]) == (503, "1", "close")
+    writer.close()
+    first.close()  # a client that leaves mid-body gives its share back at once
+    for _ in range(200):
+        if served.server.admission.buffered == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert served.server.admission.buffered == 0 and not served.server.admission.arriving
+
+
+@served_test(body_bytes_max=1_000)
+async def test_a_chunked_body_over_the_route_limit_is_refused_as_it_arrives(served: Served) -> None:
+    account = await funded_account(served)
+    reader, writer = await served.connect()
+    part = b"x" * 600
+    chunks = b"".join(b"%x\r\n%b\r\n" % (len(part), part) for _ in range(2))
+    writer.write(post_head(f"/v1/accounts/{account}/credits", b"Transfer-Encoding: chunked\r\n") + chunks)
+    status, headers, body = await read_response(reader)
+    assert (status, headers["connection"], json.loads(body)["code"]) == (413, "close", "payload_too_large")
+    assert served.server.admission.buffered == 0
+    writer.close()
+
+
+@served_test()
+async def test_two_authorization_headers_are_a_bad_request(served: Served) -> None:
+    account = await funded_account(served)
+    reader, writer = await served.connect()
+    raw = json.dumps({"id": "two", "amount": 1}).encode()
+    writer.write(
+        post_head(
+            f"/v1/accounts/{account}/credits", b"Authorization: Bearer other\r\nContent-Length: %d\r\n" % len(raw)
+        )
+        + raw
+    )
+    status, headers, body = await read_response(reader)
+    assert (status, headers["connection"]) == (400, "close")
+    assert "Authorization" in json.loads(body)["detail"]
+    assert await closed_by_server(reader)
+    writer.close()
+    reader, writer = await served.connect()
+    writer.write(get(f"/v1/accounts/{account}"))
+    assert json.loads((await read_response(reader))[2])["balance"] == 1_000
+    writer.close()
+
+
+@served_test()
+async def test_upgrade_is_ignored_the_request_answered_then_the_connection_closed(served: Served) -> None:
+    reader, writer = await served.connect()
+    writer.write(get("/healthz", b"Upgrade: websocket\r\nConnection: Upgrade\r\n") + b"\x81\x05hello")
+    status, headers, body = await read_response(reader)
+    assert (status, headers["connection"], json.loads(body)) == (200, "close", {"status": "ok"})
+    assert await closed_by_server(reader)
+    writer.close()
+
+
+@served_test()
+async def test_header_limit_holds_on_the_total_of_many_small_fields_in_one_write(served: Served) -> None:
+    reader, writer = await served.connect()
+    fields = b"".join(b"X-F%d: %b\r\n" % (i, b"v" * 30) for i in range(2 * HEAD_BYTES_MAX // 40))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + fields + b"\r\n")
+    status, headers, _ = await read_response(reader)
+    assert (status, headers["connection"]) == (431, "close")
+    writer.close()
+
+
+@served_test(limits=HttpLimits(head_timeout_s=0.3))
+async def test_a_head_that_trickles_in_meets_its_deadline(served: Served) -> None:
+    reader, writer = await served.connect()
+    head = get("/healthz")
+    answer = asyncio.ensure_future(read_response(reader))
+    for byte in head[:-2]:  # one byte every 50 ms: each would reset an idle timer, never the deadline
+        if answer.done():
+            break
+        writer.write(bytes([byte]))
+        await asyncio.sleep(0.05)
+    status, headers, body = await answer
+    assert (status, headers["connection"], json.loads(body)["code"]) == (408, "close", "request_timeout")
+    writer.close()
+
+
+@served_test(limits=HttpLimits(connections_max=3))
+async def test_connections_beyond_the_cap_are_refused_at_once_and_counted(served: Served) -> None:
+    held = [await served.connect() for _ in range(3)]
+    await asyncio.sleep(0.05)
+    reader, writer = await served.connect()
+    status, headers, body = await read_response(reader)  # without sending anything
+    assert (status, headers["retry-after"], json.loads(body)["code"]) == (503, "1", "unavailable")
+    assert served.server.refused_count == 1
+    writer.close()
+    for held_reader, held_writer in held:  # those within the cap are served
+        held_writer.write(get("/healthz"))
+        assert (await read_response(held_reader))[0] == 200
+        held_writer.close()
+
+
+def _alive(kind: type) -> int:
+    return sum(1 for thing in gc.get_objects() if type(thing) is kind)
+
+
+@served_test()
+async def test_a_closed_connection_is_freed_without_the_cycle_collector(served: Served) -> None:
+    """With the collector off, a connection closed mid-body must be gone (and its body with it):
+    an object kept only by a reference cycle stays in gc.get_objects() until a collection."""
+    before = _alive(HttpProtocol)
+    reader, writer = await served.connect()
+    writer.write(batch_head(4 * 1024 * 1024) + b"x" * (1024 * 1024))
+    await writer.drain()
+    for _ in range(200):
+        if served.server.admission.buffered and served.server.connections:
+            break
+        await asyncio.sleep(0.01)
+    assert _alive(HttpProtocol) == before + 1
+    gc.disable()
+    try:
+        writer.close()
+        for _ in range(300):
+            if not served.server.connections and _alive(HttpProtocol) == before:
+                break
+            await asyncio.sleep(0.01)
+        assert _alive(HttpProtocol) == before, "a closed connection waits for the cycle collector"
+    finally:
+        gc.enable()
+    assert served.server.admission.buffered == 0 and not served.server.admission.arriving

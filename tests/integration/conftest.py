@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncmy
 import pytest
 
 from balance.storage.base import ShardStorage
 from balance.storage.mariadb import MariaDbShardStorage, from_url
+from balance.storage.mariadb_url import connect_kwargs, parse_server, with_database
 from balance.storage.sqlite import SqliteShardStorage
 
 
@@ -36,10 +36,7 @@ class Backend:
 
 
 async def _drop_database(url: str, database: str) -> None:
-    parts = urlsplit(url)
-    conn = await asyncmy.connect(
-        host=parts.hostname, port=parts.port or 3306, user=parts.username or "root", password=parts.password or ""
-    )
+    conn = await asyncmy.connect(**connect_kwargs(url))
     try:
         async with conn.cursor() as cur:
             await cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
@@ -55,9 +52,8 @@ async def _backend(kind: str, tmp_path: Path, mariadb_required: Callable[[], Awa
         database = url = None
     else:
         url = await mariadb_required()
-        parts = urlsplit(url)
-        name = parts.path.lstrip("/") or "balance_test"
-        unique_url = parts._replace(path=f"/{name}_{uuid.uuid4().hex[:10]}").geturl()
+        name = parse_server(url).database or "balance_test"
+        unique_url = with_database(url, f"{name}_{uuid.uuid4().hex[:10]}")
         database = from_url(unique_url, 0).database
         backend = Backend("mariadb", lambda: from_url(unique_url, 0))
     try:

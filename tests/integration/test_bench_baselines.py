@@ -157,9 +157,9 @@ async def test_mariadb_methods_store_values_exactly(method: str) -> None:
         conn = await mysql_connect(parse_mysql_url(url), database)
         try:
             rows = JournalRows(7).take(50)[40:43]  # captures: no column NULL in every row ...
-            rows = [(*row[:19], 1_790_000_000_000_000 + i, f"dest-{i}") for i, row in enumerate(rows)]  # ... these too
+            rows = [(*row[:19], 1_790_000_000_000_000 + i, f"dest-{i}", f"placer-{i}") for i, row in enumerate(rows)]
             nasty = bytes(range(256)) + "é'\"\\\0\x1a".encode()
-            rows[0] = (*rows[0][:16], 'it\'s a \\ "test" é\n\r\x1a\0 ✓', nasty, nasty[::-1], None, None)
+            rows[0] = (*rows[0][:16], 'it\'s a \\ "test" é\n\r\x1a\0 ✓', nasty, nasty[::-1], None, None, None)
             rows.append((rows[1][0] + 100, rows[1][1], None, *rows[1][3:10], None, None, *rows[1][12:]))  # NULLs too
             sender = _MysqlSender(conn, method)
             await sender.send(rows)

@@ -18,11 +18,13 @@ import msgspec
 from prometheus_client import generate_latest
 
 from balance.api import routes_accounts, routes_batch, routes_history, routes_holds, routes_money
+from balance.api.admission import Admission, HttpLimits
 from balance.api.answers import HttpError, json_reply, validation
 from balance.api.body import BODY_BYTES_MAX, read_body
 from balance.api.openapi import openapi_document
 from balance.api.parsing import bearer
 from balance.domain import errors as e
+from balance.domain.authority import NOBODY, Actor
 from balance.engine.replies import RETRY_AFTER_S, Reply
 from balance.metrics import Metrics
 from balance.service import BalanceService
@@ -32,14 +34,31 @@ log = logging.getLogger("balance.api")
 
 JSON = b"application/json"
 PROBLEM = b"application/problem+json"
+UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+_WITH_BODY = ("POST", "PATCH", "PUT")
+# What an API refusal (a problem answered before the engine) counts as in balance_operations.
+_KIND_OF_ROUTE = {
+    "/v1/accounts": "create_account", "/v1/accounts/{id}/keys": "create_key",
+    "/v1/accounts/{id}/credits": "credit", "/v1/accounts/{id}/debits": "debit", "/v1/transfers": "transfer",
+    "/v1/accounts/{id}/holds": "hold", "/v1/accounts/{id}/holds/{hold_id}/capture": "capture",
+    "/v1/accounts/{id}/holds/{hold_id}/release": "release", "/v1/batch": "batch",
+}  # fmt: skip
+
+
+def json_media_type(content_type: bytes) -> bool:
+    """``application/json``, with any parameters (a charset); what a JSON body may be sent as."""
+    if content_type == JSON:
+        return True
+    return content_type.split(b";", 1)[0].strip().lower() == JSON
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "principal")
+    __slots__ = ("method", "path", "query", "headers", "body", "principal", "actor")
 
     def __init__(self, method: str, path: str, query: dict[str, str], headers: dict[bytes, bytes], body: bytes):
         self.method, self.path, self.query, self.headers, self.body = method, path, query, headers, body
         self.principal: str = ""
+        self.actor: Actor = NOBODY
 
 
 Handler = Callable[["BalanceApp", Request, list[str]], Awaitable[Reply]]
@@ -54,6 +73,7 @@ class BalanceApp:
         self._start_service = start_service
         self._startup: asyncio.Task[None] | None = None
         self._openapi = encoder.encode(openapi_document())
+        self._refusals: dict[tuple[str, str], Any] = {}  # (kind, code) -> its bound counter
         self._latency: dict[str, Any] = {}  # route -> its bound histogram (labels() costs a lookup)
         self._routes: dict[int, list[tuple[str, tuple[str, ...], Handler, str]]] = {}
         for method, pattern, handler in self._route_table():
@@ -67,6 +87,8 @@ class BalanceApp:
             ("PATCH", "/v1/accounts/{id}", routes_accounts.patch_account),
             ("GET", "/v1/accounts/{id}/children", routes_accounts.children),
             ("POST", "/v1/accounts/{id}/keys", routes_accounts.create_key),
+            ("GET", "/v1/accounts/{id}/keys", routes_accounts.list_keys),
+            ("DELETE", "/v1/accounts/{id}/keys/{key_id}", routes_accounts.revoke_key),
             ("POST", "/v1/accounts/{id}/credits", routes_money.credit),
             ("POST", "/v1/accounts/{id}/debits", routes_money.debit),
             ("POST", "/v1/accounts/{id}/holds", routes_holds.hold),
@@ -77,6 +99,18 @@ class BalanceApp:
             ("POST", "/v1/transfers", routes_money.transfer),
             ("POST", "/v1/batch", routes_batch.batch),
         ]
+
+    def admission(self, limits: HttpLimits | None = None) -> Admission:
+        """What the built-in server asks before it reads a body: the key, and readiness."""
+        service = self.service
+
+        def principal(headers: dict[bytes, bytes]) -> str | None:
+            return service.principal(bearer(headers))
+
+        def ready() -> bool:
+            return bool(service.ready)
+
+        return Admission(limits or HttpLimits(), principal, ready)
 
     # ---- ASGI ----------------------------------------------------------------------------
 
@@ -184,17 +218,31 @@ class BalanceApp:
         try:
             if not self.service.ready:  # first: partner keys are only known once recovery has loaded them
                 raise HttpError(e.UNAVAILABLE, 503, "the service is recovering; retry shortly")
-            principal = self.service.principal(bearer(headers))
-            if principal is None:
-                raise HttpError(e.UNAUTHORIZED, 401, "missing or unknown API key")
+            actor = self.service.actor(bearer(headers))
+            if actor is None:  # also a revoked key, or one of a closed account
+                raise HttpError(e.UNAUTHORIZED, 401, "missing, unknown or revoked API key")
             if body is None:
                 raise validation(f"body larger than {BODY_BYTES_MAX} bytes")
-            request.principal = principal
+            content_type = headers.get(b"content-type")
+            if content_type is not None and method in _WITH_BODY and not json_media_type(content_type):
+                shown = content_type[:80].decode("latin-1")
+                raise HttpError(UNSUPPORTED_MEDIA_TYPE, 415, f"Content-Type {shown} is not application/json")
+            request.principal, request.actor = actor.principal, actor
             reply = await handler(self, request, params)
         except HttpError as exc:
             reply = Reply(exc.status, problem(exc.code, exc.status, exc.detail))
+            self._count_refusal(pattern, exc.code)
         extra = [(b"www-authenticate", b"Bearer")] if reply.status == 401 else []
         return pattern, reply, extra
+
+    def _count_refusal(self, pattern: str, code: str) -> None:
+        """A refusal answered here, before the engine (a malformed body, a key, a media type),
+        counted as the engine counts its own: balance_operations{kind, outcome}."""
+        key = (_KIND_OF_ROUTE.get(pattern, "read"), code)
+        counter = self._refusals.get(key)
+        if counter is None:
+            counter = self._refusals[key] = self.metrics.operations.labels(*key)
+        counter.inc()
 
     def _match(self, method: str, parts: list[str]) -> tuple[Handler | None, str, list[str]]:
         allowed = ""

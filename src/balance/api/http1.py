@@ -5,17 +5,23 @@ message dicts and receive/send coroutines; on a single operation that was a quar
 service's CPU (BENCHMARKS.md: 1.12-1.33× the requests per second with this server, at less
 CPU). Here a request goes from the parser's callbacks to ``BalanceApp.serve`` and its answer
 into one ``write``. Parsing (request line, headers, chunked bodies) is llhttp's; this module
-does connection handling: keep-alive with an idle timeout (which also ends a request that
-stops arriving), pipelined requests answered in order, ``Expect: 100-continue``, the body
-size limit, a header size limit (431), back-pressure on a client that does not read, 400 on
-a malformed request, a lingering close (the last answer is not lost to a reset), and a
-graceful stop. ``BALANCE_HTTP_SERVER=uvicorn`` serves the same app through uvicorn instead
-(``balance.asgi:app`` for any ASGI server).
+does connection handling: keep-alive, pipelined requests answered in order, back-pressure on
+a client that does not read, 400 on a malformed request, a lingering close (the last answer
+is not lost to a reset), and a graceful stop. And what a server on a payment path owes its
+other clients (docs/limits.md): a body is admitted from the head before it is read (key,
+size for its route, the process's budget: ``admission.py``), ``Expect: 100-continue`` only
+then; a deadline for a whole head and a whole body (408), not an idle timer that each byte
+resets; a cap on open connections (beyond it: 503 at once); the header size limit on the
+total (431); two ``Authorization`` headers are 400; ``Upgrade`` is ignored (the request is
+answered as HTTP/1.1, then the connection closed); a closed connection frees its buffers at
+once (no reference cycle left for the collector). ``BALANCE_HTTP_SERVER=uvicorn`` serves the
+same app through uvicorn instead (``balance.asgi:app`` for any ASGI server).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -26,25 +32,28 @@ from urllib.parse import unquote
 
 import httptools
 
-from balance.api.body import BODY_BYTES_MAX
+from balance.api.admission import RETRY_AFTER, Admission, HttpLimits, Refused
 from balance.views import problem
 
 log = logging.getLogger("balance.http")
 
 Headers = list[tuple[bytes, bytes]]
 Serve = Callable[[str, str, bytes, dict[bytes, bytes], "bytes | None"], Awaitable[tuple[int, Headers, bytes]]]
+Refusals = Callable[[str], None]  # counts a refusal by reason (metrics)
 
 PIPELINE_MAX = 64  # requests read ahead on one connection before it stops reading
 LINGER_S = 2.0  # how long a closing connection waits for the client to close its side
-HEAD_BYTES_MAX = 64 * 1024  # request line and headers; more is refused (431), not buffered on
+HEAD_BYTES_MAX = 64 * 1024  # request line and headers, in total; more is refused (431), not buffered on
 IDLE_TIMEOUT_S = 75.0  # a keep-alive connection with nothing to do is closed after this (as nginx)
 _REASONS = {
     100: b"Continue", 200: b"OK", 201: b"Created", 400: b"Bad Request", 401: b"Unauthorized",
-    403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed", 409: b"Conflict",
-    413: b"Content Too Large", 431: b"Request Header Fields Too Large", 422: b"Unprocessable Content", 429: b"Too Many Requests",
-    500: b"Internal Server Error", 503: b"Service Unavailable",
+    403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict",
+    413: b"Content Too Large", 415: b"Unsupported Media Type", 431: b"Request Header Fields Too Large",
+    422: b"Unprocessable Content", 429: b"Too Many Requests", 500: b"Internal Server Error",
+    503: b"Service Unavailable",
 }  # fmt: skip
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_FOREVER = float("inf")
 
 
 class _Date:
@@ -81,13 +90,25 @@ def response(status: int, headers: Headers, body: bytes, *, keep_alive: bool = T
     return b"".join(parts)
 
 
-def _bad_request(detail: str, status: int = 400) -> bytes:
-    body = problem("bad_request", status, detail)
-    return response(status, [(b"content-type", b"application/problem+json")], body, keep_alive=False)
+def refusal(status: int, code: str, detail: str) -> bytes:
+    """A problem+json answer after which the connection closes (Retry-After on a 503)."""
+    headers: Headers = [(b"content-type", b"application/problem+json")]
+    if status == 503:
+        headers.append((b"retry-after", RETRY_AFTER))
+    elif status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    return response(status, headers, problem(code, status, detail), keep_alive=False)
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing; the protocol's ``_refused`` says why."""
 
 
 class _Request:
-    __slots__ = ("method", "path", "query", "headers", "chunks", "size", "keep_alive", "answer")
+    __slots__ = (
+        "method", "path", "query", "headers", "chunks", "size", "keep_alive", "answer",
+        "principal", "charged", "chunked", "limit",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.method = ""
@@ -98,6 +119,10 @@ class _Request:
         self.size = 0
         self.keep_alive = True
         self.answer: bytes | None = None
+        self.principal: str | None = None  # set while an admitted body is arriving
+        self.charged = 0  # bytes charged to the process's body budget, released once answered
+        self.chunked = False
+        self.limit = 0
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -107,50 +132,78 @@ class HttpProtocol(asyncio.Protocol):
         self._serve = serve
         self._server = server
         self._loop = server.loop
-        self._body_max = server.body_bytes_max
-        self._parser = httptools.HttpRequestParser(self)
+        self._admission = server.admission
+        self._parser: Any = httptools.HttpRequestParser(self)  # None once closed (breaks the cycle)
         self._transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
         self._current: _Request | None = None
         self._url = b""
         self._in_head = False  # between a request's first byte and the end of its headers
-        self._head_bytes = 0  # bytes read into that head, counted per read (bounded, not exact)
+        self._head_bytes = 0  # the head's bytes parsed so far (request line, header fields)
+        self._pending_bytes = 0  # bytes read into a head field llhttp has not handed over yet
         self._queue: deque[_Request] = deque()  # requests not answered yet, in arrival order
         self._paused_pipeline = False  # reading paused: too many requests ahead
         self._paused_writes = False  # reading paused: the client does not read our answers
         self._closed = False
         self._reading_stopped = False  # the server is stopping: no more reads
-        self._discarding = False  # a malformed request: what follows is read and dropped until the close
-        self.active_at = self._loop.time()  # the last bytes read or answer written
+        self._discarding = False  # a refused request: what follows is read and dropped until the close
+        self._refused: tuple[int, str, str, str] | None = None  # why a callback stopped the parser
+        self._expired = False  # past its deadline: closed without lingering
+        self.deadline = self._loop.time() + server.limits.idle_timeout_s  # see HttpServer._sweep
 
     # ---- asyncio -------------------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
-        self._server.connections.add(self)
+        server = self._server
+        if len(server.connections) >= server.connections_cap:
+            # Refused at once, with an answer: a client left waiting in the backlog learns nothing.
+            self._closed = self._discarding = True
+            self._parser = None
+            transport.write(server.busy_answer)
+            transport.close()
+            server.refused("connections")
+            return
+        server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Requests already handed to the engine still complete (committed or not, as with any
-        # client that hangs up); only their answers have nowhere to go.
+        # client that hangs up); only their answers have nowhere to go. What this connection
+        # buffered is freed now: the parser refers back to this protocol, and with the raised
+        # collector thresholds that cycle (and a body in it) would wait long to be collected.
         self._closed = True
         self._server.connections.discard(self)
+        request = self._current
+        if request is not None:
+            self._current = None
+            self._settle(request)
+        self._parser = None
+        self._transport = None
 
     def data_received(self, data: bytes) -> None:
         if self._reading_stopped or self._discarding:
             return
-        self.active_at = self._loop.time()
         in_head = self._in_head
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            refused = self._refused
+            if refused is None:  # a bug in a callback
+                log.exception("HTTP parser callback failed")
+                self._reject(500, "internal_error", "internal error", "error")
+            else:
+                self._reject(*refused)
+            return
         except httptools.HttpParserUpgrade:
-            self._reject("protocol upgrades are not supported")
+            self._upgrade()
             return
         except httptools.HttpParserError as exc:
-            self._reject(f"malformed HTTP request: {str(exc)[:100]}")
+            self._reject(400, "bad_request", f"malformed HTTP request: {str(exc)[:100]}", "malformed")
             return
-        if in_head and self._in_head:  # the whole read went into one head that is still not complete
-            self._head_bytes += len(data)
-            if self._head_bytes > HEAD_BYTES_MAX:
-                self._reject(f"request line and headers larger than {HEAD_BYTES_MAX} bytes", 431)
+        if self._in_head:  # a head field still arriving: llhttp holds its bytes until it ends
+            if in_head:
+                self._pending_bytes += len(data)
+            if self._head_bytes + self._pending_bytes > HEAD_BYTES_MAX:
+                self._reject(431, "bad_request", f"request line and headers larger than {HEAD_BYTES_MAX} bytes", "head")
 
     def pause_writing(self) -> None:
         self._paused_writes = True
@@ -162,43 +215,91 @@ class HttpProtocol(asyncio.Protocol):
 
     # ---- llhttp callbacks ----------------------------------------------------------------
 
+    def _stop(self, status: int, code: str, detail: str, reason: str) -> None:
+        self._refused = (status, code, detail, reason)
+        raise _Stop(detail)
+
     def on_message_begin(self) -> None:
         self._current = _Request()
         self._url = b""
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._head_bytes, self._pending_bytes = True, 0, 0
+        # A deadline for the whole head, set once: bytes that trickle in do not extend it.
+        self.deadline = self._loop.time() + self._server.limits.head_timeout_s
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_bytes += len(url)
+        self._pending_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._current.headers[name.lower()] = value  # type: ignore[union-attr]
+        headers = self._current.headers  # type: ignore[union-attr]
+        key = name.lower()
+        if key in headers and key == b"authorization":
+            self._stop(400, "bad_request", "more than one Authorization header", "malformed")
+        headers[key] = value
+        self._head_bytes += len(name) + len(value) + 4
+        self._pending_bytes = 0
+        if self._head_bytes > HEAD_BYTES_MAX:
+            self._stop(431, "bad_request", f"request line and headers larger than {HEAD_BYTES_MAX} bytes", "head")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         request = self._current
         assert request is not None
-        request.method = self._parser.get_method().decode("ascii")
-        request.keep_alive = self._parser.should_keep_alive()
+        parser = self._parser
+        request.method = parser.get_method().decode("ascii")
+        request.keep_alive = parser.should_keep_alive()
         url = self._url
         mark = url.find(b"?")
         raw_path = url if mark < 0 else url[:mark]
         if mark >= 0:
             request.query = url[mark + 1 :]
         request.path = raw_path.decode("latin-1") if b"%" not in raw_path else unquote(raw_path.decode("ascii"))
-        if request.headers.get(b"expect", b"").lower() == b"100-continue" and self._transport is not None:
+        headers = request.headers
+        length_header = headers.get(b"content-length")
+        if length_header is not None:
+            length = int(length_header)  # llhttp has checked it is a number
+            if length == 0:
+                return
+        elif b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+            length = -1
+            request.chunked = True
+        else:
+            return  # no body
+        # A body is announced: admit it from the head, or refuse it before reading a byte.
+        admission = self._admission
+        try:
+            request.principal = admission.begin(request.path, headers, length)
+        except Refused as refused:
+            self._stop(refused.status, refused.code, refused.detail, refused.code)
+        request.charged = length if length > 0 else 0
+        request.limit = admission.limit_of(request.path)
+        self.deadline = self._loop.time() + self._server.limits.body_timeout_s
+        if headers.get(b"expect", b"").lower() == b"100-continue" and self._transport is not None:
             self._transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         request = self._current
         assert request is not None
         request.size += len(body)
-        if request.size <= self._body_max:  # a larger body is read to its end and dropped: 422
-            request.chunks.append(body)
+        if request.chunked:  # no length announced: charged, and held to the route's limit, as it arrives
+            if request.size > request.limit:
+                self._stop(413, "payload_too_large", f"body larger than {request.limit} bytes", "payload_too_large")
+            if not self._admission.grow(len(body)):
+                self._stop(
+                    503, "unavailable", "the server holds as many bodies as it may; retry shortly", "unavailable"
+                )
+            request.charged += len(body)
+        request.chunks.append(body)
 
     def on_message_complete(self) -> None:
         request = self._current
         assert request is not None
         self._current = None
+        if request.principal is not None:
+            self._admission.end_arrival(request.principal)
+            request.principal = None
+        self.deadline = _FOREVER  # answering: the idle timer starts when the answers are out
         self._queue.append(request)
         task = self._loop.create_task(self._answer(request))
         tasks = self._server.tasks  # held until done: the loop keeps only weak references to tasks
@@ -211,12 +312,9 @@ class HttpProtocol(asyncio.Protocol):
     # ---- answering -----------------------------------------------------------------------
 
     async def _answer(self, request: _Request) -> None:
-        if request.size > self._body_max:
-            body: bytes | None = None  # the app answers 422 for it
-        elif len(request.chunks) == 1:
-            body = request.chunks[0]
-        else:
-            body = b"".join(request.chunks)
+        chunks = request.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        request.chunks = []
         try:
             status, headers, payload = await self._serve(
                 request.method, request.path, request.query, request.headers, body
@@ -228,7 +326,22 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("unhandled error")
             request.answer = response(500, [(b"content-type", b"text/plain")], b"internal error", keep_alive=False)
             request.keep_alive = False
+        finally:
+            if request.charged:
+                self._admission.release(request.charged)
+                request.charged = 0
         self._flush()
+
+    def _settle(self, request: _Request) -> None:
+        """Give back what a request that will never be answered holds: its place among the
+        key's arriving bodies, its bytes of the budget, its chunks."""
+        if request.principal is not None:
+            self._admission.end_arrival(request.principal)
+            request.principal = None
+        if request.charged:
+            self._admission.release(request.charged)
+            request.charged = 0
+        request.chunks = []
 
     def _flush(self) -> None:
         """Write the answers that are ready, in request order (pipelining)."""
@@ -246,11 +359,16 @@ class HttpProtocol(asyncio.Protocol):
         if not parts:
             return
         transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
-        self.active_at = self._loop.time()
         if close:
             self._closed = True
-            self._linger(transport)
-        elif self._paused_pipeline and len(queue) <= PIPELINE_MAX // 2:
+            if self._expired:  # nothing more is arriving to be reset by: free the descriptor now
+                transport.close()
+            else:
+                self._linger(transport)
+            return
+        if not queue and self._current is None:  # nothing owed, nothing arriving: idle from now
+            self.deadline = self._loop.time() + self._server.limits.idle_timeout_s
+        if self._paused_pipeline and len(queue) <= PIPELINE_MAX // 2:
             self._paused_pipeline = False
             self._update_reading()
 
@@ -276,22 +394,51 @@ class HttpProtocol(asyncio.Protocol):
         else:
             transport.resume_reading()
 
-    def _reject(self, detail: str, status: int = 400) -> None:
-        """A malformed request: 400 (431 for oversized headers) after the answers owed before it, then close."""
+    def _reject(self, status: int, code: str, detail: str, reason: str) -> None:
+        """A refused request: its answer after the answers owed before it, then close."""
         if self._closed or self._transport is None:
             return
+        self._server.refused(reason)
         self._discarding = True
+        self._in_head = False
+        current = self._current
+        if current is not None:  # what it was allowed to buffer is freed now, not at the close
+            self._current = None
+            self._settle(current)
         request = _Request()
         request.keep_alive = False
-        request.answer = _bad_request(detail, status)
+        request.answer = refusal(status, code, detail)
         self._queue.append(request)
         self._flush()
+
+    def _upgrade(self) -> None:
+        """``Upgrade`` is not served: the request was answered as plain HTTP/1.1 (llhttp completed
+        it); what follows it is another protocol, so the connection closes after that answer."""
+        self._discarding = True
+        queue = self._queue
+        if queue and queue[-1].answer is None:
+            queue[-1].keep_alive = False
+        else:
+            self._reject(400, "bad_request", "protocol upgrades are not supported", "malformed")
 
     # ---- the server's housekeeping -------------------------------------------------------
 
     @property
     def answering(self) -> bool:
         return bool(self._queue)
+
+    def expire(self) -> None:
+        """Past the deadline: a request that did not arrive in time gets 408; an idle connection closes."""
+        if self._closed:
+            return
+        if self._current is not None:
+            what = "request line and headers" if self._in_head else "body"
+            limits = self._server.limits
+            seconds = limits.head_timeout_s if self._in_head else limits.body_timeout_s
+            self._expired = True
+            self._reject(408, "request_timeout", f"{what} not received within {seconds:g} s", "timeout")
+        else:
+            self.close()
 
     def stop_reading(self) -> None:
         self._reading_stopped = True
@@ -304,20 +451,59 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.close()
 
 
+def _admit_all(headers: dict[bytes, bytes]) -> str | None:
+    return ""
+
+
+def _always() -> bool:
+    return True
+
+
 class HttpServer:
-    """Listens, tracks connections, closes idle ones, and stops gracefully."""
+    """Listens, tracks connections, enforces deadlines, and stops gracefully."""
 
     def __init__(
-        self, serve: Serve, *, idle_timeout_s: float = IDLE_TIMEOUT_S, body_bytes_max: int = BODY_BYTES_MAX
+        self,
+        serve: Serve,
+        *,
+        limits: HttpLimits | None = None,
+        admission: Admission | None = None,
+        refusals: Refusals | None = None,
+        idle_timeout_s: float | None = None,
+        body_bytes_max: int | None = None,
     ) -> None:
+        """``admission``: the app's (keys, readiness); without one every body is admitted by the
+        size limits alone. ``idle_timeout_s`` and ``body_bytes_max`` override ``limits`` (tests)."""
+        limits = limits or (admission.limits if admission is not None else HttpLimits())
+        overrides: dict[str, Any] = {}
+        if idle_timeout_s is not None:
+            overrides.update(idle_timeout_s=idle_timeout_s, head_timeout_s=idle_timeout_s)
+            overrides.update(body_timeout_s=idle_timeout_s)
+        if body_bytes_max is not None:
+            overrides["body_bytes_max"] = body_bytes_max
+        if overrides:
+            limits = dataclasses.replace(limits, **overrides)
+        if admission is None:
+            admission = Admission(limits, _admit_all, _always)
+        else:
+            admission.limits = limits
         self.serve = serve
-        self.idle_timeout_s = idle_timeout_s
-        self.body_bytes_max = body_bytes_max
+        self.limits = limits
+        self.admission = admission
+        self._refusals = refusals
+        self.connections_cap = limits.connections_cap()
+        self.busy_answer = refusal(503, "unavailable", "too many open connections; retry shortly")
+        self.refused_count = 0
         self.connections: set[HttpProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()  # requests being served
         self.loop = asyncio.get_running_loop()
         self._listener: Any = None  # under uvloop these are uvloop's own classes
         self._sweeper: Any = None
+
+    def refused(self, reason: str) -> None:
+        self.refused_count += 1
+        if self._refusals is not None:
+            self._refusals(reason)
 
     async def listen(self, host: str, port: int, backlog: int = 4096) -> int:
         """Start accepting; returns the bound port (``port`` 0: any free one)."""
@@ -329,14 +515,16 @@ class HttpServer:
         return int(listening.getsockname()[1])  # a tuple, or a list under uvloop
 
     def _sweep_later(self) -> None:
-        self._sweeper = self.loop.call_later(min(1.0, self.idle_timeout_s / 2), self._sweep)
+        limits = self.limits
+        period = min(1.0, limits.idle_timeout_s / 2, limits.head_timeout_s / 2, limits.body_timeout_s / 2)
+        self._sweeper = self.loop.call_later(period, self._sweep)
 
     def _sweep(self) -> None:
-        # Nothing owed to the client and nothing from it for the timeout: between requests, or
-        # in the middle of one that stopped coming (a request is not allowed to take forever).
-        deadline = self.loop.time() - self.idle_timeout_s
-        for connection in [c for c in self.connections if not c.answering and c.active_at < deadline]:
-            connection.close()
+        # Each connection carries its deadline: the end of its head, of its body, or of its
+        # idle time; none while it is owed answers.
+        now = self.loop.time()
+        for connection in [c for c in self.connections if c.deadline < now and not c.answering]:
+            connection.expire()
         self._sweep_later()
 
     async def stop(self, grace_s: float = 10.0) -> None:

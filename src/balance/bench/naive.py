@@ -34,10 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from balance.bench.results import BenchResult, make_result
-from balance.storage import schema
+from balance.storage import mariadb_url, schema
 from balance.storage.sqlite import WAL_AUTOCHECKPOINT_PAGES
 
 DEFAULT_MYSQL_URL = "mysql://root@127.0.0.1:3306"
@@ -63,15 +62,7 @@ def now_us() -> int:
 
 def parse_mysql_url(url: str) -> dict[str, Any]:
     """``mysql://user:password@host:port`` (also ``mariadb://``) -> asyncmy connect() arguments."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mysql", "mariadb"):
-        raise ValueError(f"not a mysql:// or mariadb:// url: {url!r}")
-    return {
-        "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 3306,
-        "user": unquote(parts.username or "root"),
-        "password": unquote(parts.password or ""),
-    }
+    return mariadb_url.connect_kwargs(url)
 
 
 async def mysql_connect(params: dict[str, Any], database: str | None = None, **kwargs: Any) -> Any:
@@ -258,7 +249,7 @@ def account_id(i: int) -> str:
 def account_row(aid: str, balance: int, now: int) -> tuple:  # type: ignore[type-arg]
     row = (
         aid, None, "user", "EU", "USD", f"bench account {aid}", "active", balance, 0, 0, False, 1, now, now,
-        b'{"tier":"gold","owner":"bench"}',
+        b'{"tier":"gold","owner":"bench"}', None,
     )  # fmt: skip
     assert len(row) == len(schema.ACCOUNT_COLUMNS)
     return row
@@ -296,7 +287,7 @@ def hold_journal_row(
         seq, aid, f"hold:{hold_id}", "hold", hold_id, 201, "", random.getrandbits(63), amount, "USD", None, hold_id,
         balance, reserved_after, version, now, "", b"{}",
         hold_result(aid, hold_id, amount, balance, reserved_after, credit_limit, version, now),
-        now + 900_000_000, None,  # expires_at, destination_account_id
+        now + 900_000_000, None, None,  # expires_at, destination_account_id, placed_by
     )  # fmt: skip
 
 

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -40,6 +39,7 @@ from balance.engine.runtime import tuned
 from balance.engine.shard import ShardEngine
 from balance.storage.base import ShardStorage
 from balance.storage.mariadb import from_url
+from balance.storage.mariadb_url import with_database
 from balance.storage.sqlite import SqliteShardStorage
 from balance.storage.sqlite import connect as connect_shard_file
 
@@ -62,10 +62,8 @@ async def scratch_storage(backend: str, work_dir: Path) -> Any:
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         return
-    parts = urlsplit(mysql_url())
-    base = f"{parts.scheme}://{parts.netloc}"
     name = f"balance_bench_{uuid.uuid4().hex[:8]}"
-    url = f"{base}/{name}"
+    url = with_database(mysql_url(), name)
     try:
         yield from_url(url, 0), {"BALANCE_DB_URL": url}
     finally:
@@ -200,13 +198,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SERVER_PYTHON_ENV = "BALANCE_BENCH_SERVER_PYTHON"
+"""The Python that runs the measured server: another checkout's venv measures that code side by side."""
+
+
 @contextmanager
-def server_process(env_extra: dict[str, str], log_path: Path) -> Iterator[tuple[str, int]]:
-    """``balance-service run`` in its own process; yields (base url, pid)."""
+def server_process(env_extra: dict[str, str], log_path: Path, python: str | None = None) -> Iterator[tuple[str, int]]:
+    """``balance-service run`` in its own process (``python``: another checkout's); yields (base url, pid)."""
     port = _free_port()
     env = {**os.environ, **env_extra, "BALANCE_PORT": str(port), "BALANCE_ADMIN_KEY": ADMIN_KEY}
     with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "balance", "run"], env=env, stdout=log, stderr=log)
+        python = python or os.environ.get(SERVER_PYTHON_ENV) or sys.executable
+        process = subprocess.Popen([python, "-m", "balance", "run"], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
