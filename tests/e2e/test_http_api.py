@@ -13,7 +13,6 @@ from balance.service import shard_of
 if TYPE_CHECKING:  # tests/e2e is no package: the harness is reached through fixtures
     from tests.e2e.conftest import Api, MakeApi
 
-ADMIN_KEY = "test-admin"  # what the harness configures as BALANCE_ADMIN_KEY
 
 ACCOUNT_FIELDS = {
     "id", "parent_id", "kind", "region", "currency", "name", "status", "balance", "reserved", "available",
@@ -698,12 +697,6 @@ async def test_raising_the_credit_limit_of_an_exhausted_account_lets_it_hold_aga
     assert patched["available"] == 50
     response = await api.post(f"/v1/accounts/{account['id']}/holds", {"id": api.op_id(), "amount": 10})
     assert response.status_code == 201, response.text  # API.md: insufficient_funds only when available < amount
-
-
-async def test_admin_key_is_the_configured_one(api: Api) -> None:
-    assert api.admin == ADMIN_KEY
-    response = await api.get("/v1/accounts/US-0-0000000000000000", key=ADMIN_KEY + "x")
-    api.assert_problem(response, 401, "unauthorized")
 
 
 async def test_a_batch_answers_every_kind_of_route_in_order(api2: Api) -> None:
