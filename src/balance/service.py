@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import functools
 import hmac
+import logging
 import secrets
 from collections.abc import Sequence
 
@@ -27,8 +28,11 @@ from balance.domain.model import Account
 from balance.engine.replies import Collector, Reply, Unavailable, unavailable_reply
 from balance.engine.shard import ShardEngine
 from balance.keys import KeyRecord, KeyRegistry, hash_key
+from balance.storage.base import StorageError
 
 ADMIN = a.ADMIN
+
+log = logging.getLogger("balance.service")
 
 
 @functools.lru_cache(maxsize=65536)
@@ -62,21 +66,40 @@ class BalanceService:
         # The loop the service runs in, taken once at start (get_running_loop() is a system call
         # per call in CPython 3.11); a service used without start() asks for it each time.
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False  # start() has loaded the keys and finished pending transfers
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await asyncio.gather(*(engine.start() for engine in self.engines))
-        for engine in self.engines:
-            for row in await engine.storage.load_keys():
-                self.keys.add(KeyRecord.from_row(row))
-        await self.finish_pending_transfers()
+        await self._after_recovery()
+        self._started = True
+
+    async def _after_recovery(self) -> None:
+        """The API keys, then the transfers a crash left half-done. Storage that fails here is
+        waited for as recovery waits for it (one log line per attempt, the same backoff)."""
+        attempt = 0
+        while True:
+            try:
+                for engine in self.engines:
+                    for row in await engine.storage.load_keys():
+                        self.keys.add(KeyRecord.from_row(row))
+                await self.finish_pending_transfers()  # idempotent: a retry replays what was done
+                return
+            except StorageError as exc:
+                attempt += 1
+                backoff = self.engines[0].backoff
+                delay = backoff.delay(attempt)
+                log.warning("start: keys and pending transfers, attempt %d failed, retrying in %.2fs: %s",
+                            attempt, delay, exc)  # fmt: skip
+                await backoff.sleep(delay)
 
     async def stop(self) -> None:
         await asyncio.gather(*(engine.stop() for engine in self.engines))
 
     @property
     def ready(self) -> bool:
-        return all(engine.ready for engine in self.engines)
+        """Every shard serves and the keys are loaded (until then a partner key would look unknown)."""
+        return self._started and all(engine.ready for engine in self.engines)
 
     def engine_for(self, account_id: str) -> ShardEngine | None:
         shard = shard_of(account_id)

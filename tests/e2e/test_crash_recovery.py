@@ -696,37 +696,3 @@ async def _sigkill_run(backend: str, server: Server, rng: random.Random, tag: st
         f"restart to ready {recovery.seconds:.2f}s, readyz seen {Counter(recovery.readyz)}, "
         f"probe statuses {Counter(recovery.probe_statuses)}"
     )
-
-
-async def test_replaying_a_finished_hold_with_its_capture_in_one_batch_after_a_restart(tmp_path: Path) -> None:
-    """Regression (found by the SIGKILL test): after a restart a captured hold is out of memory; the
-    capture's replay loads it, and the placement's replay in the same batch must then answer its
-    first outcome, not ``idempotency_conflict`` ("hold exists")."""
-    from balance.domain import commands as c
-    from balance.engine.shard import ShardEngine
-    from balance.storage.sqlite import SqliteShardStorage
-
-    path = tmp_path / "shard-0.db"
-    engine = ShardEngine(0, SqliteShardStorage(path))
-    await engine.start()
-    try:
-        created = await engine.execute(c.CreateAccount("US-0-a", None, "partner", "US", "USD", "a", 0, b"{}"))
-        assert created.status == 201
-        assert (await engine.execute(c.Credit("US-0-a", "credit-1", 1_000))).status == 201
-        hold, capture = c.PlaceHold("US-0-a", "order-1", 100, 900), c.CaptureHold("US-0-a", "order-1")
-        first_hold, first_capture = await engine.execute(hold), await engine.execute(capture)
-        assert (first_hold.status, first_capture.status) == (201, 200)
-    finally:
-        await engine.stop()
-    engine = ShardEngine(0, SqliteShardStorage(path))
-    await engine.start()
-    try:
-        capture_future, hold_future = engine.enqueue(capture), engine.enqueue(hold)  # one batch
-        replays = [await capture_future, await hold_future]
-        assert [(r.status, r.body, r.replayed) for r in replays] == [
-            (200, first_capture.body, True),
-            (201, first_hold.body, True),
-        ]
-        engine.ledger.check_invariants()
-    finally:
-        await engine.stop()

@@ -223,7 +223,10 @@ async def test_partner_key_cannot_create_top_level_patch_itself_nor_make_its_own
 async def test_admin_can_do_everything(tree: Tree) -> None:
     api = tree.api
     top = await api.create_account(region="ASIA", currency="USD")
-    for account in (tree.T, tree.P, tree.C, tree.S, tree.G, top["id"]):
+    accounts = (tree.T, tree.P, tree.C, tree.S, tree.G, top["id"])
+    before = {account: await api.account(account) for account in accounts}
+    funding_before = (await api.account("SYS-0-funding-USD"))["balance"]
+    for account in accounts:
         await api.credit(account, 7)
         await api.debit(account, 2)
         assert (await api.patch_account(account, credit_limit=3))["credit_limit"] == 3
@@ -233,8 +236,17 @@ async def test_admin_can_do_everything(tree: Tree) -> None:
     await api.transfer(tree.S, tree.C, 5)
     assert (await api.capture(tree.S, "s-hold", 40))["hold"]["captured_amount"] == 40
     assert (await api.release(tree.P, "p-hold"))["hold"]["status"] == "released"
+    # What the admin did is what the books say: +7 -2 everywhere, the two transfers, the capture
+    # (40 out of S, its hold's 100 no longer reserved) and the release (P's 100 free again).
+    moved = {tree.G: -5, top["id"]: +5, tree.S: -5 - 40, tree.C: +5}
+    unreserved = {tree.S: 100, tree.P: 100}
+    for account in accounts:
+        now, then = await api.account(account), before[account]
+        assert now["balance"] == then["balance"] + 5 + moved.get(account, 0), (account, now, then)
+        assert now["reserved"] == then["reserved"] - unreserved.get(account, 0), (account, now, then)
+        assert now["available"] == now["balance"] + 3 - now["reserved"]
     system = await api.account("SYS-0-funding-USD")  # admin may even read the system accounts
-    assert system["kind"] == "funding" and system["balance"] < 0
+    assert system["kind"] == "funding" and system["balance"] == funding_before - 7 * len(accounts)
 
 
 async def test_keys_of_one_tree_do_not_open_another(tree: Tree) -> None:

@@ -31,9 +31,8 @@ def snapshot(engine: ShardEngine) -> tuple:  # type: ignore[type-arg]
 
 
 async def started(path: Path, clock: ManualClock, **kwargs) -> ShardEngine:  # type: ignore[no-untyped-def]
-    storage_class = kwargs.pop("storage_class", SqliteShardStorage)
-    storage = storage_class(path)
-    if kwargs.pop("faulty", False):
+    storage: Any = SqliteShardStorage(path)
+    if kwargs.pop("faulty", False):  # faults injected at the port (tests/integration/faults.py)
         storage = FaultyStorage(storage)
     engine = ShardEngine(0, storage, clock=clock, sweep_interval_s=3600, on_fatal=lambda exc: None, **kwargs)
     await engine.start()
@@ -190,26 +189,6 @@ def slow_then_failing(storage: ShardEngine) -> None:
     storage.storage.fail("commit")
 
 
-class SlowNextCommit(SqliteShardStorage):
-    """A spy on the real SQLite storage (the adapter's merging of waiting batches is what is
-    observed): the next transaction (when ``slow``) takes a while; transactions are counted."""
-
-    slow = False
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.transactions: list[int] = []
-
-    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
-        if self.slow:
-            import time
-
-            time.sleep(0.2)
-            self.slow = False
-        self.transactions.append(len(batches))
-        super()._commit_all(batches)
-
-
 async def test_a_commit_that_landed_but_reported_failure_is_found_and_memory_reloaded(tmp_path: Path) -> None:
     clock = ManualClock()
     engine = await started(tmp_path / "s0.db", clock, faulty=True)
@@ -306,33 +285,25 @@ async def test_on_mariadb_a_connection_lost_at_xa_commit_undoes_both_batches_in_
     await again.stop()
 
 
-class RecordsBatchSizes(SqliteShardStorage):
-    """The real SQLite storage, noting how many journal rows each transaction writes."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.sizes: list[int] = []
-
-    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
-        self.sizes.append(sum(len(batch.journal) for batch in batches))
-        super()._commit_all(batches)
-
-
 async def test_an_idle_writer_takes_half_of_a_long_queue_so_the_other_half_overlaps_its_commit(
     tmp_path: Path,
 ) -> None:
-    engine = await started(tmp_path / "s0.db", ManualClock(), storage_class=RecordsBatchSizes, batch_max=8190)
+    engine = await started(tmp_path / "s0.db", ManualClock(), faulty=True, batch_max=8190)
     await setup_accounts(engine)
-    assert isinstance(engine.storage, RecordsBatchSizes)
-    engine.storage.sizes.clear()
+    storage = engine.storage
+    assert isinstance(storage, FaultyStorage)
+    storage.calls.clear()
+
+    def sizes() -> list[int]:  # journal rows of each batch committed
+        return [len(batch.journal) for batch, *_ in storage.calls["commit"]]
 
     replies = await asyncio.gather(*(engine.enqueue(c.Credit(A, f"c-{n}", 1)) for n in range(3000)))
 
     assert {r.status for r in replies} == {201}
-    assert engine.storage.sizes == [1500, 1500]  # not one batch of 3,000
-    engine.storage.sizes.clear()
+    assert sizes() == [1500, 1500]  # not one batch of 3,000
+    storage.calls.clear()
     replies = await asyncio.gather(*(engine.enqueue(c.Credit(A, f"d-{n}", 1)) for n in range(300)))
-    assert engine.storage.sizes == [300]  # a short queue goes whole
+    assert sizes() == [300]  # a short queue goes whole
     assert engine.ledger.accounts[A].balance == 10_000 + 3_300
     await engine.stop()
 
@@ -346,12 +317,12 @@ async def _in_flight(engine: ShardEngine, batches: int) -> None:
 
 
 async def test_small_batches_applied_while_one_commits_go_out_together_and_all_are_answered(tmp_path: Path) -> None:
-    engine = await started(tmp_path / "s0.db", ManualClock(), storage_class=SlowNextCommit)
+    engine = await started(tmp_path / "s0.db", ManualClock(), faulty=True)
     await setup_accounts(engine)
     storage = engine.storage
-    assert isinstance(storage, SlowNextCommit)
-    storage.transactions.clear()
-    storage.slow = True
+    assert isinstance(storage, FaultyStorage)
+    storage.calls.clear()
+    storage.before("commit", slowly)
     waves = []
     for wave in range(3):  # one batch being written, two applied on top of it
         waves.append([engine.enqueue(c.Credit(A, f"w{wave}-{n}", 1)) for n in range(5)])
@@ -359,7 +330,8 @@ async def test_small_batches_applied_while_one_commits_go_out_together_and_all_a
     replies = await asyncio.gather(*(future for wave in waves for future in wave))
 
     assert {(r.status, r.replayed) for r in replies} == {(201, False)}
-    assert storage.transactions == [1, 2]  # the first alone, the two behind it together
+    assert len(storage.calls["commit"]) == 3  # three batches (SQLite writes the two behind in one
+    # transaction: tests/integration/test_sqlite_writer.py)
     engine.ledger.check_invariants()
     in_memory = snapshot(engine)
     await engine.stop()

@@ -19,7 +19,7 @@ from balance.domain import commands as c
 from balance.engine.recovery import Backoff
 from balance.engine.shard import READY, RETRYING, STOPPED, ShardEngine
 from balance.metrics import Metrics
-from balance.service import BalanceService
+from balance.service import BalanceService, hash_key
 from balance.storage.sqlite import SqliteShardStorage
 
 A = "US-0-aaaa"
@@ -161,3 +161,34 @@ async def test_after_a_failed_commit_a_database_away_is_waited_for_with_the_same
     assert engine.ledger.accounts[A].balance == 10
     engine.ledger.check_invariants()
     await engine.stop()
+
+
+async def test_keys_that_fail_to_load_after_recovery_are_retried_and_the_service_is_unready_meanwhile(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine, storage, sleep = engine_on(tmp_path / "s0.db", until=10**9)
+    service = BalanceService([engine], "admin")
+    await service.start()
+    assert (await engine.execute(c.CreateAccount(A, None, "partner", "US", "USD", A, 0, b"{}"))).status == 201
+    assert (await engine.execute(c.CreateKey(A, hash_key("partner-secret")))).status == 201
+    await service.stop()
+
+    engine, storage, sleep = engine_on(tmp_path / "s0.db", until=10**9)
+    service = BalanceService([engine], "admin")
+    storage.fail("load_keys", times=2)  # the shard recovers; its keys do not load, twice
+    sleep.hold = True
+    starting = asyncio.create_task(service.start())
+    for _ in range(200):
+        if sleep.waits:
+            break
+        await asyncio.sleep(0.005)
+    assert engine.ready and not service.ready  # a partner key would look unknown: not ready yet
+    sleep.hold = False
+    sleep.release.set()
+    await asyncio.wait_for(starting, 5)
+
+    assert service.ready and len(sleep.waits) == 2
+    assert service.principal("partner-secret") == A
+    lines = [r for r in caplog.records if "keys and pending transfers, attempt" in r.getMessage()]
+    assert len(lines) == 2 and not any(r.exc_info for r in caplog.records)
+    await service.stop()

@@ -28,7 +28,6 @@ from balance.domain.authority import NOBODY, Actor
 from balance.engine.replies import RETRY_AFTER_S, Reply
 from balance.metrics import Metrics
 from balance.service import BalanceService
-from balance.storage.base import StorageError
 from balance.views import encoder, problem
 
 log = logging.getLogger("balance.api")
@@ -178,8 +177,6 @@ class BalanceApp:
             await self.service.start()  # storage that is away is waited for in there (engine.start)
         except asyncio.CancelledError:
             raise
-        except StorageError as exc:  # storage failed after the shards recovered (keys, transfers)
-            log.error("start failed, the service stays unready (restart it): %s", exc)
         except Exception:  # a bug or a broken invariant: the shard says ``failed`` in /readyz
             log.critical("recovery failed; the service stays unready", exc_info=True)
 
@@ -197,7 +194,11 @@ class BalanceApp:
                 return path, json_reply(200, {"ready": ready, "shards": shards}), []
             # A 503 goes out as problem+json, so the body is a problem (with the shard states as extensions).
             waiting = sorted({str(status["state"]) for status in shards.values()} - {"ready"})
-            detail = "not every shard is ready: " + ", ".join(waiting)
+            detail = (
+                "not every shard is ready: " + ", ".join(waiting)
+                if waiting
+                else "the shards are ready; loading API keys and pending transfers"
+            )
             document = {**msgspec.json.decode(problem(e.UNAVAILABLE, 503, detail)), "ready": ready, "shards": shards}
             return path, json_reply(503, document), []
         if path == "/metrics":
