@@ -529,3 +529,10 @@ async def test_a_closed_connection_is_freed_without_the_cycle_collector(served: 
     finally:
         gc.enable()
     assert served.server.admission.buffered == 0 and not served.server.admission.arriving
+
+
+@served_test(limits=HttpLimits(head_timeout_s=0.3))
+async def test_a_connection_that_never_sends_is_closed_at_the_head_deadline(served: Served) -> None:
+    reader, writer = await served.connect()
+    assert await closed_by_server(reader)  # well before the 75 s keep-alive timeout
+    writer.close()
