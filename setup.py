@@ -15,6 +15,7 @@ from setuptools import setup
 
 COMPILED = [
     "src/balance/domain/limits.py",
+    "src/balance/domain/authority.py",
     "src/balance/domain/model.py",
     "src/balance/domain/holds.py",
     "src/balance/domain/commands.py",

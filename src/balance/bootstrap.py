@@ -9,8 +9,10 @@ from collections.abc import Callable
 from balance.api.app import BalanceApp
 from balance.config import Settings
 from balance.engine.clock import Clock, system_clock
+from balance.engine.recovery import Backoff
 from balance.engine.runtime import tune_runtime
 from balance.engine.shard import ShardEngine
+from balance.keys import admin_key_hash
 from balance.metrics import Metrics
 from balance.service import BalanceService
 from balance.storage.base import ShardStorage
@@ -40,10 +42,18 @@ def stop_process(exc: BaseException) -> None:
 
 
 def build_service(
-    settings: Settings, *, clock: Clock = system_clock, on_fatal: Callable[[BaseException], None] = stop_process
+    settings: Settings,
+    *,
+    clock: Clock = system_clock,
+    on_fatal: Callable[[BaseException], None] = stop_process,
+    metrics: Metrics | None = None,
+    backoff: Backoff | None = None,
 ) -> BalanceService:
+    """The shards and the service over them. ``metrics`` is the registry the engines update (pass
+    the one the app serves); ``backoff`` paces the retries while storage is away (tests pass one
+    with a fake sleep)."""
     tune_runtime()
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     engines = [
         ShardEngine(
             shard,
@@ -52,11 +62,17 @@ def build_service(
             metrics=metrics,
             on_fatal=on_fatal,
             checkpoint_interval_s=settings.checkpoint_interval_s,
+            backoff=backoff,
         )  # fmt: skip
         for shard in range(settings.shards)
     ]
-    return BalanceService(engines, settings.admin_key)
+    if not settings.admin_key_generated:
+        return BalanceService(engines, settings.admin_key)
+    admin_hash, _ = admin_key_hash(settings.admin_key, True, settings.data_dir)  # kept across restarts
+    return BalanceService(engines, settings.admin_key, admin_key_hash=admin_hash)
 
 
 def build_app(settings: Settings) -> BalanceApp:
-    return BalanceApp(build_service(settings))
+    """The app over a new service; one metrics registry, injected into both."""
+    metrics = Metrics()
+    return BalanceApp(build_service(settings, metrics=metrics), metrics)

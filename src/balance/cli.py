@@ -17,7 +17,13 @@ def run(_: argparse.Namespace) -> int:
         return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.admin_key_generated:
-        print(f"BALANCE_ADMIN_KEY was not set; this run's admin key is:\n  {settings.admin_key}\n", flush=True)
+        from balance.keys import ADMIN_KEY_FILE, admin_key_hash
+
+        _, new_key = admin_key_hash(settings.admin_key, True, settings.data_dir)
+        if new_key is not None:  # printed once: only its hash is kept (in the data directory)
+            print(f"BALANCE_ADMIN_KEY was not set; the admin key (shown once) is:\n  {new_key}\n", flush=True)
+        else:
+            print(f"admin key: the one printed at first start (hash in {settings.data_dir / ADMIN_KEY_FILE})", flush=True)
     from balance.storage.mariadb_url import redacted
 
     storage = redacted(settings.db_url) if settings.db_url else f"SQLite files in {settings.data_dir}/"
@@ -59,8 +65,25 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
     bench_parser.add_argument("--json", dest="json_path", default=None, help="also write the figures to this file")
     bench_parser.add_argument("--backend", choices=["sqlite", "mariadb", "both"], default="both")
-    bench_parser.add_argument("--scenario", default="all", help="hot | uniform | mix | recovery | all")
+    bench_parser.add_argument(
+        "--scenario",
+        default="all",
+        help="hot | uniform | mix | recovery | all | pending | gateway | tail | million | expiry",
+    )
     bench_parser.add_argument("--clients", type=int, default=64)
+    # Tail latency (issue 18): --scenario pending | gateway | tail (both) | million | expiry.
+    bench_parser.add_argument("--chart", default=None, help="write a latency-over-time PNG per row into this directory")
+    bench_parser.add_argument(
+        "--before-python", default=None, help="run each row on this Python's code too (before/after)"
+    )
+    bench_parser.add_argument("--rates", default="0.5,0.9", help="open-loop rates, as fractions of the maximum")
+    bench_parser.add_argument(
+        "--max-rate", type=float, default=None, help="the maximum (ops/s) instead of measuring it"
+    )
+    bench_parser.add_argument("--modes", default="single,batch100", help="single and/or batchN")
+    bench_parser.add_argument("--duration", type=float, default=None, help="seconds per row")
+    bench_parser.add_argument("--accounts", type=int, default=100_000, help="million: accounts")
+    bench_parser.add_argument("--holds", type=int, default=1_000_000, help="million: pending holds (expiry: the burst)")
     bench_parser.set_defaults(fn=bench)
     args = parser.parse_args(argv)
     return int(args.fn(args))

@@ -185,9 +185,9 @@ async def fund(service: BalanceService, accounts: list[Node]) -> None:
 
 def batch_totals(service: BalanceService) -> tuple[float, float]:
     """(commits, commands) summed over the shards, from the batch-size histogram."""
-    registry = service.engines[0].metrics.registry
     commits = commands = 0.0
     for engine in service.engines:
+        registry = engine.metrics.registry
         labels = {"shard": str(engine.shard)}
         commits += registry.get_sample_value("balance_batch_commands_count", labels) or 0.0
         commands += registry.get_sample_value("balance_batch_commands_sum", labels) or 0.0

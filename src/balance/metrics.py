@@ -49,6 +49,10 @@ class Metrics:
             "balance_accounts_unsaved", "Accounts whose row is behind the journal (the next checkpoint writes them)",
             ["shard"], registry=r,
         )  # fmt: skip
+        self.storage_retries = Counter(
+            "balance_storage_retries", "Failed attempts to reach storage, each followed by a backoff wait",
+            ["shard", "phase"], registry=r,
+        )  # fmt: skip
         self.ready = Gauge("balance_shard_ready", "1 when the shard has recovered and serves", ["shard"], registry=r)
         self.http_refusals = Counter(
             "balance_http_refusals",

@@ -35,7 +35,7 @@ def timestamp(us: int) -> str:
 def account_view(state: tuple) -> dict[str, Any]:  # type: ignore[type-arg]
     """An account state tuple (ACCOUNT_FIELDS order) as its public shape."""
     (id_, parent_id, kind, region, currency, name, status, balance, reserved, credit_limit,
-     exhausted, version, created_at, updated_at, metadata) = state  # fmt: skip
+     exhausted, version, created_at, updated_at, metadata) = state[:15]  # fmt: skip
     return {
         "id": id_, "parent_id": parent_id, "kind": kind, "region": region, "currency": currency,
         "name": name, "status": status, "balance": balance, "reserved": reserved,
@@ -47,7 +47,7 @@ def account_view(state: tuple) -> dict[str, Any]:  # type: ignore[type-arg]
 
 def hold_view(state: tuple) -> dict[str, Any]:  # type: ignore[type-arg]
     (account_id, id_, amount, captured, currency, status, destination, expires_at, created_at,
-     updated_at, description, metadata) = state  # fmt: skip
+     updated_at, description, metadata) = state[:12]  # fmt: skip
     return {
         "id": id_, "account_id": account_id, "amount": amount, "captured_amount": captured,
         "currency": currency, "status": status, "destination_account_id": destination,

@@ -1,9 +1,11 @@
 """HTTP harness: a real service on SQLite files under ``tmp_path``, in this process.
 
 ``api`` (one shard) and ``api2`` (two shards) build the service with ``bootstrap.build_service``,
-start it (recovery included), and talk to ``BalanceApp(service, start_service=False)`` twice:
+start it (recovery included), and talk to ``BalanceApp(service, metrics, start_service=False)`` twice:
 through ``httpx.ASGITransport`` (no sockets) and through the built-in HTTP/1.1 server on a real
-socket. A fatal invariant breach fails the test instead of ending the process.
+socket. A fatal invariant breach fails the test instead of ending the process. At teardown every
+started deployment proves its books (``prove_books``): each shard's invariants, each currency's
+zero sum over all shards, and a fresh recovery from the files that finds the same accounts.
 ``make_api`` builds more of them (e.g. a second process on the same files, or one never started).
 
 Test modules import nothing from here (``tests/e2e`` is no package): the helpers ride on the
@@ -26,6 +28,7 @@ from balance import bootstrap
 from balance.api.app import BalanceApp
 from balance.api.http1 import HttpServer
 from balance.config import Settings
+from balance.metrics import Metrics
 from balance.service import BalanceService
 
 ADMIN_KEY = "test-admin"
@@ -115,8 +118,10 @@ class Api:
         assert response.status_code == 200, response.text
         return response.json()
 
-    async def create_key(self, account_id: str, *, key: str = ADMIN_KEY) -> str:
-        response = await self.post(f"/v1/accounts/{account_id}/keys", key=key)
+    async def create_key(self, account_id: str, *, key: str = ADMIN_KEY, scopes: list[str] | None = None) -> str:
+        """A new key (scopes: the default, read and move, unless given)."""
+        response = await self.post(f"/v1/accounts/{account_id}/keys", None if scopes is None else {"scopes": scopes},
+                                   key=key)  # fmt: skip
         assert response.status_code == 201, response.text
         assert response.json()["account_id"] == account_id
         return response.json()["key"]
@@ -192,6 +197,37 @@ class Api:
         return {a: {"account": await self.account(a), "history": await self.history(a)} for a in account_ids}
 
 
+def books(service: BalanceService) -> dict[str, tuple[str, int, int]]:
+    """Every account of every shard as (currency, balance, reserved), after checking the books:
+    each shard's invariants (its balances sum to zero per currency, ``reserved`` equals the sum
+    of its pending holds) and each currency's zero sum over all the shards together."""
+    accounts: dict[str, tuple[str, int, int]] = {}
+    totals: dict[str, int] = {}
+    for engine in service.engines:
+        assert not engine.ledger.batches_in_flight, f"shard {engine.shard}: a batch is still in flight"
+        engine.ledger.check_invariants()
+        for account in engine.ledger.accounts.values():
+            accounts[account.id] = (account.currency, account.balance, account.reserved)
+            totals[account.currency] = totals.get(account.currency, 0) + account.balance
+    assert all(total == 0 for total in totals.values()), f"balances do not sum to zero: {totals}"
+    return accounts
+
+
+async def prove_books(service: BalanceService, settings: Settings) -> None:
+    """At the end of every test on a started deployment: the books balance in memory, and a
+    fresh recovery from the files (which checks its own invariants) finds the same accounts."""
+    if not all(engine.ready for engine in service.engines):
+        return  # never started, or a test stopped a shard on purpose: nothing served to prove
+    in_memory = books(service)
+    await service.stop()
+    again = bootstrap.build_service(settings, on_fatal=Fatal())
+    await again.start()
+    try:
+        assert books(again) == in_memory, "recovery from storage disagrees with what was served"
+    finally:
+        await again.stop()
+
+
 class Fatal:
     """on_fatal for tests: record the breach and fail loudly instead of ending the process."""
 
@@ -222,11 +258,13 @@ def make_api(tmp_path: Path) -> MakeApi:
             }  # fmt: skip
         )
         fatal = Fatal()
-        service = bootstrap.build_service(settings, on_fatal=fatal)
+        metrics = Metrics()
+        service = bootstrap.build_service(settings, on_fatal=fatal, metrics=metrics)
+        proved = False
         try:
             if start:
                 await service.start()
-            app = BalanceApp(service, start_service=False)
+            app = BalanceApp(service, metrics, start_service=False)
             if transport == "asgi":
                 async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
                     yield Api(client, service, app)
@@ -238,8 +276,12 @@ def make_api(tmp_path: Path) -> MakeApi:
                         yield Api(client, service, app)
                 finally:
                     await server.stop()
+            if not fatal.errors:
+                await prove_books(service, settings)  # only when the test passed: its failure comes first
+            proved = True
         finally:
-            await service.stop()
+            if not proved:
+                await service.stop()
         if fatal.errors:
             pytest.fail(f"the service hit a fatal error: {fatal.errors[0]!r}")
 

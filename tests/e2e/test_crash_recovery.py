@@ -57,6 +57,8 @@ START_TIMEOUT_S = 20.0
 REQUEST_TIMEOUT_S = 10.0
 TOO_MUCH = 10**12  # more than any account of the test ever holds: insufficient_funds
 OPS_PER_WORKER_MAX = 100_000  # a bound only: the kill ends the load long before
+SEED_ENV = "BALANCE_TEST_SEED"  # set it to rerun a failed run with the same choices (printed in every failure)
+ACKNOWLEDGED_MIN = 200  # fewer acknowledged before the kill and the test proved too little to pass
 
 
 # ---- the server process ------------------------------------------------------------------
@@ -635,51 +637,65 @@ async def test_sigkill_under_load_loses_nothing_and_half_applies_nothing(
         url = await mariadb_required()
         database = f"{parse_server(url).database or 'balance_test'}_crash_{uuid.uuid4().hex[:8]}"
         env["BALANCE_DB_URL"] = with_database(url, database)
-    seed = random.randrange(2**32)
+    seed = int(os.environ.get(SEED_ENV) or random.randrange(2**32))
+    print(f"{SEED_ENV}={seed}")  # shown with every failure (captured output)
     rng = random.Random(seed)
     tag = uuid.uuid4().hex[:6]
     server = Server(env, tmp_path / "server.log")
     try:
-        server.start()
-        await wait_ready(server)
-        async with client(server.base_url) as http:
-            tree, seed_ops = await build_tree(http, tag)
-
-        load = await load_and_kill(server, tree, rng, tag)
-        assert not load.errors_before_kill, load.errors_before_kill[:5]
-        assert not load.unexpected, load.unexpected[:5]
-
-        probe = credit_op(tree.partners[0], f"{tag}-probe", 777)
-        recovery = await restart_and_observe(server, probe)
-        assert not recovery.violations, recovery.violations[:5]
-        assert recovery.readyz and recovery.readyz[-1] == 200, (recovery.readyz, server.log_tail())
-        first_ready = recovery.readyz.index(200)
-        assert set(recovery.readyz[:first_ready]) <= {503} and set(recovery.readyz[first_ready:]) == {200}
-        assert probe.status == 201, (recovery.probe_statuses[-5:], server.log_tail())
-
-        acknowledged = [*seed_ops, probe, *(op for op in load.ops if op.acknowledged)]
-        unanswered = [op for op in load.ops if not op.acknowledged]
-        failures = await replay_acknowledged(server.base_url, acknowledged)
-        assert not failures, f"{len(failures)} acknowledged operations lost or changed: {failures[:5]}"
-        failures, settled = await settle_unacknowledged(server.base_url, unanswered)
-        assert not failures, f"{len(failures)} unanswered operations misbehaved: {failures[:5]}"
-        failures = await audit(server.base_url, tree, [*acknowledged, *unanswered])
-        assert not failures, f"{len(failures)} audit failures (seed {seed}): {failures[:8]}"
-        assert server.alive and "CRITICAL" not in server.log_path.read_text(errors="replace"), server.log_tail()
-
-        kinds = Counter(op.kind for op in load.ops if op.acknowledged)
-        refusals = sum(1 for op in load.ops if op.acknowledged and op.status and op.status >= 400)
-        print(
-            f"\n[{backend}] seed {seed}: kill after {load.kill_after_s:.2f}s; {len(load.ops)} requests sent, "
-            f"{len(acknowledged) - len(seed_ops) - 1} acknowledged ({refusals} recorded refusals; {dict(kinds)}), "
-            f"{load.in_flight_at_kill} in flight at the kill, {len(unanswered)} unanswered -> {dict(settled)}; "
-            f"restart to ready {recovery.seconds:.2f}s, readyz seen {Counter(recovery.readyz)}, "
-            f"probe statuses {Counter(recovery.probe_statuses)}"
-        )
+        await _sigkill_run(backend, server, rng, tag, seed)
+    except BaseException as exc:
+        exc.add_note(f"rerun with {SEED_ENV}={seed} ({backend})")
+        raise
     finally:
         server.sigkill()
         if url is not None and database is not None:
             await drop_databases(url, database)
+
+
+async def _sigkill_run(backend: str, server: Server, rng: random.Random, tag: str, seed: int) -> None:
+    server.start()
+    await wait_ready(server)
+    async with client(server.base_url) as http:
+        tree, seed_ops = await build_tree(http, tag)
+
+    load = await load_and_kill(server, tree, rng, tag)
+    assert not load.errors_before_kill, load.errors_before_kill[:5]
+    assert not load.unexpected, load.unexpected[:5]
+    # The kill must land mid-traffic, after enough was acknowledged, or the audit proves little.
+    assert load.in_flight_at_kill > 0, f"no request was in flight at the kill ({load.answered_at_kill} answered)"
+    acknowledged_at_kill = sum(op.acknowledged for op in load.ops)
+    assert acknowledged_at_kill >= ACKNOWLEDGED_MIN, (
+        f"only {acknowledged_at_kill} operations acknowledged before the kill (at least {ACKNOWLEDGED_MIN})"
+    )
+
+    probe = credit_op(tree.partners[0], f"{tag}-probe", 777)
+    recovery = await restart_and_observe(server, probe)
+    assert not recovery.violations, recovery.violations[:5]
+    assert recovery.readyz and recovery.readyz[-1] == 200, (recovery.readyz, server.log_tail())
+    first_ready = recovery.readyz.index(200)
+    assert set(recovery.readyz[:first_ready]) <= {503} and set(recovery.readyz[first_ready:]) == {200}
+    assert probe.status == 201, (recovery.probe_statuses[-5:], server.log_tail())
+
+    acknowledged = [*seed_ops, probe, *(op for op in load.ops if op.acknowledged)]
+    unanswered = [op for op in load.ops if not op.acknowledged]
+    failures = await replay_acknowledged(server.base_url, acknowledged)
+    assert not failures, f"{len(failures)} acknowledged operations lost or changed: {failures[:5]}"
+    failures, settled = await settle_unacknowledged(server.base_url, unanswered)
+    assert not failures, f"{len(failures)} unanswered operations misbehaved: {failures[:5]}"
+    failures = await audit(server.base_url, tree, [*acknowledged, *unanswered])
+    assert not failures, f"{len(failures)} audit failures (seed {seed}): {failures[:8]}"
+    assert server.alive and "CRITICAL" not in server.log_path.read_text(errors="replace"), server.log_tail()
+
+    kinds = Counter(op.kind for op in load.ops if op.acknowledged)
+    refusals = sum(1 for op in load.ops if op.acknowledged and op.status and op.status >= 400)
+    print(
+        f"\n[{backend}] seed {seed}: kill after {load.kill_after_s:.2f}s; {len(load.ops)} requests sent, "
+        f"{len(acknowledged) - len(seed_ops) - 1} acknowledged ({refusals} recorded refusals; {dict(kinds)}), "
+        f"{load.in_flight_at_kill} in flight at the kill, {len(unanswered)} unanswered -> {dict(settled)}; "
+        f"restart to ready {recovery.seconds:.2f}s, readyz seen {Counter(recovery.readyz)}, "
+        f"probe statuses {Counter(recovery.probe_statuses)}"
+    )
 
 
 async def test_replaying_a_finished_hold_with_its_capture_in_one_batch_after_a_restart(tmp_path: Path) -> None:

@@ -170,8 +170,10 @@ async def test_create_key_shown_once(api: Api) -> None:
     response = await api.post(f"/v1/accounts/{account['id']}/keys")
     assert response.status_code == 201, response.text
     body = response.json()
-    assert set(body) == {"key", "account_id"}
-    assert body["account_id"] == account["id"]
+    assert set(body) == {"key", "account_id", "key_id", "prefix", "scopes", "created_at", "revoked_at", "client_id",
+                         "replayed"}  # fmt: skip
+    assert body["account_id"] == account["id"] and body["scopes"] == ["read", "move"]
+    assert body["key"].startswith(body["prefix"]) and body["replayed"] is False
     key = body["key"]
     assert isinstance(key, str) and len(key) >= 32
     assert (await api.account(account["id"], key=key))["id"] == account["id"]
@@ -520,7 +522,7 @@ async def test_replay_after_restart(make_api: MakeApi) -> None:
     async with make_api() as api:
         account = await api.create_account()
         first = await api.post(f"/v1/accounts/{account['id']}/credits", {"id": "r-1", "amount": 42})
-        key = await api.create_key(account["id"])
+        key = await api.create_key(account["id"], scopes=["read", "move", "funds"])  # credits need funds
     async with make_api() as api:
         again = await api.post(f"/v1/accounts/{account['id']}/credits", {"id": "r-1", "amount": 42}, key=key)
         assert (again.status_code, again.headers["idempotent-replayed"]) == (201, "true")

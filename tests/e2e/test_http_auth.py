@@ -37,7 +37,11 @@ async def tree(api: Api) -> Tree:
         await api.credit(account, 1_000, id="seed")
     await api.hold(p, 100, id="p-hold")
     await api.hold(s, 100, id="s-hold")
-    keys = {name: await api.create_key(account) for name, account in (("T", t), ("P", p), ("C", c), ("S", s))}
+    # Keys with every scope the admin may give a partner: these tests are about the subtree they reach.
+    scopes = ["read", "move", "funds", "limits"]
+    keys = {
+        name: await api.create_key(account, scopes=scopes) for name, account in (("T", t), ("P", p), ("C", c), ("S", s))
+    }
     return Tree(api, t, p, c, s, g, keys)
 
 
@@ -165,8 +169,13 @@ async def test_partner_key_acts_on_itself_children_and_grandchildren(tree: Tree)
     assert placed["hold"]["destination_account_id"] == tree.P
     assert (await api.capture(tree.G, placed["hold"]["id"], 10, key=key))["hold"]["captured_amount"] == 10
     assert (await api.get_hold(tree.G, placed["hold"]["id"], key=key))["status"] == "captured"
-    assert (await api.release(tree.S, "s-hold", key=key))["hold"]["status"] == "released"
-    assert (await api.capture(tree.P, "p-hold", key=key))["hold"]["status"] == "captured"  # its own hold
+    own = await api.hold(tree.S, 20, key=key)
+    assert (await api.release(tree.S, own["hold"]["id"], key=key))["hold"]["status"] == "released"
+    own = await api.hold(tree.P, 20, key=key)
+    assert (await api.capture(tree.P, own["hold"]["id"], key=key))["hold"]["status"] == "captured"  # its own hold
+    # The admin placed p-hold: the partner's key may not finish it (who placed a hold finishes it).
+    response = await api.post(f"/v1/accounts/{tree.P}/holds/p-hold/capture", {}, key=key)
+    api.assert_problem(response, 403, "forbidden")
     children = (await api.get(f"/v1/accounts/{tree.P}/children", key=key)).json()["data"]
     assert {c["id"] for c in children} == {tree.C, tree.S}
     # Strict ancestor: it may PATCH its descendants and create their keys, and create accounts below them.
@@ -178,7 +187,7 @@ async def test_partner_key_acts_on_itself_children_and_grandchildren(tree: Tree)
     deeper = await api.create_account(tree.G, key=key, kind="user")
     assert (new["parent_id"], deeper["parent_id"]) == (tree.P, tree.G)
     await api.credit(deeper["id"], 1, key=key)
-    assert (await api.get_hold(tree.P, "p-hold", key=key))["status"] == "captured"
+    assert (await api.get_hold(tree.P, "p-hold", key=key))["status"] == "pending"
 
 
 async def test_partner_key_may_create_children_of_itself(tree: Tree) -> None:
@@ -243,7 +252,7 @@ async def test_key_for_an_account_on_shard_1(api2: Api) -> None:
     tops = [await api2.create_account() for _ in range(4)]
     on_1 = next(t for t in tops if shard_of(t["id"]) == 1)
     on_0 = next(t for t in tops if shard_of(t["id"]) == 0)
-    key = await api2.create_key(on_1["id"])
+    key = await api2.create_key(on_1["id"], scopes=["read", "move", "funds"])
     assert (await api2.account(on_1["id"], key=key))["id"] == on_1["id"]
     await api2.credit(on_1["id"], 100, key=key)
     child = await api2.create_account(on_1["id"], key=key, kind="user")

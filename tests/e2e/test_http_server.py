@@ -23,6 +23,7 @@ from balance.api.admission import HttpLimits
 from balance.api.app import BalanceApp
 from balance.api.http1 import HEAD_BYTES_MAX, PIPELINE_MAX, HttpProtocol, HttpServer
 from balance.config import Settings
+from balance.metrics import Metrics
 
 ADMIN = "test-admin"
 AUTH = f"Authorization: Bearer {ADMIN}\r\n".encode()
@@ -38,9 +39,10 @@ class Served:
 
 async def _serve(tmp_path: Path, **server_options: Any) -> AsyncIterator[Served]:
     settings = Settings.from_env({"BALANCE_DATA_DIR": str(tmp_path), "BALANCE_ADMIN_KEY": ADMIN})
-    service = bootstrap.build_service(settings)
+    metrics = Metrics()
+    service = bootstrap.build_service(settings, metrics=metrics)
     await service.start()
-    app = BalanceApp(service, start_service=False)
+    app = BalanceApp(service, metrics, start_service=False)
     server = HttpServer(app.serve, admission=app.admission(), **server_options)
     port = await server.listen("127.0.0.1", 0)
     try:

@@ -232,11 +232,11 @@ async def test_history_reads_the_same_across_checkpoints(backend: Any) -> None:
     await again.stop()
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # SQLite only: MariaDB keeps its (account_id, seq) index
 async def test_an_earlier_version_s_sqlite_history_index_becomes_the_history_table(backend: Any) -> None:
     """An earlier version's SQLite journal had a (account_id, seq) index and no history table:
     at open the pairs up to the checkpoint are copied into the table and the index dropped."""
-    if backend.name != "sqlite":
-        pytest.skip("SQLite only: MariaDB keeps its (account_id, seq) index")
+    assert backend.name == "sqlite"
     engine = await started(backend.make(), checkpoint_interval_s=NEVER)
     await ok(engine, c.CreateAccount(A, None, "partner", "US", "USD", "a", 0, b"{}"))
     for k in range(5):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from pathlib import Path
+
+from faults import FaultyStorage
 
 from balance.domain import commands as c
 from balance.engine.shard import ShardEngine
@@ -17,21 +18,14 @@ from balance.service import BalanceService
 from balance.storage.sqlite import SqliteShardStorage
 
 
-class FailingSqlite(SqliteShardStorage):
-    """Fault injection: the next ``fail_commits`` transactions fail (nothing of them is written)."""
-
-    fail_commits = 0
-
-    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
-        if self.fail_commits > 0:
-            self.fail_commits -= 1
-            raise sqlite3.OperationalError("injected: disk I/O error")
-        super()._commit_all(batches)
-
-
 def build(tmp_path: Path) -> BalanceService:
     engines = [
-        ShardEngine(shard, FailingSqlite(tmp_path / f"shard-{shard}.db"), sweep_interval_s=3600, on_fatal=_raise)
+        ShardEngine(
+            shard,
+            FaultyStorage(SqliteShardStorage(tmp_path / f"shard-{shard}.db")),
+            sweep_interval_s=3600,
+            on_fatal=_raise,
+        )
         for shard in range(2)
     ]
     return BalanceService(engines, "admin")
@@ -116,8 +110,8 @@ async def test_a_target_shard_failing_between_the_legs_is_finished_by_a_retry(tm
     await service.start()
     a, b = await two_partners(service)
     target_storage = service.engine_for(b).storage  # type: ignore[union-attr]
-    assert isinstance(target_storage, FailingSqlite)
-    target_storage.fail_commits = 1
+    assert isinstance(target_storage, FaultyStorage)
+    target_storage.fail("commit")  # nothing of it is written
     transfer = c.Transfer("t-2", a, b, 250, "EUR")
 
     failed = await service.execute(transfer)
@@ -145,8 +139,8 @@ async def test_a_transfer_left_in_transit_by_a_crash_is_finished_at_the_next_sta
     await service.start()
     a, b = await two_partners(service)
     target_storage = service.engine_for(b).storage  # type: ignore[union-attr]
-    assert isinstance(target_storage, FailingSqlite)
-    target_storage.fail_commits = 1
+    assert isinstance(target_storage, FaultyStorage)
+    target_storage.fail("commit")  # nothing of it is written
     first = await service.execute(c.Transfer("t-3", a, b, 400, "EUR"))
     assert first.status == 503
     await service.stop()  # as good as a crash here: the first leg is durable, the second is not

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faults import LosesTheConnectionAtXaCommit
+from faults import FaultyStorage, LosesTheConnectionAtXaCommit
 
 from balance.domain import commands as c
 from balance.domain.errors import InvariantViolation
@@ -20,18 +18,6 @@ from balance.engine.shard import FAILED, ShardEngine
 from balance.storage.sqlite import SqliteShardStorage
 
 A, B = "US-0-aaaa", "US-0-bbbb"
-
-
-class FailingSqlite(SqliteShardStorage):
-    """Fault injection: the real SQLite commit fails half-way (after the journal rows went in)."""
-
-    fail_commits = 0
-
-    def _insert(self, conn, table, columns, rows, upsert):  # type: ignore[no-untyped-def]
-        if table == "accounts" and self.fail_commits > 0:
-            self.fail_commits -= 1
-            raise sqlite3.OperationalError("injected: disk I/O error")
-        super()._insert(conn, table, columns, rows, upsert)
 
 
 def snapshot(engine: ShardEngine) -> tuple:  # type: ignore[type-arg]
@@ -46,9 +32,10 @@ def snapshot(engine: ShardEngine) -> tuple:  # type: ignore[type-arg]
 
 async def started(path: Path, clock: ManualClock, **kwargs) -> ShardEngine:  # type: ignore[no-untyped-def]
     storage_class = kwargs.pop("storage_class", SqliteShardStorage)
-    engine = ShardEngine(
-        0, storage_class(path), clock=clock, sweep_interval_s=3600, on_fatal=lambda exc: None, **kwargs
-    )
+    storage = storage_class(path)
+    if kwargs.pop("faulty", False):
+        storage = FaultyStorage(storage)
+    engine = ShardEngine(0, storage, clock=clock, sweep_interval_s=3600, on_fatal=lambda exc: None, **kwargs)
     await engine.start()
     return engine
 
@@ -77,11 +64,11 @@ def mixed_batch() -> list[c.Command]:
 
 async def test_a_failed_commit_undoes_the_whole_batch_in_memory_and_on_disk(tmp_path: Path) -> None:
     clock = ManualClock()
-    engine = await started(tmp_path / "s0.db", clock, storage_class=FailingSqlite)
+    engine = await started(tmp_path / "s0.db", clock, faulty=True)
     await setup_accounts(engine)
     before = snapshot(engine)
-    assert isinstance(engine.storage, FailingSqlite)
-    engine.storage.fail_commits = 1
+    assert isinstance(engine.storage, FaultyStorage)
+    engine.storage.fail("commit")
 
     replies = await asyncio.gather(*(engine.enqueue(command) for command in mixed_batch()))
 
@@ -191,23 +178,22 @@ async def test_a_broken_invariant_stops_the_shard_and_answers_unavailable(tmp_pa
     await engine.stop()
 
 
-class LandsThenFails(SqliteShardStorage):
-    """Fault injection: the commit is durable, then the 'connection' dies before the answer."""
+async def slowly(*_: object) -> None:
+    """A hook for ``FaultyStorage.before``: the next call takes a while (batches pile up on top)."""
+    await asyncio.sleep(0.2)
 
-    armed = False
 
-    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
-        super()._commit_all(batches)
-        if self.armed:
-            self.armed = False
-            raise sqlite3.OperationalError("injected: connection lost after COMMIT")
+def slow_then_failing(storage: ShardEngine) -> None:
+    """The next commit takes a while, so that batches are applied on top of it, then fails."""
+    assert isinstance(storage.storage, FaultyStorage)
+    storage.storage.before("commit", slowly)
+    storage.storage.fail("commit")
 
 
 class SlowNextCommit(SqliteShardStorage):
-    """The real SQLite storage; the next transaction (when ``slow`` or ``armed``) takes a while,
-    so that batches are applied on top of it, and fails when ``armed``. Transactions are counted."""
+    """A spy on the real SQLite storage (the adapter's merging of waiting batches is what is
+    observed): the next transaction (when ``slow``) takes a while; transactions are counted."""
 
-    armed = False
     slow = False
 
     def __init__(self, path: Path) -> None:
@@ -215,24 +201,21 @@ class SlowNextCommit(SqliteShardStorage):
         self.transactions: list[int] = []
 
     def _commit_all(self, batches):  # type: ignore[no-untyped-def]
-        if self.slow or self.armed:
+        if self.slow:
             import time
 
             time.sleep(0.2)
             self.slow = False
-            if self.armed:
-                self.armed = False
-                raise sqlite3.OperationalError("injected: disk I/O error")
         self.transactions.append(len(batches))
         super()._commit_all(batches)
 
 
 async def test_a_commit_that_landed_but_reported_failure_is_found_and_memory_reloaded(tmp_path: Path) -> None:
     clock = ManualClock()
-    engine = await started(tmp_path / "s0.db", clock, storage_class=LandsThenFails)
+    engine = await started(tmp_path / "s0.db", clock, faulty=True)
     await setup_accounts(engine)
-    assert isinstance(engine.storage, LandsThenFails)
-    engine.storage.armed = True
+    assert isinstance(engine.storage, FaultyStorage)
+    engine.storage.fail("commit", landed=True, error="injected: connection lost after COMMIT")
 
     replies = await asyncio.gather(*(engine.enqueue(command) for command in mixed_batch()))
 
@@ -253,11 +236,10 @@ async def test_a_commit_that_landed_but_reported_failure_is_found_and_memory_rel
 
 async def test_when_a_commit_fails_the_batch_applied_on_top_of_it_is_undone_too(tmp_path: Path) -> None:
     clock = ManualClock()
-    engine = await started(tmp_path / "s0.db", clock, storage_class=SlowNextCommit)
+    engine = await started(tmp_path / "s0.db", clock, faulty=True)
     await setup_accounts(engine)
     before = snapshot(engine)
-    assert isinstance(engine.storage, SlowNextCommit)
-    engine.storage.armed = True
+    slow_then_failing(engine)
 
     first = [engine.enqueue(c.Credit(A, "first-1", 10)), engine.enqueue(c.PlaceHold(A, "first-h", 10, 900))]
     await asyncio.sleep(0.05)  # the first batch is committing (slowly) now
@@ -388,11 +370,10 @@ async def test_small_batches_applied_while_one_commits_go_out_together_and_all_a
 
 
 async def test_when_a_commit_fails_the_two_small_batches_applied_on_top_are_undone_too(tmp_path: Path) -> None:
-    engine = await started(tmp_path / "s0.db", ManualClock(), storage_class=SlowNextCommit)
+    engine = await started(tmp_path / "s0.db", ManualClock(), faulty=True)
     await setup_accounts(engine)
     before = snapshot(engine)
-    assert isinstance(engine.storage, SlowNextCommit)
-    engine.storage.armed = True
+    slow_then_failing(engine)
     waves = []
     for wave, commands in enumerate(
         (
@@ -423,40 +404,25 @@ async def test_when_a_commit_fails_the_two_small_batches_applied_on_top_are_undo
     await again.stop()
 
 
-class FailsWhileTheNextBatchReads(SqliteShardStorage):
-    """The real SQLite storage. When ``armed``, the next transaction waits until the engine
-    reads storage for the batch after it (``gate``), and that read returns only once the
-    commit has ended (here: refused for a stale operation id): a commit failing during the
-    next batch's prefetch."""
+class FailsWhileTheNextBatchReads:
+    """Hooks for ``FaultyStorage``: the next commit (``commit_waits``) waits until the engine
+    reads storage for the batch after it (``read_waits``), and that read goes on only once the
+    commit has ended (here: refused for a stale operation id): a commit failing during the next
+    batch's prefetch."""
 
-    armed = False
-    gate = False
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.reading = threading.Event()
+    def __init__(self) -> None:
+        self.reading = asyncio.Event()
         self.failing_commit: asyncio.Task[Any] | None = None
 
-    async def commit(self, batch, after=None):  # type: ignore[no-untyped-def]
-        if self.armed and self.failing_commit is None:
-            self.failing_commit = asyncio.current_task()  # the engine's task for this commit
-        await super().commit(batch, after)
+    async def commit_waits(self, *_: object) -> None:
+        self.failing_commit = asyncio.current_task()  # the engine's task for this commit
+        await asyncio.wait_for(self.reading.wait(), 5)
 
-    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
-        if not self.armed:
-            return super()._commit_all(batches)
-        self.armed = False
-        assert self.reading.wait(5), "the next batch never read storage"
-        return super()._commit_all(batches)
-
-    async def lookup(self, op_keys, hold_keys):  # type: ignore[no-untyped-def]
-        if self.gate:
-            self.gate = False
-            self.reading.set()
-            assert self.failing_commit is not None
-            await asyncio.wait([self.failing_commit], timeout=5)
-            assert self.failing_commit.done()
-        return await super().lookup(op_keys, hold_keys)
+    async def read_waits(self, *_: object) -> None:
+        self.reading.set()
+        assert self.failing_commit is not None
+        await asyncio.wait([self.failing_commit], timeout=5)
+        assert self.failing_commit.done()
 
 
 async def test_a_commit_failing_while_the_next_batch_reads_storage_is_retried_before_that_batch(
@@ -467,7 +433,7 @@ async def test_a_commit_failing_while_the_next_batch_reads_storage_is_retried_be
     applied again first, as replays where learnt, and only then batch 2: the capture finds its
     hold. Applying batch 2 at once (ignoring the failure) would answer it ``hold_not_found``."""
     path = tmp_path / "s0.db"
-    engine = await started(path, ManualClock(), storage_class=FailsWhileTheNextBatchReads)
+    engine = await started(path, ManualClock())
     await setup_accounts(engine)
     first = await engine.execute(c.PlaceHold(A, "old-1", 10, 900))
     assert first.status == 201
@@ -477,21 +443,21 @@ async def test_a_commit_failing_while_the_next_batch_reads_storage_is_retried_be
     assert old_capture.status == 200
     await engine.stop()
 
-    engine = await started(path, ManualClock(), storage_class=FailsWhileTheNextBatchReads)
-    storage = engine.storage
-    assert isinstance(storage, FailsWhileTheNextBatchReads)
+    engine = await started(path, ManualClock(), faulty=True)
+    storage, gates = engine.storage, FailsWhileTheNextBatchReads()
+    assert isinstance(storage, FaultyStorage)
     assert engine.ledger.holds.find(A, "old-1") is None and engine.ledger.holds.find(A, "old-2") is None
     assert not engine.ledger.records  # a clean stop leaves no journal tail to learn outcomes from
     balance = engine.ledger.accounts[A].balance
-    storage.armed = True
+    storage.before("commit", gates.commit_waits)
     wave_1 = [engine.enqueue(c.PlaceHold(A, "old-1", 10, 900)), engine.enqueue(c.PlaceHold(A, "new-h", 30, 900))]
     await _in_flight(engine, 1)
-    storage.gate = True
+    storage.before("lookup", gates.read_waits)
     wave_2 = [engine.enqueue(c.CaptureHold(A, "new-h")), engine.enqueue(c.CaptureHold(A, "old-2"))]
     replies = await asyncio.gather(*wave_1, *wave_2)
 
-    assert storage.failing_commit is not None and storage.failing_commit.exception() is not None
-    assert storage.reading.is_set() and not storage.gate  # it failed while the next batch read storage
+    assert gates.failing_commit is not None and gates.failing_commit.exception() is not None
+    assert gates.reading.is_set() and not storage.armed  # it failed while the next batch read storage
     assert [(r.status, r.replayed) for r in replies] == [(201, True), (201, False), (200, False), (200, True)]
     assert replies[0].body == first.body and replies[3].body == old_capture.body
     assert engine.ledger.accounts[A].balance == balance - 30

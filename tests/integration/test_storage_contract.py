@@ -28,21 +28,24 @@ _DEFAULTS: dict[tuple[str, ...], dict[str, Any]] = {
     schema.ACCOUNT_COLUMNS: dict(
         id="acc-1", parent_id=None, kind="user", region="EU", currency="EUR", name="Alice",
         status="active", balance=0, reserved=0, credit_limit=0, exhausted=False, version=1,
-        created_at=T0, updated_at=T0, metadata=b"{}",
+        created_at=T0, updated_at=T0, metadata=b"{}", frozen_by=None,
     ),
     schema.HOLD_COLUMNS: dict(
         account_id="acc-1", id="hold-1", amount=500, captured_amount=0, currency="EUR",
         status="pending", destination_account_id=None, expires_at=T0 + 60_000_000, created_at=T0,
-        updated_at=T0, description="", metadata=b"{}",
+        updated_at=T0, description="", metadata=b"{}", placed_by="acc-1",
     ),
     schema.JOURNAL_COLUMNS: dict(
         seq=1, account_id="acc-1", op_key=None, kind="credit", op_id="op-1", status=200, code="ok",
         fingerprint=1, amount=100, currency="EUR", counterparty_account_id=None, hold_id=None,
         balance_after=100, reserved_after=0, version=2, created_at=T0, description="",
-        metadata=b"{}", result=b"", expires_at=None, destination_account_id=None,
+        metadata=b"{}", result=b"", expires_at=None, destination_account_id=None, placed_by=None,
     ),
     schema.OUTBOX_COLUMNS: dict(seq=1, kind="account.updated", account_id="acc-1", version=1, created_at=T0),
-    schema.KEY_COLUMNS: dict(key_hash="0" * 64, account_id="acc-1", created_at=T0),
+    schema.KEY_COLUMNS: dict(
+        key_hash="0" * 64, account_id="acc-1", created_at=T0, key_id="key_1", prefix="bk_abcd", scopes=3,
+        revoked_at=None, client_id=None,
+    ),
 }  # fmt: skip
 
 
@@ -356,8 +359,10 @@ async def test_load_keys_returns_every_stored_key(storage: ShardStorage) -> None
     keys = [key(key_hash=f"{n:064x}", account_id=f"acc-{n}") for n in range(3)]
     await storage.commit(BatchWrite(keys=keys[:2]))
     await storage.commit(BatchWrite(keys=keys[2:]))
-    assert sorted(await storage.load_keys()) == [(row[0], row[1]) for row in keys]
-    assert all(type(pair) is tuple and len(pair) == 2 for pair in await storage.load_keys())
+    assert sorted(await storage.load_keys()) == keys
+    revoked = (*keys[1][:6], T0 + 5, keys[1][7])  # a revocation rewrites the key's row
+    await storage.commit(BatchWrite(keys=[revoked]))
+    assert sorted(await storage.load_keys()) == [keys[0], revoked, keys[2]]
 
 
 # ---- big batches ---------------------------------------------------------------------------

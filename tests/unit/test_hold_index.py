@@ -58,7 +58,7 @@ def test_the_mapping_protocol_checks_the_key_against_the_hold() -> None:
 )
 def test_a_hold_gives_back_every_field_it_was_built_with(details: tuple[str | None, str, bytes]) -> None:
     destination, description, metadata = details
-    state = ("A", "h", 10, 0, "USD", "pending", destination, 30, 10, 20, description, metadata)
+    state = ("A", "h", 10, 0, "USD", "pending", destination, 30, 10, 20, description, metadata, "P")
     hold = Hold(*state)
     assert hold.state() == state
     assert (hold.destination_account_id, hold.description, hold.metadata) == details

@@ -24,8 +24,11 @@ from balance.api.body import BODY_BYTES_MAX, read_body
 from balance.api.openapi import openapi_document
 from balance.api.parsing import bearer
 from balance.domain import errors as e
+from balance.domain.authority import NOBODY, Actor
 from balance.engine.replies import RETRY_AFTER_S, Reply
+from balance.metrics import Metrics
 from balance.service import BalanceService
+from balance.storage.base import StorageError
 from balance.views import encoder, problem
 
 log = logging.getLogger("balance.api")
@@ -51,11 +54,12 @@ def json_media_type(content_type: bytes) -> bool:
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "principal")
+    __slots__ = ("method", "path", "query", "headers", "body", "principal", "actor")
 
     def __init__(self, method: str, path: str, query: dict[str, str], headers: dict[bytes, bytes], body: bytes):
         self.method, self.path, self.query, self.headers, self.body = method, path, query, headers, body
         self.principal: str = ""
+        self.actor: Actor = NOBODY
 
 
 Handler = Callable[["BalanceApp", Request, list[str]], Awaitable[Reply]]
@@ -64,9 +68,9 @@ Handler = Callable[["BalanceApp", Request, list[str]], Awaitable[Reply]]
 class BalanceApp:
     """ASGI 3 application over a BalanceService."""
 
-    def __init__(self, service: BalanceService, *, start_service: bool = True) -> None:
+    def __init__(self, service: BalanceService, metrics: Metrics, *, start_service: bool = True) -> None:
         self.service = service
-        self.metrics = service.engines[0].metrics
+        self.metrics = metrics  # injected (bootstrap): the registry /metrics serves, shared with the engines
         self._start_service = start_service
         self._startup: asyncio.Task[None] | None = None
         self._openapi = encoder.encode(openapi_document())
@@ -84,6 +88,8 @@ class BalanceApp:
             ("PATCH", "/v1/accounts/{id}", routes_accounts.patch_account),
             ("GET", "/v1/accounts/{id}/children", routes_accounts.children),
             ("POST", "/v1/accounts/{id}/keys", routes_accounts.create_key),
+            ("GET", "/v1/accounts/{id}/keys", routes_accounts.list_keys),
+            ("DELETE", "/v1/accounts/{id}/keys/{key_id}", routes_accounts.revoke_key),
             ("POST", "/v1/accounts/{id}/credits", routes_money.credit),
             ("POST", "/v1/accounts/{id}/debits", routes_money.debit),
             ("POST", "/v1/accounts/{id}/holds", routes_holds.hold),
@@ -168,10 +174,13 @@ class BalanceApp:
     async def start_service(self) -> None:
         """Recover the shards (run in the background: the HTTP server answers meanwhile)."""
         try:
-            await self.service.start()
-        except Exception:
-            log.critical("recovery failed; the service stays unready", exc_info=True)
+            await self.service.start()  # storage that is away is waited for in there (engine.start)
+        except asyncio.CancelledError:
             raise
+        except StorageError as exc:  # storage failed after the shards recovered (keys, transfers)
+            log.error("start failed, the service stays unready (restart it): %s", exc)
+        except Exception:  # a bug or a broken invariant: the shard says ``failed`` in /readyz
+            log.critical("recovery failed; the service stays unready", exc_info=True)
 
     async def _handle(
         self, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes | None
@@ -180,11 +189,14 @@ class BalanceApp:
             return path, json_reply(200, {"status": "ok"}), []
         if path == "/readyz":
             ready = self.service.ready
-            shards = {str(engine.shard): engine.state for engine in self.service.engines}
+            # Per shard: its state, failed attempts to reach storage, the last storage error, and
+            # while retrying, the seconds to the next attempt (README "Readiness").
+            shards = {str(engine.shard): engine.status() for engine in self.service.engines}
             if ready:
                 return path, json_reply(200, {"ready": ready, "shards": shards}), []
             # A 503 goes out as problem+json, so the body is a problem (with the shard states as extensions).
-            detail = "not every shard has recovered"
+            waiting = sorted({str(status["state"]) for status in shards.values()} - {"ready"})
+            detail = "not every shard is ready: " + ", ".join(waiting)
             document = {**msgspec.json.decode(problem(e.UNAVAILABLE, 503, detail)), "ready": ready, "shards": shards}
             return path, json_reply(503, document), []
         if path == "/metrics":
@@ -205,16 +217,16 @@ class BalanceApp:
         try:
             if not self.service.ready:  # first: partner keys are only known once recovery has loaded them
                 raise HttpError(e.UNAVAILABLE, 503, "the service is recovering; retry shortly")
-            principal = self.service.principal(bearer(headers))
-            if principal is None:
-                raise HttpError(e.UNAUTHORIZED, 401, "missing or unknown API key")
+            actor = self.service.actor(bearer(headers))
+            if actor is None:  # also a revoked key, or one of a closed account
+                raise HttpError(e.UNAUTHORIZED, 401, "missing, unknown or revoked API key")
             if body is None:
                 raise validation(f"body larger than {BODY_BYTES_MAX} bytes")
             content_type = headers.get(b"content-type")
             if content_type is not None and method in _WITH_BODY and not json_media_type(content_type):
                 shown = content_type[:80].decode("latin-1")
                 raise HttpError(UNSUPPORTED_MEDIA_TYPE, 415, f"Content-Type {shown} is not application/json")
-            request.principal = principal
+            request.principal, request.actor = actor.principal, actor
             reply = await handler(self, request, params)
         except HttpError as exc:
             reply = Reply(exc.status, problem(exc.code, exc.status, exc.detail))

@@ -7,6 +7,7 @@ from typing import Any
 
 from balance.api import schemas as s
 from balance.api.answers import validation
+from balance.domain import authority as a
 from balance.domain import commands as c
 from balance.domain import limits
 from balance.domain.currencies import ISO_4217
@@ -40,14 +41,14 @@ def transfer_command(body: s.TransferBody) -> c.Transfer:
     )  # fmt: skip
 
 
-def hold_command(account_id: str, body: s.HoldBody) -> c.PlaceHold:
+def hold_command(account_id: str, body: s.HoldBody, actor: a.Actor) -> c.PlaceHold:
     return c.PlaceHold(
         account_id, body.id, body.amount, body.expires_in_s, body.destination_account_id,
-        body.description, metadata_bytes(body.metadata),
+        body.description, metadata_bytes(body.metadata), actor,
     )  # fmt: skip
 
 
-def batch_command(op: s.BatchOp) -> c.Command:
+def batch_command(op: s.BatchOp, actor: a.Actor) -> c.Command:
     if isinstance(op, s.CreditOp):
         return credit_command(op.account_id, op)
     if isinstance(op, s.DebitOp):
@@ -55,15 +56,7 @@ def batch_command(op: s.BatchOp) -> c.Command:
     if isinstance(op, s.TransferOp):
         return transfer_command(op)
     if isinstance(op, s.HoldOp):
-        return hold_command(op.account_id, op)
+        return hold_command(op.account_id, op, actor)
     if isinstance(op, s.CaptureOp):
-        return c.CaptureHold(op.account_id, op.hold_id, op.amount)
-    return c.ReleaseHold(op.account_id, op.hold_id)
-
-
-def accounts_of(command: c.Command) -> tuple[str | None, ...]:
-    if isinstance(command, c.Transfer):
-        return command.from_account_id, command.to_account_id
-    if isinstance(command, c.PlaceHold):
-        return command.account_id, command.destination_account_id
-    return (command.account_id,)
+        return c.CaptureHold(op.account_id, op.hold_id, op.amount, actor)
+    return c.ReleaseHold(op.account_id, op.hold_id, actor)

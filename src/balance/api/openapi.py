@@ -13,12 +13,12 @@ from balance.api import shapes
 _REQUESTS = {
     "NewAccount": s.NewAccount, "AccountPatch": s.AccountPatch, "CreditBody": s.CreditBody,
     "DebitBody": s.DebitBody, "TransferBody": s.TransferBody, "HoldBody": s.HoldBody,
-    "CaptureBody": s.CaptureBody, "ReleaseBody": s.ReleaseBody,
+    "CaptureBody": s.CaptureBody, "ReleaseBody": s.ReleaseBody, "NewKey": s.NewKey,
 }  # fmt: skip
 _RESPONSES = {
     "Account": shapes.AccountView, "Hold": shapes.HoldView, "Txn": shapes.TxnView, "Problem": shapes.Problem,
     "AccountReply": shapes.AccountReply, "TransferReply": shapes.TransferReply, "HoldReply": shapes.HoldReply,
-    "KeyReply": shapes.KeyReply,
+    "KeyReply": shapes.KeyReply, "KeyInfo": shapes.KeyInfo,
 }  # fmt: skip
 
 
@@ -46,8 +46,13 @@ def _op(summary: str, request: str | None, status: str, response: dict[str, Any]
         },
     }
     if request is not None:
-        operation["requestBody"] = {"required": request not in ("CaptureBody", "ReleaseBody"), **_json(_ref(request))}
+        optional = ("CaptureBody", "ReleaseBody", "NewKey")
+        operation["requestBody"] = {"required": request not in optional, **_json(_ref(request))}
     return operation
+
+
+def _list(item: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["data"], "properties": {"data": {"type": "array", "items": _ref(item)}}}
 
 
 def _page(item: str) -> dict[str, Any]:
@@ -97,7 +102,13 @@ def openapi_document() -> dict[str, Any]:
         "/v1/accounts/{id}/children": {
             "get": _op("List direct children", None, "200", _page("Account"), acct, ("limit", "cursor"))
         },
-        "/v1/accounts/{id}/keys": {"post": _op("Create an API key (shown once)", None, "201", _ref("KeyReply"), acct)},
+        "/v1/accounts/{id}/keys": {
+            "post": _op("Create an API key (shown once) with scopes", "NewKey", "201", _ref("KeyReply"), acct),
+            "get": _op("List the account's keys (never the key)", None, "200", _list("KeyInfo"), acct),
+        },
+        "/v1/accounts/{id}/keys/{key_id}": {
+            "delete": _op("Revoke a key at once", None, "200", _ref("KeyInfo"), ("id", "key_id")),
+        },
         "/v1/accounts/{id}/credits": {"post": _op("Money in", "CreditBody", "201", _ref("AccountReply"), acct)},
         "/v1/accounts/{id}/debits": {"post": _op("Money out", "DebitBody", "201", _ref("AccountReply"), acct)},
         "/v1/accounts/{id}/holds": {"post": _op("Place a hold", "HoldBody", "201", _ref("HoldReply"), acct)},

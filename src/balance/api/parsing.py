@@ -16,7 +16,7 @@ from balance.domain import errors as e
 
 
 def decode(body: bytes, type_: Any) -> Any:
-    if not body.strip() and type_ in (s.CaptureBody, s.ReleaseBody, s.AccountPatch):
+    if not body.strip() and type_ in (s.CaptureBody, s.ReleaseBody, s.AccountPatch, s.NewKey):
         body = b"{}"
     try:
         return msgspec.json.decode(body, type=type_)

@@ -9,10 +9,11 @@ import msgspec
 
 from balance import views
 from balance.api import schemas as s
-from balance.api.access import require_account, require_ancestor
+from balance.api.access import forbidden, require, require_account
 from balance.api.answers import HttpError, json_reply, validation
 from balance.api.commands import check_currency, metadata_bytes
 from balance.api.parsing import decode, int_query
+from balance.domain import authority as a
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
@@ -33,7 +34,9 @@ async def create_account(app: BalanceApp, request: Request, _: list[str]) -> Rep
             raise validation("a top-level account needs a region and a currency")
         region, currency = body.region, body.currency
     else:
-        parent = require_account(app, request, body.parent_id)
+        parent = require(app, request, body.parent_id, a.may_open_child)
+        if body.credit_limit and not a.may_set_credit_limit(request.actor, ("", *app.service.chain(body.parent_id))):
+            raise forbidden("a credit limit needs a key with the limits scope above the account")
         region, currency = body.region or parent[ACCOUNT_REGION], body.currency or parent[ACCOUNT_CURRENCY]
     check_currency(currency)
     command = c.CreateAccount(
@@ -47,7 +50,7 @@ async def get_account(app: BalanceApp, request: Request, params: list[str]) -> R
 
 
 async def patch_account(app: BalanceApp, request: Request, params: list[str]) -> Reply:
-    require_ancestor(app, request, params[0])
+    require(app, request, params[0], a.may_manage_account)  # the ledger checks limits and freezes too
     body: s.AccountPatch = decode(request.body, s.AccountPatch)
     unset = msgspec.UNSET
     command = c.UpdateAccount(
@@ -56,6 +59,7 @@ async def patch_account(app: BalanceApp, request: Request, params: list[str]) ->
         name=None if body.name is unset else body.name,
         metadata=None if body.metadata is unset else metadata_bytes(body.metadata),
         credit_limit=None if body.credit_limit is unset else body.credit_limit,
+        actor=request.actor,
     )
     return await app.service.execute(command)
 
@@ -73,6 +77,27 @@ async def children(app: BalanceApp, request: Request, params: list[str]) -> Repl
 
 
 async def create_key(app: BalanceApp, request: Request, params: list[str]) -> Reply:
-    require_ancestor(app, request, params[0])
-    reply, _ = await app.service.create_key(params[0])
+    require(app, request, params[0], a.may_manage_keys)
+    body: s.NewKey = decode(request.body, s.NewKey)
+    actor = request.actor
+    if body.scopes is None:
+        scopes = a.default_scopes(actor)
+    else:
+        parsed = a.parse_scopes(body.scopes)
+        if parsed is None or parsed == 0:
+            raise validation(f"scopes must be a non-empty list of {', '.join(a.SCOPE_NAMES)}")
+        scopes = parsed
+    if not a.grantable(actor, scopes):
+        raise forbidden("a key cannot be wider than the key creating it; funds, limits, platform: admin only")
+    reply, _ = await app.service.create_key(params[0], scopes, body.client_id)
     return reply
+
+
+async def list_keys(app: BalanceApp, request: Request, params: list[str]) -> Reply:
+    require(app, request, params[0], a.may_list_keys)
+    return json_reply(200, {"data": app.service.list_keys(params[0])})
+
+
+async def revoke_key(app: BalanceApp, request: Request, params: list[str]) -> Reply:
+    require(app, request, params[0], a.may_revoke_key)
+    return await app.service.revoke_key(params[0], params[1])

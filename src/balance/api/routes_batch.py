@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from balance.api import schemas as s
-from balance.api.access import check_access
+from balance.api.access import check_command
 from balance.api.answers import HttpError, validation
-from balance.api.commands import accounts_of, batch_command
+from balance.api.commands import batch_command
 from balance.api.parsing import decode
 from balance.domain import commands as c
 from balance.engine.replies import Reply
@@ -34,8 +34,8 @@ async def batch(app: BalanceApp, request: Request, _: list[str]) -> Reply:
                 raise validation(str(exc)) from None
             except UnicodeDecodeError as exc:  # msgspec.Raw keeps invalid UTF-8 until decoded
                 raise validation(f"malformed JSON: {exc}") from None
-            command = batch_command(op)
-            check_access(app, request.principal, *accounts_of(command))
+            command = batch_command(op, request.actor)
+            check_command(app, request.actor, command)
         except HttpError as exc:
             results.append(Reply(exc.status, problem(exc.code, exc.status, exc.detail)))
             continue

@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING
 
 from balance import views
 from balance.api import schemas as s
-from balance.api.access import check_access, require_account
+from balance.api.access import check, require, require_account
 from balance.api.answers import HttpError, json_reply
 from balance.api.commands import hold_command
 from balance.api.parsing import decode, hold_id
+from balance.domain import authority as a
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.engine.replies import Reply
@@ -19,22 +20,22 @@ if TYPE_CHECKING:
 
 
 async def hold(app: BalanceApp, request: Request, params: list[str]) -> Reply:
-    require_account(app, request, params[0])
+    require(app, request, params[0], a.may_move)
     body: s.HoldBody = decode(request.body, s.HoldBody)
-    check_access(app, request.principal, body.destination_account_id)
-    return await app.service.execute(hold_command(params[0], body))
+    check(app, request.actor, a.may_move, body.destination_account_id)
+    return await app.service.execute(hold_command(params[0], body, request.actor))
 
 
 async def capture(app: BalanceApp, request: Request, params: list[str]) -> Reply:
-    require_account(app, request, params[0])
+    require(app, request, params[0], a.may_move)  # and the hold's rule: who placed it (domain)
     body: s.CaptureBody = decode(request.body, s.CaptureBody)
-    return await app.service.execute(c.CaptureHold(params[0], hold_id(params[1]), body.amount))
+    return await app.service.execute(c.CaptureHold(params[0], hold_id(params[1]), body.amount, request.actor))
 
 
 async def release(app: BalanceApp, request: Request, params: list[str]) -> Reply:
-    require_account(app, request, params[0])
+    require(app, request, params[0], a.may_move)
     decode(request.body, s.ReleaseBody)
-    return await app.service.execute(c.ReleaseHold(params[0], hold_id(params[1])))
+    return await app.service.execute(c.ReleaseHold(params[0], hold_id(params[1]), request.actor))
 
 
 async def get_hold(app: BalanceApp, request: Request, params: list[str]) -> Reply:

@@ -35,6 +35,14 @@ class NewAccount(Struct, forbid_unknown_fields=True):
     metadata: Metadata = {}
 
 
+class NewKey(Struct, forbid_unknown_fields=True):
+    """A key's scopes (default: read and move, at most the creating key's) and an optional
+    client id that makes the creation replayable."""
+
+    scopes: list[Annotated[str, Meta(max_length=16)]] | None = None
+    client_id: OpId | None = None
+
+
 class AccountPatch(Struct, forbid_unknown_fields=True):
     status: AccountStatus | UnsetType = UNSET
     name: Name | UnsetType = UNSET

@@ -84,6 +84,27 @@ class HoldReply(msgspec.Struct):
     account: AccountView
 
 
-class KeyReply(msgspec.Struct):
-    key: str
+class KeyInfo(msgspec.Struct):
+    """A key as listed: never the key itself nor its hash."""
+
+    key_id: str
     account_id: str
+    prefix: str
+    scopes: list[str]
+    created_at: str
+    revoked_at: str | None
+    client_id: str | None
+
+
+class KeyReply(msgspec.Struct):
+    """A new key: ``key`` is shown in this answer only (null when a client id replays it)."""
+
+    key: str | None
+    account_id: str
+    key_id: str
+    prefix: str
+    scopes: list[str]
+    created_at: str
+    revoked_at: str | None
+    client_id: str | None
+    replayed: bool

@@ -141,6 +141,7 @@ class JournalRows:
                 seq, aid, f"{kind}:{op_id}", kind, op_id, status, "", fp, amount, "USD",
                 counterparty, op_id if has_hold else None, balance, reserved, version, now, "", b"{}", result,
                 now + 900_000_000 if kind == "hold" else None, destination,  # a hold's row: its expiry, destination
+                aid if kind == "hold" else None,  # ... and who placed it
             ))  # fmt: skip
         self.seq, self.n = seq, n
         return rows
@@ -177,7 +178,7 @@ def typed_escaper(conn: Any) -> Callable[[tuple], str]:  # type: ignore[type-arg
             f"({int(r[0])},'{esc(r[1])}',{opt(r[2])},'{esc(r[3])}','{esc(r[4])}',{int(r[5])},'{esc(r[6])}',"
             f"{int(r[7])},{int(r[8])},'{esc(r[9])}',{opt(r[10])},{opt(r[11])},{int(r[12])},{int(r[13])},"
             f"{int(r[14])},{int(r[15])},'{esc(r[16])}',{blob(r[17])},{blob(r[18])},"
-            f"{'NULL' if r[19] is None else int(r[19])},{opt(r[20])})"
+            f"{'NULL' if r[19] is None else int(r[19])},{opt(r[20])},{opt(r[21])})"
         )
 
     return row_sql

@@ -149,16 +149,92 @@ def render(results: list[BenchResult]) -> Table:
     return table
 
 
+TAIL_SCENARIOS = {"pending": ["pending-hot", "pending-10k"], "gateway": ["gateway"]}
+TAIL_SCENARIOS["tail"] = TAIL_SCENARIOS["pending"] + TAIL_SCENARIOS["gateway"]
+
+
+async def run_tail_all(args: argparse.Namespace) -> list[BenchResult]:
+    """Issue 18's rows: open-loop tail latency (pending, gateway), holds at scale, expiry bursts."""
+    from balance.bench import tail
+
+    backends = ["sqlite", "mariadb"] if args.backend == "both" else [args.backend]
+    if "mariadb" in backends and not await mysql_reachable():
+        console.print("[yellow]MariaDB is not reachable: measuring SQLite only[/yellow]")
+        backends.remove("mariadb")
+    work_dir = Path(tempfile.mkdtemp(prefix="balance-bench-"))
+    results: list[BenchResult] = []
+    if args.scenario == "million":
+        for backend in backends:
+            results.append(
+                await recovery.run_recovery(backend, accounts=args.accounts, holds=args.holds, work_dir=work_dir)
+            )
+            console.print(render_tail(results[-1:]))
+        return results
+    if args.scenario == "expiry":
+        from balance.bench import expiry
+
+        for backend in backends:
+            results.append(await expiry.run_expiry_burst(backend, holds=args.holds, work_dir=work_dir))
+            console.print(render_tail(results[-1:]))
+        return results
+    duration = args.duration or (3.0 if args.quick else 10.0)
+    fractions = [float(f) for f in args.rates.split(",")]
+    chart_dir = Path(args.chart) if args.chart else None
+
+    def report(row: BenchResult) -> None:
+        console.print(render_tail([row]))
+        if chart_dir is not None:
+            tail.chart(row, chart_dir)
+
+    for backend in backends:
+        for scenario in TAIL_SCENARIOS[args.scenario]:
+            for mode in args.modes.split(","):
+                size = 0 if mode == "single" else int(mode.removeprefix("batch"))
+                results += await tail.run_tail(
+                    backend, scenario, "single" if mode == "single" else "batch", batch_size=size,
+                    fractions=fractions, duration_s=duration, work_dir=work_dir,
+                    before_python=args.before_python, max_rate=args.max_rate, report=report,
+                )  # fmt: skip
+    return results
+
+
+def render_tail(results: list[BenchResult]) -> Table:
+    table = Table(title="tail latency, open loop (latency from the scheduled send time)")
+    for column in ("backend", "row", "code", "target/s", "ops/s", "p50", "p95", "p99", "p99.9", "max ms",
+                   "errors", "unanswered", "notes"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("backend", "row", "code", "notes") else "right")
+    for r in results:
+        x = r.extra
+        if r.name == "recovery":
+            table.add_row(r.backend, f"million {r.scenario}", "", "", "", "", "", "", "", "", "", "",
+                          f"ready {x['ready_s']:.1f}s, {x['bytes_per_hold']:.0f} B/hold, "
+                          f"{x['bytes_per_account']:.0f} B/account, RSS {x['rss_ready_mb']:.0f} MB")  # fmt: skip
+            continue
+        if r.name == "expiry-burst":
+            table.add_row(r.backend, r.scenario, "", "", f"{r.ops_per_s:,.0f}", "", "", "", "", "", "", "",
+                          x.get("notes", ""))  # fmt: skip
+            continue
+        target = x.get("target_rate")
+        table.add_row(
+            r.backend, r.scenario, x.get("code", ""), f"{target:,.0f}" if target else "closed",
+            f"{r.ops_per_s:,.0f}", *(f"{v:.1f}" for v in (r.p50_ms, r.p95_ms, r.p99_ms, x["p999_ms"], x["max_ms"])),
+            str(x["errors"]), str(x["unanswered"]),
+            f"{x['holds_placed']:,} holds placed" + (f", {x['left_to_expire']:,} left to expire" if x["left_to_expire"] else ""),
+        )  # fmt: skip
+    return table
+
+
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    results = asyncio.run(run_all(args))
-    console.print(render(results))
+    tail_run = args.scenario in (*TAIL_SCENARIOS, "million", "expiry")
+    results = asyncio.run(run_tail_all(args) if tail_run else run_all(args))
+    console.print(render_tail(results) if tail_run else render(results))
     console.print(f"finished in {time.perf_counter() - started:.0f} s")
     if args.json_path:
         document = {
             "machine": {"python": platform.python_version(), "cpus": _cpus(), "platform": platform.platform()},
             "args": {"quick": args.quick, "backend": args.backend, "scenario": args.scenario, "clients": args.clients},
-            "results": [r.to_dict() for r in results],
+            "results": [_without_samples(r.to_dict()) for r in results],
         }
         Path(args.json_path).write_text(json.dumps(document, indent=2, default=str))
         console.print(f"figures written to {args.json_path}")
@@ -169,3 +245,9 @@ def _cpus() -> int:
     import os
 
     return os.cpu_count() or 0
+
+
+def _without_samples(row: dict[str, Any]) -> dict[str, Any]:
+    """The per-request samples of a tail row go to its chart, not to the JSON."""
+    row["extra"] = {k: v for k, v in row["extra"].items() if k != "samples"}
+    return row

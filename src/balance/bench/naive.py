@@ -249,7 +249,7 @@ def account_id(i: int) -> str:
 def account_row(aid: str, balance: int, now: int) -> tuple:  # type: ignore[type-arg]
     row = (
         aid, None, "user", "EU", "USD", f"bench account {aid}", "active", balance, 0, 0, False, 1, now, now,
-        b'{"tier":"gold","owner":"bench"}',
+        b'{"tier":"gold","owner":"bench"}', None,
     )  # fmt: skip
     assert len(row) == len(schema.ACCOUNT_COLUMNS)
     return row
@@ -287,7 +287,7 @@ def hold_journal_row(
         seq, aid, f"hold:{hold_id}", "hold", hold_id, 201, "", random.getrandbits(63), amount, "USD", None, hold_id,
         balance, reserved_after, version, now, "", b"{}",
         hold_result(aid, hold_id, amount, balance, reserved_after, credit_limit, version, now),
-        now + 900_000_000, None,  # expires_at, destination_account_id
+        now + 900_000_000, None, None,  # expires_at, destination_account_id, placed_by
     )  # fmt: skip
 
 

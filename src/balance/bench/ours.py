@@ -198,13 +198,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+SERVER_PYTHON_ENV = "BALANCE_BENCH_SERVER_PYTHON"
+"""The Python that runs the measured server: another checkout's venv measures that code side by side."""
+
+
 @contextmanager
-def server_process(env_extra: dict[str, str], log_path: Path) -> Iterator[tuple[str, int]]:
-    """``balance-service run`` in its own process; yields (base url, pid)."""
+def server_process(env_extra: dict[str, str], log_path: Path, python: str | None = None) -> Iterator[tuple[str, int]]:
+    """``balance-service run`` in its own process (``python``: another checkout's); yields (base url, pid)."""
     port = _free_port()
     env = {**os.environ, **env_extra, "BALANCE_PORT": str(port), "BALANCE_ADMIN_KEY": ADMIN_KEY}
     with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "balance", "run"], env=env, stdout=log, stderr=log)
+        python = python or os.environ.get(SERVER_PYTHON_ENV) or sys.executable
+        process = subprocess.Popen([python, "-m", "balance", "run"], env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):

@@ -1,5 +1,8 @@
 """Account rules: create an account, change one (status, name, limit, metadata), give it an API key.
 
+Who may change what (``authority``) is checked here, first: the ledger knows the account's
+ancestors and who froze it.
+
 Handlers of ``Ledger.apply``: each takes the ledger, the command and ``now``.
 """
 
@@ -7,10 +10,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from balance.domain import authority as a
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
-from balance.domain.model import KIND_FUNDING, KIND_SETTLEMENT, STATUS_ACTIVE, STATUS_CLOSED, Account, Event
+from balance.domain.model import (
+    KIND_FUNDING,
+    KIND_SETTLEMENT,
+    STATUS_ACTIVE,
+    STATUS_CLOSED,
+    STATUS_FROZEN,
+    Account,
+    Event,
+    principal,
+)
 from balance.domain.outcomes import Outcome, reject
 
 if TYPE_CHECKING:
@@ -47,6 +60,16 @@ def update_account(ledger: Ledger, cmd: c.UpdateAccount, now: int) -> Outcome:
         return reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
     if account.is_system:
         return reject(e.VALIDATION_ERROR, "system accounts cannot be changed")
+    actor = cmd.actor
+    chain = ledger.chain(account.id)
+    if not a.may_manage_account(actor, chain):
+        return reject(e.FORBIDDEN, "only an ancestor's key or the admin key may change this account")
+    if cmd.credit_limit is not None and cmd.credit_limit != account.credit_limit:
+        if not a.may_set_credit_limit(actor, chain):
+            return reject(e.FORBIDDEN, "credit limits need a key with the limits scope above the account")
+    if cmd.status is not None and cmd.status != account.status:
+        if not a.may_change_status(actor, chain, account.frozen_by):
+            return reject(e.FORBIDDEN, f"the freeze was set by {account.frozen_by}; only it or above may lift it")
     if account.status == STATUS_CLOSED:
         return reject(e.ACCOUNT_INACTIVE, "a closed account cannot be changed")
     if cmd.status == STATUS_CLOSED and (account.balance != 0 or account.reserved != 0):
@@ -58,8 +81,9 @@ def update_account(ledger: Ledger, cmd: c.UpdateAccount, now: int) -> Outcome:
         return reject(e.VALIDATION_ERROR, "credit_limit is below what the account already uses")
     ledger.touch(account)
     ledger.frames[-1].rewritten.add(account.id)  # no journal row says what changed: write the row
-    if cmd.status is not None:
+    if cmd.status is not None and cmd.status != account.status:
         account.status = cmd.status
+        account.frozen_by = principal(actor.principal) if cmd.status == STATUS_FROZEN else None
     if cmd.name is not None:
         account.name = cmd.name
     if cmd.metadata is not None:
@@ -78,5 +102,18 @@ def create_key(ledger: Ledger, cmd: c.CreateKey, now: int) -> Outcome:
     account = ledger.accounts.get(cmd.account_id)
     if account is None or account.is_system:
         return reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
-    ledger.changes.keys.append((cmd.key_hash, cmd.account_id, now))
+    if account.status == STATUS_CLOSED:  # its keys have no power: a new one would have none
+        return reject(e.ACCOUNT_INACTIVE, "a closed account gets no keys")
+    ledger.changes.keys.append(
+        (cmd.key_hash, cmd.account_id, cmd.created_at or now, cmd.key_id, cmd.prefix, cmd.scopes, None, cmd.client_id)
+    )
     return Outcome(201, accounts=(account,))
+
+
+def revoke_key(ledger: Ledger, cmd: c.RevokeKey, now: int) -> Outcome:
+    """The key's row again, with its revocation time (also for a closed account's key)."""
+    account = ledger.accounts.get(cmd.account_id)
+    if account is None:
+        return reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
+    ledger.changes.keys.append(cmd.row)
+    return Outcome(200, accounts=(account,))

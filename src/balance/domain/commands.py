@@ -1,9 +1,15 @@
-"""Commands: what a client asks a shard writer to do (imperative names, immutable values)."""
+"""Commands: what a client asks a shard writer to do (imperative names, immutable values).
+
+A command that the rules check authority on carries its ``actor`` (last field; not part of the
+fingerprint, so a replay by another allowed key answers the same). Commands built inside the
+service (recovery, the expiry sweep, tests of the engine) default to the admin actor."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from balance.domain.authority import ADMIN_ACTOR, Actor
 
 
 def _fingerprint(fields: tuple) -> int:  # type: ignore[type-arg]
@@ -31,12 +37,28 @@ class UpdateAccount:
     name: str | None = None
     metadata: bytes | None = None
     credit_limit: int | None = None
+    actor: Actor = field(default=ADMIN_ACTOR, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class CreateKey:
+    """Store an API key's row (``schema.KEY_COLUMNS``): a new key of a live account."""
+
     account_id: str
     key_hash: str
+    key_id: str = ""
+    prefix: str = ""
+    scopes: int = 0
+    client_id: str | None = None
+    created_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeKey:
+    """Rewrite an API key's row with its revocation time (also for a closed account)."""
+
+    account_id: str
+    row: tuple  # type: ignore[type-arg]  # KEY_COLUMNS, revoked_at set
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +159,7 @@ class PlaceHold:
     destination_account_id: str | None = None
     description: str = ""
     metadata: bytes = b"{}"
+    actor: Actor = field(default=ADMIN_ACTOR, compare=False)  # recorded as the hold's ``placed_by``
 
     def fingerprint(self) -> int:
         return _fingerprint((
@@ -150,6 +173,7 @@ class CaptureHold:
     account_id: str
     hold_id: str
     amount: int | None = None  # None: the whole hold
+    actor: Actor = field(default=ADMIN_ACTOR, compare=False)
 
     def fingerprint(self) -> int:
         return _fingerprint(("capture", self.account_id, self.hold_id, self.amount))
@@ -159,6 +183,7 @@ class CaptureHold:
 class ReleaseHold:
     account_id: str
     hold_id: str
+    actor: Actor = field(default=ADMIN_ACTOR, compare=False)
 
     def fingerprint(self) -> int:
         return _fingerprint(("release", self.account_id, self.hold_id))
@@ -174,4 +199,4 @@ class ExpireHold:
 
 MoneyCommand = Credit | Debit | Transfer | PlaceHold | CaptureHold | ReleaseHold | ExpireHold
 CrossShardCommand = TransferOut | TransferIn | CompleteTransfer
-Command = MoneyCommand | CrossShardCommand | CreateAccount | UpdateAccount | CreateKey
+Command = MoneyCommand | CrossShardCommand | CreateAccount | UpdateAccount | CreateKey | RevokeKey

@@ -9,6 +9,7 @@ UNAUTHORIZED = "unauthorized"
 FORBIDDEN = "forbidden"
 ACCOUNT_NOT_FOUND = "account_not_found"
 HOLD_NOT_FOUND = "hold_not_found"
+KEY_NOT_FOUND = "key_not_found"
 CURRENCY_MISMATCH = "currency_mismatch"
 INSUFFICIENT_FUNDS = "insufficient_funds"
 ACCOUNT_INACTIVE = "account_inactive"
@@ -24,6 +25,7 @@ STATUS_BY_CODE = {
     FORBIDDEN: 403,
     ACCOUNT_NOT_FOUND: 404,
     HOLD_NOT_FOUND: 404,
+    KEY_NOT_FOUND: 404,
     CURRENCY_MISMATCH: 422,
     INSUFFICIENT_FUNDS: 422,
     ACCOUNT_INACTIVE: 409,

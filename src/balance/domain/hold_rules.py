@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from balance.domain import authority as a
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
@@ -98,7 +99,7 @@ def place_hold(ledger: Ledger, cmd: c.PlaceHold, now: int) -> Outcome:
     expires_at = now + cmd.expires_in_s * 1_000_000
     hold = Hold(
         account.id, cmd.op_id, cmd.amount, 0, account.currency, HOLD_PENDING,
-        cmd.destination_account_id, expires_at, now, now, cmd.description, cmd.metadata,
+        cmd.destination_account_id, expires_at, now, now, cmd.description, cmd.metadata, cmd.actor.principal,
     )  # fmt: skip
     ledger.undo_holds[(account.id, hold.id)] = None
     ledger.holds.put(hold)
@@ -108,6 +109,7 @@ def place_hold(ledger: Ledger, cmd: c.PlaceHold, now: int) -> Outcome:
         key, fingerprint, HOLD, cmd.op_id, cmd.amount, account, None, hold.id, cmd.description, cmd.metadata, now
     )
     entry.expires_at, entry.destination_account_id = expires_at, cmd.destination_account_id
+    entry.placed_by = hold.placed_by
     outcome = ledger.accepted(201, key, fingerprint, entry, (account,))
     outcome.hold = hold
     return outcome
@@ -116,17 +118,20 @@ def place_hold(ledger: Ledger, cmd: c.PlaceHold, now: int) -> Outcome:
 def _settling(
     ledger: Ledger, cmd: c.CaptureHold | c.ReleaseHold, kind: str, now: int
 ) -> Outcome | tuple[Account, tuple[str, str], int, Hold]:
-    """The checks a capture and a release share: lookups, replay, the hold still pending.
+    """The checks a capture and a release share: lookups, authority, replay, the hold still pending.
 
-    A hold past its expiry that no sweep has reached yet is expired here, first.
+    Authority comes before the replay (a key that may not finish the hold learns nothing of
+    how it was finished). A hold past its expiry that no sweep has reached yet is expired here.
     """
     account = ledger.accounts.get(cmd.account_id)
     if account is None:
         return reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
+    hold = ledger.holds.find(account.id, cmd.hold_id)
+    if hold is not None and not a.may_finish_hold(cmd.actor, placer_chain(ledger, hold)):
+        return reject(e.FORBIDDEN, f"only the key that placed hold {hold.id} (or above it) may finish it")
     key, fingerprint = (account.id, op_key_of(kind, cmd.hold_id)), cmd.fingerprint()
     if (early := ledger.replay(key, fingerprint, conflict=e.HOLD_NOT_PENDING)) is not None:
         return early
-    hold = ledger.holds.find(account.id, cmd.hold_id)
     if hold is None:
         return reject(e.HOLD_NOT_FOUND, f"hold {cmd.hold_id} not found")
     if hold.status == HOLD_PENDING and hold.expires_at <= now:
@@ -134,6 +139,17 @@ def _settling(
     if hold.status != HOLD_PENDING:
         return reject(e.HOLD_NOT_PENDING, f"hold is {hold.status}")
     return account, key, fingerprint, hold
+
+
+def placer_chain(ledger: Ledger, hold: Hold) -> tuple[str, ...]:
+    """Who placed the hold and its ancestors. A hold placed before placers were recorded counts
+    as placed by the top of its account's tree (the partner that runs it)."""
+    placer = hold.placed_by
+    if placer is None:
+        return ledger.chain(hold.account_id)[-1:]
+    if placer == a.ADMIN:
+        return (placer,)
+    return ledger.chain(placer)  # a placer on another shard (a platform key's account): itself only
 
 
 def capture_hold(ledger: Ledger, cmd: c.CaptureHold, now: int) -> Outcome:

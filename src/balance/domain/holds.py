@@ -39,7 +39,7 @@ HOLD_KINDS = (HOLD, *SETTLED_STATUS)  # the journal kinds of a hold's rows
 # The hold row places a hold; at most one capture, release or expiry row settles it.
 HOLD_JOURNAL_FIELDS = (
     "seq", "account_id", "kind", "hold_id", "amount", "currency", "created_at", "description", "metadata",
-    "expires_at", "destination_account_id",
+    "expires_at", "destination_account_id", "placed_by",
 )  # fmt: skip
 # Positions in those rows, as literal ints (mypyc folds them; tests/unit/test_model_fields.py checks them).
 HOLD_JOURNAL_SEQ: Final = 0
@@ -53,10 +53,12 @@ HOLD_JOURNAL_EXPIRES_AT: Final = 9
 
 def placed_hold(row: tuple) -> tuple:  # type: ignore[type-arg]
     """The state (``HOLD_FIELDS``) a hold's journal row placed it in: pending."""
-    _, account_id, _, hold_id, amount, currency, created_at, description, metadata, expires_at, destination = row
+    (_, account_id, _, hold_id, amount, currency, created_at, description, metadata, expires_at, destination,
+     placed_by) = row  # fmt: skip
     return (
         account_id, hold_id, amount, 0, currency, HOLD_PENDING, destination, expires_at, created_at, created_at,
         description if description else "", EMPTY_METADATA if metadata == EMPTY_METADATA else bytes(metadata),
+        placed_by,
     )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from balance.domain import account_rules, cross_shard, hold_rules, limits, movements
+from balance.domain import account_rules, authority, cross_shard, hold_rules, limits, movements
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain.expiry import ExpiryWheel
@@ -55,7 +55,7 @@ class _Frame:
 
     __slots__ = (
         "seq_at_begin", "accounts", "holds", "records", "restores", "changes", "rewritten", "checkpoint",
-        "checkpoint_accounts",
+        "checkpoint_accounts", "round_begun", "round_done",
     )  # fmt: skip
 
     def __init__(self, seq_at_begin: int) -> None:
@@ -66,8 +66,10 @@ class _Frame:
         self.restores: list[tuple[Record, int, bytes]] = []  # outcomes changed in place
         self.changes = Changes()
         self.rewritten: set[str] = set()  # accounts whose row this batch must write (not only the journal's fields)
-        self.checkpoint: dict[Hold, bool] | None = None  # the unsaved holds this batch checkpoints
-        self.checkpoint_accounts: set[str] | None = None  # ... and the unsaved accounts
+        self.checkpoint: dict[Hold, bool] | None = None  # the holds of the checkpoint round this batch writes
+        self.checkpoint_accounts: set[str] | None = None  # ... and its accounts
+        self.round_begun = False  # a checkpoint round began with this batch
+        self.round_done = 0  # > 0: this batch wrote the last rows of the round (its seq)
 
 
 # What recovery replays of each accepted journal row after the checkpoint: a hold's fields
@@ -110,6 +112,13 @@ class Ledger:
         # follows from them), so the account's row waits for the next checkpoint. Without it a
         # batch spread over many accounts rewrote a row per account: on SQLite a page each.
         self._unsaved_accounts: set[str] = set()
+        # A checkpoint round in progress: what was unsaved when it began (at journal seq
+        # ``round_seq``), written a slice per batch (``collect(rows=...)``) so that no commit
+        # carries the whole of it; once all is written, the tables reflect the journal up to
+        # ``round_seq`` (and some rows beyond: recovery's replay takes that, see ``_replay_hold_row``).
+        self.round: dict[Hold, bool] | None = None
+        self.round_accounts: set[str] = set()
+        self.round_seq = 0
         self.frames: list[_Frame] = []  # batches applied and not yet durable, oldest first
         # The open batch's frame, by its parts (what the rules write to):
         self.undo_accounts: dict[str, tuple | None] = {}  # type: ignore[type-arg]
@@ -164,14 +173,22 @@ class Ledger:
         """A hold's primary journal row (``schema.HOLD_JOURNAL_COLUMNS`` first) on the holds loaded."""
         account_id, kind, hold_id = row[HOLD_JOURNAL_ACCOUNT_ID], row[HOLD_JOURNAL_KIND], row[HOLD_JOURNAL_HOLD_ID]
         if kind == HOLD:
-            e.require(self.holds.find(account_id, hold_id) is None, f"journal: hold {hold_id} placed twice")
+            found = self.holds.find(account_id, hold_id)
+            if found is not None and found.status == HOLD_PENDING and found not in self.unsaved:
+                return  # its row is in the holds table: a checkpoint slice wrote it after this row
+            e.require(found is None, f"journal: hold {hold_id} placed twice")
             hold = Hold.from_row(placed_hold(row[:HOLD_ROW_LENGTH]), owner.id)
             self.holds.put(hold)
             self.unsaved[hold] = False
             self.expiry.add(hold)
             return
         found = self.holds.find(account_id, hold_id)
-        if found is None or found.status != HOLD_PENDING:
+        if found is None:
+            # Placed before the checkpoint, and a slice of the round after it deleted its row
+            # once it had finished; the account's row carries its effect (``reserved`` is
+            # checked against the pending holds at the end).
+            return
+        if found.status != HOLD_PENDING:
             raise e.InvariantViolation(f"journal: {kind} of hold {hold_id} not pending")
         if found not in self.unsaved:
             self.unsaved[found] = True  # loaded from the holds table
@@ -205,6 +222,14 @@ class Ledger:
         hold = self.holds.find(account_id, hold_id)
         return None if hold is None else hold.state()
 
+    def parent_of(self, account_id: str) -> str | None:
+        account = self.accounts.get(account_id)
+        return None if account is None else account.parent_id
+
+    def chain(self, account_id: str) -> tuple[str, ...]:
+        """``account_id`` and its ancestors (a child lives on its parent's shard: all are here)."""
+        return authority.chain(self.parent_of, account_id)
+
     def knows_hold(self, account_id: str, hold_id: str) -> bool:
         """True if memory holds the hold or a batch in flight created it (no storage read needed)."""
         if self.holds.find(account_id, hold_id) is not None:
@@ -232,10 +257,10 @@ class Ledger:
             key = (command.account_id, op_key_of(kind, command.hold_id))
             if command.account_id not in self.accounts:
                 return [], []
-            if key in self.records:
-                self._keep_record(key)
-                return [], []
             hold = self.holds.find(command.account_id, command.hold_id)
+            if key in self.records:  # the hold too: who placed it decides who may see the replay
+                self._keep_record(key)
+                return [], ([] if hold is not None else [(command.account_id, command.hold_id)])
             if hold is not None and hold.status == HOLD_PENDING:
                 return [], []  # a pending hold was never captured or released: nothing to read
             if hold is not None and hold in self._finished:
@@ -293,12 +318,14 @@ class Ledger:
         self._new_records, self.changes = frame.records, frame.changes
         self._in_batch = True
 
-    def collect(self, checkpoint: bool = False) -> Changes:
+    def collect(self, checkpoint: bool = False, rows: int | None = None) -> Changes:
         """Close the open batch: the rows to write, after a cheap check of what it touched.
 
-        With ``checkpoint`` the batch also brings the holds table up to date: every hold
-        changed since the last checkpoint is upserted if pending and deleted if finished
-        (unless no row of it can be there: placed and finished in between)."""
+        ``checkpoint`` begins a checkpoint round (none may be in progress): every hold and
+        account changed so far is to be written, a hold upserted if pending and deleted if
+        finished (unless no row of it can be there: placed and finished in between). While a
+        round is in progress each batch writes ``rows`` of it (None: all that is left); the
+        batch that writes the last carries the round's ``checkpoint_seq``."""
         e.require(self._in_batch, "collect() outside a batch")
         self._in_batch = False
         changes = self.changes
@@ -319,22 +346,57 @@ class Ledger:
         for currency, moved in delta.items():
             e.require(moved == 0, f"batch created {moved} {currency} out of nothing")
         if checkpoint:
-            saved, self.unsaved = self.unsaved, {}
-            frame.checkpoint = saved
-            for hold, in_table in saved.items():
-                if hold.status == HOLD_PENDING:
-                    changes.holds.append(hold)
-                elif in_table:
-                    changes.holds_deleted.append((hold.account_id, hold.id))
-            saved_accounts, self._unsaved_accounts = unsaved_accounts, set()
-            frame.checkpoint_accounts = saved_accounts
+            e.require(self.round is None, "a checkpoint round began while one is in progress")
+            self.round, self.unsaved = self.unsaved, {}
+            self.round_accounts, self._unsaved_accounts = unsaved_accounts, set()
+            self.round_seq = self.next_seq - 1
+            frame.round_begun = True
+        if self.round is not None:
+            self._write_round(frame, changes, rows)
+        return changes
+
+    def _write_round(self, frame: _Frame, changes: Changes, rows: int | None) -> None:
+        """Up to ``rows`` rows of the round in progress into this batch (holds first)."""
+        round_holds = self.round
+        assert round_holds is not None
+        if rows is None or rows >= len(round_holds):
+            chunk, self.round = round_holds, {}
+        else:
+            chunk = {}
+            for _ in range(rows):
+                hold, in_table = round_holds.popitem()
+                chunk[hold] = in_table
+        frame.checkpoint = chunk
+        for hold, in_table in chunk.items():
+            if hold.status == HOLD_PENDING:
+                changes.holds.append(hold)
+            elif in_table:
+                changes.holds_deleted.append((hold.account_id, hold.id))
+        left = None if rows is None else rows - len(chunk)
+        if left is None or left >= len(self.round_accounts):
+            accounts, self.round_accounts = self.round_accounts, set()
+        else:
+            accounts = {self.round_accounts.pop() for _ in range(max(0, left))}
+        frame.checkpoint_accounts = accounts
+        if accounts:
             written = {account.id for account in changes.accounts}
-            for account_id in saved_accounts:
+            for account_id in accounts:
                 unsaved = self.accounts.get(account_id)  # None: created by a batch since undone
                 if unsaved is not None and account_id not in written:
                     changes.accounts.append(unsaved)
-            changes.checkpoint_seq = self.next_seq - 1
-        return changes
+        if not self.round and not self.round_accounts:  # all written: the round is complete
+            changes.checkpoint_seq = frame.round_done = self.round_seq
+            self.round = None
+
+    @property
+    def round_rows(self) -> int:
+        """Rows of the checkpoint round in progress still to be written (0: none in progress)."""
+        return 0 if self.round is None else len(self.round) + len(self.round_accounts)
+
+    @property
+    def checkpointing(self) -> bool:
+        """A checkpoint round is in progress."""
+        return self.round is not None
 
     @property
     def unsaved_holds(self) -> int:
@@ -387,13 +449,22 @@ class Ledger:
             for record, status, body in reversed(frame.restores):
                 record.status, record.body = status, body
             self.next_seq = frame.seq_at_begin
-            if frame.checkpoint is not None:  # not written: its holds are unsaved again
+            if frame.checkpoint is not None:  # its slice of the round was not written: back to the round
+                if self.round is None:  # it was the round's last slice
+                    self.round, self.round_seq = {}, frame.round_done
                 for hold, in_table in frame.checkpoint.items():
+                    self.round[hold] = in_table or self.round.get(hold, False)
+                self.round_accounts |= frame.checkpoint_accounts or set()
+            if frame.round_begun:  # the round began here: what it was to write is unsaved again
+                assert self.round is not None
+                for hold, in_table in self.round.items():
                     self.unsaved[hold] = in_table or self.unsaved.get(hold, False)
-            if frame.checkpoint_accounts is not None:  # ... and its accounts
-                self._unsaved_accounts |= frame.checkpoint_accounts
+                self._unsaved_accounts |= self.round_accounts
+                self.round, self.round_accounts = None, set()
         for hold in created:
             self.unsaved.pop(hold, None)
+            if self.round:
+                self.round.pop(hold, None)
         self.frames = []
         self._in_batch = False
 
@@ -558,6 +629,7 @@ _HANDLERS = {
     c.CreateAccount: account_rules.create_account,
     c.UpdateAccount: account_rules.update_account,
     c.CreateKey: account_rules.create_key,
+    c.RevokeKey: account_rules.revoke_key,
     c.Credit: movements.credit,
     c.Debit: movements.debit,
     c.Transfer: movements.transfer,

@@ -6,6 +6,7 @@ Classes use ``__slots__`` because a shard keeps millions of them.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Final
 
@@ -38,6 +39,12 @@ EXPIRE = "expire"
 _SHARED: dict[object, object] = {}
 
 
+def principal(value: str) -> str:
+    """The one copy of a principal's id (an account id or "admin"): holds and accounts that
+    name it share it, so recording who placed a hold costs a pointer per hold."""
+    return sys.intern(value)
+
+
 def shared(value: object) -> object:
     """One object for a value repeated across millions of rows (kind, currency, status, ...).
 
@@ -52,12 +59,12 @@ EMPTY_METADATA = b"{}"
 ACCOUNT_FIELDS = (
     "id", "parent_id", "kind", "region", "currency", "name", "status",
     "balance", "reserved", "credit_limit", "exhausted", "version",
-    "created_at", "updated_at", "metadata",
+    "created_at", "updated_at", "metadata", "frozen_by",
 )  # fmt: skip
 HOLD_FIELDS = (
     "account_id", "id", "amount", "captured_amount", "currency", "status",
     "destination_account_id", "expires_at", "created_at", "updated_at",
-    "description", "metadata",
+    "description", "metadata", "placed_by",
 )  # fmt: skip
 # Positions of fields in those tuples, as literal ints: mypyc folds a Final int into the code
 # that indexes with it (tests/unit/test_model_fields.py checks each against the names above).
@@ -73,22 +80,27 @@ HOLD_CAPTURED_AMOUNT: Final = 3
 HOLD_STATUS: Final = 5
 HOLD_EXPIRES_AT: Final = 7
 HOLD_UPDATED_AT: Final = 9
+ACCOUNT_FROZEN_BY: Final = 15
+HOLD_PLACED_BY: Final = 12
 JOURNAL_SEQ: Final = 0  # in a journal row (``Entry.row()``, ``schema.JOURNAL_COLUMNS``)
 
 
 class Account:
-    """One balance. ``available = balance + credit_limit - reserved``."""
+    """One balance. ``available = balance + credit_limit - reserved``.
+
+    ``frozen_by``: the principal (an account id or ``"admin"``) that froze it, so that only it,
+    its ancestors or the admin lift the freeze; None when not frozen."""
 
     __slots__ = (
         "id", "parent_id", "kind", "region", "currency", "name", "status",
         "balance", "reserved", "credit_limit", "exhausted", "version",
-        "created_at", "updated_at", "metadata",
+        "created_at", "updated_at", "metadata", "frozen_by",
     )  # fmt: skip
 
     def __init__(
         self, id: str, parent_id: str | None, kind: str, region: str, currency: str, name: str,
         status: str, balance: int, reserved: int, credit_limit: int, exhausted: bool,
-        version: int, created_at: int, updated_at: int, metadata: bytes,
+        version: int, created_at: int, updated_at: int, metadata: bytes, frozen_by: str | None = None,
     ) -> None:  # fmt: skip
         self.id = id
         self.parent_id = parent_id
@@ -105,6 +117,7 @@ class Account:
         self.created_at = created_at
         self.updated_at = updated_at
         self.metadata = metadata
+        self.frozen_by = frozen_by
 
     @property
     def available(self) -> int:
@@ -119,7 +132,7 @@ class Account:
         return (
             self.id, self.parent_id, self.kind, self.region, self.currency, self.name, self.status,
             self.balance, self.reserved, self.credit_limit, self.exhausted, self.version,
-            self.created_at, self.updated_at, self.metadata,
+            self.created_at, self.updated_at, self.metadata, self.frozen_by,
         )  # fmt: skip
 
     def restore(self, state: tuple) -> None:  # type: ignore[type-arg]
@@ -130,7 +143,7 @@ class Account:
     def from_row(cls, row: tuple) -> Account:  # type: ignore[type-arg]
         """A stored row, with repeated values shared (recovery of millions of accounts)."""
         (id_, parent_id, kind, region, currency, name, status, balance, reserved, credit_limit,
-         exhausted, version, created_at, updated_at, metadata) = row  # fmt: skip
+         exhausted, version, created_at, updated_at, metadata, frozen_by) = row  # fmt: skip
         share = _SHARED.setdefault  # bound once: this runs millions of times at recovery
         return cls(
             id_, parent_id, share(kind, kind), share(region, region), share(currency, currency),  # type: ignore[arg-type]
@@ -138,6 +151,7 @@ class Account:
             bool(exhausted), version, created_at,
             created_at if updated_at == created_at else updated_at,
             EMPTY_METADATA if metadata == EMPTY_METADATA else bytes(metadata),
+            None if frozen_by is None else principal(frozen_by),
         )  # fmt: skip
 
 
@@ -147,17 +161,20 @@ class Hold:
     The three fields a hold seldom has (a destination, a description, metadata) and never
     changes share one slot, ``None`` when all are defaults: 24 bytes less per hold, which
     counts at millions of pending holds.
+
+    ``placed_by``: the principal whose key placed it (an account id or ``"admin"``; None for a
+    hold placed before it was recorded). Interned: one string per principal, not per hold.
     """
 
     __slots__ = (
         "account_id", "id", "amount", "captured_amount", "currency", "status",
-        "expires_at", "created_at", "updated_at", "_details",
+        "expires_at", "created_at", "updated_at", "_details", "placed_by",
     )  # fmt: skip
 
     def __init__(
         self, account_id: str, id: str, amount: int, captured_amount: int, currency: str,
         status: str, destination_account_id: str | None, expires_at: int, created_at: int,
-        updated_at: int, description: str, metadata: bytes,
+        updated_at: int, description: str, metadata: bytes, placed_by: str | None = None,
     ) -> None:  # fmt: skip
         self.account_id = account_id
         self.id = id
@@ -173,6 +190,7 @@ class Hold:
             if destination_account_id is None and not description and metadata == EMPTY_METADATA
             else (destination_account_id, description, metadata)
         )
+        self.placed_by = None if placed_by is None else principal(placed_by)
 
     @property
     def destination_account_id(self) -> str | None:
@@ -192,6 +210,7 @@ class Hold:
         return (
             self.account_id, self.id, self.amount, self.captured_amount, self.currency, self.status,
             destination, self.expires_at, self.created_at, self.updated_at, description, metadata,
+            self.placed_by,
         )  # fmt: skip
 
     def restore(self, state: tuple) -> None:  # type: ignore[type-arg]
@@ -207,13 +226,13 @@ class Hold:
     def from_row(cls, row: tuple, account_id: str | None = None) -> Hold:  # type: ignore[type-arg]
         """A stored row, sharing the account's id object and repeated values."""
         (row_account_id, id_, amount, captured, currency, status, destination, expires_at, created_at,
-         updated_at, description, metadata) = row  # fmt: skip
+         updated_at, description, metadata, placed_by) = row  # fmt: skip
         share = _SHARED.setdefault
         return cls(
             account_id if account_id == row_account_id else row_account_id, id_, amount, captured,  # type: ignore[arg-type]
             share(currency, currency), share(status, status), destination, expires_at, created_at,  # type: ignore[arg-type]
             created_at if updated_at == created_at else updated_at, description if description else "",
-            EMPTY_METADATA if metadata == EMPTY_METADATA else bytes(metadata),
+            EMPTY_METADATA if metadata == EMPTY_METADATA else bytes(metadata), placed_by,
         )  # fmt: skip
 
 
@@ -233,6 +252,7 @@ class Entry:
         "seq", "account_id", "op_key", "kind", "op_id", "status", "code", "fingerprint", "amount",
         "currency", "counterparty_account_id", "hold_id", "balance_after", "reserved_after",
         "version", "created_at", "description", "metadata", "result", "expires_at", "destination_account_id",
+        "placed_by",
     )  # fmt: skip
 
     def __init__(
@@ -240,7 +260,7 @@ class Entry:
         fingerprint: int, amount: int, currency: str, counterparty_account_id: str | None, hold_id: str | None,
         balance_after: int, reserved_after: int, version: int, created_at: int, description: str,
         metadata: bytes, result: bytes = b"", expires_at: int | None = None,
-        destination_account_id: str | None = None,
+        destination_account_id: str | None = None, placed_by: str | None = None,
     ) -> None:  # fmt: skip
         self.seq = seq
         self.account_id = account_id
@@ -263,6 +283,7 @@ class Entry:
         self.result = result
         self.expires_at = expires_at
         self.destination_account_id = destination_account_id
+        self.placed_by = placed_by  # a hold row: who placed it (``Hold.placed_by``)
 
     def row(self) -> tuple:  # type: ignore[type-arg]
         return (
@@ -270,7 +291,7 @@ class Entry:
             self.code, self.fingerprint, self.amount, self.currency,
             self.counterparty_account_id, self.hold_id, self.balance_after,
             self.reserved_after, self.version, self.created_at, self.description,
-            self.metadata, self.result, self.expires_at, self.destination_account_id,
+            self.metadata, self.result, self.expires_at, self.destination_account_id, self.placed_by,
         )  # fmt: skip
 
 

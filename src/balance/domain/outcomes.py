@@ -57,7 +57,7 @@ class Changes:
     checkpoint_seq: int = 0  # > 0: the holds and accounts tables reflect the journal up to here once committed
     entries: list[Entry] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    keys: list[tuple[str, str, int]] = field(default_factory=list)  # (key_hash, account_id, at)
+    keys: list[tuple] = field(default_factory=list)  # type: ignore[type-arg]  # KEY_COLUMNS rows, upserted
     transfers_started: list[tuple] = field(default_factory=list)  # type: ignore[type-arg]  # TRANSFER_COLUMNS
     transfers_completed: list[tuple[bytes, str, str]] = field(default_factory=list)  # (body, account, op_id)
 

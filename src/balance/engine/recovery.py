@@ -1,10 +1,16 @@
 """Recovery: a shard's ledger loaded from storage (the checkpoint tables, then the journal
-written since), at start and after a failed commit that landed anyway."""
+written since), at start and after a failed commit that landed anyway.
+
+A database that is away is waited for, not given up on: each failed attempt is one log line
+and a ``retrying`` state with the last error (``/readyz`` shows both), then another attempt
+after a capped, jittered backoff (``Backoff``; its sleep and randomness are injectable)."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import random
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from balance.domain.holds import HOLD_JOURNAL_SEQ
@@ -15,6 +21,35 @@ if TYPE_CHECKING:
     from balance.engine.shard import ShardEngine
 
 RECOVERY_PAGE_ROWS = 20_000
+RETRY_FIRST_S = 0.1  # the first wait after a failed attempt (at most; jittered below it)
+RETRY_CAP_S = 1.0  # no wait is longer: a database that is back is found within about a second
+
+
+class Backoff:
+    """Capped exponential backoff with "equal jitter": the n-th wait is drawn from
+    [c/2, c] where c = min(cap, first * 2**(n-1)). The jitter keeps many shards (and
+    processes) from hammering a database that has just come back in lockstep; the half
+    that is not random keeps the waits growing. ``sleep`` and ``rng`` are seams for tests."""
+
+    def __init__(
+        self,
+        first_s: float = RETRY_FIRST_S,
+        cap_s: float = RETRY_CAP_S,
+        *,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        if not 0 < first_s <= cap_s:
+            raise ValueError("backoff needs 0 < first_s <= cap_s")
+        self.first_s = first_s
+        self.cap_s = cap_s
+        self.rng = rng or random.Random()
+        self.sleep: Callable[[float], Awaitable[None]] = sleep or asyncio.sleep
+
+    def delay(self, attempt: int) -> float:
+        """The wait after failed attempt number ``attempt`` (1, 2, ...)."""
+        ceiling = min(self.cap_s, self.first_s * 2.0 ** min(attempt - 1, 60))
+        return ceiling / 2 + self.rng.uniform(0.0, ceiling / 2)
 
 
 async def load_ledger(engine: ShardEngine) -> Ledger:

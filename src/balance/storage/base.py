@@ -33,7 +33,7 @@ class BatchWrite:
     checkpoint_seq: int = 0  # 0: no checkpoint in this batch
     journal: list[Row] = field(default_factory=list)  # inserted, JOURNAL_COLUMNS
     outbox: list[Row] = field(default_factory=list)  # inserted, OUTBOX_COLUMNS
-    keys: list[Row] = field(default_factory=list)  # inserted, KEY_COLUMNS
+    keys: list[Row] = field(default_factory=list)  # upserted (a revocation rewrites the row), KEY_COLUMNS
     transfers_started: list[Row] = field(default_factory=list)  # inserted, TRANSFER_COLUMNS
     # (final result, account_id, op_id): the journal row of that transfer gets status 201 and
     # this result; its transfers_pending row is deleted.
@@ -93,8 +93,8 @@ class ShardStorage(Protocol):
         """Recovery, page by page: accepted journal rows with seq > ``after_seq``, by seq
         (``RECOVERY_JOURNAL_COLUMNS``)."""
 
-    async def load_keys(self) -> list[tuple[str, str]]:
-        """(key_hash, account_id) of every API key stored in this shard."""
+    async def load_keys(self) -> list[Row]:
+        """Every API key stored in this shard (KEY_COLUMNS)."""
 
     async def commit(self, batch: BatchWrite, after: asyncio.Future[None] | None = None) -> None:
         """Write the batch atomically and durably, or raise.

@@ -147,8 +147,10 @@ class MariaDbShardStorage(MariaDbWrites, MariaDbStatements, MariaDbReads):
                         await cur.execute(f"CREATE {kind} IF NOT EXISTS `{name}` ON `{table}` ({columns})")
                     for name, table in schema.INDEXES_DROPPED:  # after their replacements exist
                         await cur.execute(f"DROP INDEX IF EXISTS `{name}` ON `{table}`")
-                    for column, ddl in schema.JOURNAL_COLUMNS_ADDED.items():  # an earlier version's database
-                        await cur.execute(f"ALTER TABLE journal ADD COLUMN IF NOT EXISTS `{column}` {ddl}")
+                    added = {"journal": schema.JOURNAL_COLUMNS_ADDED, **schema.COLUMNS_ADDED}
+                    for table, columns in added.items():  # an earlier version's database
+                        for column, ddl in columns.items():
+                            await cur.execute(f"ALTER TABLE `{table}` ADD COLUMN IF NOT EXISTS `{column}` {ddl}")
                     # No checkpoint row yet: the holds table is complete (a new or an earlier version's database).
                     # A consistent read, no locks: a branch a crash left prepared may hold some.
                     await cur.execute("SELECT COALESCE(MAX(seq), 0) FROM journal")

@@ -110,8 +110,10 @@ class MariaDbReads:
         )
         return int(rows[0][0])
 
-    async def load_keys(self) -> list[tuple[str, str]]:
-        return await self._read(lambda conn: self._fetch(conn, "SELECT key_hash, account_id FROM api_keys"))
+    async def load_keys(self) -> list[Row]:
+        return await self._read(
+            lambda conn: self._fetch(conn, f"SELECT {column_list(schema.KEY_COLUMNS)} FROM api_keys")
+        )
 
     async def lookup(
         self, op_keys: list[tuple[str, str]], hold_keys: list[tuple[str, str]]

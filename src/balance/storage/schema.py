@@ -12,19 +12,34 @@ JOURNAL_COLUMNS = (
     "seq", "account_id", "op_key", "kind", "op_id", "status", "code", "fingerprint", "amount",
     "currency", "counterparty_account_id", "hold_id", "balance_after", "reserved_after",
     "version", "created_at", "description", "metadata", "result", "expires_at", "destination_account_id",
+    "placed_by",
 )  # fmt: skip
 # What rebuilds a hold from its journal rows (``balance.domain.holds.hold_from_journal``).
 HOLD_JOURNAL_COLUMNS = HOLD_JOURNAL_FIELDS
 # What recovery replays on top of the checkpoint (``Ledger.replay_journal_row``).
 RECOVERY_JOURNAL_COLUMNS = RECOVERY_JOURNAL_FIELDS
 # Columns added to the journal since its first version (added at open to an older database).
-JOURNAL_COLUMNS_ADDED = {"expires_at": "BIGINT NULL", "destination_account_id": "VARCHAR(64) NULL"}
+JOURNAL_COLUMNS_ADDED = {
+    "expires_at": "BIGINT NULL", "destination_account_id": "VARCHAR(64) NULL", "placed_by": "VARCHAR(64) NULL",
+}  # fmt: skip
+# Columns added to other tables since their first version (added at open, as above).
+COLUMNS_ADDED = {
+    "accounts": {"frozen_by": "VARCHAR(64) NULL"},
+    "holds": {"placed_by": "VARCHAR(64) NULL"},
+    "api_keys": {
+        "key_id": "VARCHAR(40) NULL", "prefix": "VARCHAR(16) NULL", "scopes": "INT NULL",
+        "revoked_at": "BIGINT NULL", "client_id": "VARCHAR(64) NULL",
+    },
+}  # fmt: skip
 # The meta row: the holds and accounts tables reflect the journal up to this seq. (Named when
 # only holds were checkpointed; kept so that databases already written open unchanged.)
 CHECKPOINT_META_KEY = "holds_checkpoint_seq"
 CHECKPOINT_SEQ_SQL = f"(SELECT value FROM meta WHERE name = '{CHECKPOINT_META_KEY}')"  # in SQL
+# SQLite: the history table holds the journal's pairs up to this seq (filled a slice at a time).
+HISTORY_META_KEY = "history_seq"
+HISTORY_SEQ_SQL = f"(SELECT value FROM meta WHERE name = '{HISTORY_META_KEY}')"  # in SQL
 OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at")
-KEY_COLUMNS = ("key_hash", "account_id", "created_at")
+KEY_COLUMNS = ("key_hash", "account_id", "created_at", "key_id", "prefix", "scopes", "revoked_at", "client_id")
 TRANSFER_COLUMNS = (
     "account_id", "op_id", "to_account_id", "amount", "currency", "description", "metadata", "created_at",
 )  # fmt: skip
@@ -46,7 +61,8 @@ TABLES = {
         version BIGINT NOT NULL,
         created_at BIGINT NOT NULL,
         updated_at BIGINT NOT NULL,
-        metadata BLOB NOT NULL""",
+        metadata BLOB NOT NULL,
+        frozen_by VARCHAR(64) NULL""",
     "holds": """
         account_id VARCHAR(64) NOT NULL,
         id VARCHAR(64) NOT NULL,
@@ -60,6 +76,7 @@ TABLES = {
         updated_at BIGINT NOT NULL,
         description VARCHAR(500) NOT NULL,
         metadata BLOB NOT NULL,
+        placed_by VARCHAR(64) NULL,
         PRIMARY KEY (account_id, id)""",
     "journal": """
         seq BIGINT NOT NULL PRIMARY KEY,
@@ -82,7 +99,8 @@ TABLES = {
         metadata BLOB NOT NULL,
         result BLOB NOT NULL,
         expires_at BIGINT NULL,
-        destination_account_id VARCHAR(64) NULL""",
+        destination_account_id VARCHAR(64) NULL,
+        placed_by VARCHAR(64) NULL""",
     "outbox": """
         seq BIGINT NOT NULL PRIMARY KEY,
         kind VARCHAR(32) NOT NULL,
@@ -105,7 +123,12 @@ TABLES = {
     "api_keys": """
         key_hash CHAR(64) NOT NULL PRIMARY KEY,
         account_id VARCHAR(64) NOT NULL,
-        created_at BIGINT NOT NULL""",
+        created_at BIGINT NOT NULL,
+        key_id VARCHAR(40) NULL,
+        prefix VARCHAR(16) NULL,
+        scopes INT NULL,
+        revoked_at BIGINT NULL,
+        client_id VARCHAR(64) NULL""",
 }
 
 
@@ -141,8 +164,8 @@ def history_query(
 ) -> tuple[str, list[object]]:
     """The history read (accepted journal rows of one account, newest first), for either driver's
     placeholder style (``?`` or ``%s``). With ``history_table`` (SQLite): rows up to the
-    checkpoint through the history table, the rest from the journal after the checkpoint; one
-    statement, so both parts come from the same snapshot."""
+    history table's seq through it, the rest from the journal after it; one statement, so
+    both parts come from the same snapshot."""
     p = placeholder
     filters = (("seq <", before_seq), ("created_at >=", since), ("created_at <", until))
     wanted = [(condition, value) for condition, value in filters if value is not None]
@@ -156,7 +179,7 @@ def history_query(
         sql = f"SELECT {columns} FROM journal WHERE account_id = {p} AND status < 300{where()}"
         return sql + f" ORDER BY seq DESC LIMIT {p}", [account_id, *values, int(limit)]
     newer = (
-        f"SELECT {columns} FROM journal WHERE seq > {CHECKPOINT_SEQ_SQL}"
+        f"SELECT {columns} FROM journal WHERE seq > {HISTORY_SEQ_SQL}"
         f" AND account_id = {p} AND status < 300{where()} ORDER BY seq DESC LIMIT {p}"
     )
     older = (
@@ -182,9 +205,9 @@ INDEXES_DROPPED = (("journal_op_key", "journal"),)  # replaced: dropped from an 
 # redo log records only the bytes an insert changes. SQLite writes every page a commit
 # touches, whole, to its WAL: on spread-out workloads each row's entry lands on a page of its
 # own, so a commit of 2,000 rows wrote ~2,000 index pages (8 MB) and the writer spent its time
-# in fdatasync. SQLite keeps the same pairs in a table of its own instead, filled at each
-# checkpoint in account order (each page written about once per checkpoint); rows after the
-# checkpoint are read off the journal's tail (``history_query``).
+# in fdatasync. SQLite keeps the same pairs in a table of its own instead, filled a few
+# thousand rows at a time in account order (with a batch, ``HISTORY_META_KEY`` moving with
+# them); rows after that are read off the journal's tail (``history_query``).
 HISTORY_INDEX = ("journal_history", "journal", "account_id, seq", False)
 SQLITE_TABLES = {
     "history": """
@@ -202,8 +225,8 @@ def indexes(backend: str) -> tuple[tuple[str, str, str, bool], ...]:
 
 def history_fill_sql(after: str, up_to: str) -> str:
     """SQLite: the (account_id, seq) pairs with ``after`` < seq <= ``up_to`` (SQL expressions)
-    into the history table, in the table's order. A checkpoint fills from the last checkpoint
-    (before the meta row moves); an earlier version's database from 0 at open."""
+    into the history table, in the table's order: a slice with a batch, an earlier version's
+    database from 0 at open."""
     return (
         "INSERT OR IGNORE INTO history (account_id, seq) SELECT account_id, seq FROM journal"
         f" WHERE seq > {after} AND seq <= {up_to} ORDER BY account_id, seq"

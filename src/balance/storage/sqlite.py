@@ -65,7 +65,11 @@ _HOLD_JOURNAL_BY_KEYS = (
     " WHERE account_id = ? AND op_key IN (?, ?, ?, ?) AND status < 300 ORDER BY seq"
 )
 _RECOVERY_JOURNAL_AFTER = schema.recovery_journal_query("?")
-_HISTORY_FILL = schema.history_fill_sql(schema.CHECKPOINT_SEQ_SQL, "?")  # a checkpoint's: before meta moves
+_HISTORY_FILL = schema.history_fill_sql("?", "?")
+# The history table is filled with a batch once this many journal rows wait, at most twice as
+# many at once: never the whole of a checkpoint interval in one commit (a stall), never a row
+# at a time (each page rewritten per commit).
+HISTORY_SLICE_ROWS = 2048
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -107,6 +111,7 @@ class SqliteShardStorage:
         self._reader: sqlite3.Connection | None = None
         self._sql_cache: dict[tuple[str, int], str] = {}
         self._closed = False
+        self._history_seq = 0  # the history table has the journal's pairs up to here (writer thread)
         self._last_link: _Link | None = None  # the latest commit handed to the writer thread
         # Commits handed to the writer thread and not yet taken up by it, in order: the thread
         # writes those queued behind the one it takes up in the same transaction (``_followers``).
@@ -161,10 +166,12 @@ class SqliteShardStorage:
                 conn.execute(f"CREATE {kind} IF NOT EXISTS {name} ON {table} ({columns})")
             for name, _ in schema.INDEXES_DROPPED:  # after their replacements exist
                 conn.execute(f"DROP INDEX IF EXISTS {name}")
-            have = {row[1] for row in conn.execute("PRAGMA table_info(journal)")}
-            for column, ddl in schema.JOURNAL_COLUMNS_ADDED.items():  # a database of an earlier version
-                if column not in have:
-                    conn.execute(f"ALTER TABLE journal ADD COLUMN {column} {_sqlite_type(ddl)}")
+            added = {"journal": schema.JOURNAL_COLUMNS_ADDED, **schema.COLUMNS_ADDED}
+            for table, columns in added.items():  # a database of an earlier version
+                have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for column, ddl in columns.items():
+                    if column not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {_sqlite_type(ddl)}")
             # No checkpoint row yet: the holds table is complete (a new or an earlier version's database).
             conn.execute(
                 "INSERT OR IGNORE INTO meta (name, value) SELECT ?, COALESCE(MAX(seq), 0) FROM journal",
@@ -173,9 +180,20 @@ class SqliteShardStorage:
             if "history" not in tables:  # an earlier version's journal: its pairs up to the checkpoint
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute(schema.history_fill_sql("0", schema.CHECKPOINT_SEQ_SQL))
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (name, value) SELECT ?, value FROM meta WHERE name = ?",
+                    (schema.HISTORY_META_KEY, schema.CHECKPOINT_META_KEY),
+                )
                 conn.execute("COMMIT")
             for name, _ in schema.SQLITE_INDEXES_DROPPED:  # once the history table has its pairs
                 conn.execute(f"DROP INDEX IF EXISTS {name}")
+            # No history row yet: the table was filled up to the checkpoint (an earlier version's database).
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (name, value) SELECT ?, value FROM meta WHERE name = ?",
+                (schema.HISTORY_META_KEY, schema.CHECKPOINT_META_KEY),
+            )
+            row = conn.execute("SELECT value FROM meta WHERE name = ?", (schema.HISTORY_META_KEY,)).fetchone()
+            self._history_seq = int(row[0])
 
         await self._run(self._writer_pool, setup)
         self._reader = await self._run(self._reader_pool, self._connect)
@@ -274,22 +292,33 @@ class SqliteShardStorage:
         try:
             for batch in batches:
                 self._write(conn, batch)
+            history_seq = self._fill_history(conn, batches)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._history_seq = history_seq
+
+    def _fill_history(self, conn: sqlite3.Connection, batches: list[BatchWrite]) -> int:
+        """A slice of the journal's pairs into the history table, when enough wait; the new seq."""
+        last = max((batch.journal[-1][0] for batch in batches if batch.journal), default=0)
+        if last - self._history_seq < HISTORY_SLICE_ROWS:
+            return self._history_seq
+        up_to = min(last, self._history_seq + 2 * HISTORY_SLICE_ROWS)
+        conn.execute(_HISTORY_FILL, (self._history_seq, up_to))
+        conn.execute("UPDATE meta SET value = ? WHERE name = ?", (up_to, schema.HISTORY_META_KEY))
+        return up_to
 
     def _write(self, conn: sqlite3.Connection, batch: BatchWrite) -> None:
         self._insert(conn, "journal", schema.JOURNAL_COLUMNS, batch.journal, upsert=False)
         self._insert(conn, "holds", schema.HOLD_COLUMNS, batch.holds, upsert=True)
         self._insert(conn, "accounts", schema.ACCOUNT_COLUMNS, batch.accounts, upsert=True)
         self._insert(conn, "outbox", schema.OUTBOX_COLUMNS, batch.outbox, upsert=False)
-        self._insert(conn, "api_keys", schema.KEY_COLUMNS, batch.keys, upsert=False)
+        self._insert(conn, "api_keys", schema.KEY_COLUMNS, batch.keys, upsert=True)  # a revocation rewrites its row
         self._insert(conn, "transfers_pending", schema.TRANSFER_COLUMNS, batch.transfers_started, upsert=False)
         if batch.holds_deleted:
             conn.executemany("DELETE FROM holds WHERE account_id = ? AND id = ?", batch.holds_deleted)
         if batch.checkpoint_seq:
-            conn.execute(_HISTORY_FILL, (batch.checkpoint_seq,))  # before the meta row moves
             conn.execute("UPDATE meta SET value = ? WHERE name = ?", (batch.checkpoint_seq, schema.CHECKPOINT_META_KEY))
         for result, account_id, op_id in batch.transfers_completed:
             conn.execute(
@@ -376,10 +405,10 @@ class SqliteShardStorage:
         row = await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql).fetchone())
         return int(row[0] or 0)
 
-    async def load_keys(self) -> list[tuple[str, str]]:
+    async def load_keys(self) -> list[Row]:
         return await self._run(
             self._reader_pool,
-            lambda: self._reader_conn().execute("SELECT key_hash, account_id FROM api_keys").fetchall(),
+            lambda: self._reader_conn().execute(f"SELECT {','.join(schema.KEY_COLUMNS)} FROM api_keys").fetchall(),
         )
 
     async def lookup(

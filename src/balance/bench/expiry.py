@@ -1,0 +1,116 @@
+"""An expiry burst: ``holds`` pending holds that all expire in the same second (issue 18).
+
+The engine runs in process on a fresh database with a clock the bench moves: the holds are
+placed, the clock is moved past their expiry, and the sweep expires them while other traffic
+(credits at a fixed rate, open loop) measures what the burst does to everyone else. The same
+burst is then expired all at once (every expiry queued together, as the sweep did before) on
+a second fill: its time is the writer's full capacity for expiries, so the sliced sweep's share
+of the writer is about that time over its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from balance.bench import ours
+from balance.bench.results import BenchResult, percentile
+from balance.domain import commands as c
+from balance.engine import expiry_sweep
+from balance.engine.clock import ManualClock
+from balance.engine.runtime import tuned
+from balance.engine.shard import ShardEngine
+
+ACCOUNTS = 1000
+BACKGROUND_RATE = 2000  # credits per second while the burst is expired
+
+
+async def _fill(engine: ShardEngine, holds: int, tag: str) -> list[str]:
+    ids = [f"US-0-{tag}{k:08x}" for k in range(ACCOUNTS)]
+    setup: list[c.Command] = []
+    for account in ids:
+        setup += [c.CreateAccount(account, None, "partner", "US", "USD", "", 0, b"{}"), c.Credit(account, "f", 10**12)]
+    setup += [c.PlaceHold(ids[k % ACCOUNTS], f"{tag}-{k}", 1, 60) for k in range(holds)]
+    for start in range(0, len(setup), 8000):
+        replies = await asyncio.gather(*(engine.enqueue(command) for command in setup[start : start + 8000]))
+        assert all(reply.status == 201 for reply in replies), "setup failed"
+    return ids
+
+
+async def _background(engine: ShardEngine, ids: list[str], stop: asyncio.Event, latencies: list[float]) -> None:
+    """Credits at ``BACKGROUND_RATE``/s, each timed from its scheduled send time."""
+    start, n = time.perf_counter(), 0
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(k: int, at: float) -> None:
+        reply = await engine.execute(c.Credit(ids[k % len(ids)], f"bg-{start}-{k}", 1))
+        if reply.status == 201:
+            latencies.append(time.perf_counter() - at)
+
+    while not stop.is_set():
+        due = int((time.perf_counter() - start) * BACKGROUND_RATE) + 1
+        while n < due:
+            task = asyncio.create_task(one(n, start + n / BACKGROUND_RATE))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            n += 1
+        await asyncio.sleep(0.001)
+    await asyncio.gather(*pending)
+
+
+async def _burst(
+    engine: ShardEngine, clock: ManualClock, ids: list[str], sliced: bool
+) -> tuple[float, int, list[float]]:
+    clock.advance(120)  # every hold is past its expiry
+    latencies: list[float] = []
+    stop = asyncio.Event()
+    background = asyncio.create_task(_background(engine, ids, stop, latencies))
+    await asyncio.sleep(0.5)  # the background traffic runs before the burst too
+    started = time.perf_counter()
+    if sliced:
+        expired = await expiry_sweep.sweep(engine)
+    else:  # as before: every due hold queued at once
+        due = engine.ledger.due_holds(clock(), limit=10**9)
+        replies = await asyncio.gather(*(engine.enqueue(c.ExpireHold(a, h)) for a, h in due))
+        expired = sum(1 for reply in replies if reply.status == 200)
+    seconds = time.perf_counter() - started
+    await asyncio.sleep(0.5)
+    stop.set()
+    await background
+    return seconds, expired, sorted(latencies)
+
+
+async def run_expiry_burst(backend: str, *, holds: int, work_dir: Path) -> BenchResult:
+    figures = {}
+    for sliced in (False, True):
+        async with ours.scratch_storage(backend, work_dir) as (storage, _):
+            with tuned():
+                clock = ManualClock(int(time.time() * 1_000_000))
+                engine = ShardEngine(0, storage, clock=clock, sweep_interval_s=3600)
+                await engine.start()
+                try:
+                    ids = await _fill(engine, holds, "s" if sliced else "a")
+                    figures[sliced] = await _burst(engine, clock, ids, sliced)
+                    engine.ledger.check_invariants()
+                finally:
+                    await engine.stop()
+    (all_s, all_n, all_lat), (sliced_s, sliced_n, sliced_lat) = figures[False], figures[True]
+    assert all_n == holds and sliced_n == holds, (all_n, sliced_n)
+
+    def tail(values: list[float]) -> str:
+        return "/".join(f"{percentile(values, q) * 1000:.0f}" for q in (50, 99, 100))
+
+    share = all_s / sliced_s
+    notes = (
+        f"{holds:,} expired in {sliced_s:.1f}s sliced (all at once: {all_s:.1f}s, so ~{share:.0%} of the writer);"
+        f" other traffic p50/p99/max ms: sliced {tail(sliced_lat)}, all at once {tail(all_lat)}"
+    )
+    return BenchResult(
+        name="expiry-burst", backend=backend, scenario=f"expiry burst {holds:,}", ops=holds, seconds=sliced_s,
+        ops_per_s=holds / sliced_s, p50_ms=percentile(sliced_lat, 50) * 1000,
+        p95_ms=percentile(sliced_lat, 95) * 1000, p99_ms=percentile(sliced_lat, 99) * 1000,
+        extra={"all_at_once_s": all_s, "writer_share": share, "notes": notes,
+               "other_p99_all_at_once_ms": percentile(all_lat, 99) * 1000,
+               "other_max_sliced_ms": sliced_lat[-1] * 1000, "other_max_all_at_once_ms": all_lat[-1] * 1000},
+    )  # fmt: skip
