@@ -23,7 +23,9 @@ def run(_: argparse.Namespace) -> int:
         if new_key is not None:  # printed once: only its hash is kept (in the data directory)
             print(f"BALANCE_ADMIN_KEY was not set; the admin key (shown once) is:\n  {new_key}\n", flush=True)
         else:
-            print(f"admin key: the one printed at first start (hash in {settings.data_dir / ADMIN_KEY_FILE})", flush=True)
+            print(
+                f"admin key: the one printed at first start (hash in {settings.data_dir / ADMIN_KEY_FILE})", flush=True
+            )
     from balance.storage.mariadb_url import redacted
 
     storage = redacted(settings.db_url) if settings.db_url else f"SQLite files in {settings.data_dir}/"
