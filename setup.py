@@ -45,6 +45,7 @@ COMPILED = [
     "src/balance/api/routes_batch.py",
     "src/balance/api/app.py",
     "src/balance/storage/sqltext.py",
+    "src/balance/api/admission.py",
     "src/balance/api/http1.py",
 ]
 

@@ -376,8 +376,8 @@ async def test_a_wrong_key_is_refused_before_the_body(served: Served) -> None:
     writer.close()
 
 
-@served_test(limits=HttpLimits(key_bodies_max=2))
-async def test_a_key_may_have_only_a_few_bodies_arriving(served: Served) -> None:
+@served_test(limits=HttpLimits(key_bodies_max=2, body_bytes_max=80))  # the batch below counts as large
+async def test_a_key_may_have_only_a_few_large_bodies_arriving(served: Served) -> None:
     account = await funded_account(served)
     raw = json.dumps({"operations": [{"op": "credit", "account_id": account, "id": "k1", "amount": 1}]}).encode()
     slow = [await served.connect() for _ in range(2)]
@@ -396,6 +396,28 @@ async def test_a_key_may_have_only_a_few_bodies_arriving(served: Served) -> None
         assert status == 200, body
         writer.close()
     assert not served.server.admission.arriving and served.server.admission.buffered == 0
+
+
+@served_test(limits=HttpLimits(key_bodies_max=2))
+async def test_many_small_bodies_of_one_key_arriving_at_once_are_all_served(served: Served) -> None:
+    """A gateway's connections under one key, each sending its head and body in two writes."""
+    account = await funded_account(served)
+    clients = [await served.connect() for _ in range(20)]
+    raws = [json.dumps({"id": f"small{i}", "amount": 1}).encode() for i in range(20)]
+    for (_, writer), raw in zip(clients, raws, strict=True):
+        writer.write(post_head(f"/v1/accounts/{account}/credits", b"Content-Length: %d\r\n" % len(raw)))
+        await writer.drain()
+    await asyncio.sleep(0.05)
+    for (_, writer), raw in zip(clients, raws, strict=True):
+        writer.write(raw)
+    for reader, writer in clients:
+        status, _, body = await read_response(reader)
+        assert status == 201, body
+        writer.close()
+    reader, writer = await served.connect()
+    writer.write(get(f"/v1/accounts/{account}"))
+    assert json.loads((await read_response(reader))[2])["balance"] == 1_020
+    writer.close()
 
 
 @served_test(limits=HttpLimits(body_budget_bytes=100_000))
@@ -531,3 +553,10 @@ async def test_a_closed_connection_is_freed_without_the_cycle_collector(served: 
     finally:
         gc.enable()
     assert served.server.admission.buffered == 0 and not served.server.admission.arriving
+
+
+@served_test(limits=HttpLimits(head_timeout_s=0.3))
+async def test_a_connection_that_never_sends_is_closed_at_the_head_deadline(served: Served) -> None:
+    reader, writer = await served.connect()
+    assert await closed_by_server(reader)  # well before the 75 s keep-alive timeout
+    writer.close()

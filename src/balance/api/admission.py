@@ -31,7 +31,7 @@ class HttpLimits:
     body_bytes_max: int = 64 * KIB  # a single operation's body: a few KiB at most, with metadata
     batch_bytes_max: int = 16 * MIB  # /v1/batch: up to 8,190 operations
     body_budget_bytes: int = 64 * MIB  # bodies arriving or waiting for their answer, all keys together
-    key_bodies_max: int = 64  # bodies one key may have arriving at once (a gateway sends from many connections)
+    key_bodies_max: int = 8  # large bodies (over body_bytes_max, or chunked) one key may have arriving at once
     connections_max: int = 10_000  # open client connections (lowered to fit the file limit)
     head_timeout_s: float = 10.0  # from a request's first byte to the end of its headers
     body_timeout_s: float = 60.0  # from the end of the headers to the end of the body
@@ -113,9 +113,12 @@ class Admission:
     def limit_of(self, path: str) -> int:
         return self.limits.batch_bytes_max if path == BATCH_PATH else self.limits.body_bytes_max
 
-    def begin(self, path: str, headers: dict[bytes, bytes], length: int) -> str:
+    def begin(self, path: str, headers: dict[bytes, bytes], length: int) -> str | None:
         """Admit a body of ``length`` bytes (-1: chunked, charged as it arrives) or raise Refused.
-        Returns the key's principal; the caller owes ``end_arrival`` and ``release``."""
+        Returns the key's principal when the body counts among the key's large bodies arriving
+        (the caller then owes ``end_arrival``), else None. Small bodies do not count there: a
+        client may send its head and its body in separate writes, and a gateway's many
+        connections under one key must not queue behind each other; the budget bounds them."""
         if path in UNAUTHENTICATED:
             raise Refused(400, "bad_request", f"{path} takes no body")
         if not self._ready():
@@ -129,13 +132,18 @@ class Admission:
         limits = self.limits
         if length > 0 and self.buffered + length > limits.body_budget_bytes:
             raise Refused(503, "unavailable", "the server holds as many request bodies as it may; retry shortly")
-        arriving = self.arriving.get(principal, 0)
-        if arriving >= limits.key_bodies_max:
-            raise Refused(503, "unavailable", f"this key already has {arriving} bodies arriving; retry shortly")
-        self.arriving[principal] = arriving + 1
+        counted: str | None = None
+        if length < 0 or length > limits.body_bytes_max:
+            arriving = self.arriving.get(principal, 0)
+            if arriving >= limits.key_bodies_max:
+                raise Refused(
+                    503, "unavailable", f"this key already has {arriving} large bodies arriving; retry shortly"
+                )
+            self.arriving[principal] = arriving + 1
+            counted = principal
         if length > 0:
             self.buffered += length
-        return principal
+        return counted
 
     def grow(self, more: int) -> bool:
         """Charge ``more`` bytes of a chunked body; False when the budget cannot take them."""

@@ -148,7 +148,9 @@ class HttpProtocol(asyncio.Protocol):
         self._discarding = False  # a refused request: what follows is read and dropped until the close
         self._refused: tuple[int, str, str, str] | None = None  # why a callback stopped the parser
         self._expired = False  # past its deadline: closed without lingering
-        self.deadline = self._loop.time() + server.limits.idle_timeout_s  # see HttpServer._sweep
+        # A new connection owes its first head within the head timeout (not the idle one): a
+        # client that connects and says nothing holds its place no longer than a slow one.
+        self.deadline = self._loop.time() + server.limits.head_timeout_s  # see HttpServer._sweep
 
     # ---- asyncio -------------------------------------------------------------------------
 
