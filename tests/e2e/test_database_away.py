@@ -181,7 +181,7 @@ async def test_a_database_killed_mid_traffic_gives_fast_503s_then_serves_again_a
             while True:
                 params = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
                 page = (await http.get(f"/v1/accounts/{account}/transactions", params=params)).json()
-                history += [row["id"] for row in page["data"]]
+                history += [row["operation_id"] for row in page["data"]]
                 cursor = page["next_cursor"]
                 if cursor is None:
                     break

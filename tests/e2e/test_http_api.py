@@ -686,7 +686,7 @@ async def test_transfer_across_shards(api2: Api) -> None:
     assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true" and again.json() == reply
     source, target = await api2.account(tops[0]["id"]), await api2.account(tops[1]["id"])
     assert (source["balance"], source["available"], target["balance"], target["available"]) == (70, 70, 30, 30)
-    assert [(row["id"], row["amount"]) for row in await api2.history(tops[1]["id"])] == [("x-1", 30)]
+    assert [(row["operation_id"], row["amount"]) for row in await api2.history(tops[1]["id"])] == [("x-1", 30)]
     assert [row["balance_after"] for row in await api2.history(tops[0]["id"])] == [70, 100]
 
 
