@@ -20,8 +20,8 @@ import msgspec
 from balance import views
 from balance.domain import commands as c
 from balance.domain import errors as e
-from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, transfer_target_refusal
-from balance.domain.model import Account
+from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, capture_leg_id, leg_status
+from balance.domain.model import ACCOUNT_FIELDS, Account
 from balance.engine.replies import Collector, Reply, Unavailable, unavailable_reply
 from balance.engine.shard import ShardEngine
 
@@ -145,9 +145,13 @@ class BalanceService:
             if engine is None:
                 collector.answer(index, not_found(account_id))
                 continue
-            if isinstance(command, c.Transfer) and self.engine_for(command.to_account_id) is not engine:
-                across.append((index, asyncio.ensure_future(self._transfer_across_shards(command, engine))))
-                continue
+            if isinstance(command, c.Transfer):
+                target = self.engine_for(command.to_account_id)
+                if target is not None and target is not engine:
+                    across.append((index, asyncio.ensure_future(self._transfer_across_shards(command, engine, target))))
+                    continue
+            elif isinstance(command, c.PlaceHold) and command.destination_account_id is not None:
+                command = self._with_remote_destination(command, engine)
             try:
                 engine.enqueue_into(command, collector, index)
             except Unavailable as exc:
@@ -156,64 +160,124 @@ class BalanceService:
             collector.answer(index, await task)
         if commands:
             await collector.future
-        return collector.replies  # type: ignore[return-value]  # every slot answered
+        replies: list[Reply] = collector.replies  # type: ignore[assignment]  # every slot answered
+        for index, reply in enumerate(replies):
+            if reply.status == TRANSFER_IN_PROGRESS:  # a hold's capture on its way to another shard
+                replies[index] = await self._finish_capture(commands[index], reply)
+        return replies
 
-    # ---- transfers across shards ---------------------------------------------------------
+    # ---- money across shards -------------------------------------------------------------
 
-    async def _transfer_across_shards(self, transfer: c.Transfer, source: ShardEngine) -> Reply:
-        """Source leg (debit into transit), target leg (credit from transit), then the answer.
+    def _with_remote_destination(self, hold: c.PlaceHold, engine: ShardEngine) -> c.PlaceHold:
+        """A hold naming an account of another shard: what that shard has committed of it goes
+        with the command (the rule decides; nothing is recorded for where the account lives)."""
+        destination_id = hold.destination_account_id
+        assert destination_id is not None
+        other = self.engine_for(destination_id)
+        if other is None or other is engine:
+            return hold
+        state = other.account_state(destination_id)
+        if state is None:
+            return dataclasses.replace(hold, remote_destination=c.RemoteAccount(False))
+        account = Account(*state[: len(ACCOUNT_FIELDS)])
+        remote = c.RemoteAccount(True, account.currency, account.status, account.is_system)
+        return dataclasses.replace(hold, remote_destination=remote)
 
-        Each leg is its own durable, idempotent commit. A crash between them leaves a row in
-        the source shard's ``transfers_pending``; ``start`` (and any retry of the same id)
+    async def _transfer_across_shards(self, transfer: c.Transfer, source: ShardEngine, target: ShardEngine) -> Reply:
+        """Source leg (debit into transit), target leg (credit from transit, or a refusal),
+        then the answer (``domain.cross_shard`` explains the steps).
+
+        The source leg comes first and replays first: a transfer sent again answers what it
+        answered, whatever became of its target since. A crash between the steps leaves a row
+        in the source shard's ``transfers_pending``; ``start`` (and any retry of the same id)
         finishes it. Money in transit sits on the shards' transit accounts, so every shard's
         balances still sum to zero.
         """
-        target = self.engine_for(transfer.to_account_id)
-        if target is None:
-            return not_found(transfer.to_account_id)
-        state = target.account_state(transfer.to_account_id)
-        refusal = transfer_target_refusal(None if state is None else Account(*state), transfer)
-        if refusal is not None:
-            return Reply(refusal.status, views.encode_rejection(refusal))
         first = await source.execute(c.TransferOut(transfer))
         if first.status != TRANSFER_IN_PROGRESS:
             return first  # refused, unavailable, or the finished transfer replayed
-        return await self._finish_transfer(transfer, first.body, target, source, replayed=first.replayed)
+        return await self._finish_leg(transfer, first, target, source)
 
-    async def _finish_transfer(
-        self, transfer: c.Transfer, started_body: bytes, target: ShardEngine, source: ShardEngine, replayed: bool
-    ) -> Reply:
+    async def _finish_capture(self, command: c.Command, started: Reply) -> Reply:
+        """A capture whose hold names an account of another shard: its money is in transit."""
+        assert isinstance(command, c.CaptureHold)
+        source = self.engine_for(command.account_id)
+        assert source is not None
+        leg = capture_leg_id(command.hold_id)
+        hold = source.ledger.holds.find(command.account_id, command.hold_id)
+        if hold is not None and hold.destination_account_id is not None:
+            transfer = c.Transfer(
+                leg, hold.account_id, hold.destination_account_id, hold.captured_amount, hold.currency,
+                hold.description, hold.metadata,
+            )  # fmt: skip
+        else:  # no longer in memory: the pending row says it
+            rows = [row for row in await source.storage.pending_transfers() if row[:2] == (command.account_id, leg)]
+            if not rows:
+                return unavailable_reply(f"capture of {command.hold_id} is in progress; retry with the same id")
+            transfer = _pending_transfer(rows[0])
+        target = self.engine_for(transfer.to_account_id)
+        assert target is not None
+        return await self._finish_leg(transfer, started, target, source)
+
+    async def _finish_leg(self, transfer: c.Transfer, started: Reply, target: ShardEngine, source: ShardEngine) -> Reply:
+        """The target leg, then the source's final outcome: completed, or the money returned."""
+        to_account_id, leg = transfer.to_account_id, f"{transfer.from_account_id}:{transfer.op_id}"
+        target.ledger.mark(target.ledger.inbound, to_account_id, leg, True)  # closing it waits for this
         second = await target.execute(c.TransferIn(transfer))
-        if second.status != 201:
-            return second  # unavailable: the client retries the same id, which finishes it
-        started = _view_of(started_body)
-        final = views.encoder.encode(
-            {"transaction": started["transaction"], "accounts": [started["account"], _view_of(second.body)["account"]]}
-        )
-        done = await source.execute(c.CompleteTransfer(transfer.from_account_id, transfer.op_id, final))
+        if second.status == 503:
+            return second  # unavailable: still in flight; the client retries the same id, which finishes it
+        target.ledger.mark(target.ledger.inbound, to_account_id, leg, False)
+        if second.status == 201:
+            final_status = leg_status(transfer.op_id)
+            if final_status == 200:  # a capture: its answer is the hold and the payer's account
+                final = started.body
+            else:
+                begun = _view_of(started.body)
+                final = views.encoder.encode(
+                    {"transaction": begun["transaction"], "accounts": [begun["account"], _view_of(second.body)["account"]]}
+                )
+            done = await source.execute(c.CompleteTransfer(transfer.from_account_id, transfer.op_id, final, final_status))
+            if done.status != 200:
+                return done
+            return Reply(final_status, final, started.replayed)
+        # Refused by the target (closed, frozen, not found...): the money goes back to the source.
+        done = await source.execute(c.ReturnTransfer(transfer, second.status, second.body))
         if done.status != 200:
             return done
-        return Reply(201, final, replayed)
+        return Reply(second.status, second.body, started.replayed)
 
     async def finish_pending_transfers(self) -> int:
-        """Recovery: complete every cross-shard transfer whose second leg was not confirmed."""
-        finished = 0
+        """Recovery: settle every cross-shard movement whose target leg was not settled."""
+        pending = []
         for source in self.engines:
             for row in await source.storage.pending_transfers():
-                account_id, op_id, to_account_id, amount, currency, description, metadata, _ = row
-                transfer = c.Transfer(op_id, account_id, to_account_id, amount, currency, description, bytes(metadata))
-                target = self.engine_for(to_account_id)
+                transfer = _pending_transfer(row)
+                target = self.engine_for(transfer.to_account_id)
                 if target is None:
-                    raise RuntimeError(f"pending transfer {op_id} to an unknown shard")
-                first = await source.execute(c.TransferOut(transfer))
-                if first.status == TRANSFER_IN_PROGRESS:
-                    reply = await self._finish_transfer(transfer, first.body, target, source, replayed=True)
-                    finished += reply.status == 201
+                    raise RuntimeError(f"pending transfer {transfer.op_id} to an unknown shard")
+                # In flight until settled: neither end may be closed meanwhile.
+                source.ledger.mark(source.ledger.outbound, transfer.from_account_id, transfer.op_id, True)
+                target.ledger.mark(
+                    target.ledger.inbound, transfer.to_account_id, f"{transfer.from_account_id}:{transfer.op_id}", True
+                )
+                pending.append((transfer, source, target))
+        finished = 0
+        for transfer, source, target in pending:
+            first = await source.execute(c.ResumeLeg(transfer.from_account_id, transfer.op_id))
+            if first.status == TRANSFER_IN_PROGRESS:
+                reply = await self._finish_leg(transfer, Reply(first.status, first.body, True), target, source)
+                finished += reply.status != 503
         return finished
 
     def account_state(self, account_id: str) -> tuple | None:  # type: ignore[type-arg]
         engine = self.engine_for(account_id)
         return None if engine is None else engine.account_state(account_id)
+
+
+def _pending_transfer(row: tuple) -> c.Transfer:  # type: ignore[type-arg]
+    """A ``transfers_pending`` row (``schema.TRANSFER_COLUMNS``) as the movement it continues."""
+    account_id, op_id, to_account_id, amount, currency, description, metadata, _ = row
+    return c.Transfer(op_id, account_id, to_account_id, int(amount), currency, description, bytes(metadata))
 
 
 def _view_of(body: bytes) -> dict[str, object]:

@@ -649,7 +649,7 @@ async def test_a_started_transfer_is_pending_until_completed_and_completion_rewr
     )
     assert typed(await storage.pending_transfers()) == typed([started])
 
-    await storage.commit(BatchWrite(transfers_completed=[(b'{"final":true}', "acc-1", "tr-9")]))
+    await storage.commit(BatchWrite(transfers_completed=[(b'{"final":true}', "acc-1", "tr-9", 201, "transfer:tr-9")]))
 
     assert await storage.pending_transfers() == []
     (stored,), _ = await storage.lookup([("acc-1", "transfer:tr-9")], [])

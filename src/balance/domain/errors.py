@@ -16,6 +16,8 @@ HOLD_NOT_PENDING = "hold_not_pending"
 AMOUNT_EXCEEDS_HOLD = "amount_exceeds_hold"
 IDEMPOTENCY_CONFLICT = "idempotency_conflict"
 RATE_LIMITED = "rate_limited"
+ACCOUNT_NOT_EMPTY = "account_not_empty"  # closing an account that holds or awaits money
+LIMIT_EXCEEDED = "limit_exceeded"  # a non-system balance, reserve or credit limit past +-2^62
 UNAVAILABLE = "unavailable"
 
 STATUS_BY_CODE = {
@@ -32,6 +34,8 @@ STATUS_BY_CODE = {
     IDEMPOTENCY_CONFLICT: 409,
     RATE_LIMITED: 429,
     UNAVAILABLE: 503,
+    ACCOUNT_NOT_EMPTY: 409,
+    LIMIT_EXCEEDED: 422,
 }
 
 

@@ -59,7 +59,8 @@ class Changes:
     events: list[Event] = field(default_factory=list)
     keys: list[tuple[str, str, int]] = field(default_factory=list)  # (key_hash, account_id, at)
     transfers_started: list[tuple] = field(default_factory=list)  # type: ignore[type-arg]  # TRANSFER_COLUMNS
-    transfers_completed: list[tuple[bytes, str, str]] = field(default_factory=list)  # (body, account, op_id)
+    # (body, account, op_id, final status, the source operation's op_key)
+    transfers_completed: list[tuple[bytes, str, str, int, str]] = field(default_factory=list)
 
 
 def reject(code: str, detail: str) -> Outcome:

@@ -291,10 +291,10 @@ class SqliteShardStorage:
         if batch.checkpoint_seq:
             conn.execute(_HISTORY_FILL, (batch.checkpoint_seq,))  # before the meta row moves
             conn.execute("UPDATE meta SET value = ? WHERE name = ?", (batch.checkpoint_seq, schema.CHECKPOINT_META_KEY))
-        for result, account_id, op_id in batch.transfers_completed:
+        for result, account_id, op_id, status, op_key in batch.transfers_completed:
             conn.execute(
-                "UPDATE journal SET status = 201, result = ? WHERE account_id = ? AND op_key = ?",
-                (result, account_id, f"transfer:{op_id}"),
+                "UPDATE journal SET status = ?, result = ? WHERE account_id = ? AND op_key = ?",
+                (status, result, account_id, op_key),
             )
             conn.execute("DELETE FROM transfers_pending WHERE account_id = ? AND op_id = ?", (account_id, op_id))
 
