@@ -241,7 +241,8 @@ class BalanceService:
                 return done
             return Reply(final_status, final, started.replayed)
         # Refused by the target (closed, frozen, not found...): the money goes back to the source.
-        done = await source.execute(c.ReturnTransfer(transfer, second.status, second.body))
+        code = str(_view_of(second.body).get("code", ""))
+        done = await source.execute(c.ReturnTransfer(transfer, second.status, second.body, code))
         if done.status != 200:
             return done
         return Reply(second.status, second.body, started.replayed)

@@ -137,6 +137,7 @@ class ReturnTransfer:
     transfer: Transfer
     status: int
     body: bytes
+    code: str = ""
 
     @property
     def account_id(self) -> str:

@@ -22,7 +22,17 @@ from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
 from balance.domain.ids import op_key_of
-from balance.domain.model import CAPTURE, KIND_TRANSIT, STATUS_ACTIVE, STATUS_CLOSED, TRANSFER, Entry
+from balance.domain.model import (
+    CAPTURE,
+    HOLD_CAPTURED,
+    HOLD_RELEASED,
+    KIND_TRANSIT,
+    RELEASE,
+    STATUS_ACTIVE,
+    STATUS_CLOSED,
+    TRANSFER,
+    Entry,
+)
 from balance.domain.outcomes import Outcome, reject
 
 if TYPE_CHECKING:
@@ -166,32 +176,53 @@ def complete_transfer(ledger: Ledger, cmd: c.CompleteTransfer, now: int) -> Outc
 
 
 def return_transfer(ledger: Ledger, cmd: c.ReturnTransfer, now: int) -> Outcome:
-    """The target refused its leg: transit -> source (a journal row on the source), and the
-    refusal becomes the operation's recorded answer, as a refusal on one shard would be."""
+    """The target refused its leg: transit -> source, and the refusal becomes the operation's
+    recorded answer, as a refusal on one shard would be.
+
+    A transfer's rows (the source leg's and the return's) then leave the source's history, as
+    any refusal's (their status is the refusal's); the account's row is written with the batch,
+    since recovery replays accepted rows only. A hold's capture becomes a release of the hold
+    (its row carries the money back), so the hold ends released and the payer whole.
+    """
     t = cmd.transfer
     op_key = leg_op_key(t.op_id)
     record = ledger.records.get((t.from_account_id, op_key))
-    if record is None:  # the source leg's outcome is read back by ResumeLeg/TransferOut first
-        return reject(e.UNAVAILABLE, f"operation {t.op_id} is not in memory; retry with the same id")
+    if record is None:  # read back by ``Ledger.lookups_needed``: not in storage either
+        return reject(e.UNAVAILABLE, f"operation {t.op_id} was not found; retry with the same id")
     if record.status != TRANSFER_IN_PROGRESS:
         return Outcome(200)  # settled already
     source = ledger.accounts[t.from_account_id]
     transit = ledger.system_account(t.currency, KIND_TRANSIT, now)
     ledger.move(transit, source, t.amount, now)
-    capture = is_capture_leg(t.op_id)
-    op_id = t.op_id[len(CAPTURE_LEG) :] if capture else t.op_id
-    entry = Entry(
-        ledger.next_seq, source.id, None, TRANSFER_RETURN, op_id, 200, "", record.fingerprint, t.amount,
-        source.currency, t.to_account_id, op_id if capture else None, source.balance, source.reserved,
-        source.version, now, t.description, t.metadata,
-    )  # fmt: skip
-    ledger.next_seq += 1
-    ledger.changes.entries.append(entry)
     ledger.frames[-1].restores.append((record, record.status, record.body))
     record.status, record.body = cmd.status, cmd.body
     ledger.changes.transfers_completed.append((cmd.body, source.id, t.op_id, cmd.status, op_key))
     ledger.mark(ledger.outbound, source.id, t.op_id, False)
-    return Outcome(200, entry=entry, accounts=(source,))
+    if not is_capture_leg(t.op_id):
+        entry = Entry(
+            ledger.next_seq, source.id, None, TRANSFER_RETURN, t.op_id, cmd.status, cmd.code, record.fingerprint,
+            t.amount, source.currency, t.to_account_id, None, source.balance, source.reserved, source.version, now,
+            t.description, t.metadata,
+        )  # fmt: skip
+        ledger.next_seq += 1
+        ledger.changes.entries.append(entry)
+        ledger.frames[-1].rewritten.add(source.id)
+        return Outcome(200)
+    hold_id = t.op_id[len(CAPTURE_LEG) :]
+    hold = ledger.holds.find(source.id, hold_id)
+    e.require(hold is not None and hold.status == HOLD_CAPTURED, f"capture of {hold_id}: hold not captured")
+    assert hold is not None
+    ledger.touch_hold(hold)
+    hold.status, hold.captured_amount, hold.updated_at = HOLD_RELEASED, 0, now
+    key = (source.id, op_key_of(RELEASE, hold_id))
+    fingerprint = c.ReleaseHold(source.id, hold_id).fingerprint()
+    entry = ledger.entries(
+        key, fingerprint, RELEASE, hold_id, hold.amount, source, None, hold_id, hold.description, hold.metadata, now
+    )
+    entry.counterparty_account_id = t.to_account_id
+    outcome = ledger.accepted(200, key, fingerprint, entry, (source,))
+    outcome.hold = hold
+    return outcome
 
 
 def resume_leg(ledger: Ledger, cmd: c.ResumeLeg, now: int) -> Outcome:

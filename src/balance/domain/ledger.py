@@ -255,6 +255,15 @@ class Ledger:
             if hold is not None and hold in self._finished:
                 self._finished.move_to_end(hold)  # kept, as records are
             return [key], ([] if hold is not None else [(command.account_id, command.hold_id)])
+        if isinstance(command, c.ReturnTransfer):
+            t = command.transfer
+            key = (t.from_account_id, cross_shard.leg_op_key(t.op_id))
+            holds = []
+            if cross_shard.is_capture_leg(t.op_id):
+                hold_id = t.op_id[len(cross_shard.CAPTURE_LEG) :]
+                if self.holds.find(t.from_account_id, hold_id) is None:
+                    holds.append((t.from_account_id, hold_id))
+            return ([] if key in self.records else [key]), holds
         if isinstance(command, c.ResumeLeg):
             key = (command.account_id, cross_shard.leg_op_key(command.op_id))
             return ([] if key in self.records else [key]), []
