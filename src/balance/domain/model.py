@@ -134,7 +134,9 @@ class Account:
         share = _SHARED.setdefault  # bound once: this runs millions of times at recovery
         return cls(
             id_, parent_id, share(kind, kind), share(region, region), share(currency, currency),  # type: ignore[arg-type]
-            name if name else "", share(status, status), balance, reserved, credit_limit,  # type: ignore[arg-type]
+            name if name else "", share(status, status),  # type: ignore[arg-type]
+            balance if type(balance) is int else int(balance),  # MariaDB's DECIMAL(39,0) column: a Decimal
+            reserved, credit_limit,
             bool(exhausted), version, created_at,
             created_at if updated_at == created_at else updated_at,
             EMPTY_METADATA if metadata == EMPTY_METADATA else bytes(metadata),

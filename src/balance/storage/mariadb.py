@@ -149,6 +149,15 @@ class MariaDbShardStorage(MariaDbWrites, MariaDbStatements, MariaDbReads):
                         await cur.execute(f"DROP INDEX IF EXISTS `{name}` ON `{table}`")
                     for column, ddl in schema.JOURNAL_COLUMNS_ADDED.items():  # an earlier version's database
                         await cur.execute(f"ALTER TABLE journal ADD COLUMN IF NOT EXISTS `{column}` {ddl}")
+                    for (table, column), ddl in schema.COLUMNS_CHANGED.items():  # ... and its older types
+                        await cur.execute(
+                            "SELECT COLUMN_TYPE FROM information_schema.COLUMNS"
+                            " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+                            (self.database, table, column),
+                        )
+                        (found,) = await cur.fetchone()
+                        if str(found).lower().replace(" ", "") != ddl.split(" ")[0].lower():
+                            await cur.execute(f"ALTER TABLE `{table}` MODIFY `{column}` {ddl}")
                     # No checkpoint row yet: the holds table is complete (a new or an earlier version's database).
                     # A consistent read, no locks: a branch a crash left prepared may hold some.
                     await cur.execute("SELECT COALESCE(MAX(seq), 0) FROM journal")
