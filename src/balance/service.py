@@ -219,7 +219,9 @@ class BalanceService:
         assert target is not None
         return await self._finish_leg(transfer, started, target, source)
 
-    async def _finish_leg(self, transfer: c.Transfer, started: Reply, target: ShardEngine, source: ShardEngine) -> Reply:
+    async def _finish_leg(
+        self, transfer: c.Transfer, started: Reply, target: ShardEngine, source: ShardEngine
+    ) -> Reply:
         """The target leg, then the source's final outcome: completed, or the money returned."""
         to_account_id, leg = transfer.to_account_id, f"{transfer.from_account_id}:{transfer.op_id}"
         target.ledger.mark(target.ledger.inbound, to_account_id, leg, True)  # closing it waits for this
@@ -234,9 +236,14 @@ class BalanceService:
             else:
                 begun = _view_of(started.body)
                 final = views.encoder.encode(
-                    {"transaction": begun["transaction"], "accounts": [begun["account"], _view_of(second.body)["account"]]}
+                    {
+                        "transaction": begun["transaction"],
+                        "accounts": [begun["account"], _view_of(second.body)["account"]],
+                    }
                 )
-            done = await source.execute(c.CompleteTransfer(transfer.from_account_id, transfer.op_id, final, final_status))
+            done = await source.execute(
+                c.CompleteTransfer(transfer.from_account_id, transfer.op_id, final, final_status)
+            )
             if done.status != 200:
                 return done
             return Reply(final_status, final, started.replayed)

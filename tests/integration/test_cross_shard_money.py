@@ -59,7 +59,8 @@ async def build(request: pytest.FixtureRequest, tmp_path: Path, mariadb_required
 
     def make() -> BalanceService:
         engines = [
-            ShardEngine(shard, storage(shard), clock=clock, sweep_interval_s=0.02, on_fatal=_raise) for shard in range(2)
+            ShardEngine(shard, storage(shard), clock=clock, sweep_interval_s=0.02, on_fatal=_raise)
+            for shard in range(2)
         ]
         service = BalanceService(engines, "admin")
         service.clock = clock  # type: ignore[attr-defined]
@@ -182,7 +183,9 @@ async def test_a_refusal_found_by_the_target_shard_is_recorded_and_the_money_ret
     restarted = build()
     await restarted.start()
     for op_id, status in (("t-2", 409), ("t-3", 404)):
-        replay = await restarted.execute(c.Transfer(op_id, a, b if op_id == "t-2" else "EU-1-0000000000000000", 300 if op_id == "t-2" else 5, "EUR"))
+        replay = await restarted.execute(
+            c.Transfer(op_id, a, b if op_id == "t-2" else "EU-1-0000000000000000", 300 if op_id == "t-2" else 5, "EUR")
+        )
         assert (replay.status, replay.replayed) == (status, True)
     check_books(restarted)
     await restarted.stop()

@@ -82,7 +82,9 @@ async def test_balances_stop_at_2_62_and_system_accounts_go_past_2_63_and_back(b
     await third.stop()
 
 
-async def test_a_database_of_an_earlier_version_gets_its_balance_column_widened(mariadb_storage: MariaDbShardStorage) -> None:
+async def test_a_database_of_an_earlier_version_gets_its_balance_column_widened(
+    mariadb_storage: MariaDbShardStorage,
+) -> None:
     storage = mariadb_storage
     async with storage._pool.acquire() as conn, conn.cursor() as cur:  # type: ignore[union-attr]
         await cur.execute("ALTER TABLE accounts MODIFY balance BIGINT NOT NULL")

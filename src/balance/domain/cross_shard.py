@@ -137,9 +137,13 @@ def transfer_in(ledger: Ledger, cmd: c.TransferIn, now: int) -> Outcome:
         return reject(e.CURRENCY_MISMATCH, f"{t.currency} transfer to a {target.currency} account")
     capture = is_capture_leg(t.op_id)
     if target.status == STATUS_CLOSED or (target.status != STATUS_ACTIVE and not capture):
-        return _refuse_leg(ledger, key, fingerprint, t, e.ACCOUNT_INACTIVE, f"account {target.id} is {target.status}", now)
+        return _refuse_leg(
+            ledger, key, fingerprint, t, e.ACCOUNT_INACTIVE, f"account {target.id} is {target.status}", now
+        )
     if target.balance + t.amount > limits.BALANCE_MAX:
-        return _refuse_leg(ledger, key, fingerprint, t, e.LIMIT_EXCEEDED, "amount would take the balance past 2^62", now)
+        return _refuse_leg(
+            ledger, key, fingerprint, t, e.LIMIT_EXCEEDED, "amount would take the balance past 2^62", now
+        )
     transit = ledger.system_account(t.currency, KIND_TRANSIT, now)
     ledger.move(transit, target, t.amount, now)
     op_id = t.op_id[len(CAPTURE_LEG) :] if capture else t.op_id

@@ -192,7 +192,9 @@ def capture_hold(ledger: Ledger, cmd: c.CaptureHold, now: int) -> Outcome:
         assert destination_id is not None
         entry.counterparty_account_id = destination_id  # the real counterparty, on its own shard
         leg = capture_leg_id(hold.id)
-        start_leg(ledger, account.id, leg, destination_id, amount, account.currency, hold.description, hold.metadata, now)
+        start_leg(
+            ledger, account.id, leg, destination_id, amount, account.currency, hold.description, hold.metadata, now
+        )
     outcome = ledger.accepted(status, key, fingerprint, entry, (account,))
     outcome.hold = hold
     return outcome
