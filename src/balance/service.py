@@ -249,6 +249,8 @@ class BalanceService:
             return Reply(final_status, final, started.replayed)
         # Refused by the target (closed, frozen, not found...): the money goes back to the source.
         code = str(_view_of(second.body).get("code", ""))
+        if code == e.IDEMPOTENCY_CONFLICT:  # the leg was made with another body: a bug, never a refusal
+            raise e.InvariantViolation(f"transfer {transfer.op_id}: its target leg was made with another body")
         done = await source.execute(c.ReturnTransfer(transfer, second.status, second.body, code))
         if done.status != 200:
             return done
