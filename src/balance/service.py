@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import hashlib
 import hmac
 import secrets
@@ -21,20 +20,25 @@ from balance import views
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, capture_leg_id, leg_status
-from balance.domain.model import ACCOUNT_FIELDS, Account
+from balance.domain.model import (
+    ACCOUNT_FIELDS,
+    HOLD_CAPTURED,
+    HOLD_CAPTURED_AMOUNT,
+    HOLD_CURRENCY,
+    HOLD_DESCRIPTION,
+    HOLD_DESTINATION,
+    HOLD_METADATA,
+    HOLD_STATUS,
+    Account,
+)
 from balance.engine.replies import Collector, Reply, Unavailable, unavailable_reply
 from balance.engine.shard import ShardEngine
+from balance.shards import InProcessShard, Placement, ShardPort, shard_in_id
 
 ADMIN = "admin"
 
 
-@functools.lru_cache(maxsize=65536)
-def shard_of(account_id: str) -> int | None:
-    """The home shard encoded in an account id, or None if the id is not one of ours."""
-    parts = account_id.split("-", 2)
-    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()) or len(parts[1]) > 9:
-        return None  # not ASCII digits ("²" passes isdigit) or too long for int(): not one of ours
-    return int(parts[1])
+shard_of = shard_in_id  # the shard an id names (``Placement.shard_of`` also checks it exists)
 
 
 def hash_key(key: str) -> str:
@@ -54,7 +58,9 @@ class BalanceService:
     """Routes commands to shard engines and decides who may act on which account."""
 
     def __init__(self, engines: Sequence[ShardEngine], admin_key: str) -> None:
-        self.engines = list(engines)
+        self.engines = list(engines)  # for tests, the demo and metrics: the service itself uses the ports
+        self.placement = Placement(len(self.engines))
+        self.shards: list[ShardPort] = [InProcessShard(engine) for engine in self.engines]
         self._admin_key = admin_key
         self._keys: dict[str, str] = {}  # key hash -> account id
         # The loop the service runs in, taken once at start (get_running_loop() is a system call
@@ -63,24 +69,28 @@ class BalanceService:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await asyncio.gather(*(engine.start() for engine in self.engines))
-        for engine in self.engines:
-            for key_hash, account_id in await engine.storage.load_keys():
+        await asyncio.gather(*(port.start() for port in self.shards))
+        for port in self.shards:
+            for key_hash, account_id in await port.load_keys():
                 self._keys[key_hash] = account_id
         await self.finish_pending_transfers()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(engine.stop() for engine in self.engines))
+        await asyncio.gather(*(port.stop() for port in self.shards))
 
     @property
     def ready(self) -> bool:
-        return all(engine.ready for engine in self.engines)
+        return all(port.ready for port in self.shards)
+
+    def port_for(self, account_id: str) -> ShardPort | None:
+        """The port of the shard ``account_id`` lives on (None: no shard has it)."""
+        shard = self.placement.shard_of(account_id)
+        return None if shard is None else self.shards[shard]
 
     def engine_for(self, account_id: str) -> ShardEngine | None:
-        shard = shard_of(account_id)
-        if shard is None or shard >= len(self.engines):
-            return None
-        return self.engines[shard]
+        """The engine itself (tests and tools that look inside a shard; the service uses ports)."""
+        shard = self.placement.shard_of(account_id)
+        return None if shard is None else self.engines[shard]
 
     # ---- auth ----------------------------------------------------------------------------
 
@@ -96,7 +106,7 @@ class BalanceService:
         """Admin acts on everything; a partner key on its own account and its descendants."""
         if principal == ADMIN:
             return True
-        engine = self.engine_for(account_id)
+        engine = self.port_for(account_id)
         current: str | None = account_id
         for _ in range(64):  # the tree is shallow; the bound guards against a cycle
             if current is None or engine is None:
@@ -111,16 +121,16 @@ class BalanceService:
     async def create_account(self, cmd_without_id: c.CreateAccount) -> Reply:
         """Place the account (child: parent's shard; top level: least-filled shard) and create it."""
         if cmd_without_id.parent_id is not None:
-            engine = self.engine_for(cmd_without_id.parent_id)
+            engine = self.port_for(cmd_without_id.parent_id)
             if engine is None:
                 return not_found(cmd_without_id.parent_id)
         else:
-            engine = min(self.engines, key=lambda eng: len(eng.ledger.accounts))
+            engine = self.shards[self.placement.new_top_level([port.account_count() for port in self.shards])]
         account_id = new_account_id(cmd_without_id.region, engine.shard)
         return await engine.execute(dataclasses.replace(cmd_without_id, account_id=account_id))
 
     async def create_key(self, account_id: str) -> tuple[Reply, str | None]:
-        engine = self.engine_for(account_id)
+        engine = self.port_for(account_id)
         if engine is None:
             return not_found(account_id), None
         key = "bk_" + secrets.token_urlsafe(32)
@@ -141,12 +151,12 @@ class BalanceService:
         across: list[tuple[int, asyncio.Task[Reply]]] = []
         for index, command in enumerate(commands):
             account_id = command.account_id
-            engine = self.engine_for(account_id)
+            engine = self.port_for(account_id)
             if engine is None:
                 collector.answer(index, not_found(account_id))
                 continue
             if isinstance(command, c.Transfer):
-                target = self.engine_for(command.to_account_id)
+                target = self.port_for(command.to_account_id)
                 if target is not None and target is not engine:
                     across.append((index, asyncio.ensure_future(self._transfer_across_shards(command, engine, target))))
                     continue
@@ -168,12 +178,12 @@ class BalanceService:
 
     # ---- money across shards -------------------------------------------------------------
 
-    def _with_remote_destination(self, hold: c.PlaceHold, engine: ShardEngine) -> c.PlaceHold:
+    def _with_remote_destination(self, hold: c.PlaceHold, engine: ShardPort) -> c.PlaceHold:
         """A hold naming an account of another shard: what that shard has committed of it goes
         with the command (the rule decides; nothing is recorded for where the account lives)."""
         destination_id = hold.destination_account_id
         assert destination_id is not None
-        other = self.engine_for(destination_id)
+        other = self.port_for(destination_id)
         if other is None or other is engine:
             return hold
         state = other.account_state(destination_id)
@@ -183,7 +193,7 @@ class BalanceService:
         remote = c.RemoteAccount(True, account.currency, account.status, account.is_system)
         return dataclasses.replace(hold, remote_destination=remote)
 
-    async def _transfer_across_shards(self, transfer: c.Transfer, source: ShardEngine, target: ShardEngine) -> Reply:
+    async def _transfer_across_shards(self, transfer: c.Transfer, source: ShardPort, target: ShardPort) -> Reply:
         """Source leg (debit into transit), target leg (credit from transit, or a refusal),
         then the answer (``domain.cross_shard`` explains the steps).
 
@@ -201,34 +211,32 @@ class BalanceService:
     async def _finish_capture(self, command: c.Command, started: Reply) -> Reply:
         """A capture whose hold names an account of another shard: its money is in transit."""
         assert isinstance(command, c.CaptureHold)
-        source = self.engine_for(command.account_id)
+        source = self.port_for(command.account_id)
         assert source is not None
         leg = capture_leg_id(command.hold_id)
-        hold = source.ledger.holds.find(command.account_id, command.hold_id)
-        if hold is not None and hold.destination_account_id is not None:
+        hold = await source.hold_state(command.account_id, command.hold_id)  # committed: captured
+        if hold is not None and hold[HOLD_DESTINATION] is not None and hold[HOLD_STATUS] == HOLD_CAPTURED:
             transfer = c.Transfer(
-                leg, hold.account_id, hold.destination_account_id, hold.captured_amount, hold.currency,
-                hold.description, hold.metadata,
+                leg, command.account_id, hold[HOLD_DESTINATION], hold[HOLD_CAPTURED_AMOUNT], hold[HOLD_CURRENCY],
+                hold[HOLD_DESCRIPTION], bytes(hold[HOLD_METADATA]),
             )  # fmt: skip
-        else:  # no longer in memory: the pending row says it
-            rows = [row for row in await source.storage.pending_transfers() if row[:2] == (command.account_id, leg)]
+        else:  # the pending row says it
+            rows = [row for row in await source.pending_transfers() if row[:2] == (command.account_id, leg)]
             if not rows:
                 return unavailable_reply(f"capture of {command.hold_id} is in progress; retry with the same id")
             transfer = _pending_transfer(rows[0])
-        target = self.engine_for(transfer.to_account_id)
+        target = self.port_for(transfer.to_account_id)
         assert target is not None
         return await self._finish_leg(transfer, started, target, source)
 
-    async def _finish_leg(
-        self, transfer: c.Transfer, started: Reply, target: ShardEngine, source: ShardEngine
-    ) -> Reply:
+    async def _finish_leg(self, transfer: c.Transfer, started: Reply, target: ShardPort, source: ShardPort) -> Reply:
         """The target leg, then the source's final outcome: completed, or the money returned."""
         to_account_id, leg = transfer.to_account_id, f"{transfer.from_account_id}:{transfer.op_id}"
-        target.ledger.mark(target.ledger.inbound, to_account_id, leg, True)  # closing it waits for this
+        target.expect_inbound(to_account_id, leg, True)  # closing it waits for this
         second = await target.execute(c.TransferIn(transfer))
         if second.status == 503:
             return second  # unavailable: still in flight; the client retries the same id, which finishes it
-        target.ledger.mark(target.ledger.inbound, to_account_id, leg, False)
+        target.expect_inbound(to_account_id, leg, False)
         if second.status == 201:
             final_status = leg_status(transfer.op_id)
             if final_status == 200:  # a capture: its answer is the hold and the payer's account
@@ -259,17 +267,15 @@ class BalanceService:
     async def finish_pending_transfers(self) -> int:
         """Recovery: settle every cross-shard movement whose target leg was not settled."""
         pending = []
-        for source in self.engines:
-            for row in await source.storage.pending_transfers():
+        for source in self.shards:
+            for row in await source.pending_transfers():
                 transfer = _pending_transfer(row)
-                target = self.engine_for(transfer.to_account_id)
+                target = self.port_for(transfer.to_account_id)
                 if target is None:
                     raise RuntimeError(f"pending transfer {transfer.op_id} to an unknown shard")
-                # In flight until settled: neither end may be closed meanwhile.
-                source.ledger.mark(source.ledger.outbound, transfer.from_account_id, transfer.op_id, True)
-                target.ledger.mark(
-                    target.ledger.inbound, transfer.to_account_id, f"{transfer.from_account_id}:{transfer.op_id}", True
-                )
+                # In flight until settled: the target may not be closed meanwhile (nor the source:
+                # its shard's recovery marked it).
+                target.expect_inbound(transfer.to_account_id, f"{transfer.from_account_id}:{transfer.op_id}", True)
                 pending.append((transfer, source, target))
         finished = 0
         for transfer, source, target in pending:
@@ -280,7 +286,7 @@ class BalanceService:
         return finished
 
     def account_state(self, account_id: str) -> tuple | None:  # type: ignore[type-arg]
-        engine = self.engine_for(account_id)
+        engine = self.port_for(account_id)
         return None if engine is None else engine.account_state(account_id)
 
 

@@ -73,6 +73,10 @@ HOLD_CAPTURED_AMOUNT: Final = 3
 HOLD_STATUS: Final = 5
 HOLD_EXPIRES_AT: Final = 7
 HOLD_UPDATED_AT: Final = 9
+HOLD_CURRENCY: Final = 4
+HOLD_DESTINATION: Final = 6
+HOLD_DESCRIPTION: Final = 10
+HOLD_METADATA: Final = 11
 JOURNAL_SEQ: Final = 0  # in a journal row (``Entry.row()``, ``schema.JOURNAL_COLUMNS``)
 
 
