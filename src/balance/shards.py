@@ -11,7 +11,7 @@ spread through the code.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
 from balance.domain import commands as c
@@ -27,13 +27,17 @@ class ShardPort(Protocol):
     """One shard, as the service and the API see it."""
 
     shard: int
-    # Submit: the reply comes once the command's batch is durable (or undone: 503).
-    execute: Callable[[c.Command], Awaitable[Reply]]
-    # Submit into a batch request's collector (no future per operation); raises ``Unavailable``.
-    enqueue_into: Callable[[c.Command, Collector, int], None]
-    # Committed reads (no dirty read of a batch still being written).
-    account_state: Callable[[str], Row | None]
-    parent_of: Callable[[str], str | None]
+
+    def execute(self, command: c.Command, /) -> Awaitable[Reply]:
+        """Submit: the reply comes once the command's batch is durable (or undone: 503)."""
+
+    def enqueue_into(self, command: c.Command, collector: Collector, index: int, /) -> None:
+        """Submit into a batch request's collector (no future per operation); raises ``Unavailable``."""
+
+    def account_state(self, account_id: str, /) -> Row | None:
+        """The account as last committed (no dirty read of a batch still being written)."""
+
+    def parent_of(self, account_id: str, /) -> str | None: ...
 
     @property
     def ready(self) -> bool: ...
