@@ -652,7 +652,7 @@ async def test_a_started_transfer_is_pending_until_completed_and_completion_rewr
     )
     assert typed(await storage.pending_transfers()) == typed([started])
 
-    await storage.commit(BatchWrite(transfers_completed=[(b'{"final":true}', "acc-1", "tr-9")]))
+    await storage.commit(BatchWrite(transfers_completed=[(b'{"final":true}', "acc-1", "tr-9", 201, "op:tr-9")]))
 
     assert await storage.pending_transfers() == []
     (stored,), _ = await storage.lookup([("acc-1", "op:tr-9")], [])
@@ -676,8 +676,11 @@ async def test_accounts_and_pending_holds_come_back_page_by_page_in_key_order(st
         seen += [row[0] for row in page]
         after = page[-1][0]
     assert seen == ids
-    # Recovery reads millions of these: ``exhausted`` may come back as 0/1 (Account.from_row makes the bool).
-    scanned = [(*row[:10], bool(row[10]), *row[11:]) for row in await storage.scan_accounts("", 100)]
+    # Recovery reads millions of these: ``exhausted`` may come back as 0/1 and ``balance`` as a
+    # Decimal (MariaDB's DECIMAL(39,0)): Account.from_row makes the bool and the int.
+    scanned = [
+        (*row[:7], int(row[7]), *row[8:10], bool(row[10]), *row[11:]) for row in await storage.scan_accounts("", 100)
+    ]
     assert typed(scanned) == typed([account(id=i) for i in ids])
 
     pending, after_hold = [], ("", "")

@@ -46,6 +46,7 @@ STATUS = {  # the contract's problem codes and their HTTP statuses
     "validation_error": 422, "account_not_found": 404, "hold_not_found": 404,
     "currency_mismatch": 422, "insufficient_funds": 422, "account_inactive": 409,
     "hold_not_pending": 409, "amount_exceeds_hold": 422, "idempotency_conflict": 409,
+    "account_not_empty": 409, "limit_exceeded": 422,
 }  # fmt: skip
 EXPIRES_IN_S_MIN, EXPIRES_IN_S_MAX = 1, 604_800
 AMOUNTS = st.integers(1, 150)
@@ -183,8 +184,12 @@ class Model:
             return _problem("validation_error")
         if account.status == CLOSED:
             return _problem("account_inactive")
-        if cmd.status == CLOSED and (account.balance != 0 or account.reserved != 0):
-            return _problem("validation_error")
+        if cmd.status == CLOSED and (
+            account.balance != 0
+            or account.reserved != 0
+            or any(h.status == PENDING and h.destination == account.id for h in self.holds.values())
+        ):
+            return _problem("account_not_empty")
         credit_limit = account.credit_limit if cmd.credit_limit is None else cmd.credit_limit
         if account.balance + credit_limit - account.reserved < 0:
             return _problem("validation_error")  # below what the account already uses

@@ -271,7 +271,8 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "hold-destination-currency-mismatch": (*A100, "open E EUR", "hold A h1 50 to=E -> currency_mismatch", "A = 100/0/100"),
     "hold-destination-frozen": (*A100, "freeze B", "hold A h1 50 to=B -> account_inactive"),
     "capture-to-closed-destination": (
-        *A100, "hold A h1 50 to=B", "close B", "capture A h1 -> account_inactive", "h1@A pending", "release A h1",
+        *A100, "hold A h1 50 to=B", "close B -> account_not_empty", "capture A h1", "B = 50/0/50",
+        "close B -> account_not_empty",
     ),
     "capture-to-frozen-destination-is-allowed": (*A100, "hold A h1 50 to=B", "freeze B", "capture A h1", "B = 50/0/50"),
     # ---- expiry ------------------------------------------------------------------------
@@ -310,8 +311,41 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     ),
     "frozen-then-activated": (*A100, "freeze A", "activate A", "debit A 10", "A = 90/0/90"),
     "frozen-account-may-settle-its-holds": (*A100, "hold A h1 50", "hold A h2 20", "freeze A", "capture A h1", "release A h2", "A = 50/0/50"),
-    "close-needs-zero-balance": (*A100, "close A -> validation_error", "debit A 100", "close A", "credit A 1 -> account_inactive"),
-    "close-needs-no-holds": ("open A limit=10", "hold A h1 5", "close A -> validation_error", "release A h1", "close A"),
+    "close-needs-zero-balance": (*A100, "close A -> account_not_empty", "debit A 100", "close A", "credit A 1 -> account_inactive"),
+    "close-needs-no-holds": ("open A limit=10", "hold A h1 5", "close A -> account_not_empty", "release A h1", "close A"),
+    "close-waits-for-holds-naming-it": (
+        *A100, "hold A h1 50 to=B", "hold A h2 10 to=B ttl=10", "close B -> account_not_empty", "release A h1",
+        "close B -> account_not_empty", "wait 10", "sweep -> 1", "close B", "transfer A B 1 -> account_inactive",
+        "hold A h3 1 to=B -> account_inactive",
+    ),
+    "frozen-destination-blocks-close-until-settled": (
+        *A100, "hold A h1 50 to=B", "freeze B", "close B -> account_not_empty", "capture A h1 20", "B = 20/0/20",
+        "transfer B A 1 -> account_inactive", "activate B", "transfer B A 20", "close B",
+    ),
+    # ---- limits: non-system accounts within +-2^62, system accounts unbounded -------------
+    "balance-up-to-2^62": (
+        "open A", "credit A 4611686018427387903", "credit A 1", "A = 4611686018427387904/0/4611686018427387904",
+        "credit A 1 #x -> limit_exceeded", "debit A 1", "credit A 1 #x -> replay limit_exceeded",
+        "credit A 1 #y", "A = 4611686018427387904/0/4611686018427387904",
+    ),
+    "transfer-past-2^62-refused": (
+        "open A", "open B", "credit B 4611686018427387904", "credit A 5", "transfer A B 1 -> limit_exceeded",
+        "A = 5/0/5", "transfer B A 1", "transfer A B 2 -> limit_exceeded", "transfer A B 1",
+    ),
+    "reserve-up-to-2^62": (
+        "open A limit=4611686018427387904", "credit A 4611686018427387904", "hold A h1 4611686018427387904",
+        "hold A h2 1 -> limit_exceeded", "release A h1", "hold A h3 4611686018427387904",
+    ),
+    "credit-limit-up-to-2^62": (
+        "open A", "limit A 4611686018427387905 -> limit_exceeded", "limit A 4611686018427387904",
+        "A = 0/0/4611686018427387904",
+    ),
+    "system-accounts-go-past-2^63": (
+        "open A", "open B", "open C", "credit A 4611686018427387904", "credit B 4611686018427387904",
+        "credit C 4611686018427387904", "SYS USD = -13835058055282163712/0", "open D", "credit D 7", "debit D 7",
+        "A = 4611686018427387904/0/4611686018427387904", "debit A 4611686018427387904", "debit B 4611686018427387904",
+        "debit C 4611686018427387904", "SYS USD = -13835058055282163719/13835058055282163719",
+    ),
     "closed-cannot-change": ("open A", "close A", "activate A -> account_inactive", "freeze A -> account_inactive"),
     "closed-refuses-transfer-in": (*A100, "close B", "transfer A B 1 -> account_inactive", "hold A h1 1 to=B -> account_inactive"),
     # ---- idempotency -------------------------------------------------------------------
@@ -501,6 +535,18 @@ def _corrupt_closed_with_hold(ledger: Ledger) -> None:
     ledger.accounts["A"].status = STATUS_CLOSED
 
 
+def _corrupt_closed_with_money(ledger: Ledger) -> None:
+    ledger.accounts["B"].status = STATUS_CLOSED
+    ledger.accounts["B"].balance += 1
+    ledger.accounts["A"].balance -= 1
+
+
+def _corrupt_past_2_62(ledger: Ledger) -> None:
+    ledger.accounts["B"].balance += 2**62 + 1
+    ledger.accounts["B"].credit_limit = 0
+    ledger.accounts[system_account_id(SHARD, "USD", KIND_FUNDING)].balance -= 2**62 + 1
+
+
 def _corrupt_negative_reserved(ledger: Ledger) -> None:
     del ledger.holds[("A", "h1")]
     ledger.accounts["A"].reserved = -1
@@ -515,6 +561,8 @@ CORRUPTIONS = {
     "hold-on-unknown-account": _corrupt_orphan_hold,
     "closed-account-with-hold": _corrupt_closed_with_hold,
     "negative-reserved": _corrupt_negative_reserved,
+    "closed-account-with-money": _corrupt_closed_with_money,
+    "balance-past-2^62": _corrupt_past_2_62,
 }
 
 

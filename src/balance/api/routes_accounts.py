@@ -76,10 +76,10 @@ async def children(app: BalanceApp, request: Request, params: list[str]) -> Repl
     require_account(app, request, params[0])
     limit = int_query(request.query, "limit", limits.HISTORY_LIMIT_DEFAULT, limits.CHILDREN_LIMIT_MAX)
     cursor = request.query.get("cursor") or None
-    engine = app.service.engine_for(params[0])
-    assert engine is not None
-    ids = await engine.storage.children(params[0], limit, cursor)
-    data = [views.account_view(state) for i in ids if (state := engine.account_state(i)) is not None]
+    port = app.service.port_for(params[0])
+    assert port is not None
+    ids = await port.children(params[0], limit, cursor)
+    data = [views.account_view(state) for i in ids if (state := port.account_state(i)) is not None]
     next_cursor = ids[-1] if len(ids) == limit else None
     return json_reply(200, {"data": data, "next_cursor": next_cursor})
 

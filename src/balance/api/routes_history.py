@@ -29,9 +29,9 @@ async def transactions(app: BalanceApp, request: Request, params: list[str]) -> 
             raise validation("cursor is not one this service gave out")
         before_seq = int(cursor)
     since, until = time_query(request.query, "since"), time_query(request.query, "until")
-    engine = app.service.engine_for(params[0])
-    assert engine is not None
-    rows = await engine.storage.history(params[0], limit, before_seq, since, until)
+    port = app.service.port_for(params[0])
+    assert port is not None
+    rows = await port.history(params[0], limit, before_seq, since, until)
     next_cursor = str(rows[-1][JOURNAL_SEQ]) if len(rows) == limit else None
     return json_reply(200, {"data": [views.txn_view(row) for row in rows], "next_cursor": next_cursor})
 

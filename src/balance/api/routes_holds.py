@@ -40,9 +40,9 @@ async def release(app: BalanceApp, request: Request, params: list[str]) -> Reply
 
 async def get_hold(app: BalanceApp, request: Request, params: list[str]) -> Reply:
     require_account(app, request, params[0])
-    engine = app.service.engine_for(params[0])
-    assert engine is not None
-    state = await engine.hold_state(params[0], hold_id(params[1]))
+    port = app.service.port_for(params[0])
+    assert port is not None
+    state = await port.hold_state(params[0], hold_id(params[1]))
     if state is None:
         raise HttpError(e.HOLD_NOT_FOUND, 404, f"hold {params[1]} not found")
     return json_reply(200, views.hold_view(state))

@@ -54,8 +54,10 @@ def create_account(ledger: Ledger, cmd: c.CreateAccount, now: int) -> Outcome:
             return reject(e.VALIDATION_ERROR, "a system account cannot have children")
         if parent.status == STATUS_CLOSED:
             return reject(e.ACCOUNT_INACTIVE, f"parent account {cmd.parent_id} is closed")
-    if not 0 <= cmd.credit_limit <= limits.CREDIT_LIMIT_MAX:
+    if cmd.credit_limit < 0:
         return reject(e.VALIDATION_ERROR, "credit_limit out of range")
+    if cmd.credit_limit > limits.CREDIT_LIMIT_MAX:
+        return reject(e.LIMIT_EXCEEDED, "credit_limit is past 2^62")
     ledger.system_account(cmd.currency, KIND_FUNDING, now)
     ledger.system_account(cmd.currency, KIND_SETTLEMENT, now)
     account = Account(
@@ -94,11 +96,13 @@ def update_account(ledger: Ledger, cmd: c.UpdateAccount, now: int) -> Outcome:
             return reject(e.FORBIDDEN, f"the freeze was set by {account.frozen_by}; only it or above may lift it")
     if account.status == STATUS_CLOSED:
         return reject(e.ACCOUNT_INACTIVE, "a closed account cannot be changed")
-    if cmd.status == STATUS_CLOSED and (account.balance != 0 or account.reserved != 0):
-        return reject(e.VALIDATION_ERROR, "only an account with zero balance and no pending holds can be closed")
+    if cmd.status == STATUS_CLOSED and (why := ledger.closing_refusal(account)) is not None:
+        return reject(e.ACCOUNT_NOT_EMPTY, f"account {account.id} cannot be closed: {why}")
     credit_limit = account.credit_limit if cmd.credit_limit is None else cmd.credit_limit
-    if not 0 <= credit_limit <= limits.CREDIT_LIMIT_MAX:
+    if credit_limit < 0:
         return reject(e.VALIDATION_ERROR, "credit_limit out of range")
+    if credit_limit > limits.CREDIT_LIMIT_MAX:
+        return reject(e.LIMIT_EXCEEDED, "credit_limit is past 2^62")
     if account.balance + credit_limit - account.reserved < 0:
         return reject(e.VALIDATION_ERROR, "credit_limit is below what the account already uses")
     ledger.touch(account)

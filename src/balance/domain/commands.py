@@ -152,10 +152,50 @@ class CompleteTransfer:
     from_account_id: str
     op_id: str
     body: bytes
+    status: int = 201  # the final status: 201 for a transfer, 200 for a hold's capture
 
     @property
     def account_id(self) -> str:
         return self.from_account_id
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnTransfer:
+    """Back on the source shard: the target refused its leg (closed, say); transit -> source,
+    and the target's refusal (``status``, ``body``) becomes the operation's recorded answer."""
+
+    transfer: Transfer
+    status: int
+    body: bytes
+    code: str = ""
+
+    @property
+    def account_id(self) -> str:
+        return self.transfer.from_account_id
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeLeg:
+    """Recovery: the recorded outcome of the source leg of a pending cross-shard movement
+    (a transfer, or a hold's capture), read back from storage if memory no longer has it."""
+
+    from_account_id: str
+    op_id: str
+
+    @property
+    def account_id(self) -> str:
+        return self.from_account_id
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteAccount:
+    """What the service read of an account on another shard (committed state), for a rule
+    that needs it: the destination of a hold. ``found`` False: no such account there."""
+
+    found: bool
+    currency: str = ""
+    status: str = ""
+    is_system: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +208,8 @@ class PlaceHold:
     description: str = ""
     metadata: bytes = b"{}"
     actor: Actor = field(default=ADMIN_ACTOR, compare=False)  # recorded as the hold's ``placed_by``
+    # Set by the service when the destination lives on another shard (not part of the body).
+    remote_destination: RemoteAccount | None = None
 
     def fingerprint(self) -> int:
         return _fingerprint((
@@ -206,5 +248,5 @@ class ExpireHold:
 
 
 MoneyCommand = Credit | Debit | Transfer | PlaceHold | CaptureHold | ReleaseHold | ExpireHold
-CrossShardCommand = TransferOut | TransferIn | CompleteTransfer
+CrossShardCommand = TransferOut | TransferIn | CompleteTransfer | ReturnTransfer | ResumeLeg
 Command = MoneyCommand | CrossShardCommand | CreateAccount | UpdateAccount | CreateKey | RevokeKey

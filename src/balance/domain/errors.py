@@ -20,6 +20,8 @@ HOLD_NOT_PENDING = "hold_not_pending"
 AMOUNT_EXCEEDS_HOLD = "amount_exceeds_hold"
 IDEMPOTENCY_CONFLICT = "idempotency_conflict"
 RATE_LIMITED = "rate_limited"
+ACCOUNT_NOT_EMPTY = "account_not_empty"  # closing an account that holds or awaits money
+LIMIT_EXCEEDED = "limit_exceeded"  # a non-system balance, reserve or credit limit past +-2^62
 UNAVAILABLE = "unavailable"
 
 

@@ -12,6 +12,7 @@ from balance.domain import authority as a
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import limits
+from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, capture_leg_id, start_leg
 from balance.domain.ids import is_system_account_id, op_key_of
 from balance.domain.model import (
     CAPTURE,
@@ -22,6 +23,7 @@ from balance.domain.model import (
     HOLD_PENDING,
     HOLD_RELEASED,
     KIND_SETTLEMENT,
+    KIND_TRANSIT,
     RELEASE,
     STATUS_ACTIVE,
     STATUS_CLOSED,
@@ -52,16 +54,28 @@ def place_hold(ledger: Ledger, cmd: c.PlaceHold, now: int) -> Outcome:
     # Shape before state: a rejection that is not recorded must not follow one that is, or a
     # re-sent request whose recorded outcome is not in memory (after a restart) would be
     # answered this rejection instead of its first outcome.
-    if cmd.destination_account_id == account.id:
+    destination_id, remote = cmd.destination_account_id, cmd.remote_destination
+    if destination_id == account.id:
         return reject(e.VALIDATION_ERROR, "destination_account_id is the holding account")
-    if cmd.destination_account_id is not None and is_system_account_id(ledger.shard, cmd.destination_account_id):
+    if destination_id is not None and (
+        is_system_account_id(ledger.shard, destination_id) or (remote is not None and remote.is_system)
+    ):
         return reject(e.VALIDATION_ERROR, "a system account cannot be a destination")
-    destination = None if cmd.destination_account_id is None else ledger.accounts.get(cmd.destination_account_id)
+    destination = None if destination_id is None else ledger.accounts.get(destination_id)
     if account.status != STATUS_ACTIVE:
         return ledger.refuse_recorded(
             key, fingerprint, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now
         )
-    if cmd.destination_account_id is not None:
+    if destination is None and remote is not None and remote.found:  # on another shard: as read there
+        if remote.currency != account.currency:
+            return ledger.refuse_recorded(
+                key, fingerprint, cmd, account, e.CURRENCY_MISMATCH, f"destination is in {remote.currency}", now
+            )
+        if remote.status != STATUS_ACTIVE:
+            return ledger.refuse_recorded(
+                key, fingerprint, cmd, account, e.ACCOUNT_INACTIVE, f"destination is {remote.status}", now
+            )
+    elif destination_id is not None:
         if destination is None:
             return ledger.refuse_recorded(
                 key,
@@ -90,6 +104,10 @@ def place_hold(ledger: Ledger, cmd: c.PlaceHold, now: int) -> Outcome:
         return ledger.refuse_recorded(key, fingerprint, cmd, account, e.INSUFFICIENT_FUNDS, "account is exhausted", now)
     if account.available < cmd.amount:
         return ledger.insufficient(key, fingerprint, cmd, account, now)
+    if account.reserved + cmd.amount > limits.BALANCE_MAX:
+        return ledger.refuse_recorded(
+            key, fingerprint, cmd, account, e.LIMIT_EXCEEDED, "the amount would take the reserve past 2^62", now
+        )
     ledger.touch(account)
     account.reserved += cmd.amount
     ledger.changed(account, now)
@@ -105,6 +123,8 @@ def place_hold(ledger: Ledger, cmd: c.PlaceHold, now: int) -> Outcome:
     ledger.holds.put(hold)
     ledger.unsaved[hold] = False  # no row of it anywhere but the journal yet
     ledger.expiry.add(hold)
+    if destination is not None:  # closing it waits for this hold (one on another shard: see capture)
+        ledger.count_inbound_hold(hold, True)
     entry = ledger.entries(
         key, fingerprint, HOLD, cmd.op_id, cmd.amount, account, None, hold.id, cmd.description, cmd.metadata, now
     )
@@ -162,14 +182,20 @@ def capture_hold(ledger: Ledger, cmd: c.CaptureHold, now: int) -> Outcome:
         return reject(e.VALIDATION_ERROR, "amount must be at least 1")
     if amount > hold.amount:
         return reject(e.AMOUNT_EXCEEDS_HOLD, f"amount {amount} > hold amount {hold.amount}")
-    if hold.destination_account_id is None:
-        target = ledger.system_account(account.currency, KIND_SETTLEMENT, now)
-    else:
-        target = ledger.accounts[hold.destination_account_id]
-        if target.status == STATUS_CLOSED:
+    destination_id = hold.destination_account_id
+    status = 200
+    if destination_id is None:
+        target = ledger.system_account(account.currency, KIND_SETTLEMENT, now)  # unbounded: stored exactly
+    elif destination_id in ledger.accounts:
+        target = ledger.accounts[destination_id]
+        if target.status == STATUS_CLOSED:  # cannot be: closing waits for the holds naming it
             return reject(e.ACCOUNT_INACTIVE, f"destination {target.id} is closed")
-    if target.balance + amount > limits.BALANCE_MAX:
-        return reject(e.VALIDATION_ERROR, "amount would overflow the destination balance")
+        if target.balance + amount > limits.BALANCE_MAX:
+            return reject(e.LIMIT_EXCEEDED, "the amount would take the destination's balance past 2^62")
+        ledger.count_inbound_hold(hold, False)
+    else:  # on another shard: into transit, and on (``cross_shard``)
+        target = ledger.system_account(account.currency, KIND_TRANSIT, now)
+        status = TRANSFER_IN_PROGRESS
     ledger.touch_hold(hold)
     ledger.touch(account)
     account.reserved -= hold.amount
@@ -178,7 +204,14 @@ def capture_hold(ledger: Ledger, cmd: c.CaptureHold, now: int) -> Outcome:
     entry = ledger.entries(
         key, fingerprint, CAPTURE, hold.id, amount, account, target, hold.id, hold.description, hold.metadata, now
     )
-    outcome = ledger.accepted(200, key, fingerprint, entry, (account,))
+    if status == TRANSFER_IN_PROGRESS:
+        assert destination_id is not None
+        entry.counterparty_account_id = destination_id  # the real counterparty, on its own shard
+        leg = capture_leg_id(hold.id)
+        start_leg(
+            ledger, account.id, leg, destination_id, amount, account.currency, hold.description, hold.metadata, now
+        )
+    outcome = ledger.accepted(status, key, fingerprint, entry, (account,))
     outcome.hold = hold
     return outcome
 
@@ -192,6 +225,7 @@ def release_hold(ledger: Ledger, cmd: c.ReleaseHold, now: int) -> Outcome:
     ledger.touch(account)
     account.reserved -= hold.amount
     hold.status, hold.updated_at = HOLD_RELEASED, now
+    ledger.count_inbound_hold(hold, False)
     ledger.changed(account, now)
     entry = ledger.entries(
         key,
@@ -225,6 +259,7 @@ def _expire(ledger: Ledger, hold: Hold, now: int) -> Entry:
     ledger.touch(account)
     account.reserved -= hold.amount
     hold.status, hold.updated_at = HOLD_EXPIRED, now
+    ledger.count_inbound_hold(hold, False)
     ledger.changed(account, now)
     key = (account.id, op_key_of(EXPIRE, hold.id))
     return ledger.entries(

@@ -58,7 +58,7 @@ class _Frame:
 
     __slots__ = (
         "seq_at_begin", "accounts", "holds", "records", "restores", "changes", "rewritten", "checkpoint",
-        "checkpoint_accounts", "round_begun", "round_done",
+        "checkpoint_accounts", "round_begun", "round_done", "flights",
     )  # fmt: skip
 
     def __init__(self, seq_at_begin: int) -> None:
@@ -73,6 +73,7 @@ class _Frame:
         self.checkpoint_accounts: set[str] | None = None  # ... and its accounts
         self.round_begun = False  # a checkpoint round began with this batch
         self.round_done = 0  # > 0: this batch wrote the last rows of the round (its seq)
+        self.flights: list[tuple[dict[str, set[str]], str, str, bool]] = []  # in-flight marks changed
 
 
 # What recovery replays of each accepted journal row after the checkpoint: a hold's fields
@@ -129,6 +130,16 @@ class Ledger:
         self._new_records: list[tuple[str, str]] = []
         self.changes = Changes()
         self._in_batch = False
+        # What keeps an account from being closed besides its balance and reserve (account id ->
+        # the operations concerned): pending holds of this shard naming it as destination
+        # (rebuilt with the holds at recovery); cross-shard movements whose source leg took
+        # money from it and whose outcome is not settled (it may come back); and, kept by the
+        # service, cross-shard movements on their way to it (counted once the source leg
+        # commits, released once the target leg lands or is refused; at start, from the
+        # pending transfers).
+        self.inbound_holds: dict[str, set[str]] = {}
+        self.outbound: dict[str, set[str]] = {}
+        self.inbound: dict[str, set[str]] = {}
 
     # ---- loading (recovery and look-ups) -------------------------------------------------
 
@@ -142,6 +153,7 @@ class Ledger:
         self.holds.put(hold)
         if hold.status == HOLD_PENDING:
             self.expiry.add(hold)
+            self._count_inbound_hold(hold, True)
         else:
             self._remember_finished(hold)
 
@@ -184,6 +196,7 @@ class Ledger:
             self.holds.put(hold)
             self.unsaved[hold] = False
             self.expiry.add(hold)
+            self._count_inbound_hold(hold, True)
             return
         found = self.holds.find(account_id, hold_id)
         if found is None:
@@ -196,6 +209,7 @@ class Ledger:
         if found not in self.unsaved:
             self.unsaved[found] = True  # loaded from the holds table
         found.status, found.captured_amount, found.updated_at = settlement(row)
+        self._count_inbound_hold(found, False)
         self._remember_finished(found)
 
     def rebuild_reserved(self) -> None:
@@ -276,6 +290,18 @@ class Ledger:
             elif command.account_id in self.accounts:  # created earlier: its first answer is in storage
                 return [key], []
             return [], []
+        if isinstance(command, c.ReturnTransfer):
+            t = command.transfer
+            key = (t.from_account_id, cross_shard.leg_op_key(t.op_id))
+            holds = []
+            if cross_shard.is_capture_leg(t.op_id):
+                hold_id = t.op_id[len(cross_shard.CAPTURE_LEG) :]
+                if self.holds.find(t.from_account_id, hold_id) is None:
+                    holds.append((t.from_account_id, hold_id))
+            return ([] if key in self.records else [key]), holds
+        if isinstance(command, c.ResumeLeg):
+            key = (command.account_id, cross_shard.leg_op_key(command.op_id))
+            return ([] if key in self.records else [key]), []
         if isinstance(command, c.PlaceHold):
             key = (command.account_id, op_key_of(HOLD, command.op_id))
             if key in self.records:
@@ -458,6 +484,8 @@ class Ledger:
                 self.records.pop(key, None)
             for record, status, body in reversed(frame.restores):
                 record.status, record.body = status, body
+            for marks, account_id, op, added in reversed(frame.flights):
+                _mark(marks, account_id, op, not added)
             self.next_seq = frame.seq_at_begin
             if frame.checkpoint is not None:  # its slice of the round was not written: back to the round
                 if self.round is None:  # it was the round's last slice
@@ -584,6 +612,33 @@ class Ledger:
             self.accounts[account_id] = account
         return account
 
+    def mark(self, marks: dict[str, set[str]], account_id: str, op: str, add: bool) -> None:
+        """Add or remove ``op`` among ``account_id``'s marks (``inbound_holds``, ``outbound``),
+        undone with the batch if it is not written."""
+        if _mark(marks, account_id, op, add) and self._in_batch:
+            self.frames[-1].flights.append((marks, account_id, op, add))
+
+    def _count_inbound_hold(self, hold: Hold, add: bool) -> None:
+        destination = hold.destination_account_id
+        if destination is not None and destination in self.accounts:
+            self.mark(self.inbound_holds, destination, f"{hold.account_id}:{hold.id}", add)
+
+    def count_inbound_hold(self, hold: Hold, add: bool) -> None:
+        """A hold naming an account of this shard as destination was placed (or settled)."""
+        self._count_inbound_hold(hold, add)
+
+    def closing_refusal(self, account: Account) -> str | None:
+        """Why ``account`` cannot be closed now, or None: money on it, set aside on it, on its
+        way to it, or possibly coming back to it."""
+        if account.balance != 0 or account.reserved != 0:
+            return f"balance {account.balance}, reserved {account.reserved}"
+        account_id = account.id
+        if account_id in self.inbound_holds:
+            return "pending holds name it as destination"
+        if account_id in self.inbound or account_id in self.outbound:
+            return "money is in flight to or from it"
+        return None
+
     def touch(self, account: Account) -> None:
         if account.id not in self.undo_accounts:
             self.undo_accounts[account.id] = account.state()
@@ -616,11 +671,16 @@ class Ledger:
 def _check_account(account: Account) -> None:
     """Per-account invariants. The fast test first: messages are only formatted on a failure
     (this runs for every account a batch touches and for every account at recovery)."""
-    reserved = account.reserved
-    if (
-        reserved >= 0
-        and -limits.BALANCE_MAX <= account.balance <= limits.BALANCE_MAX
-        and (account.is_system or (account.available >= 0 and (reserved == 0 or account.status != STATUS_CLOSED)))
+    reserved, balance = account.reserved, account.balance
+    if reserved >= 0 and (
+        account.is_system
+        or (
+            balance + account.credit_limit - reserved >= 0
+            and -limits.BALANCE_MAX <= balance <= limits.BALANCE_MAX
+            and reserved <= limits.BALANCE_MAX
+            and account.credit_limit <= limits.CREDIT_LIMIT_MAX
+            and (account.status != STATUS_CLOSED or (reserved == 0 and balance == 0))
+        )
     ):
         return
     _explain_account(account)
@@ -628,10 +688,32 @@ def _check_account(account: Account) -> None:
 
 def _explain_account(account: Account) -> None:
     e.require(account.reserved >= 0, f"account {account.id}: negative reserved {account.reserved}")
-    e.require(abs(account.balance) <= limits.BALANCE_MAX, f"account {account.id}: balance out of range")
     if not account.is_system:
+        e.require(abs(account.balance) <= limits.BALANCE_MAX, f"account {account.id}: balance out of range")
+        e.require(account.reserved <= limits.BALANCE_MAX, f"account {account.id}: reserved out of range")
+        e.require(account.credit_limit <= limits.CREDIT_LIMIT_MAX, f"account {account.id}: limit out of range")
         e.require(account.available >= 0, f"account {account.id}: negative available {account.available}")
         e.require(account.reserved == 0 or account.status != STATUS_CLOSED, "closed account with holds")
+        e.require(account.balance == 0 or account.status != STATUS_CLOSED, "closed account holding money")
+
+
+def _mark(marks: dict[str, set[str]], account_id: str, op: str, add: bool) -> bool:
+    """True if it changed anything."""
+    found = marks.get(account_id)
+    if add:
+        if found is None:
+            marks[account_id] = {op}
+            return True
+        if op in found:
+            return False
+        found.add(op)
+        return True
+    if found is None or op not in found:
+        return False
+    found.discard(op)
+    if not found:
+        del marks[account_id]
+    return True
 
 
 _KIND_OF_COMMAND = {c.Credit: CREDIT, c.Debit: DEBIT, c.Transfer: TRANSFER, c.PlaceHold: HOLD}
@@ -640,6 +722,8 @@ _HANDLERS = {
     c.TransferOut: cross_shard.transfer_out,
     c.TransferIn: cross_shard.transfer_in,
     c.CompleteTransfer: cross_shard.complete_transfer,
+    c.ReturnTransfer: cross_shard.return_transfer,
+    c.ResumeLeg: cross_shard.resume_leg,
     c.CreateAccount: account_rules.create_account,
     c.UpdateAccount: account_rules.update_account,
     c.CreateKey: account_rules.create_key,

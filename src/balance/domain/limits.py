@@ -2,7 +2,11 @@
 
 AMOUNT_MIN = 1
 AMOUNT_MAX = 2**62
-BALANCE_MAX = 2**63 - 1  # BIGINT: a balance or reserved sum never leaves this range
+# A non-system account's balance, reserved sum and credit limit stay within +-BALANCE_MAX:
+# far from the 64-bit edge, so no sum of them a rule computes can overflow a BIGINT. System
+# accounts (funding, settlement, transit) take the other side of every account and have no
+# bound: they are stored exactly (DECIMAL(39,0), or an exact encoding in SQLite).
+BALANCE_MAX = 2**62
 CREDIT_LIMIT_MAX = 2**62
 BATCH_OPERATIONS_MAX = 8190
 ENGINE_BATCH_MAX = 8190  # commands applied and committed together by one shard writer

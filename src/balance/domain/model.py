@@ -83,6 +83,10 @@ HOLD_EXPIRES_AT: Final = 7
 HOLD_UPDATED_AT: Final = 9
 ACCOUNT_FROZEN_BY: Final = 15
 HOLD_PLACED_BY: Final = 12
+HOLD_CURRENCY: Final = 4
+HOLD_DESTINATION: Final = 6
+HOLD_DESCRIPTION: Final = 10
+HOLD_METADATA: Final = 11
 JOURNAL_SEQ: Final = 0  # in a journal row (``Entry.row()``, ``schema.JOURNAL_COLUMNS``)
 
 
@@ -148,7 +152,9 @@ class Account:
         share = _SHARED.setdefault  # bound once: this runs millions of times at recovery
         return cls(
             id_, parent_id, share(kind, kind), share(region, region), share(currency, currency),  # type: ignore[arg-type]
-            name if name else "", share(status, status), balance, reserved, credit_limit,  # type: ignore[arg-type]
+            name if name else "", share(status, status),  # type: ignore[arg-type]
+            balance if type(balance) is int else int(balance),  # MariaDB's DECIMAL(39,0) column: a Decimal
+            reserved, credit_limit,
             bool(exhausted), version, created_at,
             created_at if updated_at == created_at else updated_at,
             EMPTY_METADATA if metadata == EMPTY_METADATA else bytes(metadata),

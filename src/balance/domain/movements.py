@@ -19,6 +19,8 @@ from balance.domain.outcomes import Outcome, reject
 if TYPE_CHECKING:
     from balance.domain.ledger import Ledger
 
+_PAST_LIMIT = "the amount would take the balance past 2^62"
+
 
 def credit(ledger: Ledger, cmd: c.Credit, now: int) -> Outcome:
     account = ledger.accounts.get(cmd.account_id)
@@ -33,9 +35,9 @@ def credit(ledger: Ledger, cmd: c.Credit, now: int) -> Outcome:
         return ledger.refuse_recorded(
             key, fingerprint, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now
         )
-    funding = ledger.system_account(account.currency, KIND_FUNDING, now)
-    if account.balance + cmd.amount > limits.BALANCE_MAX or funding.balance - cmd.amount < -limits.BALANCE_MAX:
-        return reject(e.VALIDATION_ERROR, "amount would overflow the balance")
+    if account.balance + cmd.amount > limits.BALANCE_MAX:
+        return ledger.refuse_recorded(key, fingerprint, cmd, account, e.LIMIT_EXCEEDED, _PAST_LIMIT, now)
+    funding = ledger.system_account(account.currency, KIND_FUNDING, now)  # unbounded: stored exactly
     ledger.move(funding, account, cmd.amount, now)
     entry = ledger.entries(
         key, fingerprint, CREDIT, cmd.op_id, cmd.amount, account, funding, None, cmd.description, cmd.metadata, now
@@ -58,9 +60,7 @@ def debit(ledger: Ledger, cmd: c.Debit, now: int) -> Outcome:
         )
     if account.available < cmd.amount:
         return ledger.insufficient(key, fingerprint, cmd, account, now)
-    settlement = ledger.system_account(account.currency, KIND_SETTLEMENT, now)
-    if settlement.balance + cmd.amount > limits.BALANCE_MAX:
-        return reject(e.VALIDATION_ERROR, "amount would overflow the settlement balance")
+    settlement = ledger.system_account(account.currency, KIND_SETTLEMENT, now)  # unbounded: stored exactly
     ledger.move(account, settlement, cmd.amount, now)
     entry = ledger.entries(
         key,
@@ -114,7 +114,7 @@ def transfer(ledger: Ledger, cmd: c.Transfer, now: int) -> Outcome:
     if source.available < cmd.amount:
         return ledger.insufficient(key, fingerprint, cmd, source, now)
     if target.balance + cmd.amount > limits.BALANCE_MAX:
-        return reject(e.VALIDATION_ERROR, "amount would overflow the target balance")
+        return ledger.refuse_recorded(key, fingerprint, cmd, source, e.LIMIT_EXCEEDED, _PAST_LIMIT, now)
     ledger.move(source, target, cmd.amount, now)
     entry = ledger.entries(
         key, fingerprint, TRANSFER, cmd.op_id, cmd.amount, source, target, None, cmd.description, cmd.metadata, now

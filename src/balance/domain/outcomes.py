@@ -64,7 +64,8 @@ class Changes:
     events: list[Event] = field(default_factory=list)
     keys: list[tuple] = field(default_factory=list)  # type: ignore[type-arg]  # KEY_COLUMNS rows, upserted
     transfers_started: list[tuple] = field(default_factory=list)  # type: ignore[type-arg]  # TRANSFER_COLUMNS
-    transfers_completed: list[tuple[bytes, str, str]] = field(default_factory=list)  # (body, account, op_id)
+    # (body, account, op_id, final status, the source operation's op_key)
+    transfers_completed: list[tuple[bytes, str, str, int, str]] = field(default_factory=list)
 
 
 def reject(code: str, detail: str) -> Outcome:

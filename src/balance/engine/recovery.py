@@ -94,6 +94,8 @@ async def read_ledger(engine: ShardEngine) -> Ledger:
         seq = rows[-1][HOLD_JOURNAL_SEQ]  # recovery rows begin with a hold row's fields
     engine.checkpoint_from = checkpoint
     ledger.next_seq = await storage.max_seq() + 1
+    for row in await storage.pending_transfers():  # money out in flight: its source stays open
+        ledger.mark(ledger.outbound, row[0], row[1], True)
     # ``reserved`` was stored; check_invariants recomputes it from the pending holds.
     ledger.check_invariants()
     return ledger

@@ -78,6 +78,7 @@ _KIND_NAMES = {
     c.CaptureHold: "capture", c.ReleaseHold: "release", c.ExpireHold: "expire",
     c.CreateAccount: "create_account", c.UpdateAccount: "update_account", c.CreateKey: "create_key",
     c.TransferOut: "transfer_out", c.TransferIn: "transfer_in", c.CompleteTransfer: "transfer_complete",
+    c.ReturnTransfer: "transfer_return", c.ResumeLeg: "transfer_resume",
 }  # fmt: skip
 
 
@@ -461,7 +462,9 @@ class ShardEngine:
             try:
                 if await self.storage.max_seq() >= first_seq:
                     log.warning("shard %s: a failed commit had landed; reloading from storage", self.shard)
+                    inbound = self.ledger.inbound  # kept by the service, not in storage
                     self.ledger = await load_ledger(self)
+                    self.ledger.inbound = inbound
                 break
             except StorageError as exc:
                 await self._wait_to_retry("resync", exc)

@@ -37,7 +37,9 @@ class BatchWrite:
     transfers_started: list[Row] = field(default_factory=list)  # inserted, TRANSFER_COLUMNS
     # (final result, account_id, op_id): the journal row of that transfer gets status 201 and
     # this result; its transfers_pending row is deleted.
-    transfers_completed: list[tuple[bytes, str, str]] = field(default_factory=list)
+    transfers_completed: list[tuple[bytes, str, str, int, str]] = field(
+        default_factory=list
+    )  # body, account, op_id, status, op_key
     # What an adapter's ``prepare`` made of the rows ahead of ``commit`` (e.g. SQL text), or None.
     prepared: object = None
 

@@ -151,6 +151,15 @@ class MariaDbShardStorage(MariaDbWrites, MariaDbStatements, MariaDbReads):
                     for table, columns in added.items():  # an earlier version's database
                         for column, ddl in columns.items():
                             await cur.execute(f"ALTER TABLE `{table}` ADD COLUMN IF NOT EXISTS `{column}` {ddl}")
+                    for (table, column), ddl in schema.COLUMNS_CHANGED.items():  # ... and its older types
+                        await cur.execute(
+                            "SELECT COLUMN_TYPE FROM information_schema.COLUMNS"
+                            " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+                            (self.database, table, column),
+                        )
+                        (found,) = await cur.fetchone()
+                        if str(found).lower().replace(" ", "") != ddl.split(" ")[0].lower():
+                            await cur.execute(f"ALTER TABLE `{table}` MODIFY `{column}` {ddl}")
                     await cur.execute("SELECT 1 FROM meta WHERE name = %s", (schema.OP_KEYS_META_KEY,))
                     if await cur.fetchone() is None:  # an earlier version's keys (``schema.op_keys_migration_sql``)
                         await cur.execute("START TRANSACTION")

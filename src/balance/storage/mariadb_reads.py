@@ -10,7 +10,7 @@ import asyncmy
 
 from balance.domain.holds import HOLD_JOURNAL_ACCOUNT_ID, HOLD_JOURNAL_HOLD_ID, hold_from_journal
 from balance.domain.ids import hold_journal_keys
-from balance.domain.model import ACCOUNT_EXHAUSTED, HOLD_ACCOUNT_ID, HOLD_ID
+from balance.domain.model import ACCOUNT_BALANCE, ACCOUNT_EXHAUSTED, HOLD_ACCOUNT_ID, HOLD_ID
 from balance.storage import schema
 from balance.storage.base import LoadedShard, Row, StorageError, StoredOperation
 from balance.storage.mariadb_driver import DRIVER_ERRORS, column_list, is_server_error, translate
@@ -67,16 +67,23 @@ class MariaDbReads:
             )
             await self._fetch(conn, "COMMIT")
             accounts = [
-                (*row[:ACCOUNT_EXHAUSTED], bool(row[ACCOUNT_EXHAUSTED]), *row[ACCOUNT_EXHAUSTED + 1 :])
+                (
+                    *row[:ACCOUNT_BALANCE],
+                    int(row[ACCOUNT_BALANCE]),
+                    *row[ACCOUNT_BALANCE + 1 : ACCOUNT_EXHAUSTED],
+                    bool(row[ACCOUNT_EXHAUSTED]),
+                    *row[ACCOUNT_EXHAUSTED + 1 :],
+                )
                 for row in accounts
-            ]
+            ]  # fmt: skip  (balance: DECIMAL(39,0) comes back as a Decimal)
             return LoadedShard(accounts, holds, int(last[0][0]) + 1)
 
         return await self._read(read)
 
     async def scan_accounts(self, after_id: str, limit: int) -> list[Row]:
         sql = f"SELECT {column_list(schema.ACCOUNT_COLUMNS)} FROM accounts WHERE id > %s ORDER BY id LIMIT %s"
-        # ``exhausted`` comes back as 0/1: Account.from_row makes it a bool (not a second pass here).
+        # ``exhausted`` comes back as 0/1 and ``balance`` as a Decimal: Account.from_row makes them
+        # a bool and an int (not a second pass here).
         return await self._read(lambda conn: self._fetch(conn, sql, (after_id, limit)))
 
     async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:

@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import asyncmy
 
-from balance.domain.ids import op_key_of
-from balance.domain.model import TRANSFER
 from balance.storage import schema
 from balance.storage.base import BatchWrite, Row
 from balance.storage.mariadb_driver import column_list
@@ -139,11 +137,11 @@ class MariaDbStatements:
             statements.append(
                 f"UPDATE meta SET value = {int(batch.checkpoint_seq)} WHERE name = '{schema.CHECKPOINT_META_KEY}'"
             )
-        for result, account_id, op_id in batch.transfers_completed:  # rare: row by row
+        for result, account_id, op_id, status, op_key in batch.transfers_completed:  # rare: row by row
             key = conn.literal(account_id)
             statements.append(
-                f"UPDATE journal SET status = 201, result = {conn.literal(result)}"
-                f" WHERE account_id = {key} AND op_key = {conn.literal(op_key_of(TRANSFER, op_id))}"
+                f"UPDATE journal SET status = {int(status)}, result = {conn.literal(result)}"
+                f" WHERE account_id = {key} AND op_key = {conn.literal(op_key)}"
             )
             statements.append(
                 f"DELETE FROM transfers_pending WHERE account_id = {key} AND op_id = {conn.literal(op_id)}"

@@ -32,6 +32,16 @@ COLUMNS_ADDED = {
         "revoked_at": "BIGINT NULL", "client_id": "VARCHAR(64) NULL",
     },
 }  # fmt: skip
+# Columns whose type changed since their first version: (table, column) -> the type now
+# (an earlier version's database is altered at open; SQLite's dynamic types need no change).
+# A system account's balance has no bound (it takes the other side of every account of its
+# currency): DECIMAL(39,0) holds any sum of 2^64 accounts at +-2^62 each. An op key names
+# the source account and the id of a cross-shard leg (a hold's capture leg id is longer).
+COLUMNS_CHANGED = {
+    ("accounts", "balance"): "DECIMAL(39,0) NOT NULL",
+    ("journal", "op_key"): "VARCHAR(160) NULL",
+    ("transfers_pending", "op_id"): "VARCHAR(80) NOT NULL",
+}
 # The meta row: the holds and accounts tables reflect the journal up to this seq. (Named when
 # only holds were checkpointed; kept so that databases already written open unchanged.)
 CHECKPOINT_META_KEY = "holds_checkpoint_seq"
@@ -76,7 +86,7 @@ TABLES = {
         currency CHAR(3) NOT NULL,
         name VARCHAR(200) NOT NULL,
         status VARCHAR(8) NOT NULL,
-        balance BIGINT NOT NULL,
+        balance DECIMAL(39,0) NOT NULL,
         reserved BIGINT NOT NULL,
         credit_limit BIGINT NOT NULL,
         exhausted BOOLEAN NOT NULL,
@@ -103,7 +113,7 @@ TABLES = {
     "journal": """
         seq BIGINT NOT NULL PRIMARY KEY,
         account_id VARCHAR(64) NOT NULL,
-        op_key VARCHAR(80) NULL,
+        op_key VARCHAR(160) NULL,
         kind VARCHAR(16) NOT NULL,
         op_id VARCHAR(64) NOT NULL,
         status SMALLINT NOT NULL,
@@ -131,7 +141,7 @@ TABLES = {
         created_at BIGINT NOT NULL""",
     "transfers_pending": """
         account_id VARCHAR(64) NOT NULL,
-        op_id VARCHAR(64) NOT NULL,
+        op_id VARCHAR(80) NOT NULL,
         to_account_id VARCHAR(64) NOT NULL,
         amount BIGINT NOT NULL,
         currency CHAR(3) NOT NULL,

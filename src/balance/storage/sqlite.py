@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from balance.domain.holds import hold_from_journal
-from balance.domain.ids import hold_journal_keys, op_key_of
-from balance.domain.model import ACCOUNT_EXHAUSTED, TRANSFER
+from balance.domain.ids import hold_journal_keys
+from balance.domain.model import ACCOUNT_EXHAUSTED
 from balance.storage import schema
 from balance.storage.base import (
     EARLIER_FAILED,
@@ -51,7 +51,38 @@ _MERGE_ROWS = 128
 
 
 def _sqlite_type(ddl: str) -> str:
-    return ddl.replace("BOOLEAN", "INTEGER").replace("BIGINT", "INTEGER").replace("SMALLINT", "INTEGER")
+    return (
+        ddl.replace("BOOLEAN", "INTEGER").replace("BIGINT", "INTEGER").replace("SMALLINT", "INTEGER")
+        .replace("DECIMAL(39,0)", "INTEGER")
+    )  # fmt: skip
+
+
+# SQLite's integers are 64-bit. A balance past them (a system account's: they have no bound)
+# is stored as its decimal digits in a BLOB, which no column affinity converts (a TEXT of
+# digits past 64 bits would become a lossy REAL). Reads turn it back into an int.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_BALANCE = schema.ACCOUNT_COLUMNS.index("balance")
+
+
+def _exact_accounts(rows: list[Row]) -> list[Row]:
+    """Account rows to write, any balance past 64 bits encoded (``_read_accounts`` decodes)."""
+    if all(_INT64_MIN <= row[_BALANCE] <= _INT64_MAX for row in rows):
+        return rows
+    return [
+        row if _INT64_MIN <= row[_BALANCE] <= _INT64_MAX
+        else (*row[:_BALANCE], str(row[_BALANCE]).encode(), *row[_BALANCE + 1 :])
+        for row in rows
+    ]  # fmt: skip
+
+
+def _read_accounts(rows: list[Row]) -> list[Row]:
+    """Account rows read, an encoded balance (``_exact_accounts``) back to an int."""
+    if all(type(row[_BALANCE]) is int for row in rows):
+        return rows
+    return [
+        row if type(row[_BALANCE]) is int else (*row[:_BALANCE], int(row[_BALANCE]), *row[_BALANCE + 1 :])
+        for row in rows
+    ]
 
 
 def _insert_sql(table: str, columns: tuple[str, ...], rows: int, upsert: bool) -> str:
@@ -317,7 +348,7 @@ class SqliteShardStorage:
     def _write(self, conn: sqlite3.Connection, batch: BatchWrite) -> None:
         self._insert(conn, "journal", schema.JOURNAL_COLUMNS, batch.journal, upsert=False)
         self._insert(conn, "holds", schema.HOLD_COLUMNS, batch.holds, upsert=True)
-        self._insert(conn, "accounts", schema.ACCOUNT_COLUMNS, batch.accounts, upsert=True)
+        self._insert(conn, "accounts", schema.ACCOUNT_COLUMNS, _exact_accounts(batch.accounts), upsert=True)
         self._insert(conn, "outbox", schema.OUTBOX_COLUMNS, batch.outbox, upsert=False)
         self._insert(conn, "api_keys", schema.KEY_COLUMNS, batch.keys, upsert=True)  # a revocation rewrites its row
         self._insert(conn, "transfers_pending", schema.TRANSFER_COLUMNS, batch.transfers_started, upsert=False)
@@ -325,10 +356,10 @@ class SqliteShardStorage:
             conn.executemany("DELETE FROM holds WHERE account_id = ? AND id = ?", batch.holds_deleted)
         if batch.checkpoint_seq:
             conn.execute("UPDATE meta SET value = ? WHERE name = ?", (batch.checkpoint_seq, schema.CHECKPOINT_META_KEY))
-        for result, account_id, op_id in batch.transfers_completed:
+        for result, account_id, op_id, status, op_key in batch.transfers_completed:
             conn.execute(
-                "UPDATE journal SET status = 201, result = ? WHERE account_id = ? AND op_key = ?",
-                (result, account_id, op_key_of(TRANSFER, op_id)),
+                "UPDATE journal SET status = ?, result = ? WHERE account_id = ? AND op_key = ?",
+                (status, result, account_id, op_key),
             )
             conn.execute("DELETE FROM transfers_pending WHERE account_id = ? AND op_id = ?", (account_id, op_id))
 
@@ -356,7 +387,9 @@ class SqliteShardStorage:
             conn = self._reader_conn()
             conn.execute("BEGIN")
             try:
-                accounts = conn.execute(f"SELECT {','.join(schema.ACCOUNT_COLUMNS)} FROM accounts").fetchall()
+                accounts = _read_accounts(
+                    conn.execute(f"SELECT {','.join(schema.ACCOUNT_COLUMNS)} FROM accounts").fetchall()
+                )
                 holds = conn.execute(
                     f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE status = 'pending'"
                 ).fetchall()
@@ -377,7 +410,7 @@ class SqliteShardStorage:
         sql = f"SELECT {','.join(schema.ACCOUNT_COLUMNS)} FROM accounts WHERE id > ? ORDER BY id LIMIT ?"
         # ``exhausted`` comes back as 0/1: Account.from_row makes it a bool (not a second pass here).
         return await self._run(
-            self._reader_pool, lambda: self._reader_conn().execute(sql, (after_id, limit)).fetchall()
+            self._reader_pool, lambda: _read_accounts(self._reader_conn().execute(sql, (after_id, limit)).fetchall())
         )
 
     async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:

@@ -1,0 +1,139 @@
+"""How the service and the API reach shards: one port per shard, and where accounts live.
+
+``ShardPort`` is everything they may ask of a shard: submit commands, and read committed
+state (accounts, holds, children, history, pending cross-shard movements). ``InProcessShard``
+is the adapter for a shard whose engine runs in this process; another adapter (a shard in
+another process) needs only these methods. ``Placement`` says which shard an account id
+lives on and where a new top-level account goes, instead of ``shard_of`` and ``len(engines)``
+spread through the code.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Protocol
+
+from balance.domain import commands as c
+from balance.engine.replies import Collector, Reply
+
+if TYPE_CHECKING:
+    from balance.engine.shard import ShardEngine
+
+Row = tuple  # type: ignore[type-arg]
+
+
+class ShardPort(Protocol):
+    """One shard, as the service and the API see it."""
+
+    shard: int
+
+    def execute(self, command: c.Command, /) -> Awaitable[Reply]:
+        """Submit: the reply comes once the command's batch is durable (or undone: 503)."""
+
+    def enqueue_into(self, command: c.Command, collector: Collector, index: int, /) -> None:
+        """Submit into a batch request's collector (no future per operation); raises ``Unavailable``."""
+
+    def account_state(self, account_id: str, /) -> Row | None:
+        """The account as last committed (no dirty read of a batch still being written)."""
+
+    def parent_of(self, account_id: str, /) -> str | None: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def hold_state(self, account_id: str, hold_id: str) -> Row | None: ...
+
+    async def children(self, parent_id: str, limit: int, after_id: str | None) -> list[str]: ...
+
+    async def history(
+        self, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
+    ) -> list[Row]: ...
+
+    async def pending_transfers(self) -> list[Row]: ...
+
+    async def load_keys(self) -> list[tuple[str, str]]: ...
+
+    def account_count(self) -> int: ...
+
+    def expect_inbound(self, account_id: str, leg: str, expected: bool) -> None:
+        """Money of a cross-shard movement is on its way to ``account_id`` (or no longer):
+        closing it waits meanwhile."""
+
+
+class InProcessShard:
+    """The port of a shard whose engine runs in this process. The hot calls are the engine's
+    own bound methods (no call through the adapter per operation)."""
+
+    def __init__(self, engine: ShardEngine) -> None:
+        self.engine = engine
+        self.shard = engine.shard
+        self.execute = engine.execute
+        self.enqueue_into = engine.enqueue_into
+        self.account_state = engine.account_state
+        self.parent_of = engine.parent_of
+
+    @property
+    def ready(self) -> bool:
+        return self.engine.ready
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+
+    async def hold_state(self, account_id: str, hold_id: str) -> Row | None:
+        return await self.engine.hold_state(account_id, hold_id)
+
+    async def children(self, parent_id: str, limit: int, after_id: str | None) -> list[str]:
+        return await self.engine.storage.children(parent_id, limit, after_id)
+
+    async def history(
+        self, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
+    ) -> list[Row]:
+        return await self.engine.storage.history(account_id, limit, before_seq, since, until)
+
+    async def pending_transfers(self) -> list[Row]:
+        return await self.engine.storage.pending_transfers()
+
+    async def load_keys(self) -> list[tuple[str, str]]:
+        return await self.engine.storage.load_keys()
+
+    def account_count(self) -> int:
+        return len(self.engine.ledger.accounts)
+
+    def expect_inbound(self, account_id: str, leg: str, expected: bool) -> None:
+        ledger = self.engine.ledger
+        ledger.mark(ledger.inbound, account_id, leg, expected)
+
+
+@functools.lru_cache(maxsize=65536)
+def shard_in_id(account_id: str) -> int | None:
+    """The home shard encoded in an account id (``US-3-9f2c...``), or None if it is not one of ours."""
+    parts = account_id.split("-", 2)
+    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()) or len(parts[1]) > 9:
+        return None  # not ASCII digits ("²" passes isdigit) or too long for int(): not one of ours
+    return int(parts[1])
+
+
+class Placement:
+    """Where accounts live: the shard an id names (ids encode it, so a request is routed
+    without a look-up), and the shard a new top-level account goes to (a child lives on its
+    parent's shard, so a partner's subtree stays on one shard)."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+
+    def shard_of(self, account_id: str) -> int | None:
+        """The shard ``account_id`` lives on, or None if no shard of this deployment has it."""
+        shard = shard_in_id(account_id)
+        return None if shard is None or shard >= self.shards else shard
+
+    def new_top_level(self, account_counts: list[int]) -> int:
+        """The shard for a new top-level account: the least filled."""
+        return min(range(self.shards), key=account_counts.__getitem__)

@@ -1,0 +1,380 @@
+"""Money across two shards on both backends (issue 14, items 1-3): replays answer first,
+targets refuse on their own shard and the source takes the money back (recorded), closing
+waits for money in flight, and holds whose destination lives on the other shard work, with
+a restart between any two steps settling each movement exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncmy
+import pytest
+
+from balance.domain import commands as c
+from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, capture_leg_id
+from balance.domain.model import HOLD_CAPTURED, HOLD_STATUS
+from balance.engine.shard import ShardEngine
+from balance.service import BalanceService
+from balance.storage.mariadb import from_url
+from balance.storage.sqlite import SqliteShardStorage
+
+Build = Callable[[], BalanceService]
+
+
+class Clock:
+    """Time under the test's control (holds expire when it says)."""
+
+    def __init__(self) -> None:
+        self.now = 1_790_000_000_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
+async def build(request: pytest.FixtureRequest, tmp_path: Path, mariadb_required) -> AsyncIterator[Build]:  # type: ignore[no-untyped-def]
+    """A builder of a two-shard service over the same data (build again = restart)."""
+    clock = Clock()
+    url = None
+    if request.param == "sqlite":
+
+        def storage(shard: int):  # type: ignore[no-untyped-def]
+            return SqliteShardStorage(tmp_path / f"shard-{shard}.db")
+    else:
+        base = await mariadb_required()
+        parts = urlsplit(base)
+        name = parts.path.lstrip("/") or "balance_test"
+        url = parts._replace(path=f"/{name}_{uuid.uuid4().hex[:10]}").geturl()
+
+        def storage(shard: int):  # type: ignore[no-untyped-def]
+            return from_url(url, shard)
+
+    services: list[BalanceService] = []
+
+    def make() -> BalanceService:
+        engines = [
+            ShardEngine(shard, storage(shard), clock=clock, sweep_interval_s=0.02, on_fatal=_raise)
+            for shard in range(2)
+        ]
+        service = BalanceService(engines, "admin")
+        services.append(service)
+        return service
+
+    make.clock = clock  # type: ignore[attr-defined]  # (compiled classes take no new attributes)
+    yield make
+    for service in services:
+        for engine in service.engines:
+            if engine.state != "stopped":
+                await engine.stop()
+    if url is not None:
+        for shard in range(2):
+            await _drop_database(base, from_url(url, shard).database)
+
+
+async def _drop_database(url: str, database: str) -> None:
+    parts = urlsplit(url)
+    conn = await asyncmy.connect(
+        host=parts.hostname, port=parts.port or 3306, user=parts.username or "root", password=parts.password or ""
+    )
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+    finally:
+        await conn.ensure_closed()
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+async def account(service: BalanceService, shard: int, currency: str = "EUR") -> str:
+    """A top-level account placed on ``shard`` (the least-filled shard takes the next one)."""
+    for _ in range(8):
+        reply = await service.create_account(c.CreateAccount("", None, "partner", "EU", currency, "p", 0, b"{}"))
+        assert reply.status == 201
+        account_id = json.loads(reply.body)["id"]
+        if service.engine_for(account_id).shard == shard:  # type: ignore[union-attr]
+            return account_id
+    raise AssertionError("no account placed on the shard")
+
+
+def state(service: BalanceService, account_id: str) -> tuple[int, int, str]:
+    found = service.account_state(account_id)
+    assert found is not None
+    return int(found[7]), int(found[8]), found[6]
+
+
+def check_books(service: BalanceService) -> None:
+    """Each shard's invariants hold and balances sum to zero per currency; no closed account
+    holds money."""
+    for engine in service.engines:
+        engine.ledger.check_invariants()  # per shard: sums to zero, reserved == pending holds
+        for acc in engine.ledger.accounts.values():
+            if acc.status == "closed":
+                assert (acc.balance, acc.reserved) == (0, 0), acc.id
+
+
+async def two(service: BalanceService, seed: int = 1_000) -> tuple[str, str]:
+    a, b = await account(service, 0), await account(service, 1)
+    assert (await service.execute(c.Credit(a, "seed", seed))).status == 201
+    return a, b
+
+
+async def no_pending(service: BalanceService) -> None:
+    for engine in service.engines:
+        assert await engine.storage.pending_transfers() == []
+
+
+async def history_kinds(service: BalanceService, account_id: str) -> list[tuple[str, str, int]]:
+    rows = await service.engine_for(account_id).storage.history(account_id, 50, None, None, None)  # type: ignore[union-attr]
+    return [(row[3], row[4], row[8]) for row in reversed(rows)]
+
+
+# ---- item 1: replays first, refusals recorded -----------------------------------------------
+
+
+async def test_a_transfer_sent_again_after_its_target_was_frozen_replays_its_success(build: Build) -> None:
+    service = build()
+    await service.start()
+    a, b = await two(service)
+    transfer = c.Transfer("t-1", a, b, 300, "EUR")
+    first = await service.execute(transfer)
+    assert first.status == 201
+    assert (await service.execute(c.UpdateAccount(b, status="frozen"))).status == 200
+
+    again = await service.execute(transfer)
+
+    assert (again.status, again.body, again.replayed) == (201, first.body, True)
+    assert (state(service, a)[0], state(service, b)[0]) == (700, 300)
+    check_books(service)
+    await service.stop()
+
+
+async def test_a_refusal_found_by_the_target_shard_is_recorded_and_the_money_returned(build: Build) -> None:
+    service = build()
+    await service.start()
+    a, b = await two(service)
+    assert (await service.execute(c.UpdateAccount(b, status="frozen"))).status == 200
+    transfer = c.Transfer("t-2", a, b, 300, "EUR")
+
+    refused = await service.execute(transfer)
+
+    assert (refused.status, json.loads(refused.body)["code"]) == (409, "account_inactive")
+    assert state(service, a)[0] == 1_000 and state(service, b)[0] == 0
+    assert (await service.execute(c.UpdateAccount(b, status="active"))).status == 200
+    again = await service.execute(transfer)  # the id keeps its first answer, as on one shard
+    assert (again.status, again.body, again.replayed) == (409, refused.body, True)
+    assert state(service, b)[0] == 0
+    assert await history_kinds(service, a) == [("credit", "seed", 1000)]  # refused: out of the history
+    missing = await service.execute(c.Transfer("t-3", a, "EU-1-0000000000000000", 5, "EUR"))
+    assert (missing.status, json.loads(missing.body)["code"]) == (404, "account_not_found")
+    wrong = await service.execute(c.Transfer("t-4", a, "EU-9-0000000000000000", 5, "EUR"))  # no such shard
+    assert (wrong.status, json.loads(wrong.body)["code"]) == (404, "account_not_found")
+    check_books(service)
+    await no_pending(service)
+    await service.stop()
+
+    restarted = build()
+    await restarted.start()
+    for op_id, status in (("t-2", 409), ("t-3", 404)):
+        replay = await restarted.execute(
+            c.Transfer(op_id, a, b if op_id == "t-2" else "EU-1-0000000000000000", 300 if op_id == "t-2" else 5, "EUR")
+        )
+        assert (replay.status, replay.replayed) == (status, True)
+    check_books(restarted)
+    await restarted.stop()
+
+
+# ---- item 2: a closed account takes nothing; closing waits for money in flight --------------
+
+
+async def test_a_target_closed_between_the_legs_gets_nothing_and_the_source_gets_it_back(build: Build) -> None:
+    service = build()
+    await service.start()
+    a, b = await two(service)
+    transfer = c.Transfer("t-5", a, b, 400, "EUR")
+    source = service.engine_for(a)
+    assert source is not None
+    started = await source.execute(c.TransferOut(transfer))  # the source leg alone: a crash follows
+    assert started.status == TRANSFER_IN_PROGRESS
+    close_a = await service.execute(c.UpdateAccount(a, status="closed"))  # its money may come back
+    assert json.loads(close_a.body)["code"] == "account_not_empty"
+    assert (await service.execute(c.UpdateAccount(b, status="closed"))).status == 200  # in the window
+    check_books(service)
+    await service.stop()
+
+    restarted = build()
+    await restarted.start()  # recovery: the target leg finds b closed, the money goes back
+
+    assert state(restarted, a)[0] == 1_000 and state(restarted, b) == (0, 0, "closed")
+    replay = await restarted.execute(transfer)
+    assert (replay.status, json.loads(replay.body)["code"], replay.replayed) == (409, "account_inactive", True)
+    check_books(restarted)
+    await no_pending(restarted)
+    await restarted.stop()
+
+
+class FailingSqlite(SqliteShardStorage):
+    """Fault injection: the next ``fail_commits`` transactions fail (nothing of them is written)."""
+
+    fail_commits = 0
+
+    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
+        if self.fail_commits > 0:
+            self.fail_commits -= 1
+            raise sqlite3.OperationalError("injected: disk I/O error")
+        super()._commit_all(batches)
+
+
+async def test_closing_either_end_of_money_in_flight_is_refused_until_it_lands(tmp_path: Path) -> None:
+    engines = [ShardEngine(shard, FailingSqlite(tmp_path / f"s{shard}.db"), on_fatal=_raise) for shard in range(2)]
+    service = BalanceService(engines, "admin")
+    await service.start()
+    a, b = await two(service)
+    target_storage = service.engine_for(b).storage  # type: ignore[union-attr]
+    assert isinstance(target_storage, FailingSqlite)
+    target_storage.fail_commits = 1
+    transfer = c.Transfer("t-6", a, b, 1_000, "EUR")
+    assert (await service.execute(transfer)).status == 503  # the money is in transit
+    for _ in range(100):
+        if service.ready:
+            break
+        await asyncio.sleep(0.01)
+
+    for end in (a, b):  # a: empty, but the money may come back; b: the money is on its way
+        closing = await service.execute(c.UpdateAccount(end, status="closed"))
+        assert (closing.status, json.loads(closing.body)["code"]) == (409, "account_not_empty")
+    assert (await service.execute(transfer)).status == 201
+    assert (await service.execute(c.UpdateAccount(a, status="closed"))).status == 200
+    assert json.loads((await service.execute(c.UpdateAccount(b, status="closed"))).body)["code"] == "account_not_empty"
+    check_books(service)
+    await service.stop()
+
+
+# ---- item 3: holds whose destination lives on the other shard -------------------------------
+
+
+async def test_a_hold_to_another_shard_is_placed_captured_released_and_expired(build: Build) -> None:
+    service = build()
+    await service.start()
+    a, b = await two(service)
+
+    placed = await service.execute(c.PlaceHold(a, "h1", 300, 60, b))
+    assert placed.status == 201, placed.body
+    assert state(service, a)[:2] == (1_000, 300)
+    captured = await service.execute(c.CaptureHold(a, "h1", 200))
+    assert captured.status == 200, captured.body
+    body = json.loads(captured.body)
+    assert body["hold"]["status"] == "captured" and body["account"]["balance"] == 800
+    assert state(service, a)[:2] == (800, 0) and state(service, b)[0] == 200
+    replay = await service.execute(c.CaptureHold(a, "h1", 200))
+    assert (replay.status, replay.body, replay.replayed) == (200, captured.body, True)
+    assert await history_kinds(service, b) == [("transfer", "h1", 200)]
+
+    assert (await service.execute(c.PlaceHold(a, "h2", 100, 60, b))).status == 201
+    assert (await service.execute(c.ReleaseHold(a, "h2"))).status == 200
+    assert (await service.execute(c.PlaceHold(a, "h3", 100, 5, b))).status == 201
+    build.clock.now += 6_000_000  # type: ignore[attr-defined]
+    for _ in range(200):
+        if state(service, a)[1] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert state(service, a)[:2] == (800, 0) and state(service, b)[0] == 200
+    check_books(service)
+    await no_pending(service)
+    await service.stop()
+
+
+async def test_a_hold_to_another_shard_checks_its_destination_there(build: Build) -> None:
+    service = build()
+    await service.start()
+    a, b = await two(service)
+    usd = await account(service, 1, "USD")
+    assert (await service.execute(c.UpdateAccount(b, status="frozen"))).status == 200
+
+    frozen = await service.execute(c.PlaceHold(a, "h1", 10, 60, b))
+    missing = await service.execute(c.PlaceHold(a, "h2", 10, 60, "EU-1-0000000000000000"))
+    mismatch = await service.execute(c.PlaceHold(a, "h3", 10, 60, usd))
+
+    assert json.loads(frozen.body)["code"] == "account_inactive"
+    assert json.loads(missing.body)["code"] == "account_not_found"
+    assert json.loads(mismatch.body)["code"] == "currency_mismatch"
+    assert (await service.execute(c.UpdateAccount(b, status="active"))).status == 200
+    again = await service.execute(c.PlaceHold(a, "h1", 10, 60, b))  # recorded, as on one shard
+    assert (again.status, again.replayed) == (409, True)
+    ok = await service.execute(c.PlaceHold(a, "h4", 10, 60, b))
+    assert ok.status == 201
+    assert (await service.execute(c.UpdateAccount(b, status="frozen"))).status == 200
+    settled = await service.execute(c.CaptureHold(a, "h4"))  # a hold naming a frozen account settles
+    assert settled.status == 200 and state(service, b)[0] == 10
+    check_books(service)
+    await service.stop()
+
+
+async def test_a_capture_to_a_closed_account_on_another_shard_returns_the_money(build: Build) -> None:
+    service = build()
+    await service.start()
+    a, b = await two(service)
+    assert (await service.execute(c.PlaceHold(a, "h1", 300, 60, b))).status == 201
+    assert (await service.execute(c.UpdateAccount(b, status="closed"))).status == 200
+
+    refused = await service.execute(c.CaptureHold(a, "h1"))
+
+    assert (refused.status, json.loads(refused.body)["code"]) == (409, "account_inactive")
+    assert state(service, a)[:2] == (1_000, 0) and state(service, b) == (0, 0, "closed")
+    again = await service.execute(c.CaptureHold(a, "h1"))
+    assert (again.status, again.replayed) == (409, True)
+    hold = await service.engine_for(a).hold_state(a, "h1")  # type: ignore[union-attr]
+    assert hold is not None and hold[HOLD_STATUS] == "released"
+    assert [kind for kind, _, _ in await history_kinds(service, a)] == ["credit", "hold", "release"]
+    await service.stop()
+    service = build()
+    await service.start()
+    assert state(service, a)[:2] == (1_000, 0)
+    hold = await service.engine_for(a).hold_state(a, "h1")  # type: ignore[union-attr]
+    assert hold is not None and hold[HOLD_STATUS] == "released"
+    check_books(service)
+    await no_pending(service)
+    await service.stop()
+
+
+@pytest.mark.parametrize("crash_after", ["source_leg", "target_leg"])
+async def test_a_capture_to_another_shard_interrupted_by_a_restart_completes_exactly_once(
+    build: Build, crash_after: str
+) -> None:
+    service = build()
+    await service.start()
+    a, b = await two(service)
+    assert (await service.execute(c.PlaceHold(a, "h1", 300, 60, b))).status == 201
+    source, target = service.engine_for(a), service.engine_for(b)
+    assert source is not None and target is not None
+    started = await source.execute(c.CaptureHold(a, "h1", 250))  # the source leg alone
+    assert started.status == TRANSFER_IN_PROGRESS
+    if crash_after == "target_leg":
+        leg = c.Transfer(capture_leg_id("h1"), a, b, 250, "EUR")
+        assert (await target.execute(c.TransferIn(leg))).status == 201
+    await service.stop()
+
+    restarted = build()
+    await restarted.start()
+
+    assert state(restarted, a)[:2] == (750, 0) and state(restarted, b)[0] == 250
+    hold = await restarted.engine_for(a).hold_state(a, "h1")  # type: ignore[union-attr]
+    assert hold is not None and hold[HOLD_STATUS] == HOLD_CAPTURED
+    replay = await restarted.execute(c.CaptureHold(a, "h1", 250))
+    assert (replay.status, replay.replayed) == (200, True)
+    assert json.loads(replay.body)["hold"]["captured_amount"] == 250
+    check_books(restarted)
+    await no_pending(restarted)
+    await restarted.stop()
+    again = build()
+    await again.start()
+    assert state(again, b)[0] == 250  # once
+    check_books(again)
+    await again.stop()
