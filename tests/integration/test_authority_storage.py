@@ -7,32 +7,17 @@ import sqlite3
 from typing import Any
 
 import asyncmy
+from test_checkpoint import NEVER, ok, started
 
 from balance.domain import authority as a
 from balance.domain import commands as c
-from balance.engine.clock import ManualClock
 from balance.engine.shard import ShardEngine
 from balance.keys import KeyRecord
 from balance.storage.base import ShardStorage
 
 T, P, U = "US-0-top", "US-0-gateway", "US-0-payer"
-NEVER = 3600.0
 GATEWAY = a.Actor(P, a.PARTNER_DEFAULT, "key-p")
 PAYER = a.Actor(U, a.PARTNER_DEFAULT, "key-u")
-
-
-async def started(storage: ShardStorage, checkpoint_interval_s: float) -> ShardEngine:
-    engine = ShardEngine(
-        0, storage, clock=ManualClock(), sweep_interval_s=3600, on_fatal=lambda exc: None,
-        checkpoint_interval_s=checkpoint_interval_s,
-    )  # fmt: skip
-    await engine.start()
-    return engine
-
-
-async def ok(engine: ShardEngine, command: c.Command) -> None:
-    reply = await engine.execute(command)
-    assert reply.status < 300, reply.body
 
 
 async def tree(engine: ShardEngine) -> None:

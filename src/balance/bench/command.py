@@ -54,13 +54,19 @@ async def _measure(
     return result
 
 
-async def run_all(args: argparse.Namespace) -> list[BenchResult]:
-    settings = plan(args)
-    duration = settings["duration_s"]
+async def _backends(args: argparse.Namespace) -> list[str]:
+    """The backends a run measures: MariaDB only when it answers."""
     backends = ["sqlite", "mariadb"] if args.backend == "both" else [args.backend]
     if "mariadb" in backends and not await mysql_reachable():
         console.print("[yellow]MariaDB is not reachable: measuring SQLite only[/yellow]")
         backends.remove("mariadb")
+    return backends
+
+
+async def run_all(args: argparse.Namespace) -> list[BenchResult]:
+    settings = plan(args)
+    duration = settings["duration_s"]
+    backends = await _backends(args)
     work_dir = Path(tempfile.mkdtemp(prefix="balance-bench-"))
     results: list[BenchResult] = []
     ms = int(duration * 1000)
@@ -157,10 +163,7 @@ async def run_tail_all(args: argparse.Namespace) -> list[BenchResult]:
     """Issue 18's rows: open-loop tail latency (pending, gateway), holds at scale, expiry bursts."""
     from balance.bench import tail
 
-    backends = ["sqlite", "mariadb"] if args.backend == "both" else [args.backend]
-    if "mariadb" in backends and not await mysql_reachable():
-        console.print("[yellow]MariaDB is not reachable: measuring SQLite only[/yellow]")
-        backends.remove("mariadb")
+    backends = await _backends(args)
     work_dir = Path(tempfile.mkdtemp(prefix="balance-bench-"))
     results: list[BenchResult] = []
     if args.scenario == "million":
