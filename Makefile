@@ -22,11 +22,14 @@ run: $(STAMP)  ## serve on 127.0.0.1:8080 (BALANCE_PORT, BALANCE_DATA_DIR, BALAN
 
 test: $(STAMP)  ## the whole suite (MariaDB tests run when MariaDB answers; in CI they must)
 	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy  # strict, over src (pyproject.toml [tool.mypy])
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
 
 demo: $(STAMP)
 	$(BIN)/balance-service demo

@@ -19,7 +19,7 @@ def run(_: argparse.Namespace) -> int:
     if settings.admin_key_generated:
         from balance.keys import ADMIN_KEY_FILE, admin_key_hash
 
-        _, new_key = admin_key_hash(settings.admin_key, True, settings.data_dir)
+        _hash, new_key = admin_key_hash(settings.admin_key, True, settings.data_dir)
         if new_key is not None:  # printed once: only its hash is kept (in the data directory)
             print(f"BALANCE_ADMIN_KEY was not set; the admin key (shown once) is:\n  {new_key}\n", flush=True)
         else:

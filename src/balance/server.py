@@ -57,8 +57,13 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     signals: list[str] = []
+
+    def on_signal(name: str) -> None:
+        signals.append(name)
+        stopping.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda name=sig.name: (signals.append(name), stopping.set()))
+        loop.add_signal_handler(sig, on_signal, sig.name)
     refusals = app.metrics.http_refusals
     http = HttpServer(app.serve, admission=app.admission(limits), refusals=lambda reason: refusals.labels(reason).inc())
     try:

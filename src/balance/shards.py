@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from balance.domain import commands as c
 from balance.engine.replies import Collector, Reply
+from balance.storage.base import Row
 
 if TYPE_CHECKING:
     from balance.engine.shard import ShardEngine
-
-Row = tuple  # type: ignore[type-arg]
 
 
 class ShardPort(Protocol):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import signal
 import sys
@@ -41,16 +42,12 @@ def _plan(args: argparse.Namespace, backends: list[str]) -> list[tuple[str, Call
         for scenario, clients in (("hot", args.clients), ("hot", 1), ("uniform", args.clients)):
             plan.append((
                 f"naive {backend} {scenario} x{clients}",
-                lambda b=backend, w=where, s=scenario, c=clients: run_naive(
-                    b, url_or_path=w, scenario=s, clients=c, duration_s=d
-                ),
+                functools.partial(run_naive, backend, url_or_path=where, scenario=scenario, clients=clients, duration_s=d),
             ))  # fmt: skip
         for writers in (1, 2, 4) if backend == "mariadb" else (1,):
             plan.append((
                 f"ceiling {backend} {writers}w",
-                lambda b=backend, w=where, n=writers: run_ceiling(
-                    b, url_or_path=w, writers=n, rows_per_txn=args.rows, duration_s=d
-                ),
+                functools.partial(run_ceiling, backend, url_or_path=where, writers=writers, rows_per_txn=args.rows, duration_s=d),
             ))  # fmt: skip
         if args.methods:
             methods = MYSQL_METHODS if backend == "mariadb" else SQLITE_METHODS
@@ -58,16 +55,16 @@ def _plan(args: argparse.Namespace, backends: list[str]) -> list[tuple[str, Call
                 for method in methods:
                     plan.append((
                         f"ceiling {backend} {writers}w method={method}",
-                        lambda b=backend, w=where, n=writers, m=method: run_ceiling(
-                            b, url_or_path=w, writers=n, rows_per_txn=args.rows, duration_s=d, method=m
+                        functools.partial(
+                            run_ceiling, backend, url_or_path=where, writers=writers, rows_per_txn=args.rows, duration_s=d, method=method
                         ),
                     ))  # fmt: skip
         if args.variants:
             for variant in VARIANTS[1:]:
                 plan.append((
                     f"ceiling {backend} 1w variant={variant}",
-                    lambda b=backend, w=where, v=variant: run_ceiling(
-                        b, url_or_path=w, writers=1, rows_per_txn=args.rows, duration_s=d, variant=v
+                    functools.partial(
+                        run_ceiling, backend, url_or_path=where, writers=1, rows_per_txn=args.rows, duration_s=d, variant=variant
                     ),
                 ))  # fmt: skip
     return plan

@@ -73,7 +73,9 @@ _KINDS = (
     (10, "debit", 201, False, False),
     (5, "transfer", 201, False, True),
 )
-_KIND_CYCLE = [k for weight, *k in _KINDS for _ in range(weight)]
+_KIND_CYCLE = [
+    (kind, status, hold, counterparty) for weight, kind, status, hold, counterparty in _KINDS for _ in range(weight)
+]
 _RESULT = (
     b'{"txn":{"id":"%%s","kind":"%s","status":%d,"account_id":"%s","amount":%d,"currency":"USD",'
     b'"hold_id":%s,"counterparty_account_id":%s,"created_at":%d},'

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import platform
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -41,15 +42,19 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-async def _measure(
-    progress: Progress, label: str, total: float, unit_total: bool, run: Callable[[Callable[[int], None]], Awaitable[BenchResult]]
-) -> BenchResult:  # fmt: skip
+class _Run(Protocol):
+    """A measurement: called with the progress callback (keyword ``progress``)."""
+
+    def __call__(self, *, progress: Callable[[int], None]) -> Awaitable[BenchResult]: ...
+
+
+async def _measure(progress: Progress, label: str, total: float, unit_total: bool, run: _Run) -> BenchResult:
     task = progress.add_task(label, total=total)
 
     def update(value: int) -> None:
         progress.update(task, completed=value if unit_total else min(value, total))
 
-    result = await run(update)
+    result = await run(progress=update)
     progress.update(task, completed=total, description=f"{label}: {result.ops_per_s:,.0f}/s")
     return result
 
@@ -75,32 +80,32 @@ async def run_all(args: argparse.Namespace) -> list[BenchResult]:
     ) as progress:
         for backend in backends:
             if settings["scenarios"]:
-                results.append(await _measure(progress, f"{backend} naive hot x16", 10**9, True, lambda p, b=backend: run_naive(
-                    b, scenario="hot", clients=16, duration_s=duration, progress=p)))  # fmt: skip
-                results.append(await _measure(progress, f"{backend} naive uniform x16", 10**9, True, lambda p, b=backend: run_naive(
-                    b, scenario="uniform", clients=16, duration_s=duration, progress=p)))  # fmt: skip
+                results.append(await _measure(progress, f"{backend} naive hot x16", 10**9, True, functools.partial(run_naive,
+                    backend, scenario="hot", clients=16, duration_s=duration)))  # fmt: skip
+                results.append(await _measure(progress, f"{backend} naive uniform x16", 10**9, True, functools.partial(run_naive,
+                    backend, scenario="uniform", clients=16, duration_s=duration)))  # fmt: skip
                 writers = [1] if backend == "sqlite" else [1, 2, 4]
                 for w in writers:
-                    results.append(await _measure(progress, f"{backend} ceiling x{w} writers", 10**9, True, lambda p, b=backend, w=w: run_ceiling(
-                        b, writers=w, rows_per_txn=1000, duration_s=duration, progress=p)))  # fmt: skip
+                    results.append(await _measure(progress, f"{backend} ceiling x{w} writers", 10**9, True, functools.partial(run_ceiling,
+                        backend, writers=w, rows_per_txn=1000, duration_s=duration)))  # fmt: skip
             for scenario in settings["scenarios"]:
-                results.append(await _measure(progress, f"{backend} engine {scenario}", 10**9, True, lambda p, b=backend, s=scenario: ours.run_engine(
-                    b, s, clients=settings["clients"], duration_s=duration, work_dir=work_dir, progress=p)))  # fmt: skip
-                results.append(await _measure(progress, f"{backend} http single {scenario} x{settings['clients']}", ms, False, lambda p, b=backend, s=scenario: ours.run_http_single(
-                    b, s, clients=settings["clients"], duration_s=duration, work_dir=work_dir, progress=p)))  # fmt: skip
+                results.append(await _measure(progress, f"{backend} engine {scenario}", 10**9, True, functools.partial(ours.run_engine,
+                    backend, scenario, clients=settings["clients"], duration_s=duration, work_dir=work_dir)))  # fmt: skip
+                results.append(await _measure(progress, f"{backend} http single {scenario} x{settings['clients']}", ms, False, functools.partial(ours.run_http_single,
+                    backend, scenario, clients=settings["clients"], duration_s=duration, work_dir=work_dir)))  # fmt: skip
                 if scenario == "hot" and not args.quick:  # latency at a lighter load: a quarter of the clients
                     light = max(1, settings["clients"] // 4)
-                    result = await _measure(progress, f"{backend} http single {scenario} x{light}", ms, False, lambda p, b=backend, s=scenario, n=light: ours.run_http_single(
-                        b, s, clients=n, duration_s=duration, work_dir=work_dir, progress=p))  # fmt: skip
+                    result = await _measure(progress, f"{backend} http single {scenario} x{light}", ms, False, functools.partial(ours.run_http_single,
+                        backend, scenario, clients=light, duration_s=duration, work_dir=work_dir))  # fmt: skip
                     result.name = f"http-single-x{light}"
                     results.append(result)
                 for size in settings["batch_sizes"]:
-                    results.append(await _measure(progress, f"{backend} http batch {size} {scenario}", 10**9, True, lambda p, b=backend, s=scenario, n=size: ours.run_http_batch(
-                        b, s, batch_size=n, senders=4, duration_s=duration, work_dir=work_dir, progress=p)))  # fmt: skip
+                    results.append(await _measure(progress, f"{backend} http batch {size} {scenario}", 10**9, True, functools.partial(ours.run_http_batch,
+                        backend, scenario, batch_size=size, senders=4, duration_s=duration, work_dir=work_dir)))  # fmt: skip
             if settings["recovery"]:
                 n = settings["recovery_size"]
-                results.append(await _measure(progress, f"{backend} recovery {n:,}+{n:,}", 2 * n, False, lambda p, b=backend, n=n: recovery.run_recovery(
-                    b, accounts=n, holds=n, work_dir=work_dir, progress=p)))  # fmt: skip
+                results.append(await _measure(progress, f"{backend} recovery {n:,}+{n:,}", 2 * n, False, functools.partial(recovery.run_recovery,
+                    backend, accounts=n, holds=n, work_dir=work_dir)))  # fmt: skip
     for backend in backends:
         try:
             durability = await ours.durability_settings(backend)

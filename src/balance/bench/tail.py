@@ -186,7 +186,7 @@ async def _drive(
                 if work.settles and work.settles[0][0] <= now:
                     return work.single_settle(heapq.heappop(work.settles)[2]), None
                 return work.single_hold(n, now)
-            due = []
+            due: list[dict[str, Any]] = []
             while work.settles and work.settles[0][0] <= now and len(due) < batch_size:
                 due.append(heapq.heappop(work.settles)[2])
             if due:
@@ -213,7 +213,7 @@ async def _drive(
         last_flush = [time.perf_counter()]
 
         def make_batch(n: int, at: float) -> tuple[bytes, Done | None]:
-            due = []
+            due: list[dict[str, Any]] = []
             while work.settles and work.settles[0][0] <= at:
                 due.append(heapq.heappop(work.settles)[2])
             for start in range(0, len(due), batch_size):

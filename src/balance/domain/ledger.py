@@ -15,6 +15,8 @@ funds → overflow → mutation.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 from balance.domain import account_rules, authority, cross_shard, hold_rules, limits, movements
 from balance.domain import commands as c
@@ -511,7 +513,7 @@ class Ledger:
     def apply(self, command: c.Command, now: int) -> Outcome:
         e.require(self._in_batch, "apply() outside a batch")
         handler = _HANDLERS[type(command)]
-        return handler(self, command, now)  # type: ignore[operator]
+        return handler(self, command, now)
 
     # ---- building blocks -----------------------------------------------------------------
 
@@ -718,7 +720,8 @@ def _mark(marks: dict[str, set[str]], account_id: str, op: str, add: bool) -> bo
 
 _KIND_OF_COMMAND = {c.Credit: CREDIT, c.Debit: DEBIT, c.Transfer: TRANSFER, c.PlaceHold: HOLD}
 
-_HANDLERS = {
+# Each handler takes its own command class (hence Any: the key picks the handler).
+_HANDLERS: dict[type, Callable[[Ledger, Any, int], Outcome]] = {
     c.TransferOut: cross_shard.transfer_out,
     c.TransferIn: cross_shard.transfer_in,
     c.CompleteTransfer: cross_shard.complete_transfer,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeAlias
 
-Row = tuple  # type: ignore[type-arg]
+Row: TypeAlias = tuple[Any, ...]  # one stored row: its columns' types are the driver's
 
 
 class StorageError(Exception):

@@ -148,8 +148,8 @@ class MariaDbShardStorage(MariaDbWrites, MariaDbStatements, MariaDbReads):
                     for name, table in schema.INDEXES_DROPPED:  # after their replacements exist
                         await cur.execute(f"DROP INDEX IF EXISTS `{name}` ON `{table}`")
                     added = {"journal": schema.JOURNAL_COLUMNS_ADDED, **schema.COLUMNS_ADDED}
-                    for table, columns in added.items():  # an earlier version's database
-                        for column, ddl in columns.items():
+                    for table, new_columns in added.items():  # an earlier version's database
+                        for column, ddl in new_columns.items():
                             await cur.execute(f"ALTER TABLE `{table}` ADD COLUMN IF NOT EXISTS `{column}` {ddl}")
                     for (table, column), ddl in schema.COLUMNS_CHANGED.items():  # ... and its older types
                         await cur.execute(

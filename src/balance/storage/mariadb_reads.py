@@ -4,7 +4,7 @@ and children, through a small pool of autocommit connections (never behind a com
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncmy
 
@@ -24,6 +24,11 @@ class MariaDbReads:
 
     _pool: asyncmy.Pool | None
     _open: bool
+
+    if TYPE_CHECKING:  # what the other parts of MariaDbShardStorage provide
+
+        def _check_open(self) -> None: ...
+        async def _settle_in_doubt(self, *, every_branch_of_ours: bool = False) -> None: ...
 
     async def _read(self, fn: Callable[[asyncmy.Connection], Awaitable[T]]) -> T:
         self._check_open()
@@ -165,11 +170,11 @@ class MariaDbReads:
                     for row in await self._fetch(conn, sql, [v for key in older for v in key]):
                         found_holds[(row[HOLD_ACCOUNT_ID], row[HOLD_ID])] = row
             operations = [
-                StoredOperation(account_id, op_key, row[2], row[3], row[4])
+                StoredOperation(account_id, op_key, op[2], op[3], op[4])
                 for account_id, op_key in op_keys
-                if (row := found_ops.get((account_id, op_key))) is not None
+                if (op := found_ops.get((account_id, op_key))) is not None
             ]
-            holds = [row for key in hold_keys if (row := found_holds.get(key)) is not None]
+            holds = [hold for key in hold_keys if (hold := found_holds.get(key)) is not None]
             return operations, holds
 
         return await self._read(read)

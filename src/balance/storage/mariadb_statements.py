@@ -55,7 +55,7 @@ class MariaDbStatements:
         parse: measured 63k rows/s against 36k for text VALUES), or text INSERTs if the server
         has no bulk command."""
         for table, columns, rows, upsert in tables:
-            if not conn._bulk_supported:
+            if not conn._bulk_supported:  # type: ignore[attr-defined]  # asyncmy's stub omits it
                 for sql in self._insert_statements(conn, table, columns, rows, upsert):
                     await cur.execute(sql)
                 continue

@@ -9,12 +9,13 @@ import asyncio
 import itertools
 import logging
 from collections import deque
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncmy
 from asyncmy import errors as mysql_errors
 
-from balance.storage.base import EARLIER_FAILED, BatchWrite, StorageError, succeeded
+from balance.storage.base import EARLIER_FAILED, BatchWrite, Row, StorageError, succeeded
 from balance.storage.mariadb_driver import DRIVER_ERRORS, is_server_error, translate
 from balance.storage.mariadb_statements import packets
 
@@ -24,6 +25,7 @@ _IDLE_PING = 10.0  # seconds: a writer idle longer is pinged (and reconnected) b
 _ER_XAER_NOTA = 1397  # unknown XID: decided already, or still attached to its connection
 _ACTIVE, _PREPARING = 0, 1  # how far an XA branch got
 _BULK_ROWS_MIN = 256  # smaller batches go as one multi-statement text packet: one round trip
+T = TypeVar("T")
 
 
 class Chained:
@@ -38,7 +40,7 @@ class Chained:
 
 
 def _thread_id(conn: asyncmy.Connection) -> int:
-    thread = conn.server_thread_id
+    thread = conn.server_thread_id  # type: ignore[attr-defined]  # asyncmy's stub omits it
     return int(thread[0] if isinstance(thread, tuple) else thread)
 
 
@@ -69,6 +71,28 @@ class MariaDbWrites:
     _chain: deque[Chained]
     _chain_runner: asyncio.Task[None] | None
     _chain_last: tuple[object, bool]
+
+    if TYPE_CHECKING:  # what the other parts of MariaDbShardStorage provide
+
+        def _check_open(self) -> None: ...
+        def _event_loop(self) -> asyncio.AbstractEventLoop: ...
+        def _connect_kwargs(self, *, database: bool = True, autocommit: bool) -> dict[str, Any]: ...
+        async def _read(self, fn: Callable[[asyncmy.Connection], Awaitable[T]]) -> T: ...
+        def _statements(self, conn: asyncmy.Connection, batch: BatchWrite) -> list[str]: ...
+        async def _write_rows(
+            self,
+            writer: Writer,
+            conn: asyncmy.Connection,
+            cur: Any,
+            batch: BatchWrite,
+            tables: tuple[tuple[str, tuple[str, ...], list[Row], bool], ...],
+        ) -> None: ...
+        @staticmethod
+        def _own_tables(batch: BatchWrite) -> tuple[tuple[str, tuple[str, ...], list[Row], bool], ...]: ...
+        @staticmethod
+        def _shared_tables(batch: BatchWrite) -> tuple[tuple[str, tuple[str, ...], list[Row], bool], ...]: ...
+        @staticmethod
+        def _completion_statements(conn: asyncmy.Connection, batch: BatchWrite) -> list[str]: ...
 
     async def _connection(self, writer: Writer) -> asyncmy.Connection:
         """The writer's connection, reconnected if it was dropped or went stale while idle."""

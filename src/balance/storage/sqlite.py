@@ -198,9 +198,9 @@ class SqliteShardStorage:
             for name, _ in schema.INDEXES_DROPPED:  # after their replacements exist
                 conn.execute(f"DROP INDEX IF EXISTS {name}")
             added = {"journal": schema.JOURNAL_COLUMNS_ADDED, **schema.COLUMNS_ADDED}
-            for table, columns in added.items():  # a database of an earlier version
+            for table, new_columns in added.items():  # a database of an earlier version
                 have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-                for column, ddl in columns.items():
+                for column, ddl in new_columns.items():
                     if column not in have:
                         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {_sqlite_type(ddl)}")
             if conn.execute("SELECT 1 FROM meta WHERE name = ?", (schema.OP_KEYS_META_KEY,)).fetchone() is None:
