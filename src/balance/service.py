@@ -134,6 +134,21 @@ class BalanceService:
         record = self.keys.live(key_hash)
         if record is None:
             return None
+        return self._actor_of(record)
+
+    def current(self, actor: a.Actor) -> a.Actor | None:
+        """An actor found earlier in this request (before its body was read), as it stands now:
+        None if its key was revoked or its account closed since, reads only if frozen since.
+        The key is not hashed again: its record is found by its id."""
+        if actor is a.ADMIN_ACTOR:
+            return actor
+        record = self.keys.by_id.get(actor.key_id)
+        if record is None or record.revoked_at is not None:
+            return None
+        return self._actor_of(record)
+
+    def _actor_of(self, record: KeyRecord) -> a.Actor | None:
+        """A live key's actor with what its account's status lets it do now."""
         engine = self.engine_for(record.account_id)
         account = None if engine is None else engine.ledger.accounts.get(record.account_id)
         power = a.key_power(record.scopes, None if account is None else account.status)

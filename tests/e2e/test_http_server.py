@@ -213,6 +213,80 @@ async def test_expect_100_continue(served: Served) -> None:
     writer.close()
 
 
+async def partner_key(served: Served, account: str) -> str:
+    """A key of ``account`` that may move its funds (made by the admin)."""
+    reader, writer = await served.connect()
+    writer.write(post(f"/v1/accounts/{account}/keys", {"scopes": ["read", "move", "funds"]}))
+    status, _, body = await read_response(reader)
+    assert status == 201, body
+    writer.close()
+    return str(json.loads(body)["key"])
+
+
+def credit_head_as(key: str, account: str, raw: bytes) -> bytes:
+    """The head of a credit sent with ``key``, announcing ``raw`` and asking for 100-continue."""
+    return (
+        b"POST /v1/accounts/%b/credits HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %b\r\n"
+        b"Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+    ) % (account.encode(), key.encode(), len(raw))
+
+
+@served_test()
+async def test_a_request_with_a_body_looks_its_key_up_once(served: Served) -> None:
+    """The admission finds who the key is before the body is read; the answer uses that Actor
+    instead of hashing and looking the key up again."""
+    account = await funded_account(served)
+    key = await partner_key(served, account)
+    registry = served.app.service.keys
+    looked_up: list[str] = []
+    live = registry.live
+
+    def counting_live(key_hash: str) -> Any:
+        looked_up.append(key_hash)
+        return live(key_hash)
+
+    registry.live = counting_live  # type: ignore[method-assign]
+    reader, writer = await served.connect()
+    raw = json.dumps({"id": "once", "amount": 5}).encode()
+    writer.write(credit_head_as(key, account, raw) + raw)
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    status, _, body = await read_response(reader)
+    assert (status, json.loads(body)["account"]["balance"]) == (201, 1_005), body
+    assert len(looked_up) == 1
+    writer.close()
+
+
+@served_test()
+async def test_a_key_revoked_while_its_body_arrives_is_refused(served: Served) -> None:
+    """Admitted from the head, then revoked before the body came: 401, and nothing changes
+    (a revocation takes effect at once, even for a request already admitted)."""
+    account = await funded_account(served)
+    key = await partner_key(served, account)
+    reader, writer = await served.connect()
+    raw = json.dumps({"id": "late", "amount": 5}).encode()
+    writer.write(credit_head_as(key, account, raw))
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"  # admitted
+    admin_reader, admin_writer = await served.connect()
+    actor = served.app.service.actor(key)
+    assert actor is not None
+    key_id = actor.key_id
+    admin_writer.write(
+        b"DELETE /v1/accounts/%b/keys/%b HTTP/1.1\r\nHost: t\r\n%b\r\n" % (account.encode(), key_id.encode(), AUTH)
+    )
+    status, _, body = await read_response(admin_reader)
+    assert status == 200, body
+    writer.write(raw)
+    status, headers, body = await read_response(reader)
+    assert (status, json.loads(body)["code"], headers["www-authenticate"]) == (401, "unauthorized", "Bearer")
+    admin_writer.write(get(f"/v1/accounts/{account}"))
+    status, _, body = await read_response(admin_reader)
+    assert (status, json.loads(body)["balance"]) == (200, 1_000)
+    writer.close()
+    admin_writer.close()
+
+
 @served_test()
 async def test_head_gets_headers_without_body(served: Served) -> None:
     reader, writer = await served.connect()

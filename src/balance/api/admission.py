@@ -15,6 +15,7 @@ import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from balance.domain.authority import Actor
 from balance.engine.replies import RETRY_AFTER_S
 from balance.views import problem
 
@@ -102,10 +103,16 @@ class Admission:
     """Counts the bodies in flight: bytes per process, bodies arriving per key."""
 
     def __init__(
-        self, limits: HttpLimits, principal: Callable[[dict[bytes, bytes]], str | None], ready: Callable[[], bool]
+        self,
+        limits: HttpLimits,
+        authenticate: Callable[[dict[bytes, bytes]], Actor | None] | None,
+        ready: Callable[[], bool],
     ) -> None:
         self.limits = limits
-        self._principal = principal  # the key's principal from the Authorization header, None if unknown
+        # Who the Authorization header's key is (None: missing or unknown key). The Actor is
+        # handed to the request's answer, so the key is hashed and looked up once per request.
+        # None here: every body is admitted by size alone (a server without an app's keys).
+        self._authenticate = authenticate
         self._ready = ready
         self.buffered = 0  # bytes charged to the budget
         self.arriving: dict[str, int] = {}  # principal -> bodies being received
@@ -113,19 +120,24 @@ class Admission:
     def limit_of(self, path: str) -> int:
         return self.limits.batch_bytes_max if path == BATCH_PATH else self.limits.body_bytes_max
 
-    def begin(self, path: str, headers: dict[bytes, bytes], length: int) -> str | None:
+    def begin(self, path: str, headers: dict[bytes, bytes], length: int) -> tuple[Actor | None, str | None]:
         """Admit a body of ``length`` bytes (-1: chunked, charged as it arrives) or raise Refused.
-        Returns the key's principal when the body counts among the key's large bodies arriving
-        (the caller then owes ``end_arrival``), else None. Small bodies do not count there: a
-        client may send its head and its body in separate writes, and a gateway's many
-        connections under one key must not queue behind each other; the budget bounds them."""
+        Returns who the key is (None when this admission does not authenticate) and the key's
+        principal when the body counts among the key's large bodies arriving (the caller then
+        owes ``end_arrival``), else None. Small bodies do not count there: a client may send its
+        head and its body in separate writes, and a gateway's many connections under one key
+        must not queue behind each other; the budget bounds them."""
         if path in UNAUTHENTICATED:
             raise Refused(400, "bad_request", f"{path} takes no body")
         if not self._ready():
             raise Refused(503, "unavailable", "the service is recovering; retry shortly")
-        principal = self._principal(headers)
-        if principal is None:
-            raise Refused(401, "unauthorized", "missing or unknown API key")
+        actor: Actor | None = None
+        principal = ""
+        if self._authenticate is not None:
+            actor = self._authenticate(headers)
+            if actor is None:
+                raise Refused(401, "unauthorized", "missing or unknown API key")
+            principal = actor.principal
         limit = self.limit_of(path)
         if length > limit:
             raise Refused(413, "payload_too_large", f"body of {length} bytes; this route takes at most {limit}")
@@ -143,7 +155,7 @@ class Admission:
             counted = principal
         if length > 0:
             self.buffered += length
-        return counted
+        return actor, counted
 
     def grow(self, more: int) -> bool:
         """Charge ``more`` bytes of a chunked body; False when the budget cannot take them."""

@@ -105,13 +105,13 @@ class BalanceApp:
         """What the built-in server asks before it reads a body: the key, and readiness."""
         service = self.service
 
-        def principal(headers: dict[bytes, bytes]) -> str | None:
-            return service.principal(bearer(headers))
+        def authenticate(headers: dict[bytes, bytes]) -> Actor | None:
+            return service.actor(bearer(headers))
 
         def ready() -> bool:
             return bool(service.ready)
 
-        return Admission(limits or HttpLimits(), principal, ready)
+        return Admission(limits or HttpLimits(), authenticate, ready)
 
     # ---- ASGI ----------------------------------------------------------------------------
 
@@ -129,16 +129,24 @@ class BalanceApp:
         await send({"type": "http.response.body", "body": payload})
 
     async def serve(
-        self, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes | None
+        self,
+        method: str,
+        path: str,
+        raw_query: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes | None,
+        admitted: Actor | None = None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """One request, whoever carried it (ASGI here, or the built-in HTTP server).
 
-        ``body`` is None when it was larger than BODY_BYTES_MAX (answered 422).
+        ``body`` is None when it was larger than BODY_BYTES_MAX (answered 422). ``admitted``:
+        who the key was found to be before the body was read (``admission``), so it is not
+        hashed and looked up again; None: the key is authenticated here.
         """
         started = time.perf_counter()
         route = "unmatched"
         try:
-            route, reply, extra = await self._handle(method, path, raw_query, headers, body)
+            route, reply, extra = await self._handle(method, path, raw_query, headers, body, admitted)
         except Exception:  # a bug: log it, answer 500, keep serving
             log.exception("unhandled error")
             reply, extra = Reply(500, problem("internal_error", 500, "internal error")), []
@@ -181,7 +189,13 @@ class BalanceApp:
             log.critical("recovery failed; the service stays unready", exc_info=True)
 
     async def _handle(
-        self, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes | None
+        self,
+        method: str,
+        path: str,
+        raw_query: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes | None,
+        admitted: Actor | None,
     ) -> tuple[str, Reply, list[tuple[bytes, bytes]]]:
         if path == "/healthz":
             return path, json_reply(200, {"status": "ok"}), []
@@ -219,7 +233,9 @@ class BalanceApp:
         try:
             if not self.service.ready:  # first: partner keys are only known once recovery has loaded them
                 raise HttpError(e.UNAVAILABLE, 503, "the service is recovering; retry shortly")
-            actor = self.service.actor(bearer(headers))
+            # Admitted before its body: the same key, as it stands now (revoked or its account
+            # frozen or closed meanwhile: as if it came now).
+            actor = self.service.actor(bearer(headers)) if admitted is None else self.service.current(admitted)
             if actor is None:  # also a revoked key, or one of a closed account
                 raise HttpError(e.UNAUTHORIZED, 401, "missing, unknown or revoked API key")
             if body is None:

@@ -33,12 +33,17 @@ from urllib.parse import unquote
 import httptools
 
 from balance.api.admission import RETRY_AFTER, Admission, HttpLimits, Refused
+from balance.domain.authority import Actor
 from balance.views import problem
 
 log = logging.getLogger("balance.http")
 
 Headers = list[tuple[bytes, bytes]]
-Serve = Callable[[str, str, bytes, dict[bytes, bytes], "bytes | None"], Awaitable[tuple[int, Headers, bytes]]]
+# method, path, query, headers, body, and who the admission found the key to be (None: not
+# authenticated before the body: a request without one, or an admission without keys).
+Serve = Callable[
+    [str, str, bytes, dict[bytes, bytes], "bytes | None", "Actor | None"], Awaitable[tuple[int, Headers, bytes]]
+]
 Refusals = Callable[[str], None]  # counts a refusal by reason (metrics)
 
 PIPELINE_MAX = 64  # requests read ahead on one connection before it stops reading
@@ -107,7 +112,7 @@ class _Stop(Exception):
 class _Request:
     __slots__ = (
         "method", "path", "query", "headers", "chunks", "size", "keep_alive", "answer",
-        "principal", "charged", "chunked", "limit",
+        "principal", "charged", "chunked", "limit", "actor",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -123,6 +128,7 @@ class _Request:
         self.charged = 0  # bytes charged to the process's body budget, released once answered
         self.chunked = False
         self.limit = 0
+        self.actor: Actor | None = None  # who the key is, found by the admission before the body
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -271,7 +277,7 @@ class HttpProtocol(asyncio.Protocol):
         # A body is announced: admit it from the head, or refuse it before reading a byte.
         admission = self._admission
         try:
-            request.principal = admission.begin(request.path, headers, length)
+            request.actor, request.principal = admission.begin(request.path, headers, length)
         except Refused as refused:
             self._stop(refused.status, refused.code, refused.detail, refused.code)
         request.charged = length if length > 0 else 0
@@ -319,7 +325,7 @@ class HttpProtocol(asyncio.Protocol):
         request.chunks = []
         try:
             status, headers, payload = await self._serve(
-                request.method, request.path, request.query, request.headers, body
+                request.method, request.path, request.query, request.headers, body, request.actor
             )
             request.answer = response(
                 status, headers, payload, keep_alive=request.keep_alive, head=request.method == "HEAD"
@@ -453,10 +459,6 @@ class HttpProtocol(asyncio.Protocol):
             self._transport.close()
 
 
-def _admit_all(headers: dict[bytes, bytes]) -> str | None:
-    return ""
-
-
 def _always() -> bool:
     return True
 
@@ -486,7 +488,7 @@ class HttpServer:
         if overrides:
             limits = dataclasses.replace(limits, **overrides)
         if admission is None:
-            admission = Admission(limits, _admit_all, _always)
+            admission = Admission(limits, None, _always)
         else:
             admission.limits = limits
         self.serve = serve
