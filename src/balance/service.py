@@ -85,14 +85,14 @@ class BalanceService:
         attempt = 0
         while True:
             try:
-                for engine in self.engines:
-                    for row in await engine.storage.load_keys():
+                for port in self.shards:
+                    for row in await port.load_keys():
                         self.keys.add(KeyRecord.from_row(row))
                 await self.finish_pending_transfers()  # idempotent: a retry replays what was done
                 return
             except StorageError as exc:
                 attempt += 1
-                backoff = self.engines[0].backoff
+                backoff = self.shards[0].backoff
                 delay = backoff.delay(attempt)
                 log.warning("start: keys and pending transfers, attempt %d failed, retrying in %.2fs: %s",
                             attempt, delay, exc)  # fmt: skip
@@ -149,9 +149,8 @@ class BalanceService:
 
     def _actor_of(self, record: KeyRecord) -> a.Actor | None:
         """A live key's actor with what its account's status lets it do now."""
-        engine = self.engine_for(record.account_id)
-        account = None if engine is None else engine.ledger.accounts.get(record.account_id)
-        power = a.key_power(record.scopes, None if account is None else account.status)
+        port = self.port_for(record.account_id)
+        power = a.key_power(record.scopes, None if port is None else port.account_status(record.account_id))
         if power is None:
             return None
         return record.actor if power == record.scopes else a.Actor(record.actor.principal, power, record.key_id)
@@ -163,10 +162,10 @@ class BalanceService:
 
     def chain(self, account_id: str) -> tuple[str, ...]:
         """``account_id`` and its ancestors (a child lives on its parent's shard)."""
-        engine = self.engine_for(account_id)
-        if engine is None:
+        port = self.port_for(account_id)
+        if port is None:
             return (account_id,)
-        return a.chain(engine.parent_of, account_id)
+        return a.chain(port.parent_of, account_id)
 
     def may_act_on(self, principal: str, account_id: str) -> bool:
         """Admin acts on everything; a partner key on its own account and its descendants."""
@@ -207,11 +206,11 @@ class BalanceService:
     ) -> tuple[Reply, str | None]:
         """A new key (its secret shown in this answer only). With ``client_id``: the same id
         and scopes again answer the same key id, ``replayed``, without the secret."""
-        engine = self.engine_for(account_id)
-        if engine is None:
+        port = self.port_for(account_id)
+        if port is None:
             return not_found(account_id), None
         if client_id is None:
-            return await self._new_key(engine, account_id, scopes, None)
+            return await self._new_key(port, account_id, scopes, None)
         slot = (account_id, client_id)
         while (creating := self._keys_creating.get(slot)) is not None:
             await asyncio.shield(creating)  # the same id in flight: its answer decides
@@ -223,18 +222,18 @@ class BalanceService:
             return Reply(201, views.encoder.encode(_key_answer(existing, None, replayed=True)), True), None
         done = self._keys_creating[slot] = (self._loop or asyncio.get_running_loop()).create_future()
         try:
-            return await self._new_key(engine, account_id, scopes, client_id)
+            return await self._new_key(port, account_id, scopes, client_id)
         finally:
             del self._keys_creating[slot]
             done.set_result(None)
 
     async def _new_key(
-        self, engine: ShardEngine, account_id: str, scopes: int, client_id: str | None
+        self, port: ShardPort, account_id: str, scopes: int, client_id: str | None
     ) -> tuple[Reply, str | None]:
         key = "bk_" + secrets.token_urlsafe(32)
-        key_hash, key_id, created_at = hash_key(key), "key_" + secrets.token_hex(8), engine.clock()
+        key_hash, key_id, created_at = hash_key(key), "key_" + secrets.token_hex(8), port.clock()
         command = c.CreateKey(account_id, key_hash, key_id, key[:8], scopes, client_id, created_at)
-        reply = await engine.execute(command)
+        reply = await port.execute(command)
         if reply.status != 201:
             return reply, None
         record = KeyRecord.from_row((key_hash, account_id, created_at, key_id, key[:8], scopes, None, client_id))
@@ -245,12 +244,12 @@ class BalanceService:
         """The key stops working at once (in memory before the write: a failed write still
         leaves it refused here, and the client's retry stores it)."""
         record = self.keys.by_id.get(key_id)
-        engine = self.engine_for(account_id)
-        if record is None or record.account_id != account_id or engine is None:
+        port = self.port_for(account_id)
+        if record is None or record.account_id != account_id or port is None:
             return Reply(404, views.problem(e.KEY_NOT_FOUND, 404, f"key {key_id} not found"))
         if record.revoked_at is None:
-            record.revoked_at = engine.clock()
-        reply = await engine.execute(c.RevokeKey(account_id, record.row()))
+            record.revoked_at = port.clock()
+        reply = await port.execute(c.RevokeKey(account_id, record.row()))
         if reply.status != 200:
             return reply
         return Reply(200, views.encoder.encode(record.view()))

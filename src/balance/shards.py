@@ -1,7 +1,9 @@
 """How the service and the API reach shards: one port per shard, and where accounts live.
 
-``ShardPort`` is everything they may ask of a shard: submit commands, and read committed
-state (accounts, holds, children, history, pending cross-shard movements). ``InProcessShard``
+``ShardPort`` is everything they may ask of a shard: submit commands, read committed
+state (accounts, holds, children, history, pending cross-shard movements, API keys), and the
+shard's clock and storage backoff (key rows are stamped by the shard's clock; loading keys
+waits as the shard's recovery waits). ``InProcessShard``
 is the adapter for a shard whose engine runs in this process; another adapter (a shard in
 another process) needs only these methods. ``Placement`` says which shard an account id
 lives on and where a new top-level account goes, instead of ``shard_of`` and ``len(engines)``
@@ -19,6 +21,8 @@ from balance.engine.replies import Collector, Reply
 from balance.storage.base import Row
 
 if TYPE_CHECKING:
+    from balance.engine.clock import Clock
+    from balance.engine.recovery import Backoff
     from balance.engine.shard import ShardEngine
 
 
@@ -26,6 +30,8 @@ class ShardPort(Protocol):
     """One shard, as the service and the API see it."""
 
     shard: int
+    clock: Clock  # the time the shard stamps its rows with (a key's created_at, revoked_at)
+    backoff: Backoff  # how long to wait before asking the shard's storage again
 
     def execute(self, command: c.Command, /) -> Awaitable[Reply]:
         """Submit: the reply comes once the command's batch is durable (or undone: 503)."""
@@ -37,6 +43,9 @@ class ShardPort(Protocol):
         """The account as last committed (no dirty read of a batch still being written)."""
 
     def parent_of(self, account_id: str, /) -> str | None: ...
+
+    def account_status(self, account_id: str, /) -> str | None:
+        """The account's status as the shard has it now (None: not there): what its keys may do."""
 
     @property
     def ready(self) -> bool: ...
@@ -55,7 +64,8 @@ class ShardPort(Protocol):
 
     async def pending_transfers(self) -> list[Row]: ...
 
-    async def load_keys(self) -> list[tuple[str, str]]: ...
+    async def load_keys(self) -> list[Row]:
+        """Every API key stored in the shard (``schema.KEY_COLUMNS``)."""
 
     def account_count(self) -> int: ...
 
@@ -75,6 +85,9 @@ class InProcessShard:
         self.enqueue_into = engine.enqueue_into
         self.account_state = engine.account_state
         self.parent_of = engine.parent_of
+        self.account_status = engine.account_status
+        self.clock = engine.clock
+        self.backoff = engine.backoff
 
     @property
     def ready(self) -> bool:
@@ -100,7 +113,7 @@ class InProcessShard:
     async def pending_transfers(self) -> list[Row]:
         return await self.engine.storage.pending_transfers()
 
-    async def load_keys(self) -> list[tuple[str, str]]:
+    async def load_keys(self) -> list[Row]:
         return await self.engine.storage.load_keys()
 
     def account_count(self) -> int:

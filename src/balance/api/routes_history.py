@@ -42,9 +42,9 @@ async def transaction(app: BalanceApp, request: Request, params: list[str]) -> R
     account_id, wanted = params
     require_account(app, request, account_id)
     seq = txn_seq(account_id, wanted)
-    engine = app.service.engine_for(account_id)
-    assert engine is not None
-    rows = [] if seq is None or seq > SEQ_MAX - 1 else await engine.storage.history(account_id, 1, seq + 1, None, None)
+    port = app.service.port_for(account_id)
+    assert port is not None
+    rows = [] if seq is None or seq > SEQ_MAX - 1 else await port.history(account_id, 1, seq + 1, None, None)
     if not rows or rows[0][JOURNAL_SEQ] != seq:
         raise HttpError(e.TRANSACTION_NOT_FOUND, 404, f"transaction {wanted[:80]} not found on account {account_id}")
     return json_reply(200, views.txn_view(rows[0]))

@@ -264,6 +264,10 @@ class ShardEngine:
         account = self.ledger.accounts.get(account_id)
         return None if account is None else account.parent_id
 
+    def account_status(self, account_id: str) -> str | None:
+        account = self.ledger.accounts.get(account_id)
+        return None if account is None else account.status
+
     async def hold_state(self, account_id: str, hold_id: str) -> tuple | None:  # type: ignore[type-arg]
         if self.ledger.knows_hold(account_id, hold_id):
             return self.ledger.committed_hold(account_id, hold_id)
