@@ -129,14 +129,9 @@ class BalanceApp:
         await send({"type": "http.response.body", "body": payload})
 
     async def serve(
-        self,
-        method: str,
-        path: str,
-        raw_query: bytes,
-        headers: dict[bytes, bytes],
-        body: bytes | None,
+        self, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes | None,
         admitted: Actor | None = None,
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:  # fmt: skip
         """One request, whoever carried it (ASGI here, or the built-in HTTP server).
 
         ``body`` is None when it was larger than BODY_BYTES_MAX (answered 422). ``admitted``:
@@ -189,14 +184,9 @@ class BalanceApp:
             log.critical("recovery failed; the service stays unready", exc_info=True)
 
     async def _handle(
-        self,
-        method: str,
-        path: str,
-        raw_query: bytes,
-        headers: dict[bytes, bytes],
-        body: bytes | None,
+        self, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes | None,
         admitted: Actor | None,
-    ) -> tuple[str, Reply, list[tuple[bytes, bytes]]]:
+    ) -> tuple[str, Reply, list[tuple[bytes, bytes]]]:  # fmt: skip
         if path == "/healthz":
             return path, json_reply(200, {"status": "ok"}), []
         if path == "/readyz":

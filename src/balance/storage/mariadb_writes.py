@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncmy
 from asyncmy import errors as mysql_errors
 
-from balance.storage.base import EARLIER_FAILED, BatchWrite, Row, StorageError, succeeded
+from balance.storage.base import EARLIER_FAILED, BatchWrite, StorageError, succeeded
 from balance.storage.mariadb_driver import DRIVER_ERRORS, is_server_error, translate
-from balance.storage.mariadb_statements import packets
+from balance.storage.mariadb_statements import MariaDbStatements, packets
 
 log = logging.getLogger("balance.storage.mariadb")
 
@@ -55,7 +55,7 @@ class Writer:
         self.statements: dict[tuple[str, tuple[int, ...]], Any] = {}
 
 
-class MariaDbWrites:
+class MariaDbWrites(MariaDbStatements):
     """Part of ``MariaDbShardStorage`` (a mixin): ``commit`` and what it needs. The state is
     made by ``MariaDbShardStorage.__init__``; the statements come from ``MariaDbStatements``."""
 
@@ -78,21 +78,6 @@ class MariaDbWrites:
         def _event_loop(self) -> asyncio.AbstractEventLoop: ...
         def _connect_kwargs(self, *, database: bool = True, autocommit: bool) -> dict[str, Any]: ...
         async def _read(self, fn: Callable[[asyncmy.Connection], Awaitable[T]]) -> T: ...
-        def _statements(self, conn: asyncmy.Connection, batch: BatchWrite) -> list[str]: ...
-        async def _write_rows(
-            self,
-            writer: Writer,
-            conn: asyncmy.Connection,
-            cur: Any,
-            batch: BatchWrite,
-            tables: tuple[tuple[str, tuple[str, ...], list[Row], bool], ...],
-        ) -> None: ...
-        @staticmethod
-        def _own_tables(batch: BatchWrite) -> tuple[tuple[str, tuple[str, ...], list[Row], bool], ...]: ...
-        @staticmethod
-        def _shared_tables(batch: BatchWrite) -> tuple[tuple[str, tuple[str, ...], list[Row], bool], ...]: ...
-        @staticmethod
-        def _completion_statements(conn: asyncmy.Connection, batch: BatchWrite) -> list[str]: ...
 
     async def _connection(self, writer: Writer) -> asyncmy.Connection:
         """The writer's connection, reconnected if it was dropped or went stale while idle."""
