@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncmy
 import pytest
+from two_shards import Build
 
 from balance.storage.base import ShardStorage
 from balance.storage.mariadb import MariaDbShardStorage, from_url
@@ -23,14 +24,18 @@ from balance.storage.sqlite import SqliteShardStorage
 
 @dataclass
 class Backend:
-    """One backend's location: ``new()`` makes another (unopened) storage on the same data."""
+    """One backend's location: ``make(shard)`` makes another (unopened) storage of that shard
+    on the same data."""
 
     name: str
-    new: Callable[[], ShardStorage]
+    storage_of: Callable[[int], ShardStorage]
     created: list[ShardStorage] = field(default_factory=list)
 
-    def make(self) -> ShardStorage:
-        storage = self.new()
+    def new(self, shard: int = 0) -> ShardStorage:
+        return self.storage_of(shard)
+
+    def make(self, shard: int = 0) -> ShardStorage:
+        storage = self.new(shard)
         self.created.append(storage)
         return storage
 
@@ -47,22 +52,24 @@ async def _drop_database(url: str, database: str) -> None:
 @asynccontextmanager
 async def _backend(kind: str, tmp_path: Path, mariadb_required: Callable[[], Awaitable[str]]) -> AsyncIterator[Backend]:
     if kind == "sqlite":
-        path = tmp_path / "shard.db"
-        backend = Backend("sqlite", lambda: SqliteShardStorage(path))
-        database = url = None
+        backend = Backend(
+            "sqlite", lambda shard: SqliteShardStorage(tmp_path / ("shard.db" if shard == 0 else f"shard-{shard}.db"))
+        )
+        url = None
     else:
         url = await mariadb_required()
         name = parse_server(url).database or "balance_test"
         unique_url = with_database(url, f"{name}_{uuid.uuid4().hex[:10]}")
-        database = from_url(unique_url, 0).database
-        backend = Backend("mariadb", lambda: from_url(unique_url, 0))
+        backend = Backend("mariadb", lambda shard: from_url(unique_url, shard))
     try:
         yield backend
     finally:
         for storage in backend.created:
             await storage.close()
-        if url is not None and database is not None:
-            await _drop_database(url, database)
+        if url is not None:  # every shard's database made, and shard 0's in any case
+            databases = {s.database for s in backend.created if isinstance(s, MariaDbShardStorage)}
+            for database in sorted(databases | {from_url(unique_url, 0).database}):
+                await _drop_database(url, database)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
@@ -101,3 +108,18 @@ async def storage(backend: Backend) -> ShardStorage:
 @pytest.fixture
 def is_mariadb(storage: ShardStorage) -> bool:
     return isinstance(storage, MariaDbShardStorage)
+
+
+# ---- a service of two shards (cross-shard tests) ---------------------------------------------
+
+
+@pytest.fixture
+async def build(backend: Backend) -> AsyncIterator[Build]:
+    """A builder of two-shard services on SQLite files and on MariaDB; what a test leaves
+    running is stopped afterwards."""
+    make = Build(backend.make)
+    yield make
+    for service in make.services:
+        for engine in service.engines:
+            if engine.state != "stopped":
+                await engine.stop()

@@ -1,4 +1,4 @@
-"""Transfers between accounts on different shards of one process, on real SQLite files.
+"""Transfers between accounts on different shards of one process, on SQLite files and MariaDB.
 
 Two durable legs (source -> transit, transit -> target) and a completion; a crash or a
 failing shard between them is finished by a retry of the same id or by the next start.
@@ -6,66 +6,22 @@ failing shard between them is finished by a retry of the same id or by the next 
 
 from __future__ import annotations
 
-import asyncio
 import json
-from pathlib import Path
 
-from faults import FaultyStorage
+from two_shards import Build, next_commit_fails, ready_again, state, totals, two
 
 from balance.domain import commands as c
-from balance.engine.shard import ShardEngine
 from balance.service import BalanceService
-from balance.storage.sqlite import SqliteShardStorage
-
-
-def build(tmp_path: Path) -> BalanceService:
-    engines = [
-        ShardEngine(
-            shard,
-            FaultyStorage(SqliteShardStorage(tmp_path / f"shard-{shard}.db")),
-            sweep_interval_s=3600,
-            on_fatal=_raise,
-        )
-        for shard in range(2)
-    ]
-    return BalanceService(engines, "admin")
-
-
-def _raise(exc: BaseException) -> None:
-    raise exc
-
-
-async def two_partners(service: BalanceService) -> tuple[str, str]:
-    ids = []
-    for _ in range(2):
-        reply = await service.create_account(c.CreateAccount("", None, "partner", "EU", "EUR", "p", 0, b"{}"))
-        assert reply.status == 201
-        ids.append(json.loads(reply.body)["id"])
-    assert {service.engine_for(i).shard for i in ids} == {0, 1}  # type: ignore[union-attr]
-    assert (await service.execute(c.Credit(ids[0], "seed", 1_000))).status == 201
-    return ids[0], ids[1]
-
-
-def totals(service: BalanceService) -> dict[str, int]:
-    """Sum of balances per currency over every shard, system and transit accounts included."""
-    sums: dict[str, int] = {}
-    for engine in service.engines:
-        engine.ledger.check_invariants()
-        for account in engine.ledger.accounts.values():
-            sums[account.currency] = sums.get(account.currency, 0) + account.balance
-    return sums
 
 
 def balance(service: BalanceService, account_id: str) -> int:
-    state = service.account_state(account_id)
-    assert state is not None
-    return int(state[7])
+    return state(service, account_id)[0]
 
 
-async def test_a_transfer_across_shards_moves_the_money_and_replays_the_same_answer(tmp_path: Path) -> None:
-    service = build(tmp_path)
+async def test_a_transfer_across_shards_moves_the_money_and_replays_the_same_answer(build: Build) -> None:
+    service = build()
     await service.start()
-    a, b = await two_partners(service)
+    a, b = await two(service)
     transfer = c.Transfer("t-1", a, b, 300, "EUR", "rent", b'{"k":1}')
 
     reply = await service.execute(transfer)
@@ -87,10 +43,10 @@ async def test_a_transfer_across_shards_moves_the_money_and_replays_the_same_ans
     await service.stop()
 
 
-async def test_refusals_across_shards_are_answered_and_move_nothing(tmp_path: Path) -> None:
-    service = build(tmp_path)
+async def test_refusals_across_shards_are_answered_and_move_nothing(build: Build) -> None:
+    service = build()
     await service.start()
-    a, b = await two_partners(service)
+    a, b = await two(service)
     too_much = await service.execute(c.Transfer("t-big", a, b, 5_000, "EUR"))
     assert (too_much.status, json.loads(too_much.body)["code"]) == (422, "insufficient_funds")
     wrong = await service.execute(c.Transfer("t-cur", a, b, 5, "USD"))
@@ -105,13 +61,11 @@ async def test_refusals_across_shards_are_answered_and_move_nothing(tmp_path: Pa
     await service.stop()
 
 
-async def test_a_target_shard_failing_between_the_legs_is_finished_by_a_retry(tmp_path: Path) -> None:
-    service = build(tmp_path)
+async def test_a_target_shard_failing_between_the_legs_is_finished_by_a_retry(build: Build) -> None:
+    service = build()
     await service.start()
-    a, b = await two_partners(service)
-    target_storage = service.engine_for(b).storage  # type: ignore[union-attr]
-    assert isinstance(target_storage, FaultyStorage)
-    target_storage.fail("commit")  # nothing of it is written
+    a, b = await two(service)
+    next_commit_fails(service, b)
     transfer = c.Transfer("t-2", a, b, 250, "EUR")
 
     failed = await service.execute(transfer)
@@ -120,10 +74,7 @@ async def test_a_target_shard_failing_between_the_legs_is_finished_by_a_retry(tm
     assert (balance(service, a), balance(service, b)) == (750, 0)  # the money is in transit
     assert totals(service) == {"EUR": 0}
     assert len(await service.engines[0].storage.pending_transfers()) == 1
-    for _ in range(100):  # the target shard resynchronises after its failed commit
-        if service.ready:
-            break
-        await asyncio.sleep(0.01)
+    await ready_again(service)  # the target shard resynchronises after its failed commit
     retried = await service.execute(transfer)
     assert retried.status == 201
     assert (balance(service, a), balance(service, b)) == (750, 250)
@@ -134,18 +85,16 @@ async def test_a_target_shard_failing_between_the_legs_is_finished_by_a_retry(tm
     await service.stop()
 
 
-async def test_a_transfer_left_in_transit_by_a_crash_is_finished_at_the_next_start(tmp_path: Path) -> None:
-    service = build(tmp_path)
+async def test_a_transfer_left_in_transit_by_a_crash_is_finished_at_the_next_start(build: Build) -> None:
+    service = build()
     await service.start()
-    a, b = await two_partners(service)
-    target_storage = service.engine_for(b).storage  # type: ignore[union-attr]
-    assert isinstance(target_storage, FaultyStorage)
-    target_storage.fail("commit")  # nothing of it is written
+    a, b = await two(service)
+    next_commit_fails(service, b)
     first = await service.execute(c.Transfer("t-3", a, b, 400, "EUR"))
     assert first.status == 503
     await service.stop()  # as good as a crash here: the first leg is durable, the second is not
 
-    restarted = build(tmp_path)
+    restarted = build()
     await restarted.start()
 
     assert (balance(restarted, a), balance(restarted, b)) == (600, 400)

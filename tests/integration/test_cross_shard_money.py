@@ -7,134 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from urllib.parse import urlsplit
 
-import asyncmy
 import pytest
+from two_shards import (
+    Build,
+    account,
+    check_books,
+    history_kinds,
+    next_commit_fails,
+    no_pending,
+    ready_again,
+    state,
+    two,
+)
 
 from balance.domain import commands as c
 from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, capture_leg_id
 from balance.domain.model import HOLD_CAPTURED, HOLD_STATUS
-from balance.engine.shard import ShardEngine
-from balance.service import BalanceService
-from balance.storage.mariadb import from_url
-from balance.storage.sqlite import SqliteShardStorage
-
-Build = Callable[[], BalanceService]
-
-
-class Clock:
-    """Time under the test's control (holds expire when it says)."""
-
-    def __init__(self) -> None:
-        self.now = 1_790_000_000_000_000
-
-    def __call__(self) -> int:
-        return self.now
-
-
-@pytest.fixture(params=["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)])
-async def build(request: pytest.FixtureRequest, tmp_path: Path, mariadb_required) -> AsyncIterator[Build]:  # type: ignore[no-untyped-def]
-    """A builder of a two-shard service over the same data (build again = restart)."""
-    clock = Clock()
-    url = None
-    if request.param == "sqlite":
-
-        def storage(shard: int):  # type: ignore[no-untyped-def]
-            return SqliteShardStorage(tmp_path / f"shard-{shard}.db")
-    else:
-        base = await mariadb_required()
-        parts = urlsplit(base)
-        name = parts.path.lstrip("/") or "balance_test"
-        url = parts._replace(path=f"/{name}_{uuid.uuid4().hex[:10]}").geturl()
-
-        def storage(shard: int):  # type: ignore[no-untyped-def]
-            return from_url(url, shard)
-
-    services: list[BalanceService] = []
-
-    def make() -> BalanceService:
-        engines = [
-            ShardEngine(shard, storage(shard), clock=clock, sweep_interval_s=0.02, on_fatal=_raise)
-            for shard in range(2)
-        ]
-        service = BalanceService(engines, "admin")
-        services.append(service)
-        return service
-
-    make.clock = clock  # type: ignore[attr-defined]  # (compiled classes take no new attributes)
-    yield make
-    for service in services:
-        for engine in service.engines:
-            if engine.state != "stopped":
-                await engine.stop()
-    if url is not None:
-        for shard in range(2):
-            await _drop_database(base, from_url(url, shard).database)
-
-
-async def _drop_database(url: str, database: str) -> None:
-    parts = urlsplit(url)
-    conn = await asyncmy.connect(
-        host=parts.hostname, port=parts.port or 3306, user=parts.username or "root", password=parts.password or ""
-    )
-    try:
-        async with conn.cursor() as cur:
-            await cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
-    finally:
-        await conn.ensure_closed()
-
-
-def _raise(exc: BaseException) -> None:
-    raise exc
-
-
-async def account(service: BalanceService, shard: int, currency: str = "EUR") -> str:
-    """A top-level account placed on ``shard`` (the least-filled shard takes the next one)."""
-    for _ in range(8):
-        reply = await service.create_account(c.CreateAccount("", None, "partner", "EU", currency, "p", 0, b"{}"))
-        assert reply.status == 201
-        account_id = json.loads(reply.body)["id"]
-        if service.engine_for(account_id).shard == shard:  # type: ignore[union-attr]
-            return account_id
-    raise AssertionError("no account placed on the shard")
-
-
-def state(service: BalanceService, account_id: str) -> tuple[int, int, str]:
-    found = service.account_state(account_id)
-    assert found is not None
-    return int(found[7]), int(found[8]), found[6]
-
-
-def check_books(service: BalanceService) -> None:
-    """Each shard's invariants hold and balances sum to zero per currency; no closed account
-    holds money."""
-    for engine in service.engines:
-        engine.ledger.check_invariants()  # per shard: sums to zero, reserved == pending holds
-        for acc in engine.ledger.accounts.values():
-            if acc.status == "closed":
-                assert (acc.balance, acc.reserved) == (0, 0), acc.id
-
-
-async def two(service: BalanceService, seed: int = 1_000) -> tuple[str, str]:
-    a, b = await account(service, 0), await account(service, 1)
-    assert (await service.execute(c.Credit(a, "seed", seed))).status == 201
-    return a, b
-
-
-async def no_pending(service: BalanceService) -> None:
-    for engine in service.engines:
-        assert await engine.storage.pending_transfers() == []
-
-
-async def history_kinds(service: BalanceService, account_id: str) -> list[tuple[str, str, int]]:
-    rows = await service.engine_for(account_id).storage.history(account_id, 50, None, None, None)  # type: ignore[union-attr]
-    return [(row[3], row[4], row[8]) for row in reversed(rows)]
-
 
 # ---- item 1: replays first, refusals recorded -----------------------------------------------
 
@@ -220,32 +109,14 @@ async def test_a_target_closed_between_the_legs_gets_nothing_and_the_source_gets
     await restarted.stop()
 
 
-class FailingSqlite(SqliteShardStorage):
-    """Fault injection: the next ``fail_commits`` transactions fail (nothing of them is written)."""
-
-    fail_commits = 0
-
-    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
-        if self.fail_commits > 0:
-            self.fail_commits -= 1
-            raise sqlite3.OperationalError("injected: disk I/O error")
-        super()._commit_all(batches)
-
-
-async def test_closing_either_end_of_money_in_flight_is_refused_until_it_lands(tmp_path: Path) -> None:
-    engines = [ShardEngine(shard, FailingSqlite(tmp_path / f"s{shard}.db"), on_fatal=_raise) for shard in range(2)]
-    service = BalanceService(engines, "admin")
+async def test_closing_either_end_of_money_in_flight_is_refused_until_it_lands(build: Build) -> None:
+    service = build()
     await service.start()
     a, b = await two(service)
-    target_storage = service.engine_for(b).storage  # type: ignore[union-attr]
-    assert isinstance(target_storage, FailingSqlite)
-    target_storage.fail_commits = 1
+    next_commit_fails(service, b)
     transfer = c.Transfer("t-6", a, b, 1_000, "EUR")
     assert (await service.execute(transfer)).status == 503  # the money is in transit
-    for _ in range(100):
-        if service.ready:
-            break
-        await asyncio.sleep(0.01)
+    await ready_again(service)
 
     for end in (a, b):  # a: empty, but the money may come back; b: the money is on its way
         closing = await service.execute(c.UpdateAccount(end, status="closed"))
@@ -280,7 +151,7 @@ async def test_a_hold_to_another_shard_is_placed_captured_released_and_expired(b
     assert (await service.execute(c.PlaceHold(a, "h2", 100, 60, b))).status == 201
     assert (await service.execute(c.ReleaseHold(a, "h2"))).status == 200
     assert (await service.execute(c.PlaceHold(a, "h3", 100, 5, b))).status == 201
-    build.clock.now += 6_000_000  # type: ignore[attr-defined]
+    build.clock.now += 6_000_000
     for _ in range(200):
         if state(service, a)[1] == 0:
             break
