@@ -92,9 +92,20 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     return int(status), headers, body
 
 
-def post_head(path: str, headers: bytes) -> bytes:
-    """The request line and headers of an authorised POST (``headers``: more, each ending in CRLF)."""
-    return b"POST %b HTTP/1.1\r\nHost: t\r\n%b%b\r\n" % (path.encode(), AUTH, headers)
+def post_head(path: str, headers: bytes, key: bytes = AUTH) -> bytes:
+    """The request line and headers of an authorised POST (``headers``: more, each ending in CRLF;
+    ``key``: the Authorization line)."""
+    return b"POST %b HTTP/1.1\r\nHost: t\r\n%b%b\r\n" % (path.encode(), key, headers)
+
+
+def expecting(length: int) -> bytes:
+    """Headers announcing a body of ``length`` bytes, sent once the head is admitted."""
+    return b"Expect: 100-continue\r\nContent-Length: %d\r\n" % length
+
+
+def chunked(parts: list[bytes]) -> bytes:
+    """A body in chunked transfer coding, one chunk a part."""
+    return b"".join(b"%x\r\n%b\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
 
 
 def post(path: str, body: dict[str, Any], extra: bytes = b"") -> bytes:
@@ -106,21 +117,38 @@ def get(path: str, extra: bytes = b"") -> bytes:
     return b"GET %b HTTP/1.1\r\nHost: t\r\n%b%b\r\n" % (path.encode(), AUTH, extra)
 
 
-async def funded_account(served: Served, amount: int = 1_000) -> str:
+async def ask(served: Served, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request on a connection of its own: its answer (the connection is closed after)."""
     reader, writer = await served.connect()
-    writer.write(post("/v1/accounts", {"kind": "partner", "region": "US", "currency": "USD"}))
-    status, _, body = await read_response(reader)
+    writer.write(request)
+    try:
+        return await read_response(reader)
+    finally:
+        writer.close()
+
+
+async def balance(served: Served, account: str) -> int:
+    status, _, body = await ask(served, get(f"/v1/accounts/{account}"))
+    assert status == 200, body
+    return int(json.loads(body)["balance"])
+
+
+async def funded_account(served: Served, amount: int = 1_000) -> str:
+    status, _, body = await ask(served, post("/v1/accounts", {"kind": "partner", "region": "US", "currency": "USD"}))
     assert status == 201, body
     account = json.loads(body)["id"]
-    writer.write(post(f"/v1/accounts/{account}/credits", {"id": "fund", "amount": amount}))
-    status, _, body = await read_response(reader)
+    status, _, body = await ask(served, post(f"/v1/accounts/{account}/credits", {"id": "fund", "amount": amount}))
     assert status == 201, body
-    writer.close()
     return str(account)
 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bool:
     return await asyncio.wait_for(reader.read(1), 10) == b""
+
+
+async def continued(reader: asyncio.StreamReader) -> None:
+    """The interim answer to ``Expect: 100-continue``: the head was admitted."""
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 @served_test()
@@ -189,8 +217,9 @@ async def test_chunked_request_body(served: Served) -> None:
     account = await funded_account(served)
     reader, writer = await served.connect()
     raw = json.dumps({"id": "c1", "amount": 3}).encode()
-    chunks = b"".join(b"%x\r\n%b\r\n" % (len(part), part) for part in (raw[:5], raw[5:])) + b"0\r\n\r\n"
-    writer.write(post_head(f"/v1/accounts/{account}/credits", b"Transfer-Encoding: chunked\r\n") + chunks)
+    writer.write(
+        post_head(f"/v1/accounts/{account}/credits", b"Transfer-Encoding: chunked\r\n") + chunked([raw[:5], raw[5:]])
+    )
     status, _, body = await read_response(reader)
     assert status == 201, body
     assert json.loads(body)["account"]["balance"] == 1_003
@@ -202,33 +231,19 @@ async def test_expect_100_continue(served: Served) -> None:
     account = await funded_account(served)
     reader, writer = await served.connect()
     raw = json.dumps({"id": "e1", "amount": 2}).encode()
-    writer.write(
-        post_head(f"/v1/accounts/{account}/credits", b"Expect: 100-continue\r\nContent-Length: %d\r\n" % len(raw))
-    )
-    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(post_head(f"/v1/accounts/{account}/credits", expecting(len(raw))))
+    await continued(reader)
     writer.write(raw)
     status, _, body = await read_response(reader)
     assert status == 201, body
     writer.close()
 
 
-async def partner_key(served: Served, account: str) -> str:
-    """A key of ``account`` that may move its funds (made by the admin)."""
-    reader, writer = await served.connect()
-    writer.write(post(f"/v1/accounts/{account}/keys", {"scopes": ["read", "move", "funds"]}))
-    status, _, body = await read_response(reader)
+async def partner_key(served: Served, account: str) -> bytes:
+    """The Authorization line of a key of ``account`` that may move its funds (made by the admin)."""
+    status, _, body = await ask(served, post(f"/v1/accounts/{account}/keys", {"scopes": ["read", "move", "funds"]}))
     assert status == 201, body
-    writer.close()
-    return str(json.loads(body)["key"])
-
-
-def credit_head_as(key: str, account: str, raw: bytes) -> bytes:
-    """The head of a credit sent with ``key``, announcing ``raw`` and asking for 100-continue."""
-    return (
-        b"POST /v1/accounts/%b/credits HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer %b\r\n"
-        b"Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
-    ) % (account.encode(), key.encode(), len(raw))
+    return b"Authorization: Bearer %b\r\n" % json.loads(body)["key"].encode()
 
 
 @served_test()
@@ -248,9 +263,8 @@ async def test_a_request_with_a_body_looks_its_key_up_once(served: Served) -> No
     registry.live = counting_live  # type: ignore[method-assign]
     reader, writer = await served.connect()
     raw = json.dumps({"id": "once", "amount": 5}).encode()
-    writer.write(credit_head_as(key, account, raw) + raw)
-    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(post_head(f"/v1/accounts/{account}/credits", expecting(len(raw)), key) + raw)
+    await continued(reader)
     status, _, body = await read_response(reader)
     assert (status, json.loads(body)["account"]["balance"]) == (201, 1_005), body
     assert len(looked_up) == 1
@@ -265,26 +279,20 @@ async def test_a_key_revoked_while_its_body_arrives_is_refused(served: Served) -
     key = await partner_key(served, account)
     reader, writer = await served.connect()
     raw = json.dumps({"id": "late", "amount": 5}).encode()
-    writer.write(credit_head_as(key, account, raw))
-    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"  # admitted
-    admin_reader, admin_writer = await served.connect()
-    actor = served.app.service.actor(key)
-    assert actor is not None
-    key_id = actor.key_id
-    admin_writer.write(
-        b"DELETE /v1/accounts/%b/keys/%b HTTP/1.1\r\nHost: t\r\n%b\r\n" % (account.encode(), key_id.encode(), AUTH)
+    writer.write(post_head(f"/v1/accounts/{account}/credits", expecting(len(raw)), key))
+    await continued(reader)  # admitted
+    (record,) = served.app.service.keys.of_account(account)
+    status, _, body = await ask(
+        served,
+        b"DELETE /v1/accounts/%b/keys/%b HTTP/1.1\r\nHost: t\r\n%b\r\n"
+        % (account.encode(), record.key_id.encode(), AUTH),
     )
-    status, _, body = await read_response(admin_reader)
     assert status == 200, body
     writer.write(raw)
     status, headers, body = await read_response(reader)
     assert (status, json.loads(body)["code"], headers["www-authenticate"]) == (401, "unauthorized", "Bearer")
-    admin_writer.write(get(f"/v1/accounts/{account}"))
-    status, _, body = await read_response(admin_reader)
-    assert (status, json.loads(body)["balance"]) == (200, 1_000)
+    assert await balance(served, account) == 1_000
     writer.close()
-    admin_writer.close()
 
 
 @served_test()
@@ -301,12 +309,9 @@ async def test_head_gets_headers_without_body(served: Served) -> None:
 @served_test()
 async def test_percent_encoded_path_is_decoded(served: Served) -> None:
     account = await funded_account(served)
-    reader, writer = await served.connect()
     encoded = "".join(f"%{ord(ch):02X}" for ch in account[:3]) + account[3:]
-    writer.write(get(f"/v1/accounts/{encoded}?limit=5"))
-    status, _, body = await read_response(reader)
+    status, _, body = await ask(served, get(f"/v1/accounts/{encoded}?limit=5"))
     assert (status, json.loads(body)["id"]) == (200, account)
-    writer.close()
 
 
 @served_test(body_bytes_max=1_000)
@@ -315,19 +320,13 @@ async def test_body_over_the_limit_is_refused_before_it_is_read_and_changes_noth
     reader, writer = await served.connect()
     raw = json.dumps({"id": "big", "amount": 1, "description": "x" * 2_000}).encode()
     # Expect: 100-continue, so the refusal must come from the head alone, before the body is sent.
-    writer.write(
-        post_head(f"/v1/accounts/{account}/credits", b"Expect: 100-continue\r\nContent-Length: %d\r\n" % len(raw))
-    )
+    writer.write(post_head(f"/v1/accounts/{account}/credits", expecting(len(raw))))
     status, headers, body = await read_response(reader)
     assert (status, headers["content-type"], headers["connection"]) == (413, "application/problem+json", "close")
     assert json.loads(body)["code"] == "payload_too_large"
     assert await closed_by_server(reader)
     writer.close()
-    reader, writer = await served.connect()
-    writer.write(get(f"/v1/accounts/{account}"))
-    status, _, body = await read_response(reader)
-    assert (status, json.loads(body)["balance"]) == (200, 1_000)
-    writer.close()
+    assert await balance(served, account) == 1_000
 
 
 @served_test()
@@ -443,11 +442,8 @@ async def test_anonymous_body_is_refused_from_the_head_without_100_continue(serv
 
 @served_test()
 async def test_a_wrong_key_is_refused_before_the_body(served: Served) -> None:
-    reader, writer = await served.connect()
-    writer.write(batch_head(1_000, key=b"Authorization: Bearer nope\r\n"))
-    status, headers, _ = await read_response(reader)
+    status, headers, _ = await ask(served, batch_head(1_000, key=b"Authorization: Bearer nope\r\n"))
     assert (status, headers["connection"]) == (401, "close")
-    writer.close()
 
 
 @served_test(limits=HttpLimits(key_bodies_max=2, body_bytes_max=80))  # the batch below counts as large
@@ -488,10 +484,7 @@ async def test_many_small_bodies_of_one_key_arriving_at_once_are_all_served(serv
         status, _, body = await read_response(reader)
         assert status == 201, body
         writer.close()
-    reader, writer = await served.connect()
-    writer.write(get(f"/v1/accounts/{account}"))
-    assert json.loads((await read_response(reader))[2])["balance"] == 1_020
-    writer.close()
+    assert await balance(served, account) == 1_020
 
 
 @served_test(limits=HttpLimits(body_budget_bytes=100_000))
@@ -501,11 +494,8 @@ async def test_bodies_share_one_budget_per_process(served: Served) -> None:
     await first.drain()
     await asyncio.sleep(0.05)
     assert served.server.admission.buffered == 80_000
-    reader, writer = await served.connect()
-    writer.write(batch_head(30_000))
-    status, headers, _ = await read_response(reader)
+    status, headers, _ = await ask(served, batch_head(30_000))
     assert (status, headers["retry-after"], headers["connection"]) == (503, "1", "close")
-    writer.close()
     first.close()  # a client that leaves mid-body gives its share back at once
     for _ in range(200):
         if served.server.admission.buffered == 0:
@@ -543,10 +533,7 @@ async def test_two_authorization_headers_are_a_bad_request(served: Served) -> No
     assert "Authorization" in json.loads(body)["detail"]
     assert await closed_by_server(reader)
     writer.close()
-    reader, writer = await served.connect()
-    writer.write(get(f"/v1/accounts/{account}"))
-    assert json.loads((await read_response(reader))[2])["balance"] == 1_000
-    writer.close()
+    assert await balance(served, account) == 1_000
 
 
 @served_test()
@@ -561,12 +548,9 @@ async def test_upgrade_is_ignored_the_request_answered_then_the_connection_close
 
 @served_test()
 async def test_header_limit_holds_on_the_total_of_many_small_fields_in_one_write(served: Served) -> None:
-    reader, writer = await served.connect()
     fields = b"".join(b"X-F%d: %b\r\n" % (i, b"v" * 30) for i in range(2 * HEAD_BYTES_MAX // 40))
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + fields + b"\r\n")
-    status, headers, _ = await read_response(reader)
+    status, headers, _ = await ask(served, b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + fields + b"\r\n")
     assert (status, headers["connection"]) == (431, "close")
-    writer.close()
 
 
 @served_test(limits=HttpLimits(head_timeout_s=0.3))
