@@ -41,4 +41,4 @@ bench-quick: $(STAMP)
 	$(BIN)/balance-service bench --quick
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .mypy_cache .hypothesis
