@@ -25,7 +25,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import Any
 import asyncmy
 import httpx
 import pytest
+from service_process import free_port
 
 from balance.storage.mariadb_url import connect_kwargs, parse_server, with_database
 
@@ -62,12 +62,6 @@ ACKNOWLEDGED_MIN = 200  # fewer acknowledged before the kill and the test proved
 
 
 # ---- the server process ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from service_process import free_port
 
 ADMIN_KEY = "adm_away_" + uuid.uuid4().hex
 WRITERS = 8
@@ -32,14 +33,6 @@ OUTAGE_S = 3.0  # the database is away this long
 BACK_WITHIN_S = 5.0  # after the database answers again, the service serves within this (backoff cap: 1 s)
 FAST_503_S = 1.0  # an answer during the outage comes within this: refused at once, not queued
 START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:

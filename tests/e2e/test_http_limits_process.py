@@ -17,15 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from service_process import free_port, start_ready
 
 ADMIN_KEY = "limits-admin"
 MIB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:
@@ -66,23 +61,8 @@ def start(tmp_path: Path, env: dict[str, str] | None = None, nofile: int | None 
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "balance", "run"], env=full, stdout=out, stderr=subprocess.STDOUT,
-            preexec_fn=limit_files,
-        )  # fmt: skip
-    server = Server(proc, port, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"not ready in 30 s:\n{log.read_text()}")
+    proc, _ = start_ready(full, log, preexec_fn=limit_files)
+    return Server(proc, port, log)
 
 
 @pytest.fixture

@@ -7,23 +7,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from service_process import free_port, start_ready
 
 ADMIN_KEY = "process-admin"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(data_dir: Path, server: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -34,20 +26,7 @@ def start(data_dir: Path, server: str, log: Path) -> tuple[subprocess.Popen[byte
         "BALANCE_CHECKPOINT_INTERVAL_S": "3600",  # no periodic checkpoint: only the one at stop
     }  # fmt: skip
     env.pop("BALANCE_DB_URL", None)
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "balance", "run"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"not ready in 30 s:\n{log.read_text()}")
+    return start_ready(env, log)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int:
