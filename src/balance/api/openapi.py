@@ -54,7 +54,7 @@ _AMOUNT_NOTE = (
 )
 _METADATA_NOTE = (
     f"Free JSON object, stored as canonical JSON: at most {limits.METADATA_BYTES_MAX} bytes encoded and"
-    " 32 levels deep (a body nested deeper is refused as a whole)."
+    " the body (in a batch: the operation) at most 32 levels deep."
 )
 
 
