@@ -12,12 +12,18 @@ COMPILED_SOURCES := $(wildcard src/balance/domain/*.py) src/balance/views.py src
 	$(addprefix src/balance/api/,answers.py parsing.py commands.py access.py app.py admission.py http1.py) \
 	$(wildcard src/balance/api/routes_*.py) src/balance/storage/sqltext.py
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml setup.py $(COMPILED_SOURCES)
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "make: setting up $(VENV) (the first time, or after a change to the dependencies or a compiled module)"
+	@test -x $(BIN)/python || { echo "make: creating the virtual environment $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "make: installing the pinned dependencies (requirements-dev.txt, constraints.txt): a minute or two"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	@echo "make: installing balance-service and compiling its hot path with mypyc (setup.py COMPILED): about a minute"
+	@echo "      (BALANCE_PURE_PYTHON=1 skips the compilation: the same code runs interpreted)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
-	touch $(STAMP)
+	@touch $(STAMP)
+	@echo "make: $(VENV) is ready"
 
 run: $(STAMP)  ## serve on 127.0.0.1:8080 (BALANCE_PORT, BALANCE_DATA_DIR, BALANCE_DB_URL, ...)
+	@echo "make: starting the service on http://$${BALANCE_HOST:-127.0.0.1}:$${BALANCE_PORT:-8080} (Ctrl-C stops it)"
 	$(BIN)/balance-service run
 
 test: $(STAMP)  ## the whole suite (MariaDB tests run when MariaDB answers; in CI they must)

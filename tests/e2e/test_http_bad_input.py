@@ -109,6 +109,10 @@ def history(**params: str) -> Build:
     return lambda w: Req("GET", f"/v1/accounts/{w.P}/transactions", params=params)
 
 
+def children(**params: str) -> Build:
+    return lambda w: Req("GET", f"/v1/accounts/{w.P}/children", params=params)
+
+
 def new_account(**fields: Any) -> Build:
     def build(w: World) -> Req:
         body = {"kind": "user", **fields}
@@ -152,7 +156,9 @@ CASES: list[tuple[str, int, str, Build]] = [
     ("amount-zero", 422, "validation_error", credit({**VALID, "amount": 0})),
     ("amount-negative", 422, "validation_error", credit({**VALID, "amount": -5})),
     ("amount-float", 422, "validation_error", credit({**VALID, "amount": 1.5})),
-    ("amount-float-integral", 422, "validation_error", credit({**VALID, "amount": 10.0})),
+    ("amount-float-2.5e-1", 422, "validation_error", credit({**VALID, "amount": 0.25e1})),
+    ("amount-float-integral-past-2^62", 422, "validation_error", credit_raw(b'{"id": "x", "amount": 4.7e18}')),
+    ("id-trailing-newline", 422, "validation_error", credit({**VALID, "id": "a\n"})),
     ("amount-string", 422, "validation_error", credit({**VALID, "amount": "10"})),
     ("amount-bool", 422, "validation_error", credit({**VALID, "amount": True})),
     ("amount-null", 422, "validation_error", credit({**VALID, "amount": None})),
@@ -230,6 +236,14 @@ CASES: list[tuple[str, int, str, Build]] = [
     ("history-limit-5000-digits", 422, "validation_error", history(limit="9" * 5000)),
     ("history-bad-cursor", 422, "validation_error", history(cursor="abc")),
     ("history-cursor-beyond-int64", 422, "validation_error", history(cursor="9999999999999999999")),
+    ("history-cursor-19-digits", 422, "validation_error", history(cursor="1000000000000000000")),
+    ("history-cursor-empty", 422, "validation_error", history(cursor="")),
+    ("children-cursor-not-an-id", 422, "validation_error", children(cursor="a b")),
+    ("children-cursor-empty", 422, "validation_error", children(cursor="")),
+    ("history-limit-empty", 422, "validation_error", history(limit="")),
+    ("history-since-empty", 422, "validation_error", history(since="")),
+    ("history-since-leap-day-of-a-common-year", 422, "validation_error", history(since="2023-02-29T00:00:00Z")),
+    ("history-since-week-date", 422, "validation_error", history(since="2024-W01-1T00:00:00Z")),
     ("history-cursor-unicode-digit", 422, "validation_error", history(cursor="\u00b9\u00b2")),
     ("history-since-not-a-timestamp", 422, "validation_error", history(since="yesterday")),
     ("history-since-without-zone", 422, "validation_error", history(since="2024-01-01T00:00:00")),

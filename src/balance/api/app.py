@@ -187,6 +187,8 @@ class BalanceApp:
         self, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes | None,
         admitted: Actor | None,
     ) -> tuple[str, Reply, list[tuple[bytes, bytes]]]:  # fmt: skip
+        if path in _FIXED_PATHS and method != "GET" and method != "HEAD":
+            return "unmatched", _not_allowed(method, path, _READ_ONLY), [(b"allow", _READ_ONLY)]
         if path == "/healthz":
             return path, json_reply(200, {"status": "ok"}), []
         if path == "/readyz":
@@ -214,10 +216,12 @@ class BalanceApp:
         if path == "/openapi.json":
             return path, Reply(200, self._openapi), []
         parts = path.strip("/").split("/")
-        handler, pattern, params = self._match(method, parts)
+        handler, pattern, params = self._match("GET" if method == "HEAD" else method, parts)
         if handler is None:
-            status, code = (405, "method_not_allowed") if pattern else (404, "not_found")
-            return "unmatched", Reply(status, problem(code, status, f"{method} {path} is not a route")), []
+            allowed = self._allowed(parts)
+            if allowed:  # the path is a route, the method is not one of its own: 405 and what it serves
+                return "unmatched", _not_allowed(method, path, allowed), [(b"allow", allowed)]
+            return "unmatched", Reply(404, problem("not_found", 404, f"{method} {path} is not a route")), []
         query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if raw_query else {}
         request = Request(method, path, query, headers, b"" if body is None else body)  # None: too large, 400 below
         try:
@@ -254,8 +258,9 @@ class BalanceApp:
         counter.inc()
 
     def _match(self, method: str, parts: list[str]) -> tuple[Handler | None, str, list[str]]:
-        allowed = ""
         for route_method, route_parts, handler, pattern in self._routes.get(len(parts), ()):
+            if route_method != method:
+                continue
             params = []
             for want, got in zip(route_parts, parts, strict=True):
                 if want.startswith("{"):
@@ -263,7 +268,23 @@ class BalanceApp:
                 elif want != got:
                     break
             else:
-                if route_method == method:
-                    return handler, pattern, params
-                allowed = pattern
-        return None, allowed, []
+                return handler, pattern, params
+        return None, "", []
+
+    def _allowed(self, parts: list[str]) -> bytes:
+        """The methods a path serves, as an ``Allow`` header value (empty: no route has the path).
+        HEAD wherever GET is: the built-in server answers it as GET without the body."""
+        methods: list[str] = []
+        for route_method, route_parts, _, _ in self._routes.get(len(parts), ()):
+            if all(want.startswith("{") or want == got for want, got in zip(route_parts, parts, strict=True)):
+                methods += [route_method, "HEAD"] if route_method == "GET" else [route_method]
+        return ", ".join(sorted(set(methods))).encode()
+
+
+_FIXED_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
+_READ_ONLY = b"GET, HEAD"
+
+
+def _not_allowed(method: str, path: str, allowed: bytes) -> Reply:
+    detail = f"{method} is not served on {path}; it serves {allowed.decode()}"
+    return Reply(405, problem("method_not_allowed", 405, detail))

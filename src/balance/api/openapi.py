@@ -1,7 +1,17 @@
-"""The OpenAPI 3.1 document, built from the same msgspec types that validate requests."""
+"""The OpenAPI 3.1 document, built from the same msgspec types that validate requests.
+
+Complete enough to generate a typed client and to drive schemathesis's stateful tests: an
+``operationId`` per route, typed path and query parameters, each route's problem codes by
+status, the ``Idempotent-Replayed`` and ``Retry-After`` headers, typed batch operations and
+results, and links (an account's id feeds its money, hold and key routes; a hold's id its
+capture and release). ``ROUTES`` is the table; ``tests/unit/test_openapi_document.py`` holds it
+to the app's route table and to ``statuses.STATUS_BY_CODE``.
+"""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -9,6 +19,10 @@ import msgspec
 from balance import __version__
 from balance.api import schemas as s
 from balance.api import shapes
+from balance.api.statuses import STATUS_BY_CODE
+from balance.domain import errors as e
+from balance.domain import limits
+from balance.domain.currencies import ISO_4217
 
 _REQUESTS = {
     "NewAccount": s.NewAccount, "AccountPatch": s.AccountPatch, "CreditBody": s.CreditBody,
@@ -20,47 +34,279 @@ _RESPONSES = {
     "AccountReply": shapes.AccountReply, "TransferReply": shapes.TransferReply, "HoldReply": shapes.HoldReply,
     "KeyReply": shapes.KeyReply, "KeyInfo": shapes.KeyInfo,
 }  # fmt: skip
+_OPTIONAL_BODIES = ("CaptureBody", "ReleaseBody", "NewKey", "AccountPatch")  # an empty body is {}
+
+# Codes any authenticated route may answer, besides its own (``Route.codes``).
+_EVERY_ROUTE = (e.UNAUTHORIZED, e.RATE_LIMITED, e.UNAVAILABLE, e.VALIDATION_ERROR)
+# Codes of the HTTP layer (``api/app.py``, the built-in server ``api/http1.py``, docs/limits.md):
+# not business outcomes, so not in ``statuses.STATUS_BY_CODE``.
+UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+PAYLOAD_TOO_LARGE = "payload_too_large"
+HTTP_CODES = {
+    "bad_request": 400, "not_found": 404, "method_not_allowed": 405, "request_timeout": 408,
+    PAYLOAD_TOO_LARGE: 413, UNSUPPORTED_MEDIA_TYPE: 415, "internal_error": 500,
+}  # fmt: skip
+_WITH_BODY = (UNSUPPORTED_MEDIA_TYPE, PAYLOAD_TOO_LARGE)
+
+_AMOUNT_NOTE = (
+    " A JSON integer; a whole number written with a fraction or an exponent (2500.0, 2.5e3) is read"
+    " exactly as that integer."
+)
+_METADATA_NOTE = (
+    f"Free JSON object, stored as canonical JSON: at most {limits.METADATA_BYTES_MAX} bytes encoded and"
+    " the body (in a batch: the operation) at most 32 levels deep."
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One operation of the document: what ``app.BalanceApp._route_table`` serves, described."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    request: str | None  # a component name (None: no body)
+    status: str  # the success status
+    response: dict[str, Any]
+    codes: tuple[str, ...] = ()  # its own problem codes, besides _EVERY_ROUTE
+    query: tuple[str, ...] = ()
+    replayable: bool = False  # answers may carry Idempotent-Replayed: true
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": schema}}}
+def _link(
+    operation_id: str, description: str, body: dict[str, str | None] | None = None, **parameters: str
+) -> dict[str, Any]:
+    link: dict[str, Any] = {"operationId": operation_id, "description": description}
+    if parameters:
+        link["parameters"] = parameters
+    if body is not None:
+        link["requestBody"] = body
+    return link
 
 
-def _op(summary: str, request: str | None, status: str, response: dict[str, Any], params: tuple[str, ...] = (),
-        query: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
-    operation: dict[str, Any] = {
-        "summary": summary,
-        "security": [{"bearer": []}],
-        "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
-        + [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}} for q in query],
-        "responses": {
-            status: {"description": "success", **_json(response)},
-            "default": {
-                "description": "problem (RFC 9457)",
-                "content": {"application/problem+json": {"schema": _ref("Problem")}},
-            },
+_FROM_ACCOUNT = "$response.body#/id"
+_FROM_REPLY = "$response.body#/account/id"
+
+
+def _account_links(account_id: str, *names: str) -> dict[str, dict[str, Any]]:
+    """Where an account's id leads (those of ``names``): its reads, its money routes, its keys.
+
+    Few per answer, so that schemathesis's stateful runs follow the money (create, credit,
+    hold, capture) rather than spread over every read. Never from a POST to a target below its
+    path that can answer 404 for another id of its body (a hold's destination, a parent):
+    schemathesis reads such a 404 as the created resource missing (ST302)."""
+    every = {
+        "GetAccount": _link("getAccount", "the account", id=account_id),
+        "PatchAccount": _link("patchAccount", "freeze, close or rename it", id=account_id),
+        "Credit": _link("credit", "money in", id=account_id),
+        "Debit": _link("debit", "money out", id=account_id),
+        "PlaceHold": _link("placeHold", "hold money", id=account_id),
+        "ListTransactions": _link("listTransactions", "its history", id=account_id),
+        "ListChildren": _link("listChildren", "its children", id=account_id),
+        "CreateKey": _link("createKey", "a key for it", id=account_id),
+        "ListKeys": _link("listKeys", "its keys", id=account_id),
+    }
+    return {name: every[name] for name in names}
+
+
+_ACCOUNT_LINKS = _account_links(
+    _FROM_ACCOUNT, "GetAccount", "PatchAccount", "Credit", "Debit", "ListTransactions", "CreateKey"
+)
+_READ_ACCOUNT_LINKS = {
+    **_account_links(_FROM_ACCOUNT, "Credit", "PlaceHold", "ListChildren", "ListKeys"),
+    "CreateChild": _link("createAccount", "a child of it", body={"parent_id": _FROM_ACCOUNT}),
+}
+_MONEY_LINKS = {
+    **_account_links(_FROM_REPLY, "GetAccount", "Credit"),
+    # The amount just credited: a hold or a debit of it finds the money there (a random amount rarely does).
+    "PlaceHold": _link(
+        "placeHold",
+        "hold what came in, to no destination",
+        body={"amount": "$response.body#/transaction/amount", "destination_account_id": None},
+        id=_FROM_REPLY,
+    ),
+    "Debit": _link(
+        "debit", "take out what came in", body={"amount": "$response.body#/transaction/amount"}, id=_FROM_REPLY
+    ),
+    "GetTransaction": _link(
+        "getTransaction", "the history row", id=_FROM_REPLY, txn_id="$response.body#/transaction/id"
+    ),
+}
+_HOLD_LINKS = {
+    "GetHold": _link("getHold", "the hold", id="$response.body#/hold/account_id", hold_id="$response.body#/hold/id"),
+    "CaptureHold": _link(
+        "captureHold", "capture it", id="$response.body#/hold/account_id", hold_id="$response.body#/hold/id"
+    ),
+    "ReleaseHold": _link(
+        "releaseHold", "release it", id="$response.body#/hold/account_id", hold_id="$response.body#/hold/id"
+    ),
+    **_account_links(_FROM_REPLY, "GetAccount"),
+}
+_CHILDREN_LINKS = {
+    "GetChild": _link("getAccount", "the first child", id="$response.body#/data/0/id"),
+    "TransferToChild": _link(
+        "transfer",
+        "money from the parent to its first child",
+        body={
+            "from_account_id": "$response.body#/data/0/parent_id",
+            "to_account_id": "$response.body#/data/0/id",
+            "currency": "$response.body#/data/0/currency",
         },
+    ),
+}
+_KEY_LINKS = {
+    "RevokeKey": _link("revokeKey", "revoke it", id="$response.body#/account_id", key_id="$response.body#/key_id"),
+    "ListKeys": _link("listKeys", "the account's keys", id="$response.body#/account_id"),
+}
+
+_NOT_FOUND, _INACTIVE, _CONFLICT = e.ACCOUNT_NOT_FOUND, e.ACCOUNT_INACTIVE, e.IDEMPOTENCY_CONFLICT
+_READ = (e.FORBIDDEN, _NOT_FOUND)
+_MOVE = (e.FORBIDDEN, _NOT_FOUND, _INACTIVE, _CONFLICT, e.LIMIT_EXCEEDED)
+
+ROUTES = (
+    Route("POST", "/v1/accounts", "createAccount", "Open an account (top level: admin; a child: a key above it)",
+          "NewAccount", "201", _ref("Account"), (*_MOVE,), replayable=True, links=_ACCOUNT_LINKS),
+    Route("GET", "/v1/accounts/{id}", "getAccount", "Read an account", None, "200", _ref("Account"), _READ,
+          links=_READ_ACCOUNT_LINKS),
+    Route("PATCH", "/v1/accounts/{id}", "patchAccount", "Change status, name, metadata or credit limit",
+          "AccountPatch", "200", _ref("Account"), (*_READ, _INACTIVE, e.ACCOUNT_NOT_EMPTY, e.LIMIT_EXCEEDED)),
+    Route("GET", "/v1/accounts/{id}/children", "listChildren", "List direct children, a page at a time",
+          None, "200", _ref("AccountPage"), _READ, query=("limit_children", "cursor_children"),
+          links=_CHILDREN_LINKS),
+    Route("POST", "/v1/accounts/{id}/keys", "createKey", "Create an API key (the secret is shown once)",
+          "NewKey", "201", _ref("KeyReply"), (*_READ, _INACTIVE, _CONFLICT), replayable=True, links=_KEY_LINKS),
+    Route("GET", "/v1/accounts/{id}/keys", "listKeys", "List the account's keys (never a secret)",
+          None, "200", _ref("KeyList"), _READ),
+    Route("DELETE", "/v1/accounts/{id}/keys/{key_id}", "revokeKey", "Revoke a key at once",
+          None, "200", _ref("KeyInfo"), (*_READ, e.KEY_NOT_FOUND)),
+    Route("POST", "/v1/accounts/{id}/credits", "credit", "Money in from outside the platform (funds scope)",
+          "CreditBody", "201", _ref("AccountReply"), _MOVE, replayable=True, links=_MONEY_LINKS),
+    Route("POST", "/v1/accounts/{id}/debits", "debit", "Money out of the platform (funds scope)",
+          "DebitBody", "201", _ref("AccountReply"), (*_MOVE, e.INSUFFICIENT_FUNDS), replayable=True,
+          links=_MONEY_LINKS),
+    Route("POST", "/v1/accounts/{id}/holds", "placeHold", "Hold money until it is captured, released or expires",
+          "HoldBody", "201", _ref("HoldReply"), (*_MOVE, e.INSUFFICIENT_FUNDS, e.CURRENCY_MISMATCH),
+          replayable=True, links=_HOLD_LINKS),
+    Route("GET", "/v1/accounts/{id}/holds/{hold_id}", "getHold", "Read a hold", None, "200", _ref("Hold"),
+          (*_READ, e.HOLD_NOT_FOUND)),
+    Route("POST", "/v1/accounts/{id}/holds/{hold_id}/capture", "captureHold",
+          "Capture a hold, in full or in part (the rest is released)", "CaptureBody", "200", _ref("HoldReply"),
+          (*_READ, _INACTIVE, e.LIMIT_EXCEEDED, e.HOLD_NOT_FOUND, e.HOLD_NOT_PENDING, e.AMOUNT_EXCEEDS_HOLD),
+          replayable=True,
+          links=_HOLD_LINKS),
+    Route("POST", "/v1/accounts/{id}/holds/{hold_id}/release", "releaseHold", "Release a hold", "ReleaseBody",
+          "200", _ref("HoldReply"), (*_READ, e.HOLD_NOT_FOUND, e.HOLD_NOT_PENDING), replayable=True,
+          links=_HOLD_LINKS),
+    Route("GET", "/v1/accounts/{id}/transactions", "listTransactions", "History, newest first, a page at a time",
+          None, "200", _ref("TxnPage"), _READ, query=("limit_history", "cursor_history", "since", "until")),
+    Route("GET", "/v1/accounts/{id}/transactions/{txn_id}", "getTransaction", "Read one history row by its id",
+          None, "200", _ref("Txn"), (*_READ, e.TRANSACTION_NOT_FOUND)),
+    Route("POST", "/v1/transfers", "transfer", "Move money between two accounts of one currency",
+          "TransferBody", "201", _ref("TransferReply"), (*_MOVE, e.INSUFFICIENT_FUNDS, e.CURRENCY_MISMATCH),
+          replayable=True),
+    Route("POST", "/v1/batch", "batch", f"Up to {limits.BATCH_OPERATIONS_MAX} money operations, each answered",
+          "BatchRequest", "200", _ref("BatchReply")),
+)  # fmt: skip
+
+_QUERY = {
+    "limit_children": ("limit", {"type": "integer", "minimum": 1, "maximum": limits.CHILDREN_LIMIT_MAX,
+                                 "default": limits.HISTORY_LIMIT_DEFAULT}, "page size"),
+    "cursor_children": ("cursor", {"type": "string", "pattern": s.ID_PATTERN},
+                        "the previous page's next_cursor (a child's id)"),
+    "limit_history": ("limit", {"type": "integer", "minimum": 1, "maximum": limits.HISTORY_LIMIT_MAX,
+                                "default": limits.HISTORY_LIMIT_DEFAULT}, "page size"),
+    "cursor_history": ("cursor", {"type": "string", "pattern": r"^[0-9]{1,18}(?![\s\S])"},
+                       "the previous page's next_cursor"),
+    "since": ("since", {"type": "string", "format": "date-time"}, "rows created at or after (RFC 3339)"),
+    "until": ("until", {"type": "string", "format": "date-time"}, "rows created before (RFC 3339)"),
+}  # fmt: skip
+_PATH_PARAMETERS = {
+    "id": "the account's id (<REGION>-<shard>-<16 hex>)",
+    "hold_id": "the hold's id (the client's id of the hold)",
+    "key_id": "the key's id (key_<16 hex>)",
+    "txn_id": "the history row's id (<REGION>-<shard>-t<seq>)",
+}
+
+
+def _headers(route: Route, status: int) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    if route.replayable and status != 503:
+        headers["Idempotent-Replayed"] = {"$ref": "#/components/headers/IdempotentReplayed"}
+    if status in (429, 503):
+        headers["Retry-After"] = {"$ref": "#/components/headers/RetryAfter"}
+    if status == 401:
+        headers["WWW-Authenticate"] = {"$ref": "#/components/headers/WWWAuthenticate"}
+    return headers
+
+
+def _codes_by_status(route: Route) -> dict[int, list[str]]:
+    codes = [*_EVERY_ROUTE, *route.codes]
+    if route.request is not None:
+        codes += _WITH_BODY
+    by_status: dict[int, list[str]] = {}
+    for code in dict.fromkeys(codes):
+        by_status.setdefault(STATUS_BY_CODE.get(code) or HTTP_CODES[code], []).append(code)
+    return by_status
+
+
+def _problem_response(route: Route, status: int, codes: list[str]) -> dict[str, Any]:
+    schema = {"allOf": [_ref("Problem"), {"properties": {"code": {"enum": codes}}}]}
+    response: dict[str, Any] = {
+        "description": ", ".join(codes),
+        "content": {"application/problem+json": {"schema": schema}},
     }
-    if request is not None:
-        optional = ("CaptureBody", "ReleaseBody", "NewKey")
-        operation["requestBody"] = {"required": request not in optional, **_json(_ref(request))}
+    headers = _headers(route, status)
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    names = [part[1:-1] for part in route.path.split("/") if part.startswith("{")]
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "description": _PATH_PARAMETERS[name],
+         "schema": {"type": "string", "pattern": s.ID_PATTERN}}
+        for name in names
+    ]  # fmt: skip
+    for query in route.query:
+        name, schema, description = _QUERY[query]
+        parameters.append({"name": name, "in": "query", "required": False, "description": description,
+                           "schema": schema})  # fmt: skip
+    success: dict[str, Any] = {
+        "description": "done",
+        "content": {"application/json": {"schema": route.response}},
+    }
+    headers = _headers(route, int(route.status))
+    if headers:
+        success["headers"] = headers
+    if route.links:
+        success["links"] = route.links
+    responses: dict[str, Any] = {route.status: success}
+    for status, codes in sorted(_codes_by_status(route).items()):
+        responses[str(status)] = _problem_response(route, status, codes)
+    responses["default"] = {
+        "description": "a refusal of the HTTP layer (400, 404, 405 with Allow, 408, 431, 500): see docs/limits.md",
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+    operation: dict[str, Any] = {
+        "operationId": route.operation_id,
+        "summary": route.summary,
+        "security": [{"bearer": []}],
+        "parameters": parameters,
+        "responses": responses,
+    }
+    if route.request is not None:
+        operation["requestBody"] = {
+            "required": route.request not in _OPTIONAL_BODIES,
+            "content": {"application/json": {"schema": _ref(route.request)}},
+        }
     return operation
-
-
-def _list(item: str) -> dict[str, Any]:
-    return {"type": "object", "required": ["data"], "properties": {"data": {"type": "array", "items": _ref(item)}}}
-
-
-def _page(item: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["data", "next_cursor"],
-        "properties": {"data": {"type": "array", "items": _ref(item)}, "next_cursor": {"type": ["string", "null"]}},
-    }
 
 
 def _renamed(value: Any, renames: dict[str, str]) -> Any:
@@ -75,70 +321,169 @@ def _renamed(value: Any, renames: dict[str, str]) -> Any:
     return value
 
 
+_CURRENCY_ENUM = {"type": "string", "enum": sorted(ISO_4217), "description": "ISO 4217 code"}
+
+
+def _requests_as_accepted(components: dict[str, Any]) -> None:
+    """What the validators check beyond msgspec's types, said in the schemas: a currency is one of
+    ISO 4217; a top-level account names its region and currency; amounts and metadata notes."""
+    for name, schema in components.items():
+        properties = schema.get("properties", {})
+        for key, value in properties.items():
+            if key == "currency":
+                properties[key] = (
+                    {"anyOf": [_CURRENCY_ENUM, {"type": "null"}], "default": None}
+                    if "anyOf" in value
+                    else dict(_CURRENCY_ENUM)
+                )
+            elif key in ("amount", "credit_limit", "expires_in_s") and name in {*_REQUESTS, *_BATCH_OPS}:
+                target = value["anyOf"][0] if "anyOf" in value else value
+                target["description"] = (target.get("description", "") + "." + _AMOUNT_NOTE).lstrip(".").strip()
+            elif key == "metadata":
+                value["description"] = _METADATA_NOTE
+    new = components.pop("NewAccount")
+    top, child = copy.deepcopy(new), copy.deepcopy(new)
+    top["title"], child["title"] = "NewTopLevelAccount", "NewChildAccount"
+    top["description"] = "A top-level account (admin key only): region and currency are required."
+    top["properties"]["parent_id"] = {"type": "null", "default": None}
+    top["properties"]["region"] = top["properties"]["region"]["anyOf"][0]
+    top["properties"]["currency"] = dict(_CURRENCY_ENUM)
+    top["required"] = ["kind", "region", "currency"]
+    child["description"] = "A child account: region and currency default to the parent's."
+    child["properties"]["parent_id"] = child["properties"]["parent_id"]["anyOf"][0]
+    child["required"] = ["kind", "parent_id"]
+    components["NewTopLevelAccount"], components["NewChildAccount"] = top, child
+    components["NewAccount"] = {"anyOf": [_ref("NewTopLevelAccount"), _ref("NewChildAccount")]}
+
+
+_BATCH_OPS = {t.__name__: t.__struct_config__.tag for t in s.BatchOp.__args__}
+
+
+def _batch_components() -> dict[str, Any]:
+    """The batch body (its operations: one per kind, told apart by ``op``) and its answer (one
+    result per operation, in order: the single route's status and body)."""
+    one_of = [_ref(name) for name in _BATCH_OPS]
+    mapping = {tag: _ref(name)["$ref"] for name, tag in _BATCH_OPS.items()}
+    success = {
+        "type": "object",
+        "required": ["status", "replayed", "body"],
+        "properties": {
+            "status": {"type": "integer", "enum": [200, 201]},
+            "replayed": {"type": "boolean", "description": "the operation's first answer, sent again"},
+            "body": {"oneOf": [_ref("AccountReply"), _ref("TransferReply"), _ref("HoldReply")]},
+        },
+    }
+    refused = {
+        "type": "object",
+        "required": ["status", "replayed", "body"],
+        "properties": {
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "replayed": {"type": "boolean", "description": "a recorded refusal, sent again"},
+            "body": _ref("Problem"),
+        },
+    }
+    return {
+        "BatchOperation": {"oneOf": one_of, "discriminator": {"propertyName": "op", "mapping": mapping}},
+        "BatchRequest": {
+            "type": "object",
+            "required": ["operations"],
+            "additionalProperties": False,
+            "properties": {
+                "operations": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": limits.BATCH_OPERATIONS_MAX,
+                    "items": _ref("BatchOperation"),
+                }
+            },
+        },
+        "BatchSuccess": success,
+        "BatchRefusal": refused,
+        "BatchResult": {"oneOf": [_ref("BatchSuccess"), _ref("BatchRefusal")]},
+        "BatchReply": {
+            "type": "object",
+            "required": ["results"],
+            "properties": {"results": {"type": "array", "items": _ref("BatchResult")}},
+        },
+    }
+
+
+def _page(item: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {
+            "data": {"type": "array", "items": _ref(item)},
+            "next_cursor": {"type": ["string", "null"], "description": "null on the last page"},
+        },
+    }
+
+
+def _operational_paths() -> dict[str, Any]:
+    def get(operation_id: str, summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+        return {"get": {"operationId": operation_id, "summary": summary, "security": [], "responses": responses}}
+
+    def json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+    shards = {"type": "object", "additionalProperties": {"type": "object"}, "description": "per shard: its state"}
+    not_ready = {
+        "description": "a shard is not ready (problem with ready and shards)",
+        "headers": {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}},
+        "content": {"application/problem+json": {"schema": {"allOf": [_ref("Problem"), {
+            "properties": {"ready": {"type": "boolean"}, "shards": shards}}]}}},
+    }  # fmt: skip
+    return {
+        "/healthz": get("healthz", "Liveness: 200 while the process lives", {"200": json_body(
+            {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}, "alive")}),
+        "/readyz": get("readyz", "Readiness: every shard recovered and serving", {
+            "200": json_body({"type": "object", "required": ["ready", "shards"],
+                              "properties": {"ready": {"const": True}, "shards": shards}}, "ready"),
+            "503": not_ready}),
+        "/metrics": get("metrics", "Prometheus metrics", {"200": {
+            "description": "Prometheus text format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}}}),
+        "/openapi.json": get("openapi", "This document", {"200": json_body({"type": "object"}, "OpenAPI 3.1")}),
+    }  # fmt: skip
+
+
 def openapi_document() -> dict[str, Any]:
     types = [*_REQUESTS.values(), *_RESPONSES.values(), s.BatchOp]
     (_, *_), components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     # The paths name responses by their public names (Account, not AccountView): rename to match.
     renames = {t.__name__: name for name, t in _RESPONSES.items() if t.__name__ != name}
     components = _renamed({renames.get(key, key): value for key, value in components.items()}, renames)
-    batch_request = {
-        "type": "object",
-        "required": ["operations"],
-        "properties": {"operations": {"type": "array", "minItems": 1, "maxItems": 8190,
-                                      "items": {"anyOf": [_ref(t.__name__) for t in s.BatchOp.__args__]}}},
-    }  # fmt: skip
-    batch_reply = {
-        "type": "object",
-        "properties": {"results": {"type": "array", "items": {"type": "object", "properties": {
-            "status": {"type": "integer"}, "replayed": {"type": "boolean"}, "body": {"type": "object"}}}}},
-    }  # fmt: skip
-    acct, hold = ("id",), ("id", "hold_id")
-    paths = {
-        "/v1/accounts": {"post": _op("Create an account", "NewAccount", "201", _ref("Account"))},
-        "/v1/accounts/{id}": {
-            "get": _op("Read an account", None, "200", _ref("Account"), acct),
-            "patch": _op("Change status, name, metadata or credit limit", "AccountPatch", "200", _ref("Account"), acct),
-        },
-        "/v1/accounts/{id}/children": {
-            "get": _op("List direct children", None, "200", _page("Account"), acct, ("limit", "cursor"))
-        },
-        "/v1/accounts/{id}/keys": {
-            "post": _op("Create an API key (shown once) with scopes", "NewKey", "201", _ref("KeyReply"), acct),
-            "get": _op("List the account's keys (never the key)", None, "200", _list("KeyInfo"), acct),
-        },
-        "/v1/accounts/{id}/keys/{key_id}": {
-            "delete": _op("Revoke a key at once", None, "200", _ref("KeyInfo"), ("id", "key_id")),
-        },
-        "/v1/accounts/{id}/credits": {"post": _op("Money in", "CreditBody", "201", _ref("AccountReply"), acct)},
-        "/v1/accounts/{id}/debits": {"post": _op("Money out", "DebitBody", "201", _ref("AccountReply"), acct)},
-        "/v1/accounts/{id}/holds": {"post": _op("Place a hold", "HoldBody", "201", _ref("HoldReply"), acct)},
-        "/v1/accounts/{id}/holds/{hold_id}": {"get": _op("Read a hold", None, "200", _ref("Hold"), hold)},
-        "/v1/accounts/{id}/holds/{hold_id}/capture": {
-            "post": _op("Capture a hold, in full or in part", "CaptureBody", "200", _ref("HoldReply"), hold)
-        },
-        "/v1/accounts/{id}/holds/{hold_id}/release": {
-            "post": _op("Release a hold", "ReleaseBody", "200", _ref("HoldReply"), hold)
-        },
-        "/v1/accounts/{id}/transactions": {
-            "get": _op("History, newest first", None, "200", _page("Txn"), acct, ("limit", "cursor", "since", "until"))
-        },
-        "/v1/accounts/{id}/transactions/{txn_id}": {
-            "get": _op("Read one history row by its id", None, "200", _ref("Txn"), ("id", "txn_id"))
-        },
-        "/v1/transfers": {"post": _op("Move money between two accounts", "TransferBody", "201", _ref("TransferReply"))},
-        "/v1/batch": {"post": {**_op("Up to 8190 operations, answered one by one", None, "200", batch_reply),
-                               "requestBody": {"required": True, **_json(batch_request)}}},
-        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-        "/readyz": {"get": {"summary": "Readiness (every shard recovered)",
-                            "responses": {"200": {"description": "ready"}, "503": {"description": "recovering"}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}},
-    }  # fmt: skip
+    _requests_as_accepted(components)
+    components.update(_batch_components())
+    components["AccountPage"], components["TxnPage"] = _page("Account"), _page("Txn")
+    components["KeyList"] = {"type": "object", "required": ["data"],
+                             "properties": {"data": {"type": "array", "items": _ref("KeyInfo")}}}  # fmt: skip
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    paths.update(_operational_paths())
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Balance service", "version": __version__},
+        "info": {
+            "title": "Balance service",
+            "version": __version__,
+            "description": "Balances, holds and money movements for payment gateways. Reference: docs/API.md.",
+        },
         "paths": paths,
         "components": {
             "schemas": components,
+            "headers": {
+                "IdempotentReplayed": {
+                    "description": "true: this is the first answer to this operation id, sent again",
+                    "required": False,
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
+                "RetryAfter": {
+                    "description": "seconds to wait before retrying (with the same operation id)",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                },
+                "WWWAuthenticate": {"required": True, "schema": {"type": "string", "const": "Bearer"}},
+            },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -12,7 +12,7 @@ from balance.api import schemas as s
 from balance.api.access import forbidden, require, require_account
 from balance.api.answers import HttpError, json_reply, validation
 from balance.api.commands import check_currency, metadata_bytes
-from balance.api.parsing import decode, int_query
+from balance.api.parsing import ID_SHAPE, decode, int_query
 from balance.domain import authority as a
 from balance.domain import commands as c
 from balance.domain import errors as e
@@ -75,7 +75,9 @@ async def patch_account(app: BalanceApp, request: Request, params: list[str]) ->
 async def children(app: BalanceApp, request: Request, params: list[str]) -> Reply:
     require_account(app, request, params[0])
     limit = int_query(request.query, "limit", limits.HISTORY_LIMIT_DEFAULT, limits.CHILDREN_LIMIT_MAX)
-    cursor = request.query.get("cursor") or None
+    cursor = request.query.get("cursor")
+    if cursor is not None and ID_SHAPE.fullmatch(cursor) is None:  # a child's id, as the last page ended
+        raise validation("cursor is not one this service gave out")
     port = app.service.port_for(params[0])
     assert port is not None
     ids = await port.children(params[0], limit, cursor)

@@ -15,6 +15,8 @@ from balance.domain.ids import txn_seq
 from balance.domain.model import JOURNAL_SEQ
 from balance.engine.replies import Reply
 
+CURSOR_DIGITS_MAX = 18  # below SEQ_MAX (2^63 - 1), and what the OpenAPI document says
+
 if TYPE_CHECKING:
     from balance.api.app import BalanceApp, Request
 
@@ -22,10 +24,10 @@ if TYPE_CHECKING:
 async def transactions(app: BalanceApp, request: Request, params: list[str]) -> Reply:
     require_account(app, request, params[0])
     limit = int_query(request.query, "limit", limits.HISTORY_LIMIT_DEFAULT, limits.HISTORY_LIMIT_MAX)
-    cursor = request.query.get("cursor") or None
+    cursor = request.query.get("cursor")
     before_seq = None
-    if cursor is not None:
-        if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 19 or int(cursor) > SEQ_MAX:
+    if cursor is not None:  # a journal seq: 1 to 18 digits (seqs stay far below 10^18)
+        if not (cursor.isascii() and cursor.isdigit()) or not 1 <= len(cursor) <= CURSOR_DIGITS_MAX:
             raise validation("cursor is not one this service gave out")
         before_seq = int(cursor)
     since, until = time_query(request.query, "since"), time_query(request.query, "until")

@@ -10,14 +10,17 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from balance.domain import limits
 
 # 1 to 64 of these characters, but not "." or ".." (path segments: a URL holding one means
-# something else to every proxy and client library on the way).
-ID_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,64}$"
+# something else to every proxy and client library on the way). The end is ``(?![\s\S])``, not
+# ``$``: msgspec searches with Python's ``re``, whose ``$`` also matches before a final newline
+# (``"x\n"`` passed); the lookahead means "end of text" in Python and in the ECMA 262 regexes
+# JSON Schema validators use.
+ID_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9._:-]{1,64}(?![\s\S])"
 
 OpId = Annotated[str, Meta(pattern=ID_PATTERN, description="client-chosen operation id")]
 AccountId = Annotated[str, Meta(pattern=ID_PATTERN)]
 Amount = Annotated[int, Meta(ge=limits.AMOUNT_MIN, le=limits.AMOUNT_MAX, description="minor units")]
 CreditLimit = Annotated[int, Meta(ge=0, le=limits.CREDIT_LIMIT_MAX)]
-Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}(?![\s\S])", description="ISO 4217 code")]
 Name = Annotated[str, Meta(max_length=limits.NAME_LENGTH_MAX)]
 Description = Annotated[str, Meta(max_length=limits.DESCRIPTION_LENGTH_MAX)]
 ExpiresInS = Annotated[int, Meta(ge=limits.EXPIRES_IN_S_MIN, le=limits.EXPIRES_IN_S_MAX)]
@@ -25,6 +28,7 @@ Metadata = dict[str, Any]
 Kind = Literal["partner", "provider", "user"]
 Region = Literal["US", "EU", "ASIA"]
 AccountStatus = Literal["active", "frozen", "closed"]
+Scope = Literal["read", "move", "funds", "limits", "platform"]  # authority.SCOPE_NAMES
 
 
 class NewAccount(Struct, forbid_unknown_fields=True):
@@ -42,7 +46,7 @@ class NewKey(Struct, forbid_unknown_fields=True):
     """A key's scopes (default: read and move, at most the creating key's) and an optional
     client id that makes the creation replayable."""
 
-    scopes: list[Annotated[str, Meta(max_length=16)]] | None = None
+    scopes: Annotated[list[Scope], Meta(min_length=1)] | None = None
     client_id: OpId | None = None
 
 
