@@ -64,6 +64,29 @@ class Request:
 Handler = Callable[["BalanceApp", Request, list[str]], Awaitable[Reply]]
 
 
+def route_table() -> list[tuple[str, str, Handler]]:
+    """Every route the app serves: (method, pattern, handler); the OpenAPI test reads it too."""
+    return [
+        ("POST", "/v1/accounts", routes_accounts.create_account),
+        ("GET", "/v1/accounts/{id}", routes_accounts.get_account),
+        ("PATCH", "/v1/accounts/{id}", routes_accounts.patch_account),
+        ("GET", "/v1/accounts/{id}/children", routes_accounts.children),
+        ("POST", "/v1/accounts/{id}/keys", routes_accounts.create_key),
+        ("GET", "/v1/accounts/{id}/keys", routes_accounts.list_keys),
+        ("DELETE", "/v1/accounts/{id}/keys/{key_id}", routes_accounts.revoke_key),
+        ("POST", "/v1/accounts/{id}/credits", routes_money.credit),
+        ("POST", "/v1/accounts/{id}/debits", routes_money.debit),
+        ("POST", "/v1/accounts/{id}/holds", routes_holds.hold),
+        ("GET", "/v1/accounts/{id}/holds/{hold_id}", routes_holds.get_hold),
+        ("POST", "/v1/accounts/{id}/holds/{hold_id}/capture", routes_holds.capture),
+        ("POST", "/v1/accounts/{id}/holds/{hold_id}/release", routes_holds.release),
+        ("GET", "/v1/accounts/{id}/transactions", routes_history.transactions),
+        ("GET", "/v1/accounts/{id}/transactions/{txn_id}", routes_history.transaction),
+        ("POST", "/v1/transfers", routes_money.transfer),
+        ("POST", "/v1/batch", routes_batch.batch),
+    ]
+
+
 class BalanceApp:
     """ASGI 3 application over a BalanceService."""
 
@@ -76,30 +99,9 @@ class BalanceApp:
         self._refusals: dict[tuple[str, str], Any] = {}  # (kind, code) -> its bound counter
         self._latency: dict[str, Any] = {}  # route -> its bound histogram (labels() costs a lookup)
         self._routes: dict[int, list[tuple[str, tuple[str, ...], Handler, str]]] = {}
-        for method, pattern, handler in self._route_table():
+        for method, pattern, handler in route_table():
             parts = tuple(pattern.strip("/").split("/"))
             self._routes.setdefault(len(parts), []).append((method, parts, handler, pattern))
-
-    def _route_table(self) -> list[tuple[str, str, Handler]]:
-        return [
-            ("POST", "/v1/accounts", routes_accounts.create_account),
-            ("GET", "/v1/accounts/{id}", routes_accounts.get_account),
-            ("PATCH", "/v1/accounts/{id}", routes_accounts.patch_account),
-            ("GET", "/v1/accounts/{id}/children", routes_accounts.children),
-            ("POST", "/v1/accounts/{id}/keys", routes_accounts.create_key),
-            ("GET", "/v1/accounts/{id}/keys", routes_accounts.list_keys),
-            ("DELETE", "/v1/accounts/{id}/keys/{key_id}", routes_accounts.revoke_key),
-            ("POST", "/v1/accounts/{id}/credits", routes_money.credit),
-            ("POST", "/v1/accounts/{id}/debits", routes_money.debit),
-            ("POST", "/v1/accounts/{id}/holds", routes_holds.hold),
-            ("GET", "/v1/accounts/{id}/holds/{hold_id}", routes_holds.get_hold),
-            ("POST", "/v1/accounts/{id}/holds/{hold_id}/capture", routes_holds.capture),
-            ("POST", "/v1/accounts/{id}/holds/{hold_id}/release", routes_holds.release),
-            ("GET", "/v1/accounts/{id}/transactions", routes_history.transactions),
-            ("GET", "/v1/accounts/{id}/transactions/{txn_id}", routes_history.transaction),
-            ("POST", "/v1/transfers", routes_money.transfer),
-            ("POST", "/v1/batch", routes_batch.batch),
-        ]
 
     def admission(self, limits: HttpLimits | None = None) -> Admission:
         """What the built-in server asks before it reads a body: the key, and readiness."""

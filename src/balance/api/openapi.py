@@ -60,7 +60,7 @@ _METADATA_NOTE = (
 
 @dataclass(frozen=True)
 class Route:
-    """One operation of the document: what ``app.BalanceApp._route_table`` serves, described."""
+    """One operation of the document: what ``app.route_table`` serves, described."""
 
     method: str
     path: str
