@@ -328,10 +328,11 @@ class BalanceService:
         """A shard committed cross-shard legs or holds naming another shard's account: the
         target's shard learns of them now, before anything else runs (a close there waits).
         A leg's mark comes before its hold's goes (a capture: both in one commit)."""
-        for source_id, op_id, to_account_id, *_ in legs:
+        for row in legs:  # ``schema.TRANSFER_COLUMNS``: source, id, target, ...
+            to_account_id: str = row[2]
             target = self.port_for(to_account_id)
             if target is not None:
-                target.expect_inbound(to_account_id, f"{source_id}:{op_id}", True)
+                target.expect_inbound(to_account_id, f"{row[0]}:{row[1]}", True)
         for account_id, hold_id, destination_id, pending in holds:
             target = self.port_for(destination_id)
             if target is not None:
