@@ -258,6 +258,58 @@ class FailingSqlite(SqliteShardStorage):
         super()._commit_all(batches)
 
 
+class LandsThenFailsSqlite(SqliteShardStorage):
+    """Fault injection: the next ``land_then_fail`` transactions are written, then reported
+    failed (a connection lost during COMMIT): the engine finds them landed and reloads."""
+
+    land_then_fail = 0
+
+    def _commit_all(self, batches):  # type: ignore[no-untyped-def]
+        super()._commit_all(batches)
+        if self.land_then_fail > 0:
+            self.land_then_fail -= 1
+            raise sqlite3.OperationalError("injected: lost during COMMIT")
+
+
+async def test_a_payer_shard_reloaded_after_a_commit_that_landed_keeps_its_hold_marks_exact(tmp_path: Path) -> None:
+    """A hold placed by a commit reported failed (503) that had landed is marked on its
+    destination's shard once the payer's shard reloads; a hold released by such a commit no
+    longer is."""
+    engines = [
+        ShardEngine(shard, LandsThenFailsSqlite(tmp_path / f"s{shard}.db"), on_fatal=_raise) for shard in range(2)
+    ]
+    service = BalanceService(engines, "admin")
+    await service.start()
+    a, b = await two(service)
+    c_ = await account(service, 1)
+    payer_storage = service.engine_for(a).storage  # type: ignore[union-attr]
+    assert isinstance(payer_storage, LandsThenFailsSqlite)
+    assert (await service.execute(c.PlaceHold(a, "released", 10, 60, c_))).status == 201
+
+    payer_storage.land_then_fail = 1
+    assert (await service.execute(c.PlaceHold(a, "landed", 10, 60, b))).status == 503
+    await _ready(service)
+    payer_storage.land_then_fail = 1
+    assert (await service.execute(c.ReleaseHold(a, "released"))).status == 503
+    await _ready(service)
+
+    assert await close(service, b) == NOT_EMPTY  # the hold that landed names it
+    assert await close(service, c_) == (200, None)  # the released one no longer names it
+    assert (await service.execute(c.PlaceHold(a, "landed", 10, 60, b))).status == 201  # its first answer
+    assert (await service.execute(c.ReleaseHold(a, "landed"))).status == 200
+    assert await close(service, b) == (200, None)
+    check_books(service)
+    await service.stop()
+
+
+async def _ready(service: BalanceService) -> None:
+    for _ in range(200):
+        if service.ready:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the service did not come back")
+
+
 async def test_closing_either_end_of_money_in_flight_is_refused_until_it_lands(tmp_path: Path) -> None:
     engines = [ShardEngine(shard, FailingSqlite(tmp_path / f"s{shard}.db"), on_fatal=_raise) for shard in range(2)]
     service = BalanceService(engines, "admin")
