@@ -94,6 +94,7 @@ class MAccount:
     reserved: int = 0
     status: str = ACTIVE
     frozen_by: str | None = None
+    outsider: bool = False  # the adversary's account: holds the gateway placed on it are modelled, not its balance
 
     @property
     def available(self) -> int:
@@ -145,7 +146,10 @@ class Model:
     settlement: dict[int, int] = field(default_factory=dict)  # shard -> money out (debits, captures)
 
     def live(self) -> list[MAccount]:
-        return [a for a in self.accounts.values() if a.status == ACTIVE]
+        return [a for a in self.accounts.values() if a.status == ACTIVE and not a.outsider]
+
+    def honest(self) -> list[MAccount]:
+        return [a for a in self.accounts.values() if not a.outsider]
 
     def pending(self) -> list[MHold]:
         return [h for h in self.holds.values() if h.status == PENDING]
@@ -320,6 +324,7 @@ class AdversaryMachine(RuleBasedStateMachine):
         self._credit(adversary, 10_000, ADMIN_KEY, honest_model=False)
         for account in list(self.model.accounts.values()):
             self._credit(account.id, 1_000, ADMIN_KEY)
+        self.model.accounts[adversary] = MAccount(adversary, self.shard_of(adversary), adversary, outsider=True)
 
     def _credit(self, account_id: str, amount: int, key: str, honest_model: bool = True) -> None:
         body = {"id": self.op_id("credit"), "amount": amount}
@@ -440,6 +445,26 @@ class AdversaryMachine(RuleBasedStateMachine):
             account.id, body["id"], amount, destination_id, expires_at, placer
         )
 
+    @rule(data=st.data(), named=st.booleans(), expires_in_s=st.integers(1, 600))
+    def gateway_holds_the_adversarys_money(self, data: st.DataObject, named: bool, expires_in_s: int) -> None:
+        """The adversary pays: the gateway holds money on its account (an honest hold, which
+        only the gateway or the admin may finish), for an honest merchant or the settlement."""
+        assert self.service is not None
+        payer = self.adversary[0]
+        engine = self.service.engine_for(payer)
+        assert engine is not None
+        available = engine.ledger.accounts[payer].available  # the payer's own state (not modelled)
+        if available <= 0:
+            return
+        amount = data.draw(st.integers(1, min(available, 500)))
+        body: dict[str, Any] = {"id": self.op_id("charge"), "amount": amount, "expires_in_s": expires_in_s}
+        destination = data.draw(st.sampled_from(self.model.live())).id if named else None
+        if destination is not None:
+            body["destination_account_id"] = destination
+        self.honest("POST", f"/v1/accounts/{payer}/holds", body, self.keys[PLATFORM], 201)
+        expires_at = self.clock() + expires_in_s * 1_000_000
+        self.model.holds[(payer, body["id"])] = MHold(payer, body["id"], amount, destination, expires_at, PLATFORM)
+
     def _finisher(self, hold: MHold, data: st.DataObject) -> str:
         """A key that may finish the hold: its placer's, the gateway's, or the admin's."""
         choices = [self.keys[PLATFORM], ADMIN_KEY]
@@ -540,7 +565,7 @@ class AdversaryMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def honest_freeze_or_unfreeze(self, data: st.DataObject) -> None:
         """A top partner freezes a child of its tree, or lifts its own freeze; the admin may too."""
-        children = [a for a in self.model.accounts.values() if a.id != a.top and a.status != CLOSED]
+        children = [a for a in self.model.honest() if a.id != a.top and a.status != CLOSED]
         if not children:
             return
         account = data.draw(st.sampled_from(children))
@@ -557,7 +582,7 @@ class AdversaryMachine(RuleBasedStateMachine):
     def honest_close(self, data: st.DataObject) -> None:
         """Closing a child: done if the model says it is empty (no balance, no pending hold on or
         to it on either shard, no money in flight), else 409 ``account_not_empty``."""
-        children = [a for a in self.model.accounts.values() if a.id != a.top and a.status != CLOSED]
+        children = [a for a in self.model.honest() if a.id != a.top and a.status != CLOSED]
         if not children:
             return
         named = [a for a in children if any(h.destination == a.id for h in self.model.pending())]
@@ -601,7 +626,7 @@ class AdversaryMachine(RuleBasedStateMachine):
     # ---- the adversary -------------------------------------------------------------------
 
     def _honest_account(self, data: st.DataObject) -> MAccount:
-        return data.draw(st.sampled_from(list(self.model.accounts.values())))
+        return data.draw(st.sampled_from(self.model.honest()))
 
     @rule(
         data=st.data(),
@@ -791,7 +816,7 @@ class AdversaryMachine(RuleBasedStateMachine):
             transit += 0 if found is None else found.balance
         assert all(total == 0 for total in totals.values()), totals
         assert transit == sum(leg.amount for leg in self.model.legs), "transit holds the money in flight"
-        for expected in self.model.accounts.values():
+        for expected in self.model.honest():
             engine = self.service.engine_for(expected.id)
             assert engine is not None
             account = engine.ledger.accounts[expected.id]
@@ -806,9 +831,17 @@ class AdversaryMachine(RuleBasedStateMachine):
                 continue
             assert (found.status, found.captured_amount) == (hold.status, hold.captured), (hold, found.state())
         honest = {(h.account, h.id) for h in self.model.pending()}
+
+        def outsider(account_id: str) -> bool:
+            return self.model.accounts[account_id].outsider
+
         for engine in self.service.engines:
             for found in engine.ledger.holds.values():
-                if found.account_id in self.model.accounts and found.status == PENDING:
+                if (
+                    found.account_id in self.model.accounts
+                    and found.status == PENDING
+                    and not outsider(found.account_id)
+                ):
                     assert (found.account_id, found.id) in honest, f"a hold nobody honest placed: {found.id}"
 
 
