@@ -705,7 +705,9 @@ class AdversaryMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), release=st.booleans(), partial=st.booleans())
     def adversary_finishes_honest_holds(self, data: st.DataObject, release: bool, partial: bool) -> None:
-        holds = list(self.model.holds.values())
+        pending = self.model.pending()
+        charges = [h for h in pending if h.account in self.adversary]  # where only the placer rule stands
+        holds = (charges if charges and data.draw(st.booleans()) else pending) or list(self.model.holds.values())
         if not holds:
             return
         hold = data.draw(st.sampled_from(holds))
