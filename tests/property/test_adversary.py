@@ -415,7 +415,12 @@ class AdversaryMachine(RuleBasedStateMachine):
             self.run(asyncio.sleep(0.01))
         raise AssertionError(f"{command}: unavailable")
 
-    @rule(data=st.data(), expires_in_s=st.integers(1, 600), by_platform=st.booleans(), named=st.integers(0, 3))
+    @rule(
+        data=st.data(),
+        expires_in_s=st.integers(1, 600) | st.just(604_800),
+        by_platform=st.booleans(),
+        named=st.integers(0, 3),
+    )
     def honest_hold(self, data: st.DataObject, expires_in_s: int, by_platform: bool, named: int) -> None:
         candidates = [a for a in self.model.live() if a.available > 0]
         if not candidates:
@@ -445,7 +450,7 @@ class AdversaryMachine(RuleBasedStateMachine):
             account.id, body["id"], amount, destination_id, expires_at, placer
         )
 
-    @rule(data=st.data(), named=st.booleans(), expires_in_s=st.integers(1, 600))
+    @rule(data=st.data(), named=st.booleans(), expires_in_s=st.sampled_from([1, 600, 86_400, 604_800]))
     def gateway_holds_the_adversarys_money(self, data: st.DataObject, named: bool, expires_in_s: int) -> None:
         """The adversary pays: the gateway holds money on its account (an honest hold, which
         only the gateway or the admin may finish), for an honest merchant or the settlement."""
