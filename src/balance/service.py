@@ -259,7 +259,7 @@ class BalanceService:
         answered through one collector (a batch request makes no future per operation)."""
         collector = Collector(len(commands), self._loop or asyncio.get_running_loop())
         across: list[tuple[int, asyncio.Task[Reply]]] = []
-        remote_holds: list[tuple[c.PlaceHold, ShardPort, ShardPort]] = []
+        remote_holds: list[tuple[c.PlaceHold, ShardPort, ShardPort]] | None = None  # made when one comes
         for index, command in enumerate(commands):
             account_id = command.account_id
             engine = self.port_for(account_id)
@@ -279,6 +279,8 @@ class BalanceService:
                         collector.answer(index, remote)
                         continue
                     command = remote
+                    if remote_holds is None:
+                        remote_holds = []
                     remote_holds.append((command, engine, other))
             try:
                 engine.enqueue_into(command, collector, index)
@@ -289,17 +291,24 @@ class BalanceService:
         if commands:
             await collector.future
         replies: list[Reply] = collector.replies  # type: ignore[assignment]  # every slot answered
-        for hold, engine, other in remote_holds:  # not placed (or settled since): no longer marked
-            destination_id = hold.destination_account_id
-            assert destination_id is not None
-            if not engine.hold_may_be_pending(hold.account_id, hold.op_id, destination_id):
-                other.expect_inbound(destination_id, inbound_hold_mark(hold.account_id, hold.op_id), False)
+        if remote_holds is not None:
+            self._unmark_holds_not_placed(remote_holds)
         for index, reply in enumerate(replies):
             if reply.status == TRANSFER_IN_PROGRESS:  # a hold's capture on its way to another shard
                 replies[index] = await self._finish_capture(commands[index], reply)
         return replies
 
     # ---- money across shards -------------------------------------------------------------
+
+    @staticmethod
+    def _unmark_holds_not_placed(holds: list[tuple[c.PlaceHold, ShardPort, ShardPort]]) -> None:
+        """Holds naming another shard's account, answered: those not placed (refused, 503, or
+        settled since) are no longer marked on their destination's shard."""
+        for hold, engine, other in holds:
+            destination_id = hold.destination_account_id
+            assert destination_id is not None
+            if not engine.hold_may_be_pending(hold.account_id, hold.op_id, destination_id):
+                other.expect_inbound(destination_id, inbound_hold_mark(hold.account_id, hold.op_id), False)
 
     def _with_remote_destination(self, hold: c.PlaceHold, other: ShardPort) -> c.PlaceHold | Reply:
         """A hold naming an account of another shard: what that shard has committed of it goes
