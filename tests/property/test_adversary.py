@@ -205,7 +205,6 @@ class AdversaryMachine(RuleBasedStateMachine):
         self.adversary_keys: list[str] = []
         self.adversary: list[str] = []  # the adversary's accounts (its top first)
         self.funds_top = ""
-        self.statuses: list[int] = []
         self.run(self._open())
 
     # ---- plumbing ------------------------------------------------------------------------
@@ -248,7 +247,6 @@ class AdversaryMachine(RuleBasedStateMachine):
             kwargs["headers"]["Content-Type"] = "application/json"
         response = await self.client.request(method, url, **kwargs)
         assert response.status_code != 500, f"{method} {url} {body}: 500 {response.text}"
-        self.statuses.append(response.status_code)
         return response
 
     def honest(self, method: str, url: str, body: dict[str, Any] | None, key: str, expected: int) -> httpx.Response:
@@ -259,7 +257,7 @@ class AdversaryMachine(RuleBasedStateMachine):
                 break
             self.run(asyncio.sleep(0.01))
         assert response.status_code == expected, f"honest {method} {url} {body}: {response.text}"
-        if body is not None and "id" in body or url.endswith(("/capture", "/release")):
+        if (body is not None and "id" in body) or url.endswith(("/capture", "/release")):  # money operations
             self.sent.append(Sent(method, url, body, key, response.status_code, response.content))
         return response
 
