@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hmac
 import logging
 import secrets
@@ -22,8 +23,10 @@ from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, capture_leg_id, leg_status
 from balance.domain.ids import client_account_suffix
+from balance.domain.ledger import INBOUND_HOLD, inbound_hold_mark
 from balance.domain.model import (
     ACCOUNT_FIELDS,
+    ACCOUNT_STATUS,
     HOLD_CAPTURED,
     HOLD_CAPTURED_AMOUNT,
     HOLD_CURRENCY,
@@ -31,6 +34,7 @@ from balance.domain.model import (
     HOLD_DESTINATION,
     HOLD_METADATA,
     HOLD_STATUS,
+    STATUS_CLOSED,
     Account,
 )
 from balance.engine.replies import Collector, Reply, Unavailable, unavailable_reply
@@ -72,6 +76,8 @@ class BalanceService:
         # per call in CPython 3.11); a service used without start() asks for it each time.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False  # start() has loaded the keys and finished pending transfers
+        for port in self.shards:
+            port.watch(self._committed_on, functools.partial(self._mark_remote_holds, port, True))
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -82,6 +88,8 @@ class BalanceService:
     async def _after_recovery(self) -> None:
         """The API keys, then the transfers a crash left half-done. Storage that fails here is
         waited for as recovery waits for it (one log line per attempt, the same backoff)."""
+        for port in self.shards:  # before anything can close an account they name
+            self._mark_remote_holds(port, False)
         attempt = 0
         while True:
             try:
@@ -265,6 +273,7 @@ class BalanceService:
         answered through one collector (a batch request makes no future per operation)."""
         collector = Collector(len(commands), self._loop or asyncio.get_running_loop())
         across: list[tuple[int, asyncio.Task[Reply]]] = []
+        remote_holds: list[tuple[c.PlaceHold, ShardPort, ShardPort]] | None = None  # made when one comes
         for index, command in enumerate(commands):
             account_id = command.account_id
             engine = self.port_for(account_id)
@@ -277,7 +286,16 @@ class BalanceService:
                     across.append((index, asyncio.ensure_future(self._transfer_across_shards(command, engine, target))))
                     continue
             elif isinstance(command, c.PlaceHold) and command.destination_account_id is not None:
-                command = self._with_remote_destination(command, engine)
+                other = self.port_for(command.destination_account_id)
+                if other is not None and other is not engine:
+                    remote = self._with_remote_destination(command, other)
+                    if isinstance(remote, Reply):
+                        collector.answer(index, remote)
+                        continue
+                    command = remote
+                    if remote_holds is None:
+                        remote_holds = []
+                    remote_holds.append((command, engine, other))
             try:
                 engine.enqueue_into(command, collector, index)
             except Unavailable as exc:
@@ -287,6 +305,8 @@ class BalanceService:
         if commands:
             await collector.future
         replies: list[Reply] = collector.replies  # type: ignore[assignment]  # every slot answered
+        if remote_holds is not None:
+            self._unmark_holds_not_placed(remote_holds)
         for index, reply in enumerate(replies):
             if reply.status == TRANSFER_IN_PROGRESS:  # a hold's capture on its way to another shard
                 replies[index] = await self._finish_capture(commands[index], reply)
@@ -294,20 +314,69 @@ class BalanceService:
 
     # ---- money across shards -------------------------------------------------------------
 
-    def _with_remote_destination(self, hold: c.PlaceHold, engine: ShardPort) -> c.PlaceHold:
+    @staticmethod
+    def _unmark_holds_not_placed(holds: list[tuple[c.PlaceHold, ShardPort, ShardPort]]) -> None:
+        """Holds naming another shard's account, answered: those not placed (refused, 503, or
+        settled since) are no longer marked on their destination's shard."""
+        for hold, engine, other in holds:
+            destination_id = hold.destination_account_id
+            assert destination_id is not None
+            if not engine.hold_may_be_pending(hold.account_id, hold.op_id, destination_id):
+                other.expect_inbound(destination_id, inbound_hold_mark(hold.account_id, hold.op_id), False)
+
+    def _with_remote_destination(self, hold: c.PlaceHold, other: ShardPort) -> c.PlaceHold | Reply:
         """A hold naming an account of another shard: what that shard has committed of it goes
-        with the command (the rule decides; nothing is recorded for where the account lives)."""
+        with the command (the rule decides; nothing is recorded for where the account lives).
+
+        The destination's shard marks the hold first (``ledger.inbound_hold_mark``), so a close
+        applied from now on answers ``account_not_empty``; a close applied before and not yet
+        committed (or a creation) answers 503 here, not a recorded refusal that may not hold.
+        The mark goes when the hold's settling commits (``_committed_on``), or at once if the
+        hold was not placed (``run_many``)."""
         destination_id = hold.destination_account_id
         assert destination_id is not None
-        other = self.port_for(destination_id)
-        if other is None or other is engine:
-            return hold
-        state = other.account_state(destination_id)
+        state, status_now = other.account_state(destination_id), other.status_now(destination_id)
+        if (state is None) != (status_now is None) or (
+            status_now == STATUS_CLOSED and state is not None and state[ACCOUNT_STATUS] != STATUS_CLOSED
+        ):
+            return unavailable_reply(f"account {destination_id} is changing; retry with the same id")
         if state is None:
             return dataclasses.replace(hold, remote_destination=c.RemoteAccount(False))
+        other.expect_inbound(destination_id, inbound_hold_mark(hold.account_id, hold.op_id), True)
         account = Account(*state[: len(ACCOUNT_FIELDS)])
         remote = c.RemoteAccount(True, account.currency, account.status, account.is_system)
         return dataclasses.replace(hold, remote_destination=remote)
+
+    def _committed_on(self, legs: list[tuple], holds: list[tuple[str, str, str, bool]]) -> None:  # type: ignore[type-arg]
+        """A shard committed cross-shard legs or holds naming another shard's account: the
+        target's shard learns of them now, before anything else runs (a close there waits).
+        A leg's mark comes before its hold's goes (a capture: both in one commit)."""
+        for row in legs:  # ``schema.TRANSFER_COLUMNS``: source, id, target, ...
+            to_account_id: str = row[2]
+            target = self.port_for(to_account_id)
+            if target is not None:
+                target.expect_inbound(to_account_id, f"{row[0]}:{row[1]}", True)
+        for account_id, hold_id, destination_id, pending in holds:
+            target = self.port_for(destination_id)
+            if target is not None:
+                target.expect_inbound(destination_id, inbound_hold_mark(account_id, hold_id), pending)
+
+    def _mark_remote_holds(self, port: ShardPort, reloaded: bool) -> None:
+        """After ``port``'s shard was loaded: its pending holds naming another shard's account
+        are marked there (after a reload, its marks of holds no longer pending go)."""
+        loaded = port.take_remote_holds_loaded()
+        wanted = {(destination_id, inbound_hold_mark(*key)) for key, destination_id in loaded.items()}
+        for other in self.shards:
+            if other is port or not reloaded:
+                continue
+            for account_id, mark in other.inbound_marks(INBOUND_HOLD):
+                source_id = mark[len(INBOUND_HOLD) :].split(":", 1)[0]
+                if self.placement.shard_of(source_id) == port.shard and (account_id, mark) not in wanted:
+                    other.expect_inbound(account_id, mark, False)
+        for destination_id, mark in wanted:
+            target = self.port_for(destination_id)
+            if target is not None:
+                target.expect_inbound(destination_id, mark, True)
 
     async def _transfer_across_shards(self, transfer: c.Transfer, source: ShardPort, target: ShardPort) -> Reply:
         """Source leg (debit into transit), target leg (credit from transit, or a refusal),

@@ -13,7 +13,7 @@ spread through the code.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from balance.domain import commands as c
@@ -70,8 +70,28 @@ class ShardPort(Protocol):
     def account_count(self) -> int: ...
 
     def expect_inbound(self, account_id: str, leg: str, expected: bool) -> None:
-        """Money of a cross-shard movement is on its way to ``account_id`` (or no longer):
-        closing it waits meanwhile."""
+        """Money of a cross-shard movement is on its way to ``account_id`` (or no longer), or a
+        hold of another shard names it (``ledger.inbound_hold_mark``): closing it waits meanwhile."""
+
+    def inbound_marks(self, prefix: str) -> list[tuple[str, str]]:
+        """(account, mark) of the ``expect_inbound`` marks that begin with ``prefix``."""
+
+    def status_now(self, account_id: str) -> str | None:
+        """The account's status with the batches not yet committed (a close on its way shows)."""
+
+    def hold_may_be_pending(self, account_id: str, hold_id: str, destination_id: str) -> bool:
+        """The hold naming ``destination_id`` is pending, as committed or with the batches not yet committed."""
+
+    def take_remote_holds_loaded(self) -> dict[tuple[str, str], str]:
+        """Once, after a load: this shard's pending holds naming another shard's account."""
+
+    def watch(
+        self,
+        on_commit: Callable[[list[Row], list[tuple[str, str, str, bool]]], None],
+        on_reload: Callable[[], None],
+    ) -> None:
+        """Be told, as each commit lands, of the legs it started and the holds naming another
+        shard's account it placed or settled; and when the shard was loaded again."""
 
 
 class InProcessShard:
@@ -122,6 +142,34 @@ class InProcessShard:
     def expect_inbound(self, account_id: str, leg: str, expected: bool) -> None:
         ledger = self.engine.ledger
         ledger.mark(ledger.inbound, account_id, leg, expected)
+
+    def inbound_marks(self, prefix: str) -> list[tuple[str, str]]:
+        return [
+            (account_id, mark)
+            for account_id, marks in self.engine.ledger.inbound.items()
+            for mark in marks
+            if mark.startswith(prefix)
+        ]
+
+    def status_now(self, account_id: str) -> str | None:
+        account = self.engine.ledger.accounts.get(account_id)
+        return None if account is None else account.status
+
+    def hold_may_be_pending(self, account_id: str, hold_id: str, destination_id: str) -> bool:
+        return self.engine.ledger.hold_may_be_pending(account_id, hold_id, destination_id)
+
+    def take_remote_holds_loaded(self) -> dict[tuple[str, str], str]:
+        ledger = self.engine.ledger
+        loaded, ledger.remote_holds_loaded = ledger.remote_holds_loaded, {}
+        return loaded
+
+    def watch(
+        self,
+        on_commit: Callable[[list[Row], list[tuple[str, str, str, bool]]], None],
+        on_reload: Callable[[], None],
+    ) -> None:
+        self.engine.on_commit = on_commit
+        self.engine.on_reload = lambda _engine: on_reload()
 
 
 @functools.lru_cache(maxsize=65536)

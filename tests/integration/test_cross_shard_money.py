@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+from collections.abc import Awaitable
 
 import pytest
+from faults import FaultyStorage
 from two_shards import (
     Build,
     account,
@@ -22,8 +25,11 @@ from two_shards import (
 )
 
 from balance.domain import commands as c
+from balance.domain import limits
 from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, capture_leg_id
 from balance.domain.model import HOLD_CAPTURED, HOLD_STATUS
+from balance.engine.replies import Reply
+from balance.service import BalanceService
 
 # ---- item 1: replays first, refusals recorded -----------------------------------------------
 
@@ -83,18 +89,18 @@ async def test_a_refusal_found_by_the_target_shard_is_recorded_and_the_money_ret
 # ---- item 2: a closed account takes nothing; closing waits for money in flight --------------
 
 
-async def test_a_target_closed_between_the_legs_gets_nothing_and_the_source_gets_it_back(build: Build) -> None:
+async def test_a_target_closed_before_its_leg_gets_nothing_and_the_source_gets_it_back(build: Build) -> None:
     service = build()
     await service.start()
     a, b = await two(service)
     transfer = c.Transfer("t-5", a, b, 400, "EUR")
     source = service.engine_for(a)
     assert source is not None
+    assert (await service.execute(c.UpdateAccount(b, status="closed"))).status == 200
     started = await source.execute(c.TransferOut(transfer))  # the source leg alone: a crash follows
-    assert started.status == TRANSFER_IN_PROGRESS
+    assert started.status == TRANSFER_IN_PROGRESS  # the source leg checks nothing of the target
     close_a = await service.execute(c.UpdateAccount(a, status="closed"))  # its money may come back
     assert json.loads(close_a.body)["code"] == "account_not_empty"
-    assert (await service.execute(c.UpdateAccount(b, status="closed"))).status == 200  # in the window
     check_books(service)
     await service.stop()
 
@@ -107,6 +113,63 @@ async def test_a_target_closed_between_the_legs_gets_nothing_and_the_source_gets
     check_books(restarted)
     await no_pending(restarted)
     await restarted.stop()
+
+
+async def test_the_target_cannot_close_once_the_source_leg_has_committed(build: Build) -> None:
+    """The target's shard learns of the leg as the source leg commits (not when the service
+    gets round to the target leg), so no close slips in between."""
+    service = build()
+    await service.start()
+    a, b = await two(service)
+    source = service.engine_for(a)
+    assert source is not None
+    started = await source.execute(c.TransferOut(c.Transfer("t-7", a, b, 400, "EUR")))  # a crash follows
+    assert started.status == TRANSFER_IN_PROGRESS
+
+    closing = await service.execute(c.UpdateAccount(b, status="closed"))
+
+    assert (closing.status, json.loads(closing.body)["code"]) == (409, "account_not_empty")
+    await service.stop()
+    restarted = build()
+    await restarted.start()  # recovery lands the leg
+    assert state(restarted, b)[0] == 400
+    check_books(restarted)
+    await no_pending(restarted)
+    await restarted.stop()
+
+
+async def test_a_payer_shard_reloaded_after_a_commit_that_landed_keeps_its_hold_marks_exact(build: Build) -> None:
+    """A hold placed by a commit reported failed (503) that had landed is marked on its
+    destination's shard once the payer's shard reloads; a hold released by such a commit no
+    longer is."""
+    service = build()
+    await service.start()
+    a, b = await two(service)
+    c_ = await account(service, 1)
+    assert (await service.execute(c.PlaceHold(a, "released", 10, 60, c_))).status == 201
+
+    next_commit_lands_then_fails(service, a)
+    assert (await service.execute(c.PlaceHold(a, "landed", 10, 60, b))).status == 503
+    await ready_again(service)
+    next_commit_lands_then_fails(service, a)
+    assert (await service.execute(c.ReleaseHold(a, "released"))).status == 503
+    await ready_again(service)
+
+    assert await close(service, b) == NOT_EMPTY  # the hold that landed names it
+    assert await close(service, c_) == (200, None)  # the released one no longer names it
+    assert (await service.execute(c.PlaceHold(a, "landed", 10, 60, b))).status == 201  # its first answer
+    assert (await service.execute(c.ReleaseHold(a, "landed"))).status == 200
+    assert await close(service, b) == (200, None)
+    check_books(service)
+    await service.stop()
+
+
+def next_commit_lands_then_fails(service: BalanceService, account_id: str) -> None:
+    """The next commit of ``account_id``'s shard is written, then reported failed (a connection
+    lost during COMMIT): the engine finds it landed and reloads."""
+    storage = service.engine_for(account_id).storage  # type: ignore[union-attr]
+    assert isinstance(storage, FaultyStorage)
+    storage.fail("commit", landed=True)
 
 
 async def test_closing_either_end_of_money_in_flight_is_refused_until_it_lands(build: Build) -> None:
@@ -188,19 +251,21 @@ async def test_a_hold_to_another_shard_checks_its_destination_there(build: Build
     await service.stop()
 
 
-async def test_a_capture_to_a_closed_account_on_another_shard_returns_the_money(build: Build) -> None:
+async def test_a_capture_refused_by_its_destination_returns_the_money(build: Build) -> None:
+    """The destination's leg refuses (its balance would pass 2^62): the capture becomes a
+    release on the payer's shard, recorded, and the payer keeps its money."""
     service = build()
     await service.start()
     a, b = await two(service)
+    assert (await service.execute(c.Credit(b, "near-the-top", limits.BALANCE_MAX - 100))).status == 201
     assert (await service.execute(c.PlaceHold(a, "h1", 300, 60, b))).status == 201
-    assert (await service.execute(c.UpdateAccount(b, status="closed"))).status == 200
 
     refused = await service.execute(c.CaptureHold(a, "h1"))
 
-    assert (refused.status, json.loads(refused.body)["code"]) == (409, "account_inactive")
-    assert state(service, a)[:2] == (1_000, 0) and state(service, b) == (0, 0, "closed")
+    assert (refused.status, json.loads(refused.body)["code"]) == (422, "limit_exceeded")
+    assert state(service, a)[:2] == (1_000, 0) and state(service, b)[0] == limits.BALANCE_MAX - 100
     again = await service.execute(c.CaptureHold(a, "h1"))
-    assert (again.status, again.replayed) == (409, True)
+    assert (again.status, again.replayed) == (422, True)
     hold = await service.engine_for(a).hold_state(a, "h1")  # type: ignore[union-attr]
     assert hold is not None and hold[HOLD_STATUS] == "released"
     assert [kind for kind, _, _ in await history_kinds(service, a)] == ["credit", "hold", "release"]
@@ -212,6 +277,102 @@ async def test_a_capture_to_a_closed_account_on_another_shard_returns_the_money(
     assert hold is not None and hold[HOLD_STATUS] == "released"
     check_books(service)
     await no_pending(service)
+    await service.stop()
+
+
+async def close(service: BalanceService, account_id: str) -> tuple[int, str | None]:
+    reply = await service.execute(c.UpdateAccount(account_id, status="closed"))
+    return reply.status, json.loads(reply.body).get("code")
+
+
+NOT_EMPTY = (409, "account_not_empty")
+
+
+@pytest.mark.parametrize("stop", ["clean", "crash"])
+async def test_closing_the_destination_of_a_pending_hold_on_another_shard_waits_for_the_hold(
+    build: Build, stop: str
+) -> None:
+    """The destination's shard marks the hold before it is placed, keeps the mark while it is
+    pending (rebuilt at start from the payer's shard), and drops it once the hold is settled."""
+    service = build()
+    await service.start()
+    a, b = await two(service)
+    assert (await service.execute(c.PlaceHold(a, "h1", 300, 60, b))).status == 201
+
+    assert await close(service, b) == NOT_EMPTY
+    if stop == "clean":
+        await service.stop()
+    else:  # the tables as a crash leaves them: recovery replays the journal
+        for engine in service.engines:
+            await engine.stop(checkpoint=False)
+    service = build()
+    await service.start()
+    assert await close(service, b) == NOT_EMPTY  # rebuilt from the payer's pending holds
+    assert (await service.execute(c.ReleaseHold(a, "h1"))).status == 200
+    assert await close(service, b) == (200, None)
+    check_books(service)
+    await service.stop()
+
+
+async def test_a_hold_to_another_shard_stops_blocking_a_close_once_settled_or_never_placed(build: Build) -> None:
+    service = build()
+    await service.start()
+    a, b = await two(service)
+    c1, c2, c3 = await account(service, 1), await account(service, 1), await account(service, 1)
+
+    assert (await service.execute(c.PlaceHold(a, "expires", 100, 5, c1))).status == 201
+    assert (await service.execute(c.PlaceHold(a, "too-much", 5_000, 60, c2))).status == 422  # refused
+    assert (await service.execute(c.PlaceHold(a, "captured", 100, 60, c3))).status == 201
+    assert await close(service, c1) == NOT_EMPTY
+    assert await close(service, c3) == NOT_EMPTY
+    assert await close(service, c2) == (200, None)
+    build.clock.now += 6_000_000  # type: ignore[attr-defined]
+    for _ in range(200):  # the sweep expires it
+        if state(service, a)[1] == 100:
+            break
+        await asyncio.sleep(0.01)
+    assert await close(service, c1) == (200, None)
+    assert (await service.execute(c.CaptureHold(a, "captured", 40))).status == 200
+    assert state(service, c3)[0] == 40
+    assert await close(service, c3) == NOT_EMPTY  # money on it now
+    for shard in (0, 1):
+        assert service.shards[shard].inbound_marks("") == []  # nothing left behind
+    check_books(service)
+    await service.stop()
+
+
+async def test_holds_racing_a_close_of_their_destination_on_another_shard_never_name_a_closed_account(
+    build: Build,
+) -> None:
+    """Holds naming an account of the other shard, sent while it is being closed: either the
+    close is refused (a hold came first) or the holds are refused (recorded if the close was
+    durable, 503 if it was not yet); never a pending hold naming a closed account."""
+    service = build()
+    await service.start()
+    a, _ = await two(service, seed=100_000)
+    rng = random.Random(14)
+    outcomes: dict[str, int] = {}
+
+    async def later(reply: Awaitable[Reply]) -> Reply:
+        await asyncio.sleep(rng.random() * 0.003)
+        return await reply
+
+    for round_ in range(40):
+        b = await account(service, 1)
+        holds = [c.PlaceHold(a, f"r{round_}-{i}", 1, 60, b) for i in range(4)]
+        close, *replies = await asyncio.gather(
+            later(service.execute(c.UpdateAccount(b, status="closed"))),
+            *(later(service.execute(hold)) for hold in holds),
+        )
+        assert close.status in (200, 409) and all(r.status in (201, 409, 503) for r in replies), close.body
+        placed = [hold for hold, reply in zip(holds, replies, strict=True) if reply.status == 201]
+        closed = state(service, b)[2] == "closed"
+        outcomes["closed" if closed else "refused"] = outcomes.get("closed" if closed else "refused", 0) + 1
+        assert not (closed and placed), f"round {round_}: holds {placed} name a closed account"
+        for hold in placed:
+            assert (await service.execute(c.ReleaseHold(a, hold.op_id))).status == 200
+    assert set(outcomes) == {"closed", "refused"}, outcomes  # the race went both ways
+    check_books(service)
     await service.stop()
 
 

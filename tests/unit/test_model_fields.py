@@ -12,6 +12,7 @@ POSITIONS = [
     (model.ACCOUNT_ID, model.ACCOUNT_FIELDS, "id"),
     (model.ACCOUNT_REGION, model.ACCOUNT_FIELDS, "region"),
     (model.ACCOUNT_CURRENCY, model.ACCOUNT_FIELDS, "currency"),
+    (model.ACCOUNT_STATUS, model.ACCOUNT_FIELDS, "status"),
     (model.ACCOUNT_BALANCE, model.ACCOUNT_FIELDS, "balance"),
     (model.ACCOUNT_EXHAUSTED, model.ACCOUNT_FIELDS, "exhausted"),
     (model.HOLD_ACCOUNT_ID, model.HOLD_FIELDS, "account_id"),

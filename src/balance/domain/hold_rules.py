@@ -123,7 +123,7 @@ def place_hold(ledger: Ledger, cmd: c.PlaceHold, now: int) -> Outcome:
     ledger.holds.put(hold)
     ledger.unsaved[hold] = False  # no row of it anywhere but the journal yet
     ledger.expiry.add(hold)
-    if destination is not None:  # closing it waits for this hold (one on another shard: see capture)
+    if destination_id is not None:  # closing it waits for this hold (on another shard: once told)
         ledger.count_inbound_hold(hold, True)
     entry = ledger.entries(
         key, fingerprint, HOLD, cmd.op_id, cmd.amount, account, None, hold.id, cmd.description, cmd.metadata, now
@@ -193,9 +193,10 @@ def capture_hold(ledger: Ledger, cmd: c.CaptureHold, now: int) -> Outcome:
         if target.balance + amount > limits.BALANCE_MAX:
             return reject(e.LIMIT_EXCEEDED, "the amount would take the destination's balance past 2^62")
         ledger.count_inbound_hold(hold, False)
-    else:  # on another shard: into transit, and on (``cross_shard``)
+    else:  # on another shard: into transit, and on (``cross_shard``); the leg's mark replaces the hold's
         target = ledger.system_account(account.currency, KIND_TRANSIT, now)
         status = TRANSFER_IN_PROGRESS
+        ledger.count_inbound_hold(hold, False)
     ledger.touch_hold(hold)
     ledger.touch(account)
     account.reserved -= hold.amount

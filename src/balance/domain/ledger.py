@@ -41,6 +41,7 @@ from balance.domain.model import (
     CREDIT,
     DEBIT,
     HOLD,
+    HOLD_DESTINATION,
     HOLD_PENDING,
     HOLD_STATUS,
     RELEASE,
@@ -76,6 +77,16 @@ class _Frame:
         self.round_begun = False  # a checkpoint round began with this batch
         self.round_done = 0  # > 0: this batch wrote the last rows of the round (its seq)
         self.flights: list[tuple[dict[str, set[str]], str, str, bool]] = []  # in-flight marks changed
+
+
+# The prefix of an ``inbound`` mark that stands for a pending hold of another shard (a
+# transfer's marks begin with its source account's id, never with this).
+INBOUND_HOLD = "hold:"
+
+
+def inbound_hold_mark(account_id: str, hold_id: str) -> str:
+    """The ``inbound`` mark, on its destination's shard, of a pending hold of another shard."""
+    return f"{INBOUND_HOLD}{account_id}:{hold_id}"
 
 
 # What recovery replays of each accepted journal row after the checkpoint: a hold's fields
@@ -139,9 +150,15 @@ class Ledger:
         # service, cross-shard movements on their way to it (counted once the source leg
         # commits, released once the target leg lands or is refused; at start, from the
         # pending transfers).
+        # Pending holds of other shards naming an account here are kept by the service in
+        # ``inbound`` too (``inbound_hold_mark``): set before such a hold is placed, removed once
+        # its settling commits, rebuilt at start from the pending holds of every shard.
         self.inbound_holds: dict[str, set[str]] = {}
         self.outbound: dict[str, set[str]] = {}
         self.inbound: dict[str, set[str]] = {}
+        # Recovery: this shard's pending holds whose destination lives on another shard, as
+        # loaded (hold key -> destination); the service marks them there, then empties it.
+        self.remote_holds_loaded: dict[tuple[str, str], str] = {}
 
     # ---- loading (recovery and look-ups) -------------------------------------------------
 
@@ -622,8 +639,29 @@ class Ledger:
 
     def _count_inbound_hold(self, hold: Hold, add: bool) -> None:
         destination = hold.destination_account_id
-        if destination is not None and destination in self.accounts:
+        if destination is None:
+            return
+        if destination in self.accounts:
             self.mark(self.inbound_holds, destination, f"{hold.account_id}:{hold.id}", add)
+        elif self._in_batch:  # on another shard: it learns of it when this batch commits
+            self.changes.remote_holds.append((hold.account_id, hold.id, destination, add))
+        elif add:
+            self.remote_holds_loaded[(hold.account_id, hold.id)] = destination
+        else:
+            self.remote_holds_loaded.pop((hold.account_id, hold.id), None)
+
+    def hold_may_be_pending(self, account_id: str, hold_id: str, destination_id: str) -> bool:
+        """The hold naming ``destination_id`` is pending, in memory or as committed (a batch that
+        settles it may still be undone): its mark on the destination's shard stays meanwhile."""
+        hold = self.holds.find(account_id, hold_id)
+        if hold is not None and hold.status == HOLD_PENDING and hold.destination_account_id == destination_id:
+            return True
+        committed = self.committed_hold(account_id, hold_id)
+        return (
+            committed is not None
+            and committed[HOLD_STATUS] == HOLD_PENDING
+            and committed[HOLD_DESTINATION] == destination_id
+        )
 
     def count_inbound_hold(self, hold: Hold, add: bool) -> None:
         """A hold naming an account of this shard as destination was placed (or settled)."""
@@ -637,7 +675,10 @@ class Ledger:
         account_id = account.id
         if account_id in self.inbound_holds:
             return "pending holds name it as destination"
-        if account_id in self.inbound or account_id in self.outbound:
+        inbound = self.inbound.get(account_id)
+        if inbound is not None and any(op.startswith(INBOUND_HOLD) for op in inbound):
+            return "pending holds of another shard name it as destination"
+        if inbound is not None or account_id in self.outbound:
             return "money is in flight to or from it"
         return None
 

@@ -66,6 +66,9 @@ class Changes:
     transfers_started: list[tuple] = field(default_factory=list)  # type: ignore[type-arg]  # TRANSFER_COLUMNS
     # (body, account, op_id, final status, the source operation's op_key)
     transfers_completed: list[tuple[bytes, str, str, int, str]] = field(default_factory=list)
+    # Holds naming an account of another shard as destination, placed (True) or settled
+    # (False): (account, hold id, destination, pending). That shard is told once this commits.
+    remote_holds: list[tuple[str, str, str, bool]] = field(default_factory=list)
 
 
 def reject(code: str, detail: str) -> Outcome:

@@ -63,6 +63,7 @@ class _Batch:
     write: BatchWrite
     first_seq: int
     op_keys: list[tuple[str, str]]
+    remote_holds: list[tuple[str, str, str, bool]]
     commit: asyncio.Future[None] | None = None
     started: float = 0.0
 
@@ -135,6 +136,13 @@ class ShardEngine:
         self._m_checkpoints = self.metrics.holds_checkpoints.labels(self.label)
         self._m_unsaved = self.metrics.holds_unsaved.labels(self.label)
         self._m_unsaved_accounts = self.metrics.accounts_unsaved.labels(self.label)
+        # What other shards must learn of this one's commits, told as each commit lands (the
+        # service wires these; ``ledger.Ledger.inbound``): cross-shard legs started (rows of
+        # ``transfers_started``) and holds naming an account of another shard placed or settled.
+        self.on_commit: Callable[[list[tuple], list[tuple[str, str, str, bool]]], None] | None = None  # type: ignore[type-arg]
+        # The ledger was loaded again after a failed commit that had landed: its pending holds
+        # naming other shards are in ``ledger.remote_holds_loaded``.
+        self.on_reload: Callable[[ShardEngine], None] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -353,7 +361,7 @@ class ShardEngine:
         )
         self.storage.prepare(write)  # e.g. SQL text, built while the previous batch commits
         op_keys = [(entry.account_id, entry.op_key) for entry in changes.entries if entry.op_key]
-        return _Batch(items, replies, self._counts, write, first_seq, op_keys)
+        return _Batch(items, replies, self._counts, write, first_seq, op_keys, changes.remote_holds)
 
     def _checkpoint_due(self, force: bool = False) -> bool:
         """Begin a checkpoint round (holds and accounts) with this batch? Every ``checkpoint_interval_s``
@@ -395,6 +403,8 @@ class ShardEngine:
             return  # the writer loop undoes and answers (it may have applied a batch on top)
         self._m_commit.observe(time.perf_counter() - batch.started)
         self.ledger.accept()
+        if self.on_commit is not None and (batch.write.transfers_started or batch.remote_holds):
+            self.on_commit(batch.write.transfers_started, batch.remote_holds)
         for (kind, code), count in batch.counts.items():
             self.metrics.operations.labels(kind, code).inc(count)
         for (_, future), reply in zip(batch.items, batch.replies, strict=True):
@@ -469,6 +479,8 @@ class ShardEngine:
                     inbound = self.ledger.inbound  # kept by the service, not in storage
                     self.ledger = await load_ledger(self)
                     self.ledger.inbound = inbound
+                    if self.on_reload is not None:
+                        self.on_reload(self)
                 break
             except StorageError as exc:
                 await self._wait_to_retry("resync", exc)
