@@ -55,6 +55,19 @@ def bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def directory_action(args: argparse.Namespace) -> int:
+    """An operator command on the shard directory (``BALANCE_DIRECTORY_URL`` or the data directory's)."""
+    from balance.config import Settings
+    from balance.directory.operator import run_action
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"balance-service: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return run_action(args.action_fn, args, settings.directory_url, settings.data_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="balance-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser.add_argument("--accounts", type=int, default=100_000, help="million: accounts")
     bench_parser.add_argument("--holds", type=int, default=1_000_000, help="million: pending holds (expiry: the burst)")
     bench_parser.set_defaults(fn=bench)
+    from balance.directory.operator import add_commands
+
+    add_commands(commands, directory_action)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 
