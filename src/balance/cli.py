@@ -29,9 +29,15 @@ def run(_: argparse.Namespace) -> int:
     from balance.storage.mariadb_url import redacted
 
     storage = redacted(settings.db_url) if settings.db_url else f"SQLite files in {settings.data_dir}/"
-    print(
-        f"balance service: {settings.shards} shard(s) on {storage}, http://{settings.host}:{settings.port}", flush=True
-    )
+    if settings.node_id is not None:
+        where = redacted(settings.directory_url) if settings.directory_url else f"{settings.data_dir}/directory.db"
+        print(f"balance node {settings.node_id}: the shards the directory ({where}) assigns to it,"
+              f" http://{settings.host}:{settings.port}", flush=True)  # fmt: skip
+    else:
+        print(
+            f"balance service: {settings.shards} shard(s) on {storage}, http://{settings.host}:{settings.port}",
+            flush=True,
+        )
     from balance.server import StartError
     from balance.server import run as serve
 

@@ -13,6 +13,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Sequence
+from typing import Protocol
 
 import msgspec
 
@@ -55,13 +56,29 @@ def not_found(account_id: str) -> Reply:
     return Reply(404, views.problem(e.ACCOUNT_NOT_FOUND, 404, f"account {account_id} not found"))
 
 
+class ShardsElsewhere(Protocol):
+    def elsewhere(self, account_id: str) -> str | None:
+        """Why this node does not serve ``account_id`` (its shard is owned by another node), or None."""
+
+
 class BalanceService:
     """Routes commands to shard engines and decides who may act on which account."""
 
-    def __init__(self, engines: Sequence[ShardEngine], admin_key: str, *, admin_key_hash: str | None = None) -> None:
+    def __init__(
+        self,
+        engines: Sequence[ShardEngine],
+        admin_key: str,
+        *,
+        admin_key_hash: str | None = None,
+        ports: Sequence[ShardPort] | None = None,
+    ) -> None:
         self.engines = list(engines)  # for tests, the demo and metrics: the service itself uses the ports
-        self.placement = Placement(len(self.engines))
-        self.shards: list[ShardPort] = [InProcessShard(engine) for engine in self.engines]
+        # A node of a fleet passes its ports (``balance.node.ports``: the engines it owns come and go).
+        self.shards: list[ShardPort] = (
+            [InProcessShard(engine) for engine in self.engines] if ports is None else list(ports)
+        )
+        self.placement = Placement(len(self.shards))
+        self.node: ShardsElsewhere | None = None  # a fleet node: which accounts live on shards it does not own
         # A key from the environment is compared as is (no hash per admin request); a generated
         # one is known by its hash only (kept in the data directory).
         self._admin_key = admin_key if admin_key_hash is None else None
@@ -100,6 +117,12 @@ class BalanceService:
 
     async def stop(self) -> None:
         await asyncio.gather(*(port.stop() for port in self.shards))
+
+    async def shard_taken_over(self, port: ShardPort) -> None:
+        """A node has recovered a shard it took over: its keys, then its unfinished transfers."""
+        for row in await port.load_keys():
+            self.keys.add(KeyRecord.from_row(row))
+        await self.finish_pending_transfers()
 
     @property
     def ready(self) -> bool:

@@ -43,6 +43,7 @@ _KIND_OF_ROUTE = {
     "/v1/accounts/{id}/holds": "hold", "/v1/accounts/{id}/holds/{hold_id}/capture": "capture",
     "/v1/accounts/{id}/holds/{hold_id}/release": "release", "/v1/batch": "batch",
 }  # fmt: skip
+_ACCOUNT_ROUTE = "/v1/accounts/{id}"  # the routes of one account (its id the first parameter)
 
 
 def json_media_type(content_type: bytes) -> bool:
@@ -235,6 +236,10 @@ class BalanceApp:
                 shown = content_type[:80].decode("latin-1")
                 raise HttpError(UNSUPPORTED_MEDIA_TYPE, 415, f"Content-Type {shown} is not application/json")
             request.principal, request.actor = actor.principal, actor
+            if self.service.node is not None and params and pattern.startswith(_ACCOUNT_ROUTE):
+                elsewhere = self.service.node.elsewhere(params[0])  # a fleet node: not its shard
+                if elsewhere is not None:
+                    raise HttpError(e.UNAVAILABLE, 503, elsewhere)
             if "." in params or ".." in params:
                 raise validation("'.' and '..' are not ids")
             reply = await handler(self, request, params)

@@ -1,0 +1,145 @@
+"""The leases of one node: taken, renewed and given up in the directory, and the takeover of
+a shard (fence its database with the new epoch, recover, serve).
+
+Every ``lease_s / 3`` the keeper renews the leases it holds (compare-and-set on the epoch) and
+tries to take the shards the directory assigns to it, or for which it is the standby, whose
+lease is free or expired. A renewal that finds another epoch means the shard was taken over:
+the engine is stopped (its commits were fenced already). While the directory is away the
+node keeps serving (fencing keeps that safe) and logs each failed attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from balance.directory.records import DirectoryError, NodeRecord, Ownership, ShardDirectory, ShardRecord
+from balance.engine.shard import FENCED, ShardEngine
+from balance.node.ports import NodeShard
+from balance.shards import shard_in_id
+
+log = logging.getLogger("balance.node")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ShardKeeper:
+    def __init__(
+        self,
+        node: NodeRecord,
+        directory: ShardDirectory,
+        ports: list[NodeShard],
+        make_engine: Callable[[ShardRecord, int], ShardEngine],
+        *,
+        lease_s: float,
+        on_taken_over: Callable[[NodeShard], object] | None = None,
+    ) -> None:
+        self.node = node
+        self.directory = directory
+        self.ports = ports
+        self.make_engine = make_engine  # (the shard, its epoch) -> an engine over its fenced storage
+        self.lease_ms = int(lease_s * 1000)
+        self.on_taken_over = on_taken_over  # after a takeover has recovered: load keys, finish transfers
+        self.owned: dict[int, Ownership] = {}
+        self.taken_over_at: dict[int, float] = {}  # shard -> seconds its last takeover took (lease + recovery)
+        self._starting: dict[int, asyncio.Task[None]] = {}
+
+    def elsewhere(self, account_id: str) -> str | None:
+        """The account's shard is not owned here: say so (503; the client or edge retries elsewhere)."""
+        shard = shard_in_id(account_id)
+        if shard is None or shard >= len(self.ports) or self.ports[shard].engine is not None:
+            return None
+        return f"shard {shard} is not served by this node (owned by another node, or being taken over)"
+
+    async def _candidates(self) -> list[ShardRecord]:
+        me = self.node.id
+        return [s for s in await self.directory.shards() if me in (s.node_id, s.standby_node_id)]
+
+    async def first_pass(self) -> None:
+        """At start: heartbeat and the leases to be had now; the engines start with the service."""
+        await self.directory.heartbeat(NodeRecord(self.node.id, self.node.url, self.node.region, now_ms()))
+        for shard in await self._candidates():
+            ownership = await self.directory.acquire(shard.id, self.node.id, now_ms(), self.lease_ms)
+            if ownership is not None:
+                self._own(shard, ownership)
+
+    def _own(self, shard: ShardRecord, ownership: Ownership) -> ShardEngine:
+        self.owned[shard.id] = ownership
+        engine = self.make_engine(shard, ownership.epoch)
+        self.ports[shard.id].own(engine)
+        log.info("node %s owns shard %d (epoch %d)", self.node.id, shard.id, ownership.epoch)
+        return engine
+
+    async def run(self) -> None:
+        """Renew, take, heartbeat, every third of the lease, until cancelled."""
+        while True:
+            began = time.monotonic()
+            try:
+                await self.step()
+            except DirectoryError as exc:
+                log.warning("node %s: the directory did not answer (%s); serving on", self.node.id, exc)
+            await asyncio.sleep(max(0.05, self.lease_ms / 3000 - (time.monotonic() - began)))
+
+    async def step(self) -> None:
+        await self.directory.heartbeat(NodeRecord(self.node.id, self.node.url, self.node.region, now_ms()))
+        for shard_id, ownership in list(self.owned.items()):
+            renewed = await self.directory.renew(ownership, now_ms(), self.lease_ms)
+            port = self.ports[shard_id]
+            fenced = port.engine is not None and port.engine.state == FENCED
+            if renewed is None or fenced:
+                await self._lose(shard_id, "its lease was taken" if renewed is None else "it was fenced")
+            else:
+                self.owned[shard_id] = renewed
+        for shard in await self._candidates():
+            if shard.id in self.owned or shard.id >= len(self.ports):
+                continue
+            expired_at = await self._lease_end(shard.id)
+            taken = await self.directory.acquire(shard.id, self.node.id, now_ms(), self.lease_ms)
+            if taken is not None:
+                engine = self._own(shard, taken)
+                self._starting[shard.id] = asyncio.create_task(self._take_over(engine, expired_at))
+
+    async def _lease_end(self, shard_id: int) -> int | None:
+        for ownership in await self.directory.ownerships():
+            if ownership.shard_id == shard_id:
+                return ownership.lease_expires_at_ms
+        return None
+
+    async def _take_over(self, engine: ShardEngine, lease_ended_ms: int | None) -> None:
+        """Recover the shard (its storage fences first), then hand it to the service."""
+        await engine.start()
+        if engine.state == FENCED:  # a newer owner already
+            return
+        if lease_ended_ms:
+            self.taken_over_at[engine.shard] = max(0.0, (now_ms() - lease_ended_ms) / 1000)
+        log.info("node %s took shard %d over (%.2fs after the former lease ended)",
+                 self.node.id, engine.shard, self.taken_over_at.get(engine.shard, 0.0))  # fmt: skip
+        if self.on_taken_over is not None:
+            result = self.on_taken_over(self.ports[engine.shard])
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def _lose(self, shard_id: int, why: str) -> None:
+        self.owned.pop(shard_id, None)
+        starting = self._starting.pop(shard_id, None)
+        if starting is not None and not starting.done():
+            starting.cancel()
+        engine = self.ports[shard_id].disown()
+        log.error("node %s lost shard %d: %s", self.node.id, shard_id, why)
+        if engine is not None:
+            await engine.stop(checkpoint=False)
+
+    async def release(self) -> None:
+        """A clean stop: the leases end now, so a standby need not wait for them to expire."""
+        for task in self._starting.values():
+            task.cancel()
+        for ownership in list(self.owned.values()):
+            try:
+                await self.directory.release(ownership)
+            except DirectoryError as exc:
+                log.warning("node %s: lease of shard %d not released: %s", self.node.id, ownership.shard_id, exc)
+        self.owned.clear()
