@@ -136,9 +136,13 @@ async def build_node_app(settings: Settings) -> tuple[BalanceApp, ShardKeeper]:
     node = NodeRecord(
         settings.node_id, settings.node_url or f"http://{settings.host}:{settings.port}", settings.region, 0
     )
+    from balance.node.forwarding import Forwarder
+
+    forwarder = None if settings.fleet_secret is None else Forwarder(settings.fleet_secret)
     keeper = ShardKeeper(
-        node, directory, ports, make_engine, lease_s=settings.lease_s, on_taken_over=service.shard_taken_over
-    )
+        node, directory, ports, make_engine, lease_s=settings.lease_s, on_taken_over=service.shard_taken_over,
+        forwarder=forwarder,
+    )  # fmt: skip
     service.node = keeper
     await keeper.first_pass()
     return BalanceApp(service, metrics), keeper

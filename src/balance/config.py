@@ -26,6 +26,7 @@ class Settings:
     node_url: str | None = None
     region: str = "US"
     lease_s: float = 5.0  # an owner that has not renewed its lease for this long loses its shards
+    fleet_secret: str | None = None  # nodes authenticate forwarded requests with it (none: no forwarding)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -61,4 +62,5 @@ class Settings:
             node_url=env.get("BALANCE_NODE_URL") or None,
             region=env.get("BALANCE_REGION") or "US",
             lease_s=lease_s,
+            fleet_secret=env.get("BALANCE_FLEET_SECRET") or None,
         )

@@ -57,8 +57,15 @@ def not_found(account_id: str) -> Reply:
 
 
 class ShardsElsewhere(Protocol):
-    def elsewhere(self, account_id: str) -> str | None:
-        """Why this node does not serve ``account_id`` (its shard is owned by another node), or None."""
+    """A fleet node (``balance.node.keeper.ShardKeeper``): the accounts it does not serve."""
+
+    def elsewhere(self, account_id: str) -> bool:
+        """Is ``account_id`` on a shard this node does not own?"""
+
+    async def forward(
+        self, account_id: str, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
+    ) -> Reply:
+        """The answer of the node that owns the account's shard (503 if none answers)."""
 
 
 class BalanceService:

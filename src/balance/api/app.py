@@ -236,10 +236,10 @@ class BalanceApp:
                 shown = content_type[:80].decode("latin-1")
                 raise HttpError(UNSUPPORTED_MEDIA_TYPE, 415, f"Content-Type {shown} is not application/json")
             request.principal, request.actor = actor.principal, actor
-            if self.service.node is not None and params and pattern.startswith(_ACCOUNT_ROUTE):
-                elsewhere = self.service.node.elsewhere(params[0])  # a fleet node: not its shard
-                if elsewhere is not None:
-                    raise HttpError(e.UNAVAILABLE, 503, elsewhere)
+            node = self.service.node
+            if node is not None and params and pattern.startswith(_ACCOUNT_ROUTE) and node.elsewhere(params[0]):
+                # A fleet node, the account on a shard it does not own: the owner answers (the key was checked here first).
+                return pattern, await node.forward(params[0], method, path, raw_query, headers, request.body), []
             if "." in params or ".." in params:
                 raise validation("'.' and '..' are not ids")
             reply = await handler(self, request, params)

@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable
 
 from balance.directory.records import DirectoryError, NodeRecord, Ownership, ShardDirectory, ShardRecord
+from balance.engine.replies import Reply, unavailable_reply
 from balance.engine.shard import FENCED, ShardEngine
+from balance.node.forwarding import Forwarder
 from balance.node.ports import NodeShard
 from balance.shards import shard_in_id
 
@@ -37,6 +39,7 @@ class ShardKeeper:
         *,
         lease_s: float,
         on_taken_over: Callable[[NodeShard], object] | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.node = node
         self.directory = directory
@@ -44,16 +47,30 @@ class ShardKeeper:
         self.make_engine = make_engine  # (the shard, its epoch) -> an engine over its fenced storage
         self.lease_ms = int(lease_s * 1000)
         self.on_taken_over = on_taken_over  # after a takeover has recovered: load keys, finish transfers
+        self.forwarder = forwarder
+        self.owner_urls: dict[int, str] = {}  # shard -> the URL of the node holding its live lease (last read)
         self.owned: dict[int, Ownership] = {}
         self.taken_over_at: dict[int, float] = {}  # shard -> seconds its last takeover took (lease + recovery)
         self._starting: dict[int, asyncio.Task[None]] = {}
 
-    def elsewhere(self, account_id: str) -> str | None:
-        """The account's shard is not owned here: say so (503; the client or edge retries elsewhere)."""
+    def elsewhere(self, account_id: str) -> bool:
         shard = shard_in_id(account_id)
-        if shard is None or shard >= len(self.ports) or self.ports[shard].engine is not None:
-            return None
-        return f"shard {shard} is not served by this node (owned by another node, or being taken over)"
+        return shard is not None and shard < len(self.ports) and self.ports[shard].engine is None
+
+    async def forward(
+        self, account_id: str, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
+    ) -> Reply:
+        """To the shard's owner as last read from the directory (cached: the directory may be
+        away), once; 503 when there is none, no fleet secret, or this request was forwarded already."""
+        shard = shard_in_id(account_id)
+        owner = None if shard is None else self.owner_urls.get(shard)
+        forwarder = self.forwarder
+        if forwarder is None or owner is None or forwarder.forwarded(headers):
+            why = "no fleet secret (BALANCE_FLEET_SECRET) to forward with" if forwarder is None else "no owner known"
+            if forwarder is not None and forwarder.forwarded(headers):
+                why = "this node does not own it either (forwarded once already)"
+            return unavailable_reply(f"shard {shard} is not served by this node: {why}")
+        return await forwarder.forward(owner, method, path, raw_query, headers, body)
 
     async def _candidates(self) -> list[ShardRecord]:
         me = self.node.id
@@ -66,6 +83,17 @@ class ShardKeeper:
             ownership = await self.directory.acquire(shard.id, self.node.id, now_ms(), self.lease_ms)
             if ownership is not None:
                 self._own(shard, ownership)
+        await self._read_owners()
+
+    async def _read_owners(self) -> None:
+        """Who owns which shard now (their URLs), for forwarding."""
+        now = now_ms()
+        urls = {node.id: node.url for node in await self.directory.nodes()}
+        self.owner_urls = {
+            o.shard_id: urls[o.node_id]
+            for o in await self.directory.ownerships()
+            if o.lease_expires_at_ms >= now and o.node_id in urls and o.node_id != self.node.id
+        }
 
     def _own(self, shard: ShardRecord, ownership: Ownership) -> ShardEngine:
         self.owned[shard.id] = ownership
@@ -102,6 +130,7 @@ class ShardKeeper:
             if taken is not None:
                 engine = self._own(shard, taken)
                 self._starting[shard.id] = asyncio.create_task(self._take_over(engine, expired_at))
+        await self._read_owners()
 
     async def _lease_end(self, shard_id: int) -> int | None:
         for ownership in await self.directory.ownerships():
@@ -135,6 +164,8 @@ class ShardKeeper:
 
     async def release(self) -> None:
         """A clean stop: the leases end now, so a standby need not wait for them to expire."""
+        if self.forwarder is not None:
+            await self.forwarder.close()
         for task in self._starting.values():
             task.cancel()
         for ownership in list(self.owned.values()):

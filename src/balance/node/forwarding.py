@@ -1,0 +1,58 @@
+"""Forwarding a request to the node that owns the account's shard, once.
+
+The receiving node has authenticated the key already (``BalanceApp._handle``); the owner
+authenticates it again and answers; its status, body and replay mark are passed back
+unchanged. Connections to each owner are pooled and kept alive (one ``httpx.AsyncClient``);
+an owner that does not answer (refused, timed out) gives ``503 unavailable`` with
+Retry-After. A forwarded request carries the fleet secret (``BALANCE_FLEET_SECRET``) in
+``x-balance-fleet``: the owner then never forwards it again (a shard that moved meanwhile is
+answered 503, not bounced around). The header grants nothing else: the key decides what
+the request may do, on every node.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+import httpx
+
+from balance.engine.replies import Reply, unavailable_reply
+
+log = logging.getLogger("balance.node")
+
+FLEET_HEADER = b"x-balance-fleet"
+_HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-length", b"te", b"upgrade"}
+CONNECT_TIMEOUT_S = 1.0
+ANSWER_TIMEOUT_S = 15.0  # an owner's answer (a batch of 8,190 operations included)
+
+
+class Forwarder:
+    def __init__(self, fleet_secret: str) -> None:
+        self._secret = fleet_secret.encode()
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(ANSWER_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30),
+        )
+
+    def forwarded(self, headers: dict[bytes, bytes]) -> bool:
+        """Did another node of the fleet forward this request (it carries the fleet secret)?"""
+        given = headers.get(FLEET_HEADER)
+        return given is not None and hmac.compare_digest(given, self._secret)
+
+    async def forward(
+        self, owner_url: str, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
+    ) -> Reply:
+        sent = {name: value for name, value in headers.items() if name not in _HOP_BY_HOP and name != FLEET_HEADER}
+        sent[FLEET_HEADER] = self._secret
+        url = owner_url.rstrip("/") + path + ("?" + raw_query.decode("latin-1") if raw_query else "")
+        try:
+            response = await self._client.request(method, url, headers=list(sent.items()), content=body)
+        except httpx.HTTPError as exc:
+            log.warning("forwarding %s %s to %s failed: %r", method, path, owner_url, exc)
+            return unavailable_reply(f"the node that owns this account's shard ({owner_url}) does not answer")
+        replayed = response.headers.get("idempotent-replayed") == "true"
+        return Reply(response.status_code, response.content, replayed)
+
+    async def close(self) -> None:
+        await self._client.aclose()
