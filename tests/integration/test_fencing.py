@@ -6,6 +6,7 @@ nothing of it is written; a branch the former owner left prepared is rolled back
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncmy
 import pytest
@@ -17,10 +18,9 @@ from balance.storage import schema
 from balance.storage.base import BatchWrite, Fenced, ShardStorage, StorageError
 from balance.storage.mariadb import MariaDbShardStorage
 from balance.storage.mariadb_driver import fence_guard
-from conftest import Backend
 
 
-async def owner(backend: Backend, epoch: int) -> ShardStorage:
+async def owner(backend: Any, epoch: int) -> ShardStorage:
     storage = backend.make(0)
     storage.fence_with(epoch)
     await storage.open()
@@ -42,7 +42,7 @@ async def commit_until_fenced(storage: ShardStorage, batch: BatchWrite) -> None:
 
 
 @pytest.mark.parametrize("rows", [BIG_BATCH, 3])
-async def test_a_former_owner_cannot_commit_after_a_takeover(backend: Backend, rows: int) -> None:
+async def test_a_former_owner_cannot_commit_after_a_takeover(backend: Any, rows: int) -> None:
     old = await owner(backend, 1)
     await old.commit(big_batch(1, 1, rows=rows))
     new = await owner(backend, 2)  # recovers after this: it sees what the old owner committed
@@ -55,7 +55,7 @@ async def test_a_former_owner_cannot_commit_after_a_takeover(backend: Backend, r
     assert await our_prepared_branches(new) == []
 
 
-async def test_an_older_epoch_cannot_take_the_shard_back(backend: Backend) -> None:
+async def test_an_older_epoch_cannot_take_the_shard_back(backend: Any) -> None:
     await owner(backend, 5)
     stale = backend.make(0)
     stale.fence_with(4)
@@ -66,7 +66,7 @@ async def test_an_older_epoch_cannot_take_the_shard_back(backend: Backend) -> No
     await again.commit(big_batch(1, 1, rows=3))
 
 
-async def test_a_storage_without_an_epoch_checks_nothing(backend: Backend) -> None:
+async def test_a_storage_without_an_epoch_checks_nothing(backend: Any) -> None:
     """The single-process default: no fence row, no guard."""
     plain = backend.make(0)
     await plain.open()
@@ -75,7 +75,7 @@ async def test_a_storage_without_an_epoch_checks_nothing(backend: Backend) -> No
 
 
 @pytest.mark.mariadb
-async def test_a_branch_the_former_owner_left_prepared_is_rolled_back_at_takeover(backend: Backend) -> None:
+async def test_a_branch_the_former_owner_left_prepared_is_rolled_back_at_takeover(backend: Any) -> None:
     if backend.name != "mariadb":
         pytest.skip("XA branches are MariaDB's")
     old = await owner(backend, 1)
@@ -99,7 +99,7 @@ async def test_a_branch_the_former_owner_left_prepared_is_rolled_back_at_takeove
     assert await stored_seqs(new) == []
 
 
-async def test_a_fenced_engine_answers_unavailable_and_writes_nothing_more(backend: Backend) -> None:
+async def test_a_fenced_engine_answers_unavailable_and_writes_nothing_more(backend: Any) -> None:
     """The engine of the former owner: its commit is refused, the commands are answered 503
     (never acknowledged), and it takes nothing more; the new owner serves the shard."""
     old_storage = backend.make(0)
