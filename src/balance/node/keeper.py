@@ -114,7 +114,12 @@ class ShardKeeper:
 
     async def step(self) -> None:
         await self.directory.heartbeat(NodeRecord(self.node.id, self.node.url, self.node.region, now_ms()))
+        candidates = await self._candidates()
+        mine = {shard.id for shard in candidates}
         for shard_id, ownership in list(self.owned.items()):
+            if shard_id not in mine:  # the operator placed it elsewhere: hand it over cleanly
+                await self._hand_over(shard_id, ownership)
+                continue
             renewed = await self.directory.renew(ownership, now_ms(), self.lease_ms)
             port = self.ports[shard_id]
             fenced = port.engine is not None and port.engine.state == FENCED
@@ -122,7 +127,7 @@ class ShardKeeper:
                 await self._lose(shard_id, "its lease was taken" if renewed is None else "it was fenced")
             else:
                 self.owned[shard_id] = renewed
-        for shard in await self._candidates():
+        for shard in candidates:
             if shard.id in self.owned or shard.id >= len(self.ports):
                 continue
             expired_at = await self._lease_end(shard.id)
@@ -161,6 +166,15 @@ class ShardKeeper:
         log.error("node %s lost shard %d: %s", self.node.id, shard_id, why)
         if engine is not None:
             await engine.stop(checkpoint=False)
+
+    async def _hand_over(self, shard_id: int, ownership: Ownership) -> None:
+        """Stop the shard (drained, a last checkpoint) and end the lease now."""
+        self.owned.pop(shard_id, None)
+        engine = self.ports[shard_id].disown()
+        if engine is not None:
+            await engine.stop()
+        await self.directory.release(ownership)
+        log.info("node %s handed shard %d over (no longer assigned to it)", self.node.id, shard_id)
 
     async def release(self) -> None:
         """A clean stop: the leases end now, so a standby need not wait for them to expire."""
