@@ -74,6 +74,12 @@ def directory_action(args: argparse.Namespace) -> int:
     return run_action(args.action_fn, args, settings.directory_url, settings.data_dir)
 
 
+def fleet(_: argparse.Namespace) -> int:
+    from balance.node.local_fleet import main as fleet_main
+
+    return fleet_main()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="balance-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser.add_argument("--accounts", type=int, default=100_000, help="million: accounts")
     bench_parser.add_argument("--holds", type=int, default=1_000_000, help="million: pending holds (expiry: the burst)")
     bench_parser.set_defaults(fn=bench)
+    commands.add_parser("fleet", help="a local fleet: three nodes, six shards on MariaDB (docs/fleet.md)").set_defaults(
+        fn=fleet
+    )
     from balance.directory.operator import add_commands
 
     add_commands(commands, directory_action)

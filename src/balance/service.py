@@ -59,13 +59,16 @@ def not_found(account_id: str) -> Reply:
 class ShardsElsewhere(Protocol):
     """A fleet node (``balance.node.keeper.ShardKeeper``): the accounts it does not serve."""
 
-    def elsewhere(self, account_id: str) -> bool:
-        """Is ``account_id`` on a shard this node does not own?"""
+    def shard_elsewhere(self, account_id: str) -> int | None:
+        """The shard of ``account_id`` if this node does not own it."""
+
+    def new_account_shard_elsewhere(self, body: bytes, headers: dict[bytes, bytes]) -> int | None:
+        """Where a new account (``POST /v1/accounts``) goes, if that shard is owned elsewhere."""
 
     async def forward(
-        self, account_id: str, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
+        self, shard: int, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
     ) -> Reply:
-        """The answer of the node that owns the account's shard (503 if none answers)."""
+        """The answer of the node that owns ``shard`` (503 if none answers)."""
 
 
 class BalanceService:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,10 +60,18 @@ def test_a_request_for_another_nodes_shard_is_forwarded_and_answered_as_the_owne
     two_nodes: tuple[httpx.Client, httpx.Client, subprocess.Popen[bytes]],
 ) -> None:
     a, b, a_proc = two_nodes
-    created = a.post("/v1/accounts", json={"kind": "user", "region": "US", "currency": "USD", "name": "x"})
-    assert created.status_code == 201, created.text
-    account = created.json()["id"]
-    assert account.startswith("US-0-")  # a owns shard 0 only
+    made = []  # through a: spread over both shards (those on shard 1 forwarded to b)
+    for _ in range(20):
+        created = a.post("/v1/accounts", json={"kind": "user", "region": "US", "currency": "USD", "name": "x"})
+        for _ in range(50):  # a learns b's URL at its next directory read (every lease / 3): 503 meanwhile
+            if created.status_code != 503:
+                break
+            time.sleep(0.1)
+            created = a.post("/v1/accounts", json={"kind": "user", "region": "US", "currency": "USD", "name": "x"})
+        assert created.status_code == 201, created.text
+        made.append(created.json()["id"])
+    assert {m.split("-")[1] for m in made} == {"0", "1"}
+    account = next(m for m in made if m.startswith("US-0-"))  # a owns shard 0
 
     credit = {"id": "fwd-1", "amount": 70}
     via_b = b.post(f"/v1/accounts/{account}/credits", json=credit)

@@ -45,7 +45,7 @@ async def test_an_operator_reassignment_moves_the_shard_with_a_new_epoch(tmp_pat
     await a_port.start()
     create = c.CreateAccount("US-0-x", None, "partner", "US", "USD", "x", 0, b"{}")
     assert (await a_port.execute(create)).status == 201
-    assert b.elsewhere("US-0-x") and not a.elsewhere("US-0-x")
+    assert b.shard_elsewhere("US-0-x") == 0 and a.shard_elsewhere("US-0-x") is None
 
     await directory.assign(0, "b", None)
     await b.step()

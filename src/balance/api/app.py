@@ -237,9 +237,15 @@ class BalanceApp:
                 raise HttpError(UNSUPPORTED_MEDIA_TYPE, 415, f"Content-Type {shown} is not application/json")
             request.principal, request.actor = actor.principal, actor
             node = self.service.node
-            if node is not None and params and pattern.startswith(_ACCOUNT_ROUTE) and node.elsewhere(params[0]):
-                # A fleet node, the account on a shard it does not own: the owner answers (the key was checked here first).
-                return pattern, await node.forward(params[0], method, path, raw_query, headers, request.body), []
+            if node is not None:  # a fleet node: what is on a shard it does not own, its owner answers
+                if params and pattern.startswith(_ACCOUNT_ROUTE):
+                    shard = node.shard_elsewhere(params[0])
+                elif pattern == "/v1/accounts" and method == "POST":
+                    shard = node.new_account_shard_elsewhere(request.body, headers)
+                else:
+                    shard = None
+                if shard is not None:  # (the key was checked here first)
+                    return pattern, await node.forward(shard, method, path, raw_query, headers, request.body), []
             if "." in params or ".." in params:
                 raise validation("'.' and '..' are not ids")
             reply = await handler(self, request, params)

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 
+import msgspec
+
 from balance.directory.records import DirectoryError, NodeRecord, Ownership, ShardDirectory, ShardRecord
+from balance.domain.ids import client_account_suffix
 from balance.engine.replies import Reply, unavailable_reply
 from balance.engine.shard import FENCED, ShardEngine
 from balance.node.forwarding import Forwarder
@@ -53,17 +57,40 @@ class ShardKeeper:
         self.taken_over_at: dict[int, float] = {}  # shard -> seconds its last takeover took (lease + recovery)
         self._starting: dict[int, asyncio.Task[None]] = {}
 
-    def elsewhere(self, account_id: str) -> bool:
+    def shard_elsewhere(self, account_id: str) -> int | None:
         shard = shard_in_id(account_id)
-        return shard is not None and shard < len(self.ports) and self.ports[shard].engine is None
+        if shard is None or shard >= len(self.ports) or self.ports[shard].engine is not None:
+            return None
+        return shard
+
+    def new_account_shard_elsewhere(self, body: bytes, headers: dict[bytes, bytes]) -> int | None:
+        """A child goes to its parent's shard; a top-level account with a ``client_id`` to the
+        shard its retries find (``BalanceService.create_account``); any other top-level one to
+        a shard drawn at random over the fleet, so that accounts created through any node
+        spread over every shard. A request forwarded here already is served here."""
+        if self.forwarder is not None and self.forwarder.forwarded(headers):
+            return None
+        try:
+            fields = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            return None  # the route answers the bad body
+        if not isinstance(fields, dict):
+            return None
+        parent_id, client_id = fields.get("parent_id"), fields.get("client_id")
+        if isinstance(parent_id, str):
+            return self.shard_elsewhere(parent_id)
+        if isinstance(client_id, str):
+            shard = int(client_account_suffix(None, client_id), 16) % len(self.ports)
+        else:
+            shard = random.randrange(len(self.ports))
+        return None if self.ports[shard].engine is not None else shard
 
     async def forward(
-        self, account_id: str, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
+        self, shard: int, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
     ) -> Reply:
         """To the shard's owner as last read from the directory (cached: the directory may be
         away), once; 503 when there is none, no fleet secret, or this request was forwarded already."""
-        shard = shard_in_id(account_id)
-        owner = None if shard is None else self.owner_urls.get(shard)
+        owner = self.owner_urls.get(shard)
         forwarder = self.forwarder
         if forwarder is None or owner is None or forwarder.forwarded(headers):
             why = "no fleet secret (BALANCE_FLEET_SECRET) to forward with" if forwarder is None else "no owner known"
