@@ -110,10 +110,13 @@ def main() -> int:
             if not os.environ.get("BALANCE_ADMIN_KEY"):
                 print(f"admin key (BALANCE_ADMIN_KEY was not set): {admin_key}")
             print("Ctrl-C stops the fleet.", flush=True)
-        while not stopping:
-            if any(proc.poll() is not None for proc in processes):
-                print("balance-service fleet: a node exited; stopping the others", file=sys.stderr)
-                return 1
+        reported: set[str] = set()
+        while not stopping:  # a node that exits is reported; the others go on (its standby takes its shards)
+            for node, proc in zip(nodes, processes, strict=True):
+                if proc.poll() is not None and node not in reported:
+                    reported.add(node)
+                    print(f"{node} exited ({proc.returncode}); its shards go to their standby after the lease",
+                          file=sys.stderr, flush=True)  # fmt: skip
             time.sleep(0.2)
         return 0
     finally:
