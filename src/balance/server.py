@@ -80,6 +80,8 @@ async def serve(settings: Settings) -> None:
         await http.listen(settings.host, settings.port)
     except OSError as exc:
         await app.service.stop()
+        if keeper is not None:
+            await keeper.release()
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise StartError(f"cannot listen on {settings.host}:{settings.port}: {reason.lower()}") from None
     starting = loop.create_task(app.start_service())  # recovery in the background

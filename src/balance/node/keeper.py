@@ -215,3 +215,4 @@ class ShardKeeper:
             except DirectoryError as exc:
                 log.warning("node %s: lease of shard %d not released: %s", self.node.id, ownership.shard_id, exc)
         self.owned.clear()
+        await self.directory.close()
