@@ -4,7 +4,8 @@ in alternating rounds so that the machine's drift falls on both alike.
 
     .venv/bin/python tools/fence_cost.py mariadb|sqlite [rounds] [commits]
 
-Prints each round and the medians of the per-commit times (the guard is one more statement
+Prints each round, the medians of the per-commit times and the median of each round's
+on/off ratio (the pair run back to back: the least sensitive to a loaded machine's drift) (the guard is one more statement
 in the batch's packet on MariaDB, one SELECT in the transaction on SQLite).
 """
 
@@ -70,7 +71,10 @@ async def run(backend: str, rounds: int, commits: int) -> None:
             await cur.execute(f"DROP DATABASE IF EXISTS `{from_url(f'{URL}_{name}', 0).database}`")
         await conn.ensure_closed()
     off, on = statistics.median(times[False]), statistics.median(times[True])
-    print(f"median: off {off:,.0f} us, on {on:,.0f} us per commit: {on / off:.3f}x")
+    paired = statistics.median(b / a for a, b in zip(times[False], times[True], strict=True))
+    print(
+        f"median: off {off:,.0f} us, on {on:,.0f} us per commit: {on / off:.3f}x; median of the rounds' ratios {paired:.3f}x"
+    )
 
 
 if __name__ == "__main__":

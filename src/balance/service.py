@@ -13,7 +13,6 @@ import hmac
 import logging
 import secrets
 from collections.abc import Sequence
-from typing import Protocol
 
 import msgspec
 
@@ -37,7 +36,7 @@ from balance.domain.model import (
 from balance.engine.replies import Collector, Reply, Unavailable, unavailable_reply
 from balance.engine.shard import ShardEngine
 from balance.keys import KeyRecord, KeyRegistry, hash_key
-from balance.shards import InProcessShard, Placement, ShardPort, shard_in_id
+from balance.shards import InProcessShard, Placement, ShardPort, ShardsElsewhere, shard_in_id
 from balance.storage.base import StorageError
 
 ADMIN = a.ADMIN
@@ -60,21 +59,6 @@ def new_account_id(region: str, shard: int) -> str:
 
 def not_found(account_id: str) -> Reply:
     return Reply(404, views.problem(e.ACCOUNT_NOT_FOUND, 404, f"account {account_id} not found"))
-
-
-class ShardsElsewhere(Protocol):
-    """A fleet node (``balance.node.keeper.ShardKeeper``): the accounts it does not serve."""
-
-    def shard_elsewhere(self, account_id: str) -> int | None:
-        """The shard of ``account_id`` if this node does not own it."""
-
-    def new_account_shard_elsewhere(self, body: bytes, headers: dict[bytes, bytes]) -> int | None:
-        """Where a new account (``POST /v1/accounts``) goes, if that shard is owned elsewhere."""
-
-    async def forward(
-        self, shard: int, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
-    ) -> Reply:
-        """The answer of the node that owns ``shard`` (503 if none answers)."""
 
 
 class BalanceService:

@@ -74,6 +74,21 @@ class ShardPort(Protocol):
         closing it waits meanwhile."""
 
 
+class ShardsElsewhere(Protocol):
+    """A fleet node (``balance.node.keeper.ShardKeeper``): the accounts it does not serve."""
+
+    def shard_elsewhere(self, account_id: str) -> int | None:
+        """The shard of ``account_id`` if this node does not own it."""
+
+    def new_account_shard_elsewhere(self, body: bytes, headers: dict[bytes, bytes]) -> int | None:
+        """Where a new account (``POST /v1/accounts``) goes, if that shard is owned elsewhere."""
+
+    async def forward(
+        self, shard: int, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
+    ) -> Reply:
+        """The answer of the node that owns ``shard`` (503 if none answers)."""
+
+
 class InProcessShard:
     """The port of a shard whose engine runs in this process. The hot calls are the engine's
     own bound methods (no call through the adapter per operation)."""
