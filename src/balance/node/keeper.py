@@ -58,10 +58,13 @@ class ShardKeeper:
         self._starting: dict[int, asyncio.Task[None]] = {}
 
     def shard_elsewhere(self, account_id: str) -> int | None:
+        """Also a shard this node is still recovering after a takeover: not served here yet
+        (503: its owner is this node, and it is not ready)."""
         shard = shard_in_id(account_id)
-        if shard is None or shard >= len(self.ports) or self.ports[shard].engine is not None:
+        if shard is None or shard >= len(self.ports):
             return None
-        return shard
+        engine = self.ports[shard].engine
+        return None if engine is not None and engine.ready else shard
 
     def new_account_shard_elsewhere(self, body: bytes, headers: dict[bytes, bytes]) -> int | None:
         """A child goes to its parent's shard; a top-level account with a ``client_id`` to the
@@ -90,6 +93,9 @@ class ShardKeeper:
     ) -> Reply:
         """To the shard's owner as last read from the directory (cached: the directory may be
         away), once; 503 when there is none, no fleet secret, or this request was forwarded already."""
+        engine = self.ports[shard].engine
+        if engine is not None and shard in self.owned:  # ours, not ready (recovering, resynchronising)
+            return unavailable_reply(f"shard {shard} is {engine.state} on this node; retry shortly")
         owner = self.owner_urls.get(shard)
         forwarder = self.forwarder
         if forwarder is None or owner is None or forwarder.forwarded(headers):
@@ -122,10 +128,10 @@ class ShardKeeper:
             if o.lease_expires_at_ms >= now and o.node_id in urls and o.node_id != self.node.id
         }
 
-    def _own(self, shard: ShardRecord, ownership: Ownership) -> ShardEngine:
+    def _own(self, shard: ShardRecord, ownership: Ownership, *, taken_over: bool = False) -> ShardEngine:
         self.owned[shard.id] = ownership
         engine = self.make_engine(shard, ownership.epoch)
-        self.ports[shard.id].own(engine)
+        self.ports[shard.id].own(engine, taken_over=taken_over)
         log.info("node %s owns shard %d (epoch %d)", self.node.id, shard.id, ownership.epoch)
         return engine
 
@@ -160,7 +166,7 @@ class ShardKeeper:
             expired_at = await self._lease_end(shard.id)
             taken = await self.directory.acquire(shard.id, self.node.id, now_ms(), self.lease_ms)
             if taken is not None:
-                engine = self._own(shard, taken)
+                engine = self._own(shard, taken, taken_over=True)
                 self._starting[shard.id] = asyncio.create_task(self._take_over(engine, expired_at))
         await self._read_owners()
 

@@ -30,7 +30,7 @@ DEFAULT_DB_URL = "mysql://root@127.0.0.1:3306/balance_fleet"
 READY_TIMEOUT_S = 60.0
 
 
-async def _place(directory_url: str, db_url: str, nodes: list[str]) -> None:
+async def place_shards(directory_url: str, db_url: str, nodes: list[str]) -> None:
     """The six shards, two per node, each node's standby the next one (kept if already there)."""
     directory = MariaDbDirectory(directory_url)
     await directory.open()
@@ -61,7 +61,7 @@ def main() -> int:
     admin_key = os.environ.get("BALANCE_ADMIN_KEY") or "adm_" + secrets.token_urlsafe(32)
     directory_url = with_database(db_url, f"{name}_directory")
     nodes = [f"node{i + 1}" for i in range(NODES)]
-    asyncio.run(_place(directory_url, db_url, nodes))
+    asyncio.run(place_shards(directory_url, db_url, nodes))
     data_dir = Path(os.environ.get("BALANCE_DATA_DIR") or "./data") / "fleet"
     secret = secrets.token_urlsafe(24)
     processes: list[subprocess.Popen[bytes]] = []

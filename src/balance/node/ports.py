@@ -25,14 +25,15 @@ class NodeShard:
         self.clock = clock
         self.backoff = backoff
         self.engine: ShardEngine | None = None
+        self.taken_over = False  # owned by a takeover while the node served: its recovery blocks no one else
         self.execute: Callable[[c.Command], Awaitable[Reply]] = self._away_execute
         self.enqueue_into: Callable[[c.Command, Collector, int], None] = self._away_enqueue
         self.account_state: Callable[[str], Row | None] = self._nothing
         self.parent_of: Callable[[str], str | None] = self._nothing
         self.account_status: Callable[[str], str | None] = self._nothing
 
-    def own(self, engine: ShardEngine) -> None:
-        self.engine = engine
+    def own(self, engine: ShardEngine, *, taken_over: bool = False) -> None:
+        self.engine, self.taken_over = engine, taken_over
         self.execute = engine.execute
         self.enqueue_into = engine.enqueue_into
         self.account_state = engine.account_state
@@ -60,8 +61,10 @@ class NodeShard:
 
     @property
     def ready(self) -> bool:
-        """Owned: when its engine serves. Not owned: nothing to wait for here."""
-        return self.engine is None or self.engine.ready
+        """Owned at start: when its engine serves (the node is ready when they all are).
+        Taken over later, or not owned: nothing for the node to wait for (while a taken-over
+        shard recovers, its own requests get 503 from its engine; the node's others are served)."""
+        return self.engine is None or self.taken_over or self.engine.ready
 
     async def start(self) -> None:
         if self.engine is not None:
