@@ -37,7 +37,7 @@ from asyncmy.constants import CLIENT
 
 from balance.storage import schema
 from balance.storage.base import FENCE_META_KEY, Fenced, StorageError
-from balance.storage.mariadb_driver import DRIVER_ERRORS, fence_guard, translate
+from balance.storage.mariadb_driver import DRIVER_ERRORS, FENCE_TRIP_DDL, fence_guard, translate
 from balance.storage.mariadb_reads import MariaDbReads
 from balance.storage.mariadb_statements import MariaDbStatements
 from balance.storage.mariadb_url import parse_url
@@ -235,6 +235,7 @@ class MariaDbShardStorage(MariaDbWrites, MariaDbStatements, MariaDbReads):
 
         async def write(conn: asyncmy.Connection) -> int:
             async with conn.cursor() as cur:
+                await cur.execute(f"CREATE TABLE IF NOT EXISTS {FENCE_TRIP_DDL} ENGINE=InnoDB")
                 await cur.execute(
                     "SET STATEMENT innodb_lock_wait_timeout = 10 FOR INSERT INTO meta (name, value) VALUES (%s, %s)"
                     " ON DUPLICATE KEY UPDATE value = IF(value <= VALUES(value), VALUES(value), value)",
