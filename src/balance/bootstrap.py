@@ -13,7 +13,7 @@ from balance.engine.clock import Clock, system_clock
 from balance.engine.recovery import Backoff
 from balance.engine.runtime import tune_runtime
 from balance.engine.shard import ShardEngine
-from balance.keys import admin_key_hash
+from balance.keys import KeyRecord, admin_key_hash
 from balance.metrics import Metrics
 from balance.service import BalanceService
 from balance.storage.base import ShardStorage
@@ -141,7 +141,7 @@ async def build_node_app(settings: Settings) -> tuple[BalanceApp, ShardKeeper]:
     forwarder = None if settings.fleet_secret is None else Forwarder(settings.fleet_secret)
     keeper = ShardKeeper(
         node, directory, ports, make_engine, lease_s=settings.lease_s, on_taken_over=service.shard_taken_over,
-        forwarder=forwarder,
+        forwarder=forwarder, on_key=lambda row: service.keys.add(KeyRecord.from_row(row)),
     )  # fmt: skip
     service.node = keeper
     await keeper.first_pass()

@@ -173,7 +173,13 @@ class BalanceService:
     def _actor_of(self, record: KeyRecord) -> a.Actor | None:
         """A live key's actor with what its account's status lets it do now."""
         port = self.port_for(record.account_id)
-        power = a.key_power(record.scopes, None if port is None else port.account_status(record.account_id))
+        status = None if port is None else port.account_status(record.account_id)
+        if status is None and self.node is not None and self.node.shard_elsewhere(record.account_id) is not None:
+            # A fleet node, the key's account on another node's shard: the key is authenticated
+            # here (its hash, not revoked); what it may do is decided by that node, which gets
+            # the request (a partner key acts on its own subtree: one shard, always forwarded).
+            return record.actor
+        power = a.key_power(record.scopes, status)
         if power is None:
             return None
         return record.actor if power == record.scopes else a.Actor(record.actor.principal, power, record.key_id)
@@ -261,6 +267,8 @@ class BalanceService:
             return reply, None
         record = KeyRecord.from_row((key_hash, account_id, created_at, key_id, key[:8], scopes, None, client_id))
         self.keys.add(record)
+        if self.node is not None:  # a fleet: every node authenticates every key
+            await self.node.key_written(record.row())
         return Reply(201, views.encoder.encode(_key_answer(record, key, replayed=False))), key
 
     async def revoke_key(self, account_id: str, key_id: str) -> Reply:
@@ -275,6 +283,8 @@ class BalanceService:
         reply = await port.execute(c.RevokeKey(account_id, record.row()))
         if reply.status != 200:
             return reply
+        if self.node is not None:  # a fleet: refused on every node at their next read (within a second)
+            await self.node.key_written(record.row())
         return Reply(200, views.encoder.encode(record.view()))
 
     def list_keys(self, account_id: str) -> list[dict[str, object]]:

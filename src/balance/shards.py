@@ -88,6 +88,9 @@ class ShardsElsewhere(Protocol):
     ) -> Reply:
         """The answer of the node that owns ``shard`` (503 if none answers)."""
 
+    async def key_written(self, row: Row) -> None:
+        """A key was created or revoked here (``schema.KEY_COLUMNS``): tell the other nodes."""
+
 
 class InProcessShard:
     """The port of a shard whose engine runs in this process. The hot calls are the engine's

@@ -98,6 +98,23 @@ def test_a_request_for_another_nodes_shard_is_forwarded_and_answered_as_the_owne
     once = b.get(f"/v1/accounts/{account}", headers={"x-balance-fleet": SECRET})
     assert once.status_code == 503 and once.headers.get("retry-after")
 
+    # A partner key, made on its shard's node, works on the other node (authenticated there
+    # from the directory, forwarded); revoked, it is refused there within two seconds.
+    made_key = a.post(f"/v1/accounts/{account}/keys", json={})
+    assert made_key.status_code == 201, made_key.text
+    partner = {"Authorization": f"Bearer {made_key.json()['key']}"}
+    deadline = time.monotonic() + 5
+    while (seen := b.get(f"/v1/accounts/{account}", headers=partner)).status_code == 401:
+        assert time.monotonic() < deadline, "the key never reached node b"
+        time.sleep(0.1)
+    assert seen.status_code == 200, seen.text
+    key_id = made_key.json().get("key_id") or made_key.json()["id"]
+    assert a.delete(f"/v1/accounts/{account}/keys/{key_id}").status_code == 200
+    revoked_at = time.monotonic()
+    while b.get(f"/v1/accounts/{account}", headers=partner).status_code != 401:
+        assert time.monotonic() - revoked_at < 2.0, "a revocation took more than two seconds to reach node b"
+        time.sleep(0.05)
+
     # Money across nodes is not built yet: refused before anything moves (nothing in transit).
     other = next(m for m in made if m.startswith("US-1-"))
     across = a.post("/v1/transfers", json={"id": "t-1", "from_account_id": account, "to_account_id": other,

@@ -123,3 +123,15 @@ def test_operator_commands(
     assert row.split()[:4] == ["EU-1-9f2c", "1", "EU", "mysql://db1/b_s1"] and "its id names" in row
     assert cli.main(["partners", "where", "not-an-id"]) == 1
     assert "not an account id" in capsys.readouterr().err
+
+
+async def test_key_rows_are_read_back_by_when_they_were_written(directory: ShardDirectory) -> None:
+    live = ("h1", "US-0-a", 5, "key_1", "bk_abcd", 3, None, None)
+    await directory.put_keys([live], now_ms=100)
+    await directory.put_keys([("h2", "US-1-b", 6, "key_2", "bk_efgh", 1, None, "c")], now_ms=200)
+    assert [tuple(r) for r in await directory.keys_written_since(0)] == [
+        (*live, 100),
+        ("h2", "US-1-b", 6, "key_2", "bk_efgh", 1, None, "c", 200),
+    ]
+    await directory.put_keys([(*live[:6], 7, None)], now_ms=300)  # revoked: the row is rewritten
+    assert [tuple(r) for r in await directory.keys_written_since(200)] == [(*live[:6], 7, None, 300)]

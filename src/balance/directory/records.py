@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,12 @@ class ShardDirectory(Protocol):
 
     async def release(self, ownership: Ownership) -> None:
         """Give the shard up (a clean stop): the lease ends now, the epoch stays."""
+
+    async def put_keys(self, rows: list[tuple[Any, ...]], now_ms: int) -> None:
+        """Write API key rows (``schema.KEY_COLUMNS``), stamped ``now_ms``."""
+
+    async def keys_written_since(self, after_ms: int) -> list[tuple[Any, ...]]:
+        """Key rows written after ``after_ms``: KEY_COLUMNS and then the time written."""
 
     async def set_placement(self, account_id: str, shard_id: int, now_ms: int) -> None:
         """An account (and its subtree) lives on ``shard_id``, whatever its id says."""

@@ -27,16 +27,19 @@ TABLES = {
     ),
     # Accounts living elsewhere than their id says (a partner moved with its subtree).
     "directory_placements": "account_id VARCHAR(64) NOT NULL PRIMARY KEY, shard_id INT NOT NULL, moved_at BIGINT NOT NULL",
-    # Every API key of the fleet, so that every node authenticates every key (the columns of
-    # ``schema.KEY_COLUMNS``). Not filled yet: keys still live in their account's shard.
+    # Every API key of the fleet (the columns of ``schema.KEY_COLUMNS``, and when the row was
+    # last written), so that every node authenticates every key: the node owning the key's
+    # shard writes it here when it creates or revokes it (and all of them at takeover); the
+    # others read what changed every second. The shard's own table stays the record.
     "directory_api_keys": (
         "key_hash VARCHAR(128) NOT NULL PRIMARY KEY, account_id VARCHAR(64) NOT NULL, created_at BIGINT NOT NULL,"
         " key_id VARCHAR(40) NULL, prefix VARCHAR(16) NULL, scopes INT NULL, revoked_at BIGINT NULL,"
-        " client_id VARCHAR(64) NULL"
+        " client_id VARCHAR(64) NULL, written_at BIGINT NOT NULL"
     ),
 }
 _SHARD_COLUMNS = "id, region, database_url, node_id, standby_node_id"
 _OWNERSHIP_COLUMNS = "shard_id, node_id, epoch, lease_expires_at"
+_KEY_COLUMNS = "key_hash, account_id, created_at, key_id, prefix, scopes, revoked_at, client_id"  # schema.KEY_COLUMNS
 
 
 class Duplicate(DirectoryError):
@@ -55,6 +58,20 @@ class SqlDirectory:
 
     async def _upsert_node(self, node: NodeRecord) -> None:
         raise NotImplementedError
+
+    async def _upsert_key(self, row: tuple[Any, ...], written_at_ms: int) -> None:
+        raise NotImplementedError
+
+    async def put_keys(self, rows: list[tuple[Any, ...]], now_ms: int) -> None:
+        for row in rows:  # (rare: a key created or revoked, or a shard's keys at takeover)
+            await self._upsert_key(row, now_ms)
+
+    async def keys_written_since(self, after_ms: int) -> list[tuple[Any, ...]]:
+        """Key rows written after ``after_ms`` (schema.KEY_COLUMNS, then written_at), oldest first."""
+        return await self._query(
+            f"SELECT {_KEY_COLUMNS}, written_at FROM directory_api_keys WHERE written_at > %s ORDER BY written_at",
+            (after_ms,),
+        )
 
     async def add_shard(self, shard: ShardRecord) -> None:
         try:

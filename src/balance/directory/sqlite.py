@@ -74,6 +74,13 @@ class SqliteDirectory(SqlDirectory):
         matched: int = await self._in_thread(execute)
         return matched
 
+    async def _upsert_key(self, row: tuple[Any, ...], written_at_ms: int) -> None:
+        await self._execute(
+            "INSERT OR REPLACE INTO directory_api_keys (key_hash, account_id, created_at, key_id, prefix, scopes,"
+            " revoked_at, client_id, written_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (*row, written_at_ms),
+        )
+
     async def _upsert_node(self, node: NodeRecord) -> None:
         await self._execute(
             "INSERT INTO directory_nodes (id, url, region, heartbeat_at) VALUES (%s, %s, %s, %s)"

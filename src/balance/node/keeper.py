@@ -25,8 +25,12 @@ from balance.engine.shard import FENCED, ShardEngine
 from balance.node.forwarding import Forwarder
 from balance.node.ports import NodeShard
 from balance.shards import shard_in_id
+from balance.storage.base import Row
 
 log = logging.getLogger("balance.node")
+
+KEY_POLL_S = 1.0  # at most this between two reads of the keys (a revocation reaches every node within ~1 s)
+KEY_CLOCK_MARGIN_MS = 5000  # key rows are stamped by their writer's clock: re-read this far back
 
 
 def now_ms() -> int:
@@ -44,6 +48,7 @@ class ShardKeeper:
         lease_s: float,
         on_taken_over: Callable[[NodeShard], object] | None = None,
         forwarder: Forwarder | None = None,
+        on_key: Callable[[Row], None] | None = None,
     ) -> None:
         self.node = node
         self.directory = directory
@@ -52,6 +57,9 @@ class ShardKeeper:
         self.lease_ms = int(lease_s * 1000)
         self.on_taken_over = on_taken_over  # after a takeover has recovered: load keys, finish transfers
         self.forwarder = forwarder
+        self.on_key = on_key  # a key row of another node's shard, read from the directory
+        self._keys_read_to = 0  # written_at of the newest key row read (re-read with a margin: clocks differ)
+        self._keys_pushed: set[int] = set()  # owned shards whose keys are in the directory
         self.owner_urls: dict[int, str] = {}  # shard -> the URL of the node holding its live lease (last read)
         self.owned: dict[int, Ownership] = {}
         self.taken_over_at: dict[int, float] = {}  # shard -> seconds its last takeover took (lease + recovery)
@@ -117,6 +125,27 @@ class ShardKeeper:
             if ownership is not None:
                 self._own(shard, ownership)
         await self._read_owners()
+        await self._sync_keys()  # every key of the other nodes' shards, before the node serves
+
+    async def key_written(self, row: Row) -> None:
+        try:
+            await self.directory.put_keys([row], now_ms())
+        except DirectoryError as exc:  # the next start or takeover of its shard writes it again
+            log.warning("node %s: a key change did not reach the directory: %s", self.node.id, exc)
+
+    async def _sync_keys(self) -> None:
+        """Keys: those of owned shards that have recovered go to the directory (once per
+        ownership); those of other nodes' shards written since the last read come back."""
+        for shard_id in self.owned:
+            engine = self.ports[shard_id].engine
+            if shard_id not in self._keys_pushed and engine is not None and engine.ready:
+                await self.directory.put_keys(await self.ports[shard_id].load_keys(), now_ms())
+                self._keys_pushed.add(shard_id)
+        rows = await self.directory.keys_written_since(max(0, self._keys_read_to - KEY_CLOCK_MARGIN_MS))
+        for row in rows:
+            self._keys_read_to = max(self._keys_read_to, int(row[-1]))
+            if self.on_key is not None and self.shard_elsewhere(row[1]) is not None:
+                self.on_key(tuple(row[:-1]))  # (own shards: the shard's table is the record)
 
     async def _read_owners(self) -> None:
         """Who owns which shard now (their URLs), for forwarding."""
@@ -143,9 +172,13 @@ class ShardKeeper:
                 await self.step()
             except DirectoryError as exc:
                 log.warning("node %s: the directory did not answer (%s); serving on", self.node.id, exc)
-            await asyncio.sleep(max(0.05, self.lease_ms / 3000 - (time.monotonic() - began)))
+            await asyncio.sleep(max(0.05, min(self.lease_ms / 3000, KEY_POLL_S) - (time.monotonic() - began)))
 
     async def step(self) -> None:
+        await self._renew_and_take()
+        await self._sync_keys()
+
+    async def _renew_and_take(self) -> None:
         await self.directory.heartbeat(NodeRecord(self.node.id, self.node.url, self.node.region, now_ms()))
         candidates = await self._candidates()
         mine = {shard.id for shard in candidates}
@@ -192,6 +225,7 @@ class ShardKeeper:
 
     async def _lose(self, shard_id: int, why: str) -> None:
         self.owned.pop(shard_id, None)
+        self._keys_pushed.discard(shard_id)
         starting = self._starting.pop(shard_id, None)
         if starting is not None and not starting.done():
             starting.cancel()
@@ -203,6 +237,7 @@ class ShardKeeper:
     async def _hand_over(self, shard_id: int, ownership: Ownership) -> None:
         """Stop the shard (drained, a last checkpoint) and end the lease now."""
         self.owned.pop(shard_id, None)
+        self._keys_pushed.discard(shard_id)
         engine = self.ports[shard_id].disown()
         if engine is not None:
             await engine.stop()
