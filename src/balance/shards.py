@@ -80,8 +80,9 @@ class ShardsElsewhere(Protocol):
     def shard_elsewhere(self, account_id: str) -> int | None:
         """The shard of ``account_id`` if this node does not own it."""
 
-    def new_account_shard_elsewhere(self, body: bytes, headers: dict[bytes, bytes]) -> int | None:
-        """Where a new account (``POST /v1/accounts``) goes, if that shard is owned elsewhere."""
+    def body_shard_elsewhere(self, route: str, body: bytes, headers: dict[bytes, bytes]) -> int | None:
+        """For a route whose account is in the body (``POST /v1/accounts``: where the new
+        account goes; ``POST /v1/transfers``: the source account), its shard if owned elsewhere."""
 
     async def forward(
         self, shard: int, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes

@@ -120,8 +120,16 @@ def test_a_request_for_another_nodes_shard_is_forwarded_and_answered_as_the_owne
     across = a.post("/v1/transfers", json={"id": "t-1", "from_account_id": account, "to_account_id": other,
                                             "amount": 10, "currency": "USD"})  # fmt: skip
     assert across.status_code == 503 and "across nodes" in across.json()["detail"], across.text
-    assert a.get(f"/v1/accounts/{account}").json()["balance"] == 70
+    via_b = b.post("/v1/transfers", json={"id": "t-1", "from_account_id": account, "to_account_id": other,
+                                          "amount": 10, "currency": "USD"})  # fmt: skip
+    assert via_b.status_code == 503 and via_b.content == across.content  # forwarded to a, its answer
     assert b.get(f"/v1/accounts/{other}").json()["balance"] == 0
+    # A transfer within a's shard, sent to b: forwarded to a, done.
+    neighbour = next(m for m in made if m.startswith("US-0-") and m != account)
+    within = b.post("/v1/transfers", json={"id": "t-2", "from_account_id": account, "to_account_id": neighbour,
+                                           "amount": 10, "currency": "USD"})  # fmt: skip
+    assert within.status_code == 201, within.text
+    assert a.get(f"/v1/accounts/{neighbour}").json()["balance"] == 10
 
     a_proc.send_signal(signal.SIGKILL)
     a_proc.wait(10)

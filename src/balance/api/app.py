@@ -44,6 +44,7 @@ _KIND_OF_ROUTE = {
     "/v1/accounts/{id}/holds/{hold_id}/release": "release", "/v1/batch": "batch",
 }  # fmt: skip
 _ACCOUNT_ROUTE = "/v1/accounts/{id}"  # the routes of one account (its id the first parameter)
+_BODY_ACCOUNT_ROUTES = ("/v1/accounts", "/v1/transfers")  # POST routes whose account is in the body
 
 
 def json_media_type(content_type: bytes) -> bool:
@@ -240,8 +241,8 @@ class BalanceApp:
             if node is not None:  # a fleet node: what is on a shard it does not own, its owner answers
                 if params and pattern.startswith(_ACCOUNT_ROUTE):
                     shard = node.shard_elsewhere(params[0])
-                elif pattern == "/v1/accounts" and method == "POST":
-                    shard = node.new_account_shard_elsewhere(request.body, headers)
+                elif pattern in _BODY_ACCOUNT_ROUTES and method == "POST":
+                    shard = node.body_shard_elsewhere(pattern, request.body, headers)
                 else:
                     shard = None
                 if shard is not None:  # (the key was checked here first)

@@ -74,11 +74,12 @@ class ShardKeeper:
         engine = self.ports[shard].engine
         return None if engine is not None and engine.ready else shard
 
-    def new_account_shard_elsewhere(self, body: bytes, headers: dict[bytes, bytes]) -> int | None:
-        """A child goes to its parent's shard; a top-level account with a ``client_id`` to the
-        shard its retries find (``BalanceService.create_account``); any other top-level one to
-        a shard drawn at random over the fleet, so that accounts created through any node
-        spread over every shard. A request forwarded here already is served here."""
+    def body_shard_elsewhere(self, route: str, body: bytes, headers: dict[bytes, bytes]) -> int | None:
+        """A transfer goes to its source account's shard. A new account: a child to its
+        parent's shard; a top-level account with a ``client_id`` to the shard its retries find
+        (``BalanceService.create_account``); any other top-level one to a shard drawn at random
+        over the fleet, so that accounts created through any node spread over every shard.
+        A request forwarded here already is served here."""
         if self.forwarder is not None and self.forwarder.forwarded(headers):
             return None
         try:
@@ -87,6 +88,9 @@ class ShardKeeper:
             return None  # the route answers the bad body
         if not isinstance(fields, dict):
             return None
+        if route == "/v1/transfers":
+            source = fields.get("from_account_id")
+            return self.shard_elsewhere(source) if isinstance(source, str) else None
         parent_id, client_id = fields.get("parent_id"), fields.get("client_id")
         if isinstance(parent_id, str):
             return self.shard_elsewhere(parent_id)
