@@ -144,5 +144,8 @@ async def build_node_app(settings: Settings) -> tuple[BalanceApp, ShardKeeper]:
         forwarder=forwarder, on_key=lambda row: service.keys.add(KeyRecord.from_row(row)),
     )  # fmt: skip
     service.node = keeper
+    for port in ports:  # a transfer's target leg on another node's shard goes there
+        port.remote = keeper.remote_execute
+    keeper.finish_pending = service.finish_pending_transfers
     await keeper.first_pass()
     return BalanceApp(service, metrics), keeper

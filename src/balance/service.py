@@ -44,11 +44,9 @@ ADMIN = a.ADMIN
 log = logging.getLogger("balance.service")
 
 
-# Money between shards owned by different nodes (issue 17 item 4) is not built yet: refused
-# before anything moves, so that no money waits in transit for a leg this node cannot reach.
-_CROSS_NODE = (
-    "the other account is on a shard another node owns; transfers and holds across nodes are not supported yet"
-)
+# A hold whose destination is on a shard another node owns is refused before anything moves:
+# placing it needs the destination's committed state, which only that node has (not built yet).
+_CROSS_NODE = "the destination account is on a shard another node owns; holds across nodes are not supported yet"
 
 shard_of = shard_in_id  # the shard an id names (``Placement.shard_of`` also checks it exists)
 
@@ -307,9 +305,6 @@ class BalanceService:
             if isinstance(command, c.Transfer):
                 target = self.port_for(command.to_account_id)
                 if target is not None and target is not engine:
-                    if self.node is not None and self.node.shard_elsewhere(command.to_account_id) is not None:
-                        collector.answer(index, unavailable_reply(_CROSS_NODE))  # refused before any money moves
-                        continue
                     across.append((index, asyncio.ensure_future(self._transfer_across_shards(command, engine, target))))
                     continue
             elif isinstance(command, c.PlaceHold) and command.destination_account_id is not None:

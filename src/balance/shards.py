@@ -17,6 +17,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
 from balance.domain import commands as c
+from balance.domain.authority import Actor
 from balance.engine.replies import Collector, Reply
 from balance.storage.base import Row
 
@@ -91,6 +92,13 @@ class ShardsElsewhere(Protocol):
 
     async def key_written(self, row: Row) -> None:
         """A key was created or revoked here (``schema.KEY_COLUMNS``): tell the other nodes."""
+
+    def fleet_actor(self, headers: dict[bytes, bytes]) -> Actor | None:
+        """A request another node sent (it carries the fleet secret): an actor with no powers
+        on the API's routes, admitted for the internal ones; None for any other request."""
+
+    async def internal(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> Reply:
+        """An internal route (``/internal/...``): another node's step of a movement across nodes."""
 
 
 class InProcessShard:

@@ -34,26 +34,49 @@ def node_env(data_dir: Path, node_id: str) -> dict[str, str]:
     return env
 
 
+class Fleet:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.envs = {node: node_env(tmp_path, node) for node in ("a", "b")}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, node: str) -> None:
+        self.procs[node], _ = start_ready(self.envs[node], self.tmp_path / f"{node}.log")
+
+    def client(self, node: str) -> httpx.Client:
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.envs[node]['BALANCE_PORT']}", headers=HEADERS, timeout=30)
+
+
 @pytest.fixture
-def two_nodes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[httpx.Client, httpx.Client, subprocess.Popen[bytes]]]:
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
     monkeypatch.setenv("BALANCE_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("BALANCE_DIRECTORY_URL", raising=False)
     assert cli.main(["shards", "add", "0", "--database", str(tmp_path / "shard-0.db"), "--node", "a"]) == 0
     assert cli.main(["shards", "add", "1", "--database", str(tmp_path / "shard-1.db"), "--node", "b"]) == 0
-    a_env, b_env = node_env(tmp_path, "a"), node_env(tmp_path, "b")
-    a_proc, a_url = start_ready(a_env, tmp_path / "a.log")
-    b_proc, b_url = start_ready(b_env, tmp_path / "b.log")
-    with (
-        httpx.Client(base_url=a_url, headers=HEADERS, timeout=30) as a,
-        httpx.Client(base_url=b_url, headers=HEADERS, timeout=30) as b,
-    ):
-        yield a, b, a_proc
-    for proc in (a_proc, b_proc):
+    fleet = Fleet(tmp_path)
+    fleet.start("a")
+    fleet.start("b")
+    yield fleet
+    for proc in fleet.procs.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)
+
+
+@pytest.fixture
+def two_nodes(fleet: Fleet) -> Iterator[tuple[httpx.Client, httpx.Client, subprocess.Popen[bytes]]]:
+    with fleet.client("a") as a, fleet.client("b") as b:
+        yield a, b, fleet.procs["a"]
+
+
+def new_account(client: httpx.Client, shard: int) -> str:
+    """A top-level account on ``shard`` (creations spread at random: until one lands there)."""
+    for _ in range(200):
+        r = client.post("/v1/accounts", json={"kind": "user", "region": "US", "currency": "USD", "name": "x"})
+        if r.status_code == 201 and r.json()["id"].startswith(f"US-{shard}-"):
+            return str(r.json()["id"])
+        time.sleep(0.02)
+    raise AssertionError(f"no account landed on shard {shard}")
 
 
 def test_a_request_for_another_nodes_shard_is_forwarded_and_answered_as_the_owner_answers(
@@ -115,24 +138,54 @@ def test_a_request_for_another_nodes_shard_is_forwarded_and_answered_as_the_owne
         assert time.monotonic() - revoked_at < 2.0, "a revocation took more than two seconds to reach node b"
         time.sleep(0.05)
 
-    # Money across nodes is not built yet: refused before anything moves (nothing in transit).
+    # Money across nodes: the source leg on a, the target leg on b (its internal route), the
+    # answer back; the same id again, through either node, gives the first answer.
     other = next(m for m in made if m.startswith("US-1-"))
-    across = a.post("/v1/transfers", json={"id": "t-1", "from_account_id": account, "to_account_id": other,
-                                            "amount": 10, "currency": "USD"})  # fmt: skip
-    assert across.status_code == 503 and "across nodes" in across.json()["detail"], across.text
-    via_b = b.post("/v1/transfers", json={"id": "t-1", "from_account_id": account, "to_account_id": other,
-                                          "amount": 10, "currency": "USD"})  # fmt: skip
-    assert via_b.status_code == 503 and via_b.content == across.content  # forwarded to a, its answer
-    assert b.get(f"/v1/accounts/{other}").json()["balance"] == 0
+    transfer = {"id": "t-1", "from_account_id": account, "to_account_id": other, "amount": 10, "currency": "USD"}
+    across = a.post("/v1/transfers", json=transfer)
+    assert across.status_code == 201, across.text
+    assert [acc["balance"] for acc in across.json()["accounts"]] == [60, 10]
+    again = b.post("/v1/transfers", json=transfer)  # forwarded to a: replayed there
+    assert again.status_code == 201 and again.headers.get("idempotent-replayed") == "true"
+    assert again.content == across.content
+    assert a.get(f"/v1/accounts/{account}").json()["balance"] == 60
+    assert b.get(f"/v1/accounts/{other}").json()["balance"] == 10
+    # The internal route: not reachable without the fleet secret, whatever the key.
+    leg = "/internal/v1/shards/1/transfer-in"
+    assert b.post(leg, content=b"[]").status_code == 404  # the admin key is not enough
+    assert b.post(leg, content=b"[]", headers={"x-balance-fleet": "guess"}).status_code in (401, 404)
+    assert b.post(leg, content=b"[]", headers=partner).status_code in (401, 404)  # (revoked above)
     # A transfer within a's shard, sent to b: forwarded to a, done.
     neighbour = next(m for m in made if m.startswith("US-0-") and m != account)
     within = b.post("/v1/transfers", json={"id": "t-2", "from_account_id": account, "to_account_id": neighbour,
                                            "amount": 10, "currency": "USD"})  # fmt: skip
     assert within.status_code == 201, within.text
     assert a.get(f"/v1/accounts/{neighbour}").json()["balance"] == 10
+    assert a.get(f"/v1/accounts/{account}").json()["balance"] == 50
 
     a_proc.send_signal(signal.SIGKILL)
     a_proc.wait(10)
     down = b.post(f"/v1/accounts/{account}/credits", json={"id": "fwd-3", "amount": 1})
     assert down.status_code == 503 and down.headers.get("retry-after"), down.text
     assert down.json()["code"] == "unavailable"
+
+
+def test_a_transfer_whose_target_node_is_down_is_finished_once_it_is_back(fleet: Fleet) -> None:
+    with fleet.client("a") as a:
+        source, target = new_account(a, 0), new_account(a, 1)
+        assert a.post(f"/v1/accounts/{source}/credits", json={"id": "c", "amount": 100}).status_code == 201
+        fleet.procs["b"].send_signal(signal.SIGKILL)
+        fleet.procs["b"].wait(10)
+        transfer = {"id": "t-down", "from_account_id": source, "to_account_id": target, "amount": 30, "currency": "USD"}
+        in_flight = a.post("/v1/transfers", json=transfer)
+        assert in_flight.status_code == 503 and in_flight.headers.get("retry-after"), in_flight.text
+        assert a.get(f"/v1/accounts/{source}").json()["balance"] == 70  # in transit, not lost
+        fleet.start("b")
+        deadline = time.monotonic() + 15
+        while (r := a.get(f"/v1/accounts/{target}")).status_code != 200 or r.json()["balance"] != 30:
+            assert time.monotonic() < deadline, f"the transfer was not finished: {r.text}"  # by a's finisher
+            time.sleep(0.2)
+        done = a.post("/v1/transfers", json=transfer)
+        assert done.status_code == 201 and done.headers.get("idempotent-replayed") == "true", done.text
+        assert [acc["balance"] for acc in done.json()["accounts"]] == [70, 30]
+        assert a.get(f"/v1/accounts/{source}").json()["balance"] == 70

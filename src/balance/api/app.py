@@ -44,6 +44,7 @@ _KIND_OF_ROUTE = {
     "/v1/accounts/{id}/holds/{hold_id}/release": "release", "/v1/batch": "batch",
 }  # fmt: skip
 _ACCOUNT_ROUTE = "/v1/accounts/{id}"  # the routes of one account (its id the first parameter)
+_INTERNAL = "/internal/"  # a fleet's node-to-node routes (balance.node.keeper.ShardKeeper.internal)
 _BODY_ACCOUNT_ROUTES = ("/v1/accounts", "/v1/transfers")  # POST routes whose account is in the body
 
 
@@ -108,7 +109,10 @@ class BalanceApp:
         service = self.service
 
         def authenticate(headers: dict[bytes, bytes]) -> Actor | None:
-            return service.actor(bearer(headers))
+            actor = service.actor(bearer(headers))
+            if actor is None and service.node is not None:  # another node's internal request
+                return service.node.fleet_actor(headers)
+            return actor
 
         def ready() -> bool:
             return bool(service.ready)
@@ -215,6 +219,8 @@ class BalanceApp:
             )
         if path == "/openapi.json":
             return path, Reply(200, self._openapi), []
+        if path.startswith(_INTERNAL) and self.service.node is not None:  # nodes only (the fleet secret)
+            return _INTERNAL, await self.service.node.internal(method, path, headers, b"" if body is None else body), []
         parts = path.strip("/").split("/")
         handler, pattern, params = self._match(method, parts)
         if handler is None:

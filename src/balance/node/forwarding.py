@@ -16,12 +16,33 @@ import hmac
 import logging
 
 import httpx
+import msgspec
 
+from balance.domain import commands as c
 from balance.engine.replies import Reply, unavailable_reply
 
 log = logging.getLogger("balance.node")
 
 FLEET_HEADER = b"x-balance-fleet"
+INTERNAL_PREFIX = "/internal/v1/"
+
+
+class LegWire(msgspec.Struct, array_like=True):
+    """A transfer as the internal route carries it (its metadata as base64)."""
+
+    op_id: str
+    from_account_id: str
+    to_account_id: str
+    amount: int
+    currency: str
+    description: str
+    metadata: bytes
+
+    def transfer(self) -> c.Transfer:
+        return c.Transfer(self.op_id, self.from_account_id, self.to_account_id, self.amount, self.currency,
+                          self.description, self.metadata)  # fmt: skip
+
+
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-length", b"te", b"upgrade"}
 CONNECT_TIMEOUT_S = 1.0
 ANSWER_TIMEOUT_S = 15.0  # an owner's answer (a batch of 8,190 operations included)
@@ -53,6 +74,23 @@ class Forwarder:
             return unavailable_reply(f"the node that owns this account's shard ({owner_url}) does not answer")
         replayed = response.headers.get("idempotent-replayed") == "true"
         return Reply(response.status_code, response.content, replayed)
+
+    async def transfer_in(self, owner_url: str, shard: int, transfer: c.Transfer) -> Reply:
+        """The target leg of a transfer whose target shard another node owns: executed there
+        (``ShardKeeper.internal``), its answer back; 503 if that node does not answer (the
+        transfer stays in flight: a retry of the same id, or the finisher, completes it)."""
+        wire = LegWire(transfer.op_id, transfer.from_account_id, transfer.to_account_id, transfer.amount,
+                       transfer.currency, transfer.description, transfer.metadata)  # fmt: skip
+        url = f"{owner_url.rstrip('/')}{INTERNAL_PREFIX}shards/{shard}/transfer-in"
+        try:
+            response = await self._client.post(
+                url, content=msgspec.json.encode(wire),
+                headers={FLEET_HEADER.decode(): self._secret.decode(), "content-type": "application/json"},
+            )  # fmt: skip
+        except httpx.HTTPError as exc:
+            log.warning("transfer %s: the target leg on %s failed: %r", transfer.op_id, owner_url, exc)
+            return unavailable_reply(f"the node that owns shard {shard} ({owner_url}) does not answer")
+        return Reply(response.status_code, response.content, response.headers.get("idempotent-replayed") == "true")
 
     async def close(self) -> None:
         await self._client.aclose()

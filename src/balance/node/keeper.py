@@ -14,21 +14,26 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
 from balance.directory.records import DirectoryError, NodeRecord, Ownership, ShardDirectory, ShardRecord
+from balance.domain import commands as c
+from balance.domain.authority import Actor
 from balance.domain.ids import client_account_suffix
 from balance.engine.replies import Reply, unavailable_reply
 from balance.engine.shard import FENCED, ShardEngine
-from balance.node.forwarding import Forwarder
+from balance.node.forwarding import INTERNAL_PREFIX, Forwarder, LegWire
 from balance.node.ports import NodeShard
 from balance.shards import shard_in_id
 from balance.storage.base import Row
+from balance.views import problem
 
 log = logging.getLogger("balance.node")
 
+FLEET_ACTOR = Actor("fleet", 0, "")  # another node: no powers on the API's routes (internal ones only)
+FINISH_EVERY_S = 2.0  # how often transfers in flight (their target on another node) are finished
 KEY_POLL_S = 1.0  # at most this between two reads of the keys (a revocation reaches every node within ~1 s)
 KEY_CLOCK_MARGIN_MS = 5000  # key rows are stamped by their writer's clock: re-read this far back
 
@@ -60,6 +65,9 @@ class ShardKeeper:
         self.on_key = on_key  # a key row of another node's shard, read from the directory
         self._keys_read_to = 0  # written_at of the newest key row read (re-read with a margin: clocks differ)
         self._keys_pushed: set[int] = set()  # owned shards whose keys are in the directory
+        # Transfers in flight to other nodes' shards: finished in the background (and at start).
+        self.finish_pending: Callable[[], Awaitable[int]] | None = None
+        self._finished_at = 0.0
         self.owner_urls: dict[int, str] = {}  # shard -> the URL of the node holding its live lease (last read)
         self.owned: dict[int, Ownership] = {}
         self.taken_over_at: dict[int, float] = {}  # shard -> seconds its last takeover took (lease + recovery)
@@ -131,6 +139,41 @@ class ShardKeeper:
         await self._read_owners()
         await self._sync_keys()  # every key of the other nodes' shards, before the node serves
 
+    def fleet_actor(self, headers: dict[bytes, bytes]) -> Actor | None:
+        return FLEET_ACTOR if self.forwarder is not None and self.forwarder.forwarded(headers) else None
+
+    async def remote_execute(self, shard: int, command: c.Command) -> Reply:
+        """A command for a shard another node owns: a transfer's target leg goes to that node."""
+        owner = self.owner_urls.get(shard)
+        if not isinstance(command, c.TransferIn) or self.forwarder is None or owner is None:
+            return unavailable_reply(f"shard {shard} is owned by another node, which cannot be reached now")
+        return await self.forwarder.transfer_in(owner, shard, command.transfer)
+
+    async def internal(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> Reply:
+        """``POST /internal/v1/shards/{shard}/transfer-in``, from another node only (the fleet
+        secret; anyone else is told there is no such route): the target leg of a transfer
+        whose source is on that node's shard. Marked in flight to the account meanwhile
+        (closing it waits), as within one process."""
+        parts = path.removeprefix(INTERNAL_PREFIX).split("/")
+        if self.forwarder is None or not self.forwarder.forwarded(headers) or method != "POST" or (
+            len(parts) != 3 or parts[0] != "shards" or not parts[1].isdigit() or parts[2] != "transfer-in"
+        ):  # fmt: skip
+            return Reply(404, problem("not_found", 404, f"{method} {path} is not a route"))
+        shard = int(parts[1])
+        engine = self.ports[shard].engine if shard < len(self.ports) else None
+        if engine is None or not engine.ready:
+            return unavailable_reply(f"shard {shard} is not served by this node now")
+        try:
+            transfer = msgspec.json.decode(body, type=LegWire).transfer()
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return Reply(422, problem("validation_error", 422, f"not a transfer leg: {exc}"))
+        ledger, leg = engine.ledger, f"{transfer.from_account_id}:{transfer.op_id}"
+        ledger.mark(ledger.inbound, transfer.to_account_id, leg, True)
+        reply = await engine.execute(c.TransferIn(transfer))
+        if reply.status != 503:
+            ledger.mark(ledger.inbound, transfer.to_account_id, leg, False)
+        return reply
+
     async def key_written(self, row: Row) -> None:
         try:
             await self.directory.put_keys([row], now_ms())
@@ -181,6 +224,15 @@ class ShardKeeper:
     async def step(self) -> None:
         await self._renew_and_take()
         await self._sync_keys()
+        if self.finish_pending is not None and time.monotonic() - self._finished_at >= FINISH_EVERY_S:
+            self._finished_at = time.monotonic()
+            try:
+                finished = await self.finish_pending()
+            except Exception as exc:  # noqa: BLE001 (storage away, an owner down: the next round retries)
+                log.warning("node %s: finishing transfers in flight failed: %r", self.node.id, exc)
+            else:
+                if finished:
+                    log.info("node %s: finished %d transfers in flight", self.node.id, finished)
 
     async def _renew_and_take(self) -> None:
         await self.directory.heartbeat(NodeRecord(self.node.id, self.node.url, self.node.region, now_ms()))

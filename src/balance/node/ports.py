@@ -20,8 +20,15 @@ class NodeShard:
     """A ShardPort whose engine comes and goes with the lease (``own`` / ``disown``). While
     owned, the hot calls are the engine's own bound methods, as in ``InProcessShard``."""
 
-    def __init__(self, shard: int, clock: Clock, backoff: Backoff) -> None:
+    def __init__(
+        self,
+        shard: int,
+        clock: Clock,
+        backoff: Backoff,
+        remote: Callable[[int, c.Command], Awaitable[Reply]] | None = None,
+    ) -> None:
         self.shard = shard
+        self.remote = remote  # a command for this shard while another node owns it (a transfer's target leg)
         self.clock = clock
         self.backoff = backoff
         self.engine: ShardEngine | None = None
@@ -50,6 +57,8 @@ class NodeShard:
         return f"shard {self.shard} is not served by this node (it is taken over or served by another node)"
 
     async def _away_execute(self, command: c.Command) -> Reply:
+        if self.remote is not None:
+            return await self.remote(self.shard, command)
         return unavailable_reply(self._detail())
 
     def _away_enqueue(self, command: c.Command, collector: Collector, index: int) -> None:
