@@ -1,8 +1,10 @@
 """Three real nodes over six MariaDB shard databases (``make fleet``'s placement: two shards
-per node, the next node standby), credits and debits sent through random nodes (forwarded
-to the owners) while one node is SIGKILLed and later restarted: its shards are taken over
-by their standby. Afterwards every acknowledged operation is in its account exactly once,
-and each balance is exactly what the operations that landed add up to."""
+per node, the next node standby), a bank workload (credits, debits, transfers between any
+two accounts: mostly across shards and nodes) sent through random nodes while one node is
+SIGKILLed and later restarted: its shards are taken over by their standby. Afterwards:
+every acknowledged operation is there exactly once (a transfer in both accounts), each
+balance is what its own history adds up to, and once the transfers in flight are finished
+the money is conserved across the fleet (the balances sum to the credits minus the debits)."""
 
 from __future__ import annotations
 
@@ -57,16 +59,10 @@ def processes() -> Iterator[dict[str, subprocess.Popen[bytes]]]:
             proc.wait(10)
 
 
-def amount_of(op_id: str) -> int:
-    """Operation ids say what they move: ``c-7-…`` credits 7, ``d-3-…`` debits 3."""
-    kind, amount, _ = op_id.split("-", 2)
-    return int(amount) if kind == "c" else -int(amount)
-
-
 class Load:
     def __init__(self, urls: dict[str, str], accounts: list[str]) -> None:
         self.urls, self.accounts = urls, accounts
-        self.acknowledged: dict[str, str] = {}  # op id -> account
+        self.acknowledged: dict[str, tuple[str, ...]] = {}  # op id -> the accounts it is in
         self.answers: dict[int, int] = {}
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -78,35 +74,45 @@ class Load:
         n = 0
         while not self.stop.is_set():
             n += 1
-            account = rng.choice(self.accounts)
-            node = rng.choice(NODES)
-            debit = n % 4 == 0
-            op = f"{'d' if debit else 'c'}-{rng.randint(1, 9)}-{worker}.{n}"
-            path = f"/v1/accounts/{account}/{'debits' if debit else 'credits'}"
+            account, other = rng.sample(self.accounts, 2)
+            node, roll, amount = rng.choice(NODES), rng.random(), rng.randint(1, 9)
+            op = f"w{worker}.{n}"
+            if roll < 0.5:
+                path, body, accounts = f"/v1/accounts/{account}/credits", {"id": op, "amount": amount}, (account,)
+            elif roll < 0.65:
+                path, body, accounts = f"/v1/accounts/{account}/debits", {"id": op, "amount": amount}, (account,)
+            else:
+                path, accounts = "/v1/transfers", (account, other)
+                body = {"id": op, "from_account_id": account, "to_account_id": other, "amount": amount,
+                        "currency": "USD"}  # fmt: skip
             try:
-                r = clients[node].post(path, json={"id": op, "amount": abs(amount_of(op))})
+                r = clients[node].post(path, json=body)
             except httpx.TransportError:
                 time.sleep(0.05)  # that node is down
                 continue
             with self.lock:
                 self.answers[r.status_code] = self.answers.get(r.status_code, 0) + 1
                 if r.status_code == 201:
-                    self.acknowledged[op] = account
+                    self.acknowledged[op] = accounts
         for client in clients.values():
             client.close()
 
 
-def operations_of(client: httpx.Client, account: str) -> list[str]:
-    ids: list[str] = []
+def history(client: httpx.Client, account: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     cursor = None
     while True:
         params: dict[str, Any] = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
         r = client.get(f"/v1/accounts/{account}/transactions", params=params)
         assert r.status_code == 200, r.text
-        ids += [txn["operation_id"] for txn in r.json()["data"] if txn["kind"] in ("credit", "debit")]
+        rows += r.json()["data"]
         cursor = r.json().get("next_cursor")
         if not cursor:
-            return ids
+            return rows
+
+
+def signed(txn: dict[str, Any]) -> int:
+    return int(txn["amount"]) if txn["direction"] == "credit" else -int(txn["amount"])
 
 
 def retrying(fn: Any, *args: Any, **kwargs: Any) -> httpx.Response:
@@ -136,7 +142,7 @@ def test_a_node_killed_under_load_loses_nothing_acknowledged(
     first = httpx.Client(base_url=urls["node1"], headers=HEADERS, timeout=30)
     accounts = []
     while len({a.split("-")[1] for a in accounts}) < 6 or len(accounts) < ACCOUNTS:
-        body = {"kind": "user", "region": "US", "currency": "USD", "name": "u", "credit_limit": 10**9}
+        body = {"kind": "user", "region": "US", "currency": "USD", "name": "u", "credit_limit": 10**6}
         r = retrying(first.post, "/v1/accounts", json=body)
         assert r.status_code == 201, r.text
         accounts.append(r.json()["id"])
@@ -167,11 +173,22 @@ def test_a_node_killed_under_load_loses_nothing_acknowledged(
     assert taken[2] == taken[3] == "node3", taken  # taken over by the standby
     print(f"\nanswers {load.answers}, acknowledged {len(load.acknowledged)}")
     assert load.answers.get(201, 0) > 100
+
+    # Once the transfers in flight are finished (by their source node, in the background),
+    # the balances add up to the credits minus the debits: nothing created, nothing lost.
+    deadline = time.monotonic() + 30
+    while True:
+        histories = {account: history(first, account) for account in accounts}
+        balances = {account: retrying(first.get, f"/v1/accounts/{account}").json()["balance"] for account in accounts}
+        outside = sum(signed(t) for rows in histories.values() for t in rows if t["kind"] in ("credit", "debit"))
+        if sum(balances.values()) == outside:
+            break
+        assert time.monotonic() < deadline, f"money in transit never arrived: {sum(balances.values())} != {outside}"
+        time.sleep(0.5)
     for account in accounts:
-        ids = operations_of(first, account)
+        ids = [t["operation_id"] for t in histories[account]]
         assert len(ids) == len(set(ids)), f"an operation twice in {account}"
-        mine = {op for op, acc in load.acknowledged.items() if acc == account}
+        mine = {op for op, where in load.acknowledged.items() if account in where}
         assert mine <= set(ids), f"acknowledged operations missing from {account}: {sorted(mine - set(ids))[:5]}"
-        balance = retrying(first.get, f"/v1/accounts/{account}").json()["balance"]
-        assert balance == sum(amount_of(op) for op in ids), account
+        assert balances[account] == sum(signed(t) for t in histories[account]), account
     first.close()
