@@ -34,6 +34,7 @@ log = logging.getLogger("balance.node")
 
 FLEET_ACTOR = Actor("fleet", 0, "")  # another node: no powers on the API's routes (internal ones only)
 FINISH_EVERY_S = 2.0  # how often transfers in flight (their target on another node) are finished
+OWNERS_REREAD_S = 0.2  # an unknown owner is looked up in the directory at most this often
 KEY_POLL_S = 1.0  # at most this between two reads of the keys (a revocation reaches every node within ~1 s)
 KEY_CLOCK_MARGIN_MS = 5000  # key rows are stamped by their writer's clock: re-read this far back
 
@@ -68,6 +69,7 @@ class ShardKeeper:
         # Transfers in flight to other nodes' shards: finished in the background (and at start).
         self.finish_pending: Callable[[], Awaitable[int]] | None = None
         self._finished_at = 0.0
+        self._owners_read_at = 0.0
         self.owner_urls: dict[int, str] = {}  # shard -> the URL of the node holding its live lease (last read)
         self.owned: dict[int, Ownership] = {}
         self.taken_over_at: dict[int, float] = {}  # shard -> seconds its last takeover took (lease + recovery)
@@ -116,7 +118,7 @@ class ShardKeeper:
         engine = self.ports[shard].engine
         if engine is not None and shard in self.owned:  # ours, not ready (recovering, resynchronising)
             return unavailable_reply(f"shard {shard} is {engine.state} on this node; retry shortly")
-        owner = self.owner_urls.get(shard)
+        owner = await self._owner_of(shard)
         forwarder = self.forwarder
         if forwarder is None or owner is None or forwarder.forwarded(headers):
             why = "no fleet secret (BALANCE_FLEET_SECRET) to forward with" if forwarder is None else "no owner known"
@@ -144,7 +146,7 @@ class ShardKeeper:
 
     async def remote_execute(self, shard: int, command: c.Command) -> Reply:
         """A command for a shard another node owns: a transfer's target leg goes to that node."""
-        owner = self.owner_urls.get(shard)
+        owner = await self._owner_of(shard)
         if not isinstance(command, c.TransferIn) or self.forwarder is None or owner is None:
             return unavailable_reply(f"shard {shard} is owned by another node, which cannot be reached now")
         return await self.forwarder.transfer_in(owner, shard, command.transfer)
@@ -193,6 +195,19 @@ class ShardKeeper:
             self._keys_read_to = max(self._keys_read_to, int(row[-1]))
             if self.on_key is not None and self.shard_elsewhere(row[1]) is not None:
                 self.on_key(tuple(row[:-1]))  # (own shards: the shard's table is the record)
+
+    async def _owner_of(self, shard: int) -> str | None:
+        """The owner's URL as last read; not known (a node just started, a takeover just
+        done): read the directory again now, at most every ``OWNERS_REREAD_S``."""
+        owner = self.owner_urls.get(shard)
+        if owner is None and time.monotonic() - self._owners_read_at >= OWNERS_REREAD_S:
+            self._owners_read_at = time.monotonic()
+            try:
+                await self._read_owners()
+            except DirectoryError as exc:
+                log.warning("node %s: the directory did not answer (%s)", self.node.id, exc)
+            owner = self.owner_urls.get(shard)
+        return owner
 
     async def _read_owners(self) -> None:
         """Who owns which shard now (their URLs), for forwarding."""
