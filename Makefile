@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint demo bench bench-quick clean
+.PHONY: run test lint demo bench bench-quick clean fleet
 
 # The hot modules are compiled with mypyc (setup.py's COMPILED): editing one rebuilds.
 COMPILED_SOURCES := $(wildcard src/balance/domain/*.py) src/balance/views.py src/balance/service.py \
@@ -36,6 +36,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
+
+fleet: $(STAMP)  ## three nodes on 8081-8083, six shards on MariaDB (BALANCE_FLEET_BASE_PORT, BALANCE_DB_URL; docs/fleet.md)
+	$(BIN)/balance-service fleet
 
 demo: $(STAMP)
 	$(BIN)/balance-service demo

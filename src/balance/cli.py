@@ -29,9 +29,15 @@ def run(_: argparse.Namespace) -> int:
     from balance.storage.mariadb_url import redacted
 
     storage = redacted(settings.db_url) if settings.db_url else f"SQLite files in {settings.data_dir}/"
-    print(
-        f"balance service: {settings.shards} shard(s) on {storage}, http://{settings.host}:{settings.port}", flush=True
-    )
+    if settings.node_id is not None:
+        where = redacted(settings.directory_url) if settings.directory_url else f"{settings.data_dir}/directory.db"
+        print(f"balance node {settings.node_id}: the shards the directory ({where}) assigns to it,"
+              f" http://{settings.host}:{settings.port}", flush=True)  # fmt: skip
+    else:
+        print(
+            f"balance service: {settings.shards} shard(s) on {storage}, http://{settings.host}:{settings.port}",
+            flush=True,
+        )
     from balance.server import StartError
     from balance.server import run as serve
 
@@ -53,6 +59,25 @@ def bench(args: argparse.Namespace) -> int:
     from balance.bench.command import main as bench_main
 
     return bench_main(args)
+
+
+def directory_action(args: argparse.Namespace) -> int:
+    """An operator command on the shard directory (``BALANCE_DIRECTORY_URL`` or the data directory's)."""
+    from balance.config import Settings
+    from balance.directory.operator import run_action
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"balance-service: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return run_action(args.action_fn, args, settings.directory_url, settings.data_dir)
+
+
+def fleet(_: argparse.Namespace) -> int:
+    from balance.node.local_fleet import main as fleet_main
+
+    return fleet_main()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser.add_argument("--accounts", type=int, default=100_000, help="million: accounts")
     bench_parser.add_argument("--holds", type=int, default=1_000_000, help="million: pending holds (expiry: the burst)")
     bench_parser.set_defaults(fn=bench)
+    commands.add_parser("fleet", help="a local fleet: three nodes, six shards on MariaDB (docs/fleet.md)").set_defaults(
+        fn=fleet
+    )
+    from balance.directory.operator import add_commands
+
+    add_commands(commands, directory_action)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

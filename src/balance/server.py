@@ -24,7 +24,7 @@ class StartError(Exception):
 
 
 def run(settings: Settings) -> None:
-    if settings.http_server == "uvicorn":
+    if settings.http_server == "uvicorn" and settings.node_id is None:
         _run_uvicorn(settings)
         return
     import uvloop
@@ -53,7 +53,17 @@ async def serve(settings: Settings) -> None:
     except ValueError as exc:
         raise StartError(str(exc)) from None
     raise_file_limit()
-    app = build_app(settings)
+    keeper = None
+    if settings.node_id is None:
+        app = build_app(settings)
+    else:  # a node of a fleet: the shards whose leases it holds (docs/fleet.md)
+        from balance.bootstrap import build_node_app
+        from balance.directory.records import DirectoryError
+
+        try:
+            app, keeper = await build_node_app(settings)
+        except (DirectoryError, ValueError) as exc:
+            raise StartError(f"node {settings.node_id}: {exc}") from None
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     signals: list[str] = []
@@ -70,9 +80,12 @@ async def serve(settings: Settings) -> None:
         await http.listen(settings.host, settings.port)
     except OSError as exc:
         await app.service.stop()
+        if keeper is not None:
+            await keeper.release()
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise StartError(f"cannot listen on {settings.host}:{settings.port}: {reason.lower()}") from None
     starting = loop.create_task(app.start_service())  # recovery in the background
+    leases = None if keeper is None else loop.create_task(keeper.run())
     try:
         await stopping.wait()
     finally:
@@ -80,6 +93,10 @@ async def serve(settings: Settings) -> None:
         await http.stop()
         if not starting.done():
             starting.cancel()
+        if leases is not None:
+            leases.cancel()
         await app.service.stop()
+        if keeper is not None:
+            await keeper.release()
         cause = signals[0] if signals else "shutdown"
         log.info("stopped on %s in %.2fs: answers in flight sent, shards checkpointed", cause, time.monotonic() - began)

@@ -40,13 +40,17 @@ from balance.domain.model import (
 from balance.engine.replies import Collector, Reply, Unavailable, unavailable_reply
 from balance.engine.shard import ShardEngine
 from balance.keys import KeyRecord, KeyRegistry, hash_key
-from balance.shards import InProcessShard, Placement, ShardPort, shard_in_id
+from balance.shards import InProcessShard, Placement, ShardPort, ShardsElsewhere, shard_in_id
 from balance.storage.base import StorageError
 
 ADMIN = a.ADMIN
 
 log = logging.getLogger("balance.service")
 
+
+# A hold whose destination is on a shard another node owns is refused before anything moves:
+# placing it needs the destination's committed state, which only that node has (not built yet).
+_CROSS_NODE = "the destination account is on a shard another node owns; holds across nodes are not supported yet"
 
 shard_of = shard_in_id  # the shard an id names (``Placement.shard_of`` also checks it exists)
 
@@ -62,10 +66,21 @@ def not_found(account_id: str) -> Reply:
 class BalanceService:
     """Routes commands to shard engines and decides who may act on which account."""
 
-    def __init__(self, engines: Sequence[ShardEngine], admin_key: str, *, admin_key_hash: str | None = None) -> None:
+    def __init__(
+        self,
+        engines: Sequence[ShardEngine],
+        admin_key: str,
+        *,
+        admin_key_hash: str | None = None,
+        ports: Sequence[ShardPort] | None = None,
+    ) -> None:
         self.engines = list(engines)  # for tests, the demo and metrics: the service itself uses the ports
-        self.placement = Placement(len(self.engines))
-        self.shards: list[ShardPort] = [InProcessShard(engine) for engine in self.engines]
+        # A node of a fleet passes its ports (``balance.node.ports``: the engines it owns come and go).
+        self.shards: list[ShardPort] = (
+            [InProcessShard(engine) for engine in self.engines] if ports is None else list(ports)
+        )
+        self.placement = Placement(len(self.shards))
+        self.node: ShardsElsewhere | None = None  # a fleet node: which accounts live on shards it does not own
         # A key from the environment is compared as is (no hash per admin request); a generated
         # one is known by its hash only (kept in the data directory).
         self._admin_key = admin_key if admin_key_hash is None else None
@@ -108,6 +123,12 @@ class BalanceService:
 
     async def stop(self) -> None:
         await asyncio.gather(*(port.stop() for port in self.shards))
+
+    async def shard_taken_over(self, port: ShardPort) -> None:
+        """A node has recovered a shard it took over: its keys, then its unfinished transfers."""
+        for row in await port.load_keys():
+            self.keys.add(KeyRecord.from_row(row))
+        await self.finish_pending_transfers()
 
     @property
     def ready(self) -> bool:
@@ -158,7 +179,13 @@ class BalanceService:
     def _actor_of(self, record: KeyRecord) -> a.Actor | None:
         """A live key's actor with what its account's status lets it do now."""
         port = self.port_for(record.account_id)
-        power = a.key_power(record.scopes, None if port is None else port.account_status(record.account_id))
+        status = None if port is None else port.account_status(record.account_id)
+        if status is None and self.node is not None and self.node.shard_elsewhere(record.account_id) is not None:
+            # A fleet node, the key's account on another node's shard: the key is authenticated
+            # here (its hash, not revoked); what it may do is decided by that node, which gets
+            # the request (a partner key acts on its own subtree: one shard, always forwarded).
+            return record.actor
+        power = a.key_power(record.scopes, status)
         if power is None:
             return None
         return record.actor if power == record.scopes else a.Actor(record.actor.principal, power, record.key_id)
@@ -246,6 +273,8 @@ class BalanceService:
             return reply, None
         record = KeyRecord.from_row((key_hash, account_id, created_at, key_id, key[:8], scopes, None, client_id))
         self.keys.add(record)
+        if self.node is not None:  # a fleet: every node authenticates every key
+            await self.node.key_written(record.row())
         return Reply(201, views.encoder.encode(_key_answer(record, key, replayed=False))), key
 
     async def revoke_key(self, account_id: str, key_id: str) -> Reply:
@@ -260,6 +289,8 @@ class BalanceService:
         reply = await port.execute(c.RevokeKey(account_id, record.row()))
         if reply.status != 200:
             return reply
+        if self.node is not None:  # a fleet: refused on every node at their next read (within a second)
+            await self.node.key_written(record.row())
         return Reply(200, views.encoder.encode(record.view()))
 
     def list_keys(self, account_id: str) -> list[dict[str, object]]:
@@ -286,6 +317,9 @@ class BalanceService:
                     across.append((index, asyncio.ensure_future(self._transfer_across_shards(command, engine, target))))
                     continue
             elif isinstance(command, c.PlaceHold) and command.destination_account_id is not None:
+                if self.node is not None and self.node.shard_elsewhere(command.destination_account_id) is not None:
+                    collector.answer(index, unavailable_reply(_CROSS_NODE))
+                    continue
                 other = self.port_for(command.destination_account_id)
                 if other is not None and other is not engine:
                     remote = self._with_remote_destination(command, other)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from balance.domain import commands as c
+from balance.domain.authority import Actor
 from balance.engine.replies import Collector, Reply
 from balance.storage.base import Row
 
@@ -92,6 +93,32 @@ class ShardPort(Protocol):
     ) -> None:
         """Be told, as each commit lands, of the legs it started and the holds naming another
         shard's account it placed or settled; and when the shard was loaded again."""
+
+
+class ShardsElsewhere(Protocol):
+    """A fleet node (``balance.node.keeper.ShardKeeper``): the accounts it does not serve."""
+
+    def shard_elsewhere(self, account_id: str) -> int | None:
+        """The shard of ``account_id`` if this node does not own it."""
+
+    def body_shard_elsewhere(self, route: str, body: bytes, headers: dict[bytes, bytes]) -> int | None:
+        """For a route whose account is in the body (``POST /v1/accounts``: where the new
+        account goes; ``POST /v1/transfers``: the source account), its shard if owned elsewhere."""
+
+    async def forward(
+        self, shard: int, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
+    ) -> Reply:
+        """The answer of the node that owns ``shard`` (503 if none answers)."""
+
+    async def key_written(self, row: Row) -> None:
+        """A key was created or revoked here (``schema.KEY_COLUMNS``): tell the other nodes."""
+
+    def fleet_actor(self, headers: dict[bytes, bytes]) -> Actor | None:
+        """A request another node sent (it carries the fleet secret): an actor with no powers
+        on the API's routes, admitted for the internal ones; None for any other request."""
+
+    async def internal(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> Reply:
+        """An internal route (``/internal/...``): another node's step of a movement across nodes."""
 
 
 class InProcessShard:

@@ -41,3 +41,10 @@ def test_another_database_same_server_and_redaction() -> None:
 def test_scheme_check() -> None:
     assert is_mariadb_url("mysql://h/x") and is_mariadb_url("MariaDB://h/x")
     assert not is_mariadb_url("sqlite:///x") and not is_mariadb_url("mysql")
+
+
+def test_with_address_keeps_credentials_and_database() -> None:
+    from balance.storage.mariadb_url import with_address
+
+    assert with_address("mysql://u:p%40ss@db:3306/x", "127.0.0.1", 4000) == "mysql://u:p%40ss@127.0.0.1:4000/x"
+    assert with_address("mysql://db/x", "h", 1) == "mysql://h:1/x"

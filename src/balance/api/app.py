@@ -43,6 +43,9 @@ _KIND_OF_ROUTE = {
     "/v1/accounts/{id}/holds": "hold", "/v1/accounts/{id}/holds/{hold_id}/capture": "capture",
     "/v1/accounts/{id}/holds/{hold_id}/release": "release", "/v1/batch": "batch",
 }  # fmt: skip
+_ACCOUNT_ROUTE = "/v1/accounts/{id}"  # the routes of one account (its id the first parameter)
+_INTERNAL = "/internal/"  # a fleet's node-to-node routes (balance.node.keeper.ShardKeeper.internal)
+_BODY_ACCOUNT_ROUTES = ("/v1/accounts", "/v1/transfers")  # POST routes whose account is in the body
 
 
 def json_media_type(content_type: bytes) -> bool:
@@ -108,7 +111,10 @@ class BalanceApp:
         service = self.service
 
         def authenticate(headers: dict[bytes, bytes]) -> Actor | None:
-            return service.actor(bearer(headers))
+            actor = service.actor(bearer(headers))
+            if actor is None and service.node is not None:  # another node's internal request
+                return service.node.fleet_actor(headers)
+            return actor
 
         def ready() -> bool:
             return bool(service.ready)
@@ -217,6 +223,8 @@ class BalanceApp:
             )
         if path == "/openapi.json":
             return path, Reply(200, self._openapi), []
+        if path.startswith(_INTERNAL) and self.service.node is not None:  # nodes only (the fleet secret)
+            return _INTERNAL, await self.service.node.internal(method, path, headers, b"" if body is None else body), []
         parts = path.strip("/").split("/")
         handler, pattern, params = self._match("GET" if method == "HEAD" else method, parts)
         if handler is None:
@@ -241,6 +249,16 @@ class BalanceApp:
                 shown = content_type[:80].decode("latin-1")
                 raise HttpError(UNSUPPORTED_MEDIA_TYPE, 415, f"Content-Type {shown} is not application/json")
             request.principal, request.actor = actor.principal, actor
+            node = self.service.node
+            if node is not None:  # a fleet node: what is on a shard it does not own, its owner answers
+                if params and pattern.startswith(_ACCOUNT_ROUTE):
+                    shard = node.shard_elsewhere(params[0])
+                elif pattern in _BODY_ACCOUNT_ROUTES and method == "POST":
+                    shard = node.body_shard_elsewhere(pattern, request.body, headers)
+                else:
+                    shard = None
+                if shard is not None:  # (the key was checked here first)
+                    return pattern, await node.forward(shard, method, path, raw_query, headers, request.body), []
             if "." in params or ".." in params:
                 raise validation("'.' and '..' are not ids")
             reply = await handler(self, request, params)

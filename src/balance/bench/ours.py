@@ -145,6 +145,9 @@ async def _run_engine(
     backend: str, scenario: str, storage: ShardStorage, clients: int, duration_s: float, progress: Progress | None
 ) -> BenchResult:
     """``clients`` tasks, each waiting for its answer, against an engine on ``storage``."""
+    fence_epoch = int(os.environ.get("BALANCE_BENCH_FENCE_EPOCH") or 0)  # a fleet node's fence guard, or none
+    if fence_epoch:
+        storage.fence_with(fence_epoch)
     engine = ShardEngine(0, storage, sweep_interval_s=3600)
     await engine.start()
     try:

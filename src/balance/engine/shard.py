@@ -28,6 +28,7 @@ from balance.storage.base import (
     EARLIER_FAILED,
     BatchWrite,
     DuplicateOperation,
+    Fenced,
     ShardStorage,
     StorageError,
     succeeded,
@@ -41,6 +42,7 @@ log = logging.getLogger("balance.engine")
 # a broken invariant: it stays so).
 STARTING, RECOVERING, RETRYING, READY, RESYNCING = "starting", "recovering", "retrying", "ready", "resyncing"
 STOPPED, FAILED = "stopped", "failed"
+FENCED = "fenced"  # another node owns the shard now: this engine serves and writes nothing more
 QUEUE_MAX = 200_000  # beyond this, shed load at once instead of queueing without bound
 CHECKPOINT_INTERVAL_S = 2.0  # the holds table is brought up to date with a batch this often
 CHECKPOINT_ROWS = 100_000  # ... or after this many journal rows, whichever comes first
@@ -159,6 +161,10 @@ class ShardEngine:
                 await self.storage.open()
                 self.ledger = await load_ledger(self)
                 break
+            except Fenced as exc:  # a newer owner has the shard: not ours to serve
+                self._fenced(exc)
+                await self.storage.close()
+                return
             except StorageError as exc:
                 try:
                     await self.storage.close()  # the next attempt opens afresh
@@ -456,6 +462,10 @@ class ShardEngine:
                     self._requeued = len(undone)
                     return False
         self.metrics.commit_failures.labels(self.label).inc()
+        if isinstance(exc, Fenced):
+            self._answer_unavailable(undone, f"this node no longer owns shard {self.shard}; retry with the same id")
+            self._fenced(exc)
+            return False
         log.error("shard %s: %d commands undone, storage failed: %s", self.shard, len(undone), exc)
         self._answer_unavailable(undone, "storage is failing; retry with the same id")
         await self._resync(batch.first_seq)
@@ -491,6 +501,14 @@ class ShardEngine:
         self.attempts = 0
         self.state = READY
         self.metrics.ready.labels(self.label).set(1)
+
+    def _fenced(self, exc: Fenced) -> None:
+        """Another node took the shard over: answer what waits, take nothing more (``_admit``)."""
+        self.state, self.last_error = FENCED, str(exc)
+        self.metrics.ready.labels(self.label).set(0)
+        self._answer_unavailable(self._queue, f"this node no longer owns shard {self.shard}")
+        self._queue.clear()
+        log.error("shard %s: fenced, another node owns it now: %s", self.shard, exc)
 
     async def _wait_to_retry(self, what: str, exc: StorageError) -> None:
         """One failed attempt: one log line (no traceback: the error says it all), the state

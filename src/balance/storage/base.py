@@ -17,6 +17,11 @@ class StorageError(Exception):
     """The database failed or is unreachable. Retryable with the same operation ids."""
 
 
+class Fenced(StorageError):
+    """The shard's fence row holds another owner's epoch: this process no longer owns the
+    shard, and the commit was refused inside the database (nothing of it was written)."""
+
+
 class DuplicateOperation(StorageError):
     """A journal row's (account_id, op_key) is already stored: an old operation id came back."""
 
@@ -76,6 +81,13 @@ class ShardStorage(Protocol):
         """Connect, create the database and tables if missing."""
 
     async def close(self) -> None: ...
+
+    def fence_with(self, epoch: int) -> None:
+        """Own the shard with this epoch (the directory's ownership epoch), from the next
+        ``open()`` on: open writes it to the fence row (refusing with ``Fenced`` if the row
+        holds a newer one) after ending what a former owner left (its connections, its
+        prepared XA branches); from then on every commit fails inside the database, in its
+        own transaction, when the fence row holds another epoch. Never called: no check."""
 
     async def load(self) -> LoadedShard: ...
 
@@ -152,4 +164,5 @@ async def succeeded(commit: asyncio.Future[None] | None) -> bool:
     return not commit.cancelled() and commit.exception() is None
 
 
+FENCE_META_KEY = "owner_epoch"  # the fence row (in meta): the epoch of the shard's owner
 EARLIER_FAILED = "the batch before this one failed to commit: nothing of this one was written"

@@ -36,8 +36,8 @@ import asyncmy
 from asyncmy.constants import CLIENT
 
 from balance.storage import schema
-from balance.storage.base import StorageError
-from balance.storage.mariadb_driver import DRIVER_ERRORS, translate
+from balance.storage.base import FENCE_META_KEY, Fenced, StorageError
+from balance.storage.mariadb_driver import DRIVER_ERRORS, FENCE_TRIP_DDL, fence_guard, translate
 from balance.storage.mariadb_reads import MariaDbReads
 from balance.storage.mariadb_statements import MariaDbStatements
 from balance.storage.mariadb_url import parse_url
@@ -100,6 +100,8 @@ class MariaDbShardStorage(MariaDbWrites, MariaDbStatements, MariaDbReads):
         # current_task()) makes a getpid() system call; three per small commit were 1.4% of
         # a single-op server's samples.
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._owner_epoch: int | None = None  # ``fence_with``: taken over at open, guarded in every commit
+        self._fence_guard: str | None = None
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop or asyncio.get_running_loop()
@@ -176,6 +178,8 @@ class MariaDbShardStorage(MariaDbWrites, MariaDbStatements, MariaDbReads):
                     )
                     await cur.execute("SELECT @@max_allowed_packet, @@innodb_flush_log_at_trx_commit")
                     max_packet, flush = await cur.fetchone()
+                    if self._owner_epoch is not None and self._pool is None:  # (not when opened again)
+                        await self._end_other_sessions(cur)
             finally:
                 await setup.ensure_closed()
             # A character is at most 4 bytes in utf8mb4 (bytes values are sent 1:1): stay under the packet.
@@ -199,10 +203,52 @@ class MariaDbShardStorage(MariaDbWrites, MariaDbStatements, MariaDbReads):
                     if attempt == _SETTLE_TRIES - 1:
                         raise
                     await asyncio.sleep(0.1)
+            if self._owner_epoch is not None:
+                await self._take_over(self._owner_epoch)
             await self._connection(self._writers[0])
         except StorageError:
             await self.close()
             raise
+
+    def fence_with(self, epoch: int) -> None:
+        self._owner_epoch = epoch
+        self._fence_guard = fence_guard(epoch)
+
+    async def _end_other_sessions(self, cur: Any) -> None:
+        """Kill every other session on this shard's database (before ours connect): a former
+        owner frozen inside a transaction would hold the fence row's shared lock, and a
+        takeover would wait for it forever. Its open transactions roll back; what it had
+        prepared (XA) survives and is rolled back next (``_settle_in_doubt``)."""
+        await cur.execute(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()", (self.database,)
+        )
+        for (thread,) in await cur.fetchall():
+            try:
+                await cur.execute(f"KILL CONNECTION {int(thread)}")
+            except DRIVER_ERRORS as exc:  # gone already
+                log.debug("%r: KILL %s: %r", self, thread, exc)
+
+    async def _take_over(self, epoch: int) -> None:
+        """Write the epoch to the fence row unless a newer one is there (``Fenced``). The
+        UPDATE waits for the commits still holding the row's shared lock (a former owner's,
+        reconnected meanwhile: they land before it, so recovery, which follows, sees them)."""
+
+        async def write(conn: asyncmy.Connection) -> int:
+            async with conn.cursor() as cur:
+                await cur.execute(f"CREATE TABLE IF NOT EXISTS {FENCE_TRIP_DDL} ENGINE=InnoDB")
+                await cur.execute(
+                    "SET STATEMENT innodb_lock_wait_timeout = 10 FOR INSERT INTO meta (name, value) VALUES (%s, %s)"
+                    " ON DUPLICATE KEY UPDATE value = IF(value <= VALUES(value), VALUES(value), value)",
+                    (FENCE_META_KEY, epoch),
+                )
+                await cur.execute("SELECT value FROM meta WHERE name = %s", (FENCE_META_KEY,))
+                (found,) = await cur.fetchone()
+                return int(found)
+
+        found = await self._read(write)
+        if found != epoch:
+            raise Fenced(f"{self!r}: the shard is owned with epoch {found}, newer than ours ({epoch})")
+        log.info("%r: taken over with epoch %d", self, epoch)
 
     async def close(self) -> None:
         self._open = False

@@ -41,6 +41,7 @@ class MariaDbStatements:
     """Part of ``MariaDbShardStorage`` (a mixin): the statements its commits send."""
 
     _packet_budget: int  # characters per packet (set from max_allowed_packet at open)
+    _fence_guard: str | None  # ``mariadb_driver.fence_guard`` of the owner's epoch, if fenced
     _head_cache: dict[str, tuple[str, str]]
 
     async def _write_rows(
@@ -119,7 +120,8 @@ class MariaDbStatements:
         )
 
     def _statements(self, conn: asyncmy.Connection, batch: BatchWrite) -> list[str]:
-        statements: list[str] = []  # autocommit is off: the first INSERT opens the transaction
+        # autocommit is off: the first statement opens the transaction (the fence guard first)
+        statements: list[str] = [] if self._fence_guard is None else [self._fence_guard]
         for table, columns, rows, upsert in self._own_tables(batch) + self._shared_tables(batch):
             statements += self._insert_statements(conn, table, columns, rows, upsert)
         statements += self._completion_statements(conn, batch)

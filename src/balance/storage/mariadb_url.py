@@ -78,3 +78,11 @@ def redacted(url: str) -> str:
     """What may be shown in a log: the URL without user and password."""
     parts = urlsplit(url)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def with_address(url: str, host: str, port: int) -> str:
+    """The same credentials and database, another server address (e.g. a proxy in front)."""
+    parts = urlsplit(url)
+    parse_server(url)  # the same checks
+    credentials = parts.netloc.rpartition("@")[0]
+    return parts._replace(netloc=(credentials + "@" if credentials else "") + f"{host}:{port}").geturl()

@@ -227,7 +227,12 @@ class MariaDbWrites(MariaDbStatements):
             stage = _ACTIVE
             try:
                 async with conn.cursor() as cur:
-                    await cur.execute(f"XA START '{xid}'")
+                    if self._fence_guard is None:
+                        await cur.execute(f"XA START '{xid}'")
+                    else:  # the guard in the same packet: no round trip of its own
+                        await cur.execute(f"XA START '{xid}';{self._fence_guard}")
+                        while await cur.nextset():
+                            pass
                     await self._write_rows(writer, conn, cur, batch, self._own_tables(batch))
                     if earlier_shared is not None:
                         await asyncio.wait([earlier_shared])

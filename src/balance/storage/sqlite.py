@@ -23,8 +23,10 @@ from balance.domain.model import ACCOUNT_EXHAUSTED
 from balance.storage import schema
 from balance.storage.base import (
     EARLIER_FAILED,
+    FENCE_META_KEY,
     BatchWrite,
     DuplicateOperation,
+    Fenced,
     LoadedShard,
     Row,
     StorageError,
@@ -95,6 +97,7 @@ _HOLD_JOURNAL_BY_KEYS = (
     f"SELECT {','.join(schema.HOLD_JOURNAL_COLUMNS)} FROM journal"
     " WHERE account_id = ? AND op_key IN (?, ?, ?, ?, ?) AND status < 300 ORDER BY seq"
 )
+_FENCE_EPOCH = f"SELECT value FROM meta WHERE name = '{FENCE_META_KEY}'"
 _RECOVERY_JOURNAL_AFTER = schema.recovery_journal_query("?")
 _HISTORY_FILL = schema.history_fill_sql("?", "?")
 # The history table is filled with a batch once this many journal rows wait, at most twice as
@@ -148,6 +151,7 @@ class SqliteShardStorage:
         # writes those queued behind the one it takes up in the same transaction (``_followers``).
         self._waiting: deque[_Link] = deque()
         self._waiting_lock = threading.Lock()
+        self._owner_epoch: int | None = None  # ``fence_with``: every commit checks the fence row
 
     # ---- plumbing ------------------------------------------------------------------------
 
@@ -230,9 +234,30 @@ class SqliteShardStorage:
             )
             row = conn.execute("SELECT value FROM meta WHERE name = ?", (schema.HISTORY_META_KEY,)).fetchone()
             self._history_seq = int(row[0])
+            if self._owner_epoch is not None:
+                self._take_over(conn, self._owner_epoch)
 
         await self._run(self._writer_pool, setup)
         self._reader = await self._run(self._reader_pool, self._connect)
+
+    def fence_with(self, epoch: int) -> None:
+        self._owner_epoch = epoch
+
+    @staticmethod
+    def _take_over(conn: sqlite3.Connection, epoch: int) -> None:
+        """Write ``epoch`` to the fence row. BEGIN IMMEDIATE waits for a former owner's
+        transaction in progress (another process on this file); once this commits, that
+        owner's next commit sees the new epoch and fails."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE name = ?", (FENCE_META_KEY,)).fetchone()
+            if row is not None and int(row[0]) > epoch:
+                raise Fenced(f"the shard is owned with epoch {row[0]}, newer than ours ({epoch})")
+            conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (FENCE_META_KEY, epoch))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     async def close(self) -> None:
         for pool, conn in ((self._writer_pool, self._writer), (self._reader_pool, self._reader)):
@@ -326,6 +351,10 @@ class SqliteShardStorage:
             raise sqlite3.OperationalError("storage is closed")
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if self._owner_epoch is not None:  # the fence, in this transaction (it holds the write lock)
+                row = conn.execute(_FENCE_EPOCH).fetchone()
+                if row is None or row[0] != self._owner_epoch:
+                    raise Fenced(f"the shard has another owner now (epoch {row and row[0]}, ours {self._owner_epoch})")
             for batch in batches:
                 self._write(conn, batch)
             history_seq = self._fill_history(conn, batches)

@@ -1,0 +1,96 @@
+"""Forwarding a request to the node that owns the account's shard, once.
+
+The receiving node has authenticated the key already (``BalanceApp._handle``); the owner
+authenticates it again and answers; its status, body and replay mark are passed back
+unchanged. Connections to each owner are pooled and kept alive (one ``httpx.AsyncClient``);
+an owner that does not answer (refused, timed out) gives ``503 unavailable`` with
+Retry-After. A forwarded request carries the fleet secret (``BALANCE_FLEET_SECRET``) in
+``x-balance-fleet``: the owner then never forwards it again (a shard that moved meanwhile is
+answered 503, not bounced around). The header grants nothing else: the key decides what
+the request may do, on every node.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+import httpx
+import msgspec
+
+from balance.domain import commands as c
+from balance.engine.replies import Reply, unavailable_reply
+
+log = logging.getLogger("balance.node")
+
+FLEET_HEADER = b"x-balance-fleet"
+INTERNAL_PREFIX = "/internal/v1/"
+
+
+class LegWire(msgspec.Struct, array_like=True):
+    """A transfer as the internal route carries it (its metadata as base64)."""
+
+    op_id: str
+    from_account_id: str
+    to_account_id: str
+    amount: int
+    currency: str
+    description: str
+    metadata: bytes
+
+    def transfer(self) -> c.Transfer:
+        return c.Transfer(self.op_id, self.from_account_id, self.to_account_id, self.amount, self.currency,
+                          self.description, self.metadata)  # fmt: skip
+
+
+_HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-length", b"te", b"upgrade"}
+CONNECT_TIMEOUT_S = 1.0
+ANSWER_TIMEOUT_S = 15.0  # an owner's answer (a batch of 8,190 operations included)
+
+
+class Forwarder:
+    def __init__(self, fleet_secret: str) -> None:
+        self._secret = fleet_secret.encode()
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(ANSWER_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30),
+        )
+
+    def forwarded(self, headers: dict[bytes, bytes]) -> bool:
+        """Did another node of the fleet forward this request (it carries the fleet secret)?"""
+        given = headers.get(FLEET_HEADER)
+        return given is not None and hmac.compare_digest(given, self._secret)
+
+    async def forward(
+        self, owner_url: str, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
+    ) -> Reply:
+        sent = {name: value for name, value in headers.items() if name not in _HOP_BY_HOP and name != FLEET_HEADER}
+        sent[FLEET_HEADER] = self._secret
+        url = owner_url.rstrip("/") + path + ("?" + raw_query.decode("latin-1") if raw_query else "")
+        try:
+            response = await self._client.request(method, url, headers=list(sent.items()), content=body)
+        except httpx.HTTPError as exc:
+            log.warning("forwarding %s %s to %s failed: %r", method, path, owner_url, exc)
+            return unavailable_reply(f"the node that owns this account's shard ({owner_url}) does not answer")
+        replayed = response.headers.get("idempotent-replayed") == "true"
+        return Reply(response.status_code, response.content, replayed)
+
+    async def transfer_in(self, owner_url: str, shard: int, transfer: c.Transfer) -> Reply:
+        """The target leg of a transfer whose target shard another node owns: executed there
+        (``ShardKeeper.internal``), its answer back; 503 if that node does not answer (the
+        transfer stays in flight: a retry of the same id, or the finisher, completes it)."""
+        wire = LegWire(transfer.op_id, transfer.from_account_id, transfer.to_account_id, transfer.amount,
+                       transfer.currency, transfer.description, transfer.metadata)  # fmt: skip
+        url = f"{owner_url.rstrip('/')}{INTERNAL_PREFIX}shards/{shard}/transfer-in"
+        try:
+            response = await self._client.post(
+                url, content=msgspec.json.encode(wire),
+                headers={FLEET_HEADER.decode(): self._secret.decode(), "content-type": "application/json"},
+            )  # fmt: skip
+        except httpx.HTTPError as exc:
+            log.warning("transfer %s: the target leg on %s failed: %r", transfer.op_id, owner_url, exc)
+            return unavailable_reply(f"the node that owns shard {shard} ({owner_url}) does not answer")
+        return Reply(response.status_code, response.content, response.headers.get("idempotent-replayed") == "true")
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,330 @@
+"""The leases of one node: taken, renewed and given up in the directory, and the takeover of
+a shard (fence its database with the new epoch, recover, serve).
+
+Every ``lease_s / 3`` the keeper renews the leases it holds (compare-and-set on the epoch) and
+tries to take the shards the directory assigns to it, or for which it is the standby, whose
+lease is free or expired. A renewal that finds another epoch means the shard was taken over:
+the engine is stopped (its commits were fenced already). While the directory is away the
+node keeps serving (fencing keeps that safe) and logs each failed attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from balance.directory.records import DirectoryError, NodeRecord, Ownership, ShardDirectory, ShardRecord
+from balance.domain import commands as c
+from balance.domain.authority import Actor
+from balance.domain.ids import client_account_suffix
+from balance.engine.replies import Reply, unavailable_reply
+from balance.engine.shard import FENCED, ShardEngine
+from balance.node.forwarding import INTERNAL_PREFIX, Forwarder, LegWire
+from balance.node.ports import NodeShard
+from balance.shards import shard_in_id
+from balance.storage.base import Row
+from balance.views import problem
+
+log = logging.getLogger("balance.node")
+
+FLEET_ACTOR = Actor("fleet", 0, "")  # another node: no powers on the API's routes (internal ones only)
+FINISH_EVERY_S = 2.0  # how often transfers in flight (their target on another node) are finished
+OWNERS_REREAD_S = 0.2  # an unknown owner is looked up in the directory at most this often
+KEY_POLL_S = 1.0  # at most this between two reads of the keys (a revocation reaches every node within ~1 s)
+KEY_CLOCK_MARGIN_MS = 5000  # key rows are stamped by their writer's clock: re-read this far back
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ShardKeeper:
+    def __init__(
+        self,
+        node: NodeRecord,
+        directory: ShardDirectory,
+        ports: list[NodeShard],
+        make_engine: Callable[[ShardRecord, int], ShardEngine],
+        *,
+        lease_s: float,
+        on_taken_over: Callable[[NodeShard], object] | None = None,
+        forwarder: Forwarder | None = None,
+        on_key: Callable[[Row], None] | None = None,
+    ) -> None:
+        self.node = node
+        self.directory = directory
+        self.ports = ports
+        self.make_engine = make_engine  # (the shard, its epoch) -> an engine over its fenced storage
+        self.lease_ms = int(lease_s * 1000)
+        self.on_taken_over = on_taken_over  # after a takeover has recovered: load keys, finish transfers
+        self.forwarder = forwarder
+        self.on_key = on_key  # a key row of another node's shard, read from the directory
+        self._keys_read_to = 0  # written_at of the newest key row read (re-read with a margin: clocks differ)
+        self._keys_pushed: set[int] = set()  # owned shards whose keys are in the directory
+        # Transfers in flight to other nodes' shards: finished in the background (and at start).
+        self.finish_pending: Callable[[], Awaitable[int]] | None = None
+        self._finished_at = 0.0
+        self._owners_read_at = 0.0
+        self.owner_urls: dict[int, str] = {}  # shard -> the URL of the node holding its live lease (last read)
+        self.owned: dict[int, Ownership] = {}
+        self.taken_over_at: dict[int, float] = {}  # shard -> seconds its last takeover took (lease + recovery)
+        self._starting: dict[int, asyncio.Task[None]] = {}
+
+    def shard_elsewhere(self, account_id: str) -> int | None:
+        """Also a shard this node is still recovering after a takeover: not served here yet
+        (503: its owner is this node, and it is not ready)."""
+        shard = shard_in_id(account_id)
+        if shard is None or shard >= len(self.ports):
+            return None
+        engine = self.ports[shard].engine
+        return None if engine is not None and engine.ready else shard
+
+    def body_shard_elsewhere(self, route: str, body: bytes, headers: dict[bytes, bytes]) -> int | None:
+        """A transfer goes to its source account's shard. A new account: a child to its
+        parent's shard; a top-level account with a ``client_id`` to the shard its retries find
+        (``BalanceService.create_account``); any other top-level one to a shard drawn at random
+        over the fleet, so that accounts created through any node spread over every shard.
+        A request forwarded here already is served here."""
+        if self.forwarder is not None and self.forwarder.forwarded(headers):
+            return None
+        try:
+            fields = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            return None  # the route answers the bad body
+        if not isinstance(fields, dict):
+            return None
+        if route == "/v1/transfers":
+            source = fields.get("from_account_id")
+            return self.shard_elsewhere(source) if isinstance(source, str) else None
+        parent_id, client_id = fields.get("parent_id"), fields.get("client_id")
+        if isinstance(parent_id, str):
+            return self.shard_elsewhere(parent_id)
+        if isinstance(client_id, str):
+            shard = int(client_account_suffix(None, client_id), 16) % len(self.ports)
+        else:
+            shard = random.randrange(len(self.ports))
+        return None if self.ports[shard].engine is not None else shard
+
+    async def forward(
+        self, shard: int, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
+    ) -> Reply:
+        """To the shard's owner as last read from the directory (cached: the directory may be
+        away), once; 503 when there is none, no fleet secret, or this request was forwarded already."""
+        engine = self.ports[shard].engine
+        if engine is not None and shard in self.owned:  # ours, not ready (recovering, resynchronising)
+            return unavailable_reply(f"shard {shard} is {engine.state} on this node; retry shortly")
+        owner = await self._owner_of(shard)
+        forwarder = self.forwarder
+        if forwarder is None or owner is None or forwarder.forwarded(headers):
+            why = "no fleet secret (BALANCE_FLEET_SECRET) to forward with" if forwarder is None else "no owner known"
+            if forwarder is not None and forwarder.forwarded(headers):
+                why = "this node does not own it either (forwarded once already)"
+            return unavailable_reply(f"shard {shard} is not served by this node: {why}")
+        return await forwarder.forward(owner, method, path, raw_query, headers, body)
+
+    async def _candidates(self) -> list[ShardRecord]:
+        me = self.node.id
+        return [s for s in await self.directory.shards() if me in (s.node_id, s.standby_node_id)]
+
+    async def first_pass(self) -> None:
+        """At start: heartbeat and the leases to be had now; the engines start with the service."""
+        await self.directory.heartbeat(NodeRecord(self.node.id, self.node.url, self.node.region, now_ms()))
+        for shard in await self._candidates():
+            ownership = await self.directory.acquire(shard.id, self.node.id, now_ms(), self.lease_ms)
+            if ownership is not None:
+                self._own(shard, ownership)
+        await self._read_owners()
+        await self._sync_keys()  # every key of the other nodes' shards, before the node serves
+
+    def fleet_actor(self, headers: dict[bytes, bytes]) -> Actor | None:
+        return FLEET_ACTOR if self.forwarder is not None and self.forwarder.forwarded(headers) else None
+
+    async def remote_execute(self, shard: int, command: c.Command) -> Reply:
+        """A command for a shard another node owns: a transfer's target leg goes to that node."""
+        owner = await self._owner_of(shard)
+        if not isinstance(command, c.TransferIn) or self.forwarder is None or owner is None:
+            return unavailable_reply(f"shard {shard} is owned by another node, which cannot be reached now")
+        return await self.forwarder.transfer_in(owner, shard, command.transfer)
+
+    async def internal(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> Reply:
+        """``POST /internal/v1/shards/{shard}/transfer-in``, from another node only (the fleet
+        secret; anyone else is told there is no such route): the target leg of a transfer
+        whose source is on that node's shard. Marked in flight to the account meanwhile
+        (closing it waits), as within one process."""
+        parts = path.removeprefix(INTERNAL_PREFIX).split("/")
+        if self.forwarder is None or not self.forwarder.forwarded(headers) or method != "POST" or (
+            len(parts) != 3 or parts[0] != "shards" or not parts[1].isdigit() or parts[2] != "transfer-in"
+        ):  # fmt: skip
+            return Reply(404, problem("not_found", 404, f"{method} {path} is not a route"))
+        shard = int(parts[1])
+        engine = self.ports[shard].engine if shard < len(self.ports) else None
+        if engine is None or not engine.ready:
+            return unavailable_reply(f"shard {shard} is not served by this node now")
+        try:
+            transfer = msgspec.json.decode(body, type=LegWire).transfer()
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return Reply(422, problem("validation_error", 422, f"not a transfer leg: {exc}"))
+        ledger, leg = engine.ledger, f"{transfer.from_account_id}:{transfer.op_id}"
+        ledger.mark(ledger.inbound, transfer.to_account_id, leg, True)
+        reply = await engine.execute(c.TransferIn(transfer))
+        if reply.status != 503:
+            ledger.mark(ledger.inbound, transfer.to_account_id, leg, False)
+        return reply
+
+    async def key_written(self, row: Row) -> None:
+        try:
+            await self.directory.put_keys([row], now_ms())
+        except DirectoryError as exc:  # the next start or takeover of its shard writes it again
+            log.warning("node %s: a key change did not reach the directory: %s", self.node.id, exc)
+
+    async def _sync_keys(self) -> None:
+        """Keys: those of owned shards that have recovered go to the directory (once per
+        ownership); those of other nodes' shards written since the last read come back."""
+        for shard_id in self.owned:
+            engine = self.ports[shard_id].engine
+            if shard_id not in self._keys_pushed and engine is not None and engine.ready:
+                await self.directory.put_keys(await self.ports[shard_id].load_keys(), now_ms())
+                self._keys_pushed.add(shard_id)
+        rows = await self.directory.keys_written_since(max(0, self._keys_read_to - KEY_CLOCK_MARGIN_MS))
+        for row in rows:
+            self._keys_read_to = max(self._keys_read_to, int(row[-1]))
+            if self.on_key is not None and self.shard_elsewhere(row[1]) is not None:
+                self.on_key(tuple(row[:-1]))  # (own shards: the shard's table is the record)
+
+    async def _owner_of(self, shard: int) -> str | None:
+        """The owner's URL as last read; not known (a node just started, a takeover just
+        done): read the directory again now, at most every ``OWNERS_REREAD_S``."""
+        owner = self.owner_urls.get(shard)
+        if owner is None and time.monotonic() - self._owners_read_at >= OWNERS_REREAD_S:
+            self._owners_read_at = time.monotonic()
+            try:
+                await self._read_owners()
+            except DirectoryError as exc:
+                log.warning("node %s: the directory did not answer (%s)", self.node.id, exc)
+            owner = self.owner_urls.get(shard)
+        return owner
+
+    async def _read_owners(self) -> None:
+        """Who owns which shard now (their URLs), for forwarding."""
+        now = now_ms()
+        urls = {node.id: node.url for node in await self.directory.nodes()}
+        self.owner_urls = {
+            o.shard_id: urls[o.node_id]
+            for o in await self.directory.ownerships()
+            if o.lease_expires_at_ms >= now and o.node_id in urls and o.node_id != self.node.id
+        }
+
+    def _own(self, shard: ShardRecord, ownership: Ownership, *, taken_over: bool = False) -> ShardEngine:
+        self.owned[shard.id] = ownership
+        engine = self.make_engine(shard, ownership.epoch)
+        self.ports[shard.id].own(engine, taken_over=taken_over)
+        log.info("node %s owns shard %d (epoch %d)", self.node.id, shard.id, ownership.epoch)
+        return engine
+
+    async def run(self) -> None:
+        """Renew, take, heartbeat, every third of the lease, until cancelled."""
+        while True:
+            began = time.monotonic()
+            try:
+                await self.step()
+            except DirectoryError as exc:
+                log.warning("node %s: the directory did not answer (%s); serving on", self.node.id, exc)
+            await asyncio.sleep(max(0.05, min(self.lease_ms / 3000, KEY_POLL_S) - (time.monotonic() - began)))
+
+    async def step(self) -> None:
+        await self._renew_and_take()
+        await self._sync_keys()
+        if self.finish_pending is not None and time.monotonic() - self._finished_at >= FINISH_EVERY_S:
+            self._finished_at = time.monotonic()
+            try:
+                finished = await self.finish_pending()
+            except Exception as exc:  # noqa: BLE001 (storage away, an owner down: the next round retries)
+                log.warning("node %s: finishing transfers in flight failed: %r", self.node.id, exc)
+            else:
+                if finished:
+                    log.info("node %s: finished %d transfers in flight", self.node.id, finished)
+
+    async def _renew_and_take(self) -> None:
+        await self.directory.heartbeat(NodeRecord(self.node.id, self.node.url, self.node.region, now_ms()))
+        candidates = await self._candidates()
+        mine = {shard.id for shard in candidates}
+        for shard_id, ownership in list(self.owned.items()):
+            if shard_id not in mine:  # the operator placed it elsewhere: hand it over cleanly
+                await self._hand_over(shard_id, ownership)
+                continue
+            renewed = await self.directory.renew(ownership, now_ms(), self.lease_ms)
+            port = self.ports[shard_id]
+            fenced = port.engine is not None and port.engine.state == FENCED
+            if renewed is None or fenced:
+                await self._lose(shard_id, "its lease was taken" if renewed is None else "it was fenced")
+            else:
+                self.owned[shard_id] = renewed
+        for shard in candidates:
+            if shard.id in self.owned or shard.id >= len(self.ports):
+                continue
+            expired_at = await self._lease_end(shard.id)
+            taken = await self.directory.acquire(shard.id, self.node.id, now_ms(), self.lease_ms)
+            if taken is not None:
+                engine = self._own(shard, taken, taken_over=True)
+                self._starting[shard.id] = asyncio.create_task(self._take_over(engine, expired_at))
+        await self._read_owners()
+
+    async def _lease_end(self, shard_id: int) -> int | None:
+        for ownership in await self.directory.ownerships():
+            if ownership.shard_id == shard_id:
+                return ownership.lease_expires_at_ms
+        return None
+
+    async def _take_over(self, engine: ShardEngine, lease_ended_ms: int | None) -> None:
+        """Recover the shard (its storage fences first), then hand it to the service."""
+        await engine.start()
+        if engine.state == FENCED:  # a newer owner already
+            return
+        if lease_ended_ms:
+            self.taken_over_at[engine.shard] = max(0.0, (now_ms() - lease_ended_ms) / 1000)
+        log.info("node %s took shard %d over (%.2fs after the former lease ended)",
+                 self.node.id, engine.shard, self.taken_over_at.get(engine.shard, 0.0))  # fmt: skip
+        if self.on_taken_over is not None:
+            result = self.on_taken_over(self.ports[engine.shard])
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def _lose(self, shard_id: int, why: str) -> None:
+        self.owned.pop(shard_id, None)
+        self._keys_pushed.discard(shard_id)
+        starting = self._starting.pop(shard_id, None)
+        if starting is not None and not starting.done():
+            starting.cancel()
+        engine = self.ports[shard_id].disown()
+        log.error("node %s lost shard %d: %s", self.node.id, shard_id, why)
+        if engine is not None:
+            await engine.stop(checkpoint=False)
+
+    async def _hand_over(self, shard_id: int, ownership: Ownership) -> None:
+        """Stop the shard (drained, a last checkpoint) and end the lease now."""
+        self.owned.pop(shard_id, None)
+        self._keys_pushed.discard(shard_id)
+        engine = self.ports[shard_id].disown()
+        if engine is not None:
+            await engine.stop()
+        await self.directory.release(ownership)
+        log.info("node %s handed shard %d over (no longer assigned to it)", self.node.id, shard_id)
+
+    async def release(self) -> None:
+        """A clean stop: the leases end now, so a standby need not wait for them to expire."""
+        if self.forwarder is not None:
+            await self.forwarder.close()
+        for task in self._starting.values():
+            task.cancel()
+        for ownership in list(self.owned.values()):
+            try:
+                await self.directory.release(ownership)
+            except DirectoryError as exc:
+                log.warning("node %s: lease of shard %d not released: %s", self.node.id, ownership.shard_id, exc)
+        self.owned.clear()
+        await self.directory.close()
