@@ -74,10 +74,9 @@ async def test_a_storage_without_an_epoch_checks_nothing(backend: Any) -> None:
     assert await stored_seqs(plain) == [1, 2, 3]
 
 
-@pytest.mark.mariadb
-async def test_a_branch_the_former_owner_left_prepared_is_rolled_back_at_takeover(backend: Any) -> None:
-    if backend.name != "mariadb":
-        pytest.skip("XA branches are MariaDB's")
+async def test_a_branch_the_former_owner_left_prepared_is_rolled_back_at_takeover(mariadb_backend: Any) -> None:
+    """XA branches are MariaDB's."""
+    backend = mariadb_backend
     old = await owner(backend, 1)
     assert isinstance(old, MariaDbShardStorage)
     # A branch prepared under the guard (it holds the fence row's shared lock), whose process
