@@ -13,8 +13,10 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 
 from balance.config import Settings
+from balance.metrics import Metrics
 
 log = logging.getLogger("balance.server")
 
@@ -68,6 +70,7 @@ async def serve(settings: Settings) -> None:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise StartError(f"cannot listen on {settings.host}:{settings.port}: {reason.lower()}") from None
     starting = loop.create_task(app.start_service())  # recovery in the background
+    stop_events = _start_relay(settings, app.metrics)
     try:
         await stopping.wait()
     finally:
@@ -76,5 +79,45 @@ async def serve(settings: Settings) -> None:
         if not starting.done():
             starting.cancel()
         await app.service.stop()
+        await stop_events()
         cause = signals[0] if signals else "shutdown"
         log.info("stopped on %s in %.2fs: answers in flight sent, shards checkpointed", cause, time.monotonic() - began)
+
+
+def _start_relay(settings: Settings, metrics: Metrics) -> Callable[[], Awaitable[None]]:
+    """The event relay beside the server (``balance.relay``): a child process (the default),
+    tasks of this loop (``BALANCE_RELAY=inline``), or none (no broker, or ``off``). Returns
+    what stops it (after the engines: it publishes what they committed last)."""
+    from balance.relay.config import RelayConfig
+
+    config = RelayConfig.from_env()
+    if not config.enabled:
+        return _nothing
+    if config.mode == "process":
+        from balance.relay.command import spawn
+
+        child = spawn()
+
+        async def stop_child() -> None:
+            child.terminate()  # it saves its cursor and exits
+            for _ in range(100):
+                if child.poll() is not None:
+                    return
+                await asyncio.sleep(0.05)
+            child.kill()
+
+        return stop_child
+    from balance.relay.command import build_relays, run_relays
+
+    stopping = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(run_relays(build_relays(settings, config, metrics), stopping))
+
+    async def stop_tasks() -> None:
+        stopping.set()
+        await task
+
+    return stop_tasks
+
+
+async def _nothing() -> None:
+    return None

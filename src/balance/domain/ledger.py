@@ -38,6 +38,7 @@ from balance.domain.model import (
     CAPTURE,
     CREDIT,
     DEBIT,
+    EVENT_ACCOUNT_REPLENISHED,
     HOLD,
     HOLD_PENDING,
     HOLD_STATUS,
@@ -600,7 +601,9 @@ class Ledger:
         account.updated_at = now
         if account.exhausted:
             account.exhausted = False
-            self.changes.events.append(Event("account_replenished", account.id, account.version, now))
+            self.changes.events.append(
+                Event(EVENT_ACCOUNT_REPLENISHED, account.id, account.version, now, account.state())
+            )
 
     def system_account(self, currency: str, kind: str, now: int) -> Account:
         account_id = system_account_id(self.shard, currency, kind)

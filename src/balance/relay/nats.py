@@ -1,0 +1,75 @@
+"""NATS JetStream through nats-py: stream ``BALANCE_EVENTS`` on ``balance.events.>``, each
+message with ``Nats-Msg-Id`` = the event id (the server drops a re-sent one within its
+duplicate window), each publish acknowledged by the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from balance.events import catalogue as cat
+from balance.events.stream import Published
+from balance.relay.sink import SinkError
+
+log = logging.getLogger("balance.relay")
+
+ACK_TIMEOUT_S = 30.0
+
+
+class NatsSink:
+    name = "nats"
+
+    def __init__(self, url: str, stream: str = cat.NATS_STREAM, prefix: str = cat.NATS_SUBJECT_PREFIX) -> None:
+        self.url, self.stream, self.prefix = url, stream, prefix
+        self._nc: Any = None
+        self._js: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _connect(self) -> Any:
+        import nats
+        from nats.js.errors import NotFoundError
+
+        if self._nc is not None and self._nc.is_connected:
+            return self._js
+        await self.close()
+        # No reconnecting inside the client: a publish during an outage fails at once and the
+        # relay retries the page (the client would otherwise buffer it without bound).
+        self._nc = await nats.connect(self.url, allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=0)
+        self._js = self._nc.jetstream(timeout=ACK_TIMEOUT_S)
+        try:
+            await self._js.stream_info(self.stream)
+        except NotFoundError:
+            await self._js.add_stream(name=self.stream, subjects=[f"{self.prefix}.>"])
+        log.info("events: connected to NATS, stream %s", self.stream)
+        return self._js
+
+    async def publish(self, shard: int, events: list[Published]) -> None:
+        if not events:
+            return
+        async with self._lock:
+            try:
+                js = await self._connect()
+                acks = []
+                for event in events:
+                    subject = cat.subject(event.region, shard, event.type, self.prefix)
+                    acks.append(await js.publish_async(subject, event.body, headers={"Nats-Msg-Id": event.id}))
+                async with asyncio.timeout(ACK_TIMEOUT_S):
+                    results = await asyncio.gather(*acks, return_exceptions=True)
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise
+                await self.close()
+                raise SinkError(f"nats: {exc!r}") from exc
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                await self.close()
+                raise SinkError(f"nats did not acknowledge {len(failed)} of {len(events)} events: {failed[0]!r}")
+
+    async def close(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None:
+            try:
+                await nc.close()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("events: closing the NATS connection: %r", exc)
