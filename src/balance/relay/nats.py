@@ -35,7 +35,10 @@ class NatsSink:
         await self.close()
         # No reconnecting inside the client: a publish during an outage fails at once and the
         # relay retries the page (the client would otherwise buffer it without bound).
-        self._nc = await nats.connect(self.url, allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=0)
+        self._nc = await nats.connect(
+            self.url, allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=1, reconnect_time_wait=0.1,
+            error_cb=_quiet, disconnected_cb=_nothing, closed_cb=_nothing,
+        )  # fmt: skip
         self._js = self._nc.jetstream(timeout=ACK_TIMEOUT_S)
         try:
             await self._js.stream_info(self.stream)
@@ -54,8 +57,7 @@ class NatsSink:
                 for event in events:
                     subject = cat.subject(event.region, shard, event.type, self.prefix)
                     acks.append(await js.publish_async(subject, event.body, headers={"Nats-Msg-Id": event.id}))
-                async with asyncio.timeout(ACK_TIMEOUT_S):
-                    results = await asyncio.gather(*acks, return_exceptions=True)
+                results = await self._acknowledged(acks)
             except (Exception, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and asyncio.current_task().cancelling():  # type: ignore[union-attr]
                     raise
@@ -66,6 +68,20 @@ class NatsSink:
                 await self.close()
                 raise SinkError(f"nats did not acknowledge {len(failed)} of {len(events)} events: {failed[0]!r}")
 
+    async def _acknowledged(self, acks: list[asyncio.Future[Any]]) -> list[Any]:
+        """The stream's answers; a connection lost meanwhile fails at once (its acks never come)."""
+        gathered = asyncio.gather(*acks, return_exceptions=True)
+        deadline = asyncio.get_running_loop().time() + ACK_TIMEOUT_S
+        while not gathered.done():
+            await asyncio.wait([gathered], timeout=0.1)
+            if not gathered.done() and (self._nc is None or not self._nc.is_connected):
+                gathered.cancel()
+                raise SinkError("nats: the connection was lost before every publish was acknowledged")
+            if asyncio.get_running_loop().time() > deadline:
+                gathered.cancel()
+                raise SinkError(f"nats: no acknowledgement within {ACK_TIMEOUT_S:.0f}s")
+        return list(gathered.result())
+
     async def close(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None:
@@ -73,3 +89,12 @@ class NatsSink:
                 await nc.close()
             except Exception as exc:  # noqa: BLE001
                 log.debug("events: closing the NATS connection: %r", exc)
+
+
+async def _quiet(exc: Exception) -> None:
+    """The client's own error reports: the relay reports a failed page once (``ShardRelay._wait``)."""
+    log.debug("nats client: %r", exc)
+
+
+async def _nothing() -> None:
+    return None

@@ -96,7 +96,7 @@ class ShardRelay:
     async def save(self) -> None:
         """The cursor into the shard's database, and the outbox rows past retention pruned."""
         prune_before = int((time.time() - self.retention_s) * 1e6)
-        confirmed_by_all = min(self.cursor, *(peer.saved for peer in self.peers if peer is not self))
+        confirmed_by_all = min([self.cursor, *(peer.saved for peer in self.peers if peer is not self)])
         await self.source.save_cursor(self.sink.name, self.cursor, confirmed_by_all, prune_before)
         self.saved = self.cursor
 
