@@ -79,6 +79,7 @@ async def serve(settings: Settings) -> None:
         if not starting.done():
             starting.cancel()
         await app.service.stop()
+        await app.close()
         await stop_events()
         cause = signals[0] if signals else "shutdown"
         log.info("stopped on %s in %.2fs: answers in flight sent, shards checkpointed", cause, time.monotonic() - began)

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 import msgspec
 from prometheus_client import generate_latest
 
-from balance.api import routes_accounts, routes_batch, routes_history, routes_holds, routes_money
+from balance.api import routes_accounts, routes_batch, routes_events, routes_history, routes_holds, routes_money
 from balance.api.admission import Admission, HttpLimits
 from balance.api.answers import HttpError, json_reply, validation
 from balance.api.body import BODY_BYTES_MAX, read_body
@@ -27,6 +27,7 @@ from balance.domain import errors as e
 from balance.domain.authority import NOBODY, Actor
 from balance.engine.replies import RETRY_AFTER_S, Reply
 from balance.metrics import Metrics
+from balance.relay.feed import EventsFeed
 from balance.service import BalanceService
 from balance.views import encoder, problem
 
@@ -76,6 +77,7 @@ class BalanceApp:
         self._refusals: dict[tuple[str, str], Any] = {}  # (kind, code) -> its bound counter
         self._latency: dict[str, Any] = {}  # route -> its bound histogram (labels() costs a lookup)
         self._routes: dict[int, list[tuple[str, tuple[str, ...], Handler, str]]] = {}
+        self._events_feed: EventsFeed | None = None
         for method, pattern, handler in self._route_table():
             parts = tuple(pattern.strip("/").split("/"))
             self._routes.setdefault(len(parts), []).append((method, parts, handler, pattern))
@@ -97,9 +99,24 @@ class BalanceApp:
             ("POST", "/v1/accounts/{id}/holds/{hold_id}/release", routes_holds.release),
             ("GET", "/v1/accounts/{id}/transactions", routes_history.transactions),
             ("GET", "/v1/accounts/{id}/transactions/{txn_id}", routes_history.transaction),
+            ("GET", "/v1/events", routes_events.events),
             ("POST", "/v1/transfers", routes_money.transfer),
             ("POST", "/v1/batch", routes_batch.batch),
         ]
+
+    def events_feed(self) -> EventsFeed:
+        """The event feed's readers of the shard databases (made on first use)."""
+        if self._events_feed is None:
+            from balance.relay.sources import source_of
+
+            self._events_feed = EventsFeed([source_of(engine.storage) for engine in self.service.engines])
+        return self._events_feed
+
+    async def close(self) -> None:
+        """What the app holds besides the service: the event feed's connections."""
+        feed, self._events_feed = self._events_feed, None
+        if feed is not None:
+            await feed.close()
 
     def admission(self, limits: HttpLimits | None = None) -> Admission:
         """What the built-in server asks before it reads a body: the key, and readiness."""
@@ -168,6 +185,7 @@ class BalanceApp:
                 if self._startup is not None and not self._startup.done():
                     self._startup.cancel()
                 await self.service.stop()
+                await self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -63,6 +63,23 @@ def _page(item: str) -> dict[str, Any]:
     }
 
 
+def _event_page() -> dict[str, Any]:
+    envelope = {
+        "type": "object",
+        "required": ["id", "type", "occurred_at", "region", "shard", "seq", "account_id", "version", "data"],
+        "properties": {
+            "id": {"type": "string"}, "type": {"type": "string"}, "occurred_at": {"type": "string"},
+            "region": {"type": "string"}, "shard": {"type": "integer"}, "seq": {"type": "integer"},
+            "account_id": {"type": "string"}, "version": {"type": "integer"}, "data": {"type": "object"},
+        },
+    }  # fmt: skip
+    return {
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {"data": {"type": "array", "items": envelope}, "next_cursor": {"type": "string"}},
+    }
+
+
 def _renamed(value: Any, renames: dict[str, str]) -> Any:
     """``value`` with every ``$ref`` to a renamed component pointing at its new name."""
     if isinstance(value, dict):
@@ -124,6 +141,10 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/accounts/{id}/transactions/{txn_id}": {
             "get": _op("Read one history row by its id", None, "200", _ref("Txn"), ("id", "txn_id"))
+        },
+        "/v1/events": {
+            "get": _op("Events after a cursor, oldest first (long-poll with wait_s); see docs/events.md", None, "200",
+                       _event_page(), (), ("after", "limit", "wait_s"))
         },
         "/v1/transfers": {"post": _op("Move money between two accounts", "TransferBody", "201", _ref("TransferReply"))},
         "/v1/batch": {"post": {**_op("Up to 8190 operations, answered one by one", None, "200", batch_reply),

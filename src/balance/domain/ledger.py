@@ -458,6 +458,11 @@ class Ledger:
     def batches_in_flight(self) -> int:
         return len(self.frames)
 
+    @property
+    def committed_seq(self) -> int:
+        """The first seq not yet durable (batches applied and still being written come after)."""
+        return self.frames[0].seq_at_begin if self.frames else self.next_seq
+
     def event_seq(self) -> int:
         """A sequence number for an outbox row (shared with the journal: one order per shard)."""
         return self._seq()

@@ -30,7 +30,7 @@ RELAY_NICE = 10  # the relay yields the CPU to the service and the database unde
 def source_for(settings: Settings, shard: int) -> EventSource:
     if settings.db_url is None:
         return SqliteEventSource(settings.data_dir / f"shard-{shard}.db")
-    return MariaDbEventSource(settings.db_url, shard)
+    return MariaDbEventSource.from_url(settings.db_url, shard)
 
 
 def sinks_for(config: RelayConfig) -> list[Sink]:

@@ -161,20 +161,22 @@ class SqliteEventSource:
 class MariaDbEventSource:
     """A shard's MariaDB database, through a connection of its own."""
 
-    def __init__(self, url: str, shard: int) -> None:
-        self.url, self.shard = url, shard
+    def __init__(self, host: str, port: int, user: str, password: str, database: str) -> None:
+        self._connect_kwargs = {"host": host, "port": port, "user": user, "password": password, "database": database}
         self._conn: Any = None
+
+    @classmethod
+    def from_url(cls, url: str, shard: int) -> MariaDbEventSource:
+        from balance.storage.mariadb_url import parse_url
+
+        address = parse_url(url, shard)
+        return cls(address.host, address.port, address.user, address.password, address.database)
 
     async def _connection(self) -> Any:
         if self._conn is None:
             import asyncmy
 
-            from balance.storage.mariadb_url import connect_kwargs, parse_url
-
-            address = parse_url(self.url, self.shard)
-            kwargs = connect_kwargs(self.url)
-            kwargs["database"] = address.database
-            self._conn = await asyncmy.connect(**kwargs, autocommit=True)
+            self._conn = await asyncmy.connect(**self._connect_kwargs, autocommit=True, connect_timeout=5)
         return self._conn
 
     async def _run(self, fn: Callable[[Any], Any]) -> Any:
@@ -260,3 +262,19 @@ class MariaDbEventSource:
 
         value: int = await self._run(read)
         return value
+
+
+def source_of(storage: object) -> EventSource:
+    """The event source of the database a shard engine writes to (the HTTP feed's reads)."""
+    from balance.storage.sqlite import SqliteShardStorage
+
+    if isinstance(storage, SqliteShardStorage):
+        return SqliteEventSource(storage.path)
+    from balance.storage.mariadb import MariaDbShardStorage
+
+    if isinstance(storage, MariaDbShardStorage):
+        return MariaDbEventSource(storage.host, storage.port, storage.user, storage.password, storage.database)
+    inner = getattr(storage, "inner", None)  # a storage wrapped by a test's fault injection
+    if inner is not None:
+        return source_of(inner)
+    raise TypeError(f"no event source for {type(storage).__name__}")

@@ -101,6 +101,11 @@ class MariaDbShardStorage(MariaDbWrites, MariaDbStatements, MariaDbReads):
         # a single-op server's samples.
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def password(self) -> str:
+        """For a reader of the same database (the event feed's connection)."""
+        return self._password
+
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop or asyncio.get_running_loop()
 
