@@ -20,6 +20,7 @@ from typing import Any
 import aio_pika
 import nats
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from balance.domain import commands as c
 from balance.engine.clock import ManualClock
@@ -247,7 +248,7 @@ async def test_rabbitmq_away_mid_stream_loses_nothing_and_the_relay_catches_up(
 async def stream_messages(url: str, stream: str, subjects: str) -> list[Any]:
     nc = await nats.connect(url)
     js = nc.jetstream()
-    sub = await js.pull_subscribe(subjects, stream=stream)
+    sub = await js.pull_subscribe(subjects, stream=stream, config=ConsumerConfig(ack_policy=AckPolicy.NONE))
     found = []
     while True:
         try:

@@ -24,7 +24,8 @@ from balance.relay.sources import EventSource, MariaDbEventSource, SqliteEventSo
 log = logging.getLogger("balance.relay")
 
 PARENT_PID_ENV = "BALANCE_RELAY_PARENT_PID"
-RELAY_NICE = 10  # the relay yields the CPU to the service and the database under load
+RELAY_NICE = 10
+STOP_TIMEOUT_S = 5.0  # the relay yields the CPU to the service and the database under load
 
 
 def source_for(settings: Settings, shard: int) -> EventSource:
@@ -67,9 +68,13 @@ async def run_relays(relays: list[ShardRelay], stopping: asyncio.Event) -> None:
 
 
 async def stop_relays(relays: list[ShardRelay], tasks: list[asyncio.Task[None]]) -> None:
+    for relay in relays:
+        relay.stopping = True
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    _, late = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S) if tasks else (set(), set())
+    if late:
+        log.warning("events: %d relay(s) did not stop within %.0fs", len(late), STOP_TIMEOUT_S)
     for relay in relays:
         try:
             if relay.cursor != relay.saved:

@@ -57,6 +57,7 @@ class ShardRelay:
         self.failures = 0  # consecutive failed attempts
         # The relays of this shard to every sink: an outbox row is pruned only once all published it.
         self.peers: list[ShardRelay] = [self]
+        self.stopping = False  # set by ``stop_relays``: the loop ends at its next turn
 
     async def run(self) -> None:
         """Until cancelled (``stop`` saves the cursor)."""
@@ -69,7 +70,10 @@ class ShardRelay:
         self._cursor_gauge.set(self.cursor)
         stream = EventStream(self.shard)
         saved_at = time.monotonic()
-        while True:
+        task = asyncio.current_task()
+        while not self.stopping:
+            if task is not None and task.cancelling():  # a client library may swallow a cancel: not this loop
+                raise asyncio.CancelledError
             try:
                 page = await self.source.read_page(self.cursor, self.page_rows, stream.missing)
                 oldest = page.oldest_at
