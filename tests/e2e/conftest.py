@@ -264,7 +264,7 @@ def make_api(tmp_path: Path) -> MakeApi:
         try:
             if start:
                 await service.start()
-            app = BalanceApp(service, metrics, start_service=False)
+            app = BalanceApp(service, metrics, start_service=False, events=bootstrap.events_feed(service))
             try:
                 if transport == "asgi":
                     transport_ = httpx.ASGITransport(app=app)

@@ -68,7 +68,9 @@ Handler = Callable[["BalanceApp", Request, list[str]], Awaitable[Reply]]
 class BalanceApp:
     """ASGI 3 application over a BalanceService."""
 
-    def __init__(self, service: BalanceService, metrics: Metrics, *, start_service: bool = True) -> None:
+    def __init__(
+        self, service: BalanceService, metrics: Metrics, *, start_service: bool = True, events: EventsFeed | None = None
+    ) -> None:
         self.service = service
         self.metrics = metrics  # injected (bootstrap): the registry /metrics serves, shared with the engines
         self._start_service = start_service
@@ -77,7 +79,7 @@ class BalanceApp:
         self._refusals: dict[tuple[str, str], Any] = {}  # (kind, code) -> its bound counter
         self._latency: dict[str, Any] = {}  # route -> its bound histogram (labels() costs a lookup)
         self._routes: dict[int, list[tuple[str, tuple[str, ...], Handler, str]]] = {}
-        self._events_feed: EventsFeed | None = None
+        self._events_feed = events  # GET /v1/events
         for method, pattern, handler in self._route_table():
             parts = tuple(pattern.strip("/").split("/"))
             self._routes.setdefault(len(parts), []).append((method, parts, handler, pattern))
@@ -105,11 +107,9 @@ class BalanceApp:
         ]
 
     def events_feed(self) -> EventsFeed:
-        """The event feed's readers of the shard databases (made on first use)."""
+        """The event feed's readers of the shard databases (``bootstrap.events_feed``)."""
         if self._events_feed is None:
-            from balance.relay.sources import source_of
-
-            self._events_feed = EventsFeed([source_of(engine.storage) for engine in self.service.engines])
+            raise HttpError(e.UNAVAILABLE, 503, "the event feed is not configured in this process")
         return self._events_feed
 
     async def close(self) -> None:

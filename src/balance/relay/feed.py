@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from balance.events.stream import EventStream, Published
-from balance.relay.sources import EventSource
+from balance.relay.page import EventSource
 
 Visible = Callable[[str], bool]  # account id -> may the caller see its events
 

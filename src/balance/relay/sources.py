@@ -8,46 +8,14 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from balance.domain.model import HOLD
 from balance.events.stream import placement_keys
+from balance.relay.page import EventSource, Missing, Page
 from balance.storage import event_reads as q
 from balance.storage.base import Row, StorageError
-
-Missing = Callable[[list[Row]], tuple[set[str], set[tuple[str, str]]]]
-
-
-@dataclass(slots=True)
-class Page:
-    """Rows after a cursor (journal and outbox cut at the same seq) and what the stream asked for."""
-
-    journal: list[Row] = field(default_factory=list)
-    outbox: list[Row] = field(default_factory=list)
-    accounts: list[Row] = field(default_factory=list)
-    later_updates: list[Row] = field(default_factory=list)
-    placements: list[Row] = field(default_factory=list)
-
-    @property
-    def last_seq(self) -> int:
-        return max(self.journal[-1][0] if self.journal else 0, self.outbox[-1][0] if self.outbox else 0)
-
-    @property
-    def oldest_at(self) -> int | None:
-        times = [rows[0][c] for rows, c in ((self.journal, 15), (self.outbox, 4)) if rows]
-        return min(times) if times else None
-
-
-class EventSource(Protocol):
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def read_page(self, after: int, limit: int, missing: Missing) -> Page: ...
-    async def cursor(self, sink: str) -> int: ...
-    async def save_cursor(self, sink: str, seq: int, prune_seq: int, prune_before_us: int) -> None: ...
-    async def oldest_after(self, after: int) -> int | None: ...
-
 
 Query = tuple[str, tuple[Any, ...]]
 
