@@ -12,9 +12,10 @@ from typing import Any, Final
 
 from balance import views
 from balance.domain.holds import placed_hold, settlement
-from balance.domain.model import HOLD, Entry
+from balance.domain.model import HOLD
+from balance.storage.schema import JOURNAL_COLUMNS
 
-JOURNAL_FIELDS = Entry.__slots__  # a journal row's order (``Entry.row()``, ``schema.JOURNAL_COLUMNS``)
+JOURNAL_FIELDS = JOURNAL_COLUMNS  # a journal row's order (``Entry.row()``)
 SEQ: Final = 0
 ACCOUNT_ID: Final = 1
 OP_KEY: Final = 2
