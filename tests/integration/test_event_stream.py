@@ -1,10 +1,9 @@
-"""Events derived from what a real shard (SQLite file) committed: every change has its event,
-per-account versions are gap-free, each event carries the whole account as it stood."""
+"""Events derived from what a real shard committed (SQLite file, MariaDB database): every change
+has its event, per-account versions are gap-free, each event carries the whole account as it stood."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from balance import views
@@ -13,16 +12,14 @@ from balance.engine.clock import ManualClock
 from balance.engine.shard import ShardEngine
 from balance.events import catalogue as cat
 from balance.events.stream import EventStream
-from balance.relay.sources import SqliteEventSource
-from balance.storage.sqlite import SqliteShardStorage
+from balance.relay.sources import source_of
+from conftest import Backend
 
 A, B, CHILD = "EU-0-aaaa", "EU-0-bbbb", "EU-0-cccc"
 
 
-async def started(path: Path) -> ShardEngine:
-    engine = ShardEngine(
-        0, SqliteShardStorage(path), clock=ManualClock(), sweep_interval_s=3600, on_fatal=lambda _: None
-    )
+async def started(backend: Backend) -> ShardEngine:
+    engine = ShardEngine(0, backend.make(), clock=ManualClock(), sweep_interval_s=3600, on_fatal=lambda _: None)
     await engine.start()
     return engine
 
@@ -32,22 +29,21 @@ async def ok(engine: ShardEngine, command: c.Command) -> None:
     assert reply.status < 300, (command, reply.status, reply.body)
 
 
-async def read_all(
-    path: Path, page_rows: int, stream: EventStream | None = None, after: int = 0
-) -> list[dict[str, Any]]:
-    source = SqliteEventSource(path)
-    stream = stream or EventStream(0)
+async def read_all(engine: ShardEngine, page_rows: int, after: int = 0) -> list[dict[str, Any]]:
+    """Every event after ``after``, a page at a time, as a relay (re)started there reads them."""
+    reader = source_of(engine.storage)
+    stream = EventStream(0)
     events: list[dict[str, Any]] = []
     try:
         while True:
-            page = await source.read_page(after, page_rows, stream.missing)
+            page = await reader.read_page(after, page_rows, stream.missing)
             if not page.journal and not page.outbox:
                 return events
             built = stream.build(page.journal, page.outbox, page.accounts, page.later_updates, page.placements)
             events += [json.loads(event.body) for event in built]
             after = page.last_seq
     finally:
-        await source.close()
+        await reader.close()
 
 
 async def a_day_of_business(engine: ShardEngine) -> None:
@@ -76,11 +72,11 @@ def per_account(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     return found
 
 
-async def test_every_change_has_its_event_with_gap_free_versions_and_the_whole_account(tmp_path: Path) -> None:
-    engine = await started(tmp_path / "shard-0.db")
+async def test_every_change_has_its_event_with_gap_free_versions_and_the_whole_account(backend: Backend) -> None:
+    engine = await started(backend)
     await a_day_of_business(engine)
     for page_rows in (1, 3, 1000):  # pages that cut operations apart, and one page for all
-        events = await read_all(tmp_path / "shard-0.db", page_rows)
+        events = await read_all(engine, page_rows)
         assert len({event["id"] for event in events}) == len(events)
         assert [event["seq"] for event in events] == sorted(event["seq"] for event in events)
         for account_id, mine in per_account(events).items():
@@ -114,13 +110,13 @@ async def test_every_change_has_its_event_with_gap_free_versions_and_the_whole_a
     await engine.stop()
 
 
-async def test_a_relay_that_starts_mid_history_shows_accounts_as_they_were_at_each_row(tmp_path: Path) -> None:
+async def test_a_relay_that_starts_mid_history_shows_accounts_as_they_were_at_each_row(backend: Backend) -> None:
     """A relay (re)starting at a cursor knows nothing: an account updated after the cursor is
     read as it was (the update's ``previous``), not as the accounts table has it now."""
-    engine = await started(tmp_path / "shard-0.db")
+    engine = await started(backend)
     await a_day_of_business(engine)
-    everything = await read_all(tmp_path / "shard-0.db", 1000)
+    everything = await read_all(engine, 1000)
     for cut in range(0, everything[-1]["seq"]):
-        later = await read_all(tmp_path / "shard-0.db", 2, after=cut)
+        later = await read_all(engine, 2, after=cut)
         assert later == [event for event in everything if event["seq"] > cut]
     await engine.stop()
