@@ -26,6 +26,10 @@ BALANCE_AFTER: Final = 12
 RESERVED_AFTER: Final = 13
 VERSION: Final = 14
 CREATED_AT: Final = 15
+ACCOUNT_KEYS = (
+    "id", "parent_id", "kind", "region", "currency", "name", "status", "balance", "reserved", "available",
+    "credit_limit", "exhausted", "version", "created_at", "updated_at", "metadata",
+)  # fmt: skip
 # A journal row's fields in ``holds.HOLD_JOURNAL_FIELDS`` order (what rebuilds a hold).
 _HOLD_JOURNAL_POSITIONS = tuple(
     JOURNAL_FIELDS.index(name)
@@ -40,7 +44,7 @@ def account_at(static: dict[str, Any], row: tuple) -> dict[str, Any]:  # type: i
     """The account (``views.account_view`` shape) right after journal ``row``: ``static`` gives
     what the row does not carry. Exhausted only after a hold that left nothing available (every
     other change lifts the flag: ``Ledger.changed``)."""
-    account = dict(static)
+    account = {key: static.get(key) for key in ACCOUNT_KEYS}  # the API's order (``views.account_view``)
     balance, reserved = row[BALANCE_AFTER], row[RESERVED_AFTER]
     available = balance + account["credit_limit"] - reserved
     account["balance"], account["reserved"], account["available"] = balance, reserved, available
