@@ -250,3 +250,35 @@ async def test_sigkill_mid_stream_then_restart_every_acknowledged_change_has_its
         except Exception:  # noqa: BLE001 (the relay may not have created it)
             pass
         await nc.close()
+
+
+async def test_with_the_broker_away_the_service_is_ready_and_money_moves(tmp_path: Path) -> None:
+    """Nothing listens at the broker's address: the relay retries in the background, the
+    service answers at once and /readyz stays 200; the feed still serves every event."""
+    env = {
+        **os.environ, "BALANCE_DATA_DIR": str(tmp_path / "data"), "BALANCE_ADMIN_KEY": ADMIN_KEY,
+        "BALANCE_HOST": "127.0.0.1", "BALANCE_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+    }  # fmt: skip
+    server = Server(env, tmp_path / "server.log")
+    server.start()
+    try:
+        await server.ready()
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=5) as client:
+            account = (
+                await client.post("/v1/accounts", json={"kind": "user", "region": "US", "currency": "USD"})
+            ).json()
+            began = time.monotonic()
+            for n in range(50):
+                response = await client.post(f"/v1/accounts/{account['id']}/credits", json={"id": f"c{n}", "amount": 1})
+                assert response.status_code == 201
+            assert time.monotonic() - began < 5
+            await asyncio.sleep(1.5)  # the relay has failed a few times by now
+            assert (await client.get("/readyz")).status_code == 200
+            feed = (await client.get("/v1/events?limit=1000")).json()["data"]
+            assert [e["version"] for e in feed if e["account_id"] == account["id"]] == list(range(1, 52))
+        assert "events shard 0 -> amqp: publish failed" in server.log.read_text()
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.terminate()
+            server.proc.wait(timeout=20)

@@ -39,10 +39,9 @@ NATS_URL = os.environ.get("BALANCE_TEST_NATS_URL", "nats://127.0.0.1:4222")
 ACCOUNTS = [f"EU-0-{n:04x}" for n in range(8)]
 
 
-async def started(path: Path) -> ShardEngine:
-    engine = ShardEngine(
-        0, SqliteShardStorage(path), clock=ManualClock(), sweep_interval_s=3600, on_fatal=lambda _: None
-    )
+async def started(path: Path, clock: ManualClock | None = None) -> ShardEngine:
+    clock = clock or ManualClock()
+    engine = ShardEngine(0, SqliteShardStorage(path), clock=clock, sweep_interval_s=3600, on_fatal=lambda _: None)
     await engine.start()
     for account_id in ACCOUNTS:
         reply = await engine.execute(c.CreateAccount(account_id, None, "user", "EU", "EUR", account_id, 0, b"{}"))
@@ -365,3 +364,48 @@ async def test_nats_killed_mid_stream_and_restarted_loses_nothing(tmp_path: Path
     operations = {e["data"]["transaction"]["operation_id"] for e in events if e["type"] == cat.TRANSACTION_CREATED}
     assert {f"before-cr-{n}" for n in range(30)} | {f"during-cr-{n}" for n in range(40)} <= operations
     await engine.stop()
+
+
+async def outbox_seqs(path: Path) -> list[int]:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        return [row[0] for row in db.execute("SELECT seq FROM outbox ORDER BY seq")]
+    finally:
+        db.close()
+
+
+async def test_outbox_rows_go_only_once_every_broker_confirmed_them_and_retention_passed(
+    tmp_path: Path, rabbit: aio_pika.abc.AbstractChannel
+) -> None:
+    """Two sinks on one shard: the one that published cannot prune what the other (away) has
+    not; once both confirmed, rows older than the retention go; journal rows never do."""
+    exchange = f"balance.events.test-{uuid.uuid4().hex[:8]}"
+    engine = await started(tmp_path / "shard-0.db", ManualClock(int(time.time() * 1e6)))  # 8 outbox rows
+    await business(engine, 5, "a")
+    path = tmp_path / "shard-0.db"
+    metrics = Metrics()
+    amqp = ShardRelay(0, SqliteEventSource(path), AmqpSink(AMQP_URL, exchange), metrics, retention_s=0)
+    away = ShardRelay(0, SqliteEventSource(path), NatsSink("nats://127.0.0.1:1"), metrics, retention_s=0)
+    amqp.peers = away.peers = [amqp, away]
+    await relay_until_caught_up(amqp, engine)
+    assert len(await outbox_seqs(path)) == len(ACCOUNTS)  # the other sink has published none of them
+    away.saved = away.cursor = engine.ledger.next_seq - 1  # as if it had published them all
+    await amqp.save()
+    assert await outbox_seqs(path) == []
+    journal_rows = await SqliteEventSource(path).max_seq()
+    assert journal_rows == engine.ledger.next_seq - 1
+    kept = ShardRelay(0, SqliteEventSource(path), AmqpSink(AMQP_URL, exchange), metrics, retention_s=3600)
+    await ok_account(engine, "EU-0-ffff")
+    await relay_until_caught_up(kept, engine)
+    assert len(await outbox_seqs(path)) == 1  # confirmed, but younger than the retention
+    for relay in (amqp, kept):
+        await relay.sink.close()
+    await rabbit.exchange_delete(exchange)
+    await engine.stop()
+
+
+async def ok_account(engine: ShardEngine, account_id: str) -> None:
+    reply = await engine.execute(c.CreateAccount(account_id, None, "user", "EU", "EUR", account_id, 0, b"{}"))
+    assert reply.status == 201
