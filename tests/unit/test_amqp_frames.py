@@ -34,3 +34,12 @@ def test_a_body_past_the_frame_size_is_split_like_pamqps() -> None:
     args = (7, "x", "US.3.account.updated", "US-3-e9.account.updated", "account.updated")
     body = bytes(range(256)) * 40
     assert message_frames(*args, body, 4096) == pamqp_frames(*args, body, 4096)
+
+
+def test_a_cached_method_frame_gives_the_same_bytes() -> None:
+    from balance.relay.amqp import method_frame
+
+    args = (3, "balance.events", "ASIA.2.hold.updated", "ASIA-2-e5.hold.updated", "hold.updated")
+    body = b'{"id":"ASIA-2-e5.hold.updated"}'
+    method = method_frame(3, "balance.events", "ASIA.2.hold.updated")
+    assert message_frames(3, "", "", *args[3:], body, 131072, method) == pamqp_frames(*args, body, 131072)

@@ -35,21 +35,37 @@ def _shortstr(value: bytes) -> bytes:
     return bytes((len(value),)) + value
 
 
+_FRAME_HEAD = struct.Struct(">BHI")
+_HEADER = struct.Struct(">HHQH")
+
+
 def _frame(frame_type: int, channel: int, payload: bytes) -> bytes:
-    return struct.pack(">BHI", frame_type, channel, len(payload)) + payload + _FRAME_END
+    return _FRAME_HEAD.pack(frame_type, channel, len(payload)) + payload + _FRAME_END
+
+
+def method_frame(channel: int, exchange: str, routing_key: str) -> bytes:
+    """basic.publish to ``exchange`` with ``routing_key`` (the same for every event of a type: cached)."""
+    method = _BASIC_PUBLISH + _shortstr(exchange.encode()) + _shortstr(routing_key.encode()) + b"\x00"
+    return _frame(1, channel, method)
 
 
 def message_frames(
-    channel: int, exchange: str, routing_key: str, message_id: str, event_type: str, body: bytes, frame_max: int
-) -> bytes:
-    """basic.publish, its content header and body frame(s): one persistent message."""
-    method = _BASIC_PUBLISH + _shortstr(exchange.encode()) + _shortstr(routing_key.encode()) + b"\x00"
-    properties = _CONTENT_TYPE + b"\x02" + _shortstr(message_id.encode()) + _shortstr(event_type.encode())
-    header = struct.pack(">HHQH", 60, 0, len(body), _PROPERTY_FLAGS) + properties
-    parts = [_frame(1, channel, method), _frame(2, channel, header)]
+    channel: int, exchange: str, routing_key: str, message_id: str, event_type: str, body: bytes, frame_max: int,
+    method: bytes | None = None,
+) -> bytes:  # fmt: skip
+    """basic.publish (``method``: its frame, if cached), the content header and the body frame(s):
+    one persistent message."""
+    message_id_bytes, type_bytes = message_id.encode(), event_type.encode()
+    header = b"".join((
+        _HEADER.pack(60, 0, len(body), _PROPERTY_FLAGS), _CONTENT_TYPE, b"\x02",
+        _shortstr(message_id_bytes), _shortstr(type_bytes),
+    ))  # fmt: skip
+    parts = [method or method_frame(channel, exchange, routing_key), _frame(2, channel, header)]
     step = frame_max - 8 if frame_max > 8 else len(body) or 1
-    for start in range(0, len(body), step):
-        parts.append(_frame(3, channel, body[start : start + step]))
+    if len(body) <= step:
+        parts.append(_frame(3, channel, body))
+    else:
+        parts += [_frame(3, channel, body[start : start + step]) for start in range(0, len(body), step)]
     return b"".join(parts)
 
 
@@ -63,6 +79,7 @@ class AmqpSink:
         self._connection: Any = None
         self._channel: Any = None
         self._lock = asyncio.Lock()  # one page on the channel at a time (delivery tags in order)
+        self._methods: dict[tuple[int, str, int, str], bytes] = {}  # (channel, region, shard, type) -> frame
 
     async def _connect(self) -> Any:
         import aio_pika
@@ -87,14 +104,17 @@ class AmqpSink:
                 frame_max = int(channel.connection.connection_tune.frame_max or 131072)
                 confirms: list[asyncio.Future[Any]] = []
                 parts: list[bytes] = []
+                methods = self._methods
                 async with channel.lock:
                     for event in events:
+                        key = (channel.number, event.region, shard, event.type)
+                        method = methods.get(key)
+                        if method is None:
+                            routing_key = cat.routing_key(event.region, shard, event.type)
+                            method = methods[key] = method_frame(channel.number, self.exchange_name, routing_key)
                         parts.append(
-                            message_frames(
-                                channel.number, self.exchange_name, cat.routing_key(event.region, shard, event.type),
-                                event.id, event.type, event.body, frame_max,
-                            )
-                        )  # fmt: skip
+                            message_frames(channel.number, "", "", event.id, event.type, event.body, frame_max, method)
+                        )
                     first_tag = channel.delivery_tag + 1
                     for tag in range(first_tag, first_tag + len(events)):
                         confirm = channel.create_future()
