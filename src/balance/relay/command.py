@@ -131,8 +131,9 @@ def main() -> int:
 def spawn() -> subprocess.Popen[bytes]:
     """The relay as a child of this process (same environment), at a lower priority."""
     env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
+    niceness = RelayConfig.from_env().nice
     return subprocess.Popen(
         [sys.executable, "-m", "balance", "relay"],
         env=env,
-        preexec_fn=lambda: os.nice(RELAY_NICE),  # noqa: PLW1509
+        preexec_fn=lambda: os.nice(niceness),  # noqa: PLW1509
     )

@@ -20,6 +20,7 @@ class RelayConfig:
     nats_stream: str = cat.NATS_STREAM
     nats_subject_prefix: str = cat.NATS_SUBJECT_PREFIX
     metrics_port: int | None = None  # the relay process's /metrics (None: not served)
+    nice: int = 10  # how far below the service's CPU priority the relay process runs (it yields under load)
 
     @property
     def enabled(self) -> bool:
@@ -37,7 +38,11 @@ class RelayConfig:
         port = env.get("BALANCE_RELAY_METRICS_PORT") or None
         if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
             raise ValueError("BALANCE_RELAY_METRICS_PORT must be a TCP port")
+        nice = env.get("BALANCE_RELAY_NICE") or "10"
+        if not (nice.isdigit() and int(nice) <= 19):
+            raise ValueError("BALANCE_RELAY_NICE must be between 0 and 19")
         return cls(
+            nice=int(nice),
             amqp_url=env.get("BALANCE_AMQP_URL") or None,
             nats_url=env.get("BALANCE_NATS_URL") or None,
             mode=mode,
