@@ -24,7 +24,6 @@ from balance.relay.sources import EventSource, MariaDbEventSource, SqliteEventSo
 log = logging.getLogger("balance.relay")
 
 PARENT_PID_ENV = "BALANCE_RELAY_PARENT_PID"
-RELAY_NICE = 10
 STOP_TIMEOUT_S = 5.0  # the relay yields the CPU to the service and the database under load
 
 
