@@ -67,6 +67,10 @@ class SqliteEventSource:
                     raise sqlite3.OperationalError(f"{self.path} does not exist yet")
                 self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
                 self._conn.execute("PRAGMA busy_timeout=30000")
+                # Its one write (the cursor, now and then) holds the shard's write lock as short as it
+                # can: no sync of its own (the writer's next commit syncs the WAL). A cursor lost to a
+                # power cut only publishes some events again (at least once).
+                self._conn.execute("PRAGMA synchronous=OFF")
             return fn(self._conn)
 
         try:
