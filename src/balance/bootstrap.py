@@ -75,9 +75,10 @@ def build_service(
 
 def events_feed(service: BalanceService) -> EventsFeed:
     """GET /v1/events: a reader of each shard's database, beside its writer."""
+    from balance.relay.config import RelayConfig
     from balance.relay.sources import source_of
 
-    return EventsFeed([source_of(engine.storage) for engine in service.engines])
+    return EventsFeed([source_of(engine.storage) for engine in service.engines], RelayConfig.from_env().sink_names)
 
 
 def build_app(settings: Settings) -> BalanceApp:

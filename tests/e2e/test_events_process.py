@@ -275,6 +275,13 @@ async def test_with_the_broker_away_the_service_is_ready_and_money_moves(tmp_pat
             assert time.monotonic() - began < 5
             await asyncio.sleep(1.5)  # the relay has failed a few times by now
             assert (await client.get("/readyz")).status_code == 200
+            metrics = (await client.get("/metrics")).text  # the relay's lag, seen by the service
+            lag = [
+                line
+                for line in metrics.splitlines()
+                if line.startswith('balance_events_lag_seconds{shard="0",sink="amqp"}')
+            ]
+            assert lag and float(lag[0].rsplit(" ", 1)[1]) > 1.0, metrics[-2000:]
             feed = (await client.get("/v1/events?limit=1000")).json()["data"]
             assert [e["version"] for e in feed if e["account_id"] == account["id"]] == list(range(1, 52))
         assert "events shard 0 -> amqp: publish failed" in server.log.read_text()

@@ -220,6 +220,9 @@ class BalanceApp:
             document = {**msgspec.json.decode(problem(e.UNAVAILABLE, 503, detail)), "ready": ready, "shards": shards}
             return path, json_reply(503, document), []
         if path == "/metrics":
+            feed = self._events_feed
+            if feed is not None and feed.sinks:  # the relays' lag, wherever they run
+                await feed.observe(self.metrics)
             return (
                 path,
                 Reply(200, generate_latest(self.metrics.registry)),

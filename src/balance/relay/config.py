@@ -26,6 +26,11 @@ class RelayConfig:
     def enabled(self) -> bool:
         return self.mode != "off" and bool(self.amqp_url or self.nats_url)
 
+    @property
+    def sink_names(self) -> tuple[str, ...]:
+        """The brokers configured (``Sink.name``: each names a cursor), wherever their relay runs."""
+        return (("amqp",) if self.amqp_url else ()) + (("nats",) if self.nats_url else ())
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> RelayConfig:
         env = dict(os.environ if env is None else env)

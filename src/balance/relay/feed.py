@@ -10,10 +10,13 @@ split across pages. Rows the key may not see still move its cursor.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 
 from balance.events.stream import EventStream, Published
+from balance.metrics import Metrics
 from balance.relay.page import EventSource
+from balance.storage.base import StorageError
 
 Visible = Callable[[str], bool]  # account id -> may the caller see its events
 
@@ -38,9 +41,26 @@ def format_cursor(positions: Sequence[int]) -> str:
 class EventsFeed:
     """One reader per shard (serialised: one connection each)."""
 
-    def __init__(self, sources: Sequence[EventSource]) -> None:
+    def __init__(self, sources: Sequence[EventSource], sinks: Sequence[str] = ()) -> None:
         self.sources = list(sources)
+        self.sinks = tuple(sinks)  # the brokers relayed to ("amqp", "nats"): their lag is observed here too
         self._locks = [asyncio.Lock() for _ in self.sources]
+
+    async def observe(self, metrics: Metrics) -> None:
+        """Each relay's cursor and lag, read from the shard databases (so that the service's own
+        /metrics shows them wherever the relay runs). A shard that does not answer is skipped."""
+        now = time.time()
+        for shard, source in enumerate(self.sources):
+            for sink in self.sinks:
+                try:
+                    async with self._locks[shard]:
+                        cursor = await source.cursor(sink)
+                        oldest = await source.oldest_after(cursor)
+                except StorageError:
+                    continue
+                labels = (str(shard), sink)
+                metrics.events_published_seq.labels(*labels).set(cursor)
+                metrics.events_lag_seconds.labels(*labels).set(0.0 if oldest is None else max(0.0, now - oldest / 1e6))
 
     async def read(self, positions: list[int], limit: int, visible: Visible) -> tuple[list[Published], list[int]]:
         """Up to ``limit`` events after ``positions`` (shard by shard, each in seq order) and the
