@@ -17,7 +17,7 @@ from typing import Any
 
 from balance.events import catalogue as cat
 from balance.events.stream import Published
-from balance.relay.sink import SinkError
+from balance.relay.sink import Confirmation, SinkError
 
 log = logging.getLogger("balance.relay")
 
@@ -94,10 +94,13 @@ class AmqpSink:
         return await self._channel.get_underlay_channel()
 
     async def publish(self, shard: int, events: list[Published]) -> None:
+        await (await self.send(shard, events))
+
+    async def send(self, shard: int, events: list[Published]) -> Confirmation:
+        """Write ``events`` (in order, after any page sent before) and return what resolves once
+        the broker confirmed every one of them (or raises SinkError)."""
         from aiormq.abc import ChannelFrame
 
-        if not events:
-            return
         async with self._lock:
             try:
                 channel = await self._connect()
@@ -126,17 +129,24 @@ class AmqpSink:
                         ChannelFrame(payload=b"".join(parts), should_close=False, drain_future=drained)
                     )
                 await asyncio.wait_for(drained, CONFIRM_TIMEOUT_S)
-                async with asyncio.timeout(CONFIRM_TIMEOUT_S):
-                    results = await asyncio.gather(*confirms, return_exceptions=True)
             except (Exception, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and asyncio.current_task().cancelling():  # type: ignore[union-attr]
                     raise
                 await self.close()
                 raise SinkError(f"rabbitmq: {exc!r}") from exc
-            failed = [r for r in results if isinstance(r, BaseException) or type(r).__name__ != "Ack"]
-            if failed:
-                await self.close()
-                raise SinkError(f"rabbitmq did not confirm {len(failed)} of {len(events)} events: {failed[0]!r}")
+        return asyncio.ensure_future(self._confirmed(confirms))
+
+    async def _confirmed(self, confirms: list[asyncio.Future[Any]]) -> None:
+        try:
+            async with asyncio.timeout(CONFIRM_TIMEOUT_S):
+                results = await asyncio.gather(*confirms, return_exceptions=True)
+        except TimeoutError as exc:
+            await self.close()
+            raise SinkError(f"rabbitmq: no confirmation within {CONFIRM_TIMEOUT_S:.0f}s") from exc
+        failed = [r for r in results if isinstance(r, BaseException) or type(r).__name__ != "Ack"]
+        if failed:
+            await self.close()
+            raise SinkError(f"rabbitmq did not confirm {len(failed)} of {len(confirms)} events: {failed[0]!r}")
 
     async def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None

@@ -10,7 +10,7 @@ from typing import Any
 
 from balance.events import catalogue as cat
 from balance.events.stream import Published
-from balance.relay.sink import SinkError
+from balance.relay.sink import Confirmation, SinkError
 
 log = logging.getLogger("balance.relay")
 
@@ -48,8 +48,10 @@ class NatsSink:
         return self._js
 
     async def publish(self, shard: int, events: list[Published]) -> None:
-        if not events:
-            return
+        await (await self.send(shard, events))
+
+    async def send(self, shard: int, events: list[Published]) -> Confirmation:
+        """Publish ``events`` in order; what it returns resolves once the stream acknowledged all."""
         async with self._lock:
             try:
                 js = await self._connect()
@@ -57,16 +59,23 @@ class NatsSink:
                 for event in events:
                     subject = cat.subject(event.region, shard, event.type, self.prefix)
                     acks.append(await js.publish_async(subject, event.body, headers={"Nats-Msg-Id": event.id}))
-                results = await self._acknowledged(acks)
             except (Exception, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and asyncio.current_task().cancelling():  # type: ignore[union-attr]
                     raise
                 await self.close()
                 raise SinkError(f"nats: {exc!r}") from exc
-            failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
-                await self.close()
-                raise SinkError(f"nats did not acknowledge {len(failed)} of {len(events)} events: {failed[0]!r}")
+        return asyncio.ensure_future(self._all_acknowledged(acks, len(events)))
+
+    async def _all_acknowledged(self, acks: list[asyncio.Future[Any]], count: int) -> None:
+        try:
+            results = await self._acknowledged(acks)
+        except SinkError:
+            await self.close()
+            raise
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await self.close()
+            raise SinkError(f"nats did not acknowledge {len(failed)} of {count} events: {failed[0]!r}")
 
     async def _acknowledged(self, acks: list[asyncio.Future[Any]]) -> list[Any]:
         """The stream's answers; a connection lost meanwhile fails at once (its acks never come)."""

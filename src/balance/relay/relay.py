@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from dataclasses import dataclass
 
 from balance.engine.recovery import Backoff
 from balance.events.stream import EventStream
 from balance.metrics import Metrics
-from balance.relay.sink import Sink, SinkError
+from balance.relay.sink import Confirmation, Sink, SinkError
 from balance.relay.sources import EventSource
 from balance.storage.base import StorageError
 
@@ -28,6 +30,23 @@ CURSOR_SAVE_S = 1.0  # the cursor is written at most this often (and at a clean 
 OUTBOX_RETENTION_S = 86_400.0
 
 
+PAGES_IN_FLIGHT = 4  # pages sent while the oldest waits for its confirmation (a broker syncs to disk in rounds)
+
+
+@dataclass(slots=True)
+class _Sent:
+    last_seq: int
+    events: int
+    oldest_at: int  # the page's oldest row (microseconds): the lag while it waits
+    confirmation: Confirmation
+
+
+def _done() -> Confirmation:
+    done: Confirmation = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
+
+
 class ShardRelay:
     def __init__(
         self,
@@ -37,6 +56,7 @@ class ShardRelay:
         metrics: Metrics,
         *,
         page_rows: int = PAGE_ROWS,
+        pages_in_flight: int = PAGES_IN_FLIGHT,
         idle_poll_s: float = IDLE_POLL_S,
         cursor_save_s: float = CURSOR_SAVE_S,
         retention_s: float = OUTBOX_RETENTION_S,
@@ -47,6 +67,7 @@ class ShardRelay:
             page_rows, idle_poll_s, cursor_save_s, retention_s,
         )  # fmt: skip
         self.backoff = backoff or Backoff()
+        self.pages_in_flight = pages_in_flight
         labels = (str(shard), sink.name)
         self._published = metrics.events_published.labels(*labels)
         self._lag = metrics.events_lag_seconds.labels(*labels)
@@ -68,34 +89,61 @@ class ShardRelay:
             except StorageError as exc:
                 await self._wait("read the cursor", exc)
         self._cursor_gauge.set(self.cursor)
+        inflight: deque[_Sent] = deque()  # pages sent and not yet confirmed, oldest first
+        try:
+            await self._relay(inflight)
+        finally:
+            for sent in inflight:  # not confirmed: the next start sends them again from the saved cursor
+                sent.confirmation.cancel()
+
+    async def _relay(self, inflight: deque[_Sent]) -> None:
         stream = EventStream(self.shard)
         saved_at = time.monotonic()
         task = asyncio.current_task()
+        read_to = self.cursor  # pages are read and sent up to here (ahead of the confirmed cursor)
         while not self.stopping:
             if task is not None and task.cancelling():  # a client library may swallow a cancel: not this loop
                 raise asyncio.CancelledError
             try:
-                page = await self.source.read_page(self.cursor, self.page_rows, stream.missing)
+                while inflight and inflight[0].confirmation.done():
+                    self._confirmed(inflight.popleft())
+                if len(inflight) >= self.pages_in_flight:
+                    await asyncio.wait([inflight[0].confirmation])
+                    continue
+                page = await self.source.read_page(read_to, self.page_rows, stream.missing)
                 oldest = page.oldest_at
-                if oldest is None:
-                    self._lag.set(0)
-                    self.failures = 0
-                    await asyncio.sleep(self.idle_poll_s)
-                else:
-                    self._lag.set(max(0.0, time.time() - oldest / 1e6))
+                if oldest is not None:
                     events = stream.build(page.journal, page.outbox, page.accounts, page.later_updates, page.placements)
-                    await self.sink.publish(self.shard, events)
-                    self.cursor = page.last_seq
-                    self._published.inc(len(events))
-                    self._cursor_gauge.set(self.cursor)
-                    self.failures = 0
+                    confirmation = await self.sink.send(self.shard, events) if events else _done()
+                    inflight.append(_Sent(page.last_seq, len(events), oldest, confirmation))
+                    read_to = page.last_seq
+                unconfirmed = inflight[0].oldest_at if inflight else None
+                self._lag.set(0.0 if unconfirmed is None else max(0.0, time.time() - unconfirmed / 1e6))
+                if oldest is None:  # caught up: wait for the next rows (or the next confirmation)
+                    if inflight:
+                        await asyncio.wait([inflight[0].confirmation], timeout=self.idle_poll_s)
+                    else:
+                        self.failures = 0
+                        await asyncio.sleep(self.idle_poll_s)
                 if self.cursor != self.saved and time.monotonic() - saved_at >= self.cursor_save_s:
                     await self.save()
                     saved_at = time.monotonic()
             except (SinkError, StorageError) as exc:
+                for sent in inflight:  # sent but not confirmed: sent again from the cursor
+                    sent.confirmation.cancel()
+                inflight.clear()
+                read_to = self.cursor
                 stream = EventStream(self.shard)  # what it learned past the cursor is not published
                 self._failures.inc()
                 await self._wait("publish", exc)
+
+    def _confirmed(self, sent: _Sent) -> None:
+        """The oldest page in flight is confirmed (or raises its SinkError): the cursor moves past it."""
+        sent.confirmation.result()
+        self.cursor = sent.last_seq
+        self._published.inc(sent.events)
+        self._cursor_gauge.set(self.cursor)
+        self.failures = 0
 
     async def save(self) -> None:
         """The cursor into the shard's database, and the outbox rows past retention pruned."""
