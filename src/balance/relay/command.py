@@ -17,9 +17,10 @@ import sys
 from balance.config import Settings
 from balance.metrics import Metrics
 from balance.relay.config import RelayConfig
+from balance.relay.page import EventSource
 from balance.relay.relay import ShardRelay
 from balance.relay.sink import Sink
-from balance.relay.sources import EventSource, MariaDbEventSource, SqliteEventSource
+from balance.relay.sources import MariaDbEventSource, SqliteEventSource
 
 log = logging.getLogger("balance.relay")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-Row = tuple  # type: ignore[type-arg]
+Row = tuple[Any, ...]
 
 Missing = Callable[[list[Row]], tuple[set[str], set[tuple[str, str]]]]  # ``EventStream.missing``
 

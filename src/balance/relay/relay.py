@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from balance.engine.recovery import Backoff
 from balance.events.stream import EventStream
 from balance.metrics import Metrics
+from balance.relay.page import EventSource
 from balance.relay.sink import Confirmation, Sink, SinkError
-from balance.relay.sources import EventSource
 from balance.storage.base import StorageError
 
 log = logging.getLogger("balance.relay")

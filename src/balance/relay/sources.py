@@ -13,9 +13,9 @@ from typing import Any
 
 from balance.domain.model import HOLD
 from balance.events.stream import placement_keys
-from balance.relay.page import EventSource, Missing, Page
+from balance.relay.page import EventSource, Missing, Page, Row
 from balance.storage import event_reads as q
-from balance.storage.base import Row, StorageError
+from balance.storage.base import StorageError
 
 Query = tuple[str, tuple[Any, ...]]
 
