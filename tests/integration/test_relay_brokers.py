@@ -31,7 +31,7 @@ from balance.metrics import Metrics
 from balance.relay.amqp import AmqpSink
 from balance.relay.nats import NatsSink
 from balance.relay.relay import ShardRelay
-from balance.relay.sources import SqliteEventSource
+from balance.relay.sources import SqliteEventSource, source_of
 from balance.storage.sqlite import SqliteShardStorage
 
 AMQP_URL = os.environ.get("BALANCE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -409,3 +409,32 @@ async def test_outbox_rows_go_only_once_every_broker_confirmed_them_and_retentio
 async def ok_account(engine: ShardEngine, account_id: str) -> None:
     reply = await engine.execute(c.CreateAccount(account_id, None, "user", "EU", "EUR", account_id, 0, b"{}"))
     assert reply.status == 201
+
+
+async def test_a_relay_on_each_backend_publishes_everything_and_keeps_its_cursor_there(
+    backend: Any, rabbit: aio_pika.abc.AbstractChannel
+) -> None:
+    """The same relay on each backend: its cursor is a row of the shard database's meta table,
+    read back by a relay started afresh (which then publishes nothing again)."""
+    exchange = f"balance.events.test-{uuid.uuid4().hex[:8]}"
+    queue = await bound_queue(rabbit, exchange)
+    engine = ShardEngine(0, backend.make(), clock=ManualClock(), sweep_interval_s=3600, on_fatal=lambda _: None)
+    await engine.start()
+    for account_id in ACCOUNTS:
+        reply = await engine.execute(c.CreateAccount(account_id, None, "user", "EU", "EUR", account_id, 0, b"{}"))
+        assert reply.status == 201
+    await business(engine, 20, "m")
+    first = ShardRelay(0, source_of(engine.storage), AmqpSink(AMQP_URL, exchange), Metrics(), page_rows=50)
+    await relay_until_caught_up(first, engine)
+    await first.sink.close()
+    events = [json.loads(m.body) for m in await drain(queue)]
+    check_stream(events, engine)
+    again = ShardRelay(0, source_of(engine.storage), AmqpSink(AMQP_URL, exchange), Metrics())
+    assert await again.source.cursor("amqp") == engine.ledger.next_seq - 1
+    await relay_until_caught_up(again, engine)
+    assert await drain(queue, idle_s=0.5) == []
+    await again.sink.close()
+    for relay in (first, again):
+        await relay.source.close()
+    await rabbit.exchange_delete(exchange)
+    await engine.stop()
