@@ -19,6 +19,7 @@ from balance.config import Settings
 from balance.metrics import Metrics
 
 log = logging.getLogger("balance.server")
+RELAY_CHECK_S = 1.0  # how often `run` looks whether its relay process still runs
 
 
 class StartError(Exception):
@@ -97,9 +98,22 @@ def _start_relay(settings: Settings, metrics: Metrics) -> Callable[[], Awaitable
     if config.mode == "process":
         from balance.relay.command import spawn
 
-        child = spawn()
+        children = [spawn()]
+
+        async def supervise() -> None:
+            """A relay process that exits (a bug, killed) is started again: it resumes at its cursor."""
+            while True:
+                await asyncio.sleep(RELAY_CHECK_S)
+                code = children[-1].poll()
+                if code is not None:
+                    log.error("the event relay exited (%s); starting it again", code)
+                    children.append(spawn())
+
+        supervisor = asyncio.get_running_loop().create_task(supervise())
 
         async def stop_child() -> None:
+            supervisor.cancel()
+            child = children[-1]
             child.terminate()  # it saves its cursor and exits
             for _ in range(100):
                 if child.poll() is not None:

@@ -284,7 +284,16 @@ async def test_with_the_broker_away_the_service_is_ready_and_money_moves(tmp_pat
             assert lag and float(lag[0].rsplit(" ", 1)[1]) > 1.0, metrics[-2000:]
             feed = (await client.get("/v1/events?limit=1000")).json()["data"]
             assert [e["version"] for e in feed if e["account_id"] == account["id"]] == list(range(1, 52))
+            assert server.proc is not None
+            relays = children_of(server.proc.pid)
+            os.kill(relays[0], signal.SIGKILL)  # the relay alone dies: the service starts another
+            deadline = time.monotonic() + 10
+            while not (set(children_of(server.proc.pid)) - set(relays)):
+                assert time.monotonic() < deadline, "no new relay process"
+                await asyncio.sleep(0.1)
+            assert (await client.get("/readyz")).status_code == 200
         assert "events shard 0 -> amqp: publish failed" in server.log.read_text()
+        assert "the event relay exited" in server.log.read_text()
     finally:
         if server.proc is not None and server.proc.poll() is None:
             server.proc.terminate()
