@@ -15,6 +15,7 @@ from balance.engine.runtime import tune_runtime
 from balance.engine.shard import ShardEngine
 from balance.keys import KeyRecord, admin_key_hash
 from balance.metrics import Metrics
+from balance.relay.feed import EventsFeed
 from balance.service import BalanceService
 from balance.storage.base import ShardStorage
 from balance.storage.mariadb_url import is_mariadb_url
@@ -76,10 +77,19 @@ def build_service(
     return BalanceService(engines, settings.admin_key, admin_key_hash=admin_hash)
 
 
+def events_feed(service: BalanceService) -> EventsFeed:
+    """GET /v1/events: a reader of each shard's database, beside its writer."""
+    from balance.relay.config import RelayConfig
+    from balance.relay.sources import source_of
+
+    return EventsFeed([source_of(engine.storage) for engine in service.engines], RelayConfig.from_env().sink_names)
+
+
 def build_app(settings: Settings) -> BalanceApp:
     """The app over a new service; one metrics registry, injected into both."""
     metrics = Metrics()
-    return BalanceApp(build_service(settings, metrics=metrics), metrics)
+    service = build_service(settings, metrics=metrics)
+    return BalanceApp(service, metrics, events=events_feed(service))
 
 
 def storage_of_database(database_url: str) -> ShardStorage:

@@ -1,4 +1,4 @@
-"""`balance-service run | demo | bench`: the command line."""
+"""`balance-service run | relay | demo | bench`: the command line."""
 
 from __future__ import annotations
 
@@ -49,6 +49,12 @@ def run(_: argparse.Namespace) -> int:
     return 0
 
 
+def relay(_: argparse.Namespace) -> int:
+    from balance.relay.command import main as relay_main
+
+    return relay_main()
+
+
 def demo(args: argparse.Namespace) -> int:
     from balance.demo import main as demo_main
 
@@ -84,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="balance-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="serve the HTTP API (configured by BALANCE_* variables)").set_defaults(fn=run)
+    commands.add_parser(
+        "relay", help="publish the shards' events to RabbitMQ and/or NATS (BALANCE_AMQP_URL, BALANCE_NATS_URL)"
+    ).set_defaults(fn=relay)
     demo_parser = commands.add_parser("demo", help="build a partner tree, run a mix of operations, show the result")
     demo_parser.add_argument("--operations", type=int, default=5000)
     demo_parser.add_argument("--data-dir", default=None, help="default: a fresh temporary directory")

@@ -54,6 +54,24 @@ class Metrics:
             ["shard", "phase"], registry=r,
         )  # fmt: skip
         self.ready = Gauge("balance_shard_ready", "1 when the shard has recovered and serves", ["shard"], registry=r)
+        self.events_published = Counter(
+            "balance_events_published",
+            "Events the relay published and the broker confirmed",
+            ["shard", "sink"],
+            registry=r,
+        )
+        self.events_lag_seconds = Gauge(
+            "balance_events_lag_seconds", "Age of the oldest event not yet published (0: caught up)",
+            ["shard", "sink"], registry=r,
+        )  # fmt: skip
+        self.events_published_seq = Gauge(
+            "balance_events_published_seq", "The relay's durable cursor: events up to this seq are confirmed",
+            ["shard", "sink"], registry=r,
+        )  # fmt: skip
+        self.events_sink_failures = Counter(
+            "balance_events_sink_failures", "Publishes that failed (broker away or refusing); retried with backoff",
+            ["shard", "sink"], registry=r,
+        )  # fmt: skip
         self.http_refusals = Counter(
             "balance_http_refusals",
             "Requests and connections the HTTP server refused before the API saw them, by reason",

@@ -13,10 +13,13 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 
 from balance.config import Settings
+from balance.metrics import Metrics
 
 log = logging.getLogger("balance.server")
+RELAY_CHECK_S = 1.0  # how often `run` looks whether its relay process still runs
 
 
 class StartError(Exception):
@@ -86,6 +89,7 @@ async def serve(settings: Settings) -> None:
         raise StartError(f"cannot listen on {settings.host}:{settings.port}: {reason.lower()}") from None
     starting = loop.create_task(app.start_service())  # recovery in the background
     leases = None if keeper is None else loop.create_task(keeper.run())
+    stop_events = _start_relay(settings, app.metrics)
     try:
         await stopping.wait()
     finally:
@@ -96,7 +100,61 @@ async def serve(settings: Settings) -> None:
         if leases is not None:
             leases.cancel()
         await app.service.stop()
+        await app.close()
         if keeper is not None:
             await keeper.release()
+        await stop_events()
         cause = signals[0] if signals else "shutdown"
         log.info("stopped on %s in %.2fs: answers in flight sent, shards checkpointed", cause, time.monotonic() - began)
+
+
+def _start_relay(settings: Settings, metrics: Metrics) -> Callable[[], Awaitable[None]]:
+    """The event relay beside the server (``balance.relay``): a child process (the default),
+    tasks of this loop (``BALANCE_RELAY=inline``), or none (no broker, or ``off``). Returns
+    what stops it (after the engines: it publishes what they committed last)."""
+    from balance.relay.config import RelayConfig
+
+    config = RelayConfig.from_env()
+    if not config.enabled:
+        return _nothing
+    if config.mode == "process":
+        from balance.relay.command import spawn
+
+        children = [spawn()]
+
+        async def supervise() -> None:
+            """A relay process that exits (a bug, killed) is started again: it resumes at its cursor."""
+            while True:
+                await asyncio.sleep(RELAY_CHECK_S)
+                code = children[-1].poll()
+                if code is not None:
+                    log.error("the event relay exited (%s); starting it again", code)
+                    children.append(spawn())
+
+        supervisor = asyncio.get_running_loop().create_task(supervise())
+
+        async def stop_child() -> None:
+            supervisor.cancel()
+            child = children[-1]
+            child.terminate()  # it saves its cursor and exits
+            for _ in range(100):
+                if child.poll() is not None:
+                    return
+                await asyncio.sleep(0.05)
+            child.kill()
+
+        return stop_child
+    from balance.relay.command import build_relays, run_relays
+
+    stopping = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(run_relays(build_relays(settings, config, metrics), stopping))
+
+    async def stop_tasks() -> None:
+        stopping.set()
+        await task
+
+    return stop_tasks
+
+
+async def _nothing() -> None:
+    return None

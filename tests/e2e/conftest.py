@@ -264,18 +264,22 @@ def make_api(tmp_path: Path) -> MakeApi:
         try:
             if start:
                 await service.start()
-            app = BalanceApp(service, metrics, start_service=False)
-            if transport == "asgi":
-                async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-                    yield Api(client, service, app)
-            else:  # the built-in HTTP/1.1 server on a real socket
-                server = HttpServer(app.serve, admission=app.admission())
-                port = await server.listen("127.0.0.1", 0)
-                try:
-                    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            app = BalanceApp(service, metrics, start_service=False, events=bootstrap.events_feed(service))
+            try:
+                if transport == "asgi":
+                    transport_ = httpx.ASGITransport(app=app)
+                    async with httpx.AsyncClient(transport=transport_, base_url="http://test") as client:
                         yield Api(client, service, app)
-                finally:
-                    await server.stop()
+                else:  # the built-in HTTP/1.1 server on a real socket
+                    server = HttpServer(app.serve, admission=app.admission())
+                    port = await server.listen("127.0.0.1", 0)
+                    try:
+                        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                            yield Api(client, service, app)
+                    finally:
+                        await server.stop()
+            finally:
+                await app.close()  # the event feed's readers, if a test used it
             if not fatal.errors:
                 await prove_books(service, settings)  # only when the test passed: its failure comes first
             proved = True

@@ -41,7 +41,7 @@ _DEFAULTS: dict[tuple[str, ...], dict[str, Any]] = {
         balance_after=100, reserved_after=0, version=2, created_at=T0, description="",
         metadata=b"{}", result=b"", expires_at=None, destination_account_id=None, placed_by=None,
     ),
-    schema.OUTBOX_COLUMNS: dict(seq=1, kind="account.updated", account_id="acc-1", version=1, created_at=T0),
+    schema.OUTBOX_COLUMNS: dict(seq=1, kind="account.updated", account_id="acc-1", version=1, created_at=T0, data=None),
     schema.KEY_COLUMNS: dict(
         key_hash="0" * 64, account_id="acc-1", created_at=T0, key_id="key_1", prefix="bk_abcd", scopes=3,
         revoked_at=None, client_id=None,

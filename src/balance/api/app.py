@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 import msgspec
 from prometheus_client import generate_latest
 
-from balance.api import routes_accounts, routes_batch, routes_history, routes_holds, routes_money
+from balance.api import routes_accounts, routes_batch, routes_events, routes_history, routes_holds, routes_money
 from balance.api.admission import Admission, HttpLimits
 from balance.api.answers import HttpError, json_reply, validation
 from balance.api.body import BODY_BYTES_MAX, read_body
@@ -27,6 +27,7 @@ from balance.domain import errors as e
 from balance.domain.authority import NOBODY, Actor
 from balance.engine.replies import RETRY_AFTER_S, Reply
 from balance.metrics import Metrics
+from balance.relay.feed import EventsFeed
 from balance.service import BalanceService
 from balance.views import encoder, problem
 
@@ -85,6 +86,7 @@ def route_table() -> list[tuple[str, str, Handler]]:
         ("POST", "/v1/accounts/{id}/holds/{hold_id}/release", routes_holds.release),
         ("GET", "/v1/accounts/{id}/transactions", routes_history.transactions),
         ("GET", "/v1/accounts/{id}/transactions/{txn_id}", routes_history.transaction),
+        ("GET", "/v1/events", routes_events.events),
         ("POST", "/v1/transfers", routes_money.transfer),
         ("POST", "/v1/batch", routes_batch.batch),
     ]
@@ -93,7 +95,9 @@ def route_table() -> list[tuple[str, str, Handler]]:
 class BalanceApp:
     """ASGI 3 application over a BalanceService."""
 
-    def __init__(self, service: BalanceService, metrics: Metrics, *, start_service: bool = True) -> None:
+    def __init__(
+        self, service: BalanceService, metrics: Metrics, *, start_service: bool = True, events: EventsFeed | None = None
+    ) -> None:
         self.service = service
         self.metrics = metrics  # injected (bootstrap): the registry /metrics serves, shared with the engines
         self._start_service = start_service
@@ -102,9 +106,22 @@ class BalanceApp:
         self._refusals: dict[tuple[str, str], Any] = {}  # (kind, code) -> its bound counter
         self._latency: dict[str, Any] = {}  # route -> its bound histogram (labels() costs a lookup)
         self._routes: dict[int, list[tuple[str, tuple[str, ...], Handler, str]]] = {}
+        self._events_feed = events  # GET /v1/events
         for method, pattern, handler in route_table():
             parts = tuple(pattern.strip("/").split("/"))
             self._routes.setdefault(len(parts), []).append((method, parts, handler, pattern))
+
+    def events_feed(self) -> EventsFeed:
+        """The event feed's readers of the shard databases (``bootstrap.events_feed``)."""
+        if self._events_feed is None:
+            raise HttpError(e.UNAVAILABLE, 503, "the event feed is not configured in this process")
+        return self._events_feed
+
+    async def close(self) -> None:
+        """What the app holds besides the service: the event feed's connections."""
+        feed, self._events_feed = self._events_feed, None
+        if feed is not None:
+            await feed.close()
 
     def admission(self, limits: HttpLimits | None = None) -> Admission:
         """What the built-in server asks before it reads a body: the key, and readiness."""
@@ -179,6 +196,7 @@ class BalanceApp:
                 if self._startup is not None and not self._startup.done():
                     self._startup.cancel()
                 await self.service.stop()
+                await self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -216,6 +234,9 @@ class BalanceApp:
             document = {**msgspec.json.decode(problem(e.UNAVAILABLE, 503, detail)), "ready": ready, "shards": shards}
             return path, json_reply(503, document), []
         if path == "/metrics":
+            feed = self._events_feed
+            if feed is not None and feed.sinks:  # the relays' lag, wherever they run
+                await feed.observe(self.metrics)
             return (
                 path,
                 Reply(200, generate_latest(self.metrics.registry)),

@@ -207,6 +207,9 @@ ROUTES = (
           None, "200", _ref("TxnPage"), _READ, query=("limit_history", "cursor_history", "since", "until")),
     Route("GET", "/v1/accounts/{id}/transactions/{txn_id}", "getTransaction", "Read one history row by its id",
           None, "200", _ref("Txn"), (*_READ, e.TRANSACTION_NOT_FOUND)),
+    Route("GET", "/v1/events", "listEvents",
+          "Events after a cursor, oldest first, scoped to the key's subtree (long-poll with wait_s): docs/events.md",
+          None, "200", _ref("EventPage"), (e.FORBIDDEN,), query=("after_events", "limit_events", "wait_s")),
     Route("POST", "/v1/transfers", "transfer", "Move money between two accounts of one currency",
           "TransferBody", "201", _ref("TransferReply"), (*_MOVE, e.INSUFFICIENT_FUNDS, e.CURRENCY_MISMATCH),
           replayable=True),
@@ -223,6 +226,12 @@ _QUERY = {
                                 "default": limits.HISTORY_LIMIT_DEFAULT}, "page size"),
     "cursor_history": ("cursor", {"type": "string", "pattern": r"^[0-9]{1,18}(?![\s\S])"},
                        "the previous page's next_cursor"),
+    "after_events": ("after", {"type": "string", "pattern": r"^[0-9]{1,18}(\.[0-9]{1,18})*(?![\s\S])"},
+                     "the previous page's next_cursor (one position per shard, dot-separated); none: from the start"),
+    "limit_events": ("limit", {"type": "integer", "minimum": 1, "maximum": limits.EVENTS_LIMIT_MAX,
+                               "default": limits.EVENTS_LIMIT_DEFAULT}, "page size"),
+    "wait_s": ("wait_s", {"type": "integer", "minimum": 0, "maximum": limits.EVENTS_WAIT_S_MAX, "default": 0},
+               "long-poll: wait up to this many seconds for the next event when there is none"),
     "since": ("since", {"type": "string", "format": "date-time"}, "rows created at or after (RFC 3339)"),
     "until": ("until", {"type": "string", "format": "date-time"}, "rows created before (RFC 3339)"),
 }  # fmt: skip
@@ -307,6 +316,23 @@ def _operation(route: Route) -> dict[str, Any]:
             "content": {"application/json": {"schema": _ref(route.request)}},
         }
     return operation
+
+
+def _event_page() -> dict[str, Any]:
+    envelope = {
+        "type": "object",
+        "required": ["id", "type", "occurred_at", "region", "shard", "seq", "account_id", "version", "data"],
+        "properties": {
+            "id": {"type": "string"}, "type": {"type": "string"}, "occurred_at": {"type": "string"},
+            "region": {"type": "string"}, "shard": {"type": "integer"}, "seq": {"type": "integer"},
+            "account_id": {"type": "string"}, "version": {"type": "integer"}, "data": {"type": "object"},
+        },
+    }  # fmt: skip
+    return {
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {"data": {"type": "array", "items": envelope}, "next_cursor": {"type": "string"}},
+    }
 
 
 def _renamed(value: Any, renames: dict[str, str]) -> Any:
@@ -455,6 +481,7 @@ def openapi_document() -> dict[str, Any]:
     _requests_as_accepted(components)
     components.update(_batch_components())
     components["AccountPage"], components["TxnPage"] = _page("Account"), _page("Txn")
+    components["EventPage"] = _event_page()
     components["KeyList"] = {"type": "object", "required": ["data"],
                              "properties": {"data": {"type": "array", "items": _ref("KeyInfo")}}}  # fmt: skip
     paths: dict[str, Any] = {}

@@ -16,6 +16,9 @@ from balance.domain import errors as e
 from balance.domain import limits
 from balance.domain.ids import ACCOUNT_OP_KIND, op_key_of
 from balance.domain.model import (
+    EVENT_ACCOUNT_CREATED,
+    EVENT_ACCOUNT_REPLENISHED,
+    EVENT_ACCOUNT_UPDATED,
     KIND_FUNDING,
     KIND_SETTLEMENT,
     OPEN,
@@ -66,6 +69,7 @@ def create_account(ledger: Ledger, cmd: c.CreateAccount, now: int) -> Outcome:
     )  # fmt: skip
     ledger.undo_accounts[account.id] = None  # created: its row is written with the batch
     ledger.accounts[account.id] = account
+    ledger.changes.events.append(Event(EVENT_ACCOUNT_CREATED, account.id, account.version, now, account.state()))
     if key is None or fingerprint is None or cmd.client_id is None:
         return Outcome(201, accounts=(account,))
     # Under a client id, a journal row keeps the first answer (as a money operation's does); the
@@ -105,6 +109,7 @@ def update_account(ledger: Ledger, cmd: c.UpdateAccount, now: int) -> Outcome:
         return reject(e.LIMIT_EXCEEDED, "credit_limit is past 2^62")
     if account.balance + credit_limit - account.reserved < 0:
         return reject(e.VALIDATION_ERROR, "credit_limit is below what the account already uses")
+    previous = account.state()  # as this update found it (the batch's undo snapshot may be older)
     ledger.touch(account)
     ledger.frames[-1].rewritten.add(account.id)  # no journal row says what changed: write the row
     if cmd.status is not None and cmd.status != account.status:
@@ -118,9 +123,12 @@ def update_account(ledger: Ledger, cmd: c.UpdateAccount, now: int) -> Outcome:
     account.credit_limit = credit_limit
     account.version += 1
     account.updated_at = now
-    if limit_changed and account.exhausted:  # what it may spend changed: the flag lifts
-        account.exhausted = False
-        ledger.changes.events.append(Event("account_replenished", account.id, account.version, now))
+    replenished = limit_changed and account.exhausted  # what it may spend changed: the flag lifts
+    account.exhausted = account.exhausted and not replenished
+    state = account.state()
+    ledger.changes.events.append(Event(EVENT_ACCOUNT_UPDATED, account.id, account.version, now, state, previous))
+    if replenished:
+        ledger.changes.events.append(Event(EVENT_ACCOUNT_REPLENISHED, account.id, account.version, now, state))
     return Outcome(200, accounts=(account,))
 
 

@@ -16,6 +16,7 @@ from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, capture_leg_id, sta
 from balance.domain.ids import is_system_account_id, op_key_of
 from balance.domain.model import (
     CAPTURE,
+    EVENT_ACCOUNT_EXHAUSTED,
     EXPIRE,
     HOLD,
     HOLD_CAPTURED,
@@ -113,7 +114,7 @@ def place_hold(ledger: Ledger, cmd: c.PlaceHold, now: int) -> Outcome:
     ledger.changed(account, now)
     if account.available <= 0:
         account.exhausted = True
-        ledger.changes.events.append(Event("account_exhausted", account.id, account.version, now))
+        ledger.changes.events.append(Event(EVENT_ACCOUNT_EXHAUSTED, account.id, account.version, now, account.state()))
     expires_at = now + cmd.expires_in_s * 1_000_000
     hold = Hold(
         account.id, cmd.op_id, cmd.amount, 0, account.currency, HOLD_PENDING,

@@ -40,6 +40,7 @@ from balance.domain.model import (
     CAPTURE,
     CREDIT,
     DEBIT,
+    EVENT_ACCOUNT_REPLENISHED,
     HOLD,
     HOLD_DESTINATION,
     HOLD_PENDING,
@@ -476,6 +477,11 @@ class Ledger:
     def batches_in_flight(self) -> int:
         return len(self.frames)
 
+    @property
+    def committed_seq(self) -> int:
+        """The first seq not yet durable (batches applied and still being written come after)."""
+        return self.frames[0].seq_at_begin if self.frames else self.next_seq
+
     def event_seq(self) -> int:
         """A sequence number for an outbox row (shared with the journal: one order per shard)."""
         return self._seq()
@@ -619,7 +625,9 @@ class Ledger:
         account.updated_at = now
         if account.exhausted:
             account.exhausted = False
-            self.changes.events.append(Event("account_replenished", account.id, account.version, now))
+            self.changes.events.append(
+                Event(EVENT_ACCOUNT_REPLENISHED, account.id, account.version, now, account.state())
+            )
 
     def system_account(self, currency: str, kind: str, now: int) -> Account:
         account_id = system_account_id(self.shard, currency, kind)

@@ -303,11 +303,24 @@ class Entry:
         )  # fmt: skip
 
 
+# Outbox event kinds (``Event.kind``).
+EVENT_ACCOUNT_CREATED = "account_created"
+EVENT_ACCOUNT_UPDATED = "account_updated"
+EVENT_ACCOUNT_EXHAUSTED = "account_exhausted"
+EVENT_ACCOUNT_REPLENISHED = "account_replenished"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Something consumers may want to know (written to the outbox in the same commit)."""
+    """A fact about an account that no journal row holds, written to the outbox in the same
+    commit (what the journal holds, the event relay reads from the journal itself).
 
-    kind: str  # "account_exhausted" | "account_replenished"
+    ``state`` is the account as the operation left it (``Account.state()``), ``previous`` as it
+    found it (an update only): the relay needs no other read to publish the whole account."""
+
+    kind: str  # EVENT_ACCOUNT_CREATED | _UPDATED | _EXHAUSTED | _REPLENISHED
     account_id: str
     version: int
     created_at: int
+    state: tuple | None = None  # type: ignore[type-arg]
+    previous: tuple | None = None  # type: ignore[type-arg]

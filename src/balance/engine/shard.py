@@ -23,6 +23,7 @@ from balance.engine.clock import Clock, system_clock
 from balance.engine.expiry_sweep import sweep_loop
 from balance.engine.recovery import Backoff, load_ledger
 from balance.engine.replies import Collector, Reply, Slot, Unavailable, render, unavailable_reply
+from balance.events.outbox import outbox_row
 from balance.metrics import Metrics
 from balance.storage.base import (
     EARLIER_FAILED,
@@ -360,7 +361,7 @@ class ShardEngine:
             holds_deleted=changes.holds_deleted,
             checkpoint_seq=changes.checkpoint_seq,
             journal=[entry.row() for entry in changes.entries],
-            outbox=[(ledger.event_seq(), ev.kind, ev.account_id, ev.version, ev.created_at) for ev in changes.events],
+            outbox=[outbox_row(ledger.event_seq(), event) for event in changes.events],
             keys=list(changes.keys),
             transfers_started=list(changes.transfers_started),
             transfers_completed=list(changes.transfers_completed),

@@ -103,6 +103,11 @@ class MariaDbShardStorage(MariaDbWrites, MariaDbStatements, MariaDbReads):
         self._owner_epoch: int | None = None  # ``fence_with``: taken over at open, guarded in every commit
         self._fence_guard: str | None = None
 
+    @property
+    def password(self) -> str:
+        """For a reader of the same database (the event feed's connection)."""
+        return self._password
+
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop or asyncio.get_running_loop()
 

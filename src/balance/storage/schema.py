@@ -26,6 +26,7 @@ JOURNAL_COLUMNS_ADDED = {
 # Columns added to other tables since their first version (added at open, as above).
 COLUMNS_ADDED = {
     "accounts": {"frozen_by": "VARCHAR(64) NULL"},
+    "outbox": {"data": "BLOB NULL"},
     "holds": {"placed_by": "VARCHAR(64) NULL"},
     "api_keys": {
         "key_id": "VARCHAR(40) NULL", "prefix": "VARCHAR(16) NULL", "scopes": "INT NULL",
@@ -70,7 +71,11 @@ def op_keys_migration_sql(concat: str) -> str:
     )
 
 
-OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at")
+# An outbox row: a fact about an account that no journal row holds (``domain.model.Event``);
+# ``data`` is the account after it (and before it, for an update) as JSON (``events.outbox``).
+OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at", "data")
+# How far each event sink has published (meta rows, ``events_<sink>_seq``; the relay's cursor).
+EVENTS_CURSOR_META_PREFIX = "events_"
 KEY_COLUMNS = ("key_hash", "account_id", "created_at", "key_id", "prefix", "scopes", "revoked_at", "client_id")
 TRANSFER_COLUMNS = (
     "account_id", "op_id", "to_account_id", "amount", "currency", "description", "metadata", "created_at",
@@ -138,7 +143,8 @@ TABLES = {
         kind VARCHAR(32) NOT NULL,
         account_id VARCHAR(64) NOT NULL,
         version BIGINT NOT NULL,
-        created_at BIGINT NOT NULL""",
+        created_at BIGINT NOT NULL,
+        data BLOB NULL""",
     "transfers_pending": """
         account_id VARCHAR(64) NOT NULL,
         op_id VARCHAR(80) NOT NULL,
@@ -236,6 +242,8 @@ INDEXES = (
     # instead of into every account's part of it, one page written per row. Measured on the
     # bench's journal ceiling: SQLite +47%, MariaDB (2 writers) +21%. Random ids cost as before.
     ("journal_key", "journal", "op_key, account_id", True),
+    # The event relay: an account's later updates (the outbox is small: pruned once published).
+    ("outbox_by_account", "outbox", "account_id, seq", False),
 )
 INDEXES_DROPPED = (("journal_op_key", "journal"),)  # replaced: dropped from an earlier version's database
 

@@ -1,0 +1,69 @@
+"""``GET /v1/events``: the event feed, long-polled (``relay.feed``), scoped like every read."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from balance.api.answers import json_reply, validation
+from balance.api.parsing import int_query
+from balance.domain import authority as a
+from balance.domain import limits
+from balance.engine.replies import Reply
+from balance.relay.feed import CursorError, format_cursor, parse_cursor
+
+if TYPE_CHECKING:
+    from balance.api.app import BalanceApp, Request
+    from balance.service import BalanceService
+
+POLL_S = 0.05  # while long-polling: how often the shards' sequence numbers are looked at
+
+
+async def events(app: BalanceApp, request: Request, params: list[str]) -> Reply:
+    service, actor = app.service, request.actor
+    limit = int_query(request.query, "limit", limits.EVENTS_LIMIT_DEFAULT, limits.EVENTS_LIMIT_MAX)
+    wait_s = _wait_s(request.query.get("wait_s"))
+    cursor = request.query.get("after")
+    if cursor == "":
+        raise validation("after is empty: leave it out to read from the start")
+    try:
+        positions = parse_cursor(cursor, len(service.engines))
+    except CursorError as exc:
+        raise validation(str(exc)) from None
+    if actor is a.ADMIN_ACTOR:
+
+        def visible(account_id: str) -> bool:
+            return True
+    else:
+
+        def visible(account_id: str) -> bool:
+            return a.may_read(actor, service.chain(account_id))
+
+    feed = app.events_feed()
+    deadline = time.monotonic() + wait_s
+    while True:
+        seen = _committed(service)
+        found, after = await feed.read(positions, limit, visible)
+        if found or time.monotonic() >= deadline:
+            break
+        positions = after  # rows the key may not see: read past them
+        while time.monotonic() < deadline and _committed(service) == seen:
+            await asyncio.sleep(POLL_S)
+    body = {"data": [msgspec.Raw(event.body) for event in found], "next_cursor": format_cursor(after)}
+    return json_reply(200, body)
+
+
+def _committed(service: BalanceService) -> list[int]:
+    """Each shard's next seq after what is committed (batches still being written not counted)."""
+    return [engine.ledger.committed_seq for engine in service.engines]
+
+
+def _wait_s(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 0
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 2 or int(raw) > limits.EVENTS_WAIT_S_MAX:
+        raise validation(f"wait_s must be an integer from 0 to {limits.EVENTS_WAIT_S_MAX}")
+    return int(raw)

@@ -1,0 +1,100 @@
+"""The HTTP event feed (``GET /v1/events``): the same envelopes as the brokers get, read from
+the shard databases after a cursor, for whoever may read their accounts.
+
+The cursor is one journal seq per shard (``"120.97"``: shard 0 read up to 120, shard 1 up to
+97). A request reads each shard's rows after its position, in seq order, with a fresh event
+stream (what a stream learns holds only from where it started). Events of one row are never
+split across pages. Rows the key may not see still move its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+from balance.events.stream import EventStream, Published
+from balance.metrics import Metrics
+from balance.relay.page import EventSource
+from balance.storage.base import StorageError
+
+Visible = Callable[[str], bool]  # account id -> may the caller see its events
+
+
+class CursorError(ValueError):
+    """A cursor this service did not give out."""
+
+
+def parse_cursor(text: str | None, shards: int) -> list[int]:
+    if not text:
+        return [0] * shards
+    parts = text.split(".")
+    if len(parts) != shards or not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in parts):
+        raise CursorError("after is not a cursor this service gave out")
+    return [int(p) for p in parts]
+
+
+def format_cursor(positions: Sequence[int]) -> str:
+    return ".".join(str(p) for p in positions)
+
+
+class EventsFeed:
+    """One reader per shard (serialised: one connection each)."""
+
+    def __init__(self, sources: Sequence[EventSource], sinks: Sequence[str] = ()) -> None:
+        self.sources = list(sources)
+        self.sinks = tuple(sinks)  # the brokers relayed to ("amqp", "nats"): their lag is observed here too
+        self._locks = [asyncio.Lock() for _ in self.sources]
+
+    async def observe(self, metrics: Metrics) -> None:
+        """Each relay's cursor and lag, read from the shard databases (so that the service's own
+        /metrics shows them wherever the relay runs). A shard that does not answer is skipped."""
+        now = time.time()
+        for shard, source in enumerate(self.sources):
+            for sink in self.sinks:
+                try:
+                    async with self._locks[shard]:
+                        cursor = await source.cursor(sink)
+                        oldest = await source.oldest_after(cursor)
+                except StorageError:
+                    continue
+                labels = (str(shard), sink)
+                metrics.events_published_seq.labels(*labels).set(cursor)
+                metrics.events_lag_seconds.labels(*labels).set(0.0 if oldest is None else max(0.0, now - oldest / 1e6))
+
+    async def read(self, positions: list[int], limit: int, visible: Visible) -> tuple[list[Published], list[int]]:
+        """Up to ``limit`` events after ``positions`` (shard by shard, each in seq order) and the
+        positions after them."""
+        found: list[Published] = []
+        after = list(positions)
+        for shard, source in enumerate(self.sources):
+            room = limit - len(found)
+            if room <= 0:
+                break
+            stream = EventStream(shard)
+            async with self._locks[shard]:
+                page = await source.read_page(after[shard], room, stream.missing)
+            if not page.journal and not page.outbox:
+                continue
+            events = stream.build(page.journal, page.outbox, page.accounts, page.later_updates, page.placements)
+            kept, last = _fit([e for e in events if visible(e.account_id)], room)
+            found += kept
+            after[shard] = page.last_seq if last is None else last
+        return found, after
+
+    async def close(self) -> None:
+        for source in self.sources:
+            await source.close()
+
+
+def _fit(events: list[Published], room: int) -> tuple[list[Published], int | None]:
+    """At most ``room`` events, never splitting one row's (one seq's) events; the seq read up
+    to when cut short (None: all of them)."""
+    if len(events) <= room:
+        return events, None
+    cut = room
+    while cut > 0 and events[cut].seq == events[cut - 1].seq:
+        cut -= 1
+    if cut == 0:  # the first row alone has more than room: it goes whole
+        cut = next((i for i, e in enumerate(events) if e.seq != events[0].seq), len(events))
+    return events[:cut], events[cut - 1].seq

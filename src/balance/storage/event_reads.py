@@ -1,0 +1,58 @@
+"""What the event relay and the HTTP feed read of a shard database, for either driver's
+placeholder style (``?`` or ``%s``): pages of journal and outbox rows after a cursor, and what
+the event stream asks for besides (``balance.events.stream``); the relay's cursor rows."""
+
+from __future__ import annotations
+
+from balance.domain.model import EVENT_ACCOUNT_UPDATED
+from balance.storage import schema
+
+JOURNAL_PAGE = f"SELECT {','.join(schema.JOURNAL_COLUMNS)} FROM journal WHERE seq > {{p}} ORDER BY seq LIMIT {{p}}"
+OUTBOX_PAGE = f"SELECT {','.join(schema.OUTBOX_COLUMNS)} FROM outbox WHERE seq > {{p}} ORDER BY seq LIMIT {{p}}"
+CURSOR = "SELECT value FROM meta WHERE name = {p}"
+# The oldest row after the cursor: its age is the relay's lag.
+OLDEST_AFTER = (
+    "SELECT MIN(t) FROM (SELECT MIN(created_at) AS t FROM journal WHERE seq = (SELECT MIN(seq) FROM journal"
+    " WHERE seq > {p}) UNION ALL SELECT MIN(created_at) FROM outbox WHERE seq > {p}) AS oldest"
+)
+PRUNE = "DELETE FROM outbox WHERE seq <= {p} AND created_at < {p}"
+MAX_SEQ = "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM journal UNION ALL SELECT MAX(seq) FROM outbox) AS m"
+
+
+def sql(template: str, placeholder: str) -> str:
+    return template.replace("{p}", placeholder)
+
+
+def cursor_name(sink: str) -> str:
+    """The meta row of a sink's cursor: ``events_amqp_seq``, ``events_nats_seq``."""
+    return f"{schema.EVENTS_CURSOR_META_PREFIX}{sink}_seq"
+
+
+def accounts_by_id(placeholder: str, count: int) -> str:
+    marks = ",".join([placeholder] * count)
+    return f"SELECT {','.join(schema.ACCOUNT_COLUMNS)} FROM accounts WHERE id IN ({marks})"
+
+
+def updates_after(placeholder: str, count: int) -> str:
+    """Account updates of these accounts after the cursor, by seq (the first after a row says
+    what the account was at that row: ``EventStream.build``)."""
+    marks = ",".join([placeholder] * count)
+    return (
+        f"SELECT {','.join(schema.OUTBOX_COLUMNS)} FROM outbox WHERE account_id IN ({marks})"
+        f" AND seq > {placeholder} AND kind = '{EVENT_ACCOUNT_UPDATED}' ORDER BY seq"
+    )
+
+
+def placements(placeholder: str, count: int) -> str:
+    """Hold rows by (op_key, account_id) pairs (the ``journal_key`` index)."""
+    one = f"(op_key = {placeholder} AND account_id = {placeholder})"
+    return f"SELECT {','.join(schema.JOURNAL_COLUMNS)} FROM journal WHERE " + " OR ".join([one] * count)
+
+
+def within(journal: list[tuple], outbox: list[tuple], limit: int) -> tuple[list[tuple], list[tuple]]:  # type: ignore[type-arg]
+    """Both pages cut at the same seq: a full page may end before the other's rows."""
+    upper = min(
+        journal[-1][0] if len(journal) == limit else 2**63,
+        outbox[-1][0] if len(outbox) == limit else 2**63,
+    )
+    return [row for row in journal if row[0] <= upper], [row for row in outbox if row[0] <= upper]

@@ -1,0 +1,89 @@
+"""GET /v1/events: the event feed of the embedded default (no broker), read from the shard
+databases, newest-last, long-polled, scoped like every read."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from balance.events import catalogue as cat
+
+
+async def all_events(api: Any, *, key: str | None = None, limit: int = 7) -> tuple[list[dict[str, Any]], str]:
+    events: list[dict[str, Any]] = []
+    cursor = ""
+    while True:
+        response = await api.get(f"/v1/events?after={cursor}&limit={limit}", key=key or api.admin)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        events += page["data"]
+        if not page["data"] and page["next_cursor"] == cursor:
+            return events, cursor
+        cursor = page["next_cursor"]
+
+
+async def test_the_feed_has_every_change_in_order_with_gap_free_versions(api2: Any) -> None:
+    top = await api2.create_account()
+    child = await api2.create_account(top["id"])
+    other = await api2.create_account()  # the other shard, most likely
+    await api2.credit(top["id"], 1_000)
+    await api2.transfer(top["id"], child["id"], 300)
+    await api2.hold(child["id"], 100, id="order-1")
+    await api2.capture(child["id"], "order-1", 60)
+    await api2.credit(other["id"], 5)
+    await api2.patch_account(other["id"], name="renamed")
+    events, _ = await all_events(api2)
+    assert len({e["id"] for e in events}) == len(events)
+    for account in (top, child, other):
+        mine = [e for e in events if e["account_id"] == account["id"]]
+        now = await api2.account(account["id"])
+        assert sorted({e["version"] for e in mine}) == list(range(1, now["version"] + 1))
+        assert [e["seq"] for e in mine] == sorted(e["seq"] for e in mine)  # newest last
+        assert mine[-1]["data"]["account"] == now
+    types = {e["type"] for e in events}
+    assert {cat.ACCOUNT_CREATED, cat.TRANSACTION_CREATED, cat.HOLD_UPDATED, cat.ACCOUNT_UPDATED} <= types
+
+
+async def test_a_partner_key_sees_its_subtree_only(api: Any) -> None:
+    partner = await api.create_account()
+    child = await api.create_account(partner["id"])
+    stranger = await api.create_account()
+    for account in (partner, child, stranger):
+        await api.credit(account["id"], 10)
+    key = await api.create_key(partner["id"], scopes=["read"])
+    events, _ = await all_events(api, key=key, limit=2)
+    assert {e["account_id"] for e in events} == {partner["id"], child["id"]}
+    admin_events, _ = await all_events(api)
+    assert stranger["id"] in {e["account_id"] for e in admin_events}
+
+
+async def test_a_long_poll_answers_as_soon_as_an_event_is_committed(api: Any) -> None:
+    account = await api.create_account()
+    _, cursor = await all_events(api)
+    began = time.monotonic()
+    waiting = asyncio.create_task(api.get(f"/v1/events?after={cursor}&wait_s=10"))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    await api.credit(account["id"], 7)
+    response = await waiting
+    assert response.status_code == 200
+    assert [e["type"] for e in response.json()["data"]] == [cat.TRANSACTION_CREATED]
+    assert time.monotonic() - began < 5
+    empty = await api.get(f"/v1/events?after={response.json()['next_cursor']}&wait_s=1")
+    assert empty.json()["data"] == [] and empty.json()["next_cursor"] == response.json()["next_cursor"]
+
+
+async def test_bad_feed_parameters_are_refused_and_change_nothing(api: Any) -> None:
+    for query in (
+        "limit=0",
+        "limit=1001",
+        "wait_s=31",
+        "wait_s=-1",
+        "after=abc",
+        "after=1.2",
+        "after=99999999999999999999",
+    ):
+        api.assert_problem(await api.get(f"/v1/events?{query}"), 422, "validation_error")
+    response = await api.get("/v1/events", key=None)
+    assert response.status_code == 401
