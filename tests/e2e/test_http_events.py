@@ -14,7 +14,8 @@ async def all_events(api: Any, *, key: str | None = None, limit: int = 7) -> tup
     events: list[dict[str, Any]] = []
     cursor = ""
     while True:
-        response = await api.get(f"/v1/events?after={cursor}&limit={limit}", key=key or api.admin)
+        after = f"after={cursor}&" if cursor else ""  # none: from the start (an empty one is refused)
+        response = await api.get(f"/v1/events?{after}limit={limit}", key=key or api.admin)
         assert response.status_code == 200, response.text
         page = response.json()
         events += page["data"]
