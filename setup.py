@@ -36,6 +36,7 @@ COMPILED = [
     "src/balance/service.py",
     "src/balance/api/answers.py",
     "src/balance/api/parsing.py",
+    "src/balance/api/strict_json.py",
     "src/balance/api/commands.py",
     "src/balance/api/access.py",
     "src/balance/api/routes_accounts.py",

@@ -154,7 +154,10 @@ async def main() -> None:
     await app.service.stop()
     shutil.rmtree(data_dir)
     if profile:
-        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+        stats = pstats.Stats(profile).sort_stats("tottime")
+        stats.print_stats(25)
+        if os.environ.get("CALLERS"):
+            stats.print_callers(os.environ["CALLERS"])
 
 
 uvloop.install()
