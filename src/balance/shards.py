@@ -171,12 +171,7 @@ class InProcessShard:
         ledger.mark(ledger.inbound, account_id, leg, expected)
 
     def inbound_marks(self, prefix: str) -> list[tuple[str, str]]:
-        return [
-            (account_id, mark)
-            for account_id, marks in self.engine.ledger.inbound.items()
-            for mark in marks
-            if mark.startswith(prefix)
-        ]
+        return self.engine.ledger.inbound_marks(prefix)
 
     def status_now(self, account_id: str) -> str | None:
         account = self.engine.ledger.accounts.get(account_id)
@@ -186,9 +181,7 @@ class InProcessShard:
         return self.engine.ledger.hold_may_be_pending(account_id, hold_id, destination_id)
 
     def take_remote_holds_loaded(self) -> dict[tuple[str, str], str]:
-        ledger = self.engine.ledger
-        loaded, ledger.remote_holds_loaded = ledger.remote_holds_loaded, {}
-        return loaded
+        return self.engine.ledger.take_remote_holds_loaded()
 
     def watch(
         self,

@@ -658,6 +658,20 @@ class Ledger:
         else:
             self.remote_holds_loaded.pop((hold.account_id, hold.id), None)
 
+    def inbound_marks(self, prefix: str) -> list[tuple[str, str]]:
+        """(account, mark) of the inbound marks that begin with ``prefix``."""
+        return [
+            (account_id, mark)
+            for account_id, marks in self.inbound.items()
+            for mark in marks
+            if mark.startswith(prefix)
+        ]
+
+    def take_remote_holds_loaded(self) -> dict[tuple[str, str], str]:
+        """Once, after a load: the pending holds naming another shard's account (then empty)."""
+        loaded, self.remote_holds_loaded = self.remote_holds_loaded, {}
+        return loaded
+
     def hold_may_be_pending(self, account_id: str, hold_id: str, destination_id: str) -> bool:
         """The hold naming ``destination_id`` is pending, in memory or as committed (a batch that
         settles it may still be undone): its mark on the destination's shard stays meanwhile."""

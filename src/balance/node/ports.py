@@ -117,14 +117,7 @@ class NodeShard:
             ledger.mark(ledger.inbound, account_id, leg, expected)
 
     def inbound_marks(self, prefix: str) -> list[tuple[str, str]]:
-        if self.engine is None:
-            return []
-        return [
-            (account_id, mark)
-            for account_id, marks in self.engine.ledger.inbound.items()
-            for mark in marks
-            if mark.startswith(prefix)
-        ]
+        return [] if self.engine is None else self.engine.ledger.inbound_marks(prefix)
 
     def status_now(self, account_id: str) -> str | None:
         account = None if self.engine is None else self.engine.ledger.accounts.get(account_id)
@@ -135,11 +128,7 @@ class NodeShard:
         return self.engine is None or self.engine.ledger.hold_may_be_pending(account_id, hold_id, destination_id)
 
     def take_remote_holds_loaded(self) -> dict[tuple[str, str], str]:
-        if self.engine is None:
-            return {}
-        ledger = self.engine.ledger
-        loaded, ledger.remote_holds_loaded = ledger.remote_holds_loaded, {}
-        return loaded
+        return {} if self.engine is None else self.engine.ledger.take_remote_holds_loaded()
 
     def watch(
         self,
