@@ -157,6 +157,7 @@ def render(results: list[BenchResult]) -> Table:
 
 TAIL_SCENARIOS = {"pending": ["pending-hot", "pending-10k"], "gateway": ["gateway"]}
 TAIL_SCENARIOS["tail"] = TAIL_SCENARIOS["pending"] + TAIL_SCENARIOS["gateway"]
+TAIL_SCENARIOS.update({name: [name] for name in TAIL_SCENARIOS["tail"]})  # each one alone too
 
 
 async def run_tail_all(args: argparse.Namespace) -> list[BenchResult]:
