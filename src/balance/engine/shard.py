@@ -70,6 +70,8 @@ class _Batch:
     op_keys: list[tuple[str, str]]
     commit: asyncio.Future[None] | None = None
     started: float = 0.0
+    applied_s: float = 0.0  # the writer's time applying it and building its rows
+    expiries: int = 0  # expiries among its commands (the sweep's: their cost paces the sweep)
 
 
 async def _follow(after: asyncio.Future[None] | None) -> None:
@@ -136,6 +138,10 @@ class ShardEngine:
         self.label = str(shard)
         self._counts: dict[tuple[str, str], int] = {}  # (kind, outcome) -> count, per batch
         self._requeued = 0  # commands put back at the head of the queue by the last _settle
+        # The writer's time spent on expiries: each batch's (apply or commit, whichever took
+        # longer: the writer overlaps one batch's commit with the next one's apply), in
+        # proportion to the expiries among its commands. The sweep paces itself by it.
+        self.expiry_busy_s = 0.0
         self._m_batch = self.metrics.batch_commands.labels(self.label)
         self._m_commit = self.metrics.commit_seconds.labels(self.label)
         self._m_queue = self.metrics.queue_depth.labels(self.label)
@@ -336,6 +342,7 @@ class ShardEngine:
         (with the checkpoint when one is due, or asked for)."""
         ledger = self.ledger
         self._counts = {}
+        applying = time.perf_counter()
         first_seq = ledger.next_seq
         ledger.begin()
         now = self.clock()
@@ -356,7 +363,10 @@ class ShardEngine:
         )
         self.storage.prepare(write)  # e.g. SQL text, built while the previous batch commits
         op_keys = [(entry.account_id, entry.op_key) for entry in changes.entries if entry.op_key]
-        return _Batch(items, replies, self._counts, write, first_seq, op_keys)
+        batch = _Batch(items, replies, self._counts, write, first_seq, op_keys)
+        batch.applied_s = time.perf_counter() - applying
+        batch.expiries = sum(count for (kind, _), count in self._counts.items() if kind == "expire")
+        return batch
 
     def _checkpoint_due(self, force: bool = False) -> bool:
         """Begin a checkpoint round (holds and accounts) with this batch? Every ``checkpoint_interval_s``
@@ -413,7 +423,10 @@ class ShardEngine:
         self._wakeup.set()
         if task.cancelled() or task.exception() is not None:
             return  # the writer loop undoes and answers (it may have applied a batch on top)
-        self._m_commit.observe(time.perf_counter() - batch.started)
+        committed_s = time.perf_counter() - batch.started
+        self._m_commit.observe(committed_s)
+        if batch.expiries:
+            self.expiry_busy_s += max(batch.applied_s, committed_s) * batch.expiries / len(batch.items)
         self.ledger.accept()
         for (kind, code), count in batch.counts.items():
             self.metrics.operations.labels(kind, code).inc(count)
