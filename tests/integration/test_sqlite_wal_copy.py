@@ -40,6 +40,7 @@ async def test_the_wal_is_copied_while_no_commit_runs(tmp_path: Path) -> None:
 async def test_the_wal_starts_over_once_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sqlite_storage, "WAL_AUTOCHECKPOINT_PAGES", 40)
     monkeypatch.setattr(sqlite_storage, "WAL_FINISH_FRAMES", 40)
+    monkeypatch.setattr(sqlite_storage, "WAL_COPY_EVERY_S", 0.02)
     storage = SqliteShardStorage(tmp_path / "s0.db")
     await storage.open()
     try:

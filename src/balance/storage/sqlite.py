@@ -45,10 +45,13 @@ WAL_AUTOCHECKPOINT_PAGES = 20_000
 # crossed the limit, up to 80 MB copied and synced while every answer waited (in process,
 # holds left pending on 10,000 accounts at 3,000/s: p99 134 ms with it, 37 ms without). A
 # thread of its own copies the WAL (a PASSIVE checkpoint: it never blocks the writer) every
-# ``WAL_COPY_EVERY_S``; once the WAL is past the limit and nearly all copied, the writer
-# copies the last few frames itself after a commit, so the next commit starts the WAL over
-# (SQLite restarts it only for a writer that finds it wholly copied).
-WAL_COPY_EVERY_S = 0.05
+# ``WAL_COPY_EVERY_S`` (a page rewritten by many commits meanwhile is copied once), and again
+# at once while it is more than ``WAL_FINISH_FRAMES`` behind; once the WAL is past the limit
+# and nearly all copied, the writer copies the last few frames itself after a commit, so the
+# next commit starts the WAL over (SQLite restarts it only for a writer that finds it wholly
+# copied).
+WAL_COPY_EVERY_S = 1.0
+WAL_COPY_AGAIN_S = 0.01  # the pause before copying again, while far behind
 WAL_FINISH_FRAMES = 2_000  # the writer finishes a copy only this close to done
 # Small batches (single operations, mostly) queued behind the commit being written go out
 # with the next one, in ONE transaction: one WAL sync, and the pages they share written once.
@@ -271,14 +274,18 @@ class SqliteShardStorage:
     def _copy_wal(self) -> None:
         """The copier thread: the WAL into the database, without blocking the writer."""
         conn = self._connect()
+        pause = WAL_COPY_EVERY_S
         try:
-            while not self._copier_stop.wait(WAL_COPY_EVERY_S):
+            while not self._copier_stop.wait(pause):
+                pause = WAL_COPY_EVERY_S
                 with self._copy_lock:
                     try:
                         _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     except sqlite3.Error:
                         continue  # (busy, or closing: the next turn tries again)
                 self._wal_frames, self._wal_left = frames, frames - copied
+                if frames - copied > WAL_FINISH_FRAMES:
+                    pause = WAL_COPY_AGAIN_S
         finally:
             conn.close()
 
