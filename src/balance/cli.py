@@ -104,10 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser.add_argument(
         "--scenario",
         default="all",
-        help="hot | uniform | mix | recovery | all | pending | gateway | tail | million | expiry",
+        help="hot | uniform | mix | recovery | all | pending | pending-hot | pending-10k | gateway | tail | million"
+        " | expiry",
     )
     bench_parser.add_argument("--clients", type=int, default=64)
-    # Tail latency (issue 18): --scenario pending | gateway | tail (both) | million | expiry.
+    # Tail latency (issue 18): --scenario pending (pending-hot, pending-10k) | gateway | tail (all three)
+    # | million | expiry.
     bench_parser.add_argument("--chart", default=None, help="write a latency-over-time PNG per row into this directory")
     bench_parser.add_argument(
         "--before-python", default=None, help="run each row on this Python's code too (before/after)"

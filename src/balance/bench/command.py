@@ -162,6 +162,7 @@ def render(results: list[BenchResult]) -> Table:
 
 TAIL_SCENARIOS = {"pending": ["pending-hot", "pending-10k"], "gateway": ["gateway"]}
 TAIL_SCENARIOS["tail"] = TAIL_SCENARIOS["pending"] + TAIL_SCENARIOS["gateway"]
+TAIL_SCENARIOS.update({name: [name] for name in TAIL_SCENARIOS["tail"]})  # each one alone too
 
 
 async def run_tail_all(args: argparse.Namespace) -> list[BenchResult]:
@@ -234,19 +235,28 @@ def render_tail(results: list[BenchResult]) -> Table:
 
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    load_before = _load()
     tail_run = args.scenario in (*TAIL_SCENARIOS, "million", "expiry")
     results = asyncio.run(run_tail_all(args) if tail_run else run_all(args))
     console.print(render_tail(results) if tail_run else render(results))
-    console.print(f"finished in {time.perf_counter() - started:.0f} s")
+    console.print(f"finished in {time.perf_counter() - started:.0f} s; load average {load_before} -> {_load()}")
     if args.json_path:
         document = {
             "machine": {"python": platform.python_version(), "cpus": _cpus(), "platform": platform.platform()},
             "args": {"quick": args.quick, "backend": args.backend, "scenario": args.scenario, "clients": args.clients},
+            "load": f"load average at start {load_before}, at end {_load()}",  # the machine may be shared
             "results": [_without_samples(r.to_dict()) for r in results],
         }
         Path(args.json_path).write_text(json.dumps(document, indent=2, default=str))
         console.print(f"figures written to {args.json_path}")
     return 0
+
+
+def _load() -> str:
+    """The machine's 1/5/15-minute load averages, as ``uptime`` shows them."""
+    import os
+
+    return "/".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def _cpus() -> int:

@@ -1,8 +1,9 @@
 """Memory per account and per pending hold, and the time from start to ready, at scale.
 
-The shard database is filled directly (bulk rows, not the measured path), then two fresh
-processes run the real recovery code: one measures resident memory after accounts and
-after holds are in the ledger, the other times ``ShardEngine.start()`` to ready.
+The shard database is filled directly (``shard_loader``: the rows a checkpoint leaves, not
+the measured path), then fresh processes run the real recovery code: resident memory with
+no account, with the accounts, and with the holds too; the last one's ``ShardEngine.start()``
+to ready is the start-to-ready time.
 """
 
 from __future__ import annotations
@@ -17,53 +18,7 @@ from typing import Any
 
 from balance.bench.ours import scratch_storage
 from balance.bench.results import BenchResult
-from balance.storage.base import BatchWrite, ShardStorage
-
-T0 = 1_790_000_000_000_000
-_CHUNK = 20_000
-
-
-def _account_row(i: int, reserved: int) -> tuple[Any, ...]:
-    return (f"US-0-{i:016x}", None, "user", "US", "USD", "", "active", 10**9, reserved, 0, False, 2, T0, T0, b"{}")
-
-
-def _hold_row(i: int, account: int) -> tuple[Any, ...]:
-    return (f"US-0-{account:016x}", f"order-{i:010d}", 1, 0, "USD", "pending", None, T0 + 900_000_000 + i,
-            T0, T0, "", b"{}")  # fmt: skip
-
-
-async def fill(storage: ShardStorage, accounts: int, holds: int, progress: Any = None) -> None:
-    """``accounts`` accounts and ``holds`` pending holds spread over them (sums kept at zero).
-
-    Called twice: with ``holds=0`` first (accounts only), then with the holds (the account
-    rows are rewritten with their ``reserved``)."""
-    await storage.open()
-    per_account = [holds // accounts + (1 if i < holds % accounts else 0) for i in range(accounts)]
-    funding = ("SYS-0-funding-USD", None, "funding", "SYS", "USD", "", "active", -(10**9) * accounts, 0, 0,
-               False, 2, T0, T0, b"{}")  # fmt: skip
-    settlement = ("SYS-0-settlement-USD", None, "settlement", "SYS", "USD", "", "active", 0, 0, 0, False, 1,
-                  T0, T0, b"{}")  # fmt: skip
-    await storage.commit(BatchWrite(accounts=[funding, settlement]))
-    for start in range(0, accounts, _CHUNK):
-        rows = [_account_row(i, per_account[i]) for i in range(start, min(accounts, start + _CHUNK))]
-        await storage.commit(BatchWrite(accounts=rows))
-        if progress:
-            progress(start + len(rows))
-    hold_no = 0
-    batch: list[tuple[Any, ...]] = []
-    for account, count in enumerate(per_account):
-        for _ in range(count):
-            batch.append(_hold_row(hold_no, account))
-            hold_no += 1
-            if len(batch) == _CHUNK:
-                await storage.commit(BatchWrite(holds=batch))
-                batch = []
-                if progress:
-                    progress(accounts + hold_no)
-    if batch:
-        await storage.commit(BatchWrite(holds=batch))
-    await storage.close()
-
+from balance.bench.shard_loader import load
 
 _PROBE = r"""
 import asyncio, json, sys, time
@@ -114,9 +69,9 @@ async def run_recovery(backend: str, *, accounts: int, holds: int, work_dir: Pat
         await storage.close()
         empty = await asyncio.to_thread(_probe, env)
         started = time.perf_counter()
-        await fill(storage, accounts, 0, progress)
+        await load(storage, accounts, 0, progress=progress)
         only_accounts = await asyncio.to_thread(_probe, env)
-        await fill(storage, accounts, holds, progress)
+        await load(storage, accounts, holds, progress=progress)
         fill_s = time.perf_counter() - started
         full = await asyncio.to_thread(_probe, env)
     assert full["accounts"] == accounts + 2 and full["holds"] == holds, full

@@ -40,6 +40,7 @@ FUNDS = 10**12
 SETTLE_DELAY_S = (0.05, 5.0)
 SHORT_EXPIRY_S, LONG_EXPIRY_S = 2, 120
 SINGLE_CONNECTIONS, OPEN_CONNECTIONS, BATCH_SENDERS = 64, 256, 4
+SETTLE_S = 2.0  # between rows
 
 _json = msgspec.json.Encoder()
 
@@ -284,8 +285,11 @@ async def run_tail(
         if report:
             report(peak)
         max_rate = peak.ops_per_s
-    for fraction in fractions:
-        for code, python in codes:
+    for i, fraction in enumerate(fractions):
+        # The second of a pair inherits the first's background work (MariaDB flushing and purging
+        # what the first wrote): the order alternates from one rate to the next, with a pause.
+        for code, python in codes if i % 2 == 0 else codes[::-1]:
+            await asyncio.sleep(SETTLE_S)
             row = await _one(backend, scenario, mode, batch_size, max_rate * fraction, duration_s, work_dir, python,
                              code, f"{scenario} {mode_label} {fraction:.0%}")  # fmt: skip
             row.extra["fraction"], row.extra["max_rate"] = fraction, max_rate

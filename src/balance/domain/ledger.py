@@ -137,6 +137,11 @@ class Ledger:
         self.round: dict[Hold, bool] | None = None
         self.round_accounts: set[str] = set()
         self.round_seq = 0
+        # The round's rows in key order (descending: taken from the end), made at its first
+        # slice: a slice then covers neighbouring keys, a few table pages, where one in random
+        # order touched a page per row (SQLite writes each page a commit dirties, whole).
+        self._round_order: list[Hold] | None = None
+        self._round_account_order: list[str] | None = None
         self.frames: list[_Frame] = []  # batches applied and not yet durable, oldest first
         # The open batch's frame, by its parts (what the rules write to):
         self.undo_accounts: dict[str, tuple | None] = {}  # type: ignore[type-arg]
@@ -406,6 +411,7 @@ class Ledger:
             self.round, self.unsaved = self.unsaved, {}
             self.round_accounts, self._unsaved_accounts = unsaved_accounts, set()
             self.round_seq = self.next_seq - 1
+            self._round_order = self._round_account_order = None
             frame.round_begun = True
         if self.round is not None:
             self._write_round(frame, changes, rows)
@@ -419,9 +425,18 @@ class Ledger:
             chunk, self.round = round_holds, {}
         else:
             chunk = {}
-            for _ in range(rows):
-                hold, in_table = round_holds.popitem()
-                chunk[hold] = in_table
+            order = self._round_order
+            if order is None:
+                order = self._round_order = sorted(round_holds, key=_hold_key, reverse=True)
+            while len(chunk) < rows:
+                if order:
+                    hold = order.pop()
+                    if hold not in round_holds:  # written already, or undone since
+                        continue
+                    chunk[hold] = round_holds.pop(hold)
+                else:  # (put back by a rollback after the order was made)
+                    hold, in_table = round_holds.popitem()
+                    chunk[hold] = in_table
         frame.checkpoint = chunk
         for hold, in_table in chunk.items():
             if hold.status == HOLD_PENDING:
@@ -432,7 +447,19 @@ class Ledger:
         if left is None or left >= len(self.round_accounts):
             accounts, self.round_accounts = self.round_accounts, set()
         else:
-            accounts = {self.round_accounts.pop() for _ in range(max(0, left))}
+            accounts = set()
+            round_accounts = self.round_accounts
+            account_order = self._round_account_order
+            if account_order is None:
+                account_order = self._round_account_order = sorted(round_accounts, reverse=True)
+            while len(accounts) < left:
+                if account_order:
+                    account_id = account_order.pop()
+                    if account_id in round_accounts:
+                        round_accounts.discard(account_id)
+                        accounts.add(account_id)
+                else:
+                    accounts.add(round_accounts.pop())
         frame.checkpoint_accounts = accounts
         if accounts:
             written = {account.id for account in changes.accounts}
@@ -731,6 +758,11 @@ class Ledger:
             old, _ = self._finished.popitem(last=False)
             if old.status != HOLD_PENDING and self.holds.find(old.account_id, old.id) is old:
                 self.holds.remove(old.account_id, old.id)
+
+
+def _hold_key(hold: Hold) -> tuple[str, str]:
+    """A hold's key in the holds table (its primary key's order)."""
+    return (hold.account_id, hold.id)
 
 
 def _check_account(account: Account) -> None:

@@ -36,13 +36,25 @@ from balance.storage.base import (
 
 T = TypeVar("T")
 _CHUNK = 400  # rows per multi-row INSERT (SQLite allows 32766 bound parameters)
-# The writer copies the WAL back into the database after a commit that leaves the WAL at least
-# this many pages long (SQLite's default: 1,000, 4 MB). A batch spread over many accounts
-# dirties a page of each journal index per row, so with the default nearly every commit also
-# copied its pages back; with 20,000 (80 MB of WAL at most) a page rewritten by many batches is
-# copied once. Measured side by side (BENCHMARKS.md): +27% in process, +11-20% over HTTP on
-# the uniform scenario. Durability is the WAL's (synchronous=FULL) either way.
+# The WAL is copied back into the database once it is at least this many pages long
+# (SQLite's default: 1,000, 4 MB). A batch spread over many accounts dirties a page of each
+# journal index per row, so with the default nearly every commit also copied its pages back;
+# with 20,000 (80 MB of WAL at most) a page rewritten by many batches is copied once. Measured
+# side by side (BENCHMARKS.md): +27% in process, +11-20% over HTTP on the uniform scenario.
+# Durability is the WAL's (synchronous=FULL) either way.
 WAL_AUTOCHECKPOINT_PAGES = 20_000
+# The copy is not the writer's: SQLite's automatic checkpoint ran inside the commit that
+# crossed the limit, up to 80 MB copied and synced while every answer waited (in process,
+# holds left pending on 10,000 accounts at 3,000/s: p99 134 ms with it, 37 ms without). A
+# thread of its own copies the WAL (a PASSIVE checkpoint: it never blocks the writer) every
+# ``WAL_COPY_EVERY_S`` (a page rewritten by many commits meanwhile is copied once), and again
+# at once while it is more than ``WAL_FINISH_FRAMES`` behind; once the WAL is past the limit
+# and nearly all copied, the writer copies the last few frames itself after a commit, so the
+# next commit starts the WAL over (SQLite restarts it only for a writer that finds it wholly
+# copied).
+WAL_COPY_EVERY_S = 1.0
+WAL_COPY_AGAIN_S = 0.01  # the pause before copying again, while far behind
+WAL_FINISH_FRAMES = 2_000  # the writer finishes a copy only this close to done
 # Small batches (single operations, mostly) queued behind the commit being written go out
 # with the next one, in ONE transaction: one WAL sync, and the pages they share written once.
 # Up to three such batches in flight, at most _MERGE_ROWS rows merged. Measured side by side
@@ -87,10 +99,22 @@ def _read_accounts(rows: list[Row]) -> list[Row]:
     ]
 
 
+# The upserted tables whose rows are rewritten in place (their primary key): ``INSERT OR
+# REPLACE`` deletes the old row and inserts the new one, every index of the table rewritten;
+# ``ON CONFLICT DO UPDATE`` changes the row where it is, and only the indexes whose columns
+# changed (none, for a balance or a hold): fewer pages per checkpoint slice.
+_UPSERT_KEYS = {"accounts": ("id",), "holds": ("account_id", "id")}
+
+
 def _insert_sql(table: str, columns: tuple[str, ...], rows: int, upsert: bool) -> str:
-    verb = "INSERT OR REPLACE" if upsert else "INSERT"
+    keys = _UPSERT_KEYS.get(table) if upsert else None
+    verb = "INSERT OR REPLACE" if upsert and keys is None else "INSERT"
     one = "(" + ",".join("?" * len(columns)) + ")"
-    return f"{verb} INTO {table} ({','.join(columns)}) VALUES " + ",".join([one] * rows)
+    sql = f"{verb} INTO {table} ({','.join(columns)}) VALUES " + ",".join([one] * rows)
+    if keys is not None:
+        updates = ",".join(f"{column}=excluded.{column}" for column in columns if column not in keys)
+        sql += f" ON CONFLICT ({','.join(keys)}) DO UPDATE SET {updates}"
+    return sql
 
 
 _HOLD_JOURNAL_BY_KEYS = (
@@ -100,10 +124,14 @@ _HOLD_JOURNAL_BY_KEYS = (
 _FENCE_EPOCH = f"SELECT value FROM meta WHERE name = '{FENCE_META_KEY}'"
 _RECOVERY_JOURNAL_AFTER = schema.recovery_journal_query("?")
 _HISTORY_FILL = schema.history_fill_sql("?", "?")
-# The history table is filled with a batch once this many journal rows wait, at most twice as
-# many at once: never the whole of a checkpoint interval in one commit (a stall), never a row
-# at a time (each page rewritten per commit).
+# The history table is filled with a commit once this many journal rows wait: never the whole
+# of a checkpoint interval in one commit (a stall), never a row at a time (each page rewritten
+# per commit). Each fill takes twice the commit's own journal rows, at least
+# ``HISTORY_FILL_MIN``: it keeps up with the journal (the lag stays about ``HISTORY_SLICE_ROWS``)
+# at a cost in proportion to the commit's, where 2,048-4,096 rows at once took 9-15 ms in a
+# commit of a few (in process, 10,000 accounts).
 HISTORY_SLICE_ROWS = 2048
+HISTORY_FILL_MIN = 256
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -152,6 +180,12 @@ class SqliteShardStorage:
         self._waiting: deque[_Link] = deque()
         self._waiting_lock = threading.Lock()
         self._owner_epoch: int | None = None  # ``fence_with``: every commit checks the fence row
+        # The WAL copier (``_copy_wal``): its thread, its stop signal, a lock held while a
+        # checkpoint runs (the copier's or the writer's), and its last result (frames).
+        self._copier: threading.Thread | None = None
+        self._copier_stop = threading.Event()
+        self._copy_lock = threading.Lock()
+        self._wal_frames = self._wal_left = 0
 
     # ---- plumbing ------------------------------------------------------------------------
 
@@ -189,7 +223,7 @@ class SqliteShardStorage:
         def setup() -> None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = self._connect()
-            self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")  # the copier's (``_copy_wal``)
             conn = self._writer
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             for table, ddl in schema.TABLES.items():
@@ -239,6 +273,44 @@ class SqliteShardStorage:
 
         await self._run(self._writer_pool, setup)
         self._reader = await self._run(self._reader_pool, self._connect)
+        self._copier_stop.clear()
+        self._copier = threading.Thread(target=self._copy_wal, name=f"sqlite-c-{self.path.stem}", daemon=True)
+        self._copier.start()
+
+    def _copy_wal(self) -> None:
+        """The copier thread: the WAL into the database, without blocking the writer."""
+        conn = self._connect()
+        pause = WAL_COPY_EVERY_S
+        try:
+            while not self._copier_stop.wait(pause):
+                pause = WAL_COPY_EVERY_S
+                with self._copy_lock:
+                    try:
+                        _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    except sqlite3.Error:
+                        continue  # (busy, or closing: the next turn tries again)
+                self._wal_frames, self._wal_left = frames, frames - copied
+                if frames - copied > WAL_FINISH_FRAMES:
+                    pause = WAL_COPY_AGAIN_S
+        finally:
+            conn.close()
+
+    def _finish_wal_copy(self, conn: sqlite3.Connection) -> None:
+        """In the writer thread, after a commit: a long WAL that the copier has nearly copied
+        is finished here (a few frames), so the next commit starts the WAL over."""
+        if self._wal_frames < WAL_AUTOCHECKPOINT_PAGES or not 0 <= self._wal_left <= WAL_FINISH_FRAMES:
+            return
+        if not self._copy_lock.acquire(blocking=False):
+            return
+        try:
+            _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self._wal_frames, self._wal_left = frames, frames - copied
+            if frames == copied:
+                self._wal_frames = 0  # restarted by the next commit
+        except sqlite3.Error:
+            pass  # the copier tries again; nothing of the commit depends on it
+        finally:
+            self._copy_lock.release()
 
     def fence_with(self, epoch: int) -> None:
         self._owner_epoch = epoch
@@ -260,6 +332,10 @@ class SqliteShardStorage:
             raise
 
     async def close(self) -> None:
+        copier, self._copier = self._copier, None
+        if copier is not None:
+            self._copier_stop.set()
+            await asyncio.to_thread(copier.join)
         for pool, conn in ((self._writer_pool, self._writer), (self._reader_pool, self._reader)):
             if conn is not None:
                 await asyncio.get_running_loop().run_in_executor(pool, conn.close)
@@ -363,13 +439,15 @@ class SqliteShardStorage:
             conn.execute("ROLLBACK")
             raise
         self._history_seq = history_seq
+        self._finish_wal_copy(conn)
 
     def _fill_history(self, conn: sqlite3.Connection, batches: list[BatchWrite]) -> int:
         """A slice of the journal's pairs into the history table, when enough wait; the new seq."""
         last = max((batch.journal[-1][0] for batch in batches if batch.journal), default=0)
         if last - self._history_seq < HISTORY_SLICE_ROWS:
             return self._history_seq
-        up_to = min(last, self._history_seq + 2 * HISTORY_SLICE_ROWS)
+        own = sum(len(batch.journal) for batch in batches)
+        up_to = min(last, self._history_seq + max(HISTORY_FILL_MIN, 2 * own))
         conn.execute(_HISTORY_FILL, (self._history_seq, up_to))
         conn.execute("UPDATE meta SET value = ? WHERE name = ?", (up_to, schema.HISTORY_META_KEY))
         return up_to
