@@ -1,4 +1,7 @@
-"""Commands: what a client asks a shard writer to do (imperative names, immutable values).
+"""Commands: what a client asks a shard writer to do (imperative names; values never changed once
+made). Plain dataclasses, hashable and compared by value like frozen ones, because mypyc builds
+them natively: a frozen dataclass's generated ``__init__`` (``object.__setattr__`` per field)
+cost 1.9 us per PlaceHold against 0.5 us, once per operation on the hot path.
 
 A command that the rules check authority on carries its ``actor`` (last field; not part of the
 fingerprint, so a replay by another allowed key answers the same). Commands built inside the
@@ -18,7 +21,7 @@ def _fingerprint(fields: tuple) -> int:  # type: ignore[type-arg]
     return int.from_bytes(digest, "big") >> 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class CreateAccount:
     account_id: str
     parent_id: str | None
@@ -38,7 +41,7 @@ class CreateAccount:
         ))  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class UpdateAccount:
     account_id: str
     status: str | None = None
@@ -48,7 +51,7 @@ class UpdateAccount:
     actor: Actor = field(default=ADMIN_ACTOR, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class CreateKey:
     """Store an API key's row (``schema.KEY_COLUMNS``): a new key of a live account."""
 
@@ -61,7 +64,7 @@ class CreateKey:
     created_at: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class RevokeKey:
     """Rewrite an API key's row with its revocation time (also for a closed account)."""
 
@@ -69,7 +72,7 @@ class RevokeKey:
     row: tuple  # type: ignore[type-arg]  # KEY_COLUMNS, revoked_at set
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class _OutsideMovement:
     """Money into or out of one account from the outside world (a credit or a debit)."""
 
@@ -86,19 +89,19 @@ class _OutsideMovement:
         return _fingerprint((self.kind(), self.account_id, self.op_id, self.amount, self.description, self.metadata))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class Credit(_OutsideMovement):
     def kind(self) -> str:
         return "credit"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class Debit(_OutsideMovement):
     def kind(self) -> str:
         return "debit"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class Transfer:
     op_id: str
     from_account_id: str
@@ -119,7 +122,7 @@ class Transfer:
         ))  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class TransferOut:
     """First leg of a transfer to another shard, on the source shard: source -> transit.
 
@@ -134,7 +137,7 @@ class TransferOut:
         return self.transfer.from_account_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class TransferIn:
     """Second leg, on the target shard: transit -> target. Idempotent; never refused."""
 
@@ -145,7 +148,7 @@ class TransferIn:
         return self.transfer.to_account_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class CompleteTransfer:
     """Back on the source shard: the transfer's final answer, which replays will give."""
 
@@ -159,7 +162,7 @@ class CompleteTransfer:
         return self.from_account_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class ReturnTransfer:
     """Back on the source shard: the target refused its leg (closed, say); transit -> source,
     and the target's refusal (``status``, ``body``) becomes the operation's recorded answer."""
@@ -174,7 +177,7 @@ class ReturnTransfer:
         return self.transfer.from_account_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class ResumeLeg:
     """Recovery: the recorded outcome of the source leg of a pending cross-shard movement
     (a transfer, or a hold's capture), read back from storage if memory no longer has it."""
@@ -187,7 +190,7 @@ class ResumeLeg:
         return self.from_account_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class RemoteAccount:
     """What the service read of an account on another shard (committed state), for a rule
     that needs it: the destination of a hold. ``found`` False: no such account there."""
@@ -198,7 +201,7 @@ class RemoteAccount:
     is_system: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class PlaceHold:
     account_id: str
     op_id: str  # the hold id, chosen by the client (the order id)
@@ -218,7 +221,7 @@ class PlaceHold:
         ))  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class CaptureHold:
     account_id: str
     hold_id: str
@@ -229,7 +232,7 @@ class CaptureHold:
         return _fingerprint(("capture", self.account_id, self.hold_id, self.amount))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class ReleaseHold:
     account_id: str
     hold_id: str
@@ -239,7 +242,7 @@ class ReleaseHold:
         return _fingerprint(("release", self.account_id, self.hold_id))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(unsafe_hash=True, slots=True)
 class ExpireHold:
     """Issued by the shard's own expiry sweep, never by a client."""
 
