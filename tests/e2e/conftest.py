@@ -21,6 +21,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncmy
 import httpx
 import pytest
 
@@ -30,6 +31,7 @@ from balance.api.http1 import HttpServer
 from balance.config import Settings
 from balance.metrics import Metrics
 from balance.service import BalanceService
+from balance.storage.mariadb_url import connect_kwargs, parse_server, with_database
 
 ADMIN_KEY = "test-admin"
 PROBLEM_TYPE = "application/problem+json"
@@ -305,3 +307,17 @@ async def api2(make_api: MakeApi, request: pytest.FixtureRequest) -> AsyncIterat
     """A started two-shard deployment, both ways."""
     async with make_api(shards=2, transport=request.param) as api:
         yield api
+
+
+@pytest.fixture
+async def fleet_db(mariadb_required: Callable[[], Any]) -> AsyncIterator[str]:
+    """A MariaDB URL naming a fresh fleet: its six shard databases (``_s0``..``_s5``) and its
+    directory (``_directory``) are dropped afterwards."""
+    url = await mariadb_required()
+    name = f"{parse_server(url).database or 'balance_test'}_fl_{uuid.uuid4().hex[:6]}"
+    yield with_database(url, name)
+    conn = await asyncmy.connect(**connect_kwargs(url))
+    async with conn.cursor() as cur:
+        for suffix in [*(f"_s{i}" for i in range(6)), "_directory"]:
+            await cur.execute(f"DROP DATABASE IF EXISTS `{name}{suffix}`")
+    await conn.ensure_closed()

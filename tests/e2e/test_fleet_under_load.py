@@ -20,14 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncmy
 import httpx
 import pytest
 from service_process import free_port, start_ready
 
 from balance.directory.mariadb import MariaDbDirectory
 from balance.node.local_fleet import place_shards
-from balance.storage.mariadb_url import connect_kwargs, parse_server, with_database
+from balance.storage.mariadb_url import parse_server, with_database
 
 pytestmark = pytest.mark.mariadb
 ADMIN_KEY = "adm_fleet_load_" + uuid.uuid4().hex
@@ -35,18 +34,6 @@ HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 NODES = ["node1", "node2", "node3"]
 ACCOUNTS = 12
 SECRET = "fleet_" + uuid.uuid4().hex
-
-
-@pytest.fixture
-async def fleet_db(mariadb_required: Any) -> Any:
-    url = await mariadb_required()
-    name = f"{parse_server(url).database or 'balance_test'}_fl_{uuid.uuid4().hex[:6]}"
-    yield with_database(url, name)
-    conn = await asyncmy.connect(**connect_kwargs(url))
-    async with conn.cursor() as cur:
-        for suffix in [*(f"_s{i}" for i in range(6)), "_directory"]:
-            await cur.execute(f"DROP DATABASE IF EXISTS `{name}{suffix}`")
-    await conn.ensure_closed()
 
 
 @pytest.fixture

@@ -14,11 +14,8 @@ import uuid
 from collections import Counter
 from typing import Any
 
-import asyncmy
 import httpx
 import pytest
-
-from balance.storage.mariadb_url import connect_kwargs, parse_server, with_database
 
 pytestmark = pytest.mark.mariadb
 ADMIN_KEY = "adm_make_fleet_" + uuid.uuid4().hex
@@ -41,18 +38,6 @@ def free_base_port() -> int:
             sock.close()
         return base
     raise AssertionError("no three consecutive free ports")
-
-
-@pytest.fixture
-async def fleet_db(mariadb_required: Any) -> Any:
-    url = await mariadb_required()
-    name = f"{parse_server(url).database or 'balance_test'}_mf_{uuid.uuid4().hex[:6]}"
-    yield with_database(url, name)
-    conn = await asyncmy.connect(**connect_kwargs(url))
-    async with conn.cursor() as cur:
-        for suffix in [*(f"_s{i}" for i in range(6)), "_directory"]:
-            await cur.execute(f"DROP DATABASE IF EXISTS `{name}{suffix}`")
-    await conn.ensure_closed()
 
 
 def test_make_fleet_starts_three_nodes_that_spread_accounts_and_stop_together(fleet_db: str, tmp_path: Any) -> None:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
+from service_process import free_port, start_ready
 
 HERE = Path(__file__).parent
 ADMIN_KEY = "schemathesis-admin"
@@ -28,33 +27,13 @@ RUN_TIMEOUT_S = 300
 EXAMPLES_PER_OPERATION = 30
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
     env = {
-        **os.environ, "BALANCE_HOST": "127.0.0.1", "BALANCE_PORT": str(port), "BALANCE_ADMIN_KEY": ADMIN_KEY,
+        **os.environ, "BALANCE_HOST": "127.0.0.1", "BALANCE_PORT": str(free_port()), "BALANCE_ADMIN_KEY": ADMIN_KEY,
         "BALANCE_DATA_DIR": str(data_dir), "BALANCE_SHARDS": "2",
     }  # fmt: skip
     env.pop("BALANCE_DB_URL", None)
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "balance", "run"], env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"not ready in 30 s:\n{log.read_text()}")
+    return start_ready(env, log)
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> int:
