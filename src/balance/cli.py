@@ -5,15 +5,26 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from balance.config import Settings
 
 
-def run(_: argparse.Namespace) -> int:
+def _settings() -> Settings | None:
+    """The settings from the environment, or None once a bad value is said in one line."""
     from balance.config import Settings
 
     try:
-        settings = Settings.from_env()
+        return Settings.from_env()
     except ValueError as exc:
         print(f"balance-service: {exc}", file=sys.stderr, flush=True)
+        return None
+
+
+def run(_: argparse.Namespace) -> int:
+    settings = _settings()
+    if settings is None:
         return 1
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.admin_key_generated:
@@ -69,13 +80,10 @@ def bench(args: argparse.Namespace) -> int:
 
 def directory_action(args: argparse.Namespace) -> int:
     """An operator command on the shard directory (``BALANCE_DIRECTORY_URL`` or the data directory's)."""
-    from balance.config import Settings
     from balance.directory.operator import run_action
 
-    try:
-        settings = Settings.from_env()
-    except ValueError as exc:
-        print(f"balance-service: {exc}", file=sys.stderr, flush=True)
+    settings = _settings()
+    if settings is None:
         return 1
     return run_action(args.action_fn, args, settings.directory_url, settings.data_dir)
 
