@@ -140,7 +140,7 @@ async def build_node_app(settings: Settings) -> tuple[BalanceApp, ShardKeeper]:
             on_fatal=stop_process,
             checkpoint_interval_s=settings.checkpoint_interval_s,
         )
-        service.engines.append(engine)  # (what /readyz lists)
+        service.engines.append(engine)  # (tests and tools look inside; /readyz asks the ports)
         return engine
 
     node = NodeRecord(

@@ -130,6 +130,15 @@ class BalanceService:
             self.keys.add(KeyRecord.from_row(row))
         await self.finish_pending_transfers()
 
+    def shard_statuses(self) -> dict[str, dict[str, object]]:
+        """``/readyz``: each shard this process serves, as its port reports it."""
+        statuses = {str(port.shard): port.status() for port in self.shards}
+        return {shard: status for shard, status in statuses.items() if status is not None}
+
+    def committed_seqs(self) -> list[int]:
+        """Each shard's next seq after what is committed (batches still being written not counted)."""
+        return [port.committed_seq() for port in self.shards]
+
     @property
     def ready(self) -> bool:
         """Every shard serves and the keys are loaded (until then a partner key would look unknown)."""

@@ -70,6 +70,13 @@ class ShardPort(Protocol):
 
     def account_count(self) -> int: ...
 
+    def status(self) -> dict[str, object] | None:
+        """What ``/readyz`` says of the shard (state, attempts, last storage error), or None
+        when this process does not serve it (a fleet node's shard owned elsewhere)."""
+
+    def committed_seq(self) -> int:
+        """The shard's next seq after what is committed (0: not served here): the event feed's clock."""
+
     def expect_inbound(self, account_id: str, leg: str, expected: bool) -> None:
         """Money of a cross-shard movement is on its way to ``account_id`` (or no longer), or a
         hold of another shard names it (``ledger.inbound_hold_mark``): closing it waits meanwhile."""
@@ -162,6 +169,12 @@ class InProcessShard:
 
     async def load_keys(self) -> list[Row]:
         return await self.engine.storage.load_keys()
+
+    def status(self) -> dict[str, object] | None:
+        return self.engine.status()
+
+    def committed_seq(self) -> int:
+        return self.engine.ledger.committed_seq
 
     def account_count(self) -> int:
         return len(self.engine.ledger.accounts)
