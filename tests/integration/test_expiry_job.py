@@ -313,9 +313,7 @@ def handled(engine: ShardEngine, outcome: str) -> float:
     return engine.metrics.registry.get_sample_value("balance_expiry_notices_handled_total", labels) or 0.0
 
 
-async def test_with_a_broker_but_no_job_the_sweep_expires_holds_past_the_fallback(
-    backend: Any, broker: Broker
-) -> None:
+async def test_with_a_broker_but_no_job_the_sweep_expires_holds_past_the_fallback(backend: Any, broker: Broker) -> None:
     if broker.name == "nats" and backend.name == "mariadb":
         pytest.skip("one broker per backend is enough here")
     clock = ManualClock(start_us=1_790_000_000_000_000)
