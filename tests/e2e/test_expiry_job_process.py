@@ -1,6 +1,7 @@
 """`balance-service run` in job mode (a broker configured) and `balance-service expiry-job` as
 real processes on the real RabbitMQ: the service's sweep leaves fresh expiries to the job;
-once the job runs, the holds are expired through its notices, and its /metrics shows its lag."""
+once the job runs, the holds are expired through its notices, and its /metrics shows its lag.
+By default (``BALANCE_EXPIRY_JOB=process``) `run` starts the job itself."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ async def test_the_job_process_announces_and_the_service_expires(tmp_path: Path)
         **os.environ, "BALANCE_DATA_DIR": str(tmp_path / "data"), "BALANCE_ADMIN_KEY": ADMIN_KEY,
         "BALANCE_HOST": "127.0.0.1", "BALANCE_PORT": str(free_port()), "BALANCE_SHARDS": "1",
         "BALANCE_REGION": "EU", "BALANCE_AMQP_URL": AMQP_URL, "BALANCE_RELAY": "off",
-        "BALANCE_EXPIRY_QUEUE_PREFIX": prefix, "BALANCE_EXPIRY_SCAN_S": "0.2",
+        "BALANCE_EXPIRY_JOB": "external", "BALANCE_EXPIRY_QUEUE_PREFIX": prefix, "BALANCE_EXPIRY_SCAN_S": "0.2",
         "BALANCE_EXPIRY_METRICS_PORT": str(job_metrics),
     }  # fmt: skip
     server, url = start_ready(env, tmp_path / "server.log")
@@ -96,3 +97,54 @@ async def test_the_job_process_announces_and_the_service_expires(tmp_path: Path)
         async with connection:
             channel = await connection.channel()
             await channel.queue_delete(f"{prefix}.0")
+
+
+async def test_run_starts_the_job_itself_by_default(tmp_path: Path) -> None:
+    try:
+        connection = await aio_pika.connect(AMQP_URL, timeout=3)
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"RabbitMQ not reachable: {exc!r}")
+    prefix = f"test.expiry-due.{uuid.uuid4().hex[:10]}"
+    env = {
+        **os.environ, "BALANCE_DATA_DIR": str(tmp_path / "data"), "BALANCE_ADMIN_KEY": ADMIN_KEY,
+        "BALANCE_HOST": "127.0.0.1", "BALANCE_PORT": str(free_port()), "BALANCE_SHARDS": "2",
+        "BALANCE_AMQP_URL": AMQP_URL, "BALANCE_RELAY": "off", "BALANCE_EXPIRY_QUEUE_PREFIX": prefix,
+    }  # fmt: skip
+    env.pop("BALANCE_EXPIRY_JOB", None)
+    server, url = start_ready(env, tmp_path / "server.log")
+    try:
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
+            accounts = []
+            while len({a.split("-")[1] for a in accounts}) < 2:  # an account on each shard
+                accounts.append(
+                    client.post("/v1/accounts", json={"kind": "partner", "region": "US", "currency": "USD"}).json()[
+                        "id"
+                    ]
+                )
+            for account_id in accounts:
+                assert (
+                    client.post(f"/v1/accounts/{account_id}/credits", json={"id": "c", "amount": 100}).status_code
+                    == 201
+                )
+                body = {"id": "h", "amount": 60, "expires_in_s": 1}
+                assert client.post(f"/v1/accounts/{account_id}/holds", json=body).status_code == 201
+            deadline = time.monotonic() + 20  # well before the sweep's fallback (30 s)
+            while {client.get(f"/v1/accounts/{a}/holds/h").json()["status"] for a in accounts} != {"expired"}:
+                assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+                time.sleep(0.2)
+            assert {client.get(f"/v1/accounts/{a}").json()["reserved"] for a in accounts} == {0}
+            metrics = client.get("/metrics").text
+            assert 'balance_expiry_notices_handled_total{outcome="expired",shard="' in metrics, metrics[-2000:]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log = (tmp_path / "server.log").read_text()
+        async with connection:
+            channel = await connection.channel()
+            for shard in (0, 1):
+                await channel.queue_delete(f"{prefix}.{shard}")
+    assert "Traceback" not in log, log[-3000:]

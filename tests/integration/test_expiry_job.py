@@ -58,7 +58,7 @@ class Broker:
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     """A queue (RabbitMQ) or a stream and subjects (NATS) of this test's own, deleted afterwards."""
     tag = uuid.uuid4().hex[:10]
-    base = ExpiryConfig(resend_s=60, page_rows=1000)
+    base = ExpiryConfig(mode="external", resend_s=60, page_rows=1000)  # the test runs the job
     if request.param == "amqp":
         config = replace(base, amqp_url=AMQP_URL, queue_prefix=f"test.expiry-due.{tag}")
     else:

@@ -3,7 +3,9 @@
 Job mode (``notices``): a broker is configured (``BALANCE_AMQP_URL`` and/or ``BALANCE_NATS_URL``)
 and ``BALANCE_EXPIRY_JOB`` is not ``off``. Then the service consumes ``hold.expiry-due``
 notices and its own sweep only expires holds overdue by more than ``fallback_s`` (the job or
-the broker away); without a broker the sweep expires every hold as it falls due."""
+the broker away); without a broker the sweep expires every hold as it falls due. The job
+itself: a child process of ``run`` (``process``, the default) or run by the operator
+(``external``: ``balance-service expiry-job``, e.g. on another host)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 QUEUE_PREFIX = "balance.expiry-due"  # RabbitMQ: queue <prefix>.<shard>
 NATS_STREAM = "BALANCE_EXPIRY_DUE"
 SUBJECT_PREFIX = "balance.expiry-due"  # NATS: <prefix>.<region>.<shard>
+JOB_MODES = ("process", "external", "off")
 
 
 def _number(env: dict[str, str], name: str, default: str, low: float, high: float) -> float:
@@ -30,7 +33,7 @@ def _number(env: dict[str, str], name: str, default: str, low: float, high: floa
 class ExpiryConfig:
     amqp_url: str | None = None
     nats_url: str | None = None
-    job: bool = True  # BALANCE_EXPIRY_JOB: on (the default when a broker is set) or off
+    mode: str = "process"  # BALANCE_EXPIRY_JOB: process (a child of `run`), external, or off
     fallback_s: float = 30.0  # job mode: the engine's sweep expires holds overdue by more than this
     resend_s: float = 60.0  # a hold still pending is announced again after this long
     scan_s: float = 1.0  # how often the job scans
@@ -44,7 +47,7 @@ class ExpiryConfig:
     @property
     def notices(self) -> bool:
         """Job mode: notices are published and consumed, the sweep is the fallback."""
-        return self.job and bool(self.amqp_url or self.nats_url)
+        return self.mode != "off" and bool(self.amqp_url or self.nats_url)
 
     def queue(self, shard: int) -> str:
         return f"{self.queue_prefix}.{shard}"
@@ -55,9 +58,9 @@ class ExpiryConfig:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ExpiryConfig:
         env = dict(os.environ if env is None else env)
-        job = env.get("BALANCE_EXPIRY_JOB") or "on"
-        if job not in ("on", "off"):
-            raise ValueError("BALANCE_EXPIRY_JOB must be on or off")
+        mode = env.get("BALANCE_EXPIRY_JOB") or "process"
+        if mode not in JOB_MODES:
+            raise ValueError(f"BALANCE_EXPIRY_JOB must be one of {', '.join(JOB_MODES)}")
         page_rows = env.get("BALANCE_EXPIRY_PAGE_ROWS") or "1000"
         if not (page_rows.isdigit() and 1 <= int(page_rows) <= 10_000):
             raise ValueError("BALANCE_EXPIRY_PAGE_ROWS must be between 1 and 10000")
@@ -67,7 +70,7 @@ class ExpiryConfig:
         return cls(
             amqp_url=env.get("BALANCE_AMQP_URL") or None,
             nats_url=env.get("BALANCE_NATS_URL") or None,
-            job=job == "on",
+            mode=mode,
             fallback_s=_number(env, "BALANCE_EXPIRY_FALLBACK_S", "30", 0, 86_400),
             resend_s=_number(env, "BALANCE_EXPIRY_RESEND_S", "60", 1, 86_400),
             scan_s=_number(env, "BALANCE_EXPIRY_SCAN_S", "1", 0.05, 3600),

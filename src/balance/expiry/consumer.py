@@ -79,17 +79,21 @@ async def consume(engine: ShardEngine, broker: NoticeBroker, backoff: Backoff | 
 
 
 def start_consumers(engines: list[ShardEngine], config: ExpiryConfig, region: str) -> Callable[[], Awaitable[None]]:
-    """Job mode: a consumer per shard and broker, and each engine's sweep made the fallback.
-    Returns what stops them."""
+    """Job mode: a consumer per shard and broker, each engine's sweep made the fallback, and
+    (``process``) the job as a child process. Returns what stops them."""
     if not config.notices:
         return _nothing
     pairs: list[tuple[ShardEngine, NoticeBroker]] = []
     for engine in engines:
         engine.expiry_fallback_s = config.fallback_s
         pairs += [(engine, broker) for broker in brokers(config, region)]
-    tasks = [asyncio.get_running_loop().create_task(consume(engine, broker)) for engine, broker in pairs]
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(consume(engine, broker)) for engine, broker in pairs]
+    child = None if config.mode != "process" else _supervised_job(tasks)
 
     async def stop() -> None:
+        if child is not None:
+            await child()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -97,6 +101,36 @@ def start_consumers(engines: list[ShardEngine], config: ExpiryConfig, region: st
             await broker.close()
 
     return stop
+
+
+def _supervised_job(tasks: list[asyncio.Task[None]]) -> Callable[[], Awaitable[None]]:
+    """``balance-service expiry-job`` as a child process, started again if it exits on its own."""
+    from balance.expiry.job import spawn
+
+    children = [spawn()]
+
+    async def supervise() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            code = children[-1].poll()
+            if code is not None:
+                log.error("the expiry job exited (%s); starting it again", code)
+                children.append(spawn())
+
+    tasks.append(asyncio.get_running_loop().create_task(supervise()))
+
+    async def stop_child() -> None:
+        tasks[-1].cancel()
+        child = children[-1]
+        child.terminate()
+        for _ in range(100):
+            if child.poll() is not None:
+                return
+            await asyncio.sleep(0.05)
+        child.kill()
+        child.wait()
+
+    return stop_child
 
 
 async def _nothing() -> None:

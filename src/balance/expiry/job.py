@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -132,6 +134,9 @@ async def serve(settings: Settings, config: ExpiryConfig, shards: list[int]) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     tasks = [asyncio.create_task(job.run()) for job in jobs]
+    parent = os.environ.get(PARENT_PID_ENV)
+    if parent:
+        tasks.append(asyncio.create_task(_watch_parent(int(parent), stopping)))
     log.info("expiry job: shard(s) %s -> %s", ",".join(map(str, shards)), ", ".join(s.name for s in jobs[0].sinks))
     try:
         await stopping.wait()
@@ -140,6 +145,22 @@ async def serve(settings: Settings, config: ExpiryConfig, shards: list[int]) -> 
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await close_jobs(jobs)
+
+
+PARENT_PID_ENV = "BALANCE_EXPIRY_PARENT_PID"
+
+
+async def _watch_parent(parent: int, stopping: asyncio.Event) -> None:
+    while os.getppid() == parent:
+        await asyncio.sleep(0.5)
+    log.warning("expiry job: the service (pid %d) is gone; the job stops", parent)
+    stopping.set()
+
+
+def spawn() -> subprocess.Popen[bytes]:
+    """The job as a child of ``run`` (same environment; it stops when its parent is gone)."""
+    env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
+    return subprocess.Popen([sys.executable, "-m", "balance", "expiry-job"], env=env)
 
 
 def main(shard: int | None) -> int:
