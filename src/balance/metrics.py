@@ -34,7 +34,12 @@ class Metrics:
         self.recovery_seconds = Gauge(
             "balance_recovery_seconds", "Time the last recovery of a shard took", ["shard"], registry=r
         )
-        self.holds_expired = Counter("balance_holds_expired", "Holds expired by the sweep", ["shard"], registry=r)
+        self.holds_expired = Counter(
+            "balance_holds_expired",
+            "Holds expired (by the sweep, or from the expiry job's notices)",
+            ["shard"],
+            registry=r,
+        )
         self.holds_checkpoints = Counter(
             "balance_holds_checkpoints",
             "Batches that also brought the holds and accounts tables up to date",

@@ -96,11 +96,15 @@ class AmqpNotices:
             await channel.set_qos(prefetch_count=prefetch)
             queue = await self._queue(channel, shard)
             running: set[asyncio.Task[None]] = set()
-            async with queue.iterator() as messages:
-                async for message in messages:
-                    task = asyncio.create_task(_handle_amqp(message, handler))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
+            try:
+                async with queue.iterator() as messages:
+                    async for message in messages:
+                        task = asyncio.create_task(_handle_amqp(message, handler))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+            finally:  # not acknowledged: the broker delivers them again (the engine's side is idempotent)
+                for task in running:
+                    task.cancel()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -120,16 +124,19 @@ class AmqpNotices:
 
 async def _handle_amqp(message: Any, handler: Handler) -> None:
     try:
-        await handler(message.body)
-    except Retry:
-        await asyncio.sleep(0.5)
-        await message.nack(requeue=True)
-        return
-    except Exception:
-        log.exception("expiry: a notice could not be handled; delivered again later")
-        await message.nack(requeue=True)
-        return
-    await message.ack()
+        try:
+            await handler(message.body)
+        except Retry:
+            await asyncio.sleep(0.5)
+            await message.nack(requeue=True)
+            return
+        except Exception:
+            log.exception("expiry: a notice could not be handled; delivered again later")
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+    except Exception as exc:  # noqa: BLE001 (the channel closed: the broker delivers it again)
+        log.debug("expiry: a notice not acknowledged: %r", exc)
 
 
 class NatsNotices:
@@ -207,15 +214,18 @@ class NatsNotices:
 
 async def _handle_nats(message: Any, handler: Handler) -> None:
     try:
-        await handler(message.data)
-    except Retry:
-        await message.nak(delay=0.5)
-        return
-    except Exception:
-        log.exception("expiry: a notice could not be handled; delivered again later")
-        await message.nak(delay=1.0)
-        return
-    await message.ack()
+        try:
+            await handler(message.data)
+        except Retry:
+            await message.nak(delay=0.5)
+            return
+        except Exception:
+            log.exception("expiry: a notice could not be handled; delivered again later")
+            await message.nak(delay=1.0)
+            return
+        await message.ack()
+    except Exception as exc:  # noqa: BLE001 (the connection closed: redelivered after its ack wait)
+        log.debug("expiry: a notice not acknowledged: %r", exc)
 
 
 async def _quiet(exc: Exception) -> None:
