@@ -16,8 +16,11 @@ TAIL_PAGE = (
     f" WHERE seq > {{p}} AND kind IN ({_KINDS}) AND status < 300 AND op_key IS NOT NULL ORDER BY seq LIMIT {{p}}"
 )
 # The checkpoint's pending holds due by now, after (expires_at, account_id, id), in that order.
+# ``expires_at >= last`` bounds the index range from below (the OR alone does not: each page
+# would scan the index from the oldest due hold again).
 DUE_PAGE = (
     f"SELECT expires_at, account_id, id FROM holds WHERE status = '{HOLD_PENDING}' AND expires_at <= {{p}}"
+    " AND expires_at >= {p}"
     " AND (expires_at > {p} OR (expires_at = {p} AND (account_id > {p} OR (account_id = {p} AND id > {p}))))"
     " ORDER BY expires_at, account_id, id LIMIT {p}"
 )
@@ -29,4 +32,4 @@ def sql(template: str, placeholder: str) -> str:
 
 def due_args(now: int, after: tuple[int, str, str], limit: int) -> tuple[object, ...]:
     expires_at, account_id, hold_id = after
-    return (now, expires_at, expires_at, account_id, account_id, hold_id, limit)
+    return (now, expires_at, expires_at, expires_at, account_id, account_id, hold_id, limit)
