@@ -14,9 +14,14 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from balance.config import Settings
 from balance.metrics import Metrics
+
+if TYPE_CHECKING:
+    from balance.api.app import BalanceApp
+    from balance.expiry.config import ExpiryConfig
 
 log = logging.getLogger("balance.server")
 RELAY_CHECK_S = 1.0  # how often `run` looks whether its relay process still runs
@@ -50,9 +55,11 @@ async def serve(settings: Settings) -> None:
     from balance.api.admission import HttpLimits, raise_file_limit
     from balance.api.http1 import HttpServer
     from balance.bootstrap import build_app
+    from balance.expiry.config import ExpiryConfig
 
     try:
         limits = HttpLimits.from_env()
+        expiry = ExpiryConfig.from_env()
     except ValueError as exc:
         raise StartError(str(exc)) from None
     raise_file_limit()
@@ -90,11 +97,13 @@ async def serve(settings: Settings) -> None:
     starting = loop.create_task(app.start_service())  # recovery in the background
     leases = None if keeper is None else loop.create_task(keeper.run())
     stop_events = _start_relay(settings, app.metrics)
+    stop_expiry = _start_expiry(settings, expiry, app) if keeper is None else _nothing
     try:
         await stopping.wait()
     finally:
         began = time.monotonic()
         await http.stop()
+        await stop_expiry()
         if not starting.done():
             starting.cancel()
         if leases is not None:
@@ -154,6 +163,14 @@ def _start_relay(settings: Settings, metrics: Metrics) -> Callable[[], Awaitable
         await task
 
     return stop_tasks
+
+
+def _start_expiry(settings: Settings, config: ExpiryConfig, app: BalanceApp) -> Callable[[], Awaitable[None]]:
+    """Job mode (a broker configured, ``BALANCE_EXPIRY_JOB`` not off): consume the expiry job's
+    notices, the engines' sweeps become the fallback (``balance.expiry.consumer``)."""
+    from balance.expiry.consumer import start_consumers
+
+    return start_consumers(app.service.engines, config, settings.region)
 
 
 async def _nothing() -> None:

@@ -62,7 +62,8 @@ def _committed(service: BalanceService) -> list[int]:
 
 
 def _wait_s(raw: str | None) -> int:
-    if raw is None or raw == "":
+    """Absent: 0 (no wait). Empty (``wait_s=``) is a 422 like every other empty query value."""
+    if raw is None:
         return 0
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 2 or int(raw) > limits.EVENTS_WAIT_S_MAX:
         raise validation(f"wait_s must be an integer from 0 to {limits.EVENTS_WAIT_S_MAX}")

@@ -283,6 +283,10 @@ class Ledger:
         """Pending holds whose expiry has passed, oldest second first (stale entries dropped)."""
         return [(hold.account_id, hold.id) for hold in self.expiry.take_due(now, limit, self._is_live)]
 
+    def oldest_due(self, now: int) -> int | None:
+        """The expiry of the oldest pending hold past it as of ``now`` (None: none is due)."""
+        return self.expiry.oldest_due(now, self._is_live)
+
     def _is_live(self, hold: Hold) -> bool:
         return hold.status == HOLD_PENDING and self.holds.find(hold.account_id, hold.id) is hold
 

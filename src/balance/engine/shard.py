@@ -124,6 +124,8 @@ class ShardEngine:
         self._checkpointed_at = time.monotonic()
         self.checkpoint_from = 0
         self.sweep_interval_s = sweep_interval_s
+        # Job mode (``balance.expiry``): the sweep only takes holds overdue by more than this.
+        self.expiry_fallback_s = 0.0
         self.ledger_limits = {"records_max": records_max, "finished_holds_max": finished_holds_max}
         self.ledger = Ledger(shard, **self.ledger_limits)
         self.state = STARTING
