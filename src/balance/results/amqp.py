@@ -1,0 +1,146 @@
+"""RabbitMQ: the durable queue ``balance.payment-results`` (dead-letter exchange
+``balance.dead-letters``), consumed with a bounded prefetch.
+
+Each delivery is applied (``applier``) as its own task, so up to ``prefetch`` results share the
+engines' group commits; it is acknowledged only after the outcome committed. What can never
+apply is published to the dead-letter exchange (persistent, confirmed, the reason in the
+``x-balance-reason`` header) and then acknowledged: it never blocks the queue. What the engine
+could not take now is put back (``nack`` with requeue) after a backoff. The queue's own
+``x-dead-letter-exchange`` catches what a client rejects without requeue (e.g. an operator's
+``basic.reject``), into the same exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from balance.results import message as m
+from balance.results.applier import ResultApplier
+from balance.results.backoff import RetryDelay
+from balance.results.config import ResultsConfig
+
+log = logging.getLogger("balance.results")
+
+RECONNECT_S = 2.0
+
+
+async def declare(channel: Any, config: ResultsConfig) -> tuple[Any, Any]:
+    """The dead-letter exchange and its queue, then the results queue (all durable). Returns
+    (the results queue, the dead-letter exchange)."""
+    import aio_pika
+
+    dead = await channel.declare_exchange(config.dead_letters, aio_pika.ExchangeType.FANOUT, durable=True)
+    dead_queue = await channel.declare_queue(config.dead_letters, durable=True)
+    await dead_queue.bind(dead)
+    queue = await channel.declare_queue(
+        config.queue, durable=True, arguments={"x-dead-letter-exchange": config.dead_letters}
+    )
+    return queue, dead
+
+
+async def _closed(connection: Any) -> None:
+    """Until ``connection`` closes (the broker went away, or ``stop``)."""
+    closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_close(*_: object) -> None:
+        if not closed.done():
+            closed.set_result(None)
+
+    connection.close_callbacks.add(on_close)
+    await closed
+
+
+class AmqpResults:
+    broker = "amqp"
+
+    def __init__(self, config: ResultsConfig, applier: ResultApplier) -> None:
+        assert config.amqp_url is not None
+        self.config, self.applier = config, applier
+        self.delay = RetryDelay()
+        self._connection: Any = None
+        self._dead: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Connect (again after any failure, every ``RECONNECT_S``) and consume until cancelled."""
+        import aio_pika
+
+        while True:
+            try:
+                self._connection = await aio_pika.connect(self.config.amqp_url, timeout=5)
+                channel = await self._connection.channel(publisher_confirms=True)
+                await channel.set_qos(prefetch_count=self.config.prefetch)
+                queue, self._dead = await declare(channel, self.config)
+                await queue.consume(self._on_message)
+                log.info("payment results: consuming RabbitMQ queue %s", self.config.queue)
+                self.connected.set()
+                await _closed(self._connection)
+                log.warning("payment results: the RabbitMQ connection closed; reconnecting")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 (broker away: try again)
+                log.warning("payment results: RabbitMQ %r; retrying in %.0fs", exc, RECONNECT_S)
+            finally:
+                self.connected.clear()
+                await self._close()
+            await asyncio.sleep(RECONNECT_S)
+
+    async def _on_message(self, message: Any) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            verdict, result = await self.applier.apply(message.body)
+            if verdict.action == m.ACK:
+                await message.ack()
+                self.delay.reset()
+            elif verdict.action == m.DEAD_LETTER:
+                await self._dead_letter(message, verdict, result)
+                await message.ack()
+            else:
+                await asyncio.sleep(self.delay.next())
+                await message.nack(requeue=True)
+            self.applier.settled(self.broker, verdict, result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (the channel closed: the broker redelivers it)
+            log.warning("payment results: a delivery was left unacknowledged: %r", exc)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def _dead_letter(self, message: Any, verdict: m.Verdict, result: m.PaymentResult | None) -> None:
+        import aio_pika
+
+        headers = dict(message.headers or {})
+        headers[m.REASON_HEADER] = verdict.outcome
+        headers[m.DETAIL_HEADER] = verdict.detail[:1000]
+        if result is not None:
+            headers[m.MESSAGE_ID_HEADER] = result.id
+        await self._dead.publish(
+            aio_pika.Message(
+                message.body,
+                headers=headers,
+                content_type=message.content_type or "application/json",
+                message_id=message.message_id,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=self.config.queue,
+        )  # fmt: skip  (confirmed: publisher confirms are on)
+
+    async def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed:
+            try:
+                await connection.close()
+            except Exception as exc:  # noqa: BLE001
+                log.debug("payment results: closing RabbitMQ: %r", exc)
+
+    async def stop(self) -> None:
+        """Stop taking deliveries; those not acknowledged are redelivered (applied once)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await self._close()
