@@ -199,7 +199,11 @@ async def test_the_same_result_delivered_three_times_captures_once(harness: Harn
         await harness.publish(message)
     await harness.until(lambda: harness.settled() >= 3, "three deliveries settled")
     assert state(service, account_id) == (500, 0, "active")  # 1,000 - one capture of 500
-    assert await hold_of(service, account_id, "order-1") == {"status": "captured", "amount": 500, "captured_amount": 500}
+    assert await hold_of(service, account_id, "order-1") == {
+        "status": "captured",
+        "amount": 500,
+        "captured_amount": 500,
+    }
     assert harness.count("balance_payment_results_applied_total", result="succeeded", outcome="applied") == 1
     assert harness.count("balance_payment_results_applied_total", result="succeeded", outcome="replayed") == 2
     assert harness.count("balance_payment_results_dead_lettered_total", reason="malformed") == 0
@@ -279,7 +283,11 @@ async def test_partial_capture_then_a_different_amount_is_refused(harness: Harne
     await harness.publish(result(account_id, "order-5", "succeeded", amount=200, id="pay-5"))
     await harness.until(lambda: harness.settled() >= 1, "the capture")
     assert state(service, account_id) == (800, 0, "active")
-    assert await hold_of(service, account_id, "order-5") == {"status": "captured", "amount": 500, "captured_amount": 200}
+    assert await hold_of(service, account_id, "order-5") == {
+        "status": "captured",
+        "amount": 500,
+        "captured_amount": 200,
+    }
     await harness.publish(result(account_id, "order-5", "succeeded", amount=300, id="pay-5b"))  # another amount
     await harness.publish(result(account_id, "order-5", "failed", id="pay-5c"))  # captured, and failed?
     await harness.publish(result(account_id, "order-5", "succeeded", amount=200, id="pay-5d"))  # the same again

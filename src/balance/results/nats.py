@@ -24,7 +24,8 @@ log = logging.getLogger("balance.results")
 
 RECONNECT_S = 2.0
 FETCH_WAIT_S = 1.0
-ACK_WAIT_S = 30.0  # unacknowledged this long (the service died mid-apply): redelivered
+ACK_WAIT_S = 30.0
+BATCHES_IN_FLIGHT = 4  # unacknowledged this long (the service died mid-apply): redelivered
 
 
 async def declare(js: Any, config: ResultsConfig) -> None:
@@ -60,7 +61,7 @@ class NatsResults:
                 await declare(js, self.config)
                 consumer = ConsumerConfig(
                     durable_name=self.config.nats_durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
-                    max_ack_pending=max(1024, 4 * self.config.prefetch),
+                    max_ack_pending=max(1024, 2 * BATCHES_IN_FLIGHT * self.config.prefetch),
                 )  # fmt: skip
                 subscription = await js.pull_subscribe(
                     self.config.subject, durable=self.config.nats_durable, stream=self.config.nats_stream,
@@ -81,12 +82,33 @@ class NatsResults:
     async def _consume(self, js: Any, subscription: Any) -> None:
         import nats.errors
 
-        while True:
-            try:
-                messages = await subscription.fetch(self.config.prefetch, timeout=FETCH_WAIT_S)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
+        # The next batch is fetched while the last ones are applied (their commits overlap),
+        # up to ``BATCHES_IN_FLIGHT`` batches.
+        room = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+        batches: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await room.acquire()
+                try:
+                    messages = await subscription.fetch(self.config.prefetch, timeout=FETCH_WAIT_S)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    room.release()
+                    continue
+                except BaseException:
+                    room.release()
+                    raise
+                batch = asyncio.create_task(self._batch(js, messages, room))
+                batches.add(batch)
+                batch.add_done_callback(batches.discard)
+        finally:
+            for batch in list(batches):
+                batch.cancel()
+
+    async def _batch(self, js: Any, messages: list[Any], room: asyncio.Semaphore) -> None:
+        try:
             await asyncio.gather(*(self._one(js, message) for message in messages))
+        finally:
+            room.release()
 
     async def _one(self, js: Any, message: Any) -> None:
         try:
