@@ -110,7 +110,7 @@ async def run(broker: str, results: int, shards: int, prefetch: int, data_dir: P
     await publish(config, bodies)
     print(f"{broker}: published {results} results in {time.perf_counter() - began:.2f}s")
     consumers = ResultsConsumers(config, service, metrics)
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     consumers.start()
     try:
         while True:
@@ -124,9 +124,10 @@ async def run(broker: str, results: int, shards: int, prefetch: int, data_dir: P
             if done >= results:
                 break
             await asyncio.sleep(0.01)
-        elapsed = time.perf_counter() - began
+        elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
         print(f"{broker}: {results} results applied and acknowledged in {elapsed:.2f}s: {results / elapsed:,.0f}/s"
-              f" ({shards} shard(s), SQLite, prefetch {config.prefetch})")  # fmt: skip
+              f" ({shards} shard(s), SQLite, prefetch {config.prefetch}; this process used {cpu:.2f} s of CPU,"
+              f" {cpu / results * 1e6:.0f} us per result)")  # fmt: skip
     finally:
         await consumers.stop()
         await cleanup(config)

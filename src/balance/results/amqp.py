@@ -13,6 +13,7 @@ could not take now is put back (``nack`` with requeue) after a backoff. The queu
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -52,6 +53,57 @@ async def _closed(connection: Any) -> None:
     await closed
 
 
+class Acks:
+    """The acknowledgements of one channel, coalesced: one ``basic.ack`` with ``multiple`` up to
+    the highest delivery tag below which every delivery is settled (acknowledged, or put back),
+    the others one by one; all that are ready in one turn of the loop go out together. (One frame
+    and one socket write per acknowledgement cost as much as applying the result.)"""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.base = 0  # every delivery tag up to this one is settled (tags count from 1 per channel)
+        self.settled: set[int] = set()  # settled tags above ``base``
+        self.ready: list[int] = []  # acknowledgements not yet sent
+        self._scheduled = False
+        self._sending: asyncio.Future[None] | None = None
+
+    def ack(self, tag: int) -> None:
+        """Acknowledge ``tag`` (its outcome is committed) with the next batch."""
+        self.ready.append(tag)
+        self.settled.add(tag)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def nack(self, tag: int) -> None:
+        """Put ``tag`` back on the queue (redelivered later)."""
+        await self.channel.basic_nack(tag, requeue=True)
+        self.settled.add(tag)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        ready, self.ready = self.ready, []
+        base = self.base
+        while base + 1 in self.settled:
+            base += 1
+            self.settled.discard(base)
+        self.base = base
+        single = [tag for tag in ready if tag > base]
+        multiple = base if len(single) < len(ready) else None
+        self._sending = asyncio.ensure_future(self._send(self._sending, multiple, single))
+
+    async def _send(self, before: asyncio.Future[None] | None, multiple: int | None, single: list[int]) -> None:
+        if before is not None:
+            await asyncio.gather(before, return_exceptions=True)  # in order
+        try:
+            if multiple is not None:
+                await self.channel.basic_ack(multiple, multiple=True, wait=False)
+            for tag in single:
+                await self.channel.basic_ack(tag, wait=False)
+        except Exception as exc:  # noqa: BLE001 (the channel closed: the broker redelivers them, applied once)
+            log.warning("payment results: acknowledgements not sent: %r", exc)
+
+
 class AmqpResults:
     broker = "amqp"
 
@@ -61,6 +113,7 @@ class AmqpResults:
         self.delay = RetryDelay()
         self._connection: Any = None
         self._dead: Any = None
+        self._acks: Acks | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
 
@@ -73,8 +126,10 @@ class AmqpResults:
                 self._connection = await aio_pika.connect(self.config.amqp_url, timeout=5)
                 channel = await self._connection.channel(publisher_confirms=True)
                 await channel.set_qos(prefetch_count=self.config.prefetch)
-                queue, self._dead = await declare(channel, self.config)
-                await queue.consume(self._on_message)
+                _, self._dead = await declare(channel, self.config)
+                raw = await channel.get_underlay_channel()  # aiormq: lighter deliveries than aio-pika's
+                self._acks = Acks(raw)
+                await raw.basic_consume(self.config.queue, functools.partial(self._on_message, self._acks))
                 log.info("payment results: consuming RabbitMQ queue %s", self.config.queue)
                 self.connected.set()
                 await _closed(self._connection)
@@ -88,26 +143,32 @@ class AmqpResults:
                 await self._close()
             await asyncio.sleep(RECONNECT_S)
 
-    async def _on_message(self, message: Any) -> None:
+    async def _on_message(self, acks: Acks, message: Any) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        tag = message.delivery.delivery_tag
         try:
             verdict, result = await self.applier.apply(message.body)
             if verdict.action == m.ACK:
-                await message.ack()
+                acks.ack(tag)
                 self.delay.reset()
             elif verdict.action == m.DEAD_LETTER:
                 await self._dead_letter(message, verdict, result)
-                await message.ack()
+                acks.ack(tag)
             else:
                 await asyncio.sleep(self.delay.next())
-                await message.nack(requeue=True)
+                await acks.nack(tag)
             self.applier.settled(self.broker, verdict, result)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 (the channel closed: the broker redelivers it)
-            log.warning("payment results: a delivery was left unacknowledged: %r", exc)
+            log.warning("payment results: a delivery was not settled, putting it back: %r", exc)
+            try:  # else it would hold its prefetch slot (and the coalesced acknowledgements) until reconnect
+                await asyncio.sleep(self.delay.next())
+                await acks.nack(tag)
+            except Exception as again:  # noqa: BLE001 (the channel is closed: redelivered anyway)
+                log.debug("payment results: nack: %r", again)
         finally:
             if task is not None:
                 self._tasks.discard(task)
@@ -115,7 +176,8 @@ class AmqpResults:
     async def _dead_letter(self, message: Any, verdict: m.Verdict, result: m.PaymentResult | None) -> None:
         import aio_pika
 
-        headers = dict(message.headers or {})
+        properties = message.header.properties
+        headers = dict(properties.headers or {})
         headers[m.REASON_HEADER] = verdict.outcome
         headers[m.DETAIL_HEADER] = verdict.detail[:1000]
         if result is not None:
@@ -124,8 +186,8 @@ class AmqpResults:
             aio_pika.Message(
                 message.body,
                 headers=headers,
-                content_type=message.content_type or "application/json",
-                message_id=message.message_id,
+                content_type=properties.content_type or "application/json",
+                message_id=properties.message_id,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             routing_key=self.config.queue,
