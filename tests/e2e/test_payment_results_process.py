@@ -23,6 +23,7 @@ import pytest
 from service_process import free_port, start_ready
 
 from balance.events import catalogue as cat
+from ci import skip_or_fail
 
 AMQP_URL = os.environ.get("BALANCE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 NATS_URL = os.environ.get("BALANCE_TEST_NATS_URL", "nats://127.0.0.1:4222")
@@ -121,7 +122,7 @@ def test_results_applied_once_across_a_sigkill_and_a_conflict_served_as_an_event
     try:
         asyncio.run(_brokers_up())
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"RabbitMQ or NATS not reachable: {exc!r}")
+        skip_or_fail(f"RabbitMQ or NATS not reachable: {exc!r}")
     env = {
         **os.environ, **names, "BALANCE_ADMIN_KEY": ADMIN_KEY, "BALANCE_DATA_DIR": str(tmp_path / "data"),
         "BALANCE_SHARDS": "2", "BALANCE_HOST": "127.0.0.1", "BALANCE_PORT": str(free_port()),

@@ -31,6 +31,7 @@ from balance.results.config import ResultsConfig
 from balance.results.runner import ResultsConsumers
 from balance.service import BalanceService
 from balance.storage.sqlite import SqliteShardStorage
+from ci import skip_or_fail
 
 AMQP_URL = os.environ.get("BALANCE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 NATS_URL = os.environ.get("BALANCE_TEST_NATS_URL", "nats://127.0.0.1:4222")
@@ -55,13 +56,13 @@ class Harness:
             try:
                 self._amqp = await aio_pika.connect(AMQP_URL, timeout=3)
             except Exception as exc:  # noqa: BLE001
-                pytest.skip(f"RabbitMQ not reachable at {AMQP_URL}: {exc!r}")
+                skip_or_fail(f"RabbitMQ not reachable at {AMQP_URL}: {exc!r}")
             self._channel = await self._amqp.channel(publisher_confirms=True)
         else:
             try:
                 self._nc = await nats.connect(NATS_URL, connect_timeout=3, max_reconnect_attempts=1)
             except Exception as exc:  # noqa: BLE001
-                pytest.skip(f"NATS not reachable at {NATS_URL}: {exc!r}")
+                skip_or_fail(f"NATS not reachable at {NATS_URL}: {exc!r}")
             self._js = self._nc.jetstream()
         self.consumers.start()
         await self.consumers.wait_connected()
