@@ -9,6 +9,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -226,3 +228,11 @@ async def _brokers_up() -> None:
     await connection.close()
     nc = await nats.connect(NATS_URL, connect_timeout=3, max_reconnect_attempts=1)
     await nc.close()
+
+
+def test_a_bad_results_setting_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "BALANCE_ADMIN_KEY": ADMIN_KEY, "BALANCE_DATA_DIR": str(tmp_path), "BALANCE_RESULTS": "maybe",
+           "BALANCE_PORT": str(free_port()), "BALANCE_RELAY": "off"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "balance", "run"], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.decode().strip() == "balance-service: BALANCE_RESULTS must be on or off"

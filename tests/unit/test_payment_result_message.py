@@ -79,3 +79,23 @@ def test_a_settled_hold(
     verdict = m.after_settled(result(outcome, amount), state)
     assert (verdict.action, verdict.outcome) == (action, reason)
     assert verdict.conflict == (reason == m.RESULT_CONFLICT)
+
+
+def test_the_consumers_configuration() -> None:
+    from balance.results.config import ResultsConfig
+
+    assert not ResultsConfig.from_env({}).enabled  # no broker: nothing to consume
+    on = ResultsConfig.from_env({"BALANCE_AMQP_URL": "amqp://x", "BALANCE_NATS_URL": "nats://y"})
+    assert on.enabled and (on.queue, on.subject, on.dead_letters) == (
+        "balance.payment-results", "balance.payment-results", "balance.dead-letters",
+    )  # fmt: skip
+    assert (on.nats_stream, on.nats_durable, on.prefetch) == ("BALANCE_RESULTS", "balance-results", 256)
+    assert not ResultsConfig.from_env({"BALANCE_AMQP_URL": "amqp://x", "BALANCE_RESULTS": "off"}).enabled
+    named = ResultsConfig.from_env({"BALANCE_RESULTS_QUEUE": "q.1", "BALANCE_RESULTS_NATS_STREAM": "S_1"})
+    assert (named.queue, named.nats_stream) == ("q.1", "S_1")
+    for bad in (
+        {"BALANCE_RESULTS": "yes"}, {"BALANCE_RESULTS_PREFETCH": "0"}, {"BALANCE_RESULTS_PREFETCH": "x"},
+        {"BALANCE_RESULTS_NATS_STREAM": "a.b"}, {"BALANCE_RESULTS_QUEUE": "a b"}, {"BALANCE_DEAD_LETTERS": "*"},
+    ):  # fmt: skip
+        with pytest.raises(ValueError):
+            ResultsConfig.from_env(bad)
