@@ -6,9 +6,11 @@ hold is dead-lettered and served as a ``hold.result_conflict`` event; the metric
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ import aio_pika
 import httpx
 import nats
 import pytest
+from cuttable_proxy import CuttableProxy
 from service_process import free_port, start_ready
 
 from balance.events import catalogue as cat
@@ -236,3 +239,69 @@ def test_a_bad_results_setting_stops_the_start_with_one_line(tmp_path: Path) -> 
     done = subprocess.run([sys.executable, "-m", "balance", "run"], env=env, capture_output=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.decode().strip() == "balance-service: BALANCE_RESULTS must be on or off"
+
+
+def drop_links(proxy: CuttableProxy) -> None:
+    """Every open link closed (a network blip); new connections are still accepted."""
+    with proxy.lock:
+        for link in proxy.links:
+            with contextlib.suppress(OSError):
+                link.shutdown(socket.SHUT_RDWR)
+            link.close()
+        proxy.links.clear()
+
+
+def test_results_keep_applying_after_both_brokers_dropped_the_connection(tmp_path: Path, names: dict[str, str]) -> None:
+    try:
+        asyncio.run(_brokers_up())
+    except Exception as exc:  # noqa: BLE001
+        skip_or_fail(f"RabbitMQ or NATS not reachable: {exc!r}")
+    amqp_host, amqp_port = AMQP_URL.split("@", 1)[1].rstrip("/").split(":")
+    nats_host, nats_port = NATS_URL.split("//", 1)[1].split(":")
+    rabbit, nats_link = CuttableProxy(amqp_host, int(amqp_port)), CuttableProxy(nats_host, int(nats_port))
+    env = {
+        **os.environ, **names, "BALANCE_ADMIN_KEY": ADMIN_KEY, "BALANCE_DATA_DIR": str(tmp_path / "data"),
+        "BALANCE_HOST": "127.0.0.1", "BALANCE_PORT": str(free_port()), "BALANCE_RELAY": "off",
+        "BALANCE_AMQP_URL": f"{AMQP_URL.split('@', 1)[0]}@127.0.0.1:{rabbit.port}/",
+        "BALANCE_NATS_URL": f"nats://127.0.0.1:{nats_link.port}",
+    }  # fmt: skip
+    log = tmp_path / "service.log"
+    proc, url = start_ready(env, log)
+    try:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30) as http:
+            created = http.post(
+                "/v1/accounts", json={"kind": "partner", "region": "EU", "currency": "EUR", "name": "p"}
+            )
+            account_id = created.json()["id"]
+            assert (
+                http.post(f"/v1/accounts/{account_id}/credits", json={"id": "seed", "amount": 1_000}).status_code == 201
+            )
+            operations = [
+                {"op": "hold", "account_id": account_id, "id": f"h{n}", "amount": 10, "expires_in_s": 3600}
+                for n in range(8)
+            ]
+            assert http.post("/v1/batch", json={"operations": operations}).status_code == 200
+
+            def results(numbers: range) -> list[dict[str, Any]]:
+                return [{"id": f"p{n}", "account_id": account_id, "hold_id": f"h{n}", "result": "succeeded"}
+                        for n in numbers]  # fmt: skip
+
+            def reserved() -> int:
+                return int(http.get(f"/v1/accounts/{account_id}").json()["reserved"])
+
+            until(lambda: "consuming RabbitMQ" in log.read_text() and "consuming NATS" in log.read_text(), "consumers")
+            asyncio.run(publish(names, results(range(0, 2)), results(range(2, 4))))
+            until(lambda: reserved() == 40, "the first four applied")
+            drop_links(rabbit)
+            drop_links(nats_link)
+            asyncio.run(publish(names, results(range(4, 6)), results(range(6, 8))))
+            until(lambda: reserved() == 0, "the last four applied after the reconnections", timeout_s=60)
+            assert http.get(f"/v1/accounts/{account_id}").json()["balance"] == 1_000 - 8 * 10
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except Exception:  # noqa: BLE001
+            proc.kill()
+        rabbit.cut()
+        nats_link.cut()
