@@ -256,15 +256,18 @@ async def test_succeeded_after_release_or_expiry_is_a_recorded_conflict(harness:
     await harness.publish(result(released, "order-3", "succeeded", id="pay-3"))
     await harness.publish(result(expired, "order-4", "succeeded", amount=100, id="pay-4"))
     await harness.until(lambda: harness.settled() >= 2, "both results settled")
+    await harness.publish(result(released, "order-3", "succeeded", id="pay-3"))  # sent again: no second event
+    await harness.until(lambda: harness.settled() >= 3, "the one sent again")
     assert state(service, released) == (1_000, 0, "active")  # the money did not move
     assert state(service, expired) == (1_000, 0, "active")
     assert (await hold_of(service, expired, "order-4"))["status"] == "expired"
-    dead = await harness.dead_letters(2)
-    assert sorted(headers[m.REASON_HEADER] for _, headers in dead) == [m.RESULT_CONFLICT] * 2
-    assert sorted(headers[m.MESSAGE_ID_HEADER] for _, headers in dead) == ["pay-3", "pay-4"]
-    assert harness.count("balance_payment_results_conflicts_total") == 2
-    assert harness.count("balance_payment_results_dead_lettered_total", reason=m.RESULT_CONFLICT) == 2
+    dead = await harness.dead_letters(3)
+    assert sorted(headers[m.REASON_HEADER] for _, headers in dead) == [m.RESULT_CONFLICT] * 3
+    assert sorted(headers[m.MESSAGE_ID_HEADER] for _, headers in dead) == ["pay-3", "pay-3", "pay-4"]
+    assert harness.count("balance_payment_results_conflicts_total") == 3  # every delivery is counted
+    assert harness.count("balance_payment_results_dead_lettered_total", reason=m.RESULT_CONFLICT) == 3
     conflicts = [e for e in await all_events(service) if e["type"] == cat.HOLD_RESULT_CONFLICT]
+    assert len(conflicts) == 2  # one event per result
     assert {e["account_id"]: e["data"]["hold"]["status"] for e in conflicts} == {
         released: "released",
         expired: "expired",

@@ -8,6 +8,7 @@ on the verdict acknowledges only what is committed.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -28,11 +29,15 @@ log = logging.getLogger("balance.results")
 RESULTS_ACTOR = a.Actor("payment-results", a.PLATFORM, "payment-results")
 
 _PROBLEM = msgspec.json.Decoder()
+CONFLICTS_KEPT = 10_000
 
 
 class ResultApplier:
     def __init__(self, service: BalanceService, metrics: Metrics) -> None:
         self.service, self.metrics = service, metrics
+        # Conflicts recorded by this process: a result redelivered after its event was committed
+        # (its dead letter or acknowledgement failed) does not record a second one.
+        self._conflicts: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
     async def apply(self, body: bytes) -> tuple[m.Verdict, m.PaymentResult | None]:
         """The verdict on one message (and the message, when it parsed)."""
@@ -60,6 +65,9 @@ class ResultApplier:
         verdict = m.after_settled(parsed, None if hold is None else tuple(hold))
         if verdict.conflict:
             assert hold is not None
+            key = (parsed.account_id, parsed.hold_id, parsed.id)
+            if key in self._conflicts:  # redelivered (its dead letter failed): recorded already
+                return verdict, parsed
             recorded = await port.execute(
                 c.RecordResultConflict(parsed.account_id, parsed.hold_id, tuple(hold), m.result_pairs(parsed))
             )
@@ -67,6 +75,10 @@ class ResultApplier:
                 return m.Verdict(m.RETRY, "unavailable", "recording the conflict"), parsed
             if recorded.status >= 300:
                 log.error("payment result %s: the conflict was not recorded: %s", parsed.id, _detail(recorded.body))
+            else:
+                self._conflicts[key] = None
+                if len(self._conflicts) > CONFLICTS_KEPT:
+                    self._conflicts.popitem(last=False)
         return verdict, parsed
 
     def settled(self, broker: str, verdict: m.Verdict, result: m.PaymentResult | None) -> None:
