@@ -79,13 +79,13 @@ class Harness:
                 await self._js.delete_stream(stream)
             await self._nc.close()
 
-    async def publish(self, body: bytes | dict[str, Any]) -> None:
+    async def publish(self, body: bytes | dict[str, Any], headers: dict[str, str] | None = None) -> None:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         if self._channel is not None:
-            message = aio_pika.Message(raw, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            message = aio_pika.Message(raw, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
             await self._channel.default_exchange.publish(message, routing_key=self.config.queue)
         else:
-            await self._js.publish(self.config.subject, raw)
+            await self._js.publish(self.config.subject, raw, headers=headers)
 
     async def dead_letters(self, count: int, timeout_s: float = 15) -> list[tuple[bytes, dict[str, Any]]]:
         """The first ``count`` dead letters (body, headers), in the order they were sent."""
@@ -230,7 +230,7 @@ async def test_a_poisoned_message_is_dead_lettered_and_the_next_one_still_applie
         (result(account_id, "order-2", "succeeded", amount=501), "amount_exceeds_hold"),
     ]
     for body, _ in poisons:
-        await harness.publish(body)
+        await harness.publish(body, {"x-gateway": "gw-1", "Nats-Msg-Id": uuid.uuid4().hex})
     await harness.publish(result(account_id, "order-2", "failed", id="pay-after"))
     await harness.until(lambda: harness.settled() >= len(poisons) + 1, "every message settled")
     assert state(service, account_id) == (1_000, 0, "active")  # released, nothing captured
@@ -241,6 +241,7 @@ async def test_a_poisoned_message_is_dead_lettered_and_the_next_one_still_applie
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         assert by_body[raw][m.REASON_HEADER] == reason, (raw, by_body[raw])
         assert by_body[raw][m.DETAIL_HEADER]
+        assert by_body[raw]["x-gateway"] == "gw-1"  # the gateway's headers go along
     assert harness.count("balance_payment_results_dead_lettered_total", reason=m.MALFORMED) == 6
     assert harness.count("balance_payment_results_applied_total", result="failed", outcome="applied") == 1
     assert harness.count("balance_payment_results_conflicts_total") == 0

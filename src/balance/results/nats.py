@@ -117,8 +117,9 @@ class NatsResults:
                 await message.ack()
                 self.delay.reset()
             elif verdict.action == m.DEAD_LETTER:
-                headers = dict(message.headers or {})
-                headers.pop("Nats-Msg-Id", None)
+                # The gateway's own headers go along, not JetStream's (an id or an expectation
+                # of the results stream would make the dead letter's publish fail or be dropped).
+                headers = {k: v for k, v in (message.headers or {}).items() if not k.startswith("Nats-")}
                 headers[m.REASON_HEADER] = verdict.outcome
                 headers[m.DETAIL_HEADER] = verdict.detail[:1000].replace("\r", " ").replace("\n", " ")
                 if result is not None:
