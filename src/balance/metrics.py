@@ -95,6 +95,25 @@ class Metrics:
             "hold.expiry-due notices the engine consumed, by outcome (expired, settled, early, invalid)",
             ["shard", "outcome"], registry=r,
         )  # fmt: skip
+        self.results_applied = Counter(
+            "balance_payment_results_applied",
+            "Payment results acknowledged after their capture or release committed (outcome: applied, replayed,"
+            " already: the hold was settled as the result says)",
+            ["broker", "result", "outcome"], registry=r,
+        )  # fmt: skip
+        self.results_dead_lettered = Counter(
+            "balance_payment_results_dead_lettered", "Payment results that can never apply, sent to the dead letters",
+            ["broker", "reason"], registry=r,
+        )  # fmt: skip
+        self.results_conflicts = Counter(
+            "balance_payment_results_conflicts",
+            "Succeeded payment results for holds already expired or released (paid, money not moved): alert on it",
+            ["broker"], registry=r,
+        )  # fmt: skip
+        self.results_retries = Counter(
+            "balance_payment_results_retries", "Payment results put back because the engine was unavailable",
+            ["broker"], registry=r,
+        )  # fmt: skip
         self.http_refusals = Counter(
             "balance_http_refusals",
             "Requests and connections the HTTP server refused before the API saw them, by reason",

@@ -837,4 +837,5 @@ _HANDLERS: dict[type, Callable[[Ledger, Any, int], Outcome]] = {
     c.CaptureHold: hold_rules.capture_hold,
     c.ReleaseHold: hold_rules.release_hold,
     c.ExpireHold: hold_rules.expire_hold,
+    c.RecordResultConflict: hold_rules.record_result_conflict,
 }

@@ -89,7 +89,7 @@ _KIND_NAMES = {
     c.CaptureHold: "capture", c.ReleaseHold: "release", c.ExpireHold: "expire",
     c.CreateAccount: "create_account", c.UpdateAccount: "update_account", c.CreateKey: "create_key",
     c.TransferOut: "transfer_out", c.TransferIn: "transfer_in", c.CompleteTransfer: "transfer_complete",
-    c.ReturnTransfer: "transfer_return", c.ResumeLeg: "transfer_resume",
+    c.ReturnTransfer: "transfer_return", c.ResumeLeg: "transfer_resume", c.RecordResultConflict: "result_conflict",
 }  # fmt: skip
 
 
