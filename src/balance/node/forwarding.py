@@ -20,6 +20,7 @@ import msgspec
 
 from balance.domain import commands as c
 from balance.engine.replies import Reply, unavailable_reply
+from balance.node import crash_points
 
 log = logging.getLogger("balance.node")
 
@@ -119,6 +120,7 @@ class Forwarder:
         wire = LegWire(transfer.op_id, transfer.from_account_id, transfer.to_account_id, transfer.amount,
                        transfer.currency, transfer.description, transfer.metadata)  # fmt: skip
         url = f"{owner_url.rstrip('/')}{INTERNAL_PREFIX}shards/{shard}/transfer-in"
+        crash_points.reached("before_target_leg")
         try:
             response = await self._client.post(
                 url, content=msgspec.json.encode(wire),
@@ -127,6 +129,7 @@ class Forwarder:
         except httpx.HTTPError as exc:
             log.warning("transfer %s: the target leg on %s failed: %r", transfer.op_id, owner_url, exc)
             return unavailable_reply(f"the node that owns shard {shard} ({owner_url}) does not answer")
+        crash_points.reached("before_complete")
         return Reply(response.status_code, response.content, response.headers.get("idempotent-replayed") == "true")
 
     async def internal(self, owner_url: str, route: str, body: bytes) -> Reply:

@@ -26,6 +26,7 @@ from balance.domain.ledger import inbound_hold_mark
 from balance.domain.model import ACCOUNT_FIELDS, ACCOUNT_STATUS, STATUS_CLOSED, Account
 from balance.engine.replies import Reply, unavailable_reply
 from balance.engine.shard import FENCED, ShardEngine
+from balance.node import crash_points
 from balance.node.forwarding import (
     INTERNAL_PREFIX,
     DestinationWire,
@@ -239,6 +240,7 @@ class ShardKeeper:
         reply = await engine.execute(c.TransferIn(transfer))
         if reply.status != 503:
             ledger.mark(ledger.inbound, transfer.to_account_id, leg, False)
+            crash_points.reached("after_target_leg")
         return reply
 
     def _hold_mark(self, shard: int, body: bytes) -> Reply:
