@@ -373,11 +373,11 @@ class BalanceService:
         self._placing[key] = destination_id
         try:
             remote = await node.mark_hold(hold.account_id, hold.op_id, destination_id)
-            if isinstance(remote, Reply):
+            if isinstance(remote, Reply):  # (the same id again too: sent again, it gets its first answer)
                 return remote
             return await engine.execute(dataclasses.replace(hold, remote_destination=remote))
         finally:
-            del self._placing[key]
+            self._placing.pop(key, None)
             if key not in self._remote_holds and not engine.hold_may_be_pending(*key, destination_id):
                 node.drop_hold_mark(hold.account_id, hold.op_id, destination_id)
 

@@ -57,9 +57,7 @@ def wait_balance(client: httpx.Client, account: str, want: int) -> None:
 
 
 @pytest.mark.parametrize(("point", "node"), CRASHES)
-def test_a_transfer_across_nodes_killed_at_a_step_is_finished_exactly_once(
-    fleet: Fleet, point: str, node: str
-) -> None:
+def test_a_transfer_across_nodes_killed_at_a_step_is_finished_exactly_once(fleet: Fleet, point: str, node: str) -> None:
     with fleet.client("a") as a:
         source, target = new_account(a, 0), new_account(a, 1)
         assert a.post(f"/v1/accounts/{source}/credits", json={"id": "c", "amount": 100}).status_code == 201

@@ -138,8 +138,14 @@ def test_a_batch_spanning_two_nodes_is_answered_in_order(fleet: Fleet) -> None:
             {"op": "credit", "account_id": p1, "id": "b1", "amount": 100},
             {"op": "credit", "account_id": p0, "id": "b2", "amount": 70},
             {"op": "debit", "account_id": p1, "id": "b3", "amount": 1000},  # refused: insufficient
-            {"op": "transfer", "id": "b4", "from_account_id": p0, "to_account_id": q1, "amount": 20,
-             "currency": "USD"},  # fmt: skip
+            {
+                "op": "transfer",
+                "id": "b4",
+                "from_account_id": p0,
+                "to_account_id": q1,
+                "amount": 20,
+                "currency": "USD",
+            },  # fmt: skip
             {"op": "credit", "account_id": q0, "id": "b5", "amount": -1},  # malformed: 422 alone
             {"op": "hold", "account_id": p1, "id": "b6", "amount": 30, "destination_account_id": q0},
             {"op": "credit", "account_id": "US-1-0000000000000000", "id": "b7", "amount": 1},

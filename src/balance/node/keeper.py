@@ -46,6 +46,9 @@ log = logging.getLogger("balance.node")
 
 FLEET_ACTOR = Actor("fleet", 0, "")  # another node: no powers on the API's routes (internal ones only)
 FINISH_EVERY_S = 2.0  # how often transfers in flight (their target on another node) are finished
+# How often the marks of other nodes' holds are checked again once known (a drop that was lost,
+# a mark its holder set before crashing): each tick until they are known after a recovery.
+MARKS_RESYNC_S = 30.0
 OWNERS_REREAD_S = 0.2  # an unknown owner is looked up in the directory at most this often
 KEY_POLL_S = 1.0  # at most this between two reads of the keys (a revocation reaches every node within ~1 s)
 KEY_CLOCK_MARGIN_MS = 5000  # key rows are stamped by their writer's clock: re-read this far back
@@ -100,6 +103,7 @@ class ShardKeeper:
         self.holds_naming: Callable[[set[int], set[int]], list[tuple[str, str, str]]] | None = None
         self.indexed: set[int] = set()  # owned shards whose holds ``holds_naming`` knows (since recovered)
         self._drops: set[asyncio.Task[object]] = set()  # hold marks being dropped on other nodes
+        self._marks_synced_at = 0.0
 
     def shard_elsewhere(self, account_id: str) -> int | None:
         """Also a shard this node is still recovering after a takeover: not served here yet
@@ -442,7 +446,8 @@ class ShardKeeper:
         await self._renew_and_take()
         await self._sync_keys()
         due = time.monotonic() - self._finished_at >= FINISH_EVERY_S
-        if due or any(self._marks_unknown(shard) for shard in self.owned):
+        if time.monotonic() - self._marks_synced_at >= MARKS_RESYNC_S or any(map(self._marks_unknown, self.owned)):
+            self._marks_synced_at = time.monotonic()
             try:
                 await self._sync_marks()
             except Exception as exc:  # noqa: BLE001 (a node answering garbage: the next round asks again)

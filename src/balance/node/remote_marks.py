@@ -7,8 +7,8 @@ The marks are in memory on the destination's node, set and dropped by the holds'
 is settled or was not placed). They are rebuilt by asking, not made durable: at start and
 after a takeover the destination's node asks every other node for the holds of the shards
 it owns that name accounts of its own shards (``POST /internal/v1/holds-naming``), and asks
-again every finishing round (``FINISH_EVERY_S``), which also drops a mark whose drop was lost
-(its holder crashed, the network failed). Until every shard of the fleet has answered once
+again every ``MARKS_RESYNC_S`` (30 s), which also drops a mark whose drop was lost (its
+holder crashed between marking and placing, the network failed). Until every shard of the fleet has answered once
 since the destination's shard was recovered, a close there answers 503 (never a close that a
 pending hold should have refused). Why not durable marks: a mark written on the destination's
 shard costs two more commits per hold, and a mark left behind by a crash still has to be
