@@ -86,6 +86,11 @@ def test_a_hold_across_nodes_is_placed_captured_and_released_with_the_books_bala
                                                                 "destination_account_id": "US-1-0000000000000000"})  # fmt: skip
         assert missing.status_code == 404 and missing.json()["code"] == "account_not_found", missing.text
         assert (balance(a, payer)["balance"], balance(a, payer)["reserved"]) == (800, 0)
+        # The internal routes that mark holds and answer which holds name an account: nodes only.
+        mark = [payer, "forged", merchant, False]
+        for route, body in (("shards/1/hold-mark", mark), ("holds-naming", {"shards": [1]})):
+            assert b.post(f"/internal/v1/{route}", json=body).status_code == 404  # the admin key is not enough
+            assert b.post(f"/internal/v1/{route}", json=body, headers={"x-balance-fleet": "guess"}).status_code == 404
 
     fleet.stop()
     books = asyncio.run(fleet_books(fleet.tmp_path))
