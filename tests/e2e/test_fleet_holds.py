@@ -77,6 +77,13 @@ def test_a_hold_across_nodes_is_placed_captured_and_released_with_the_books_bala
         released = a.post(f"/v1/accounts/{payer}/holds/order-2/release", json={})
         assert released.status_code == 200 and released.json()["hold"]["status"] == "released", released.text
         assert settled_close(b, other, 200).status_code == 200  # its mark on b went with the release
+        # A hold that expires (a's sweep) drops its mark too.
+        expiring = new_account(a, 1)
+        short = {"id": "order-5", "amount": 40, "destination_account_id": expiring, "expires_in_s": 1}
+        assert a.post(f"/v1/accounts/{payer}/holds", json=short).status_code == 201
+        assert close(b, expiring).status_code in (409, 503)  # pending: refused (or still being counted)
+        assert settled_close(b, expiring, 200, within_s=15).status_code == 200
+        assert a.get(f"/v1/accounts/{payer}/holds/order-5").json()["status"] == "expired"
         # Now closed: a hold naming it is refused (recorded), and the refusal replays.
         late = {"id": "order-3", "amount": 10, "destination_account_id": other}
         refused_hold = a.post(f"/v1/accounts/{payer}/holds", json=late)
