@@ -535,6 +535,8 @@ class ShardKeeper:
 
     async def release(self) -> None:
         """A clean stop: the leases end now, so a standby need not wait for them to expire."""
+        for drop in self._drops:  # (a mark left on another node: its next resync drops it)
+            drop.cancel()
         if self.forwarder is not None:
             await self.forwarder.close()
         for task in self._starting.values():
