@@ -157,5 +157,6 @@ async def build_node_app(settings: Settings) -> tuple[BalanceApp, ShardKeeper]:
     for port in ports:  # a transfer's target leg on another node's shard goes there
         port.remote = keeper.remote_execute
     keeper.finish_pending = service.finish_pending_transfers
+    keeper.holds_naming = service.holds_naming  # which of its holds name another node's accounts
     await keeper.first_pass()
     return BalanceApp(service, metrics), keeper

@@ -165,6 +165,9 @@ class Ledger:
         # Recovery: this shard's pending holds whose destination lives on another shard, as
         # loaded (hold key -> destination); the service marks them there, then empties it.
         self.remote_holds_loaded: dict[tuple[str, str], str] = {}
+        # A fleet node's shard whose marks of other nodes' holds are not all known yet (since
+        # its recovery, not every node has answered: ``node.remote_marks``): closes wait (503).
+        self.remote_marks_unknown = False
 
     # ---- loading (recovery and look-ups) -------------------------------------------------
 

@@ -128,6 +128,9 @@ class ShardEngine:
         self.expiry_fallback_s = 0.0
         self.ledger_limits = {"records_max": records_max, "finished_holds_max": finished_holds_max}
         self.ledger = Ledger(shard, **self.ledger_limits)
+        # A fleet node's shard: closes wait until every node has told which of its holds name
+        # accounts here (``node.remote_marks``); set on each ledger loaded at start.
+        self.remote_marks_start_unknown = False
         self.state = STARTING
         self.backoff = backoff or Backoff()
         self.attempts = 0  # failed attempts to reach storage since the shard last served
@@ -176,6 +179,7 @@ class ShardEngine:
             try:
                 await self.storage.open()
                 self.ledger = await load_ledger(self)
+                self.ledger.remote_marks_unknown = self.remote_marks_start_unknown
                 break
             except Fenced as exc:  # a newer owner has the shard: not ours to serve
                 self._fenced(exc)
@@ -527,8 +531,9 @@ class ShardEngine:
                 if await self.storage.max_seq() >= first_seq:
                     log.warning("shard %s: a failed commit had landed; reloading from storage", self.shard)
                     inbound = self.ledger.inbound  # kept by the service, not in storage
+                    unknown = self.ledger.remote_marks_unknown
                     self.ledger = await load_ledger(self)
-                    self.ledger.inbound = inbound
+                    self.ledger.inbound, self.ledger.remote_marks_unknown = inbound, unknown
                     if self.on_reload is not None:
                         self.on_reload(self)
                 break
