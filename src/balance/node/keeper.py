@@ -83,7 +83,7 @@ class ShardKeeper:
         # Where accounts live (the service's own: the overrides read here route its requests too).
         self.placement = Placement(len(ports)) if placement is None else placement
         self.shard_of = self.placement.shard_of
-        self._placements_read_to = 0  # the directory's placements version read up to
+        self._placements_read_to = -1  # the placements version read up to (-1: none, not even version 0)
         self.directory = directory
         self.ports = ports
         self.make_engine = make_engine  # (the shard, its epoch) -> an engine over its fenced storage
