@@ -140,7 +140,12 @@ class ShardKeeper:
         if isinstance(parent_id, str):
             return self.shard_elsewhere(parent_id)
         if isinstance(client_id, str):
-            shard = int(client_account_suffix(None, client_id), 16) % len(self.ports)
+            suffix = client_account_suffix(None, client_id)
+            shard = int(suffix, 16) % len(self.ports)
+            region = fields.get("region")
+            moved = self.placement.created_before(region, None, suffix) if isinstance(region, str) else None
+            if moved is not None:  # made by an earlier try, moved since: where it lives now
+                return self.shard_elsewhere(moved)
         else:
             shard = random.randrange(len(self.ports))
         return None if self.ports[shard].engine is not None else shard
