@@ -233,8 +233,6 @@ async def wait_for(predicate: Any, timeout_s: float) -> None:
 async def test_a_burst_of_10000_expiring_holds_is_expired_once_each_and_the_job_writes_nothing(
     backend: Any, broker: Broker
 ) -> None:
-    if backend.name == "mariadb" and broker.name == "nats":
-        pytest.skip("MariaDB is covered with RabbitMQ; NATS with SQLite (the job's reads are the same)")
     clock = ManualClock(start_us=1_790_000_000_000_000)
     engine, due, not_due = await burst(backend, clock)
     metrics = Metrics()
@@ -314,8 +312,6 @@ def handled(engine: ShardEngine, outcome: str) -> float:
 
 
 async def test_with_a_broker_but_no_job_the_sweep_expires_holds_past_the_fallback(backend: Any, broker: Broker) -> None:
-    if broker.name == "nats" and backend.name == "mariadb":
-        pytest.skip("one broker per backend is enough here")
     clock = ManualClock(start_us=1_790_000_000_000_000)
     engine = ShardEngine(0, backend.make(), clock=clock, sweep_interval_s=0.05, on_fatal=lambda exc: None)
     await engine.start()
