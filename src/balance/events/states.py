@@ -53,15 +53,57 @@ def account_at(static: dict[str, Any], row: tuple) -> dict[str, Any]:  # type: i
     return account
 
 
+_ACCOUNT_TAIL = (
+    b',"balance":%d,"reserved":%d,"available":%d,"credit_limit":%d,"exhausted":%b,"version":%d,'
+    b'"created_at":%b,"updated_at":"%b","metadata":%b}'
+)
+
+
+class AccountHead:
+    """What an account's JSON after any journal row takes from ``static`` (as ``account_at``),
+    encoded once: the row adds its balance, reserved, flag, version and time (``render``)."""
+
+    __slots__ = ("account_id", "head", "credit_limit", "created_at", "metadata", "region", "region_json", "id_json")
+
+    def __init__(self, account_id: str, static: dict[str, Any]) -> None:
+        encode = views.encoder.encode
+        self.account_id = account_id
+        self.head = b'{"id":%b,"parent_id":%b,"kind":%b,"region":%b,"currency":%b,"name":%b,"status":%b' % tuple(
+            encode(static.get(key)) for key in ACCOUNT_KEYS[:7]
+        )
+        self.credit_limit: int = static.get("credit_limit")  # type: ignore[assignment]
+        self.created_at = encode(static.get("created_at"))
+        self.metadata = encode(static.get("metadata"))
+        self.region: str = static.get("region") or account_id.partition("-")[0]
+        self.region_json = encode(self.region)
+        self.id_json = encode(account_id)
+
+    def render(self, row: tuple) -> bytes:  # type: ignore[type-arg]
+        """``encoder.encode(account_at(static, row))``."""
+        balance, reserved, credit_limit = row[BALANCE_AFTER], row[RESERVED_AFTER], self.credit_limit
+        available = balance + credit_limit - reserved
+        exhausted = row[KIND] == HOLD and row[OP_KEY] is not None and available <= 0
+        return self.head + _ACCOUNT_TAIL % (
+            balance, reserved, available, credit_limit, b"true" if exhausted else b"false", row[VERSION],
+            self.created_at, views.stamp_bytes(row[CREATED_AT]), self.metadata,
+        )  # fmt: skip
+
+
 def hold_journal_row(row: tuple) -> tuple:  # type: ignore[type-arg]
     """A journal row as ``holds.HOLD_JOURNAL_FIELDS``."""
     return tuple(row[position] for position in _HOLD_JOURNAL_POSITIONS)
 
 
+def hold_state_after(placement: tuple, row: tuple) -> tuple:  # type: ignore[type-arg]
+    """The hold's state (``HOLD_FIELDS``) right after ``row``: its placement (``row`` itself, or
+    the hold row that placed it) and, for a capture, release or expiry, how it settled."""
+    state = placed_hold(hold_journal_row(placement))
+    if row[KIND] == HOLD:
+        return state
+    status, captured, updated_at = settlement(hold_journal_row(row))
+    return (*state[:3], captured, state[4], status, *state[6:9], updated_at, *state[10:])
+
+
 def hold_after(placement: tuple, row: tuple) -> dict[str, Any]:  # type: ignore[type-arg]
-    """The hold (``views.hold_view`` shape) right after ``row``: its placement (``row`` itself,
-    or the hold row that placed it) and, for a capture, release or expiry, how it settled."""
-    state = list(placed_hold(hold_journal_row(placement)))
-    if row[KIND] != HOLD:
-        state[5], state[3], state[9] = settlement(hold_journal_row(row))  # status, captured_amount, updated_at
-    return views.hold_view(tuple(state))
+    """The hold (``views.hold_view`` shape) right after ``row`` (``hold_state_after``)."""
+    return views.hold_view(hold_state_after(placement, row))
