@@ -73,7 +73,9 @@ async def fill(storage: ShardStorage, ops: int) -> None:
     await engine.stop()
 
 
-async def one_run(source: EventSource, last: int, queue: bool, profile: cProfile.Profile | None) -> tuple[float, float, float, int]:
+async def one_run(
+    source: EventSource, last: int, queue: bool, profile: cProfile.Profile | None
+) -> tuple[float, float, float, int]:
     """(relay µs/event, RabbitMQ µs/event, events/s, events) of one relay from cursor 0 to ``last``."""
     exchange_name = f"bench.relaycpu.{uuid.uuid4().hex[:8]}"
     connection = await aio_pika.connect(AMQP_URL)
@@ -176,4 +178,6 @@ if __name__ == "__main__":
         raise SystemExit(__doc__)
     import uvloop
 
-    uvloop.run(main(int(numbers[0]) if numbers else 50_000, runs, "--queue" in args, "--profile" in args, "--mariadb" in args))
+    uvloop.run(
+        main(int(numbers[0]) if numbers else 50_000, runs, "--queue" in args, "--profile" in args, "--mariadb" in args)
+    )

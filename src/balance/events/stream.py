@@ -20,7 +20,6 @@ from balance.domain.model import EVENT_ACCOUNT_UPDATED, HOLD, OPEN
 from balance.events import catalogue as cat
 from balance.events.states import (
     ACCOUNT_ID,
-    AccountHead,
     CODE,
     CREATED_AT,
     HOLD_ID,
@@ -28,6 +27,7 @@ from balance.events.states import (
     OP_KEY,
     SEQ,
     VERSION,
+    AccountHead,
     hold_state_after,
 )
 
@@ -39,8 +39,7 @@ _MONEY_FIELDS = ("balance", "reserved", "available", "exhausted", "version", "up
 # An envelope (``_envelope``'s dict, in its order) from a template: the relay builds one or two
 # per journal row, and dicts encoded by msgspec cost several times more.
 _ENVELOPE = (
-    b'{"id":%b,"type":%b,"occurred_at":"%b","region":%b,"shard":%d,"seq":%d,"account_id":%b,"version":%d,'
-    b'"data":%b}'
+    b'{"id":%b,"type":%b,"occurred_at":"%b","region":%b,"shard":%d,"seq":%d,"account_id":%b,"version":%d,"data":%b}'
 )
 _TYPE_JSON = {event_type: views.encoder.encode(event_type) for event_type in cat.TYPES}
 
