@@ -91,7 +91,7 @@ class AmqpLink(asyncio.Protocol):
         self._transport.write(_PROTOCOL_HEADER)
         await self._expect(commands.Connection.Start)
         self._send(0, commands.Connection.StartOk(
-            client_properties={"product": "balance-service relay", "capabilities": {"publisher_confirms": True}},
+            client_properties={"product": "balance-service relay", "capabilities": {"publisher_confirms": True, "authentication_failure_close": True}},
             mechanism="PLAIN", response=f"\0{user}\0{password}",
         ))  # fmt: skip
         tune = await self._expect(commands.Connection.Tune)
