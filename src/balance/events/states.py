@@ -8,11 +8,12 @@ is the row's fields on top of the account's other fields as they stood at that s
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, Final
 
 from balance import views
-from balance.domain.holds import placed_hold, settlement
-from balance.domain.model import HOLD
+from balance.domain.holds import SETTLED_STATUS, placed_hold
+from balance.domain.model import CAPTURE, HOLD
 from balance.storage.schema import JOURNAL_COLUMNS
 
 JOURNAL_FIELDS = JOURNAL_COLUMNS  # a journal row's order (``Entry.row()``)
@@ -21,6 +22,7 @@ ACCOUNT_ID: Final = 1
 OP_KEY: Final = 2
 KIND: Final = 3
 CODE: Final = 6
+AMOUNT: Final = 8
 HOLD_ID: Final = 11
 BALANCE_AFTER: Final = 12
 RESERVED_AFTER: Final = 13
@@ -89,9 +91,13 @@ class AccountHead:
         )  # fmt: skip
 
 
+_hold_journal_fields = itemgetter(*_HOLD_JOURNAL_POSITIONS)
+
+
 def hold_journal_row(row: tuple) -> tuple:  # type: ignore[type-arg]
     """A journal row as ``holds.HOLD_JOURNAL_FIELDS``."""
-    return tuple(row[position] for position in _HOLD_JOURNAL_POSITIONS)
+    fields: tuple = _hold_journal_fields(row)  # type: ignore[type-arg]
+    return fields
 
 
 def hold_state_after(placement: tuple, row: tuple) -> tuple:  # type: ignore[type-arg]
@@ -100,7 +106,8 @@ def hold_state_after(placement: tuple, row: tuple) -> tuple:  # type: ignore[typ
     state = placed_hold(hold_journal_row(placement))
     if row[KIND] == HOLD:
         return state
-    status, captured, updated_at = settlement(hold_journal_row(row))
+    kind = row[KIND]  # ``settlement`` of the row, read from it directly
+    status, captured, updated_at = SETTLED_STATUS[kind], row[AMOUNT] if kind == CAPTURE else 0, row[CREATED_AT]
     return (*state[:3], captured, state[4], status, *state[6:9], updated_at, *state[10:])
 
 
