@@ -8,7 +8,8 @@ Writes OPS operations (default 50,000: ``hold`` + ``capture`` pairs over 100 acc
 fresh durable topic exchange on the local RabbitMQ; ``--queue``: a durable queue bound, so
 that RabbitMQ persists every event). Each run prints the events, the events per second, this
 process's CPU per event published and confirmed (``time.process_time``: every thread, the
-SQLite reader's included) and RabbitMQ's (``beam.smp``, from /proc); then the medians.
+SQLite reader's included) and RabbitMQ's (``beam.smp``, from /proc); then the medians, and
+the reading and the building of the envelopes alone (no broker).
 ``--profile`` adds one more run under cProfile and prints its top functions (own time).
 """
 
@@ -31,6 +32,7 @@ import aio_pika
 from balance.domain import commands as c
 from balance.engine.clock import ManualClock
 from balance.engine.shard import ShardEngine
+from balance.events.stream import EventStream
 from balance.metrics import Metrics
 from balance.relay.amqp import AmqpSink
 from balance.relay.page import EventSource
@@ -151,6 +153,22 @@ async def main(ops: int, runs: int, queue: bool, profile: bool, mariadb: bool) -
                 f"median of {runs}: relay {statistics.median(r[0] for r in results):.1f} µs/event,"
                 f" RabbitMQ {statistics.median(r[1] for r in results):.1f} µs/event,"
                 f" {statistics.median(r[2] for r in results):,.0f} events/s"
+            )
+            read, build, count, after, stream = 0.0, 0.0, 0, 0, EventStream(0)
+            while True:  # the relay's two first steps alone, without a broker
+                t0 = time.process_time()
+                page = await source.read_page(after, 1000, stream.missing)
+                t1 = time.process_time()
+                if not page.journal and not page.outbox:
+                    break
+                count += len(
+                    stream.build(page.journal, page.outbox, page.accounts, page.later_updates, page.placements)
+                )
+                build += time.process_time() - t1
+                read += t1 - t0
+                after = page.last_seq
+            print(
+                f"alone: reading the pages {read / count * 1e6:.1f} µs/event, building the envelopes {build / count * 1e6:.1f} µs/event"
             )
             if profile:
                 profiler = cProfile.Profile()
