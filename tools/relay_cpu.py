@@ -132,17 +132,23 @@ async def main(ops: int, runs: int, queue: bool, profile: bool, mariadb: bool) -
         began = time.perf_counter()
         await fill(storage, ops)
         print(f"{ops:,} operations written in {time.perf_counter() - began:.1f}s", flush=True)
+
+        def new_source() -> EventSource:
+            """A source of its own for each run (a run's end cancels its relay, mid-read perhaps)."""
+            if mariadb:
+                return MariaDbEventSource(database=database, **MARIADB)  # type: ignore[arg-type]
+            return SqliteEventSource(Path(work) / "shard-0.db")
+
         try:
-            source = (
-                MariaDbEventSource(database=database, **MARIADB)  # type: ignore[arg-type]
-                if mariadb
-                else SqliteEventSource(Path(work) / "shard-0.db")
-            )
+            source = new_source()
             last = await source.max_seq()  # type: ignore[attr-defined]
+            await source.close()
             side = "durable queue" if queue else "exchange only"
             results = []
             for run in range(runs):
+                source = new_source()
                 relay_us, broker_us, rate, events = await one_run(source, last, queue, None)
+                await source.close()
                 results.append((relay_us, broker_us, rate))
                 print(
                     f"run {run + 1} ({side}): {events:,} events, {rate:,.0f}/s; relay CPU {relay_us:.1f} µs/event,"
@@ -154,6 +160,7 @@ async def main(ops: int, runs: int, queue: bool, profile: bool, mariadb: bool) -
                 f" RabbitMQ {statistics.median(r[1] for r in results):.1f} µs/event,"
                 f" {statistics.median(r[2] for r in results):,.0f} events/s"
             )
+            source = new_source()
             read, build, count, after, stream = 0.0, 0.0, 0, 0, EventStream(0)
             while True:  # the relay's two first steps alone, without a broker
                 t0 = time.process_time()
@@ -172,6 +179,8 @@ async def main(ops: int, runs: int, queue: bool, profile: bool, mariadb: bool) -
             )
             if profile:
                 profiler = cProfile.Profile()
+                await source.close()
+                source = new_source()
                 await one_run(source, last, queue, profiler)
                 out = io.StringIO()
                 pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
