@@ -30,6 +30,7 @@ _PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 _HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
 _METHOD_ID = struct.Struct(">HH")
 _ACK = struct.Struct(">QB")  # delivery tag, multiple
+_ACK_FRAME = struct.Struct(">BHIHHQBB")  # a whole basic.ack frame: head, class, method, tag, multiple, frame end
 _BASIC_ACK, _BASIC_NACK = (60, 80), (60, 120)
 _METHOD, _HEARTBEAT = 1, 8
 _HEARTBEAT_FRAME = frame.marshal(heartbeat.Heartbeat(), 0)
@@ -185,7 +186,17 @@ class AmqpLink(asyncio.Protocol):
 
     def _read_confirms(self) -> None:
         buffer, at, end = self._buffer, 0, len(self._buffer)
+        ack_frame = _ACK_FRAME.unpack_from
         while end - at >= 8:
+            if end - at >= 21:  # the common case: a whole basic.ack frame, read in one unpack
+                kind, _channel, size, method_class, method_id, tag, multiple, _end = ack_frame(buffer, at)
+                if kind == _METHOD and size == 13 and method_class == 60 and method_id == 80:
+                    if not multiple and tag == self.confirmed + 1 and not self._singles:
+                        self.confirmed = tag
+                    else:
+                        self._ack(tag, multiple)
+                    at += 21
+                    continue
             kind, _channel, size = _HEAD.unpack_from(buffer, at)
             if end - at < size + 8:
                 break
