@@ -143,8 +143,10 @@ class AmqpLink(asyncio.Protocol):
         self._transport.write(data)
         overdue = loop.call_later(timeout, self._overdue, done, timeout)
         done.add_done_callback(lambda _: overdue.cancel())
-        if self._writable is not None:  # the socket's buffer is full: wait until it drains
+        if self._writable is not None:  # the socket's buffer is full: wait until it drains (or the link fails)
             await asyncio.shield(self._writable)
+            if self._error is not None:
+                raise self._error
         return done
 
     def _overdue(self, done: asyncio.Future[None], timeout: float) -> None:
@@ -292,7 +294,7 @@ class AmqpLink(asyncio.Protocol):
                 done.set_exception(error)
         writable, self._writable = self._writable, None
         if writable is not None and not writable.done():
-            writable.set_exception(error)
+            writable.set_result(None)  # the writer sees ``_error``
         if self._timer is not None:
             self._timer.cancel()
         if self._transport is not None and not self._transport.is_closing():
