@@ -77,7 +77,7 @@ async def main(backend: str, rate: float, seconds: float, queue: bool) -> None:
         bound = await channel.declare_queue("bench.events", durable=True, arguments={"x-max-length": 100_000})
         await bound.bind(exchange, "#")
     metrics_port = ours._free_port()
-    env = {"BALANCE_AMQP_URL": amqp, "BALANCE_RELAY_METRICS_PORT": str(metrics_port)}
+    env = {"BALANCE_AMQP_URL": amqp, "BALANCE_RELAY_METRICS_PORT": str(metrics_port), "BALANCE_RESULTS": "off"}
     with tempfile.TemporaryDirectory() as work:
         async with ours.scratch_storage(backend, Path(work)) as (_, storage_env):
             with ours.server_process({**storage_env, **env}, Path(work) / "server.log") as (url, pid):

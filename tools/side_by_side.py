@@ -43,6 +43,7 @@ async def main(argv: list[str]) -> None:
     rounds = int(argv[4]) if len(argv) == 5 else 3
     name, _, values = setting.partition("=")
     results: dict[str, list[float]] = {value: [] for value in values.split(",")}
+    cpu_per_op: dict[str, list[float]] = {value: [] for value in results}
     for round_number in range(rounds):
         for value in results:
             os.environ[name] = value
@@ -50,15 +51,21 @@ async def main(argv: list[str]) -> None:
                 result = await measure(backend, mode, scenario, Path(work_dir))
             results[value].append(result.ops_per_s)
             cpu = result.extra.get("service_cpu")
+            db_cpu = result.extra.get("db_cpu")
+            if cpu is not None:
+                cpu_per_op[value].append(cpu / result.ops_per_s * 1e6)
             print(
                 f"round {round_number + 1}  {name}={value}: {result.ops_per_s:,.0f} ops/s"
-                f"  p99 {result.p99_ms:.1f} ms" + ("" if cpu is None else f"  service CPU {cpu:.2f}"),
+                f"  p99 {result.p99_ms:.1f} ms"
+                + ("" if cpu is None else f"  service CPU {cpu:.2f} ({cpu / result.ops_per_s * 1e6:.1f} us/op)")
+                + (f"  DB CPU {db_cpu / result.ops_per_s * 1e6:.1f} us/op" if db_cpu else ""),
                 flush=True,
             )
     first = statistics.median(next(iter(results.values())))
     for value, figures in results.items():
         median = statistics.median(figures)
-        print(f"{name}={value}: median {median:,.0f} ops/s ({median / first:.2f}x)")
+        per_op = f", service CPU {statistics.median(cpu_per_op[value]):.1f} us/op" if cpu_per_op[value] else ""
+        print(f"{name}={value}: median {median:,.0f} ops/s ({median / first:.2f}x){per_op}")
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ async def build_node_app(settings: Settings) -> tuple[BalanceApp, ShardKeeper]:
             on_fatal=stop_process,
             checkpoint_interval_s=settings.checkpoint_interval_s,
         )
-        service.engines.append(engine)  # (what /readyz lists)
+        service.engines.append(engine)  # (tests and tools look inside; /readyz asks the ports)
         return engine
 
     node = NodeRecord(
@@ -157,5 +157,6 @@ async def build_node_app(settings: Settings) -> tuple[BalanceApp, ShardKeeper]:
     for port in ports:  # a transfer's target leg on another node's shard goes there
         port.remote = keeper.remote_execute
     keeper.finish_pending = service.finish_pending_transfers
+    keeper.holds_naming = service.holds_naming  # which of its holds name another node's accounts
     await keeper.first_pass()
     return BalanceApp(service, metrics), keeper

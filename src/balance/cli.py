@@ -1,4 +1,4 @@
-"""`balance-service run | relay | demo | bench`: the command line."""
+"""`balance-service run | relay | expiry-job | demo | bench`: the command line."""
 
 from __future__ import annotations
 
@@ -66,6 +66,12 @@ def relay(_: argparse.Namespace) -> int:
     return relay_main()
 
 
+def expiry_job(args: argparse.Namespace) -> int:
+    from balance.expiry.job import main as job_main
+
+    return job_main(args.shard)
+
+
 def demo(args: argparse.Namespace) -> int:
     from balance.demo import main as demo_main
 
@@ -101,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "relay", help="publish the shards' events to RabbitMQ and/or NATS (BALANCE_AMQP_URL, BALANCE_NATS_URL)"
     ).set_defaults(fn=relay)
+    job_parser = commands.add_parser(
+        "expiry-job", help="announce the holds past their expiry (hold.expiry-due notices); writes nothing"
+    )
+    job_parser.add_argument("--shard", type=int, default=None, help="this shard only (default: every shard)")
+    job_parser.set_defaults(fn=expiry_job)
     demo_parser = commands.add_parser("demo", help="build a partner tree, run a mix of operations, show the result")
     demo_parser.add_argument("--operations", type=int, default=5000)
     demo_parser.add_argument("--data-dir", default=None, help="default: a fresh temporary directory")

@@ -34,7 +34,12 @@ class Metrics:
         self.recovery_seconds = Gauge(
             "balance_recovery_seconds", "Time the last recovery of a shard took", ["shard"], registry=r
         )
-        self.holds_expired = Counter("balance_holds_expired", "Holds expired by the sweep", ["shard"], registry=r)
+        self.holds_expired = Counter(
+            "balance_holds_expired",
+            "Holds expired (by the sweep, or from the expiry job's notices)",
+            ["shard"],
+            registry=r,
+        )
         self.holds_checkpoints = Counter(
             "balance_holds_checkpoints",
             "Batches that also brought the holds and accounts tables up to date",
@@ -71,6 +76,43 @@ class Metrics:
         self.events_sink_failures = Counter(
             "balance_events_sink_failures", "Publishes that failed (broker away or refusing); retried with backoff",
             ["shard", "sink"], registry=r,
+        )  # fmt: skip
+        self.expiry_lag_seconds = Gauge(
+            "balance_expiry_lag_seconds",
+            "Age of the oldest pending hold past its expiry (0: none overdue); alert when it grows",
+            ["shard"], registry=r,
+        )  # fmt: skip
+        self.expiry_notices_published = Counter(
+            "balance_expiry_notices_published", "hold.expiry-due notices the expiry job published (broker confirmed)",
+            ["shard", "sink"], registry=r,
+        )  # fmt: skip
+        self.expiry_scan_failures = Counter(
+            "balance_expiry_scan_failures", "Expiry job scans that failed (database or broker away); retried",
+            ["shard"], registry=r,
+        )  # fmt: skip
+        self.expiry_notices_handled = Counter(
+            "balance_expiry_notices_handled",
+            "hold.expiry-due notices the engine consumed, by outcome (expired, settled, early, invalid)",
+            ["shard", "outcome"], registry=r,
+        )  # fmt: skip
+        self.results_applied = Counter(
+            "balance_payment_results_applied",
+            "Payment results acknowledged after their capture or release committed (outcome: applied, replayed,"
+            " already: the hold was settled as the result says)",
+            ["broker", "result", "outcome"], registry=r,
+        )  # fmt: skip
+        self.results_dead_lettered = Counter(
+            "balance_payment_results_dead_lettered", "Payment results that can never apply, sent to the dead letters",
+            ["broker", "reason"], registry=r,
+        )  # fmt: skip
+        self.results_conflicts = Counter(
+            "balance_payment_results_conflicts",
+            "Succeeded payment results for holds already expired or released (paid, money not moved): alert on it",
+            ["broker"], registry=r,
+        )  # fmt: skip
+        self.results_retries = Counter(
+            "balance_payment_results_retries", "Payment results put back because the engine was unavailable",
+            ["broker"], registry=r,
         )  # fmt: skip
         self.http_refusals = Counter(
             "balance_http_refusals",

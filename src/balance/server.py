@@ -14,9 +14,16 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from balance.config import Settings
 from balance.metrics import Metrics
+
+if TYPE_CHECKING:
+    from balance.api.app import BalanceApp
+    from balance.expiry.config import ExpiryConfig
+    from balance.results.config import ResultsConfig
+    from balance.results.runner import ResultsConsumers
 
 log = logging.getLogger("balance.server")
 RELAY_CHECK_S = 1.0  # how often `run` looks whether its relay process still runs
@@ -50,9 +57,13 @@ async def serve(settings: Settings) -> None:
     from balance.api.admission import HttpLimits, raise_file_limit
     from balance.api.http1 import HttpServer
     from balance.bootstrap import build_app
+    from balance.expiry.config import ExpiryConfig
+    from balance.results.config import ResultsConfig
 
     try:
         limits = HttpLimits.from_env()
+        expiry = ExpiryConfig.from_env()
+        results_config = ResultsConfig.from_env()
     except ValueError as exc:
         raise StartError(str(exc)) from None
     raise_file_limit()
@@ -90,11 +101,16 @@ async def serve(settings: Settings) -> None:
     starting = loop.create_task(app.start_service())  # recovery in the background
     leases = None if keeper is None else loop.create_task(keeper.run())
     stop_events = _start_relay(settings, app.metrics)
+    stop_expiry = _start_expiry(settings, expiry, app) if keeper is None else _nothing
+    results = _start_results(app, starting, results_config)
     try:
         await stopping.wait()
     finally:
         began = time.monotonic()
         await http.stop()
+        if results is not None:  # before the engines: what was not acknowledged is redelivered
+            await results.stop()
+        await stop_expiry()
         if not starting.done():
             starting.cancel()
         if leases is not None:
@@ -106,6 +122,18 @@ async def serve(settings: Settings) -> None:
         await stop_events()
         cause = signals[0] if signals else "shutdown"
         log.info("stopped on %s in %.2fs: answers in flight sent, shards checkpointed", cause, time.monotonic() - began)
+
+
+def _start_results(app: BalanceApp, starting: asyncio.Future[None], config: ResultsConfig) -> ResultsConsumers | None:
+    """The payment results consumers (``balance.results``), when a broker is set and
+    ``BALANCE_RESULTS`` is not off: they begin once the service has started."""
+    from balance.results.runner import ResultsConsumers
+
+    if not config.enabled:
+        return None
+    consumers = ResultsConsumers(config, app.service, app.metrics)
+    consumers.start(after=starting)
+    return consumers
 
 
 def _start_relay(settings: Settings, metrics: Metrics) -> Callable[[], Awaitable[None]]:
@@ -154,6 +182,14 @@ def _start_relay(settings: Settings, metrics: Metrics) -> Callable[[], Awaitable
         await task
 
     return stop_tasks
+
+
+def _start_expiry(settings: Settings, config: ExpiryConfig, app: BalanceApp) -> Callable[[], Awaitable[None]]:
+    """Job mode (a broker configured, ``BALANCE_EXPIRY_JOB`` not off): consume the expiry job's
+    notices, the engines' sweeps become the fallback (``balance.expiry.consumer``)."""
+    from balance.expiry.consumer import start_consumers
+
+    return start_consumers(app.service.engines, config, settings.region)
 
 
 async def _nothing() -> None:

@@ -21,7 +21,7 @@ from balance import views
 from balance.domain import authority as a
 from balance.domain import commands as c
 from balance.domain import errors as e
-from balance.domain.cross_shard import TRANSFER_IN_PROGRESS, capture_leg_id, leg_status
+from balance.domain.cross_shard import CAPTURE_LEG, TRANSFER_IN_PROGRESS, capture_leg_id, is_capture_leg, leg_status
 from balance.domain.ids import client_account_suffix
 from balance.domain.ledger import INBOUND_HOLD, inbound_hold_mark
 from balance.domain.model import (
@@ -47,10 +47,6 @@ ADMIN = a.ADMIN
 
 log = logging.getLogger("balance.service")
 
-
-# A hold whose destination is on a shard another node owns is refused before anything moves:
-# placing it needs the destination's committed state, which only that node has (not built yet).
-_CROSS_NODE = "the destination account is on a shard another node owns; holds across nodes are not supported yet"
 
 shard_of = shard_in_id  # the shard an id names (``Placement.shard_of`` also checks it exists)
 
@@ -91,6 +87,11 @@ class BalanceService:
         # per call in CPython 3.11); a service used without start() asks for it each time.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False  # start() has loaded the keys and finished pending transfers
+        # A fleet node: its holds naming accounts of other shards, pending or being captured
+        # ((account, hold id) -> destination), and those being placed (marked, not yet
+        # answered): what it tells a node that asks which holds name its accounts.
+        self._remote_holds: dict[tuple[str, str], str] = {}
+        self._placing: dict[tuple[str, str], str] = {}
         for port in self.shards:
             port.watch(self._committed_on, functools.partial(self._mark_remote_holds, port, True))
 
@@ -125,10 +126,21 @@ class BalanceService:
         await asyncio.gather(*(port.stop() for port in self.shards))
 
     async def shard_taken_over(self, port: ShardPort) -> None:
-        """A node has recovered a shard it took over: its keys, then its unfinished transfers."""
+        """A node has recovered a shard it took over: its holds naming other shards' accounts
+        (marked there), its keys, then its unfinished transfers."""
+        self._mark_remote_holds(port, True)
         for row in await port.load_keys():
             self.keys.add(KeyRecord.from_row(row))
         await self.finish_pending_transfers()
+
+    def shard_statuses(self) -> dict[str, dict[str, object]]:
+        """``/readyz``: each shard this process serves, as its port reports it."""
+        statuses = {str(port.shard): port.status() for port in self.shards}
+        return {shard: status for shard, status in statuses.items() if status is not None}
+
+    def committed_seqs(self) -> list[int]:
+        """Each shard's next seq after what is committed (batches still being written not counted)."""
+        return [port.committed_seq() for port in self.shards]
 
     @property
     def ready(self) -> bool:
@@ -317,9 +329,11 @@ class BalanceService:
                     across.append((index, asyncio.ensure_future(self._transfer_across_shards(command, engine, target))))
                     continue
             elif isinstance(command, c.PlaceHold) and command.destination_account_id is not None:
-                if self.node is not None and self.node.shard_elsewhere(command.destination_account_id) is not None:
-                    collector.answer(index, unavailable_reply(_CROSS_NODE))
-                    continue
+                node = self.node
+                if node is not None and node.shard_elsewhere(command.destination_account_id) is not None:
+                    if node.shard_elsewhere(account_id) is None:  # (else: this shard is not served here: 503)
+                        across.append((index, asyncio.ensure_future(self._hold_across_nodes(command, engine))))
+                        continue
                 other = self.port_for(command.destination_account_id)
                 if other is not None and other is not engine:
                     remote = self._with_remote_destination(command, other)
@@ -358,6 +372,49 @@ class BalanceService:
             if not engine.hold_may_be_pending(hold.account_id, hold.op_id, destination_id):
                 other.expect_inbound(destination_id, inbound_hold_mark(hold.account_id, hold.op_id), False)
 
+    async def _hold_across_nodes(self, hold: c.PlaceHold, engine: ShardPort) -> Reply:
+        """A hold naming an account of a shard another node owns: that node marks it and says
+        what it has committed of the account (``ShardKeeper.mark_hold``), then the hold is
+        placed here; not placed (refused, 503), its mark there goes. While it is being placed
+        it counts among this node's holds naming that shard (a sync there keeps the mark)."""
+        node, destination_id, key = self.node, hold.destination_account_id, (hold.account_id, hold.op_id)
+        assert node is not None and destination_id is not None
+        self._placing[key] = destination_id
+        try:
+            remote = await node.mark_hold(hold.account_id, hold.op_id, destination_id)
+            if isinstance(remote, Reply):  # (the same id again too: sent again, it gets its first answer)
+                return remote
+            return await engine.execute(dataclasses.replace(hold, remote_destination=remote))
+        finally:
+            self._placing.pop(key, None)
+            if key not in self._remote_holds and not engine.hold_may_be_pending(*key, destination_id):
+                node.drop_hold_mark(hold.account_id, hold.op_id, destination_id)
+
+    def holds_naming(self, shards: set[int], sources: set[int]) -> list[tuple[str, str, str]]:
+        """(account, hold id, destination) of this node's holds on shards ``sources`` that name
+        an account of shards ``shards``: pending, being placed, or captured with the money on its way."""
+        of = self.placement.shard_of
+        return [
+            (account_id, hold_id, destination_id)
+            for held in (self._remote_holds, self._placing)
+            for (account_id, hold_id), destination_id in held.items()
+            if of(destination_id) in shards and of(account_id) in sources
+        ]
+
+    def _index_committed(self, legs: list[tuple], holds: list[tuple[str, str, str, bool]]) -> None:  # type: ignore[type-arg]
+        """A fleet node: the holds naming another shard's account a commit placed or settled.
+        A capture's hold stays counted until its money has landed (``_finish_leg``); a hold
+        settled otherwise loses its mark on the destination's node now."""
+        node = self.node
+        assert node is not None
+        capturing = {(row[0], row[1]) for row in legs if is_capture_leg(row[1])}
+        for account_id, hold_id, destination_id, pending in holds:
+            key = (account_id, hold_id)
+            if pending or (account_id, capture_leg_id(hold_id)) in capturing:
+                self._remote_holds[key] = destination_id
+            elif self._remote_holds.pop(key, None) is not None and node.shard_elsewhere(destination_id) is not None:
+                node.drop_hold_mark(account_id, hold_id, destination_id)
+
     def _with_remote_destination(self, hold: c.PlaceHold, other: ShardPort) -> c.PlaceHold | Reply:
         """A hold naming an account of another shard: what that shard has committed of it goes
         with the command (the rule decides; nothing is recorded for where the account lives).
@@ -385,6 +442,8 @@ class BalanceService:
         """A shard committed cross-shard legs or holds naming another shard's account: the
         target's shard learns of them now, before anything else runs (a close there waits).
         A leg's mark comes before its hold's goes (a capture: both in one commit)."""
+        if self.node is not None:
+            self._index_committed(legs, holds)
         for row in legs:  # ``schema.TRANSFER_COLUMNS``: source, id, target, ...
             to_account_id: str = row[2]
             target = self.port_for(to_account_id)
@@ -399,6 +458,12 @@ class BalanceService:
         """After ``port``'s shard was loaded: its pending holds naming another shard's account
         are marked there (after a reload, its marks of holds no longer pending go)."""
         loaded = port.take_remote_holds_loaded()
+        if self.node is not None:  # what this node tells the others (``holds_naming``)
+            if reloaded:
+                of = self.placement.shard_of
+                self._remote_holds = {k: d for k, d in self._remote_holds.items() if of(k[0]) != port.shard}
+            self._remote_holds.update(loaded)
+            self.node.holds_indexed(port.shard)
         wanted = {(destination_id, inbound_hold_mark(*key)) for key, destination_id in loaded.items()}
         for other in self.shards:
             if other is port or not reloaded:
@@ -456,6 +521,13 @@ class BalanceService:
         if second.status == 503:
             return second  # unavailable: still in flight; the client retries the same id, which finishes it
         target.expect_inbound(to_account_id, leg, False)
+        if self.node is not None and is_capture_leg(transfer.op_id):  # its hold's mark there goes now
+            hold_key = (transfer.from_account_id, transfer.op_id[len(CAPTURE_LEG) :])
+            if (
+                self._remote_holds.pop(hold_key, None) is not None
+                and self.node.shard_elsewhere(to_account_id) is not None
+            ):
+                self.node.drop_hold_mark(*hold_key, to_account_id)
         if second.status == 201:
             final_status = leg_status(transfer.op_id)
             if final_status == 200:  # a capture: its answer is the hold and the payer's account
@@ -495,6 +567,9 @@ class BalanceService:
                 # In flight until settled: the target may not be closed meanwhile (nor the source:
                 # its shard's recovery marked it).
                 target.expect_inbound(transfer.to_account_id, f"{transfer.from_account_id}:{transfer.op_id}", True)
+                if self.node is not None and is_capture_leg(transfer.op_id):  # its hold's mark stays meanwhile
+                    hold_key = (transfer.from_account_id, transfer.op_id[len(CAPTURE_LEG) :])
+                    self._remote_holds[hold_key] = transfer.to_account_id
                 pending.append((transfer, source, target))
         finished = 0
         for transfer, source, target in pending:

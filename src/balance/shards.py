@@ -70,6 +70,13 @@ class ShardPort(Protocol):
 
     def account_count(self) -> int: ...
 
+    def status(self) -> dict[str, object] | None:
+        """What ``/readyz`` says of the shard (state, attempts, last storage error), or None
+        when this process does not serve it (a fleet node's shard owned elsewhere)."""
+
+    def committed_seq(self) -> int:
+        """The shard's next seq after what is committed (0: not served here): the event feed's clock."""
+
     def expect_inbound(self, account_id: str, leg: str, expected: bool) -> None:
         """Money of a cross-shard movement is on its way to ``account_id`` (or no longer), or a
         hold of another shard names it (``ledger.inbound_hold_mark``): closing it waits meanwhile."""
@@ -120,6 +127,24 @@ class ShardsElsewhere(Protocol):
     async def internal(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> Reply:
         """An internal route (``/internal/...``): another node's step of a movement across nodes."""
 
+    async def mark_hold(self, account_id: str, hold_id: str, destination_id: str) -> c.RemoteAccount | Reply:
+        """Before a hold naming an account of another node's shard is placed: marked there,
+        and that account's committed state (a Reply: 503, nothing to place)."""
+
+    def drop_hold_mark(self, account_id: str, hold_id: str, destination_id: str) -> None:
+        """That hold is settled or was not placed: its mark on the other node goes (in the background)."""
+
+    def holds_indexed(self, shard: int) -> None:
+        """The service knows the holds of ``shard`` naming other shards (since its recovery)."""
+
+    def batch_shard_elsewhere(self, account_id: str, headers: dict[bytes, bytes]) -> int | None:
+        """A batch's operation on an account of a shard another node owns (None: run it here,
+        also for a batch another node forwarded: it is not forwarded again)."""
+
+    async def forward_batch(self, parts: list[tuple[int, bytes]], headers: dict[bytes, bytes]) -> list[Reply]:
+        """A batch's operations (shard, raw operation) on other nodes' shards: one forward per
+        owning node, the answers in the order given; 503 each for a node that does not answer."""
+
 
 class InProcessShard:
     """The port of a shard whose engine runs in this process. The hot calls are the engine's
@@ -162,6 +187,12 @@ class InProcessShard:
 
     async def load_keys(self) -> list[Row]:
         return await self.engine.storage.load_keys()
+
+    def status(self) -> dict[str, object] | None:
+        return self.engine.status()
+
+    def committed_seq(self) -> int:
+        return self.engine.ledger.committed_seq
 
     def account_count(self) -> int:
         return len(self.engine.ledger.accounts)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import asyncmy
 import httpx
 import pytest
+from fleet_nodes import Fleet, two_nodes_fleet
 
 from balance import bootstrap
 from balance.api.app import BalanceApp
@@ -307,6 +308,16 @@ async def api2(make_api: MakeApi, request: pytest.FixtureRequest) -> AsyncIterat
     """A started two-shard deployment, both ways."""
     async with make_api(shards=2, transport=request.param) as api:
         yield api
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
+    """Two real nodes (``fleet_nodes``): shard 0 on node a, shard 1 on node b, SQLite files."""
+    monkeypatch.setenv("BALANCE_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("BALANCE_DIRECTORY_URL", raising=False)
+    fleet = two_nodes_fleet(tmp_path)
+    yield fleet
+    fleet.stop()
 
 
 @pytest.fixture

@@ -174,7 +174,7 @@ async def test_sigkill_mid_stream_then_restart_every_acknowledged_change_has_its
     await queue.bind(await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True), "#")
     env = {
         **os.environ, "BALANCE_DATA_DIR": str(tmp_path / "data"), "BALANCE_ADMIN_KEY": ADMIN_KEY, "BALANCE_SHARDS": "2",
-        "BALANCE_HOST": "127.0.0.1", "BALANCE_AMQP_URL": AMQP_URL, "BALANCE_AMQP_EXCHANGE": exchange,
+        "BALANCE_HOST": "127.0.0.1", "BALANCE_EXPIRY_JOB": "off", "BALANCE_RESULTS": "off", "BALANCE_AMQP_URL": AMQP_URL, "BALANCE_AMQP_EXCHANGE": exchange,
         "BALANCE_NATS_URL": NATS_URL, "BALANCE_NATS_STREAM": stream, "BALANCE_NATS_SUBJECT_PREFIX": prefix,
     }  # fmt: skip
     server = Server(env, tmp_path / "server.log")
@@ -257,7 +257,7 @@ async def test_with_the_broker_away_the_service_is_ready_and_money_moves(tmp_pat
     service answers at once and /readyz stays 200; the feed still serves every event."""
     env = {
         **os.environ, "BALANCE_DATA_DIR": str(tmp_path / "data"), "BALANCE_ADMIN_KEY": ADMIN_KEY,
-        "BALANCE_HOST": "127.0.0.1", "BALANCE_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+        "BALANCE_HOST": "127.0.0.1", "BALANCE_EXPIRY_JOB": "off", "BALANCE_RESULTS": "off", "BALANCE_AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
     }  # fmt: skip
     server = Server(env, tmp_path / "server.log")
     server.start()

@@ -6,77 +6,20 @@ a request that claims to be forwarded with a wrong fleet secret is not trusted."
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from service_process import free_port, start_ready
-
-from balance import cli
-
-ADMIN_KEY = "adm_fwd_" + uuid.uuid4().hex
-SECRET = "fleet_" + uuid.uuid4().hex
-HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-def node_env(data_dir: Path, node_id: str) -> dict[str, str]:
-    port = free_port()
-    env = {**os.environ, "BALANCE_HOST": "127.0.0.1", "BALANCE_PORT": str(port), "BALANCE_DATA_DIR": str(data_dir),
-           "BALANCE_ADMIN_KEY": ADMIN_KEY, "BALANCE_NODE_ID": node_id, "BALANCE_NODE_URL": f"http://127.0.0.1:{port}",
-           "BALANCE_FLEET_SECRET": SECRET, "BALANCE_LEASE_S": "2"}  # fmt: skip
-    env.pop("BALANCE_DIRECTORY_URL", None)
-    return env
-
-
-class Fleet:
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.envs = {node: node_env(tmp_path, node) for node in ("a", "b")}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, node: str) -> None:
-        self.procs[node], _ = start_ready(self.envs[node], self.tmp_path / f"{node}.log")
-
-    def client(self, node: str) -> httpx.Client:
-        return httpx.Client(base_url=f"http://127.0.0.1:{self.envs[node]['BALANCE_PORT']}", headers=HEADERS, timeout=30)
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
-    monkeypatch.setenv("BALANCE_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("BALANCE_DIRECTORY_URL", raising=False)
-    assert cli.main(["shards", "add", "0", "--database", str(tmp_path / "shard-0.db"), "--node", "a"]) == 0
-    assert cli.main(["shards", "add", "1", "--database", str(tmp_path / "shard-1.db"), "--node", "b"]) == 0
-    fleet = Fleet(tmp_path)
-    fleet.start("a")
-    fleet.start("b")
-    yield fleet
-    for proc in fleet.procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(20)
+from fleet_nodes import SECRET, Fleet, new_account
 
 
 @pytest.fixture
 def two_nodes(fleet: Fleet) -> Iterator[tuple[httpx.Client, httpx.Client, subprocess.Popen[bytes]]]:
     with fleet.client("a") as a, fleet.client("b") as b:
         yield a, b, fleet.procs["a"]
-
-
-def new_account(client: httpx.Client, shard: int) -> str:
-    """A top-level account on ``shard`` (creations spread at random: until one lands there)."""
-    for _ in range(200):
-        r = client.post("/v1/accounts", json={"kind": "user", "region": "US", "currency": "USD", "name": "x"})
-        if r.status_code == 201 and r.json()["id"].startswith(f"US-{shard}-"):
-            return str(r.json()["id"])
-        time.sleep(0.02)
-    raise AssertionError(f"no account landed on shard {shard}")
 
 
 def test_a_request_for_another_nodes_shard_is_forwarded_and_answered_as_the_owner_answers(

@@ -81,6 +81,8 @@ async def test_bad_feed_parameters_are_refused_and_change_nothing(api: Any) -> N
         "limit=1001",
         "wait_s=31",
         "wait_s=-1",
+        "wait_s=",
+        "limit=",
         "after=abc",
         "after=1.2",
         "after=99999999999999999999",
@@ -88,3 +90,11 @@ async def test_bad_feed_parameters_are_refused_and_change_nothing(api: Any) -> N
         api.assert_problem(await api.get(f"/v1/events?{query}"), 422, "validation_error")
     response = await api.get("/v1/events", key=None)
     assert response.status_code == 401
+
+
+async def test_an_empty_wait_s_is_refused_like_every_empty_query_value(api: Any) -> None:
+    """``wait_s=`` was read as 0 (no wait) while ``limit=`` or ``after=`` are 422."""
+    response = await api.get("/v1/events?wait_s=")
+    api.assert_problem(response, 422, "validation_error")
+    assert "wait_s" in response.json()["detail"]
+    assert (await api.get("/v1/events?wait_s=0")).status_code == 200

@@ -221,7 +221,7 @@ class BalanceApp:
             ready = self.service.ready
             # Per shard: its state, failed attempts to reach storage, the last storage error, and
             # while retrying, the seconds to the next attempt (README "Readiness").
-            shards = {str(engine.shard): engine.status() for engine in self.service.engines}
+            shards = self.service.shard_statuses()
             if ready:
                 return path, json_reply(200, {"ready": ready, "shards": shards}), []
             # A 503 goes out as problem+json, so the body is a problem (with the shard states as extensions).

@@ -262,14 +262,15 @@ class HttpProtocol(asyncio.Protocol):
         raw_path = url if mark < 0 else url[:mark]
         if mark >= 0:
             request.query = url[mark + 1 :]
-        request.path = raw_path.decode("latin-1") if b"%" not in raw_path else unquote(raw_path.decode("ascii"))
+        # (``find``, not ``in``: ``x in bytes`` tries x as an int first and formats a TypeError)
+        request.path = raw_path.decode("latin-1") if raw_path.find(b"%") < 0 else unquote(raw_path.decode("ascii"))
         headers = request.headers
         length_header = headers.get(b"content-length")
         if length_header is not None:
             length = int(length_header)  # llhttp has checked it is a number
             if length == 0:
                 return
-        elif b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        elif headers.get(b"transfer-encoding", b"").lower().find(b"chunked") >= 0:
             length = -1
             request.chunked = True
         else:

@@ -3,6 +3,7 @@ on its own (a bad or forbidden one is refused alone)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -52,16 +53,30 @@ def _outer(raw_body: bytes) -> s.BatchBody:
 
 
 async def batch(app: BalanceApp, request: Request, _: list[str]) -> Reply:
+    """In a fleet, the operations on accounts of shards other nodes own are sent to those
+    nodes (one batch per node, at the same time as this node runs its own share): every
+    operation is answered in its place, each node's refusals as that node gives them."""
     elements, too_deep = _operations(request.body)
     results: list[Reply | None] = []
     commands: list[c.Command] = []
     positions: list[int] = []
+    elsewhere: list[tuple[int, bytes]] = []  # (shard, the operation as sent) for other nodes
+    elsewhere_positions: list[int] = []
+    node = app.service.node
     for index, raw in enumerate(elements):
         try:
             if index in too_deep:
                 raise validation(f"JSON nested deeper than {strict_json.DEPTH_MAX} levels")
             op = decode(raw, s.BatchOp, _OP)
             command = batch_command(op, request.actor)
+            if (
+                node is not None
+                and (shard := node.batch_shard_elsewhere(command.account_id, request.headers)) is not None
+            ):
+                elsewhere_positions.append(len(results))
+                results.append(None)
+                elsewhere.append((shard, raw))  # that node checks the key's rights on its accounts
+                continue
             check_command(app, request.actor, command)
         except HttpError as exc:
             results.append(Reply(exc.status, problem(exc.code, exc.status, exc.detail)))
@@ -69,7 +84,16 @@ async def batch(app: BalanceApp, request: Request, _: list[str]) -> Reply:
         positions.append(len(results))
         results.append(None)
         commands.append(command)
-    for position, reply in zip(positions, await app.service.run_many(commands), strict=True):
+    if elsewhere:
+        assert node is not None
+        here, there = await asyncio.gather(
+            app.service.run_many(commands), node.forward_batch(elsewhere, request.headers)
+        )
+        for position, reply in zip(elsewhere_positions, there, strict=True):
+            results[position] = reply
+    else:
+        here = await app.service.run_many(commands)
+    for position, reply in zip(positions, here, strict=True):
         results[position] = reply
     parts = [
         b'{"status":%d,"replayed":%b,"body":%b}' % (r.status, b"true" if r.replayed else b"false", r.body)

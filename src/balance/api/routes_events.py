@@ -30,7 +30,7 @@ async def events(app: BalanceApp, request: Request, params: list[str]) -> Reply:
     if cursor == "":
         raise validation("after is empty: leave it out to read from the start")
     try:
-        positions = parse_cursor(cursor, len(service.engines))
+        positions = parse_cursor(cursor, len(service.shards))
     except CursorError as exc:
         raise validation(str(exc)) from None
     if actor is a.ADMIN_ACTOR:
@@ -58,11 +58,12 @@ async def events(app: BalanceApp, request: Request, params: list[str]) -> Reply:
 
 def _committed(service: BalanceService) -> list[int]:
     """Each shard's next seq after what is committed (batches still being written not counted)."""
-    return [engine.ledger.committed_seq for engine in service.engines]
+    return service.committed_seqs()
 
 
 def _wait_s(raw: str | None) -> int:
-    if raw is None or raw == "":
+    """Absent: 0 (no wait). Empty (``wait_s=``) is a 422 like every other empty query value."""
+    if raw is None:
         return 0
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 2 or int(raw) > limits.EVENTS_WAIT_S_MAX:
         raise validation(f"wait_s must be an integer from 0 to {limits.EVENTS_WAIT_S_MAX}")

@@ -34,7 +34,9 @@ def problem_of(body: bytes) -> str | None:
     """Why ``body`` means two things (a sentence), or None."""
     if body.count(b"{") + body.count(b"[") > DEPTH_MAX and depth(body) > DEPTH_MAX:
         return f"JSON nested deeper than {DEPTH_MAX} levels"
-    if b"\\" in body:
+    # ``find``, not ``in``: ``x in bytes`` first tries x as an int, and the TypeError it formats
+    # and drops cost ~1,800 instructions per body (more than the search).
+    if body.find(b"\\") >= 0:
         return _EXACT_PROBLEM if has_duplicate_key(body) else None
     strings = body.split(b'"')[1::2]
     if len(set(strings)) != len(strings) and has_duplicate_key(body):
@@ -117,7 +119,7 @@ def skeleton_problem(body: bytes, elements: list[bytes]) -> str | None:
     things: ``{"operations":[...],"operations":[...]}``. The body's only key is ``operations``
     (any other is refused by its schema), so a body that names it once, with no escape that
     could spell it another way, cannot hold it twice: the common case costs two scans."""
-    if body.count(b'"operations"') == 1 and b"\\u" not in body:
+    if body.count(b'"operations"') == 1 and body.find(b"\\u") < 0:
         return None
     parts: list[bytes] = []
     pos = 0

@@ -100,6 +100,8 @@ def update_account(ledger: Ledger, cmd: c.UpdateAccount, now: int) -> Outcome:
             return reject(e.FORBIDDEN, f"the freeze was set by {account.frozen_by}; only it or above may lift it")
     if account.status == STATUS_CLOSED:
         return reject(e.ACCOUNT_INACTIVE, "a closed account cannot be changed")
+    if cmd.status == STATUS_CLOSED and ledger.remote_marks_unknown:
+        return reject(e.UNAVAILABLE, "holds of other nodes naming accounts of this shard are being counted; retry")
     if cmd.status == STATUS_CLOSED and (why := ledger.closing_refusal(account)) is not None:
         return reject(e.ACCOUNT_NOT_EMPTY, f"account {account.id} cannot be closed: {why}")
     credit_limit = account.credit_limit if cmd.credit_limit is None else cmd.credit_limit

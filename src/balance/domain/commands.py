@@ -243,6 +243,19 @@ class ReleaseHold:
 
 
 @dataclass(unsafe_hash=True, slots=True)
+class RecordResultConflict:
+    """A payment result that says ``succeeded`` for a hold already expired or released: the
+    payment went through, the money did not move. Changes nothing; writes a
+    ``hold.result_conflict`` outbox event in a commit, so that it is published and served like
+    every event (``balance.results``)."""
+
+    account_id: str
+    hold_id: str
+    hold: tuple  # type: ignore[type-arg]  # the hold as read (``Hold.state()``): settled, it no longer changes
+    result: tuple[tuple[str, object], ...]  # the message's fields, as pairs (hashable)
+
+
+@dataclass(unsafe_hash=True, slots=True)
 class ExpireHold:
     """Issued by the shard's own expiry sweep, never by a client."""
 
@@ -252,4 +265,6 @@ class ExpireHold:
 
 MoneyCommand = Credit | Debit | Transfer | PlaceHold | CaptureHold | ReleaseHold | ExpireHold
 CrossShardCommand = TransferOut | TransferIn | CompleteTransfer | ReturnTransfer | ResumeLeg
-Command = MoneyCommand | CrossShardCommand | CreateAccount | UpdateAccount | CreateKey | RevokeKey
+Command = (
+    MoneyCommand | CrossShardCommand | CreateAccount | UpdateAccount | CreateKey | RevokeKey | RecordResultConflict
+)

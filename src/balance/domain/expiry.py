@@ -47,3 +47,16 @@ class ExpiryWheel:
             del self.buckets[second]
             heapq.heappop(self.seconds)
         return due
+
+    def oldest_due(self, now: int, is_live: Callable[[Hold], bool]) -> int | None:
+        """The earliest expiry among live holds due by ``now``; drops the stale entries it passes."""
+        while self.seconds and self.seconds[0] <= now // 1_000_000:
+            second = self.seconds[0]
+            live = [hold for hold in self.buckets[second] if is_live(hold)]
+            if live:
+                self.buckets[second] = live
+                oldest = min(hold.expires_at for hold in live)
+                return oldest if oldest <= now else None
+            del self.buckets[second]
+            heapq.heappop(self.seconds)
+        return None

@@ -17,6 +17,7 @@ from balance.domain.ids import is_system_account_id, op_key_of
 from balance.domain.model import (
     CAPTURE,
     EVENT_ACCOUNT_EXHAUSTED,
+    EVENT_HOLD_RESULT_CONFLICT,
     EXPIRE,
     HOLD,
     HOLD_CAPTURED,
@@ -245,6 +246,21 @@ def release_hold(ledger: Ledger, cmd: c.ReleaseHold, now: int) -> Outcome:
     outcome = ledger.accepted(200, key, fingerprint, entry, (account,))
     outcome.hold = hold
     return outcome
+
+
+def record_result_conflict(ledger: Ledger, cmd: c.RecordResultConflict, now: int) -> Outcome:
+    """Only a hold that can no longer move money (expired or released) makes a conflict: its
+    event carries the account as it stands (the version unchanged: nothing changed)."""
+    account = ledger.accounts.get(cmd.account_id)
+    if account is None:
+        return reject(e.ACCOUNT_NOT_FOUND, f"account {cmd.account_id} not found")
+    if len(cmd.hold) <= 5 or cmd.hold[1] != cmd.hold_id or cmd.hold[5] not in (HOLD_EXPIRED, HOLD_RELEASED):
+        return reject(e.HOLD_NOT_PENDING, f"hold {cmd.hold_id} is neither expired nor released")
+    event = Event(
+        EVENT_HOLD_RESULT_CONFLICT, account.id, account.version, now, account.state(), hold=cmd.hold, result=cmd.result
+    )
+    ledger.changes.events.append(event)
+    return Outcome(200)
 
 
 def expire_hold(ledger: Ledger, cmd: c.ExpireHold, now: int) -> Outcome:

@@ -165,6 +165,9 @@ class Ledger:
         # Recovery: this shard's pending holds whose destination lives on another shard, as
         # loaded (hold key -> destination); the service marks them there, then empties it.
         self.remote_holds_loaded: dict[tuple[str, str], str] = {}
+        # A fleet node's shard whose marks of other nodes' holds are not all known yet (since
+        # its recovery, not every node has answered: ``node.remote_marks``): closes wait (503).
+        self.remote_marks_unknown = False
 
     # ---- loading (recovery and look-ups) -------------------------------------------------
 
@@ -282,6 +285,10 @@ class Ledger:
     def due_holds(self, now: int, limit: int) -> list[tuple[str, str]]:
         """Pending holds whose expiry has passed, oldest second first (stale entries dropped)."""
         return [(hold.account_id, hold.id) for hold in self.expiry.take_due(now, limit, self._is_live)]
+
+    def oldest_due(self, now: int) -> int | None:
+        """The expiry of the oldest pending hold past it as of ``now`` (None: none is due)."""
+        return self.expiry.oldest_due(now, self._is_live)
 
     def _is_live(self, hold: Hold) -> bool:
         return hold.status == HOLD_PENDING and self.holds.find(hold.account_id, hold.id) is hold
@@ -833,4 +840,5 @@ _HANDLERS: dict[type, Callable[[Ledger, Any, int], Outcome]] = {
     c.CaptureHold: hold_rules.capture_hold,
     c.ReleaseHold: hold_rules.release_hold,
     c.ExpireHold: hold_rules.expire_hold,
+    c.RecordResultConflict: hold_rules.record_result_conflict,
 }

@@ -308,6 +308,7 @@ EVENT_ACCOUNT_CREATED = "account_created"
 EVENT_ACCOUNT_UPDATED = "account_updated"
 EVENT_ACCOUNT_EXHAUSTED = "account_exhausted"
 EVENT_ACCOUNT_REPLENISHED = "account_replenished"
+EVENT_HOLD_RESULT_CONFLICT = "hold_result_conflict"  # a payment succeeded for a hold already expired or released
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,9 +319,11 @@ class Event:
     ``state`` is the account as the operation left it (``Account.state()``), ``previous`` as it
     found it (an update only): the relay needs no other read to publish the whole account."""
 
-    kind: str  # EVENT_ACCOUNT_CREATED | _UPDATED | _EXHAUSTED | _REPLENISHED
+    kind: str  # EVENT_ACCOUNT_CREATED | _UPDATED | _EXHAUSTED | _REPLENISHED | EVENT_HOLD_RESULT_CONFLICT
     account_id: str
     version: int
     created_at: int
     state: tuple | None = None  # type: ignore[type-arg]
     previous: tuple | None = None  # type: ignore[type-arg]
+    hold: tuple | None = None  # type: ignore[type-arg]  # a result conflict: the hold as it stands (``Hold.state()``)
+    result: tuple[tuple[str, object], ...] | None = None  # a result conflict: the payment result, as pairs

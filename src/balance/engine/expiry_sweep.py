@@ -7,7 +7,12 @@ as the writer spent on the slice (``ShardEngine.expiry_busy_s``: its share of th
 carried it): expiries then take at most about a fifth of the writer's time, and no answer
 waits behind a hundred thousand of them. Pacing by the slice's wall time instead counted its
 wait in the queue and for the commit as the writer's work: on a busy machine a burst of
-100,000 took 15 times as long as all at once (~7% of the writer, 326 s)."""
+100,000 took 15 times as long as all at once (~7% of the writer, 326 s).
+
+With the expiry job (``balance.expiry``: a broker configured) the notices expire the holds and
+the sweep is the fallback: it takes only holds overdue by more than ``engine.expiry_fallback_s``
+(30 s), so a job or broker that is away delays expiries by that much, never more. Each round
+also sets ``balance_expiry_lag_seconds`` (the age of the oldest overdue pending hold)."""
 
 from __future__ import annotations
 
@@ -26,17 +31,27 @@ SWEEP_PAUSE_MIN_S = 0.01
 
 
 async def sweep_loop(engine: ShardEngine) -> None:
+    lag = engine.metrics.expiry_lag_seconds.labels(engine.label)
     while True:
         await asyncio.sleep(engine.sweep_interval_s)
         try:
             await sweep(engine)
         except Unavailable:
             pass
+        lag.set(expiry_lag_s(engine))
+
+
+def expiry_lag_s(engine: ShardEngine) -> float:
+    """The age of the oldest pending hold past its expiry, by the engine's clock (0: none)."""
+    now = engine.clock()
+    oldest = engine.ledger.oldest_due(now)
+    return 0.0 if oldest is None else (now - oldest) / 1_000_000
 
 
 async def sweep(engine: ShardEngine) -> int:
-    """Expire every pending hold past its expiry (as of now), a slice at a time."""
-    now = engine.clock()
+    """Expire every pending hold past its expiry (as of now, less the fallback's delay in job
+    mode), a slice at a time."""
+    now = engine.clock() - int(engine.expiry_fallback_s * 1_000_000)
     expired = 0
     while True:
         due = engine.ledger.due_holds(now, limit=SWEEP_SLICE)

@@ -89,7 +89,7 @@ _KIND_NAMES = {
     c.CaptureHold: "capture", c.ReleaseHold: "release", c.ExpireHold: "expire",
     c.CreateAccount: "create_account", c.UpdateAccount: "update_account", c.CreateKey: "create_key",
     c.TransferOut: "transfer_out", c.TransferIn: "transfer_in", c.CompleteTransfer: "transfer_complete",
-    c.ReturnTransfer: "transfer_return", c.ResumeLeg: "transfer_resume",
+    c.ReturnTransfer: "transfer_return", c.ResumeLeg: "transfer_resume", c.RecordResultConflict: "result_conflict",
 }  # fmt: skip
 
 
@@ -124,8 +124,13 @@ class ShardEngine:
         self._checkpointed_at = time.monotonic()
         self.checkpoint_from = 0
         self.sweep_interval_s = sweep_interval_s
+        # Job mode (``balance.expiry``): the sweep only takes holds overdue by more than this.
+        self.expiry_fallback_s = 0.0
         self.ledger_limits = {"records_max": records_max, "finished_holds_max": finished_holds_max}
         self.ledger = Ledger(shard, **self.ledger_limits)
+        # A fleet node's shard: closes wait until every node has told which of its holds name
+        # accounts here (``node.remote_marks``); set on each ledger loaded at start.
+        self.remote_marks_start_unknown = False
         self.state = STARTING
         self.backoff = backoff or Backoff()
         self.attempts = 0  # failed attempts to reach storage since the shard last served
@@ -174,6 +179,7 @@ class ShardEngine:
             try:
                 await self.storage.open()
                 self.ledger = await load_ledger(self)
+                self.ledger.remote_marks_unknown = self.remote_marks_start_unknown
                 break
             except Fenced as exc:  # a newer owner has the shard: not ours to serve
                 self._fenced(exc)
@@ -525,8 +531,9 @@ class ShardEngine:
                 if await self.storage.max_seq() >= first_seq:
                     log.warning("shard %s: a failed commit had landed; reloading from storage", self.shard)
                     inbound = self.ledger.inbound  # kept by the service, not in storage
+                    unknown = self.ledger.remote_marks_unknown
                     self.ledger = await load_ledger(self)
-                    self.ledger.inbound = inbound
+                    self.ledger.inbound, self.ledger.remote_marks_unknown = inbound, unknown
                     if self.on_reload is not None:
                         self.on_reload(self)
                 break

@@ -10,7 +10,13 @@ ACCOUNT_CREATED = "account.created"
 ACCOUNT_UPDATED = "account.updated"  # status, name, credit limit or metadata changed
 ACCOUNT_EXHAUSTED = "account.exhausted"  # a hold left nothing available: further holds are refused
 ACCOUNT_REPLENISHED = "account.replenished"  # the exhausted flag lifted
-TYPES = (TRANSACTION_CREATED, HOLD_UPDATED, ACCOUNT_CREATED, ACCOUNT_UPDATED, ACCOUNT_EXHAUSTED, ACCOUNT_REPLENISHED)
+# A payment result said ``succeeded`` for a hold already expired or released: the payment went
+# through, the money did not move (``balance.results``). An operator alerts on it.
+HOLD_RESULT_CONFLICT = "hold.result_conflict"
+TYPES = (
+    TRANSACTION_CREATED, HOLD_UPDATED, ACCOUNT_CREATED, ACCOUNT_UPDATED, ACCOUNT_EXHAUSTED, ACCOUNT_REPLENISHED,
+    HOLD_RESULT_CONFLICT,
+)  # fmt: skip
 
 # An outbox row's kind (``domain.model``) -> its event type.
 OUTBOX_TYPES = {
@@ -18,11 +24,21 @@ OUTBOX_TYPES = {
     model.EVENT_ACCOUNT_UPDATED: ACCOUNT_UPDATED,
     model.EVENT_ACCOUNT_EXHAUSTED: ACCOUNT_EXHAUSTED,
     model.EVENT_ACCOUNT_REPLENISHED: ACCOUNT_REPLENISHED,
+    model.EVENT_HOLD_RESULT_CONFLICT: HOLD_RESULT_CONFLICT,
 }
 
 AMQP_EXCHANGE = "balance.events"
 NATS_STREAM = "BALANCE_EVENTS"
 NATS_SUBJECT_PREFIX = "balance.events"
+
+# Payment results in (``balance.results``): the queue and subject a gateway publishes to, the
+# durable consumer and stream, and where what can never apply goes.
+RESULTS_QUEUE = "balance.payment-results"
+RESULTS_SUBJECT = "balance.payment-results"
+RESULTS_NATS_STREAM = "BALANCE_RESULTS"
+RESULTS_NATS_DURABLE = "balance-results"
+DEAD_LETTERS = "balance.dead-letters"  # RabbitMQ: the exchange (and its queue); NATS: the subject
+DEAD_LETTERS_NATS_STREAM = "BALANCE_DEAD_LETTERS"
 
 
 def event_id(region: str, shard: int, seq: int, event_type: str) -> str:

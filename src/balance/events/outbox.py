@@ -8,11 +8,15 @@ from balance.views import encoder
 
 
 def outbox_row(seq: int, event: Event) -> tuple:  # type: ignore[type-arg]
-    """``schema.OUTBOX_COLUMNS``. Only account creations, updates and the exhausted flag come
-    here (rare next to money operations), so the JSON is encoded in the commit's batch."""
+    """``schema.OUTBOX_COLUMNS``. Only account creations, updates, the exhausted flag and
+    payment results in conflict come here (rare next to money operations), so the JSON is encoded in the commit's batch."""
     data: dict[str, object] = {}
     if event.state is not None:
         data["account"] = views.account_view(event.state)
     if event.previous is not None:
         data["previous"] = views.account_view(event.previous)
+    if event.hold is not None:
+        data["hold"] = views.hold_view(event.hold)
+    if event.result is not None:
+        data["result"] = dict(event.result)
     return (seq, event.kind, event.account_id, event.version, event.created_at, encoder.encode(data) if data else None)

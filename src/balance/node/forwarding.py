@@ -20,6 +20,7 @@ import msgspec
 
 from balance.domain import commands as c
 from balance.engine.replies import Reply, unavailable_reply
+from balance.node import crash_points
 
 log = logging.getLogger("balance.node")
 
@@ -41,6 +42,43 @@ class LegWire(msgspec.Struct, array_like=True):
     def transfer(self) -> c.Transfer:
         return c.Transfer(self.op_id, self.from_account_id, self.to_account_id, self.amount, self.currency,
                           self.description, self.metadata)  # fmt: skip
+
+
+class HoldMarkWire(msgspec.Struct, array_like=True):
+    """A hold of another shard naming an account here: mark it (before it is placed) or drop it."""
+
+    account_id: str
+    hold_id: str
+    destination_id: str
+    add: bool
+
+
+class DestinationWire(msgspec.Struct, array_like=True):
+    """The destination's committed state, as the marking node read it (``c.RemoteAccount``)."""
+
+    found: bool
+    currency: str = ""
+    status: str = ""
+    is_system: bool = False
+
+
+class HoldsNamingAsk(msgspec.Struct):
+    shards: list[int]  # the asking node's shards: the holds naming their accounts
+
+
+class HoldsNamingWire(msgspec.Struct):
+    sources: list[int]  # the shards answered for (owned here and recovered)
+    holds: list[tuple[str, str, str]]  # (account, hold id, destination) pending or being captured
+
+
+class _BatchResult(msgspec.Struct):
+    status: int
+    replayed: bool
+    body: msgspec.Raw
+
+
+class _BatchAnswer(msgspec.Struct):
+    results: list[_BatchResult]
 
 
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-length", b"te", b"upgrade"}
@@ -82,6 +120,7 @@ class Forwarder:
         wire = LegWire(transfer.op_id, transfer.from_account_id, transfer.to_account_id, transfer.amount,
                        transfer.currency, transfer.description, transfer.metadata)  # fmt: skip
         url = f"{owner_url.rstrip('/')}{INTERNAL_PREFIX}shards/{shard}/transfer-in"
+        crash_points.reached("before_target_leg")
         try:
             response = await self._client.post(
                 url, content=msgspec.json.encode(wire),
@@ -90,7 +129,38 @@ class Forwarder:
         except httpx.HTTPError as exc:
             log.warning("transfer %s: the target leg on %s failed: %r", transfer.op_id, owner_url, exc)
             return unavailable_reply(f"the node that owns shard {shard} ({owner_url}) does not answer")
+        crash_points.reached("before_complete")
         return Reply(response.status_code, response.content, response.headers.get("idempotent-replayed") == "true")
+
+    async def internal(self, owner_url: str, route: str, body: bytes) -> Reply:
+        """``POST /internal/v1/{route}`` on another node (the fleet secret); 503 if it does not answer."""
+        url = f"{owner_url.rstrip('/')}{INTERNAL_PREFIX}{route}"
+        try:
+            response = await self._client.post(
+                url,
+                content=body,
+                headers={FLEET_HEADER.decode(): self._secret.decode(), "content-type": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            log.warning("internal %s on %s failed: %r", route, owner_url, exc)
+            return unavailable_reply(f"the node at {owner_url} does not answer")
+        return Reply(response.status_code, response.content)
+
+    async def batch(self, owner_url: str, headers: dict[bytes, bytes], operations: list[bytes]) -> list[Reply]:
+        """A batch's operations on the shards of one other node, forwarded once as one batch:
+        each answer in order; all 503 if that node does not answer, all its refusal (401, 413...)
+        if it refuses the whole batch."""
+        body = b'{"operations":[' + b",".join(operations) + b"]}"
+        reply = await self.forward(owner_url, "POST", "/v1/batch", b"", headers, body)
+        if reply.status == 200:
+            try:
+                results = msgspec.json.decode(reply.body, type=_BatchAnswer).results
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                results = []
+            if len(results) == len(operations):
+                return [Reply(r.status, bytes(r.body), r.replayed) for r in results]
+            reply = unavailable_reply(f"the node at {owner_url} answered the batch unreadably")
+        return [reply] * len(operations)
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -22,10 +22,22 @@ from balance.directory.records import DirectoryError, NodeRecord, Ownership, Sha
 from balance.domain import commands as c
 from balance.domain.authority import Actor
 from balance.domain.ids import client_account_suffix
+from balance.domain.ledger import inbound_hold_mark
+from balance.domain.model import ACCOUNT_FIELDS, ACCOUNT_STATUS, STATUS_CLOSED, Account
 from balance.engine.replies import Reply, unavailable_reply
 from balance.engine.shard import FENCED, ShardEngine
-from balance.node.forwarding import INTERNAL_PREFIX, Forwarder, LegWire
+from balance.node import crash_points
+from balance.node.forwarding import (
+    INTERNAL_PREFIX,
+    DestinationWire,
+    Forwarder,
+    HoldMarkWire,
+    HoldsNamingAsk,
+    HoldsNamingWire,
+    LegWire,
+)
 from balance.node.ports import NodeShard
+from balance.node.remote_marks import RemoteMarks
 from balance.shards import shard_in_id
 from balance.storage.base import Row
 from balance.views import problem
@@ -34,9 +46,19 @@ log = logging.getLogger("balance.node")
 
 FLEET_ACTOR = Actor("fleet", 0, "")  # another node: no powers on the API's routes (internal ones only)
 FINISH_EVERY_S = 2.0  # how often transfers in flight (their target on another node) are finished
+# How often the marks of other nodes' holds are checked again once known (a drop that was lost,
+# a mark its holder set before crashing): each tick until they are known after a recovery.
+MARKS_RESYNC_S = 30.0
 OWNERS_REREAD_S = 0.2  # an unknown owner is looked up in the directory at most this often
 KEY_POLL_S = 1.0  # at most this between two reads of the keys (a revocation reaches every node within ~1 s)
 KEY_CLOCK_MARGIN_MS = 5000  # key rows are stamped by their writer's clock: re-read this far back
+
+
+_SHARD_ROUTES = ("transfer-in", "hold-mark")
+
+
+def _no_route(method: str, path: str) -> Reply:
+    return Reply(404, problem("not_found", 404, f"{method} {path} is not a route"))
 
 
 def now_ms() -> int:
@@ -74,6 +96,14 @@ class ShardKeeper:
         self.owned: dict[int, Ownership] = {}
         self.taken_over_at: dict[int, float] = {}  # shard -> seconds its last takeover took (lease + recovery)
         self._starting: dict[int, asyncio.Task[None]] = {}
+        # Holds of other shards naming accounts of the shards owned here (``node.remote_marks``).
+        self.remote_marks = RemoteMarks()
+        # (the shards asked about) -> this node's holds of other shards naming their accounts,
+        # pending or being captured (``BalanceService.holds_naming``); set by the composition root.
+        self.holds_naming: Callable[[set[int], set[int]], list[tuple[str, str, str]]] | None = None
+        self.indexed: set[int] = set()  # owned shards whose holds ``holds_naming`` knows (since recovered)
+        self._drops: set[asyncio.Task[object]] = set()  # hold marks being dropped on other nodes
+        self._marks_synced_at = 0.0
 
     def shard_elsewhere(self, account_id: str) -> int | None:
         """Also a shard this node is still recovering after a takeover: not served here yet
@@ -127,6 +157,36 @@ class ShardKeeper:
             return unavailable_reply(f"shard {shard} is not served by this node: {why}")
         return await forwarder.forward(owner, method, path, raw_query, headers, body)
 
+    def batch_shard_elsewhere(self, account_id: str, headers: dict[bytes, bytes]) -> int | None:
+        if self.forwarder is not None and self.forwarder.forwarded(headers):
+            return None  # forwarded here: run here (what is not ours answers 503)
+        return self.shard_elsewhere(account_id)
+
+    async def forward_batch(self, parts: list[tuple[int, bytes]], headers: dict[bytes, bytes]) -> list[Reply]:
+        """Each node's share of a batch forwarded once, all at the same time (the pooled,
+        kept-alive connections of the ``Forwarder``); the answers in the order of ``parts``."""
+        replies: list[Reply | None] = [None] * len(parts)
+        by_owner: dict[str, list[int]] = {}
+        for position, (shard, _) in enumerate(parts):
+            engine = self.ports[shard].engine
+            owner = None if engine is not None else await self._owner_of(shard)
+            if self.forwarder is None or owner is None:
+                replies[position] = unavailable_reply(
+                    f"shard {shard} is not served by this node, nor by a node it knows"
+                )
+            else:
+                by_owner.setdefault(owner, []).append(position)
+        forwarder = self.forwarder
+        if by_owner and forwarder is not None:
+            owners = list(by_owner)
+            answers = await asyncio.gather(
+                *(forwarder.batch(owner, headers, [parts[p][1] for p in by_owner[owner]]) for owner in owners)
+            )
+            for owner, answered in zip(owners, answers, strict=True):
+                for position, reply in zip(by_owner[owner], answered, strict=True):
+                    replies[position] = reply
+        return [reply for reply in replies if reply is not None]
+
     async def _candidates(self) -> list[ShardRecord]:
         me = self.node.id
         return [s for s in await self.directory.shards() if me in (s.node_id, s.standby_node_id)]
@@ -152,29 +212,174 @@ class ShardKeeper:
         return await self.forwarder.transfer_in(owner, shard, command.transfer)
 
     async def internal(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> Reply:
-        """``POST /internal/v1/shards/{shard}/transfer-in``, from another node only (the fleet
-        secret; anyone else is told there is no such route): the target leg of a transfer
-        whose source is on that node's shard. Marked in flight to the account meanwhile
-        (closing it waits), as within one process."""
+        """``POST /internal/v1/...``, from another node only (the fleet secret; anyone else is
+        told there is no such route): a step of a movement whose other end is on that node.
+
+        - ``shards/{n}/transfer-in``: the target leg of a transfer (or of a hold's capture)
+          whose source is on that node's shard;
+        - ``shards/{n}/hold-mark``: a hold of that node names an account of shard ``n``: mark
+          it (before the hold is placed; answered the account's committed state) or drop it;
+        - ``holds-naming``: that node's question, which holds of this node's shards name
+          accounts of its shards (``node.remote_marks``)."""
         parts = path.removeprefix(INTERNAL_PREFIX).split("/")
-        if self.forwarder is None or not self.forwarder.forwarded(headers) or method != "POST" or (
-            len(parts) != 3 or parts[0] != "shards" or not parts[1].isdigit() or parts[2] != "transfer-in"
-        ):  # fmt: skip
-            return Reply(404, problem("not_found", 404, f"{method} {path} is not a route"))
+        if self.forwarder is None or not self.forwarder.forwarded(headers) or method != "POST":
+            return _no_route(method, path)
+        if parts == ["holds-naming"]:
+            return self._holds_naming(body)
+        if len(parts) != 3 or parts[0] != "shards" or not parts[1].isdigit() or parts[2] not in _SHARD_ROUTES:
+            return _no_route(method, path)
         shard = int(parts[1])
         engine = self.ports[shard].engine if shard < len(self.ports) else None
         if engine is None or not engine.ready:
             return unavailable_reply(f"shard {shard} is not served by this node now")
+        if parts[2] == "hold-mark":
+            return self._hold_mark(shard, body)
         try:
             transfer = msgspec.json.decode(body, type=LegWire).transfer()
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return Reply(422, problem("validation_error", 422, f"not a transfer leg: {exc}"))
+        # Marked in flight to the account meanwhile (closing it waits), as within one process.
         ledger, leg = engine.ledger, f"{transfer.from_account_id}:{transfer.op_id}"
         ledger.mark(ledger.inbound, transfer.to_account_id, leg, True)
         reply = await engine.execute(c.TransferIn(transfer))
         if reply.status != 503:
             ledger.mark(ledger.inbound, transfer.to_account_id, leg, False)
+            crash_points.reached("after_target_leg")
         return reply
+
+    def _hold_mark(self, shard: int, body: bytes) -> Reply:
+        """Mark (or unmark) a hold of another node naming an account of ``shard``. Marking
+        answers what the shard has committed of the account (the hold's rule decides on it); an
+        account being created or closed right now answers 503, as within one process."""
+        try:
+            wire = msgspec.json.decode(body, type=HoldMarkWire)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return Reply(422, problem("validation_error", 422, f"not a hold mark: {exc}"))
+        destination_id = wire.destination_id
+        if shard_in_id(destination_id) != shard or shard_in_id(wire.account_id) in (None, shard):
+            return Reply(422, problem("validation_error", 422, f"not a hold of another shard naming shard {shard}"))
+        mark = (destination_id, inbound_hold_mark(wire.account_id, wire.hold_id))
+        port = self.ports[shard]
+        if not wire.add:
+            self._set_mark(mark, False)
+            return Reply(200, b"{}")
+        state, status_now = port.account_state(destination_id), port.status_now(destination_id)
+        if (state is None) != (status_now is None) or (
+            status_now == STATUS_CLOSED and state is not None and state[ACCOUNT_STATUS] != STATUS_CLOSED
+        ):
+            return unavailable_reply(f"account {destination_id} is changing; retry with the same id")
+        if state is None:
+            return Reply(200, msgspec.json.encode(DestinationWire(False)))
+        self._set_mark(mark, True)
+        account = Account(*state[: len(ACCOUNT_FIELDS)])
+        return Reply(
+            200, msgspec.json.encode(DestinationWire(True, account.currency, account.status, account.is_system))
+        )
+
+    def _set_mark(self, mark: tuple[str, str], add: bool) -> None:
+        shard = shard_in_id(mark[0])
+        if shard is None or shard not in self.owned:
+            return
+        self.remote_marks.change(mark, add)
+        self.ports[shard].expect_inbound(mark[0], mark[1], add)
+
+    def _holds_naming(self, body: bytes) -> Reply:
+        try:
+            targets = set(msgspec.json.decode(body, type=HoldsNamingAsk).shards)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return Reply(422, problem("validation_error", 422, f"not a question of holds: {exc}"))
+        sources = self._sources()
+        holds = [] if self.holds_naming is None else self.holds_naming(targets, sources)
+        return Reply(200, msgspec.json.encode(HoldsNamingWire(sorted(sources), holds)))
+
+    def _sources(self) -> set[int]:
+        """The shards this node answers for: owned, recovered, their holds known to the service."""
+        return {s for s in self.indexed if s in self.owned and (e := self.ports[s].engine) is not None and e.ready}
+
+    def _marks_unknown(self, shard: int) -> bool:
+        engine = self.ports[shard].engine
+        return engine is not None and engine.ready and engine.ledger.remote_marks_unknown
+
+    async def _sync_marks(self) -> None:
+        """Ask every node (this one included) which of its holds name accounts of the shards
+        owned here; mark what is missing, drop what is no longer there (``node.remote_marks``).
+        Once every shard of the fleet has answered, closes on those shards are served."""
+        targets = {s for s in self.owned if (e := self.ports[s].engine) is not None and e.ready}
+        if not targets or self.holds_naming is None:
+            return
+        asked_at = self.remote_marks.stamp
+        answered = self._sources()
+        holds = self.holds_naming(targets, answered)
+        if self.forwarder is None:  # no fleet secret: no hold of another node can name an account here
+            answered = set(range(len(self.ports)))
+        else:
+            ask = msgspec.json.encode(HoldsNamingAsk(sorted(targets)))
+            urls = sorted(set(self.owner_urls.values()))
+            replies = await asyncio.gather(*(self.forwarder.internal(url, "holds-naming", ask) for url in urls))
+            for url, reply in zip(urls, replies, strict=True):
+                if reply.status != 200:
+                    log.warning("node %s: %s did not say which holds name our accounts (%d)", self.node.id, url,
+                                reply.status)  # fmt: skip
+                    continue
+                told = msgspec.json.decode(reply.body, type=HoldsNamingWire)
+                answered |= set(told.sources)
+                holds.extend(told.holds)
+        wanted = [(d, inbound_hold_mark(a, h)) for a, h, d in holds if shard_in_id(d) in targets]
+        added, dropped = self.remote_marks.resync(asked_at, wanted, answered, targets)
+        for destination_id, mark in added:
+            self._mark_port(destination_id, mark, True)
+        for destination_id, mark in dropped:
+            self._mark_port(destination_id, mark, False)
+        self.remote_marks.forget_older(asked_at)
+        if answered >= set(range(len(self.ports))):
+            for shard in targets:
+                engine = self.ports[shard].engine
+                if engine is not None and engine.ledger.remote_marks_unknown:
+                    engine.ledger.remote_marks_unknown = False
+                    log.info("node %s: shard %d knows every hold of the fleet naming its accounts", self.node.id,
+                             shard)  # fmt: skip
+
+    def _mark_port(self, destination_id: str, mark: str, add: bool) -> None:
+        shard = shard_in_id(destination_id)
+        if shard is not None and shard in self.owned:
+            self.ports[shard].expect_inbound(destination_id, mark, add)
+
+    def holds_indexed(self, shard: int) -> None:
+        """The service knows the holds of ``shard`` (recovered here) that name other shards."""
+        if shard in self.owned:
+            self.indexed.add(shard)
+
+    async def mark_hold(self, account_id: str, hold_id: str, destination_id: str) -> c.RemoteAccount | Reply:
+        """Before a hold naming an account of another node's shard is placed: that node marks
+        it (a close there answers ``account_not_empty`` from now on) and says what it has
+        committed of the account; 503 if it cannot be reached (nothing is placed)."""
+        shard = shard_in_id(destination_id)
+        owner = None if shard is None else await self._owner_of(shard)
+        if self.forwarder is None or owner is None:
+            return unavailable_reply(f"the node that owns account {destination_id}'s shard cannot be reached now")
+        wire = HoldMarkWire(account_id, hold_id, destination_id, True)
+        reply = await self.forwarder.internal(owner, f"shards/{shard}/hold-mark", msgspec.json.encode(wire))
+        if reply.status != 200:
+            return reply if reply.status == 503 else unavailable_reply(f"marking the hold failed ({reply.status})")
+        seen = msgspec.json.decode(reply.body, type=DestinationWire)
+        return c.RemoteAccount(seen.found, seen.currency, seen.status, seen.is_system)
+
+    def drop_hold_mark(self, account_id: str, hold_id: str, destination_id: str) -> None:
+        """A hold naming an account of another node's shard is settled (or was not placed): its
+        mark there goes, in the background (if it is lost, that node's next sync drops it)."""
+        shard = shard_in_id(destination_id)
+        if shard is None or self.forwarder is None:
+            return
+        forwarder = self.forwarder
+        wire = msgspec.json.encode(HoldMarkWire(account_id, hold_id, destination_id, False))
+
+        async def drop() -> object:
+            owner = await self._owner_of(shard)
+            return None if owner is None else await forwarder.internal(owner, f"shards/{shard}/hold-mark", wire)
+
+        task: asyncio.Task[object] = asyncio.ensure_future(drop())
+        self._drops.add(task)
+        task.add_done_callback(self._drops.discard)
 
     async def key_written(self, row: Row) -> None:
         try:
@@ -221,7 +426,10 @@ class ShardKeeper:
 
     def _own(self, shard: ShardRecord, ownership: Ownership, *, taken_over: bool = False) -> ShardEngine:
         self.owned[shard.id] = ownership
+        self.indexed.discard(shard.id)
+        self.remote_marks.forget_shard(shard.id)
         engine = self.make_engine(shard, ownership.epoch)
+        engine.remote_marks_start_unknown = True  # closes wait until every node has answered (_sync_marks)
         self.ports[shard.id].own(engine, taken_over=taken_over)
         log.info("node %s owns shard %d (epoch %d)", self.node.id, shard.id, ownership.epoch)
         return engine
@@ -239,8 +447,16 @@ class ShardKeeper:
     async def step(self) -> None:
         await self._renew_and_take()
         await self._sync_keys()
-        if self.finish_pending is not None and time.monotonic() - self._finished_at >= FINISH_EVERY_S:
+        due = time.monotonic() - self._finished_at >= FINISH_EVERY_S
+        if time.monotonic() - self._marks_synced_at >= MARKS_RESYNC_S or any(map(self._marks_unknown, self.owned)):
+            self._marks_synced_at = time.monotonic()
+            try:
+                await self._sync_marks()
+            except Exception as exc:  # noqa: BLE001 (a node answering garbage: the next round asks again)
+                log.warning("node %s: asking which holds name our accounts failed: %r", self.node.id, exc)
+        if due:
             self._finished_at = time.monotonic()
+        if self.finish_pending is not None and due:
             try:
                 finished = await self.finish_pending()
             except Exception as exc:  # noqa: BLE001 (storage away, an owner down: the next round retries)
@@ -296,6 +512,7 @@ class ShardKeeper:
 
     async def _lose(self, shard_id: int, why: str) -> None:
         self.owned.pop(shard_id, None)
+        self.indexed.discard(shard_id)
         self._keys_pushed.discard(shard_id)
         starting = self._starting.pop(shard_id, None)
         if starting is not None and not starting.done():
@@ -308,6 +525,7 @@ class ShardKeeper:
     async def _hand_over(self, shard_id: int, ownership: Ownership) -> None:
         """Stop the shard (drained, a last checkpoint) and end the lease now."""
         self.owned.pop(shard_id, None)
+        self.indexed.discard(shard_id)
         self._keys_pushed.discard(shard_id)
         engine = self.ports[shard_id].disown()
         if engine is not None:
@@ -317,6 +535,8 @@ class ShardKeeper:
 
     async def release(self) -> None:
         """A clean stop: the leases end now, so a standby need not wait for them to expire."""
+        for drop in self._drops:  # (a mark left on another node: its next resync drops it)
+            drop.cancel()
         if self.forwarder is not None:
             await self.forwarder.close()
         for task in self._starting.values():

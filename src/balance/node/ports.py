@@ -111,6 +111,12 @@ class NodeShard:
     def account_count(self) -> int:
         return AWAY_COUNT if self.engine is None else len(self.engine.ledger.accounts)
 
+    def status(self) -> dict[str, object] | None:
+        return None if self.engine is None else self.engine.status()
+
+    def committed_seq(self) -> int:
+        return 0 if self.engine is None else self.engine.ledger.committed_seq
+
     def expect_inbound(self, account_id: str, leg: str, expected: bool) -> None:
         if self.engine is not None:
             ledger = self.engine.ledger

@@ -18,6 +18,7 @@ from balance.storage import event_reads as q
 from balance.storage.base import StorageError
 
 Query = tuple[str, tuple[Any, ...]]
+PLACEMENTS_PER_QUERY = 250  # (op key, account) pairs OR-ed in one read of hold placements
 
 
 def _page_queries(p: str, after: int, limit: int, missing: Missing) -> Generator[Query, list[Row], Page]:
@@ -37,8 +38,12 @@ def _page_queries(p: str, after: int, limit: int, missing: Missing) -> Generator
         for account_id, hold_id in sorted(holds):
             for key in placement_keys(account_id, hold_id):
                 pairs += [key, account_id]
-        rows = yield q.placements(p, len(pairs) // 2), tuple(pairs)
-        page.placements = [row for row in rows if row[3] == HOLD]
+        page.placements = []
+        step = 2 * PLACEMENTS_PER_QUERY
+        for start in range(0, len(pairs), step):  # SQLite refuses an expression deeper than 1,000 terms
+            chunk = pairs[start : start + step]
+            rows = yield q.placements(p, len(chunk) // 2), tuple(chunk)
+            page.placements += [row for row in rows if row[3] == HOLD]
     return page
 
 

@@ -237,6 +237,8 @@ def history_query(
 INDEXES = (
     ("accounts_by_parent", "accounts", "parent_id, id", False),
     ("holds_by_status", "holds", "status, account_id, id", False),  # recovery pages through pending holds
+    # The expiry job (``balance.expiry``): pending holds by expiry, a page at a time.
+    ("holds_by_expiry", "holds", "status, expires_at, account_id, id", False),
     # Idempotency: one outcome per (operation key, account). The key leads: ids that grow with
     # time (ULIDs, snowflakes, counters: most order ids) then go in at one end of the index
     # instead of into every account's part of it, one page written per row. Measured on the

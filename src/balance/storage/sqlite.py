@@ -134,6 +134,22 @@ HISTORY_SLICE_ROWS = 2048
 HISTORY_FILL_MIN = 256
 
 
+def _bind_directly() -> None:
+    """sqlite3 binds exact ints, floats, strs and bytearrays as they are; any other value (None,
+    bytes, bool: about a dozen per operation) goes through its adapter protocol, whose failed
+    ``PrepareProtocol.__adapt__`` look-up formats and drops an AttributeError (~1,200
+    instructions each, 5% of a batch's CPU measured with callgrind). An adapter registered for
+    the type is found with one dict look-up instead; these are C callables that return the
+    value as sqlite3 would have bound it (None stays NULL, bytes a BLOB, a bool 0 or 1)."""
+    nothing: dict[None, None] = {}
+    sqlite3.register_adapter(type(None), nothing.get)  # nothing.get(None) is None
+    sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b
+    sqlite3.register_adapter(bool, int)
+
+
+_bind_directly()
+
+
 def connect(path: Path | str) -> sqlite3.Connection:
     """A connection to a shard file as the service opens it: WAL, synchronous=FULL (every
     commit synced before it is acknowledged), transactions explicit."""
