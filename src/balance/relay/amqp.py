@@ -35,9 +35,6 @@ def _shortstr(value: bytes) -> bytes:
 
 
 _FRAME_HEAD = struct.Struct(">BHI")
-_HEADER = struct.Struct(">HHQH")
-
-
 _MESSAGE_HEAD = struct.Struct(">BHIHHQH")  # content header frame: type, channel, size; class, weight, body size, flags
 
 
