@@ -9,6 +9,9 @@ drift falls on all of them alike; the end prints each value's median and its rat
 first value's. The server process is started afresh for every run and inherits the
 variable, so any ``BALANCE_*`` setting (or a variable a change under test reads) can be
 compared this way. This is how the session 8 decisions in BENCHMARKS.md were measured.
+Each line also gives the service's CPU per operation (and the database server's, MariaDB),
+which the neighbours' load moves less than throughput; ``tools/instructions_per_op.py``
+counts instructions, which it does not move at all.
 """
 
 from __future__ import annotations
