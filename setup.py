@@ -48,6 +48,9 @@ COMPILED = [
     "src/balance/storage/sqltext.py",
     "src/balance/api/admission.py",
     "src/balance/api/http1.py",
+    "src/balance/events/catalogue.py",
+    "src/balance/events/states.py",
+    "src/balance/events/stream.py",
 ]
 
 ext_modules = []

@@ -187,6 +187,39 @@ def _txn_bytes(entry: Entry) -> bytes:
     )  # fmt: skip
 
 
+def stamp_bytes(us: int) -> bytes:
+    """``timestamp(us)`` as bytes (cached: a batch's rows share one time)."""
+    return _stamp(us)
+
+
+def _raw(value: bytes | str) -> bytes:
+    """Stored JSON (a metadata column) as bytes: a driver may give it as text."""
+    return value if type(value) is bytes else (value.encode() if isinstance(value, str) else bytes(value))
+
+
+def txn_row_bytes(row: tuple) -> bytes:  # type: ignore[type-arg]
+    """``encoder.encode(txn_view(row))``, from a template (the event relay, once per journal row)."""
+    (seq, account_id, op_key, kind, op_id, _status, _code, _fp, amount, currency, counterparty,
+     hold_id, balance_after, reserved_after, version, created_at, description, metadata) = row[:18]  # fmt: skip
+    return _TXN % (
+        _txn_prefix(account_id) + b"%d\"" % seq, encoder.encode(op_id), _string(kind),
+        direction(kind, op_key).encode(), encoder.encode(account_id), encoder.encode(counterparty), amount,
+        _string(currency), encoder.encode(hold_id), balance_after, reserved_after, version, _stamp(created_at),
+        encoder.encode(description), _raw(metadata),
+    )  # fmt: skip
+
+
+def hold_state_bytes(state: tuple) -> bytes:  # type: ignore[type-arg]
+    """``encoder.encode(hold_view(state))``, from a template (the event relay's hold events)."""
+    (account_id, id_, amount, captured, currency, status, destination, expires_at, created_at,
+     updated_at, description, metadata) = state[:12]  # fmt: skip
+    return _HOLD % (
+        encoder.encode(id_), encoder.encode(account_id), amount, captured, _string(currency), _string(status),
+        encoder.encode(destination), _stamp(expires_at), _stamp(created_at), _stamp(updated_at),
+        encoder.encode(description), _raw(metadata),
+    )  # fmt: skip
+
+
 def encode_account(account: Account) -> bytes:
     return _account_bytes(account)
 

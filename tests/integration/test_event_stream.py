@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
+
 from balance import views
 from balance.domain import commands as c
 from balance.engine.clock import ManualClock
@@ -40,6 +42,10 @@ async def read_all(engine: ShardEngine, page_rows: int, after: int = 0) -> list[
                 return events
             built = stream.build(page.journal, page.outbox, page.accounts, page.later_updates, page.placements)
             events += [json.loads(event.body) for event in built]
+            for (
+                event
+            ) in built:  # each body as msgspec encodes its shape (templates: tests/unit/test_event_templates.py)
+                assert views.encoder.encode(msgspec.json.decode(event.body)) == event.body
             after = page.last_seq
     finally:
         await reader.close()

@@ -148,6 +148,47 @@ async def test_every_committed_change_arrives_on_rabbitmq_persistent_with_its_id
     await engine.stop()
 
 
+class CountingSource(SqliteEventSource):
+    """The real SQLite source, counting its page reads (how often the relay wakes)."""
+
+    reads = 0
+
+    async def read_page(self, *args: Any) -> Any:
+        self.reads += 1
+        return await super().read_page(*args)
+
+
+async def test_at_a_low_rate_the_relay_reads_once_per_idle_poll_and_publishes_everything(
+    tmp_path: Path, rabbit: aio_pika.abc.AbstractChannel
+) -> None:
+    exchange = f"balance.events.test-{uuid.uuid4().hex[:8]}"
+    queue = await bound_queue(rabbit, exchange)
+    engine = await started(tmp_path / "shard-0.db")
+    source = CountingSource(tmp_path / "shard-0.db")
+    relay = ShardRelay(0, source, AmqpSink(AMQP_URL, exchange), Metrics(), idle_poll_s=0.1)
+    task = asyncio.create_task(relay.run())
+    began = time.monotonic()
+    for n in range(40):  # one credit every 25 ms: a page short of full at every read
+        reply = await engine.execute(c.Credit(ACCOUNTS[n % 8], f"slow-{n}", 10))
+        assert reply.status == 201
+        await asyncio.sleep(0.025)
+    while relay.cursor < engine.ledger.next_seq - 1:
+        assert time.monotonic() - began < 30
+        await asyncio.sleep(0.05)
+    elapsed = time.monotonic() - began
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert source.reads <= elapsed / 0.1 + 3, (source.reads, elapsed)  # not a read per commit, nor two per wake
+    events = [json.loads(m.body) for m in await drain(queue)]
+    credits = {e["data"]["transaction"]["operation_id"] for e in events if e["type"] == cat.TRANSACTION_CREATED}
+    assert {f"slow-{n}" for n in range(40)} <= credits
+    check_stream(events, engine)
+    await relay.sink.close()
+    await source.close()
+    await rabbit.exchange_delete(exchange)
+    await engine.stop()
+
+
 async def test_the_default_exchange_is_durable_topic_balance_events(
     tmp_path: Path, rabbit: aio_pika.abc.AbstractChannel
 ) -> None:

@@ -43,3 +43,20 @@ def test_a_cached_method_frame_gives_the_same_bytes() -> None:
     body = b'{"id":"ASIA-2-e5.hold.updated"}'
     method = method_frame(3, "balance.events", "ASIA.2.hold.updated")
     assert message_frames(3, "", "", *args[3:], body, 131072, method) == pamqp_frames(*args, body, 131072)
+
+
+def test_a_page_of_frames_is_each_message_like_pamqps_large_bodies_split() -> None:
+    from balance.events.stream import Published
+    from balance.relay.amqp import AmqpSink
+
+    events = [
+        Published("EU-0-e5.transaction.created", "transaction.created", 5, "EU", "EU-0-aaaa", b'{"a":1}'),
+        Published("EU-0-e5.hold.updated", "hold.updated", 5, "EU", "EU-0-aaaa", b'{"b":"' + b"x" * 5000 + b'"}'),
+        Published("US-0-e6.account.updated", "account.updated", 6, "US", "US-0-bbbb", b"{}"),
+    ]
+    sink = AmqpSink("amqp://guest:guest@127.0.0.1:5672/", "balance.events")
+    expected = b"".join(
+        pamqp_frames(1, "balance.events", f"{e.region}.0.{e.type}", e.id, e.type, e.body, 4096) for e in events
+    )
+    assert sink._frames(0, events, 4096) == expected
+    assert sink._frames(0, events, 4096) == expected  # the second time from the cached parts

@@ -8,11 +8,12 @@ is the row's fields on top of the account's other fields as they stood at that s
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, Final
 
 from balance import views
-from balance.domain.holds import placed_hold, settlement
-from balance.domain.model import HOLD
+from balance.domain.holds import SETTLED_STATUS, placed_hold
+from balance.domain.model import CAPTURE, HOLD
 from balance.storage.schema import JOURNAL_COLUMNS
 
 JOURNAL_FIELDS = JOURNAL_COLUMNS  # a journal row's order (``Entry.row()``)
@@ -21,6 +22,7 @@ ACCOUNT_ID: Final = 1
 OP_KEY: Final = 2
 KIND: Final = 3
 CODE: Final = 6
+AMOUNT: Final = 8
 HOLD_ID: Final = 11
 BALANCE_AFTER: Final = 12
 RESERVED_AFTER: Final = 13
@@ -53,15 +55,62 @@ def account_at(static: dict[str, Any], row: tuple) -> dict[str, Any]:  # type: i
     return account
 
 
+_ACCOUNT_TAIL = (
+    b',"balance":%d,"reserved":%d,"available":%d,"credit_limit":%d,"exhausted":%b,"version":%d,'
+    b'"created_at":%b,"updated_at":"%b","metadata":%b}'
+)
+
+
+class AccountHead:
+    """What an account's JSON after any journal row takes from ``static`` (as ``account_at``),
+    encoded once: the row adds its balance, reserved, flag, version and time (``render``)."""
+
+    __slots__ = ("account_id", "head", "credit_limit", "created_at", "metadata", "region", "region_json", "id_json")
+
+    def __init__(self, account_id: str, static: dict[str, Any]) -> None:
+        encode = views.encoder.encode
+        self.account_id = account_id
+        self.head = b'{"id":%b,"parent_id":%b,"kind":%b,"region":%b,"currency":%b,"name":%b,"status":%b' % tuple(
+            encode(static.get(key)) for key in ACCOUNT_KEYS[:7]
+        )
+        self.credit_limit: int = static.get("credit_limit")  # type: ignore[assignment]
+        self.created_at = encode(static.get("created_at"))
+        self.metadata = encode(static.get("metadata"))
+        self.region: str = static.get("region") or account_id.partition("-")[0]
+        self.region_json = encode(self.region)
+        self.id_json = encode(account_id)
+
+    def render(self, row: tuple) -> bytes:  # type: ignore[type-arg]
+        """``encoder.encode(account_at(static, row))``."""
+        balance, reserved, credit_limit = row[BALANCE_AFTER], row[RESERVED_AFTER], self.credit_limit
+        available = balance + credit_limit - reserved
+        exhausted = row[KIND] == HOLD and row[OP_KEY] is not None and available <= 0
+        return self.head + _ACCOUNT_TAIL % (
+            balance, reserved, available, credit_limit, b"true" if exhausted else b"false", row[VERSION],
+            self.created_at, views.stamp_bytes(row[CREATED_AT]), self.metadata,
+        )  # fmt: skip
+
+
+_hold_journal_fields = itemgetter(*_HOLD_JOURNAL_POSITIONS)
+
+
 def hold_journal_row(row: tuple) -> tuple:  # type: ignore[type-arg]
     """A journal row as ``holds.HOLD_JOURNAL_FIELDS``."""
-    return tuple(row[position] for position in _HOLD_JOURNAL_POSITIONS)
+    fields: tuple = _hold_journal_fields(row)  # type: ignore[type-arg]
+    return fields
+
+
+def hold_state_after(placement: tuple, row: tuple) -> tuple:  # type: ignore[type-arg]
+    """The hold's state (``HOLD_FIELDS``) right after ``row``: its placement (``row`` itself, or
+    the hold row that placed it) and, for a capture, release or expiry, how it settled."""
+    state = placed_hold(hold_journal_row(placement))
+    if row[KIND] == HOLD:
+        return state
+    kind = row[KIND]  # ``settlement`` of the row, read from it directly
+    status, captured, updated_at = SETTLED_STATUS[kind], row[AMOUNT] if kind == CAPTURE else 0, row[CREATED_AT]
+    return (*state[:3], captured, state[4], status, *state[6:9], updated_at, *state[10:])
 
 
 def hold_after(placement: tuple, row: tuple) -> dict[str, Any]:  # type: ignore[type-arg]
-    """The hold (``views.hold_view`` shape) right after ``row``: its placement (``row`` itself,
-    or the hold row that placed it) and, for a capture, release or expiry, how it settled."""
-    state = list(placed_hold(hold_journal_row(placement)))
-    if row[KIND] != HOLD:
-        state[5], state[3], state[9] = settlement(hold_journal_row(row))  # status, captured_amount, updated_at
-    return views.hold_view(tuple(state))
+    """The hold (``views.hold_view`` shape) right after ``row`` (``hold_state_after``)."""
+    return views.hold_view(hold_state_after(placement, row))

@@ -1,11 +1,10 @@
-"""RabbitMQ through aio-pika: a durable topic exchange, persistent messages, publisher confirms.
+"""RabbitMQ: a durable topic exchange, persistent messages, publisher confirms.
 
-aio-pika (over aiormq) sends each message with its own write and several futures: ~120-340 µs
-of CPU per message measured here, more than a whole operation costs the service. The
-connection, the channel, the exchange and the confirms stay aio-pika's; a page of events goes
-out as its AMQP frames in ONE write (``publish_frames``), each message with its delivery tag
-registered on the channel, so the channel's confirm handling resolves them (~16 µs per message,
-BENCHMARKS.md). The frames are checked against pamqp's (tests/unit/test_amqp_frames.py).
+A page of events goes out as its AMQP frames in ONE write on the relay's own connection
+(``amqp_link``: no client library per message or per confirm), and its confirmation is one
+future. The frames are checked against pamqp's (tests/unit/test_amqp_frames.py). Through
+aio-pika's ``publish`` a message cost 120-340 µs of CPU; with the frames written by hand but
+confirms read by aiormq, ~45 µs per event (BENCHMARKS.md, "Relay cost").
 """
 
 from __future__ import annotations
@@ -13,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from typing import Any
 
 from balance.events import catalogue as cat
 from balance.events.stream import Published
+from balance.relay.amqp_link import CHANNEL, AmqpLink
 from balance.relay.sink import Confirmation, SinkError
 
 log = logging.getLogger("balance.relay")
@@ -36,7 +35,7 @@ def _shortstr(value: bytes) -> bytes:
 
 
 _FRAME_HEAD = struct.Struct(">BHI")
-_HEADER = struct.Struct(">HHQH")
+_MESSAGE_HEAD = struct.Struct(">BHIHHQH")  # content header frame: type, channel, size; class, weight, body size, flags
 
 
 def _frame(frame_type: int, channel: int, payload: bytes) -> bytes:
@@ -55,43 +54,37 @@ def message_frames(
 ) -> bytes:  # fmt: skip
     """basic.publish (``method``: its frame, if cached), the content header and the body frame(s):
     one persistent message."""
-    message_id_bytes, type_bytes = message_id.encode(), event_type.encode()
-    header = b"".join((
-        _HEADER.pack(60, 0, len(body), _PROPERTY_FLAGS), _CONTENT_TYPE, b"\x02",
-        _shortstr(message_id_bytes), _shortstr(type_bytes),
-    ))  # fmt: skip
-    parts = [method or method_frame(channel, exchange, routing_key), _frame(2, channel, header)]
-    step = frame_max - 8 if frame_max > 8 else len(body) or 1
-    if len(body) <= step:
-        parts.append(_frame(3, channel, body))
-    else:
-        parts += [_frame(3, channel, body[start : start + step]) for start in range(0, len(body), step)]
+    properties = b"".join((_CONTENT_TYPE, b"\x02", _shortstr(message_id.encode()), _shortstr(event_type.encode())))
+    size = len(body)
+    head = _MESSAGE_HEAD.pack(2, channel, 14 + len(properties), 60, 0, size, _PROPERTY_FLAGS)
+    method = method or method_frame(channel, exchange, routing_key)
+    step = frame_max - 8 if frame_max > 8 else size or 1
+    if size <= step:
+        return b"".join((method, head, properties, _FRAME_END, _FRAME_HEAD.pack(3, channel, size), body, _FRAME_END))
+    parts = [method, head, properties, _FRAME_END]
+    parts += [_frame(3, channel, body[start : start + step]) for start in range(0, size, step)]
     return b"".join(parts)
 
 
 class AmqpSink:
-    """One connection and confirm channel per relay process; reconnects on the next call after a failure."""
+    """One connection and confirm channel per relay; a new one on the next call after a failure."""
 
     name = "amqp"
 
     def __init__(self, url: str, exchange: str = cat.AMQP_EXCHANGE) -> None:
         self.url, self.exchange_name = url, exchange
-        self._connection: Any = None
-        self._channel: Any = None
+        self._link: AmqpLink | None = None
         self._lock = asyncio.Lock()  # one page on the channel at a time (delivery tags in order)
-        self._methods: dict[tuple[int, str, int, str], bytes] = {}  # (channel, region, shard, type) -> frame
+        self._methods: dict[tuple[str, int, str], bytes] = {}  # (region, shard, type) -> basic.publish frame
+        self._types: dict[str, bytes] = {}  # event type -> its AMQP short string
 
-    async def _connect(self) -> Any:
-        import aio_pika
-
-        if self._channel is not None and not self._channel.is_closed:
-            return await self._channel.get_underlay_channel()
+    async def _connect(self) -> AmqpLink:
+        if self._link is not None and self._link.usable:
+            return self._link
         await self.close()
-        self._connection = await aio_pika.connect(self.url, timeout=5)
-        self._channel = await self._connection.channel(publisher_confirms=True)
-        await self._channel.declare_exchange(self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+        self._link = await AmqpLink.open(self.url, self.exchange_name)
         log.info("events: connected to RabbitMQ, exchange %s", self.exchange_name)
-        return await self._channel.get_underlay_channel()
+        return self._link
 
     async def publish(self, shard: int, events: list[Published]) -> None:
         await (await self.send(shard, events))
@@ -99,59 +92,50 @@ class AmqpSink:
     async def send(self, shard: int, events: list[Published]) -> Confirmation:
         """Write ``events`` (in order, after any page sent before) and return what resolves once
         the broker confirmed every one of them (or raises SinkError)."""
-        from aiormq.abc import ChannelFrame
-
         async with self._lock:
             try:
-                channel = await self._connect()
-                frame_max = int(channel.connection.connection_tune.frame_max or 131072)
-                confirms: list[asyncio.Future[Any]] = []
-                parts: list[bytes] = []
-                methods = self._methods
-                async with channel.lock:
-                    for event in events:
-                        key = (channel.number, event.region, shard, event.type)
-                        method = methods.get(key)
-                        if method is None:
-                            routing_key = cat.routing_key(event.region, shard, event.type)
-                            method = methods[key] = method_frame(channel.number, self.exchange_name, routing_key)
-                        parts.append(
-                            message_frames(channel.number, "", "", event.id, event.type, event.body, frame_max, method)
-                        )
-                    first_tag = channel.delivery_tag + 1
-                    for tag in range(first_tag, first_tag + len(events)):
-                        confirm = channel.create_future()
-                        channel.confirmations[tag] = confirm
-                        confirms.append(confirm)
-                    channel.delivery_tag = first_tag + len(events) - 1
-                    drained = channel.create_future()
-                    await channel.write_queue.put(
-                        ChannelFrame(payload=b"".join(parts), should_close=False, drain_future=drained)
-                    )
-                await asyncio.wait_for(drained, CONFIRM_TIMEOUT_S)
+                link = await self._connect()
+                if not events:
+                    done: Confirmation = asyncio.get_running_loop().create_future()
+                    done.set_result(None)
+                    return done
+                return await link.write(self._frames(shard, events, link.frame_max), len(events), CONFIRM_TIMEOUT_S)
             except (Exception, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError) and asyncio.current_task().cancelling():  # type: ignore[union-attr]
                     raise
                 await self.close()
+                if isinstance(exc, SinkError):
+                    raise
                 raise SinkError(f"rabbitmq: {exc!r}") from exc
-        return asyncio.ensure_future(self._confirmed(confirms))
 
-    async def _confirmed(self, confirms: list[asyncio.Future[Any]]) -> None:
-        try:
-            async with asyncio.timeout(CONFIRM_TIMEOUT_S):
-                results = await asyncio.gather(*confirms, return_exceptions=True)
-        except TimeoutError as exc:
-            await self.close()
-            raise SinkError(f"rabbitmq: no confirmation within {CONFIRM_TIMEOUT_S:.0f}s") from exc
-        failed = [r for r in results if isinstance(r, BaseException) or type(r).__name__ != "Ack"]
-        if failed:
-            await self.close()
-            raise SinkError(f"rabbitmq did not confirm {len(failed)} of {len(confirms)} events: {failed[0]!r}")
+    def _frames(self, shard: int, events: list[Published], frame_max: int) -> bytes:
+        """Every message of the page, its frames as ``message_frames`` makes them, in one bytes:
+        pieces gathered in one list (the frames' fixed parts cached per event type), one join."""
+        methods, types, parts = self._methods, self._types, []
+        head, body_head, step = _MESSAGE_HEAD.pack, _FRAME_HEAD.pack, frame_max - 8
+        for event in events:
+            key = (event.region, shard, event.type)
+            method = methods.get(key)
+            if method is None:
+                routing_key = cat.routing_key(event.region, shard, event.type)
+                method = methods[key] = method_frame(CHANNEL, self.exchange_name, routing_key)
+            type_short = types.get(event.type)
+            if type_short is None:
+                type_short = types[event.type] = _shortstr(event.type.encode())
+            message_id, body = event.id.encode(), event.body
+            size = len(body)
+            if size > step or len(message_id) > 255:  # split into frames (or refused): the general way
+                parts.append(message_frames(CHANNEL, "", "", event.id, event.type, body, frame_max, method))
+                continue
+            parts += (
+                method, head(2, CHANNEL, 16 + len(_CONTENT_TYPE) + len(message_id) + len(type_short), 60, 0, size,
+                             _PROPERTY_FLAGS),
+                _CONTENT_TYPE, b"\x02", bytes((len(message_id),)), message_id, type_short, _FRAME_END,
+                body_head(3, CHANNEL, size), body, _FRAME_END,
+            )  # fmt: skip
+        return b"".join(parts)
 
     async def close(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None:
-            try:
-                await connection.close()
-            except Exception as exc:  # noqa: BLE001 (closing what failed may fail too)
-                log.debug("events: closing the RabbitMQ connection: %r", exc)
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()

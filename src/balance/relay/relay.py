@@ -25,7 +25,7 @@ from balance.storage.base import StorageError
 log = logging.getLogger("balance.relay")
 
 PAGE_ROWS = 1000
-IDLE_POLL_S = 0.02  # caught up: how often the shard database is asked for new rows
+IDLE_POLL_S = 0.02  # caught up (a page short of full): how long until the shard database is asked again
 CURSOR_SAVE_S = 1.0  # the cursor is written at most this often (and at a clean stop)
 OUTBOX_RETENTION_S = 86_400.0
 
@@ -112,6 +112,9 @@ class ShardRelay:
                     continue
                 page = await self.source.read_page(read_to, self.page_rows, stream.missing)
                 oldest = page.oldest_at
+                # A page short of full: the relay has caught up with the writer (no read again at once,
+                # which would come back empty: at a low rate every wake is one read, not two).
+                behind = len(page.journal) >= self.page_rows or len(page.outbox) >= self.page_rows
                 if oldest is not None:
                     events = stream.build(page.journal, page.outbox, page.accounts, page.later_updates, page.placements)
                     confirmation = await self.sink.send(self.shard, events) if events else _done()
@@ -119,12 +122,10 @@ class ShardRelay:
                     read_to = page.last_seq
                 unconfirmed = inflight[0].oldest_at if inflight else None
                 self._lag.set(0.0 if unconfirmed is None else max(0.0, time.time() - unconfirmed / 1e6))
-                if oldest is None:  # caught up: wait for the next rows (or the next confirmation)
-                    if inflight:
-                        await asyncio.wait([inflight[0].confirmation], timeout=self.idle_poll_s)
-                    else:
+                if not behind:  # caught up: the next rows gather meanwhile (confirmations arrive too)
+                    if not inflight:
                         self.failures = 0
-                        await asyncio.sleep(self.idle_poll_s)
+                    await asyncio.sleep(self.idle_poll_s)
                 if self.cursor != self.saved and time.monotonic() - saved_at >= self.cursor_save_s:
                     await self.save()
                     saved_at = time.monotonic()

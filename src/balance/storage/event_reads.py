@@ -7,7 +7,10 @@ from __future__ import annotations
 from balance.domain.model import EVENT_ACCOUNT_UPDATED
 from balance.storage import schema
 
-JOURNAL_PAGE = f"SELECT {','.join(schema.JOURNAL_COLUMNS)} FROM journal WHERE seq > {{p}} ORDER BY seq LIMIT {{p}}"
+# The journal's columns in their order, but not the stored answer nor the fingerprint (no event
+# carries them; the answer is the row's largest column): NULL in their place.
+_EVENT_JOURNAL_COLUMNS = ",".join("NULL" if c in ("result", "fingerprint") else c for c in schema.JOURNAL_COLUMNS)
+JOURNAL_PAGE = f"SELECT {_EVENT_JOURNAL_COLUMNS} FROM journal WHERE seq > {{p}} ORDER BY seq LIMIT {{p}}"
 OUTBOX_PAGE = f"SELECT {','.join(schema.OUTBOX_COLUMNS)} FROM outbox WHERE seq > {{p}} ORDER BY seq LIMIT {{p}}"
 CURSOR = "SELECT value FROM meta WHERE name = {p}"
 # The oldest row after the cursor: its age is the relay's lag.
