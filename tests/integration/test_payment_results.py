@@ -338,3 +338,44 @@ async def test_a_result_for_an_unavailable_shard_is_not_acknowledged_until_it_ap
     assert harness.count("balance_payment_results_applied_total", result="succeeded", outcome="applied") == 1
     assert await harness.dead_letters(1, timeout_s=1) == []
     check_books(service)
+
+
+async def test_acknowledgements_out_of_order_keep_the_channel_open() -> None:
+    """Tag 2 is acknowledged alone, then tag 1 alone, then 4 and 3. The coalesced ``multiple``
+    acknowledgement must not name tag 2 again: the broker closes the channel on an unknown
+    delivery tag, and every result after it waited for a reconnect (a test above timed out)."""
+    from balance.results.amqp import Acks
+
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"test-acks-{uuid.uuid4().hex[:8]}")
+        for body in (b"1", b"2", b"3", b"4"):
+            await channel.default_exchange.publish(aio_pika.Message(body), routing_key=queue.name)
+        raw = await channel.get_underlay_channel()
+        tags: list[int] = []
+        got = asyncio.Event()
+
+        async def on_message(message: Any) -> None:
+            tags.append(message.delivery.delivery_tag)
+            if len(tags) == 4:
+                got.set()
+
+        await raw.basic_consume(queue.name, on_message)
+        await asyncio.wait_for(got.wait(), 10)
+        acks = Acks(raw)
+        for batch in ([tags[1]], [tags[0]], [tags[3], tags[2]]):
+            for tag in batch:
+                acks.ack(tag)
+            await asyncio.sleep(0.05)  # the flush goes out in the loop's next turn
+            assert acks._sending is not None
+            await acks._sending
+        await asyncio.sleep(0.2)  # a broker's channel.close would arrive by now
+        assert not raw.is_closed, "the broker closed the channel"
+        await channel.close()  # what it had not acknowledged goes back to the queue
+        other = await connection.channel()
+        declared = await other.declare_queue(queue.name, passive=True)
+        assert declared.declaration_result.message_count == 0  # all four were acknowledged
+        await declared.delete()
+    finally:
+        await connection.close()

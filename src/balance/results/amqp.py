@@ -89,7 +89,12 @@ class Acks:
             self.settled.discard(base)
         self.base = base
         single = [tag for tag in ready if tag > base]
-        multiple = base if len(single) < len(ready) else None
+        # ``multiple`` names the highest tag acknowledged in THIS batch: every tag below it is
+        # settled, and those still outstanding are this batch's. Naming ``base`` itself would
+        # ack a tag already acknowledged alone or put back (nack) in an earlier batch, and the
+        # broker closes the channel on an unknown delivery tag (PRECONDITION_FAILED).
+        covered = [tag for tag in ready if tag <= base]
+        multiple = max(covered) if covered else None
         self._sending = asyncio.ensure_future(self._send(self._sending, multiple, single))
 
     async def _send(self, before: asyncio.Future[None] | None, multiple: int | None, single: list[int]) -> None:
