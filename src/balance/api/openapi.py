@@ -37,7 +37,7 @@ _RESPONSES = {
 _OPTIONAL_BODIES = ("CaptureBody", "ReleaseBody", "NewKey", "AccountPatch")  # an empty body is {}
 
 # Codes any authenticated route may answer, besides its own (``Route.codes``).
-_EVERY_ROUTE = (e.UNAUTHORIZED, e.RATE_LIMITED, e.UNAVAILABLE, e.VALIDATION_ERROR)
+_EVERY_ROUTE = (e.UNAUTHORIZED, e.RATE_LIMITED, e.UNAVAILABLE, e.VALIDATION_ERROR, e.ACCOUNT_MOVING, e.ACCOUNT_MOVED)
 # Codes of the HTTP layer (``api/app.py``, the built-in server ``api/http1.py``, docs/limits.md):
 # not business outcomes, so not in ``statuses.STATUS_BY_CODE``.
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"

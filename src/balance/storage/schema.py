@@ -5,7 +5,7 @@ from __future__ import annotations
 from balance.domain.holds import HOLD_JOURNAL_FIELDS
 from balance.domain.ids import CLIENT_OP_KINDS, CLIENT_OP_PREFIX
 from balance.domain.ledger import RECOVERY_JOURNAL_FIELDS
-from balance.domain.model import ACCOUNT_FIELDS, HOLD_FIELDS, OPEN
+from balance.domain.model import ACCOUNT_FIELDS, HOLD_FIELDS, MOVE_KINDS, OPEN
 
 ACCOUNT_COLUMNS = ACCOUNT_FIELDS
 HOLD_COLUMNS = HOLD_FIELDS
@@ -192,8 +192,11 @@ def recovery_journal_query(placeholder: str) -> str:
 
 # An account's creation under a client id keeps its first answer in the journal (a row of kind
 # ``open``); the history lists money, not that row.
-HISTORY_SHOWN = f" AND kind <> '{OPEN}'"
-HISTORY_SHOWN_J = f" AND j.kind <> '{OPEN}'"
+# Nor the rows of a partner move (``domain.moves``): an account or hold leaving or arriving, and
+# the first answers carried to the new shard (each shows where it was written).
+_HIDDEN = ",".join(f"'{kind}'" for kind in (OPEN, *MOVE_KINDS))
+HISTORY_SHOWN = f" AND kind NOT IN ({_HIDDEN})"
+HISTORY_SHOWN_J = f" AND j.kind NOT IN ({_HIDDEN})"
 
 
 def history_query(
