@@ -282,3 +282,17 @@ def history_fill_sql(after: str, up_to: str) -> str:
         "INSERT OR IGNORE INTO history (account_id, seq) SELECT account_id, seq FROM journal"
         f" WHERE seq > {after} AND seq <= {up_to} ORDER BY account_id, seq"
     )
+
+
+MOVE_RECORDS_CHUNK = 500
+
+
+def move_records_query(placeholder: str, accounts: int) -> str:
+    """A partner move's export (``domain.moves``): the first answer of every operation id of
+    ``accounts`` accounts (account_id, op_key, fingerprint, status, result), the move's own
+    rows and transfers still in progress left out."""
+    marks = ",".join([placeholder] * accounts)
+    return (
+        "SELECT account_id, op_key, fingerprint, status, result FROM journal"
+        f" WHERE account_id IN ({marks}) AND op_key IS NOT NULL AND SUBSTR(op_key, 1, 2) <> 'mv' AND status <> 202"
+    )
