@@ -152,6 +152,7 @@ async def build_node_app(settings: Settings) -> tuple[BalanceApp, ShardKeeper]:
     keeper = ShardKeeper(
         node, directory, ports, make_engine, lease_s=settings.lease_s, on_taken_over=service.shard_taken_over,
         forwarder=forwarder, on_key=lambda row: service.keys.add(KeyRecord.from_row(row)),
+        placement=service.placement,
     )  # fmt: skip
     service.node = keeper
     for port in ports:  # a transfer's target leg on another node's shard goes there

@@ -234,16 +234,39 @@ def shard_in_id(account_id: str) -> int | None:
 
 class Placement:
     """Where accounts live: the shard an id names (ids encode it, so a request is routed
-    without a look-up), and the shard a new top-level account goes to (a child lives on its
-    parent's shard, so a partner's subtree stays on one shard)."""
+    without a look-up) unless the fleet's directory overrides it (a partner moved with its
+    subtree), and the shard a new top-level account goes to (a child lives on its parent's
+    shard, so a partner's subtree stays on one shard).
+
+    ``overrides`` (account id -> shard) holds one entry per account that lives elsewhere than
+    its id says: a moved partner's whole subtree is one entry per account, written together by
+    the move (``ShardDirectory.set_placements``), so a look-up is one dict get, whatever the
+    depth, with nothing to ask a shard. A node reads them from the directory (``ShardKeeper``);
+    a single process has none. A child created after its parent moved gets an id naming the
+    parent's new shard, so it needs no entry."""
 
     def __init__(self, shards: int) -> None:
         self.shards = shards
+        self.overrides: dict[str, int] = {}
 
     def shard_of(self, account_id: str) -> int | None:
         """The shard ``account_id`` lives on, or None if no shard of this deployment has it."""
-        shard = shard_in_id(account_id)
-        return None if shard is None or shard >= self.shards else shard
+        shard = self.overrides.get(account_id)
+        if shard is None:
+            shard = shard_in_id(account_id)
+            if shard is None:
+                return None
+        return shard if shard < self.shards else None
+
+    def override(self, changes: list[tuple[str, int | None]]) -> None:
+        """Changes read from the directory, in order (shard None: the override was removed);
+        applied together, with nothing else running in between."""
+        overrides = self.overrides
+        for account_id, shard in changes:
+            if shard is None:
+                overrides.pop(account_id, None)
+            else:
+                overrides[account_id] = shard
 
     def new_top_level(self, account_counts: list[int]) -> int:
         """The shard for a new top-level account: the least filled."""

@@ -89,11 +89,73 @@ async def test_racing_nodes_get_one_lease(directory: ShardDirectory) -> None:
     assert len([r for r in results if r is not None]) == 1  # a first lease too (an INSERT)
 
 
+async def _shards(directory: ShardDirectory, count: int) -> None:
+    for shard in range(count):
+        await directory.add_shard(ShardRecord(shard, "US", f"/data/shard-{shard}.db", None, None))
+
+
 async def test_placement_overrides(directory: ShardDirectory) -> None:
+    await _shards(directory, 6)
     assert await directory.placement_of("US-1-abc") is None
     await directory.set_placement("US-1-abc", 4, 10)
     await directory.set_placement("US-1-abc", 5, 11)
     assert await directory.placement_of("US-1-abc") == 5
+
+
+async def test_placements_are_written_and_removed_in_bulk_and_read_as_changes(directory: ShardDirectory) -> None:
+    """A moved subtree is one override per account, all in one version; a reader reading the
+    changes since its last version learns of writes and removals, in order."""
+    await _shards(directory, 3)
+    assert await directory.placements_since(0) == (0, [])
+    subtree = {"US-1-partner": 2, "US-1-child1": 2, "US-1-child2": 2}
+    v1 = await directory.set_placements(subtree, 100)
+    assert v1 >= 1
+    version, changes = await directory.placements_since(0)
+    assert version == v1 and sorted(changes) == sorted(subtree.items())
+    assert await directory.placements_since(v1) == (v1, [])
+    v2 = await directory.set_placements({"US-0-other": 1, "US-1-child2": 0}, 200)
+    assert v2 == v1 + 1
+    assert sorted((await directory.placements_since(v1))[1]) == [("US-0-other", 1), ("US-1-child2", 0)]
+    v3 = await directory.remove_placements(["US-1-child1", "US-2-never-overridden"], 300)
+    assert v3 == v2 + 1
+    assert await directory.placements_since(v2) == (v3, [("US-1-child1", None)])
+    assert await directory.placement_of("US-1-child1") is None
+    assert await directory.placement_of("US-2-never-overridden") is None
+    # A reader starting afresh replays every change: what is in force at the end.
+    current: dict[str, int] = {}
+    for account_id, shard in (await directory.placements_since(0))[1]:
+        if shard is None:
+            current.pop(account_id, None)
+        else:
+            current[account_id] = shard
+    assert current == {"US-1-partner": 2, "US-1-child2": 0, "US-0-other": 1}
+
+
+async def test_a_bad_placement_writes_nothing(directory: ShardDirectory) -> None:
+    """All or none: an unknown shard or an id not of ours refuses the whole write."""
+    await _shards(directory, 2)
+    for bad in ({"US-0-a": 1, "US-0-b": 7}, {"US-0-a": 1, "not-an-id": 0}, {"US-0-a": 1, "US-0-" + "x" * 80: 0},
+                {"US-0-a": -1}, {"US-0-a": True}):  # fmt: skip
+        with pytest.raises(DirectoryError):
+            await directory.set_placements(bad, 1)  # type: ignore[arg-type]
+    with pytest.raises(DirectoryError):
+        await directory.set_placements({}, 1)
+    with pytest.raises(DirectoryError):
+        await directory.remove_placements(["ghost"], 1)
+    assert await directory.placements_since(0) == (0, [])
+    assert await directory.placement_of("US-0-a") is None
+
+
+async def test_concurrent_placement_writes_get_distinct_versions_in_commit_order(directory: ShardDirectory) -> None:
+    """The counter is bumped inside each write's transaction: no two writes share a version,
+    and every change is read exactly once by a reader following the versions."""
+    await _shards(directory, 2)
+    versions = await asyncio.gather(
+        *(directory.set_placements({f"US-0-a{i}": 1, f"US-0-b{i}": 1}, i) for i in range(8))
+    )
+    assert sorted(versions) == list(range(1, 9))
+    version, changes = await directory.placements_since(0)
+    assert version == max(versions) and len(changes) == 16
 
 
 def test_operator_commands(

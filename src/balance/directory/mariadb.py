@@ -12,7 +12,7 @@ import asyncmy
 from asyncmy.constants import CLIENT
 
 from balance.directory.records import DirectoryError, NodeRecord
-from balance.directory.sql import TABLES, Duplicate, SqlDirectory
+from balance.directory.sql import ADDED_COLUMNS, INDEXES, PLACEMENTS, TABLES, Duplicate, SqlDirectory
 from balance.storage.mariadb_driver import DRIVER_ERRORS
 from balance.storage.mariadb_url import parse_server, redacted
 
@@ -55,6 +55,13 @@ class MariaDbDirectory(SqlDirectory):
                     await cur.execute(f"USE `{self._server.database}`")
                     for table, ddl in TABLES.items():
                         await cur.execute(f"CREATE TABLE IF NOT EXISTS `{table}` ({ddl}) ENGINE=InnoDB")
+                    for table, column, ddl in ADDED_COLUMNS:
+                        await cur.execute(f"ALTER TABLE `{table}` ADD COLUMN IF NOT EXISTS `{column}` {ddl}")
+                    for index, table, column in INDEXES:
+                        await cur.execute(f"CREATE INDEX IF NOT EXISTS `{index}` ON `{table}` (`{column}`)")
+                    await cur.execute(
+                        "INSERT IGNORE INTO directory_versions (name, value) VALUES (%s, 0)", (PLACEMENTS,)
+                    )
             finally:
                 await conn.ensure_closed()
             if self._pool is None:
@@ -88,6 +95,28 @@ class MariaDbDirectory(SqlDirectory):
     async def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> int:
         _, count = await self._run(sql, args, False)
         return count
+
+    async def _versioned(self, counter: str, steps: list[tuple[str, list[tuple[Any, ...]]]]) -> int:
+        if self._pool is None:
+            raise DirectoryError(f"{self!r} is not open")
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.begin()
+                try:
+                    async with conn.cursor() as cur:
+                        # The counter's row lock is held to the commit: the next writer waits.
+                        await cur.execute("UPDATE directory_versions SET value = value + 1 WHERE name = %s", (counter,))
+                        await cur.execute("SELECT value FROM directory_versions WHERE name = %s", (counter,))
+                        (version,) = await cur.fetchone()
+                        for sql, rows in steps:
+                            await cur.executemany(sql.replace("{version}", str(int(version))), rows)
+                except BaseException:
+                    await conn.rollback()
+                    raise
+                await conn.commit()
+                return int(version)
+        except DRIVER_ERRORS as exc:
+            raise DirectoryError(f"{self!r}: {exc}") from exc
 
     async def _upsert_key(self, row: tuple[Any, ...], written_at_ms: int) -> None:
         await self._execute(

@@ -77,7 +77,19 @@ class ShardDirectory(Protocol):
         """Key rows written after ``after_ms``: KEY_COLUMNS and then the time written."""
 
     async def set_placement(self, account_id: str, shard_id: int, now_ms: int) -> None:
-        """An account (and its subtree) lives on ``shard_id``, whatever its id says."""
+        """``account_id`` lives on ``shard_id``, whatever its id says (``set_placements`` of one)."""
+
+    async def set_placements(self, placements: dict[str, int], now_ms: int) -> int:
+        """Overrides, all written in one transaction (or none: an unknown shard, an id not of
+        this service): each account lives on its shard from the version returned on. A moved
+        partner's subtree is one override per account (a node's look-up stays one dict get)."""
+
+    async def remove_placements(self, account_ids: list[str], now_ms: int) -> int:
+        """All in one transaction: these accounts live where their ids say again; the version."""
+
+    async def placements_since(self, version: int) -> tuple[int, list[tuple[str, int | None]]]:
+        """The overrides changed after ``version`` ((account, shard), None: removed), oldest
+        first, and the version read up to (``version`` itself when nothing changed)."""
 
     async def placement_of(self, account_id: str) -> int | None:
         """The override for ``account_id``, if any."""

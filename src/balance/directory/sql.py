@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from balance.directory.records import DirectoryError, NodeRecord, Ownership, ShardRecord
+from balance.shards import shard_in_id
 
 # Types are written for MariaDB; SQLite takes them as they are (dynamic types).
 TABLES = {
@@ -25,8 +26,17 @@ TABLES = {
         "shard_id INT NOT NULL PRIMARY KEY, node_id VARCHAR(64) NOT NULL, epoch BIGINT NOT NULL,"
         " lease_expires_at BIGINT NOT NULL"
     ),
-    # Accounts living elsewhere than their id says (a partner moved with its subtree).
-    "directory_placements": "account_id VARCHAR(64) NOT NULL PRIMARY KEY, shard_id INT NOT NULL, moved_at BIGINT NOT NULL",
+    # Accounts living elsewhere than their id says (a partner moved with its subtree: one row
+    # per account of it). ``version`` is the change that wrote the row (``directory_versions``):
+    # nodes read the rows of versions newer than the last they read. A removed override stays
+    # as a row with shard_id -1 (``NO_SHARD``), so that nodes reading changes learn of it.
+    "directory_placements": (
+        "account_id VARCHAR(64) NOT NULL PRIMARY KEY, shard_id INT NOT NULL, moved_at BIGINT NOT NULL,"
+        " version BIGINT NOT NULL DEFAULT 0"
+    ),
+    # Counters bumped inside the transaction of each change they number (their row lock orders
+    # the writers, so versions commit in order: a reader never sees V+1 before V).
+    "directory_versions": "name VARCHAR(32) NOT NULL PRIMARY KEY, value BIGINT NOT NULL",
     # Every API key of the fleet (the columns of ``schema.KEY_COLUMNS``, and when the row was
     # last written), so that every node authenticates every key: the node owning the key's
     # shard writes it here when it creates or revokes it (and all of them at takeover); the
@@ -37,6 +47,12 @@ TABLES = {
         " client_id VARCHAR(64) NULL, written_at BIGINT NOT NULL"
     ),
 }
+# Columns added since a table was first created (a directory made by an earlier version).
+ADDED_COLUMNS = (("directory_placements", "version", "BIGINT NOT NULL DEFAULT 0"),)
+INDEXES = (("directory_placements_version", "directory_placements", "version"),)
+PLACEMENTS = "placements"  # the counter of ``directory_placements``
+NO_SHARD = -1  # a removed override
+ACCOUNT_ID_MAX = 64  # directory_placements.account_id
 _SHARD_COLUMNS = "id, region, database_url, node_id, standby_node_id"
 _OWNERSHIP_COLUMNS = "shard_id, node_id, epoch, lease_expires_at"
 _KEY_COLUMNS = "key_hash, account_id, created_at, key_id, prefix, scopes, revoked_at, client_id"  # schema.KEY_COLUMNS
@@ -57,6 +73,11 @@ class SqlDirectory:
         raise NotImplementedError
 
     async def _upsert_node(self, node: NodeRecord) -> None:
+        raise NotImplementedError
+
+    async def _versioned(self, counter: str, steps: list[tuple[str, list[tuple[Any, ...]]]]) -> int:
+        """One transaction: bump ``counter``, then run each statement once per argument tuple,
+        ``{version}`` in its text standing for the counter's new value; that value."""
         raise NotImplementedError
 
     async def _upsert_key(self, row: tuple[Any, ...], written_at_ms: int) -> None:
@@ -146,12 +167,52 @@ class SqlDirectory:
         )
 
     async def set_placement(self, account_id: str, shard_id: int, now_ms: int) -> None:
-        await self._execute("DELETE FROM directory_placements WHERE account_id = %s", (account_id,))
-        await self._execute(
-            "INSERT INTO directory_placements (account_id, shard_id, moved_at) VALUES (%s, %s, %s)",
-            (account_id, shard_id, now_ms),
+        await self.set_placements({account_id: shard_id}, now_ms)
+
+    async def set_placements(self, placements: dict[str, int], now_ms: int) -> int:
+        """All or none: every account of ``placements`` lives on its shard from this version on."""
+        if not placements:
+            raise DirectoryError("no placement to set")
+        known = {shard.id for shard in await self.shards()}  # (shards are never removed)
+        for account_id, shard_id in placements.items():
+            _check_account(account_id)
+            if isinstance(shard_id, bool) or not isinstance(shard_id, int) or shard_id not in known:
+                raise DirectoryError(f"no shard {shard_id!r} in the directory (for {account_id})")
+        rows = [(account_id, shard_id, now_ms) for account_id, shard_id in placements.items()]
+        sql = (
+            "REPLACE INTO directory_placements (account_id, shard_id, moved_at, version) VALUES (%s, %s, %s, {version})"
         )
+        return await self._versioned(PLACEMENTS, [(sql, rows)])
+
+    async def remove_placements(self, account_ids: list[str], now_ms: int) -> int:
+        """All or none: these accounts live where their ids say again (those without an
+        override are left alone)."""
+        if not account_ids:
+            raise DirectoryError("no placement to remove")
+        for account_id in account_ids:
+            _check_account(account_id)
+        sql = (
+            f"UPDATE directory_placements SET shard_id = {NO_SHARD}, moved_at = %s, version = {{version}}"
+            f" WHERE account_id = %s AND shard_id <> {NO_SHARD}"
+        )
+        return await self._versioned(PLACEMENTS, [(sql, [(now_ms, account_id) for account_id in account_ids])])
+
+    async def placements_since(self, version: int) -> tuple[int, list[tuple[str, int | None]]]:
+        """The overrides changed after ``version`` (shard None: removed), oldest first, and the
+        version they bring the reader to."""
+        rows = await self._query(
+            "SELECT account_id, shard_id, version FROM directory_placements WHERE version > %s ORDER BY version",
+            (version,),
+        )
+        changes = [(str(r[0]), None if int(r[1]) == NO_SHARD else int(r[1])) for r in rows]
+        return (int(rows[-1][2]) if rows else version), changes
 
     async def placement_of(self, account_id: str) -> int | None:
         rows = await self._query("SELECT shard_id FROM directory_placements WHERE account_id = %s", (account_id,))
-        return int(rows[0][0]) if rows else None
+        return int(rows[0][0]) if rows and int(rows[0][0]) != NO_SHARD else None
+
+
+def _check_account(account_id: object) -> None:
+    """An override names an account id of this service (``REGION-SHARD-...``, at most 64 characters)."""
+    if not isinstance(account_id, str) or len(account_id) > ACCOUNT_ID_MAX or shard_in_id(account_id) is None:
+        raise DirectoryError(f"{str(account_id)[:80]!r} is not an account id of this service")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from balance.directory.records import DirectoryError, NodeRecord
-from balance.directory.sql import TABLES, Duplicate, SqlDirectory
+from balance.directory.sql import ADDED_COLUMNS, INDEXES, PLACEMENTS, TABLES, Duplicate, SqlDirectory
 
 FILE_NAME = "directory.db"
 
@@ -36,6 +36,12 @@ class SqliteDirectory(SqlDirectory):
             try:
                 for table, ddl in TABLES.items():
                     conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({ddl})")
+                for table, column, ddl in ADDED_COLUMNS:
+                    if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+                for index, table, column in INDEXES:
+                    conn.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({column})")
+                conn.execute("INSERT OR IGNORE INTO directory_versions (name, value) VALUES (?, 0)", (PLACEMENTS,))
             finally:
                 conn.close()
 
@@ -73,6 +79,29 @@ class SqliteDirectory(SqlDirectory):
 
         matched: int = await self._in_thread(execute)
         return matched
+
+    async def _versioned(self, counter: str, steps: list[tuple[str, list[tuple[Any, ...]]]]) -> int:
+        def write() -> int:
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("UPDATE directory_versions SET value = value + 1 WHERE name = ?", (counter,))
+                    (version,) = conn.execute(
+                        "SELECT value FROM directory_versions WHERE name = ?", (counter,)
+                    ).fetchone()
+                    for sql, rows in steps:
+                        conn.executemany(sql.replace("{version}", str(int(version))).replace("%s", "?"), rows)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return int(version)
+            finally:
+                conn.close()
+
+        version: int = await self._in_thread(write)
+        return version
 
     async def _upsert_key(self, row: tuple[Any, ...], written_at_ms: int) -> None:
         await self._execute(

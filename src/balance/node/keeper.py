@@ -38,7 +38,7 @@ from balance.node.forwarding import (
 )
 from balance.node.ports import NodeShard
 from balance.node.remote_marks import RemoteMarks
-from balance.shards import shard_in_id
+from balance.shards import Placement
 from balance.storage.base import Row
 from balance.views import problem
 
@@ -77,8 +77,13 @@ class ShardKeeper:
         on_taken_over: Callable[[NodeShard], object] | None = None,
         forwarder: Forwarder | None = None,
         on_key: Callable[[Row], None] | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.node = node
+        # Where accounts live (the service's own: the overrides read here route its requests too).
+        self.placement = Placement(len(ports)) if placement is None else placement
+        self.shard_of = self.placement.shard_of
+        self._placements_read_to = 0  # the directory's placements version read up to
         self.directory = directory
         self.ports = ports
         self.make_engine = make_engine  # (the shard, its epoch) -> an engine over its fenced storage
@@ -97,7 +102,7 @@ class ShardKeeper:
         self.taken_over_at: dict[int, float] = {}  # shard -> seconds its last takeover took (lease + recovery)
         self._starting: dict[int, asyncio.Task[None]] = {}
         # Holds of other shards naming accounts of the shards owned here (``node.remote_marks``).
-        self.remote_marks = RemoteMarks()
+        self.remote_marks = RemoteMarks(self.shard_of)
         # (the shards asked about) -> this node's holds of other shards naming their accounts,
         # pending or being captured (``BalanceService.holds_naming``); set by the composition root.
         self.holds_naming: Callable[[set[int], set[int]], list[tuple[str, str, str]]] | None = None
@@ -108,8 +113,8 @@ class ShardKeeper:
     def shard_elsewhere(self, account_id: str) -> int | None:
         """Also a shard this node is still recovering after a takeover: not served here yet
         (503: its owner is this node, and it is not ready)."""
-        shard = shard_in_id(account_id)
-        if shard is None or shard >= len(self.ports):
+        shard = self.shard_of(account_id)
+        if shard is None:
             return None
         engine = self.ports[shard].engine
         return None if engine is not None and engine.ready else shard
@@ -199,6 +204,7 @@ class ShardKeeper:
             if ownership is not None:
                 self._own(shard, ownership)
         await self._read_owners()
+        await self._sync_placements()  # every override, before the node serves
         await self._sync_keys()  # every key of the other nodes' shards, before the node serves
 
     def fleet_actor(self, headers: dict[bytes, bytes]) -> Actor | None:
@@ -256,7 +262,7 @@ class ShardKeeper:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return Reply(422, problem("validation_error", 422, f"not a hold mark: {exc}"))
         destination_id = wire.destination_id
-        if shard_in_id(destination_id) != shard or shard_in_id(wire.account_id) in (None, shard):
+        if self.shard_of(destination_id) != shard or self.shard_of(wire.account_id) in (None, shard):
             return Reply(422, problem("validation_error", 422, f"not a hold of another shard naming shard {shard}"))
         mark = (destination_id, inbound_hold_mark(wire.account_id, wire.hold_id))
         port = self.ports[shard]
@@ -277,7 +283,7 @@ class ShardKeeper:
         )
 
     def _set_mark(self, mark: tuple[str, str], add: bool) -> None:
-        shard = shard_in_id(mark[0])
+        shard = self.shard_of(mark[0])
         if shard is None or shard not in self.owned:
             return
         self.remote_marks.change(mark, add)
@@ -324,7 +330,7 @@ class ShardKeeper:
                 told = msgspec.json.decode(reply.body, type=HoldsNamingWire)
                 answered |= set(told.sources)
                 holds.extend(told.holds)
-        wanted = [(d, inbound_hold_mark(a, h)) for a, h, d in holds if shard_in_id(d) in targets]
+        wanted = [(d, inbound_hold_mark(a, h)) for a, h, d in holds if self.shard_of(d) in targets]
         added, dropped = self.remote_marks.resync(asked_at, wanted, answered, targets)
         for destination_id, mark in added:
             self._mark_port(destination_id, mark, True)
@@ -340,7 +346,7 @@ class ShardKeeper:
                              shard)  # fmt: skip
 
     def _mark_port(self, destination_id: str, mark: str, add: bool) -> None:
-        shard = shard_in_id(destination_id)
+        shard = self.shard_of(destination_id)
         if shard is not None and shard in self.owned:
             self.ports[shard].expect_inbound(destination_id, mark, add)
 
@@ -353,7 +359,7 @@ class ShardKeeper:
         """Before a hold naming an account of another node's shard is placed: that node marks
         it (a close there answers ``account_not_empty`` from now on) and says what it has
         committed of the account; 503 if it cannot be reached (nothing is placed)."""
-        shard = shard_in_id(destination_id)
+        shard = self.shard_of(destination_id)
         owner = None if shard is None else await self._owner_of(shard)
         if self.forwarder is None or owner is None:
             return unavailable_reply(f"the node that owns account {destination_id}'s shard cannot be reached now")
@@ -367,7 +373,7 @@ class ShardKeeper:
     def drop_hold_mark(self, account_id: str, hold_id: str, destination_id: str) -> None:
         """A hold naming an account of another node's shard is settled (or was not placed): its
         mark there goes, in the background (if it is lost, that node's next sync drops it)."""
-        shard = shard_in_id(destination_id)
+        shard = self.shard_of(destination_id)
         if shard is None or self.forwarder is None:
             return
         forwarder = self.forwarder
@@ -400,6 +406,16 @@ class ShardKeeper:
             self._keys_read_to = max(self._keys_read_to, int(row[-1]))
             if self.on_key is not None and self.shard_elsewhere(row[1]) is not None:
                 self.on_key(tuple(row[:-1]))  # (own shards: the shard's table is the record)
+
+    async def _sync_placements(self) -> None:
+        """The overrides written since the last read (every tick: a node learns of a move
+        within about a second); the first read, at start, brings them all."""
+        version, changes = await self.directory.placements_since(self._placements_read_to)
+        if changes:
+            self.placement.override(changes)
+            log.info("node %s: %d placement overrides changed (version %d, %d in force)", self.node.id,
+                     len(changes), version, len(self.placement.overrides))  # fmt: skip
+        self._placements_read_to = version
 
     async def _owner_of(self, shard: int) -> str | None:
         """The owner's URL as last read; not known (a node just started, a takeover just
@@ -446,6 +462,7 @@ class ShardKeeper:
 
     async def step(self) -> None:
         await self._renew_and_take()
+        await self._sync_placements()
         await self._sync_keys()
         due = time.monotonic() - self._finished_at >= FINISH_EVERY_S
         if time.monotonic() - self._marks_synced_at >= MARKS_RESYNC_S or any(map(self._marks_unknown, self.owned)):

@@ -21,7 +21,7 @@ adds none dropped since it asked (a hold settled since may still be in it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from balance.domain.ledger import INBOUND_HOLD
 from balance.shards import shard_in_id
@@ -29,15 +29,16 @@ from balance.shards import shard_in_id
 Mark = tuple[str, str]  # (destination account, ``inbound_hold_mark``)
 
 
-def source_shard(mark: str) -> int | None:
-    """The shard of the hold a mark stands for (its account id names it)."""
-    return shard_in_id(mark[len(INBOUND_HOLD) :].split(":", 1)[0])
+def source_shard(mark: str, shard_of: Callable[[str], int | None] = shard_in_id) -> int | None:
+    """The shard of the hold a mark stands for (where its account lives)."""
+    return shard_of(mark[len(INBOUND_HOLD) :].split(":", 1)[0])
 
 
 class RemoteMarks:
     """The marks set here by holds of other shards, each with the stamp of its last change."""
 
-    def __init__(self) -> None:
+    def __init__(self, shard_of: Callable[[str], int | None] = shard_in_id) -> None:
+        self.shard_of = shard_of  # where an account lives (``Placement.shard_of`` in a node)
         self.stamp = 0
         self.marks: dict[Mark, int] = {}
         self.dropped: dict[Mark, int] = {}  # marks dropped since the oldest sync in progress began
@@ -61,7 +62,10 @@ class RemoteMarks:
         drop = [
             m
             for m, stamp in self.marks.items()
-            if m not in wanted and stamp <= asked_at and source_shard(m[1]) in sources and shard_in_id(m[0]) in targets
+            if m not in wanted
+            and stamp <= asked_at
+            and source_shard(m[1], self.shard_of) in sources
+            and self.shard_of(m[0]) in targets
         ]
         for m in add:
             self.change(m, True)
@@ -75,4 +79,4 @@ class RemoteMarks:
 
     def forget_shard(self, shard: int) -> None:
         """The shard's engine is gone (lost, or owned anew: its marks are rebuilt)."""
-        self.marks = {m: s for m, s in self.marks.items() if shard_in_id(m[0]) != shard}
+        self.marks = {m: s for m, s in self.marks.items() if self.shard_of(m[0]) != shard}
