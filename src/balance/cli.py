@@ -94,6 +94,37 @@ def directory_action(args: argparse.Namespace) -> int:
     return run_action(args.action_fn, args, settings.directory_url, settings.data_dir)
 
 
+def partners(args: argparse.Namespace) -> int:
+    """``partners move`` / ``partners where``: the HTTP API of a running service (BALANCE_URL,
+    default http://BALANCE_HOST:BALANCE_PORT; the admin key from BALANCE_ADMIN_KEY)."""
+    import json
+    import os
+
+    import httpx
+
+    base = os.environ.get("BALANCE_URL") or (
+        f"http://{os.environ.get('BALANCE_HOST', '127.0.0.1')}:{os.environ.get('BALANCE_PORT', '8080')}"
+    )
+    key = os.environ.get("BALANCE_ADMIN_KEY", "")
+    if not key:
+        print("balance-service: BALANCE_ADMIN_KEY is needed", file=sys.stderr)
+        return 1
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        if args.partners_command == "move":
+            reply = httpx.post(
+                f"{base}/v1/partners/{args.account_id}/move", json={"to_shard": args.to_shard}, headers=headers,
+                timeout=args.timeout,
+            )  # fmt: skip
+        else:
+            reply = httpx.get(f"{base}/v1/partners/{args.account_id}/placement", headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"balance-service: {base}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply.json(), indent=2))
+    return 0 if reply.status_code == 200 and reply.json().get("status", "done") == "done" else 1
+
+
 def fleet(_: argparse.Namespace) -> int:
     from balance.node.local_fleet import main as fleet_main
 
@@ -142,6 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser.add_argument("--accounts", type=int, default=100_000, help="million: accounts")
     bench_parser.add_argument("--holds", type=int, default=1_000_000, help="million: pending holds (expiry: the burst)")
     bench_parser.set_defaults(fn=bench)
+    partners_parser = commands.add_parser("partners", help="move a partner to another shard, or say where it lives")
+    partner_commands = partners_parser.add_subparsers(dest="partners_command", required=True)
+    move_parser = partner_commands.add_parser("move", help="move a top-level partner with its subtree (docs/moves.md)")
+    move_parser.add_argument("account_id")
+    move_parser.add_argument("--to-shard", type=int, required=True)
+    move_parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the answer")
+    where_parser = partner_commands.add_parser("where", help="the shard an account lives on")
+    where_parser.add_argument("account_id")
+    partners_parser.set_defaults(fn=partners)
     commands.add_parser("fleet", help="a local fleet: three nodes, six shards on MariaDB (docs/fleet.md)").set_defaults(
         fn=fleet
     )

@@ -17,7 +17,15 @@ from urllib.parse import parse_qsl
 import msgspec
 from prometheus_client import generate_latest
 
-from balance.api import routes_accounts, routes_batch, routes_events, routes_history, routes_holds, routes_money
+from balance.api import (
+    routes_accounts,
+    routes_batch,
+    routes_events,
+    routes_history,
+    routes_holds,
+    routes_money,
+    routes_partners,
+)
 from balance.api.admission import Admission, HttpLimits
 from balance.api.answers import HttpError, json_reply, validation
 from balance.api.body import BODY_BYTES_MAX, read_body
@@ -86,6 +94,8 @@ def route_table() -> list[tuple[str, str, Handler]]:
         ("POST", "/v1/accounts/{id}/holds/{hold_id}/release", routes_holds.release),
         ("GET", "/v1/accounts/{id}/transactions", routes_history.transactions),
         ("GET", "/v1/accounts/{id}/transactions/{txn_id}", routes_history.transaction),
+        ("POST", "/v1/partners/{id}/move", routes_partners.move),
+        ("GET", "/v1/partners/{id}/placement", routes_partners.placement),
         ("GET", "/v1/events", routes_events.events),
         ("POST", "/v1/transfers", routes_money.transfer),
         ("POST", "/v1/batch", routes_batch.batch),
