@@ -85,12 +85,17 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def directory_action(args: argparse.Namespace) -> int:
-    """An operator command on the shard directory (``BALANCE_DIRECTORY_URL`` or the data directory's)."""
-    from balance.directory.operator import run_action
+    """An operator command on the shard directory (``BALANCE_DIRECTORY_URL`` or the data directory's).
+    ``partners where`` without a directory URL asks the running service (a single process
+    knows its moved partners itself)."""
+    from balance.directory.operator import partners_where, run_action
 
     settings = _settings()
     if settings is None:
         return 1
+    if args.action_fn is partners_where and settings.directory_url is None:
+        args.partners_command = "where"
+        return partners(args)
     return run_action(args.action_fn, args, settings.directory_url, settings.data_dir)
 
 
@@ -173,21 +178,19 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser.add_argument("--accounts", type=int, default=100_000, help="million: accounts")
     bench_parser.add_argument("--holds", type=int, default=1_000_000, help="million: pending holds (expiry: the burst)")
     bench_parser.set_defaults(fn=bench)
-    partners_parser = commands.add_parser("partners", help="move a partner to another shard, or say where it lives")
-    partner_commands = partners_parser.add_subparsers(dest="partners_command", required=True)
-    move_parser = partner_commands.add_parser("move", help="move a top-level partner with its subtree (docs/moves.md)")
-    move_parser.add_argument("account_id")
-    move_parser.add_argument("--to-shard", type=int, required=True)
-    move_parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the answer")
-    where_parser = partner_commands.add_parser("where", help="the shard an account lives on")
-    where_parser.add_argument("account_id")
-    partners_parser.set_defaults(fn=partners)
     commands.add_parser("fleet", help="a local fleet: three nodes, six shards on MariaDB (docs/fleet.md)").set_defaults(
         fn=fleet
     )
     from balance.directory.operator import add_commands
 
-    add_commands(commands, directory_action)
+    partner_commands = add_commands(commands, directory_action)
+    move_parser = partner_commands.add_parser(
+        "move", help="move a top-level partner with its subtree to another shard (a running service; docs/moves.md)"
+    )
+    move_parser.add_argument("account_id")
+    move_parser.add_argument("--to-shard", type=int, required=True)
+    move_parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the answer")
+    move_parser.set_defaults(fn=partners, partners_command="move")
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

@@ -442,6 +442,17 @@ class BalanceService:
             [(account_id, None if shard_in_id(account_id) == to_shard else to_shard) for account_id in account_ids]
         )
 
+    def history_ports(self, account_id: str) -> list[ShardPort]:
+        """The shards an account's history is on: where it lives, then those it was moved from
+        (they keep the rows written there)."""
+        port = self.port_for(account_id)
+        ports = [] if port is None else [port]
+        for engine in self.engines:
+            moving = engine.ledger.moving
+            if moving and moving.get(account_id) == MOVED_AWAY and self.shards[engine.shard] is not port:
+                ports.append(self.shards[engine.shard])
+        return ports
+
     def _placements_from_shards(self) -> None:
         """At start: where moved accounts live now, read off the shards themselves (an account
         is ``moved`` where it left and lives where it arrived), so nothing else need persist it."""
