@@ -424,7 +424,7 @@ class BalanceService:
             self.engines[record.from_shard], self.engines[record.to_shard], record, self._save_move, self._switch
         )
         if done.step in (DONE, ROLLED_BACK) and self.moves_dir is not None:
-            (self.moves_dir / f"{done.move_id}.json").unlink(missing_ok=True)
+            done.remove(self.moves_dir / f"{done.move_id}.json")
         return {
             "move_id": done.move_id, "account_id": done.root_id, "from_shard": done.from_shard,
             "to_shard": done.to_shard, "status": done.step, "accounts": len(done.accounts),
@@ -471,9 +471,7 @@ class BalanceService:
         """Moves a stop or a crash left unfinished: each run on to done (or rolled back)."""
         if self.moves_dir is None or not self.moves_dir.is_dir():
             return []
-        return [
-            await self._run_move(MoveRecord.decode(path.read_bytes())) for path in sorted(self.moves_dir.glob("*.json"))
-        ]
+        return [await self._run_move(MoveRecord.load(path)) for path in sorted(self.moves_dir.glob("*.json"))]
 
     # ---- money across shards -------------------------------------------------------------
 

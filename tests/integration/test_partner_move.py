@@ -73,7 +73,7 @@ async def test_a_partner_moves_with_a_crash_after_any_step(
         record = await run_move(service.engines[0], service.engines[1], record, save)
     except Crash:
         service = await restart(build, service)
-        record = MoveRecord.decode(path.read_bytes())
+        record = MoveRecord.load(path)
         record = await run_move(service.engines[0], service.engines[1], record, lambda r: r.save(path))
     assert record.step == DONE, record.error
     source, target = service.engines

@@ -16,18 +16,22 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from balance.domain import commands as c
 from balance.domain import moves
+from balance.domain.model import ACCOUNT_FIELDS, HOLD_METADATA
 from balance.engine.replies import Reply
 from balance.engine.shard import ShardEngine
 
 FREEZING, EXPORTED, MOVED_OUT, MOVED_IN, DONE, ROLLED_BACK = (
     "freezing", "exported", "moved_out", "moved_in", "done", "rolled_back",
 )  # fmt: skip
+ACCOUNT_METADATA = ACCOUNT_FIELDS.index("metadata")
 BLOCKED_WAIT_S = 10.0  # how long money in flight may keep a frozen subtree from leaving
 
 
@@ -44,30 +48,53 @@ class MoveRecord:
     error: str = ""
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), default=_bytes_out).encode()
+        """The step (small; written at every step)."""
+        return msgspec.json.encode({
+            "move_id": self.move_id, "root_id": self.root_id, "from_shard": self.from_shard,
+            "to_shard": self.to_shard, "step": self.step, "error": self.error,
+        })  # fmt: skip
+
+    def encode_export(self) -> bytes:
+        """The export (written once, before anything leaves): bytes fields as base64."""
+        return msgspec.json.encode([self.accounts, self.holds, self.records])
 
     @classmethod
-    def decode(cls, data: bytes) -> MoveRecord:
-        return cls(**json.loads(data, object_hook=_bytes_in))
+    def decode(cls, data: bytes, export: bytes | None = None) -> MoveRecord:
+        record = cls(**msgspec.json.decode(data))
+        if export is not None:
+            accounts, holds, records = msgspec.json.decode(export)
+            for state in accounts:
+                state[ACCOUNT_METADATA] = base64.b64decode(state[ACCOUNT_METADATA])
+            for state in holds:
+                state[HOLD_METADATA] = base64.b64decode(state[HOLD_METADATA])
+            for row in records:
+                row[4] = base64.b64decode(row[4])
+            record.accounts, record.holds, record.records = accounts, holds, records
+        return record
+
+    @classmethod
+    def load(cls, path: Path) -> MoveRecord:
+        export = path.with_suffix(".export")
+        return cls.decode(path.read_bytes(), export.read_bytes() if export.exists() else None)
 
     def save(self, path: Path) -> None:
-        """Durably: written beside, flushed, renamed over."""
-        part = path.with_suffix(".part")
-        with part.open("wb") as out:
-            out.write(self.encode())
-            out.flush()
-            os.fsync(out.fileno())
-        part.replace(path)
+        """Durably (written beside, flushed, renamed over); the export with the step that made it."""
+        if self.step == EXPORTED:
+            _write(path.with_suffix(".export"), self.encode_export())
+        _write(path, self.encode())
+
+    def remove(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        path.with_suffix(".export").unlink(missing_ok=True)
 
 
-def _bytes_out(value: object) -> object:
-    if isinstance(value, bytes):
-        return {"$b": base64.b64encode(value).decode()}
-    raise TypeError(type(value).__name__)
-
-
-def _bytes_in(obj: dict[str, Any]) -> object:
-    return base64.b64decode(obj["$b"]) if obj.keys() == {"$b"} else obj
+def _write(path: Path, data: bytes) -> None:
+    part = path.with_suffix(path.suffix + ".part")
+    with part.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    part.replace(path)
 
 
 def _code(reply: Reply) -> str:
