@@ -406,6 +406,8 @@ class BalanceService:
     async def move_partner(self, root_id: str, to_shard: int, move_id: str | None = None) -> dict[str, object]:
         """Move a top-level partner with its subtree to ``to_shard`` of this process (the steps:
         ``engine.partner_move``); answers when it is done or rolled back."""
+        if self.node is not None or not self.engines:
+            raise MoveRefused(e.VALIDATION_ERROR, "partner moves between nodes of a fleet are not built yet")
         source = self.engine_for(root_id)
         if source is None or root_id not in source.ledger.accounts:
             raise MoveRefused(e.ACCOUNT_NOT_FOUND, f"account {root_id} not found")

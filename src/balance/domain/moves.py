@@ -23,7 +23,8 @@ holds of others name as destination.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from balance.domain import commands as c
 from balance.domain import errors as e
@@ -64,24 +65,32 @@ def fingerprint_of(move_id: str, root_id: str) -> int:
     return c._fingerprint(("move", move_id, root_id))  # noqa: SLF001 (the one fingerprint function)
 
 
+def _own(command: Any) -> tuple[str | None, ...]:
+    return (command.account_id,)
+
+
+def _none(command: Any) -> tuple[str | None, ...]:
+    return ()
+
+
+# The accounts a command acts on that a move concerns, by the command's type (one dict get on
+# the path of every operation of a shard that has moved accounts out). Legs that finish a
+# movement already under way are let through: they are what a move waits for.
+_SUBJECTS: dict[type, Callable[[Any], tuple[str | None, ...]]] = {
+    c.Credit: _own, c.Debit: _own, c.CaptureHold: _own, c.ReleaseHold: _own, c.ExpireHold: _own,
+    c.UpdateAccount: _own, c.CreateKey: _own, c.RevokeKey: _own, c.RecordResultConflict: _own,
+    c.PlaceHold: lambda cmd: (cmd.account_id, cmd.destination_account_id),
+    c.Transfer: lambda cmd: (cmd.from_account_id, cmd.to_account_id),
+    c.TransferOut: lambda cmd: (cmd.transfer.from_account_id,),
+    c.TransferIn: lambda cmd: (cmd.transfer.to_account_id,),
+    c.CreateAccount: lambda cmd: (cmd.parent_id, cmd.account_id),
+    c.CompleteTransfer: _none, c.ReturnTransfer: _none, c.ResumeLeg: _none,
+    c.FreezeMove: _none, c.ThawMove: _none, c.MoveOut: _none, c.MoveIn: _none,
+}  # fmt: skip
+
+
 def subjects(command: object) -> tuple[str | None, ...]:
-    """The accounts a command acts on that a move concerns (legs that finish a movement
-    already under way are let through: they are what a move waits for)."""
-    if isinstance(command, c.Transfer):
-        return (command.from_account_id, command.to_account_id)
-    if isinstance(command, c.TransferOut):
-        return (command.transfer.from_account_id,)
-    if isinstance(command, c.TransferIn):
-        return (command.transfer.to_account_id,)
-    if isinstance(command, c.CreateAccount):
-        return (command.parent_id, command.account_id)
-    if isinstance(command, c.PlaceHold):
-        return (command.account_id, command.destination_account_id)
-    if isinstance(
-        command, (c.CompleteTransfer, c.ReturnTransfer, c.ResumeLeg, c.FreezeMove, c.ThawMove, c.MoveOut, c.MoveIn)
-    ):
-        return ()
-    return (getattr(command, "account_id", None),)
+    return _SUBJECTS.get(type(command), _none)(command)
 
 
 def refusal(ledger: Ledger, command: object) -> Outcome | None:
