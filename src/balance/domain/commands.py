@@ -318,6 +318,10 @@ class MoveIn:
     holds: tuple[tuple, ...]  # type: ignore[type-arg]
     records: tuple[tuple[str, str, int, int, bytes], ...]
     tag: str = "in"  # "in" on the target, "back" when the source takes its subtree back
+    # Where it left, and the seq of its ``MoveOut`` there: a reader of this shard's events
+    # publishes none of the subtree's until that shard's are published up to there.
+    from_shard: int = -1
+    source_seq: int = 0
 
     @property
     def account_id(self) -> str:

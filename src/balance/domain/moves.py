@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 # subtree here (the detail says what), or the subtree changed since it was exported.
 MOVE_BLOCKED = "move_blocked"
 MOVE_STALE = "move_stale"
-MOVED_AWAY = ""  # ``Ledger.moving`` value of an account that now lives on another shard
+MOVED_AWAY = ""
+BARRIER = "after:"  # the description of a subtree's arriving root row: "after:<from shard>:<its MoveOut seq>"  # ``Ledger.moving`` value of an account that now lives on another shard
 ACCOUNT_PARENT = ACCOUNT_FIELDS.index("parent_id")
 MOVE_ID_MAX = 40  # fits the journal's op_id column with room, and op keys below 160
 
@@ -215,7 +216,10 @@ def move_out(ledger: Ledger, cmd: c.MoveOut, now: int) -> Outcome:
         entry = _account_entry(ledger, MOVE_OUT, cmd.move_id, account, amount, transit.id, now)
         if account_id == root.id:
             entry.op_key, entry.fingerprint = key[1], fingerprint
-    return _recorded(ledger, key, fingerprint)
+            root_entry = entry
+    body = b'{"seq":%d}' % (ledger.next_seq - 1)  # the last row of the move out: the events' barrier
+    root_entry.result = body  # what a replay answers, also after a restart
+    return _recorded(ledger, key, fingerprint, body)
 
 
 def move_in(ledger: Ledger, cmd: c.MoveIn, now: int) -> Outcome:
@@ -263,6 +267,8 @@ def move_in(ledger: Ledger, cmd: c.MoveIn, now: int) -> Outcome:
         entry = _account_entry(ledger, MOVE_IN, cmd.move_id, account, account.balance, None, now)
         if account.id == cmd.root_id:
             entry.op_key, entry.fingerprint = key[1], fingerprint
+            if cmd.from_shard >= 0:  # the events' barrier (``barrier_of``)
+                entry.description = f"{BARRIER}{cmd.from_shard}:{cmd.source_seq}"
     for account_id, op_key, record_fp, status, body in cmd.records:
         if account_id not in accounts or (account_id, op_key) in ledger.records or op_key.startswith("mv"):
             continue  # known here already (a move back: its journal has it), or a move's own
@@ -296,8 +302,8 @@ def _arrive_hold(ledger: Ledger, state: tuple) -> Hold:  # type: ignore[type-arg
     return hold
 
 
-def _recorded(ledger: Ledger, key: tuple[str, str], fingerprint: int) -> Outcome:
-    record = Record(fingerprint, 200, b"")
+def _recorded(ledger: Ledger, key: tuple[str, str], fingerprint: int, body: bytes = b"") -> Outcome:
+    record = Record(fingerprint, 200, body)
     ledger.remember(key, record)
     return Outcome(200, record=record)
 
@@ -337,3 +343,13 @@ def lookups_needed(ledger: Ledger, cmd: c.MoveOut | c.MoveIn) -> list[tuple[str,
     here = {state[ACCOUNT_ID] for state in cmd.accounts if state[ACCOUNT_ID] in ledger.accounts}
     # An account that lived here before: its journal may know them.
     return [key] + [(r[0], r[1]) for r in cmd.records if r[0] in here and (r[0], r[1]) not in ledger.records]
+
+
+def barrier_of(kind: str, description: str) -> tuple[int, int] | None:
+    """(shard, seq) a journal row of a subtree's arrival waits for: the shard it left and the
+    seq of its leaving there. Events of the subtree on this shard are published only once that
+    shard's are published up to there (the old shard's events first, then the new one's)."""
+    if kind != MOVE_IN or not description.startswith(BARRIER):
+        return None
+    shard, _, seq = description[len(BARRIER) :].partition(":")
+    return int(shard), int(seq)

@@ -46,12 +46,13 @@ class MoveRecord:
     holds: list[list[Any]] = field(default_factory=list)
     records: list[list[Any]] = field(default_factory=list)
     error: str = ""
+    source_seq: int = 0  # the seq of the MoveOut on the source (the events' barrier)
 
     def encode(self) -> bytes:
         """The step (small; written at every step)."""
         return msgspec.json.encode({
             "move_id": self.move_id, "root_id": self.root_id, "from_shard": self.from_shard,
-            "to_shard": self.to_shard, "step": self.step, "error": self.error,
+            "to_shard": self.to_shard, "step": self.step, "error": self.error, "source_seq": self.source_seq,
         })  # fmt: skip
 
     def encode_export(self) -> bytes:
@@ -116,7 +117,10 @@ async def run_move(
     if record.step in (FREEZING, EXPORTED):
         await _leave(source, record, save, blocked_wait_s)
     if record.step == MOVED_OUT:
-        arrive = c.MoveIn(record.move_id, record.root_id, *_snapshot(record))
+        arrive = c.MoveIn(
+            record.move_id, record.root_id, *_snapshot(record), from_shard=record.from_shard,
+            source_seq=record.source_seq,
+        )  # fmt: skip
         while True:
             reply = await target.execute(arrive)
             if reply.status == 200:
@@ -166,7 +170,7 @@ async def _leave(source: ShardEngine, record: MoveRecord, save: Callable[[MoveRe
         versions = tuple((state[0], int(state[11])) for state in record.accounts)
         reply = await source.execute(c.MoveOut(record.move_id, record.root_id, record.to_shard, versions))
         if reply.status == 200:
-            record.step = MOVED_OUT
+            record.step, record.source_seq = MOVED_OUT, int(json.loads(reply.body or b"{}").get("seq", 0))
             save(record)
             return
         code = _code(reply)
