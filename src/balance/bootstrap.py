@@ -158,6 +158,7 @@ async def build_node_app(settings: Settings) -> tuple[BalanceApp, ShardKeeper]:
         placement=service.placement,
     )  # fmt: skip
     service.node = keeper
+    service.moves_dir = settings.data_dir / f"moves-{settings.node_id}"  # its partner moves (docs/moves.md)
     for port in ports:  # a transfer's target leg on another node's shard goes there
         port.remote = keeper.remote_execute
     keeper.finish_pending = service.finish_pending_transfers

@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -116,6 +116,7 @@ class BalanceService:
         self._remote_holds: dict[tuple[str, str], str] = {}
         self._placing: dict[tuple[str, str], str] = {}
         self.moves_dir: Path | None = None  # where unfinished partner moves are recorded (the data directory)
+        self._resuming: asyncio.Task[list[dict[str, object]]] | None = None  # a node's moves resumed at start
         for port in self.shards:
             port.watch(self._committed_on, functools.partial(self._mark_remote_holds, port, True))
 
@@ -140,6 +141,8 @@ class BalanceService:
                 if self.engines and self.node is None:  # a single process: moves are its own
                     self._placements_from_shards()
                     await self.resume_moves()
+                elif self.node is not None and self.moves_dir is not None:  # a node: its moves, meanwhile
+                    self._resuming = asyncio.create_task(self.resume_moves())
                 return
             except StorageError as exc:
                 attempt += 1
@@ -394,7 +397,10 @@ class BalanceService:
         """The account is being moved (or was, and this placement is behind): wait for the
         switch, bounded, then go where it lives now (``docs/moves.md``)."""
         deadline = time.monotonic() + MOVE_WAIT_S
+        node = self.node
         while time.monotonic() < deadline:
+            if node is not None and node.shard_elsewhere(command.account_id) is not None:
+                return reply  # it lives on another node now: the app forwards it there
             await asyncio.sleep(0.005)
             reply = (await self.run_many([command], wait_moves=False))[0]
             if not (reply.status == 503 and _moving(reply)):
@@ -404,15 +410,14 @@ class BalanceService:
     # ---- partner moves -------------------------------------------------------------------
 
     async def move_partner(self, root_id: str, to_shard: int, move_id: str | None = None) -> dict[str, object]:
-        """Move a top-level partner with its subtree to ``to_shard`` of this process (the steps:
-        ``engine.partner_move``); answers when it is done or rolled back."""
-        if self.node is not None or not self.engines:
-            raise MoveRefused(e.VALIDATION_ERROR, "partner moves between nodes of a fleet are not built yet")
-        source = self.engine_for(root_id)
+        """Move a top-level partner with its subtree to ``to_shard`` (of this process, or of
+        another node of the fleet); answers when it is done or rolled back (the steps:
+        ``engine.partner_move``). A fleet node runs it for a partner of a shard it owns."""
+        source = self._engine_here(root_id)
         if source is None or root_id not in source.ledger.accounts:
             raise MoveRefused(e.ACCOUNT_NOT_FOUND, f"account {root_id} not found")
-        if not 0 <= to_shard < len(self.engines):
-            raise MoveRefused(e.VALIDATION_ERROR, f"shard {to_shard} is not a shard of this process")
+        if not 0 <= to_shard < len(self.shards):
+            raise MoveRefused(e.VALIDATION_ERROR, f"shard {to_shard} is not a shard of this service")
         if source.ledger.accounts[root_id].parent_id is not None:
             raise MoveRefused(e.VALIDATION_ERROR, "only a top-level partner moves (with its whole subtree)")
         if source.shard == to_shard:
@@ -420,11 +425,27 @@ class BalanceService:
         record = MoveRecord(move_id or uuid.uuid4().hex[:24], root_id, source.shard, to_shard)
         return await self._run_move(record)
 
+    def _engine_here(self, account_id: str) -> ShardEngine | None:
+        """The engine of the account's shard when this process runs it."""
+        port = self.port_for(account_id)
+        engine = getattr(port, "engine", None)
+        return engine if isinstance(engine, ShardEngine) else None
+
     async def _run_move(self, record: MoveRecord) -> dict[str, object]:
         started = time.monotonic()
-        done = await run_move(
-            self.engines[record.from_shard], self.engines[record.to_shard], record, self._save_move, self._switch
-        )
+        source = self.shards[record.from_shard]
+        source_engine = getattr(source, "engine", None)
+        if not isinstance(source_engine, ShardEngine):
+            raise MoveRefused(e.UNAVAILABLE, f"shard {record.from_shard} is not served by this process now")
+        target = self.shards[record.to_shard]
+        target_engine = getattr(target, "engine", None)
+        node = self.node
+        arrive: ShardEngine | Callable[[c.MoveIn], Awaitable[Reply]]
+        if isinstance(target_engine, ShardEngine) or node is None:
+            arrive = target_engine if isinstance(target_engine, ShardEngine) else self.engines[record.to_shard]
+        else:
+            arrive = functools.partial(node.move_in, record.to_shard)
+        done = await run_move(source_engine, arrive, record, self._save_move, self._switch)
         if done.step in (DONE, ROLLED_BACK) and self.moves_dir is not None:
             done.remove(self.moves_dir / f"{done.move_id}.json")
         return {
@@ -438,11 +459,15 @@ class BalanceService:
             self.moves_dir.mkdir(parents=True, exist_ok=True)
             record.save(self.moves_dir / f"{record.move_id}.json")
 
-    def _switch(self, account_ids: list[str], to_shard: int) -> None:
-        """The moved accounts are routed to ``to_shard`` from now on (no entry where the id says so)."""
-        self.placement.override(
-            [(account_id, None if shard_in_id(account_id) == to_shard else to_shard) for account_id in account_ids]
-        )
+    async def _switch(self, account_ids: list[str], to_shard: int) -> None:
+        """The moved accounts are routed to ``to_shard`` from now on (no entry where the id says
+        so); a fleet node writes it to the directory first (every node reads it within ~1 s)."""
+        changes: list[tuple[str, int | None]] = [
+            (account_id, None if shard_in_id(account_id) == to_shard else to_shard) for account_id in account_ids
+        ]
+        if self.node is not None:
+            await self.node.set_placements(changes)
+        self.placement.override(changes)
 
     def history_ports(self, account_id: str) -> list[ShardPort]:
         """The shards an account's history is on: where it lives, then those it was moved from

@@ -134,6 +134,12 @@ class ShardsElsewhere(Protocol):
     def drop_hold_mark(self, account_id: str, hold_id: str, destination_id: str) -> None:
         """That hold is settled or was not placed: its mark on the other node goes (in the background)."""
 
+    async def move_in(self, shard: int, command: c.MoveIn) -> Reply:
+        """A partner move's arrival on ``shard``: here if this node owns it, else on its owner."""
+
+    async def set_placements(self, changes: list[tuple[str, int | None]]) -> None:
+        """A partner move's switch, written to the directory (raises if it is not written)."""
+
     def holds_indexed(self, shard: int) -> None:
         """The service knows the holds of ``shard`` naming other shards (since its recovery)."""
 

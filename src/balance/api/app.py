@@ -52,7 +52,15 @@ _KIND_OF_ROUTE = {
     "/v1/accounts/{id}/holds": "hold", "/v1/accounts/{id}/holds/{hold_id}/capture": "capture",
     "/v1/accounts/{id}/holds/{hold_id}/release": "release", "/v1/batch": "batch",
 }  # fmt: skip
-_ACCOUNT_ROUTE = "/v1/accounts/{id}"  # the routes of one account (its id the first parameter)
+_ACCOUNT_ROUTE = "/v1/accounts/{id}"
+_PARTNER_ROUTE = "/v1/partners/{id}"  # a partner move runs on the node owning the partner's shard
+
+
+def _moved_elsewhere(reply: Reply) -> bool:
+    return b'"account_moving"' in reply.body or b'"account_moved"' in reply.body
+
+
+# the routes of one account (its id the first parameter)
 _INTERNAL = "/internal/"  # a fleet's node-to-node routes (balance.node.keeper.ShardKeeper.internal)
 _BODY_ACCOUNT_ROUTES = ("/v1/accounts", "/v1/transfers")  # POST routes whose account is in the body
 
@@ -282,7 +290,7 @@ class BalanceApp:
             request.principal, request.actor = actor.principal, actor
             node = self.service.node
             if node is not None:  # a fleet node: what is on a shard it does not own, its owner answers
-                if params and pattern.startswith(_ACCOUNT_ROUTE):
+                if params and (pattern.startswith(_ACCOUNT_ROUTE) or pattern.startswith(_PARTNER_ROUTE)):
                     shard = node.shard_elsewhere(params[0])
                 elif pattern in _BODY_ACCOUNT_ROUTES and method == "POST":
                     shard = node.body_shard_elsewhere(pattern, request.body, headers)
@@ -293,6 +301,11 @@ class BalanceApp:
             if "." in params or ".." in params:
                 raise validation("'.' and '..' are not ids")
             reply = await handler(self, request, params)
+            if reply.status == 503 and node is not None and params and _moved_elsewhere(reply):
+                # A partner move switched it to another node's shard meanwhile: its owner answers.
+                shard = node.shard_elsewhere(params[0]) if pattern.startswith(_ACCOUNT_ROUTE) else None
+                if shard is not None:
+                    return pattern, await node.forward(shard, method, path, raw_query, headers, request.body), []
         except HttpError as exc:
             reply = Reply(exc.status, problem(exc.code, exc.status, exc.detail))
             self._count_refusal(pattern, exc.code)

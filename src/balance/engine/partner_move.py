@@ -15,7 +15,7 @@ import base64
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,13 +107,15 @@ def _code(reply: Reply) -> str:
 
 async def run_move(
     source: ShardEngine,
-    target: ShardEngine,
+    target: ShardEngine | Callable[[c.MoveIn], Awaitable[Reply]],
     record: MoveRecord,
     save: Callable[[MoveRecord], None],
-    switch: Callable[[list[str], int], None] | None = None,
+    switch: Callable[[list[str], int], Awaitable[None]] | None = None,
     blocked_wait_s: float = BLOCKED_WAIT_S,
 ) -> MoveRecord:
-    """Run ``record`` from its step to ``done`` or ``rolled_back``; ``save`` after each step."""
+    """Run ``record`` from its step to ``done`` or ``rolled_back``; ``save`` after each step.
+    ``target``: the target's engine, or what sends it a command (on another node of a fleet)."""
+    arrive_at = target.execute if isinstance(target, ShardEngine) else target
     if record.step in (FREEZING, EXPORTED):
         await _leave(source, record, save, blocked_wait_s)
     if record.step == MOVED_OUT:
@@ -122,7 +124,7 @@ async def run_move(
             source_seq=record.source_seq,
         )  # fmt: skip
         while True:
-            reply = await target.execute(arrive)
+            reply = await arrive_at(arrive)
             if reply.status == 200:
                 record.step = MOVED_IN
                 break
@@ -138,7 +140,7 @@ async def run_move(
         save(record)
     if record.step == MOVED_IN:
         if switch is not None:
-            switch([state[0] for state in record.accounts], record.to_shard)
+            await switch([state[0] for state in record.accounts], record.to_shard)
         record.step = DONE
         save(record)
     return record
@@ -192,3 +194,26 @@ def _snapshot(record: MoveRecord) -> tuple[tuple[tuple[Any, ...], ...], tuple[tu
         tuple(tuple(state) for state in record.holds),
         tuple((r[0], r[1], int(r[2]), int(r[3]), r[4]) for r in record.records),
     )
+
+
+def move_in_wire(command: c.MoveIn) -> bytes:
+    """A ``MoveIn`` as the internal route between nodes carries it (bytes as base64)."""
+    record = MoveRecord(command.move_id, command.root_id, command.from_shard, -1, source_seq=command.source_seq)
+    record.accounts = [list(state) for state in command.accounts]
+    record.holds = [list(state) for state in command.holds]
+    record.records = [list(row) for row in command.records]
+    return msgspec.json.encode(
+        {"tag": command.tag, "record": record.encode().decode(), "export": record.encode_export().decode()}
+    )
+
+
+def move_in_from_wire(body: bytes) -> c.MoveIn:
+    """The other side of ``move_in_wire`` (raises ValueError for anything else)."""
+    try:
+        wire = msgspec.json.decode(body, type=dict[str, Any])
+        record = MoveRecord.decode(wire["record"].encode(), wire["export"].encode())
+        tag = str(wire["tag"])
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(f"not a move: {exc}") from None
+    accounts, holds, records = _snapshot(record)
+    return c.MoveIn(record.move_id, record.root_id, accounts, holds, records, tag, record.from_shard, record.source_seq)

@@ -24,6 +24,7 @@ from balance.domain.authority import Actor
 from balance.domain.ids import client_account_suffix
 from balance.domain.ledger import inbound_hold_mark
 from balance.domain.model import ACCOUNT_FIELDS, ACCOUNT_STATUS, STATUS_CLOSED, Account
+from balance.engine.partner_move import move_in_from_wire, move_in_wire
 from balance.engine.replies import Reply, unavailable_reply
 from balance.engine.shard import FENCED, ShardEngine
 from balance.node import crash_points
@@ -54,7 +55,7 @@ KEY_POLL_S = 1.0  # at most this between two reads of the keys (a revocation rea
 KEY_CLOCK_MARGIN_MS = 5000  # key rows are stamped by their writer's clock: re-read this far back
 
 
-_SHARD_ROUTES = ("transfer-in", "hold-mark")
+_SHARD_ROUTES = ("transfer-in", "hold-mark", "move-in")
 
 
 def _no_route(method: str, path: str) -> Reply:
@@ -240,6 +241,12 @@ class ShardKeeper:
             return unavailable_reply(f"shard {shard} is not served by this node now")
         if parts[2] == "hold-mark":
             return self._hold_mark(shard, body)
+        if parts[2] == "move-in":  # a partner move's arrival (``engine.partner_move``)
+            try:
+                arriving = move_in_from_wire(body)
+            except ValueError as exc:
+                return Reply(422, problem("validation_error", 422, str(exc)))
+            return await engine.execute(arriving)
         try:
             transfer = msgspec.json.decode(body, type=LegWire).transfer()
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -252,6 +259,28 @@ class ShardKeeper:
             ledger.mark(ledger.inbound, transfer.to_account_id, leg, False)
             crash_points.reached("after_target_leg")
         return reply
+
+    async def move_in(self, shard: int, command: c.MoveIn) -> Reply:
+        """A partner move's arrival on ``shard``: executed here if this node owns it, else sent
+        to its owner (503 while none answers: the move waits, forward only)."""
+        engine = self.ports[shard].engine
+        if engine is not None:
+            return await engine.execute(command)
+        owner = await self._owner_of(shard)
+        if self.forwarder is None or owner is None:
+            return unavailable_reply(f"shard {shard} is owned by another node, which cannot be reached now")
+        return await self.forwarder.internal(owner, f"shards/{shard}/move-in", move_in_wire(command))
+
+    async def set_placements(self, changes: list[tuple[str, int | None]]) -> None:
+        """A partner move's switch into the directory (every node reads it within about a
+        second); this node's own placement at once."""
+        placed = {account_id: shard for account_id, shard in changes if shard is not None}
+        removed = [account_id for account_id, shard in changes if shard is None]
+        if placed:
+            await self.directory.set_placements(placed, now_ms())
+        if removed:
+            await self.directory.remove_placements(removed, now_ms())
+        self.placement.override(changes)
 
     def _hold_mark(self, shard: int, body: bytes) -> Reply:
         """Mark (or unmark) a hold of another node naming an account of ``shard``. Marking
