@@ -46,6 +46,7 @@ from balance.engine.partner_move import DONE, ROLLED_BACK, MoveRecord, run_move
 from balance.engine.replies import Collector, Reply, Unavailable, unavailable_reply
 from balance.engine.shard import ShardEngine
 from balance.keys import KeyRecord, KeyRegistry, hash_key
+from balance.node import crash_points
 from balance.shards import InProcessShard, Placement, ShardPort, ShardsElsewhere, shard_in_id
 from balance.storage.base import StorageError
 
@@ -458,6 +459,8 @@ class BalanceService:
         if self.moves_dir is not None:
             self.moves_dir.mkdir(parents=True, exist_ok=True)
             record.save(self.moves_dir / f"{record.move_id}.json")
+        if self.node is not None:
+            crash_points.reached(f"move_{record.step}")
 
     async def _switch(self, account_ids: list[str], to_shard: int) -> None:
         """The moved accounts are routed to ``to_shard`` from now on (no entry where the id says

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fleet_nodes import HEADERS, Fleet, new_account
 
 CHILDREN = 40
@@ -110,3 +111,49 @@ async def test_a_partner_moves_to_another_node_and_back_through_a_sigkill(fleet:
     fleet.stop()
     live = audit(tmp_path)
     assert {live[kid] for kid in [root, *kids]} == {where}
+
+
+MOVE_CRASHES = [("move_exported", "a"), ("move_moved_out", "a"), ("move_moved_in", "a"), ("after_move_in", "b")]
+
+
+@pytest.mark.parametrize(("point", "node"), MOVE_CRASHES)
+def test_a_move_across_nodes_killed_at_a_step_ends_done(fleet: Fleet, tmp_path: Path, point: str, node: str) -> None:
+    """The node running the move (a) or the target's node (b) SIGKILLs itself at a step of
+    the move (``BALANCE_FLEET_CRASH_AT``) and is started again: the move goes on to done."""
+    with fleet.client("a") as a:
+        root = new_account(a, 0)
+        kids = [a.post("/v1/accounts", json={"kind": "user", "parent_id": root, "name": f"k{i}"}).json()["id"]
+                for i in range(10)]  # fmt: skip
+        firsts = []
+        for i, kid in enumerate(kids):
+            firsts.append(a.post(f"/v1/accounts/{kid}/credits", json={"id": f"s{i}", "amount": 100}))
+            firsts.append(a.post(f"/v1/accounts/{kid}/holds", json={"id": f"h{i}", "amount": 7}))
+    fleet.procs[node].terminate()
+    fleet.procs[node].wait(20)
+    fleet.envs[node]["BALANCE_FLEET_CRASH_AT"] = point
+    fleet.start(node)
+    with fleet.client("b") as b:
+        try:
+            b.post(f"/v1/partners/{root}/move", json={"to_shard": 1})
+        except httpx.HTTPError:
+            pass
+    assert fleet.procs[node].wait(15) == -9, f"node {node} did not reach {point}"
+    del fleet.envs[node]["BALANCE_FLEET_CRASH_AT"]
+    fleet.start(node)
+    deadline = time.monotonic() + 20
+    while list(tmp_path.glob("moves-*/*.json")):
+        assert time.monotonic() < deadline, list(tmp_path.glob("moves-*/*"))
+        time.sleep(0.1)
+    time.sleep(2.5)  # every node has read the placement
+    with fleet.client("a") as a, fleet.client("b") as b:
+        for client in (a, b):
+            assert client.get(f"/v1/partners/{kids[0]}/placement").json()["shard"] == 1
+            for i, kid in enumerate(kids):
+                credit = client.post(f"/v1/accounts/{kid}/credits", json={"id": f"s{i}", "amount": 100})
+                hold = client.post(f"/v1/accounts/{kid}/holds", json={"id": f"h{i}", "amount": 7})
+                assert (credit.content, hold.content) == (firsts[2 * i].content, firsts[2 * i + 1].content)
+                assert credit.headers["idempotent-replayed"] == hold.headers["idempotent-replayed"] == "true"
+        assert b.post(f"/v1/accounts/{kids[0]}/holds/h0/capture", json={}).status_code == 200
+    fleet.stop()
+    live = audit(tmp_path)
+    assert {live[kid] for kid in [root, *kids]} == {1}

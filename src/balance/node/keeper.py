@@ -246,7 +246,10 @@ class ShardKeeper:
                 arriving = move_in_from_wire(body)
             except ValueError as exc:
                 return Reply(422, problem("validation_error", 422, str(exc)))
-            return await engine.execute(arriving)
+            arrived = await engine.execute(arriving)
+            if arrived.status == 200:
+                crash_points.reached("after_move_in")
+            return arrived
         try:
             transfer = msgspec.json.decode(body, type=LegWire).transfer()
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
