@@ -84,16 +84,22 @@ def bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _directory_file(settings: Settings) -> bool:
+    from balance.directory.sqlite import FILE_NAME
+
+    return (settings.data_dir / FILE_NAME).exists()
+
+
 def directory_action(args: argparse.Namespace) -> int:
     """An operator command on the shard directory (``BALANCE_DIRECTORY_URL`` or the data directory's).
-    ``partners where`` without a directory URL asks the running service (a single process
-    knows its moved partners itself)."""
+    ``partners where`` without a directory (no URL, no directory file in the data directory)
+    asks the running service: a single process knows its moved partners itself."""
     from balance.directory.operator import partners_where, run_action
 
     settings = _settings()
     if settings is None:
         return 1
-    if args.action_fn is partners_where and settings.directory_url is None:
+    if args.action_fn is partners_where and settings.directory_url is None and not _directory_file(settings):
         args.partners_command = "where"
         return partners(args)
     return run_action(args.action_fn, args, settings.directory_url, settings.data_dir)
