@@ -418,11 +418,11 @@ class BalanceService:
         if source is None or root_id not in source.ledger.accounts:
             raise MoveRefused(e.ACCOUNT_NOT_FOUND, f"account {root_id} not found")
         if not 0 <= to_shard < len(self.shards):
-            raise MoveRefused(e.VALIDATION_ERROR, f"shard {to_shard} is not a shard of this service")
+            raise MoveRefused(e.MOVE_REFUSED, f"shard {to_shard} is not a shard of this service")
         if source.ledger.accounts[root_id].parent_id is not None:
-            raise MoveRefused(e.VALIDATION_ERROR, "only a top-level partner moves (with its whole subtree)")
+            raise MoveRefused(e.MOVE_REFUSED, "only a top-level partner moves (with its whole subtree)")
         if source.shard == to_shard:
-            raise MoveRefused(e.VALIDATION_ERROR, f"account {root_id} is on shard {to_shard} already")
+            raise MoveRefused(e.MOVE_REFUSED, f"account {root_id} is on shard {to_shard} already")
         record = MoveRecord(move_id or uuid.uuid4().hex[:24], root_id, source.shard, to_shard)
         return await self._run_move(record)
 

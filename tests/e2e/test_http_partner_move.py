@@ -49,11 +49,11 @@ async def test_a_move_is_refused_without_the_admin_key_or_for_a_child_and_change
     api2.assert_problem(await api2.post(f"/v1/partners/{top['id']}/move", json={"to_shard": 1 - home}, key=key),
                         403, "forbidden")  # fmt: skip
     api2.assert_problem(await api2.post(f"/v1/partners/{child['id']}/move", json={"to_shard": 1 - home}),
-                        422, "validation_error")  # fmt: skip
+                        409, "move_refused")  # fmt: skip
     api2.assert_problem(await api2.post(f"/v1/partners/{top['id']}/move", json={"to_shard": home}),
-                        422, "validation_error")  # fmt: skip
+                        409, "move_refused")  # fmt: skip
     api2.assert_problem(await api2.post(f"/v1/partners/{top['id']}/move", json={"to_shard": 9}),
-                        422, "validation_error")  # fmt: skip
+                        409, "move_refused")  # fmt: skip
     api2.assert_problem(await api2.post(f"/v1/partners/{top['id']}/move", json={"to_shard": -1}),
                         422, "validation_error")  # fmt: skip
     api2.assert_problem(await api2.post("/v1/partners/EU-0-0000000000000000/move", json={"to_shard": 1}),

@@ -210,7 +210,7 @@ ROUTES = (
           None, "200", _ref("Txn"), (*_READ, e.TRANSACTION_NOT_FOUND)),
     Route("POST", "/v1/partners/{id}/move", "movePartner",
           "Move a top-level partner with its subtree to another shard (admin key; answers when done): docs/moves.md",
-          "MoveBody", "200", _ref("MoveReply"), _READ),
+          "MoveBody", "200", _ref("MoveReply"), (*_READ, e.MOVE_REFUSED)),
     Route("GET", "/v1/partners/{id}/placement", "getPlacement", "Which shard an account lives on (admin key)",
           None, "200", _ref("PlacementView"), _READ),
     Route("GET", "/v1/events", "listEvents",

@@ -24,6 +24,7 @@ STATUS_BY_CODE = {
     e.UNAVAILABLE: 503,
     e.ACCOUNT_MOVING: 503,
     e.ACCOUNT_MOVED: 503,
+    e.MOVE_REFUSED: 409,
 }
 UNMAPPED_STATUS = 422  # a code added to the domain without a status here is still a refusal
 

@@ -26,6 +26,7 @@ UNAVAILABLE = "unavailable"
 # Partner moves (``domain.moves``).
 ACCOUNT_MOVING = "account_moving"  # its subtree is being moved: retry shortly (the service waits)
 ACCOUNT_MOVED = "account_moved"  # it lives on another shard now (the service routes there)
+MOVE_REFUSED = "move_refused"  # a partner move that cannot be done as asked (not top level, its shard already...)
 
 
 @dataclass(frozen=True, slots=True)
