@@ -346,8 +346,6 @@ class Ledger:
         """(op keys, hold keys) that must be read from storage before ``command`` can be applied."""
         if self.moving and moves.refusal(self, command) is not None:
             return [], []  # refused without reading (a hold of a moved account is not here)
-        if isinstance(command, (c.MoveOut, c.MoveIn)):
-            return moves.lookups_needed(self, command), []
         if isinstance(command, (c.CaptureHold, c.ReleaseHold)):
             kind = CAPTURE if isinstance(command, c.CaptureHold) else RELEASE
             key = (command.account_id, op_key_of(kind, command.hold_id))
@@ -387,6 +385,8 @@ class Ledger:
                 self._keep_record(key)
             elif self.holds.find(command.account_id, command.op_id) is not None:
                 return [key], []
+        if isinstance(command, (c.MoveOut, c.MoveIn)):  # (rare: last)
+            return moves.lookups_needed(self, command), []
         return [], []
 
     def _keep_record(self, key: tuple[str, str]) -> None:
