@@ -277,6 +277,13 @@ class BalanceService:
         else:
             suffix = client_account_suffix(cmd_without_id.parent_id, cmd_without_id.client_id)
             account_id = f"{cmd_without_id.region}-{engine.shard}-{suffix}"
+            moved = self.placement.created_before(cmd_without_id.region, cmd_without_id.parent_id, suffix)
+            if moved is not None:  # made by an earlier try, moved since: the retry replays it there
+                account_id = moved
+                port = self.port_for(moved)
+                if port is None:
+                    return not_found(moved)
+                engine = port
         return await engine.execute(dataclasses.replace(cmd_without_id, account_id=account_id))
 
     async def create_key(

@@ -274,6 +274,21 @@ class Placement:
             else:
                 overrides[account_id] = shard
 
+    def created_before(self, region: str, parent_id: str | None, suffix: str) -> str | None:
+        """The id a creation under a client id got at its first try, if that account has moved
+        since (its retry must find it where it lives, not create another): a top-level one's id
+        names the shard its client id hashes to; a child's, its parent's shard at the time,
+        which is the one its parent's id names unless the parent had moved before (then the
+        retry creates anew: not covered)."""
+        if not self.overrides:
+            return None
+        if parent_id is None:
+            candidate = f"{region}-{int(suffix, 16) % self.shards}-{suffix}"
+        else:
+            home = shard_in_id(parent_id)
+            candidate = f"{region}-{home}-{suffix}"
+        return candidate if candidate in self.overrides else None
+
     def new_top_level(self, account_counts: list[int]) -> int:
         """The shard for a new top-level account: the least filled."""
         return min(range(self.shards), key=account_counts.__getitem__)

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fleet_nodes import Fleet, new_account
+from fleet_nodes import Fleet, fleet_books, new_account
 
 from balance import cli
+from balance.bootstrap import storage_of_database
 from balance.directory.sqlite import FILE_NAME, SqliteDirectory
+from balance.domain.ids import client_account_suffix
+from balance.engine.shard import ShardEngine
 
 LEARNT_WITHIN_S = 2.0
 
@@ -88,3 +91,44 @@ def test_a_node_started_after_the_override_routes_by_it_from_its_first_request(f
     with fleet.client("b") as b:
         answer = b.get(f"/v1/accounts/{account}")  # b owns shard 1: answered there, not forwarded to a
         assert answer.status_code == 404 and answer.json()["code"] == "account_not_found", answer.text
+
+
+def test_a_creation_under_a_client_id_whose_account_has_an_override_is_made_and_served_there(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """The account a client id names (its id says shard 0) has an override to shard 1: its
+    creation through either node is made on shard 1 (node b), its retries replay it, and
+    every request for it is served there: an account living elsewhere than its id says."""
+    client_id = next(f"cid-{i}" for i in range(100) if int(client_account_suffix(None, f"cid-{i}"), 16) % 2 == 0)
+    suffix = client_account_suffix(None, client_id)
+    account = f"US-0-{suffix}"
+    _set(tmp_path, {account: 1})
+    body = {"kind": "partner", "region": "US", "currency": "USD", "client_id": client_id}
+    with fleet.client("a") as a, fleet.client("b") as b:
+        deadline = time.monotonic() + 3 * LEARNT_WITHIN_S
+        while (made := a.post("/v1/accounts", json=body)).status_code == 503:  # b not yet known to a
+            assert time.monotonic() < deadline, made.text
+            time.sleep(0.1)
+        assert made.status_code == 201 and made.json()["id"] == account, made.text
+        again = b.post("/v1/accounts", json=body)
+        assert again.status_code == 201 and again.headers.get("idempotent-replayed") == "true", again.text
+        assert a.post(f"/v1/accounts/{account}/credits", json={"id": "c1", "amount": 9}).status_code == 201
+        assert (
+            a.get(f"/v1/accounts/{account}").json()["balance"]
+            == b.get(f"/v1/accounts/{account}").json()["balance"]
+            == 9
+        )
+    fleet.stop()
+    books = asyncio.run(fleet_books(tmp_path))
+    assert books[account] == ("USD", 9, 0)
+    engine_shard_1 = asyncio.run(_accounts_of(tmp_path, 1))
+    assert account in engine_shard_1 and account not in asyncio.run(_accounts_of(tmp_path, 0))
+
+
+async def _accounts_of(tmp_path: Path, shard: int) -> set[str]:
+    engine = ShardEngine(shard, storage_of_database(str(tmp_path / f"shard-{shard}.db")))
+    await engine.start()
+    try:
+        return set(engine.ledger.accounts)
+    finally:
+        await engine.stop(checkpoint=False)

@@ -14,6 +14,7 @@ import pytest
 from balance import cli
 from balance.directory.mariadb import MariaDbDirectory
 from balance.directory.records import DirectoryError, NodeRecord, ShardDirectory, ShardRecord
+from balance.directory.sql import SqlDirectory
 from balance.directory.sqlite import SqliteDirectory
 from balance.storage.mariadb_url import connect_kwargs, parse_server, with_database
 
@@ -144,6 +145,25 @@ async def test_a_bad_placement_writes_nothing(directory: ShardDirectory) -> None
         await directory.remove_placements(["ghost"], 1)
     assert await directory.placements_since(0) == (0, [])
     assert await directory.placement_of("US-0-a") is None
+
+
+async def test_a_directory_made_before_versions_gets_the_column_at_open(directory: ShardDirectory) -> None:
+    """A directory whose placements table predates ``version``: opened again, it is added (the
+    overrides already there are version 0, which a node's first read, from -1, brings too)."""
+    assert isinstance(directory, SqlDirectory)
+    await _shards(directory, 2)
+    await directory._execute("DROP TABLE directory_placements")
+    await directory._execute(
+        "CREATE TABLE directory_placements (account_id VARCHAR(64) NOT NULL PRIMARY KEY, shard_id INT NOT NULL,"
+        " moved_at BIGINT NOT NULL)"
+    )
+    await directory._execute("INSERT INTO directory_placements VALUES ('US-0-old', 1, 5)")
+    await directory.open()
+    await directory.open()  # (twice: nothing to do the second time)
+    version = await directory.set_placements({"US-0-new": 1}, 10)
+    assert await directory.placement_of("US-0-old") == 1
+    assert await directory.placements_since(0) == (version, [("US-0-new", 1)])
+    assert await directory.placements_since(-1) == (version, [("US-0-old", 1), ("US-0-new", 1)])
 
 
 async def test_concurrent_placement_writes_get_distinct_versions_in_commit_order(directory: ShardDirectory) -> None:

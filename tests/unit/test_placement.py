@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from balance.domain.ids import client_account_suffix
 from balance.shards import Placement
 
 
@@ -32,3 +33,20 @@ def test_an_override_places_an_account_elsewhere_than_its_id_says() -> None:
     assert placement.shard_of("US-0-child") == 0
     assert placement.shard_of("US-0-partner") == 1
     assert placement.overrides == {"US-0-partner": 1, "US-1-x": 9}
+
+
+def test_a_creation_retried_after_its_account_moved_is_found_by_its_first_id() -> None:
+    """The id of a creation under a client id, as its first try made it, when that account
+    has an override: a top-level one's names the shard its client id hashes to, a child's
+    the shard its parent's id names."""
+    placement = Placement(4)
+    top = client_account_suffix(None, "c1")
+    top_id = f"EU-{int(top, 16) % 4}-{top}"
+    child = client_account_suffix("US-2-parent", "k1")
+    assert placement.created_before("EU", None, top) is None  # no override: the usual id
+    placement.override([(top_id, 3), (f"US-2-{child}", 1)])
+    assert placement.created_before("EU", None, top) == top_id
+    assert placement.created_before("US", None, top) is None  # another region: another id
+    assert placement.created_before("US", "US-2-parent", child) == f"US-2-{child}"
+    assert placement.created_before("US", "US-1-other", child) is None
+    assert placement.created_before("US", "ghost", child) is None

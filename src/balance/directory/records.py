@@ -89,7 +89,8 @@ class ShardDirectory(Protocol):
 
     async def placements_since(self, version: int) -> tuple[int, list[tuple[str, int | None]]]:
         """The overrides changed after ``version`` ((account, shard), None: removed), oldest
-        first, and the version read up to (``version`` itself when nothing changed)."""
+        first, and the version read up to (``version`` itself when nothing changed). -1 reads
+        every row (those written before versions existed are version 0)."""
 
     async def placement_of(self, account_id: str) -> int | None:
         """The override for ``account_id``, if any."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hmac
 import importlib.util
 import logging
-import os
 import sys
 
 import httpx
@@ -92,8 +91,9 @@ if importlib.util.find_spec("sniffio") is None:
     sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 # httpcore checks every pooled connection on each request (its pool is scanned, and each
 # idle connection asks the socket whether it is readable): the cost grows with the pool, so
-# it is kept small; requests beyond it wait for a connection.
-POOL_CONNECTIONS = int(os.environ.get("BALANCE_FORWARD_POOL", "8"))
+# it is kept small; requests beyond it wait for a connection. (With 64 connections a forwarded
+# credit at 32 concurrent requests ran at 182/s, with 8 at 412/s: BENCHMARKS.md, "Fleet".)
+POOL_CONNECTIONS = 8
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-length", b"te", b"upgrade"}
 CONNECT_TIMEOUT_S = 1.0
 ANSWER_TIMEOUT_S = 15.0  # an owner's answer (a batch of 8,190 operations included)

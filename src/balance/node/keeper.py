@@ -84,7 +84,7 @@ class ShardKeeper:
         # Where accounts live (the service's own: the overrides read here route its requests too).
         self.placement = Placement(len(ports)) if placement is None else placement
         self.shard_of = self.placement.shard_of
-        self._placements_read_to = 0  # the directory's placements version read up to
+        self._placements_read_to = -1  # the placements version read up to (-1: none, not even version 0)
         self.directory = directory
         self.ports = ports
         self.make_engine = make_engine  # (the shard, its epoch) -> an engine over its fenced storage
@@ -141,7 +141,12 @@ class ShardKeeper:
         if isinstance(parent_id, str):
             return self.shard_elsewhere(parent_id)
         if isinstance(client_id, str):
-            shard = int(client_account_suffix(None, client_id), 16) % len(self.ports)
+            suffix = client_account_suffix(None, client_id)
+            shard = int(suffix, 16) % len(self.ports)
+            region = fields.get("region")
+            moved = self.placement.created_before(region, None, suffix) if isinstance(region, str) else None
+            if moved is not None:  # made by an earlier try, moved since: where it lives now
+                return self.shard_elsewhere(moved)
         else:
             shard = random.randrange(len(self.ports))
         return None if self.ports[shard].engine is not None else shard
