@@ -108,3 +108,38 @@ async def test_a_partner_moves_with_a_crash_after_any_step(
     assert [row[3] for row in new_rows] == ["credit", "capture"]
     for engine in service.engines:
         await engine.stop()
+
+
+async def test_a_moves_export_reads_every_first_answer_of_its_accounts(build: Build) -> None:
+    """``move_records``: every stored first answer of the accounts asked (refusals too), none of
+    another account's; on SQLite read through the history table and the journal's tail after it."""
+    service = build()
+    await service.start()
+    root = await account(service, 0)
+    other = await account(service, 0)
+    commands = [c.Credit(root if i % 3 else other, f"c{i}", 5) for i in range(2_600)]  # past HISTORY_SLICE_ROWS
+    replies = {}
+    for start in range(0, len(commands), 200):
+        chunk = commands[start : start + 200]
+        for command, reply in zip(chunk, await service.run_many(chunk), strict=True):
+            replies[(command.account_id, f"op:{command.op_id}")] = reply
+    refused = await service.execute(c.Debit(root, "too-much", 10**9))
+    assert refused.status == 422
+    storage = service.engines[0].storage
+    rows = await storage.move_records([root])
+    found = {(row[0], row[1]): (int(row[3]), bytes(row[4])) for row in rows}
+    assert len(found) == len(rows)  # each once
+    wanted = {key: (reply.status, reply.body) for key, reply in replies.items() if key[0] == root}
+    wanted[(root, "op:too-much")] = (422, refused.body)
+    assert {key: found[key] for key in wanted} == wanted
+    assert all(key[0] == root for key in found)
+    inner = getattr(storage, "inner", storage)
+    if hasattr(inner, "path"):
+        import sqlite3
+
+        conn = sqlite3.connect(inner.path)
+        history_seq = conn.execute("SELECT value FROM meta WHERE name = 'history_seq'").fetchone()[0]
+        last = conn.execute("SELECT MAX(seq) FROM journal").fetchone()[0]
+        conn.close()
+        assert 0 < history_seq < last  # both parts were read
+    await service.stop()

@@ -287,12 +287,23 @@ def history_fill_sql(after: str, up_to: str) -> str:
 MOVE_RECORDS_CHUNK = 500
 
 
-def move_records_query(placeholder: str, accounts: int) -> str:
+_MOVE_RECORD = "op_key IS NOT NULL AND SUBSTR(op_key, 1, 2) <> 'mv' AND status <> 202"
+
+
+def move_records_query(placeholder: str, accounts: int, *, history_table: bool = False) -> str:
     """A partner move's export (``domain.moves``): the first answer of every operation id of
     ``accounts`` accounts (account_id, op_key, fingerprint, status, result), the move's own
-    rows and transfers still in progress left out."""
+    rows and transfers still in progress left out. By the accounts' index: MariaDB's
+    (account_id, seq); SQLite's history table, then the journal's tail after it (its
+    ``account_id`` list is given twice)."""
     marks = ",".join([placeholder] * accounts)
+    columns = "account_id, op_key, fingerprint, status, result"
+    if not history_table:
+        return f"SELECT {columns} FROM journal WHERE account_id IN ({marks}) AND {_MOVE_RECORD}"
     return (
-        "SELECT account_id, op_key, fingerprint, status, result FROM journal"
-        f" WHERE account_id IN ({marks}) AND op_key IS NOT NULL AND SUBSTR(op_key, 1, 2) <> 'mv' AND status <> 202"
+        f"SELECT j.account_id, j.op_key, j.fingerprint, j.status, j.result FROM history h JOIN journal j"
+        f" ON j.seq = h.seq WHERE h.account_id IN ({marks}) AND j.op_key IS NOT NULL"
+        " AND SUBSTR(j.op_key, 1, 2) <> 'mv' AND j.status <> 202"
+        f" UNION ALL SELECT {columns} FROM journal WHERE seq > {HISTORY_SEQ_SQL} AND account_id IN ({marks})"
+        f" AND {_MOVE_RECORD}"
     )

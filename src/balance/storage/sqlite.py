@@ -596,7 +596,8 @@ class SqliteShardStorage:
             conn, rows = self._reader_conn(), []
             for start in range(0, len(account_ids), schema.MOVE_RECORDS_CHUNK):
                 chunk = account_ids[start : start + schema.MOVE_RECORDS_CHUNK]
-                rows += conn.execute(schema.move_records_query("?", len(chunk)), chunk).fetchall()
+                sql = schema.move_records_query("?", len(chunk), history_table=True)
+                rows += conn.execute(sql, [*chunk, *chunk]).fetchall()
             return rows
 
         return await self._run(self._reader_pool, read)
