@@ -1,6 +1,6 @@
 """A partner move across nodes, on two real node processes (shard 0 on node a, shard 1 on node
-b, SQLite files and directory): a partner with 40 children and pending holds, under credits and
-holds sent to both nodes, moved from shard 0 to shard 1 (asked of node b, run by node a, the
+b, SQLite files and directory): a partner with 200 children and pending holds, under holds,
+captures, releases, credits and transfers sent to both nodes, moved from shard 0 to shard 1 (asked of node b, run by node a, the
 owner of shard 0); every node routes it to shard 1 through the directory; then moved back with
 node b (now the source's owner) SIGKILLed mid-move and started again. Afterwards the move is
 finished or rolled back, every acknowledged operation replays its first answer through either
@@ -19,19 +19,29 @@ import httpx
 import pytest
 from fleet_nodes import HEADERS, Fleet, new_account
 
-CHILDREN = 40
+CHILDREN = 200
 
 
 async def load(url: str, kids: list[str], n: int, stop: asyncio.Event, acked: list[Any]) -> None:
-    rng, i = random.Random(n), 0
+    """Holds, captures, releases, credits and transfers inside the subtree, sent to one node."""
+    rng, i, held = random.Random(n), 0, []
     async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=30) as client:
         while not stop.is_set():
             i += 1
-            kid, op = rng.choice(kids), f"n{n}-{i}"
-            if rng.random() < 0.5:
+            kid, op, pick = rng.choice(kids), f"n{n}-{i}", rng.random()
+            if pick < 0.35 or not held:
+                path, body = f"/v1/accounts/{kid}/holds", {"id": op, "amount": 2, "expires_in_s": 3600}
+            elif pick < 0.5:
+                account_id, hold_id = held.pop(rng.randrange(len(held)))
+                path, body = f"/v1/accounts/{account_id}/holds/{hold_id}/capture", {}
+            elif pick < 0.65:
+                account_id, hold_id = held.pop(rng.randrange(len(held)))
+                path, body = f"/v1/accounts/{account_id}/holds/{hold_id}/release", {}
+            elif pick < 0.8:
                 path, body = f"/v1/accounts/{kid}/credits", {"id": op, "amount": 3}
             else:
-                path, body = f"/v1/accounts/{kid}/holds", {"id": op, "amount": 2, "expires_in_s": 3600}
+                path, body = "/v1/transfers", {"id": op, "from_account_id": kid, "to_account_id": rng.choice(kids),
+                                               "amount": 1, "currency": "USD"}  # fmt: skip
             try:
                 reply = await client.post(path, json=body)
             except httpx.TransportError:
@@ -39,8 +49,10 @@ async def load(url: str, kids: list[str], n: int, stop: asyncio.Event, acked: li
                 continue
             if reply.status_code < 300:
                 acked.append((path, body, reply.status_code, reply.content))
-            else:
-                assert reply.status_code == 503, reply.text  # a node away (the SIGKILL), never a wrong answer
+                if path.endswith("/holds"):
+                    held.append((kid, op))
+            else:  # a node away (the SIGKILL), or the switch met on the way: never a wrong answer
+                assert reply.status_code == 503, reply.text
             await asyncio.sleep(0.005)
 
 
