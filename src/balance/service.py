@@ -407,9 +407,9 @@ class BalanceService:
         deadline = time.monotonic() + MOVE_WAIT_S
         node = self.node
         while time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
             if node is not None and node.shard_elsewhere(command.account_id) is not None:
                 return reply  # it lives on another node now: the app forwards it there
-            await asyncio.sleep(0.005)
             reply = (await self.run_many([command], wait_moves=False))[0]
             if not (reply.status == 503 and _moving(reply)):
                 return reply

@@ -113,9 +113,18 @@ class ShardsElsewhere(Protocol):
         account goes; ``POST /v1/transfers``: the source account), its shard if owned elsewhere."""
 
     async def forward(
-        self, shard: int, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
+        self,
+        shard: int,
+        method: str,
+        path: str,
+        raw_query: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        *,
+        again: bool = False,
     ) -> Reply:
-        """The answer of the node that owns ``shard`` (503 if none answers)."""
+        """The answer of the node that owns ``shard`` (503 if none answers). ``again``: also a
+        request another node forwarded here (a partner move switched its account meanwhile)."""
 
     async def key_written(self, row: Row) -> None:
         """A key was created or revoked here (``schema.KEY_COLUMNS``): tell the other nodes."""
@@ -139,6 +148,11 @@ class ShardsElsewhere(Protocol):
 
     async def set_placements(self, changes: list[tuple[str, int | None]]) -> None:
         """A partner move's switch, written to the directory (raises if it is not written)."""
+
+    async def placement_behind(self, headers: dict[bytes, bytes]) -> bool:
+        """A request another node forwarded here for an account this node places elsewhere: that
+        node may know of a partner move's switch this one has not read yet. Reads the
+        directory's placement changes now (at most every few ms); True if it did."""
 
     def holds_indexed(self, shard: int) -> None:
         """The service knows the holds of ``shard`` naming other shards (since its recovery)."""

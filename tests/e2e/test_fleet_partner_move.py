@@ -22,7 +22,9 @@ from fleet_nodes import HEADERS, Fleet, new_account
 CHILDREN = 200
 
 
-async def load(url: str, kids: list[str], n: int, stop: asyncio.Event, acked: list[Any]) -> None:
+async def load(
+    url: str, kids: list[str], n: int, stop: asyncio.Event, acked: list[Any], unavailable: list[tuple[float, str]]
+) -> None:
     """Holds, captures, releases, credits and transfers inside the subtree, sent to one node."""
     rng, i, held = random.Random(n), 0, []
     async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=30) as client:
@@ -51,8 +53,9 @@ async def load(url: str, kids: list[str], n: int, stop: asyncio.Event, acked: li
                 acked.append((path, body, reply.status_code, reply.content))
                 if path.endswith("/holds"):
                     held.append((kid, op))
-            else:  # a node away (the SIGKILL), or the switch met on the way: never a wrong answer
+            else:  # a node away (the SIGKILL): never a wrong answer, and no 503 before it
                 assert reply.status_code == 503, reply.text
+                unavailable.append((time.monotonic(), reply.text))
             await asyncio.sleep(0.005)
 
 
@@ -88,8 +91,8 @@ async def test_a_partner_moves_to_another_node_and_back_through_a_sigkill(fleet:
             assert a.post(f"/v1/accounts/{kid}/credits", json={"id": f"s{i}", "amount": 1_000}).status_code == 201
             assert b.post(f"/v1/accounts/{kid}/holds", json={"id": f"h{i}", "amount": 10}).status_code == 201
         urls = [f"http://127.0.0.1:{fleet.envs[node]['BALANCE_PORT']}" for node in ("a", "b")]
-        stop, acked = asyncio.Event(), []  # type: ignore[var-annotated]
-        clients = [asyncio.create_task(load(urls[n % 2], kids, n, stop, acked)) for n in range(4)]
+        stop, acked, unavailable = asyncio.Event(), [], []  # type: ignore[var-annotated]
+        clients = [asyncio.create_task(load(urls[n % 2], kids, n, stop, acked, unavailable)) for n in range(4)]
         await asyncio.sleep(0.5)
         moved = await asyncio.to_thread(b.post, f"/v1/partners/{root}/move", json={"to_shard": 1})
         assert moved.status_code == 200 and moved.json()["status"] == "done", moved.text
@@ -101,7 +104,10 @@ async def test_a_partner_moves_to_another_node_and_back_through_a_sigkill(fleet:
         await asyncio.sleep(0.5)
         back = asyncio.create_task(asyncio.to_thread(a.post, f"/v1/partners/{root}/move", json={"to_shard": 0}))
         await asyncio.sleep(random.uniform(0.0, 0.1))
+        killed_at = time.monotonic()
         fleet.kill("b")  # the owner of shard 1: the source of the move back
+        # Through the first move's switch (either node, forwarded both ways) nothing answered 503.
+        assert [text for at, text in unavailable if at < killed_at] == []
         await asyncio.to_thread(fleet.start, "b")
         try:
             await back

@@ -56,6 +56,18 @@ _ACCOUNT_ROUTE = "/v1/accounts/{id}"
 _PARTNER_ROUTE = "/v1/partners/{id}"  # a partner move runs on the node owning the partner's shard
 
 
+def _source_of(pattern: str, body: bytes) -> str | None:
+    """A transfer's source account (the account of ``POST /v1/transfers``), if the body names one."""
+    if pattern != "/v1/transfers":
+        return None
+    try:
+        fields = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    source = fields.get("from_account_id") if isinstance(fields, dict) else None
+    return source if isinstance(source, str) else None
+
+
 def _moved_elsewhere(reply: Reply) -> bool:
     return b'"account_moving"' in reply.body or b'"account_moved"' in reply.body
 
@@ -292,8 +304,13 @@ class BalanceApp:
             if node is not None:  # a fleet node: what is on a shard it does not own, its owner answers
                 if params and (pattern.startswith(_ACCOUNT_ROUTE) or pattern.startswith(_PARTNER_ROUTE)):
                     shard = node.shard_elsewhere(params[0])
+                    if shard is not None and await node.placement_behind(headers):
+                        shard = node.shard_elsewhere(params[0])  # a partner move's switch, just read
                 elif pattern in _BODY_ACCOUNT_ROUTES and method == "POST":
                     shard = node.body_shard_elsewhere(pattern, request.body, headers)
+                    source = _source_of(pattern, request.body) if shard is None else None
+                    if source is not None and node.shard_elsewhere(source) is not None:
+                        await node.placement_behind(headers)  # forwarded here: a move's switch, read now
                 else:
                     shard = None
                 if shard is not None:  # (the key was checked here first)
@@ -301,11 +318,15 @@ class BalanceApp:
             if "." in params or ".." in params:
                 raise validation("'.' and '..' are not ids")
             reply = await handler(self, request, params)
-            if reply.status == 503 and node is not None and params and _moved_elsewhere(reply):
+            if reply.status == 503 and node is not None and _moved_elsewhere(reply):
                 # A partner move switched it to another node's shard meanwhile: its owner answers.
-                shard = node.shard_elsewhere(params[0]) if pattern.startswith(_ACCOUNT_ROUTE) else None
-                if shard is not None:
-                    return pattern, await node.forward(shard, method, path, raw_query, headers, request.body), []
+                moved = (
+                    params[0] if params and pattern.startswith(_ACCOUNT_ROUTE) else _source_of(pattern, request.body)
+                )
+                shard = None if moved is None else node.shard_elsewhere(moved)
+                if shard is not None:  # (once more if another node sent it here: the move is why)
+                    forwarded = await node.forward(shard, method, path, raw_query, headers, request.body, again=True)
+                    return pattern, forwarded, []
         except HttpError as exc:
             reply = Reply(exc.status, problem(exc.code, exc.status, exc.detail))
             self._count_refusal(pattern, exc.code)

@@ -85,6 +85,8 @@ class ShardKeeper:
         self.placement = Placement(len(ports)) if placement is None else placement
         self.shard_of = self.placement.shard_of
         self._placements_read_to = -1  # the placements version read up to (-1: none, not even version 0)
+        self._placements_synced_at = 0.0  # when the last read on demand began (``placement_behind``)
+        self._placements_lock = asyncio.Lock()
         self.directory = directory
         self.ports = ports
         self.make_engine = make_engine  # (the shard, its epoch) -> an engine over its fenced storage
@@ -152,7 +154,15 @@ class ShardKeeper:
         return None if self.ports[shard].engine is not None else shard
 
     async def forward(
-        self, shard: int, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
+        self,
+        shard: int,
+        method: str,
+        path: str,
+        raw_query: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        *,
+        again: bool = False,
     ) -> Reply:
         """To the shard's owner as last read from the directory (cached: the directory may be
         away), once; 503 when there is none, no fleet secret, or this request was forwarded already."""
@@ -161,7 +171,7 @@ class ShardKeeper:
             return unavailable_reply(f"shard {shard} is {engine.state} on this node; retry shortly")
         owner = await self._owner_of(shard)
         forwarder = self.forwarder
-        if forwarder is None or owner is None or forwarder.forwarded(headers):
+        if forwarder is None or owner is None or (forwarder.forwarded(headers) and not again):
             why = "no fleet secret (BALANCE_FLEET_SECRET) to forward with" if forwarder is None else "no owner known"
             if forwarder is not None and forwarder.forwarded(headers):
                 why = "this node does not own it either (forwarded once already)"
@@ -278,6 +288,22 @@ class ShardKeeper:
         if self.forwarder is None or owner is None:
             return unavailable_reply(f"shard {shard} is owned by another node, which cannot be reached now")
         return await self.forwarder.internal(owner, f"shards/{shard}/move-in", move_in_wire(command))
+
+    async def placement_behind(self, headers: dict[bytes, bytes]) -> bool:
+        """See ``shards.ShardsElsewhere.placement_behind``: one read at a time, and none for a
+        request that came before a read began (that read is fresh enough for it)."""
+        if self.forwarder is None or not self.forwarder.forwarded(headers):
+            return False
+        asked = time.monotonic()
+        async with self._placements_lock:
+            if self._placements_synced_at < asked:
+                self._placements_synced_at = time.monotonic()
+                try:
+                    await self._sync_placements()
+                except DirectoryError as exc:
+                    log.warning("node %s: the directory did not answer (%s)", self.node.id, exc)
+                    return False
+        return True
 
     async def set_placements(self, changes: list[tuple[str, int | None]]) -> None:
         """A partner move's switch into the directory (every node reads it within about a
