@@ -83,8 +83,9 @@ async def measure(n: int, urls: dict[str, str]) -> dict[str, float]:
         other_log: list[tuple[float, float]] = []
         tasks = [asyncio.create_task(credits(urls["b"], kids, f"s{k}-{n}", stop, sub_log)) for k in range(CLIENTS)]
         tasks += [
-            asyncio.create_task(credits(urls["a" if k % 2 else "b"], others0 if k % 2 else others1, f"o{k}-{n}",
-                                        stop, other_log))  # fmt: skip
+            asyncio.create_task(
+                credits(urls["a" if k % 2 else "b"], others0 if k % 2 else others1, f"o{k}-{n}", stop, other_log)
+            )  # fmt: skip
             for k in range(CLIENTS)
         ]
         await asyncio.sleep(2.0)
@@ -109,7 +110,9 @@ async def measure(n: int, urls: dict[str, str]) -> dict[str, float]:
 
 
 def main(sizes: list[int]) -> None:
-    print("| N (accounts, holds) | move s | subtree wait max s | others ops/s before | during | p99 ms before | during |")
+    print(
+        "| N (accounts, holds) | move s | subtree wait max s | others ops/s before | during | p99 ms before | during |"
+    )
     print("|---|---|---|---|---|---|---|")
     for n in sizes:
         work = Path(tempfile.mkdtemp())
