@@ -72,9 +72,12 @@ def build_service(
         for shard in range(settings.shards)
     ]
     if not settings.admin_key_generated:
-        return BalanceService(engines, settings.admin_key)
-    admin_hash, _ = admin_key_hash(settings.admin_key, True, settings.data_dir)  # kept across restarts
-    return BalanceService(engines, settings.admin_key, admin_key_hash=admin_hash)
+        service = BalanceService(engines, settings.admin_key)
+    else:
+        admin_hash, _ = admin_key_hash(settings.admin_key, True, settings.data_dir)  # kept across restarts
+        service = BalanceService(engines, settings.admin_key, admin_key_hash=admin_hash)
+    service.moves_dir = settings.data_dir / "moves"  # unfinished partner moves (docs/moves.md)
+    return service
 
 
 def events_feed(service: BalanceService) -> EventsFeed:
@@ -155,6 +158,7 @@ async def build_node_app(settings: Settings) -> tuple[BalanceApp, ShardKeeper]:
         placement=service.placement,
     )  # fmt: skip
     service.node = keeper
+    service.moves_dir = settings.data_dir / f"moves-{settings.node_id}"  # its partner moves (docs/moves.md)
     for port in ports:  # a transfer's target leg on another node's shard goes there
         port.remote = keeper.remote_execute
     keeper.finish_pending = service.finish_pending_transfers

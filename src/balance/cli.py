@@ -84,14 +84,56 @@ def bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
+def _directory_file(settings: Settings) -> bool:
+    from balance.directory.sqlite import FILE_NAME
+
+    return (settings.data_dir / FILE_NAME).exists()
+
+
 def directory_action(args: argparse.Namespace) -> int:
-    """An operator command on the shard directory (``BALANCE_DIRECTORY_URL`` or the data directory's)."""
-    from balance.directory.operator import run_action
+    """An operator command on the shard directory (``BALANCE_DIRECTORY_URL`` or the data directory's).
+    ``partners where`` without a directory (no URL, no directory file in the data directory)
+    asks the running service: a single process knows its moved partners itself."""
+    from balance.directory.operator import partners_where, run_action
 
     settings = _settings()
     if settings is None:
         return 1
+    if args.action_fn is partners_where and settings.directory_url is None and not _directory_file(settings):
+        args.partners_command = "where"
+        return partners(args)
     return run_action(args.action_fn, args, settings.directory_url, settings.data_dir)
+
+
+def partners(args: argparse.Namespace) -> int:
+    """``partners move`` / ``partners where``: the HTTP API of a running service (BALANCE_URL,
+    default http://BALANCE_HOST:BALANCE_PORT; the admin key from BALANCE_ADMIN_KEY)."""
+    import json
+    import os
+
+    import httpx
+
+    base = os.environ.get("BALANCE_URL") or (
+        f"http://{os.environ.get('BALANCE_HOST', '127.0.0.1')}:{os.environ.get('BALANCE_PORT', '8080')}"
+    )
+    key = os.environ.get("BALANCE_ADMIN_KEY", "")
+    if not key:
+        print("balance-service: BALANCE_ADMIN_KEY is needed", file=sys.stderr)
+        return 1
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        if args.partners_command == "move":
+            reply = httpx.post(
+                f"{base}/v1/partners/{args.account_id}/move", json={"to_shard": args.to_shard}, headers=headers,
+                timeout=args.timeout,
+            )  # fmt: skip
+        else:
+            reply = httpx.get(f"{base}/v1/partners/{args.account_id}/placement", headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"balance-service: {base}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply.json(), indent=2))
+    return 0 if reply.status_code == 200 and reply.json().get("status", "done") == "done" else 1
 
 
 def fleet(_: argparse.Namespace) -> int:
@@ -147,7 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     from balance.directory.operator import add_commands
 
-    add_commands(commands, directory_action)
+    partner_commands = add_commands(commands, directory_action)
+    move_parser = partner_commands.add_parser(
+        "move", help="move a top-level partner with its subtree to another shard (a running service; docs/moves.md)"
+    )
+    move_parser.add_argument("account_id")
+    move_parser.add_argument("--to-shard", type=int, required=True)
+    move_parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the answer")
+    move_parser.set_defaults(fn=partners, partners_command="move")
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

@@ -13,7 +13,10 @@ import functools
 import hmac
 import logging
 import secrets
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import msgspec
 
@@ -35,11 +38,15 @@ from balance.domain.model import (
     HOLD_METADATA,
     HOLD_STATUS,
     STATUS_CLOSED,
+    STATUS_MOVED,
     Account,
 )
+from balance.domain.moves import MOVED_AWAY
+from balance.engine.partner_move import DONE, ROLLED_BACK, MoveRecord, run_move
 from balance.engine.replies import Collector, Reply, Unavailable, unavailable_reply
 from balance.engine.shard import ShardEngine
 from balance.keys import KeyRecord, KeyRegistry, hash_key
+from balance.node import crash_points
 from balance.shards import InProcessShard, Placement, ShardPort, ShardsElsewhere, shard_in_id
 from balance.storage.base import StorageError
 
@@ -53,6 +60,23 @@ shard_of = shard_in_id  # the shard an id names (``Placement.shard_of`` also che
 
 def new_account_id(region: str, shard: int) -> str:
     return f"{region}-{shard}-{secrets.token_hex(8)}"
+
+
+MOVE_WAIT_S = 5.0  # how long a request of a moving subtree waits for the switch
+
+
+class MoveRefused(Exception):
+    """A move that cannot start (unknown account, bad shard, not a top-level partner)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
+def _moving(reply: Reply) -> bool:
+    """A refusal because of a partner move (only looked at on a 503)."""
+    body = reply.body
+    return b'"account_moving"' in body or b'"account_moved"' in body
 
 
 def not_found(account_id: str) -> Reply:
@@ -92,6 +116,8 @@ class BalanceService:
         # answered): what it tells a node that asks which holds name its accounts.
         self._remote_holds: dict[tuple[str, str], str] = {}
         self._placing: dict[tuple[str, str], str] = {}
+        self.moves_dir: Path | None = None  # where unfinished partner moves are recorded (the data directory)
+        self._resuming: asyncio.Task[list[dict[str, object]]] | None = None  # a node's moves resumed at start
         for port in self.shards:
             port.watch(self._committed_on, functools.partial(self._mark_remote_holds, port, True))
 
@@ -113,6 +139,11 @@ class BalanceService:
                     for row in await port.load_keys():
                         self.keys.add(KeyRecord.from_row(row))
                 await self.finish_pending_transfers()  # idempotent: a retry replays what was done
+                if self.engines and self.node is None:  # a single process: moves are its own
+                    self._placements_from_shards()
+                    await self.resume_moves()
+                elif self.node is not None and self.moves_dir is not None:  # a node: its moves, meanwhile
+                    self._resuming = asyncio.create_task(self.resume_moves())
                 return
             except StorageError as exc:
                 attempt += 1
@@ -318,7 +349,7 @@ class BalanceService:
     async def execute(self, command: c.Command) -> Reply:
         return (await self.run_many([command]))[0]
 
-    async def run_many(self, commands: Sequence[c.Command]) -> list[Reply]:
+    async def run_many(self, commands: Sequence[c.Command], wait_moves: bool = True) -> list[Reply]:
         """Run commands in order (same-account order is kept: one shard, one queue), all
         answered through one collector (a batch request makes no future per operation)."""
         collector = Collector(len(commands), self._loop or asyncio.get_running_loop())
@@ -363,9 +394,121 @@ class BalanceService:
         if remote_holds is not None:
             self._unmark_holds_not_placed(remote_holds)
         for index, reply in enumerate(replies):
-            if reply.status == TRANSFER_IN_PROGRESS:  # a hold's capture on its way to another shard
+            status = reply.status
+            if status == TRANSFER_IN_PROGRESS:  # a hold's capture on its way to another shard
                 replies[index] = await self._finish_capture(commands[index], reply)
+            elif status == 503 and wait_moves and _moving(reply):
+                replies[index] = await self._after_move(commands[index], reply)
         return replies
+
+    async def _after_move(self, command: c.Command, reply: Reply) -> Reply:
+        """The account is being moved (or was, and this placement is behind): wait for the
+        switch, bounded, then go where it lives now (``docs/moves.md``)."""
+        deadline = time.monotonic() + MOVE_WAIT_S
+        node = self.node
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+            if node is not None and node.shard_elsewhere(command.account_id) is not None:
+                return reply  # it lives on another node now: the app forwards it there
+            reply = (await self.run_many([command], wait_moves=False))[0]
+            if not (reply.status == 503 and _moving(reply)):
+                return reply
+        return reply
+
+    # ---- partner moves -------------------------------------------------------------------
+
+    async def move_partner(self, root_id: str, to_shard: int, move_id: str | None = None) -> dict[str, object]:
+        """Move a top-level partner with its subtree to ``to_shard`` (of this process, or of
+        another node of the fleet); answers when it is done or rolled back (the steps:
+        ``engine.partner_move``). A fleet node runs it for a partner of a shard it owns."""
+        source = self._engine_here(root_id)
+        if source is None or root_id not in source.ledger.accounts:
+            raise MoveRefused(e.ACCOUNT_NOT_FOUND, f"account {root_id} not found")
+        if not 0 <= to_shard < len(self.shards):
+            raise MoveRefused(e.MOVE_REFUSED, f"shard {to_shard} is not a shard of this service")
+        if source.ledger.accounts[root_id].parent_id is not None:
+            raise MoveRefused(e.MOVE_REFUSED, "only a top-level partner moves (with its whole subtree)")
+        if source.shard == to_shard:
+            raise MoveRefused(e.MOVE_REFUSED, f"account {root_id} is on shard {to_shard} already")
+        record = MoveRecord(move_id or uuid.uuid4().hex[:24], root_id, source.shard, to_shard)
+        return await self._run_move(record)
+
+    def _engine_here(self, account_id: str) -> ShardEngine | None:
+        """The engine of the account's shard when this process runs it."""
+        port = self.port_for(account_id)
+        engine = getattr(port, "engine", None)
+        return engine if isinstance(engine, ShardEngine) else None
+
+    async def _run_move(self, record: MoveRecord) -> dict[str, object]:
+        started = time.monotonic()
+        source = self.shards[record.from_shard]
+        source_engine = getattr(source, "engine", None)
+        if not isinstance(source_engine, ShardEngine):
+            raise MoveRefused(e.UNAVAILABLE, f"shard {record.from_shard} is not served by this process now")
+        target = self.shards[record.to_shard]
+        target_engine = getattr(target, "engine", None)
+        node = self.node
+        arrive: ShardEngine | Callable[[c.MoveIn], Awaitable[Reply]]
+        if isinstance(target_engine, ShardEngine) or node is None:
+            arrive = target_engine if isinstance(target_engine, ShardEngine) else self.engines[record.to_shard]
+        else:
+            arrive = functools.partial(node.move_in, record.to_shard)
+        done = await run_move(source_engine, arrive, record, self._save_move, self._switch)
+        if done.step in (DONE, ROLLED_BACK) and self.moves_dir is not None:
+            done.remove(self.moves_dir / f"{done.move_id}.json")
+        return {
+            "move_id": done.move_id, "account_id": done.root_id, "from_shard": done.from_shard,
+            "to_shard": done.to_shard, "status": done.step, "accounts": len(done.accounts),
+            "holds": len(done.holds), "seconds": round(time.monotonic() - started, 3), "error": done.error or None,
+        }  # fmt: skip
+
+    def _save_move(self, record: MoveRecord) -> None:
+        if self.moves_dir is not None:
+            self.moves_dir.mkdir(parents=True, exist_ok=True)
+            record.save(self.moves_dir / f"{record.move_id}.json")
+        if self.node is not None:
+            crash_points.reached(f"move_{record.step}")
+
+    async def _switch(self, account_ids: list[str], to_shard: int) -> None:
+        """The moved accounts are routed to ``to_shard`` from now on (no entry where the id says
+        so); a fleet node writes it to the directory first (every node reads it within ~1 s)."""
+        changes: list[tuple[str, int | None]] = [
+            (account_id, None if shard_in_id(account_id) == to_shard else to_shard) for account_id in account_ids
+        ]
+        if self.node is not None:
+            await self.node.set_placements(changes)
+        self.placement.override(changes)
+
+    def history_ports(self, account_id: str) -> list[ShardPort]:
+        """The shards an account's history is on: where it lives, then those it was moved from
+        (they keep the rows written there)."""
+        port = self.port_for(account_id)
+        ports = [] if port is None else [port]
+        for engine in self.engines:
+            moving = engine.ledger.moving
+            if moving and moving.get(account_id) == MOVED_AWAY and self.shards[engine.shard] is not port:
+                ports.append(self.shards[engine.shard])
+        return ports
+
+    def _placements_from_shards(self) -> None:
+        """At start: where moved accounts live now, read off the shards themselves (an account
+        is ``moved`` where it left and lives where it arrived), so nothing else need persist it."""
+        changes: list[tuple[str, int | None]] = []
+        for engine in self.engines:
+            for account_id, mark in engine.ledger.moving.items():
+                if mark != MOVED_AWAY:
+                    continue
+                for other in self.engines:
+                    found = other.ledger.accounts.get(account_id)
+                    if found is not None and found.status != STATUS_MOVED:
+                        changes.append((account_id, None if shard_in_id(account_id) == other.shard else other.shard))
+        self.placement.override(changes)
+
+    async def resume_moves(self) -> list[dict[str, object]]:
+        """Moves a stop or a crash left unfinished: each run on to done (or rolled back)."""
+        if self.moves_dir is None or not self.moves_dir.is_dir():
+            return []
+        return [await self._run_move(MoveRecord.load(path)) for path in sorted(self.moves_dir.glob("*.json"))]
 
     # ---- money across shards -------------------------------------------------------------
 

@@ -113,9 +113,18 @@ class ShardsElsewhere(Protocol):
         account goes; ``POST /v1/transfers``: the source account), its shard if owned elsewhere."""
 
     async def forward(
-        self, shard: int, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
+        self,
+        shard: int,
+        method: str,
+        path: str,
+        raw_query: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        *,
+        again: bool = False,
     ) -> Reply:
-        """The answer of the node that owns ``shard`` (503 if none answers)."""
+        """The answer of the node that owns ``shard`` (503 if none answers). ``again``: also a
+        request another node forwarded here (a partner move switched its account meanwhile)."""
 
     async def key_written(self, row: Row) -> None:
         """A key was created or revoked here (``schema.KEY_COLUMNS``): tell the other nodes."""
@@ -133,6 +142,17 @@ class ShardsElsewhere(Protocol):
 
     def drop_hold_mark(self, account_id: str, hold_id: str, destination_id: str) -> None:
         """That hold is settled or was not placed: its mark on the other node goes (in the background)."""
+
+    async def move_in(self, shard: int, command: c.MoveIn) -> Reply:
+        """A partner move's arrival on ``shard``: here if this node owns it, else on its owner."""
+
+    async def set_placements(self, changes: list[tuple[str, int | None]]) -> None:
+        """A partner move's switch, written to the directory (raises if it is not written)."""
+
+    async def placement_behind(self, headers: dict[bytes, bytes]) -> bool:
+        """A request another node forwarded here for an account this node places elsewhere: that
+        node may know of a partner move's switch this one has not read yet. Reads the
+        directory's placement changes now (at most every few ms); True if it did."""
 
     def holds_indexed(self, shard: int) -> None:
         """The service knows the holds of ``shard`` naming other shards (since its recovery)."""

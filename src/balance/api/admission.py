@@ -21,6 +21,9 @@ from balance.views import problem
 
 KIB, MIB = 1024, 1024 * 1024
 BATCH_PATH = "/v1/batch"
+# A partner move's arrival between nodes (``node.keeper``: the fleet secret, checked before the
+# body is read): the whole subtree's export, so up to the body budget.
+MOVE_IN_PREFIX, MOVE_IN_SUFFIX = "/internal/v1/shards/", "/move-in"
 UNAUTHENTICATED = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 FD_RESERVE = 64  # descriptors kept for the databases, log files and the listener
 
@@ -118,7 +121,11 @@ class Admission:
         self.arriving: dict[str, int] = {}  # principal -> bodies being received
 
     def limit_of(self, path: str) -> int:
-        return self.limits.batch_bytes_max if path == BATCH_PATH else self.limits.body_bytes_max
+        if path == BATCH_PATH:
+            return self.limits.batch_bytes_max
+        if path.startswith(MOVE_IN_PREFIX) and path.endswith(MOVE_IN_SUFFIX):  # a partner's subtree, between nodes
+            return self.limits.body_budget_bytes
+        return self.limits.body_bytes_max
 
     def begin(self, path: str, headers: dict[bytes, bytes], length: int) -> tuple[Actor | None, str | None]:
         """Admit a body of ``length`` bytes (-1: chunked, charged as it arrives) or raise Refused.

@@ -17,7 +17,15 @@ from urllib.parse import parse_qsl
 import msgspec
 from prometheus_client import generate_latest
 
-from balance.api import routes_accounts, routes_batch, routes_events, routes_history, routes_holds, routes_money
+from balance.api import (
+    routes_accounts,
+    routes_batch,
+    routes_events,
+    routes_history,
+    routes_holds,
+    routes_money,
+    routes_partners,
+)
 from balance.api.admission import Admission, HttpLimits
 from balance.api.answers import HttpError, json_reply, validation
 from balance.api.body import BODY_BYTES_MAX, read_body
@@ -44,7 +52,27 @@ _KIND_OF_ROUTE = {
     "/v1/accounts/{id}/holds": "hold", "/v1/accounts/{id}/holds/{hold_id}/capture": "capture",
     "/v1/accounts/{id}/holds/{hold_id}/release": "release", "/v1/batch": "batch",
 }  # fmt: skip
-_ACCOUNT_ROUTE = "/v1/accounts/{id}"  # the routes of one account (its id the first parameter)
+_ACCOUNT_ROUTE = "/v1/accounts/{id}"
+_PARTNER_ROUTE = "/v1/partners/{id}"  # a partner move runs on the node owning the partner's shard
+
+
+def _source_of(pattern: str, body: bytes) -> str | None:
+    """A transfer's source account (the account of ``POST /v1/transfers``), if the body names one."""
+    if pattern != "/v1/transfers":
+        return None
+    try:
+        fields = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    source = fields.get("from_account_id") if isinstance(fields, dict) else None
+    return source if isinstance(source, str) else None
+
+
+def _moved_elsewhere(reply: Reply) -> bool:
+    return b'"account_moving"' in reply.body or b'"account_moved"' in reply.body
+
+
+# the routes of one account (its id the first parameter)
 _INTERNAL = "/internal/"  # a fleet's node-to-node routes (balance.node.keeper.ShardKeeper.internal)
 _BODY_ACCOUNT_ROUTES = ("/v1/accounts", "/v1/transfers")  # POST routes whose account is in the body
 
@@ -86,6 +114,8 @@ def route_table() -> list[tuple[str, str, Handler]]:
         ("POST", "/v1/accounts/{id}/holds/{hold_id}/release", routes_holds.release),
         ("GET", "/v1/accounts/{id}/transactions", routes_history.transactions),
         ("GET", "/v1/accounts/{id}/transactions/{txn_id}", routes_history.transaction),
+        ("POST", "/v1/partners/{id}/move", routes_partners.move),
+        ("GET", "/v1/partners/{id}/placement", routes_partners.placement),
         ("GET", "/v1/events", routes_events.events),
         ("POST", "/v1/transfers", routes_money.transfer),
         ("POST", "/v1/batch", routes_batch.batch),
@@ -272,10 +302,15 @@ class BalanceApp:
             request.principal, request.actor = actor.principal, actor
             node = self.service.node
             if node is not None:  # a fleet node: what is on a shard it does not own, its owner answers
-                if params and pattern.startswith(_ACCOUNT_ROUTE):
+                if params and (pattern.startswith(_ACCOUNT_ROUTE) or pattern.startswith(_PARTNER_ROUTE)):
                     shard = node.shard_elsewhere(params[0])
+                    if shard is not None and await node.placement_behind(headers):
+                        shard = node.shard_elsewhere(params[0])  # a partner move's switch, just read
                 elif pattern in _BODY_ACCOUNT_ROUTES and method == "POST":
                     shard = node.body_shard_elsewhere(pattern, request.body, headers)
+                    source = _source_of(pattern, request.body) if shard is None else None
+                    if source is not None and node.shard_elsewhere(source) is not None:
+                        await node.placement_behind(headers)  # forwarded here: a move's switch, read now
                 else:
                     shard = None
                 if shard is not None:  # (the key was checked here first)
@@ -283,6 +318,15 @@ class BalanceApp:
             if "." in params or ".." in params:
                 raise validation("'.' and '..' are not ids")
             reply = await handler(self, request, params)
+            if reply.status == 503 and node is not None and _moved_elsewhere(reply):
+                # A partner move switched it to another node's shard meanwhile: its owner answers.
+                moved = (
+                    params[0] if params and pattern.startswith(_ACCOUNT_ROUTE) else _source_of(pattern, request.body)
+                )
+                shard = None if moved is None else node.shard_elsewhere(moved)
+                if shard is not None:  # (once more if another node sent it here: the move is why)
+                    forwarded = await node.forward(shard, method, path, raw_query, headers, request.body, again=True)
+                    return pattern, forwarded, []
         except HttpError as exc:
             reply = Reply(exc.status, problem(exc.code, exc.status, exc.detail))
             self._count_refusal(pattern, exc.code)

@@ -27,17 +27,18 @@ from balance.domain.currencies import ISO_4217
 _REQUESTS = {
     "NewAccount": s.NewAccount, "AccountPatch": s.AccountPatch, "CreditBody": s.CreditBody,
     "DebitBody": s.DebitBody, "TransferBody": s.TransferBody, "HoldBody": s.HoldBody,
-    "CaptureBody": s.CaptureBody, "ReleaseBody": s.ReleaseBody, "NewKey": s.NewKey,
+    "CaptureBody": s.CaptureBody, "ReleaseBody": s.ReleaseBody, "NewKey": s.NewKey, "MoveBody": s.MoveBody,
 }  # fmt: skip
 _RESPONSES = {
     "Account": shapes.AccountView, "Hold": shapes.HoldView, "Txn": shapes.TxnView, "Problem": shapes.Problem,
     "AccountReply": shapes.AccountReply, "TransferReply": shapes.TransferReply, "HoldReply": shapes.HoldReply,
+    "MoveReply": shapes.MoveReply, "PlacementView": shapes.PlacementView,
     "KeyReply": shapes.KeyReply, "KeyInfo": shapes.KeyInfo,
 }  # fmt: skip
 _OPTIONAL_BODIES = ("CaptureBody", "ReleaseBody", "NewKey", "AccountPatch")  # an empty body is {}
 
 # Codes any authenticated route may answer, besides its own (``Route.codes``).
-_EVERY_ROUTE = (e.UNAUTHORIZED, e.RATE_LIMITED, e.UNAVAILABLE, e.VALIDATION_ERROR)
+_EVERY_ROUTE = (e.UNAUTHORIZED, e.RATE_LIMITED, e.UNAVAILABLE, e.VALIDATION_ERROR, e.ACCOUNT_MOVING, e.ACCOUNT_MOVED)
 # Codes of the HTTP layer (``api/app.py``, the built-in server ``api/http1.py``, docs/limits.md):
 # not business outcomes, so not in ``statuses.STATUS_BY_CODE``.
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -207,6 +208,11 @@ ROUTES = (
           None, "200", _ref("TxnPage"), _READ, query=("limit_history", "cursor_history", "since", "until")),
     Route("GET", "/v1/accounts/{id}/transactions/{txn_id}", "getTransaction", "Read one history row by its id",
           None, "200", _ref("Txn"), (*_READ, e.TRANSACTION_NOT_FOUND)),
+    Route("POST", "/v1/partners/{id}/move", "movePartner",
+          "Move a top-level partner with its subtree to another shard (admin key; answers when done): docs/moves.md",
+          "MoveBody", "200", _ref("MoveReply"), (*_READ, e.MOVE_REFUSED)),
+    Route("GET", "/v1/partners/{id}/placement", "getPlacement", "Which shard an account lives on (admin key)",
+          None, "200", _ref("PlacementView"), _READ),
     Route("GET", "/v1/events", "listEvents",
           "Events after a cursor, oldest first, scoped to the key's subtree (long-poll with wait_s): docs/events.md",
           None, "200", _ref("EventPage"), (e.FORBIDDEN,), query=("after_events", "limit_events", "wait_s")),

@@ -39,7 +39,12 @@ def decode(body: bytes, type_: Any, decoder: msgspec.json.Decoder[Any] | None = 
         raise validation(f"JSON nested deeper than {strict_json.DEPTH_MAX} levels") from None
 
 
-INTEGER_FIELDS = ("amount", "credit_limit", "expires_in_s")  # the integer fields of bodies and batch operations
+INTEGER_FIELDS = (
+    "amount",
+    "credit_limit",
+    "expires_in_s",
+    "to_shard",
+)  # the integer fields of bodies and batch operations
 _EXACT = msgspec.json.Decoder(float_hook=Decimal)  # numbers with a fraction or exponent, read exactly
 _EXACT_ENCODER = msgspec.json.Encoder(decimal_format="number")
 

@@ -50,6 +50,12 @@ class NewKey(Struct, forbid_unknown_fields=True):
     client_id: OpId | None = None
 
 
+class MoveBody(Struct, forbid_unknown_fields=True):
+    """Where a partner moves with its subtree (docs/moves.md)."""
+
+    to_shard: Annotated[int, Meta(ge=0, le=65_535)]
+
+
 class AccountPatch(Struct, forbid_unknown_fields=True):
     status: AccountStatus | UnsetType = UNSET
     name: Name | UnsetType = UNSET

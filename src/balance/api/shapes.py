@@ -86,6 +86,28 @@ class HoldReply(msgspec.Struct):
     account: AccountView
 
 
+class MoveReply(msgspec.Struct):
+    """A partner move, as it ended: ``done`` or ``rolled_back`` (``error`` says why)."""
+
+    move_id: str
+    account_id: str
+    from_shard: int
+    to_shard: int
+    status: Literal["done", "rolled_back"]
+    accounts: int
+    holds: int
+    seconds: float
+    error: str | None
+
+
+class PlacementView(msgspec.Struct):
+    """Where an account lives: its shard (and whether that differs from the one its id names)."""
+
+    account_id: str
+    shard: int
+    moved: bool
+
+
 class KeyInfo(msgspec.Struct):
     """A key as listed: never the key itself nor its hash."""
 

@@ -22,6 +22,9 @@ STATUS_BY_CODE = {
     e.IDEMPOTENCY_CONFLICT: 409,
     e.RATE_LIMITED: 429,
     e.UNAVAILABLE: 503,
+    e.ACCOUNT_MOVING: 503,
+    e.ACCOUNT_MOVED: 503,
+    e.MOVE_REFUSED: 409,
 }
 UNMAPPED_STATUS = 422  # a code added to the domain without a status here is still a refusal
 

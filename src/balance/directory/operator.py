@@ -113,8 +113,11 @@ async def partners_where(directory: ShardDirectory, args: argparse.Namespace) ->
     return table(("ACCOUNT", "SHARD", "REGION", "DATABASE", "OWNER", "OWNER URL", "WHY"), [row])
 
 
-def add_commands(commands: argparse._SubParsersAction, run: Callable[[argparse.Namespace], int]) -> None:  # type: ignore[type-arg]
-    """The operator sub-commands of ``balance-service``."""
+def add_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], run: Callable[[argparse.Namespace], int]
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """The operator sub-commands of ``balance-service`` (the ``partners`` group is returned: the
+    command line adds ``move`` to it)."""
     shards = commands.add_parser("shards", help="the shards in the directory").add_subparsers(
         dest="action", required=True
     )
@@ -137,10 +140,13 @@ def add_commands(commands: argparse._SubParsersAction, run: Callable[[argparse.N
     nodes.add_parser("list", help="every node: URL, region, last heartbeat, shards owned").set_defaults(
         fn=run, action_fn=nodes_list
     )
-    partners = commands.add_parser("partners", help="where partners live").add_subparsers(dest="action", required=True)
+    partners: argparse._SubParsersAction[argparse.ArgumentParser] = commands.add_parser(
+        "partners", help="where partners live, and moving them"
+    ).add_subparsers(dest="action", required=True)
     where = partners.add_parser("where", help="the shard and node of an account")
     where.add_argument("account_id")
     where.set_defaults(fn=run, action_fn=partners_where)
+    return partners
 
 
 def run_action(

@@ -263,8 +263,81 @@ class ExpireHold:
     hold_id: str
 
 
+@dataclass(unsafe_hash=True, slots=True)
+class FreezeMove:
+    """Source shard: from now on the subtree of ``root_id`` takes no new operation (they answer
+    ``account_moving``) until the move ends. In memory only: a restart thaws it (the move is
+    then exported again: ``MoveOut`` checks the versions it was exported at)."""
+
+    move_id: str
+    root_id: str
+
+    @property
+    def account_id(self) -> str:
+        return self.root_id
+
+
+@dataclass(unsafe_hash=True, slots=True)
+class ThawMove:
+    """Source shard: the move was given up before its ``MoveOut``: the subtree serves again."""
+
+    move_id: str
+    root_id: str
+
+    @property
+    def account_id(self) -> str:
+        return self.root_id
+
+
+@dataclass(unsafe_hash=True, slots=True)
+class MoveOut:
+    """Source shard: the frozen subtree leaves, as exported (``versions``: (account, version)
+    of each account of the export). Balances go to the shard's transit accounts, pending holds
+    end ``moved``, accounts become ``moved``. Idempotent by ``move_id``."""
+
+    move_id: str
+    root_id: str
+    to_shard: int
+    versions: tuple[tuple[str, int], ...]
+
+    @property
+    def account_id(self) -> str:
+        return self.root_id
+
+
+@dataclass(unsafe_hash=True, slots=True)
+class MoveIn:
+    """Target shard (or the source, to roll a move back): the exported subtree arrives. Balances
+    come from the shard's transit accounts. ``accounts``: ``Account.state()`` tuples, parents
+    first; ``holds``: pending ``Hold.state()`` tuples; ``records``: (account, op_key,
+    fingerprint, status, body) first answers. Idempotent by ``move_id`` and ``tag``."""
+
+    move_id: str
+    root_id: str
+    accounts: tuple[tuple, ...]  # type: ignore[type-arg]
+    holds: tuple[tuple, ...]  # type: ignore[type-arg]
+    records: tuple[tuple[str, str, int, int, bytes], ...]
+    tag: str = "in"  # "in" on the target, "back" when the source takes its subtree back
+    # Where it left, and the seq of its ``MoveOut`` there: a reader of this shard's events
+    # publishes none of the subtree's until that shard's are published up to there.
+    from_shard: int = -1
+    source_seq: int = 0
+
+    @property
+    def account_id(self) -> str:
+        return self.root_id
+
+
 MoneyCommand = Credit | Debit | Transfer | PlaceHold | CaptureHold | ReleaseHold | ExpireHold
 CrossShardCommand = TransferOut | TransferIn | CompleteTransfer | ReturnTransfer | ResumeLeg
+MoveCommand = FreezeMove | ThawMove | MoveOut | MoveIn
 Command = (
-    MoneyCommand | CrossShardCommand | CreateAccount | UpdateAccount | CreateKey | RevokeKey | RecordResultConflict
+    MoneyCommand
+    | CrossShardCommand
+    | CreateAccount
+    | UpdateAccount
+    | CreateKey
+    | RevokeKey
+    | RecordResultConflict
+    | MoveCommand
 )

@@ -23,6 +23,10 @@ RATE_LIMITED = "rate_limited"
 ACCOUNT_NOT_EMPTY = "account_not_empty"  # closing an account that holds or awaits money
 LIMIT_EXCEEDED = "limit_exceeded"  # a non-system balance, reserve or credit limit past +-2^62
 UNAVAILABLE = "unavailable"
+# Partner moves (``domain.moves``).
+ACCOUNT_MOVING = "account_moving"  # its subtree is being moved: retry shortly (the service waits)
+ACCOUNT_MOVED = "account_moved"  # it lives on another shard now (the service routes there)
+MOVE_REFUSED = "move_refused"  # a partner move that cannot be done as asked (not top level, its shard already...)
 
 
 @dataclass(frozen=True, slots=True)

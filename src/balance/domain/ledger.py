@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from balance.domain import account_rules, authority, cross_shard, hold_rules, limits, movements
+from balance.domain import account_rules, authority, cross_shard, hold_rules, limits, movements, moves
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain.expiry import ExpiryWheel
@@ -43,11 +43,15 @@ from balance.domain.model import (
     EVENT_ACCOUNT_REPLENISHED,
     HOLD,
     HOLD_DESTINATION,
+    HOLD_MOVED,
     HOLD_PENDING,
     HOLD_STATUS,
+    MOVE_KINDS,
+    MOVE_OUT,
     RELEASE,
     STATUS_ACTIVE,
     STATUS_CLOSED,
+    STATUS_MOVED,
     TRANSFER,
     Account,
     Entry,
@@ -62,7 +66,7 @@ class _Frame:
 
     __slots__ = (
         "seq_at_begin", "accounts", "holds", "records", "restores", "changes", "rewritten", "checkpoint",
-        "checkpoint_accounts", "round_begun", "round_done", "flights",
+        "checkpoint_accounts", "round_begun", "round_done", "flights", "moving",
     )  # fmt: skip
 
     def __init__(self, seq_at_begin: int) -> None:
@@ -78,6 +82,7 @@ class _Frame:
         self.round_begun = False  # a checkpoint round began with this batch
         self.round_done = 0  # > 0: this batch wrote the last rows of the round (its seq)
         self.flights: list[tuple[dict[str, set[str]], str, str, bool]] = []  # in-flight marks changed
+        self.moving: list[tuple[str, str | None]] = []  # (account, its ``Ledger.moving`` entry before)
 
 
 # The prefix of an ``inbound`` mark that stands for a pending hold of another shard (a
@@ -168,11 +173,16 @@ class Ledger:
         # A fleet node's shard whose marks of other nodes' holds are not all known yet (since
         # its recovery, not every node has answered: ``node.remote_marks``): closes wait (503).
         self.remote_marks_unknown = False
+        # Partner moves (``moves``): account -> the move freezing it, or ``moves.MOVED_AWAY`` once
+        # it lives on another shard. Empty on most shards: ``apply`` then checks nothing more.
+        self.moving: dict[str, str] = {}
 
     # ---- loading (recovery and look-ups) -------------------------------------------------
 
     def load_account(self, account: Account) -> None:
         self.accounts[account.id] = account
+        if account.status == STATUS_MOVED:
+            self.moving[account.id] = moves.MOVED_AWAY
 
     def load_hold(self, hold: Hold) -> None:
         """A hold read from storage: pending ones count in ``reserved``, finished ones are cached."""
@@ -200,6 +210,10 @@ class Ledger:
             raise e.InvariantViolation(
                 f"journal: row {row[HOLD_JOURNAL_SEQ]} on unknown account {row[HOLD_JOURNAL_ACCOUNT_ID]}"
             )
+        if row[HOLD_JOURNAL_KIND] in MOVE_KINDS:  # the account's row was written with it
+            if row[HOLD_JOURNAL_HOLD_ID] is not None:
+                self._replay_moved_hold(row, account)
+            return
         version = row[RECOVERY_VERSION]
         if version > account.version and not account.is_system:
             account.balance, account.reserved = row[RECOVERY_BALANCE], row[RECOVERY_RESERVED]
@@ -239,6 +253,35 @@ class Ledger:
         found.status, found.captured_amount, found.updated_at = settlement(row)
         self._count_inbound_hold(found, False)
         self._remember_finished(found)
+
+    def _replay_moved_hold(self, row: tuple, owner: Account) -> None:  # type: ignore[type-arg]
+        """A hold that left with its account (``MOVE_OUT``: it ends ``moved``) or arrived with it
+        (``MOVE_IN``: pending again, as it was)."""
+        account_id, hold_id = row[HOLD_JOURNAL_ACCOUNT_ID], row[HOLD_JOURNAL_HOLD_ID]
+        found = self.holds.find(account_id, hold_id)
+        if row[HOLD_JOURNAL_KIND] == MOVE_OUT:
+            if found is None:
+                return  # a checkpoint since deleted its row
+            e.require(found.status == HOLD_PENDING, f"journal: move of hold {hold_id} not pending")
+            if found not in self.unsaved:
+                self.unsaved[found] = True
+            found.status = HOLD_MOVED
+            self._count_inbound_hold(found, False)
+            self._remember_finished(found)
+            return
+        if found is not None and found.status == HOLD_PENDING and found not in self.unsaved:
+            return  # its row is in the holds table: a checkpoint slice wrote it after this row
+        arrived = Hold.from_row(placed_hold(row[:HOLD_ROW_LENGTH]), owner.id)
+        if found is not None:
+            e.require(found.status == HOLD_MOVED, f"journal: hold {hold_id} arrived while {found.status}")
+            found.amount, found.captured_amount, found.status = arrived.amount, 0, HOLD_PENDING
+            found.expires_at = arrived.expires_at
+            self.unsaved.setdefault(found, False)
+            self.expiry.add(found)
+            return
+        self.holds.put(arrived)
+        self.unsaved[arrived] = False
+        self.expiry.add(arrived)
 
     def rebuild_reserved(self) -> None:
         """Recovery: ``reserved`` is recomputed from the pending holds, never trusted alone."""
@@ -301,6 +344,8 @@ class Ledger:
 
     def lookups_needed(self, command: c.Command) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """(op keys, hold keys) that must be read from storage before ``command`` can be applied."""
+        if self.moving and moves.refusal(self, command) is not None:
+            return [], []  # refused without reading (a hold of a moved account is not here)
         if isinstance(command, (c.CaptureHold, c.ReleaseHold)):
             kind = CAPTURE if isinstance(command, c.CaptureHold) else RELEASE
             key = (command.account_id, op_key_of(kind, command.hold_id))
@@ -340,6 +385,8 @@ class Ledger:
                 self._keep_record(key)
             elif self.holds.find(command.account_id, command.op_id) is not None:
                 return [key], []
+        if isinstance(command, (c.MoveOut, c.MoveIn)):  # (rare: last)
+            return moves.lookups_needed(self, command), []
         return [], []
 
     def _keep_record(self, key: tuple[str, str]) -> None:
@@ -545,6 +592,11 @@ class Ledger:
                 record.status, record.body = status, body
             for marks, account_id, op, added in reversed(frame.flights):
                 _mark(marks, account_id, op, not added)
+            for account_id, before_move in reversed(frame.moving):
+                if before_move is None:
+                    self.moving.pop(account_id, None)
+                else:
+                    self.moving[account_id] = before_move
             self.next_seq = frame.seq_at_begin
             if frame.checkpoint is not None:  # its slice of the round was not written: back to the round
                 if self.round is None:  # it was the round's last slice
@@ -570,7 +622,24 @@ class Ledger:
     def apply(self, command: c.Command, now: int) -> Outcome:
         e.require(self._in_batch, "apply() outside a batch")
         handler = _HANDLERS[type(command)]
+        if self.moving and (refused := moves.refusal(self, command)) is not None:
+            return refused
         return handler(self, command, now)
+
+    def set_moving(self, account_id: str, move: str | None) -> None:
+        """Freeze ``account_id`` for a move, mark it moved away (``moves.MOVED_AWAY``), or neither
+        (None); undone with the batch if it is not written."""
+        if self._in_batch:
+            self.frames[-1].moving.append((account_id, self.moving.get(account_id)))
+        if move is None:
+            self.moving.pop(account_id, None)
+        else:
+            self.moving[account_id] = move
+
+    def remember(self, key: tuple[str, str], record: Record) -> None:
+        """A first answer this batch records (forgotten again if the batch is undone)."""
+        self._remember_record(key, record)
+        self._new_records.append(key)
 
     # ---- building blocks -----------------------------------------------------------------
 
@@ -841,4 +910,8 @@ _HANDLERS: dict[type, Callable[[Ledger, Any, int], Outcome]] = {
     c.ReleaseHold: hold_rules.release_hold,
     c.ExpireHold: hold_rules.expire_hold,
     c.RecordResultConflict: hold_rules.record_result_conflict,
+    c.FreezeMove: moves.freeze,
+    c.ThawMove: moves.thaw,
+    c.MoveOut: moves.move_out,
+    c.MoveIn: moves.move_in,
 }

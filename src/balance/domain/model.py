@@ -20,11 +20,15 @@ STATUS_ACTIVE = "active"
 STATUS_FROZEN = "frozen"
 STATUS_CLOSED = "closed"
 ACCOUNT_STATUSES = (STATUS_ACTIVE, STATUS_FROZEN, STATUS_CLOSED)
+# Not a status a client can set: the account was moved to another shard (``domain.moves``); its
+# row stays here (balance 0, its history in the journal), its requests go to the new shard.
+STATUS_MOVED = "moved"
 
 HOLD_PENDING = "pending"
 HOLD_CAPTURED = "captured"
 HOLD_RELEASED = "released"
 HOLD_EXPIRED = "expired"
+HOLD_MOVED = "moved"  # moved with its account to another shard, pending there
 
 # Journal kinds (the Txn ``kind`` of the API).
 CREDIT = "credit"
@@ -35,6 +39,12 @@ CAPTURE = "capture"
 RELEASE = "release"
 EXPIRE = "expire"
 OPEN = "open"  # an account created under a client id: its first answer (not listed in the history)
+# A partner move (``domain.moves``): an account or a hold leaving or arriving, and an operation
+# id's first answer carried to the new shard. Not listed in the history, not published.
+MOVE_OUT = "move_out"
+MOVE_IN = "move_in"
+MOVE_RECORD = "move_record"
+MOVE_KINDS = (MOVE_OUT, MOVE_IN, MOVE_RECORD)
 
 
 _SHARED: dict[object, object] = {}

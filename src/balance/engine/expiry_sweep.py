@@ -73,6 +73,9 @@ async def _expire(engine: ShardEngine, due: list[tuple[str, str]]) -> int:
             engine.ledger.rearm(account_id, hold_id)
         raise
     replies = await asyncio.gather(*futures)
+    for (account_id, hold_id), reply in zip(due, replies, strict=True):
+        if reply.status == 503 and b'"account_moving"' in reply.body:  # a move froze it: due again next sweep
+            engine.ledger.rearm(account_id, hold_id)
     expired = sum(1 for reply in replies if reply.status == 200)
     engine.metrics.holds_expired.labels(engine.label).inc(expired)
     return expired

@@ -84,6 +84,8 @@ def render(command: c.Command, outcome: Outcome) -> Reply:
         if outcome.entry is not None:
             outcome.entry.status = status
         body = views.encode_rejection(outcome.rejection)
+    elif isinstance(command, (c.MoveOut, c.MoveIn)):
+        body = outcome.record.body if outcome.record is not None else b""  # (``domain.moves``: the step's seq)
     elif isinstance(command, (c.CreateAccount, c.UpdateAccount)):
         body = views.encode_account(outcome.accounts[0])
     elif outcome.entry is not None and not isinstance(command, c.ExpireHold):

@@ -16,7 +16,7 @@ from balance import views
 from balance.domain.cross_shard import TRANSFER_RETURN
 from balance.domain.holds import HOLD_KINDS
 from balance.domain.ids import hold_journal_keys
-from balance.domain.model import EVENT_ACCOUNT_UPDATED, HOLD, OPEN
+from balance.domain.model import EVENT_ACCOUNT_UPDATED, HOLD, MOVE_KINDS, OPEN
 from balance.events import catalogue as cat
 from balance.events.states import (
     ACCOUNT_ID,
@@ -55,9 +55,10 @@ class Published:
 
 def moves_money(row: tuple) -> bool:  # type: ignore[type-arg]
     """An accepted journal row (not a recorded refusal, nor an account's creation answer). A
-    cross-shard leg later refused keeps an empty code: it moved money when it was written."""
+    cross-shard leg later refused keeps an empty code: it moved money when it was written. The
+    rows of a partner move are no event: the account's versions go on on its new shard."""
     kind = row[KIND]
-    return kind != OPEN and (not row[CODE] or kind == TRANSFER_RETURN)
+    return kind != OPEN and kind not in MOVE_KINDS and (not row[CODE] or kind == TRANSFER_RETURN)
 
 
 def settles_hold(row: tuple) -> bool:  # type: ignore[type-arg]

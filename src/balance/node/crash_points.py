@@ -6,6 +6,9 @@ empty set at steps that cross the network anyway. The points:
 - ``before_target_leg``: the source's node, its source leg committed, before it sends the target leg;
 - ``after_target_leg``: the target's node, the target leg committed, before it answers;
 - ``before_complete``: the source's node, the target's answer received, before it completes the source.
+- ``move_exported``, ``move_moved_out``, ``move_moved_in``: a partner move's node (the source
+  shard's owner), that step recorded, before the next;
+- ``after_move_in``: the target's node, a partner move's arrival committed, before it answers.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from balance.domain.authority import Actor
 from balance.domain.ids import client_account_suffix
 from balance.domain.ledger import inbound_hold_mark
 from balance.domain.model import ACCOUNT_FIELDS, ACCOUNT_STATUS, STATUS_CLOSED, Account
+from balance.engine.partner_move import move_in_from_wire, move_in_wire
 from balance.engine.replies import Reply, unavailable_reply
 from balance.engine.shard import FENCED, ShardEngine
 from balance.node import crash_points
@@ -54,7 +55,7 @@ KEY_POLL_S = 1.0  # at most this between two reads of the keys (a revocation rea
 KEY_CLOCK_MARGIN_MS = 5000  # key rows are stamped by their writer's clock: re-read this far back
 
 
-_SHARD_ROUTES = ("transfer-in", "hold-mark")
+_SHARD_ROUTES = ("transfer-in", "hold-mark", "move-in")
 
 
 def _no_route(method: str, path: str) -> Reply:
@@ -84,6 +85,8 @@ class ShardKeeper:
         self.placement = Placement(len(ports)) if placement is None else placement
         self.shard_of = self.placement.shard_of
         self._placements_read_to = -1  # the placements version read up to (-1: none, not even version 0)
+        self._placements_synced_at = 0.0  # when the last read on demand began (``placement_behind``)
+        self._placements_lock = asyncio.Lock()
         self.directory = directory
         self.ports = ports
         self.make_engine = make_engine  # (the shard, its epoch) -> an engine over its fenced storage
@@ -151,7 +154,15 @@ class ShardKeeper:
         return None if self.ports[shard].engine is not None else shard
 
     async def forward(
-        self, shard: int, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes
+        self,
+        shard: int,
+        method: str,
+        path: str,
+        raw_query: bytes,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        *,
+        again: bool = False,
     ) -> Reply:
         """To the shard's owner as last read from the directory (cached: the directory may be
         away), once; 503 when there is none, no fleet secret, or this request was forwarded already."""
@@ -160,7 +171,7 @@ class ShardKeeper:
             return unavailable_reply(f"shard {shard} is {engine.state} on this node; retry shortly")
         owner = await self._owner_of(shard)
         forwarder = self.forwarder
-        if forwarder is None or owner is None or forwarder.forwarded(headers):
+        if forwarder is None or owner is None or (forwarder.forwarded(headers) and not again):
             why = "no fleet secret (BALANCE_FLEET_SECRET) to forward with" if forwarder is None else "no owner known"
             if forwarder is not None and forwarder.forwarded(headers):
                 why = "this node does not own it either (forwarded once already)"
@@ -245,6 +256,15 @@ class ShardKeeper:
             return unavailable_reply(f"shard {shard} is not served by this node now")
         if parts[2] == "hold-mark":
             return self._hold_mark(shard, body)
+        if parts[2] == "move-in":  # a partner move's arrival (``engine.partner_move``)
+            try:
+                arriving = move_in_from_wire(body)
+            except ValueError as exc:
+                return Reply(422, problem("validation_error", 422, str(exc)))
+            arrived = await engine.execute(arriving)
+            if arrived.status == 200:
+                crash_points.reached("after_move_in")
+            return arrived
         try:
             transfer = msgspec.json.decode(body, type=LegWire).transfer()
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -257,6 +277,44 @@ class ShardKeeper:
             ledger.mark(ledger.inbound, transfer.to_account_id, leg, False)
             crash_points.reached("after_target_leg")
         return reply
+
+    async def move_in(self, shard: int, command: c.MoveIn) -> Reply:
+        """A partner move's arrival on ``shard``: executed here if this node owns it, else sent
+        to its owner (503 while none answers: the move waits, forward only)."""
+        engine = self.ports[shard].engine
+        if engine is not None:
+            return await engine.execute(command)
+        owner = await self._owner_of(shard)
+        if self.forwarder is None or owner is None:
+            return unavailable_reply(f"shard {shard} is owned by another node, which cannot be reached now")
+        return await self.forwarder.internal(owner, f"shards/{shard}/move-in", move_in_wire(command))
+
+    async def placement_behind(self, headers: dict[bytes, bytes]) -> bool:
+        """See ``shards.ShardsElsewhere.placement_behind``: one read at a time, and none for a
+        request that came before a read began (that read is fresh enough for it)."""
+        if self.forwarder is None or not self.forwarder.forwarded(headers):
+            return False
+        asked = time.monotonic()
+        async with self._placements_lock:
+            if self._placements_synced_at < asked:
+                self._placements_synced_at = time.monotonic()
+                try:
+                    await self._sync_placements()
+                except DirectoryError as exc:
+                    log.warning("node %s: the directory did not answer (%s)", self.node.id, exc)
+                    return False
+        return True
+
+    async def set_placements(self, changes: list[tuple[str, int | None]]) -> None:
+        """A partner move's switch into the directory (every node reads it within about a
+        second); this node's own placement at once."""
+        placed = {account_id: shard for account_id, shard in changes if shard is not None}
+        removed = [account_id for account_id, shard in changes if shard is None]
+        if placed:
+            await self.directory.set_placements(placed, now_ms())
+        if removed:
+            await self.directory.remove_placements(removed, now_ms())
+        self.placement.override(changes)
 
     def _hold_mark(self, shard: int, body: bytes) -> Reply:
         """Mark (or unmark) a hold of another node naming an account of ``shard``. Marking

@@ -56,6 +56,10 @@ def build_relays(settings: Settings, config: RelayConfig, metrics: Metrics) -> l
         for relay in peers:
             relay.peers = peers
         relays += peers
+    for relay in relays:  # a moved subtree's events wait for its old shard's (``ShardRelay._held_at``)
+        relay.others = {
+            other.shard: other for other in relays if other.sink.name == relay.sink.name and other is not relay
+        }
     return relays
 
 

@@ -13,11 +13,14 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
+from balance.domain.moves import barrier_of
 from balance.events.stream import EventStream, Published
 from balance.metrics import Metrics
 from balance.relay.page import EventSource
 from balance.storage.base import StorageError
+from balance.storage.schema import JOURNAL_COLUMNS
 
+JOURNAL_SEQ, JOURNAL_KIND, JOURNAL_DESCRIPTION = (JOURNAL_COLUMNS.index(n) for n in ("seq", "kind", "description"))
 Visible = Callable[[str], bool]  # account id -> may the caller see its events
 
 
@@ -77,14 +80,29 @@ class EventsFeed:
             if not page.journal and not page.outbox:
                 continue
             events = stream.build(page.journal, page.outbox, page.accounts, page.later_updates, page.placements)
+            held = _held_at(page.journal, after)
+            if held is not None:  # a subtree arrived here: its old shard's events come first
+                events = [event for event in events if event.seq < held]
             kept, last = _fit([e for e in events if visible(e.account_id)], room)
             found += kept
-            after[shard] = page.last_seq if last is None else last
+            if last is None:
+                last = page.last_seq if held is None else held - 1
+            after[shard] = last
         return found, after
 
     async def close(self) -> None:
         for source in self.sources:
             await source.close()
+
+
+def _held_at(journal: list[tuple], after: list[int]) -> int | None:  # type: ignore[type-arg]
+    """The seq of the first row of a subtree's arrival (``moves.barrier_of``) whose old shard
+    has not been read up to its leaving yet: nothing from there on is given out now."""
+    for row in journal:
+        barrier = barrier_of(row[JOURNAL_KIND], row[JOURNAL_DESCRIPTION])
+        if barrier is not None and barrier[0] < len(after) and after[barrier[0]] < barrier[1]:
+            return int(row[JOURNAL_SEQ])
+    return None
 
 
 def _fit(events: list[Published], room: int) -> tuple[list[Published], int | None]:

@@ -15,15 +15,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from balance.domain.moves import barrier_of
 from balance.engine.recovery import Backoff
 from balance.events.stream import EventStream
 from balance.metrics import Metrics
 from balance.relay.page import EventSource
 from balance.relay.sink import Confirmation, Sink, SinkError
 from balance.storage.base import StorageError
+from balance.storage.schema import JOURNAL_COLUMNS
 
 log = logging.getLogger("balance.relay")
 
+JOURNAL_KIND, JOURNAL_DESCRIPTION = JOURNAL_COLUMNS.index("kind"), JOURNAL_COLUMNS.index("description")
 PAGE_ROWS = 1000
 IDLE_POLL_S = 0.02  # caught up (a page short of full): how long until the shard database is asked again
 CURSOR_SAVE_S = 1.0  # the cursor is written at most this often (and at a clean stop)
@@ -79,6 +82,9 @@ class ShardRelay:
         # The relays of this shard to every sink: an outbox row is pruned only once all published it.
         self.peers: list[ShardRelay] = [self]
         self.stopping = False  # set by ``stop_relays``: the loop ends at its next turn
+        # The other shards' relays to the same broker (shard -> relay), when they run in this
+        # process: a moved subtree's events here wait for its old shard's (``_held_at``).
+        self.others: dict[int, ShardRelay] = {}
 
     async def run(self) -> None:
         """Until cancelled (``stop`` saves the cursor)."""
@@ -111,6 +117,13 @@ class ShardRelay:
                     await asyncio.wait([inflight[0].confirmation])
                     continue
                 page = await self.source.read_page(read_to, self.page_rows, stream.missing)
+                held = self._held_at(page.journal) if self.others else None
+                if held is not None:  # a subtree arrived here: its old shard's events go first
+                    page.journal = [row for row in page.journal if row[0] < held]
+                    page.outbox = [row for row in page.outbox if row[0] < held]
+                    if not page.journal and not page.outbox:
+                        await asyncio.sleep(self.idle_poll_s)
+                        continue
                 oldest = page.oldest_at
                 # A page short of full: the relay has caught up with the writer (no read again at once,
                 # which would come back empty: at a low rate every wake is one read, not two).
@@ -137,6 +150,18 @@ class ShardRelay:
                 stream = EventStream(self.shard)  # what it learned past the cursor is not published
                 self._failures.inc()
                 await self._wait("publish", exc)
+
+    def _held_at(self, journal: list[tuple]) -> int | None:  # type: ignore[type-arg]
+        """The seq of the first row of a subtree's arrival whose old shard's relay to the same
+        broker has not confirmed its events up to the leaving yet (``moves.barrier_of``)."""
+        for row in journal:
+            barrier = barrier_of(row[JOURNAL_KIND], row[JOURNAL_DESCRIPTION])
+            if barrier is None:
+                continue
+            other = self.others.get(barrier[0])
+            if other is not None and other.cursor < barrier[1]:
+                return int(row[0])
+        return None
 
     def _confirmed(self, sent: _Sent) -> None:
         """The oldest page in flight is confirmed (or raises its SinkError): the cursor moves past it."""

@@ -152,6 +152,10 @@ class ShardStorage(Protocol):
 
     async def get_hold(self, account_id: str, hold_id: str) -> Row | None: ...
 
+    async def move_records(self, account_ids: list[str]) -> list[Row]:
+        """A partner move's export: every stored first answer of these accounts' operation ids
+        (account_id, op_key, fingerprint, status, result)."""
+
     async def children(self, parent_id: str, limit: int, after_id: str | None) -> list[str]:
         """Ids of the direct children of ``parent_id``, ordered by id, after ``after_id``."""
 

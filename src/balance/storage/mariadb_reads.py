@@ -185,6 +185,16 @@ class MariaDbReads:
         sql, args = schema.history_query("%s", account_id, limit, before_seq, since, until)
         return await self._read(lambda conn: self._fetch(conn, sql, args))
 
+    async def move_records(self, account_ids: list[str]) -> list[Row]:
+        async def read(conn: asyncmy.Connection) -> list[Row]:
+            rows: list[Row] = []
+            for start in range(0, len(account_ids), schema.MOVE_RECORDS_CHUNK):
+                chunk = account_ids[start : start + schema.MOVE_RECORDS_CHUNK]
+                rows += await self._fetch(conn, schema.move_records_query("%s", len(chunk)), chunk)
+            return rows
+
+        return await self._read(read)
+
     async def get_hold(self, account_id: str, hold_id: str) -> Row | None:
         _, holds = await self.lookup([], [(account_id, hold_id)])
         return holds[0] if holds else None

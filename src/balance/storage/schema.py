@@ -5,7 +5,7 @@ from __future__ import annotations
 from balance.domain.holds import HOLD_JOURNAL_FIELDS
 from balance.domain.ids import CLIENT_OP_KINDS, CLIENT_OP_PREFIX
 from balance.domain.ledger import RECOVERY_JOURNAL_FIELDS
-from balance.domain.model import ACCOUNT_FIELDS, HOLD_FIELDS, OPEN
+from balance.domain.model import ACCOUNT_FIELDS, HOLD_FIELDS, MOVE_KINDS, OPEN
 
 ACCOUNT_COLUMNS = ACCOUNT_FIELDS
 HOLD_COLUMNS = HOLD_FIELDS
@@ -192,8 +192,11 @@ def recovery_journal_query(placeholder: str) -> str:
 
 # An account's creation under a client id keeps its first answer in the journal (a row of kind
 # ``open``); the history lists money, not that row.
-HISTORY_SHOWN = f" AND kind <> '{OPEN}'"
-HISTORY_SHOWN_J = f" AND j.kind <> '{OPEN}'"
+# Nor the rows of a partner move (``domain.moves``): an account or hold leaving or arriving, and
+# the first answers carried to the new shard (each shows where it was written).
+_HIDDEN = ",".join(f"'{kind}'" for kind in (OPEN, *MOVE_KINDS))
+HISTORY_SHOWN = f" AND kind NOT IN ({_HIDDEN})"
+HISTORY_SHOWN_J = f" AND j.kind NOT IN ({_HIDDEN})"
 
 
 def history_query(
@@ -278,4 +281,29 @@ def history_fill_sql(after: str, up_to: str) -> str:
     return (
         "INSERT OR IGNORE INTO history (account_id, seq) SELECT account_id, seq FROM journal"
         f" WHERE seq > {after} AND seq <= {up_to} ORDER BY account_id, seq"
+    )
+
+
+MOVE_RECORDS_CHUNK = 500
+
+
+_MOVE_RECORD = "op_key IS NOT NULL AND SUBSTR(op_key, 1, 2) <> 'mv' AND status <> 202"
+
+
+def move_records_query(placeholder: str, accounts: int, *, history_table: bool = False) -> str:
+    """A partner move's export (``domain.moves``): the first answer of every operation id of
+    ``accounts`` accounts (account_id, op_key, fingerprint, status, result), the move's own
+    rows and transfers still in progress left out. By the accounts' index: MariaDB's
+    (account_id, seq); SQLite's history table, then the journal's tail after it (its
+    ``account_id`` list is given twice)."""
+    marks = ",".join([placeholder] * accounts)
+    columns = "account_id, op_key, fingerprint, status, result"
+    if not history_table:
+        return f"SELECT {columns} FROM journal WHERE account_id IN ({marks}) AND {_MOVE_RECORD}"
+    return (
+        f"SELECT j.account_id, j.op_key, j.fingerprint, j.status, j.result FROM history h JOIN journal j"
+        f" ON j.seq = h.seq WHERE h.account_id IN ({marks}) AND j.op_key IS NOT NULL"
+        " AND SUBSTR(j.op_key, 1, 2) <> 'mv' AND j.status <> 202"
+        f" UNION ALL SELECT {columns} FROM journal WHERE seq > {HISTORY_SEQ_SQL} AND account_id IN ({marks})"
+        f" AND {_MOVE_RECORD}"
     )

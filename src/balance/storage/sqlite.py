@@ -607,6 +607,17 @@ class SqliteShardStorage:
         sql, args = schema.history_query("?", account_id, limit, before_seq, since, until, history_table=True)
         return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, args).fetchall())
 
+    async def move_records(self, account_ids: list[str]) -> list[Row]:
+        def read() -> list[Row]:
+            conn, rows = self._reader_conn(), []
+            for start in range(0, len(account_ids), schema.MOVE_RECORDS_CHUNK):
+                chunk = account_ids[start : start + schema.MOVE_RECORDS_CHUNK]
+                sql = schema.move_records_query("?", len(chunk), history_table=True)
+                rows += conn.execute(sql, [*chunk, *chunk]).fetchall()
+            return rows
+
+        return await self._run(self._reader_pool, read)
+
     async def get_hold(self, account_id: str, hold_id: str) -> Row | None:
         _, holds = await self.lookup([], [(account_id, hold_id)])
         return holds[0] if holds else None
