@@ -30,12 +30,15 @@ def free_base_port() -> int:
             base = int(probe.getsockname()[1])
         if base > 65000:
             continue
+        socks: list[socket.socket] = []
         try:
-            socks = [socket.create_server(("127.0.0.1", base + i)) for i in range(3)]
+            for i in range(3):
+                socks.append(socket.create_server(("127.0.0.1", base + i)))
         except OSError:
-            continue
-        for sock in socks:
-            sock.close()
+            continue  # one of the three is taken (those bound so far are closed below)
+        finally:
+            for sock in socks:
+                sock.close()
         return base
     raise AssertionError("no three consecutive free ports")
 
