@@ -117,6 +117,9 @@ class BalanceService:
         self._remote_holds: dict[tuple[str, str], str] = {}
         self._placing: dict[tuple[str, str], str] = {}
         self.moves_dir: Path | None = None  # where unfinished partner moves are recorded (the data directory)
+        # How a move's record is made durable after each step (a port: tests put a crash after
+        # a step here; a compiled class's methods cannot be replaced, an attribute can).
+        self.save_move: Callable[[MoveRecord], None] = self._save_move
         self._resuming: asyncio.Task[list[dict[str, object]]] | None = None  # a node's moves resumed at start
         for port in self.shards:
             port.watch(self._committed_on, functools.partial(self._mark_remote_holds, port, True))
@@ -453,7 +456,7 @@ class BalanceService:
             arrive = target_engine if isinstance(target_engine, ShardEngine) else self.engines[record.to_shard]
         else:
             arrive = functools.partial(node.move_in, record.to_shard)
-        done = await run_move(source_engine, arrive, record, self._save_move, self._switch)
+        done = await run_move(source_engine, arrive, record, self.save_move, self._switch)
         if done.step in (DONE, ROLLED_BACK) and self.moves_dir is not None:
             done.remove(self.moves_dir / f"{done.move_id}.json")
         return {

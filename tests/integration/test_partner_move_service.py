@@ -118,14 +118,14 @@ async def test_a_move_cut_by_a_crash_is_finished_at_the_next_start(
     root, kids = await tree(service)
     held = await service.run_many([c.PlaceHold(kid, f"h-{kid}", 7, 3_600) for kid in kids])
     assert {reply.status for reply in held} == {201}
-    save = service._save_move
+    save = service.save_move
 
     def crashing(record: MoveRecord) -> None:
         save(record)
         if record.step == crash_after:
             raise RuntimeError("crash")
 
-    service._save_move = crashing  # type: ignore[method-assign]
+    service.save_move = crashing
     with pytest.raises(RuntimeError):
         await service.move_partner(root, 1, "mv-crash")
     for engine in service.engines:
