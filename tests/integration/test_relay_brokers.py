@@ -84,10 +84,10 @@ async def relay_until_caught_up(relay: ShardRelay, engine: ShardEngine, timeout_
             assert not task.done(), task
             assert time.monotonic() < deadline, f"relay at {relay.cursor}, shard at {engine.ledger.next_seq - 1}"
             await asyncio.sleep(0.05)
-        await relay.save()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    await relay.save()  # stopped first, as stop_relays does (the relay's own reads use the source)
 
 
 # ---- RabbitMQ -----------------------------------------------------------------------------

@@ -141,6 +141,10 @@ class MariaDbEventSource:
     def __init__(self, host: str, port: int, user: str, password: str, database: str) -> None:
         self._connect_kwargs = {"host": host, "port": port, "user": user, "password": password, "database": database}
         self._conn: Any = None
+        # One connection, one query at a time: the relays of a shard's sinks share this source,
+        # and a cursor saved while a page is read would interleave two exchanges on one socket
+        # (each then waits for the other's answer: a hang).
+        self._using = asyncio.Lock()
 
     @classmethod
     def from_url(cls, url: str, shard: int) -> MariaDbEventSource:
@@ -160,8 +164,15 @@ class MariaDbEventSource:
         from balance.storage.mariadb_driver import DRIVER_ERRORS
 
         try:
-            conn = await self._connection()
-            return await fn(conn)
+            async with self._using:
+                conn = await self._connection()
+                try:
+                    return await fn(conn)
+                except asyncio.CancelledError:  # cut mid-exchange: the socket's state is unknown
+                    conn, self._conn = self._conn, None
+                    if conn is not None:
+                        conn.close()
+                    raise
         except DRIVER_ERRORS as exc:
             conn, self._conn = self._conn, None
             if conn is not None:
