@@ -9,51 +9,25 @@ holds placed then captured one after another, sent to a, in alternating rounds.
 from __future__ import annotations
 
 import os
-import signal
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
-from service_process import free_port, start_ready  # noqa: E402
-
-from balance import cli  # noqa: E402
-
-KEY = "adm_latency_tool_key"
-
-
-def account_on(client: httpx.Client, shard: int, tag: str) -> str:
-    body = {"kind": "user", "region": "US", "currency": "USD", "name": "x"}
-    for attempt in range(200):
-        r = client.post("/v1/accounts", json={**body, "client_id": f"{tag}-{attempt}"})
-        if r.status_code == 201 and r.json()["id"].startswith(f"US-{shard}-"):
-            return str(r.json()["id"])
-        time.sleep(0.05)
-    raise AssertionError(f"no account on shard {shard}")
+from fleet_nodes import new_account, two_nodes_fleet  # noqa: E402
 
 
 def main(rounds: int, per_round: int) -> None:
     work = Path(tempfile.mkdtemp())
     os.environ["BALANCE_DATA_DIR"] = str(work)
     os.environ.pop("BALANCE_DIRECTORY_URL", None)
-    for shard, node in ((0, "a"), (1, "b")):
-        cli.main(["shards", "add", str(shard), "--database", str(work / f"shard-{shard}.db"), "--node", node])
-    procs, urls = [], {}
-    for node in ("a", "b"):
-        port = free_port()
-        env = {**os.environ, "BALANCE_HOST": "127.0.0.1", "BALANCE_PORT": str(port), "BALANCE_ADMIN_KEY": KEY,
-               "BALANCE_NODE_ID": node, "BALANCE_NODE_URL": f"http://127.0.0.1:{port}",
-               "BALANCE_FLEET_SECRET": "latency-tool-secret"}  # fmt: skip
-        proc, urls[node] = start_ready(env, work / f"{node}.log")
-        procs.append(proc)
+    fleet = two_nodes_fleet(work)  # node a owns shard 0, node b shard 1
     try:
-        with httpx.Client(base_url=urls["a"], headers={"Authorization": f"Bearer {KEY}"}) as a:
-            payer = account_on(a, 0, "payer")
-            targets = {"same shard": account_on(a, 0, "near"), "across nodes": account_on(a, 1, "far")}
+        with fleet.client("a") as a:
+            payer = new_account(a, 0)
+            targets = {"same shard": new_account(a, 0), "across nodes": new_account(a, 1)}
             assert a.post(f"/v1/accounts/{payer}/credits", json={"id": "fund", "amount": 10**9}).status_code == 201
             times: dict[str, dict[str, list[float]]] = {name: {"hold": [], "capture": []} for name in targets}
             n = 0
@@ -79,9 +53,7 @@ def main(rounds: int, per_round: int) -> None:
                     f"{name:12} {kind:7}: median {statistics.median(values):.2f} ms, p99 {p99:.2f} ms ({len(values)})"
                 )
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(20)
+        fleet.stop()
 
 
 if __name__ == "__main__":

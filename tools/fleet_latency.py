@@ -8,53 +8,24 @@ temporary directory), one account on node a's shard, credits sent one after anot
 from __future__ import annotations
 
 import os
-import signal
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
-from service_process import free_port, start_ready  # noqa: E402
-
-from balance import cli  # noqa: E402
-
-KEY = "adm_latency_tool_key"
+from fleet_nodes import new_account, two_nodes_fleet  # noqa: E402
 
 
 def main(rounds: int, per_round: int) -> None:
     work = Path(tempfile.mkdtemp())
     os.environ["BALANCE_DATA_DIR"] = str(work)
     os.environ.pop("BALANCE_DIRECTORY_URL", None)
-    for shard, node in ((0, "a"), (1, "b")):
-        cli.main(["shards", "add", str(shard), "--database", str(work / f"shard-{shard}.db"), "--node", node])
-    procs, urls = [], {}
-    for node in ("a", "b"):
-        port = free_port()
-        env = {**os.environ, "BALANCE_HOST": "127.0.0.1", "BALANCE_PORT": str(port), "BALANCE_ADMIN_KEY": KEY,
-               "BALANCE_NODE_ID": node, "BALANCE_NODE_URL": f"http://127.0.0.1:{port}",
-               "BALANCE_FLEET_SECRET": "latency-tool-secret"}  # fmt: skip
-        proc, urls[node] = start_ready(env, work / f"{node}.log")
-        procs.append(proc)
-    headers = {"Authorization": f"Bearer {KEY}"}
+    fleet = two_nodes_fleet(work)  # node a owns shard 0, node b shard 1
     try:
-        with (
-            httpx.Client(base_url=urls["a"], headers=headers) as a,
-            httpx.Client(base_url=urls["b"], headers=headers) as b,
-        ):
-            body = {"kind": "user", "region": "US", "currency": "USD", "name": "x", "client_id": "latency"}
-            account = ""
-            for attempt in range(100):  # client ids until one lands on a's shard 0
-                body["client_id"] = f"latency-{attempt}"
-                r = a.post("/v1/accounts", json=body)
-                if r.status_code == 201 and r.json()["id"].startswith("US-0-"):
-                    account = r.json()["id"]
-                    break
-                time.sleep(0.05)
-            assert account, "no account on shard 0"
+        with fleet.client("a") as a, fleet.client("b") as b:
+            account = new_account(a, 0)
             times: dict[str, list[float]] = {"direct": [], "forwarded": []}
             n = 0
             for round_number in range(rounds):
@@ -71,9 +42,7 @@ def main(rounds: int, per_round: int) -> None:
             p99 = values[int(len(values) * 0.99) - 1]
             print(f"{name:9}: median {statistics.median(values):.2f} ms, p99 {p99:.2f} ms ({len(values)} credits)")
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(20)
+        fleet.stop()
 
 
 if __name__ == "__main__":

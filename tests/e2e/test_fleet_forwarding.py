@@ -94,10 +94,11 @@ def test_a_request_for_another_nodes_shard_is_forwarded_and_answered_as_the_owne
     assert a.get(f"/v1/accounts/{account}").json()["balance"] == 60
     assert b.get(f"/v1/accounts/{other}").json()["balance"] == 10
     # The internal route: not reachable without the fleet secret, whatever the key.
-    leg = "/internal/v1/shards/1/transfer-in"
-    assert b.post(leg, content=b"[]").status_code == 404  # the admin key is not enough
-    assert b.post(leg, content=b"[]", headers={"x-balance-fleet": "guess"}).status_code in (401, 404)
-    assert b.post(leg, content=b"[]", headers=partner).status_code in (401, 404)  # (revoked above)
+    for leg in ("/internal/v1/shards/1/transfer-in", "/internal/v1/shards/1/hold-mark",
+                "/internal/v1/shards/1/move-in", "/internal/v1/holds-naming"):  # fmt: skip
+        assert b.post(leg, content=b"[]").status_code == 404, leg  # the admin key is not enough
+        assert b.post(leg, content=b"[]", headers={"x-balance-fleet": "guess"}).status_code in (401, 404), leg
+        assert b.post(leg, content=b"[]", headers=partner).status_code in (401, 404), leg  # (revoked above)
     # A transfer within a's shard, sent to b: forwarded to a, done.
     neighbour = next(m for m in made if m.startswith("US-0-") and m != account)
     within = b.post("/v1/transfers", json={"id": "t-2", "from_account_id": account, "to_account_id": neighbour,

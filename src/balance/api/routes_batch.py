@@ -89,7 +89,11 @@ async def batch(app: BalanceApp, request: Request, _: list[str]) -> Reply:
         # (two awaits, not gather: gather returns a list where its stub says tuple, and the
         # compiled module checks the type it was told)
         forwarded = asyncio.ensure_future(node.forward_batch(elsewhere, request.headers))
-        here = await app.service.run_many(commands)
+        try:
+            here = await app.service.run_many(commands)
+        except BaseException:
+            forwarded.cancel()  # not left running with nobody to read its answer
+            raise
         there = await forwarded
         for position, reply in zip(elsewhere_positions, there, strict=True):
             results[position] = reply
