@@ -352,3 +352,30 @@ async def test_without_a_broker_the_sweep_expires_holds_as_they_fall_due(backend
     finally:
         await stop()
         await engine.stop()
+
+
+async def test_a_forged_notice_expires_nothing_before_its_time_and_nothing_of_another_shard(tmp_path: Path) -> None:
+    """Whoever may publish to the notices' queue (a job whose clock runs ahead, or a hostile
+    publisher) cannot expire a hold early: the engine checks the expiry by its own clock."""
+    from balance.expiry.consumer import expire_noticed
+    from balance.expiry.notices import Due, encode
+
+    clock = ManualClock(start_us=1_790_000_000_000_000)
+    engine = make_engine(SqliteShardStorage(tmp_path / "shard-0.db"), clock)
+    await engine.start()
+    try:
+        await ok(engine, [c.CreateAccount("EU-0-00000000000000a1", None, "user", "EU", "EUR", "a", 0, b"{}")])
+        await ok(
+            engine, [c.Credit("EU-0-00000000000000a1", "fund", 100), c.PlaceHold("EU-0-00000000000000a1", "h", 40, 600)]
+        )
+        due = Due(clock() + 600 * 1_000_000, "EU-0-00000000000000a1", "h")
+        assert await expire_noticed(engine, encode("forged-1", 0, due)) == "early"
+        assert await expire_noticed(engine, encode("forged-2", 1, due)) == "invalid"  # another shard's
+        assert await expire_noticed(engine, b'{"not": "a notice"}') == "invalid"
+        assert holds(engine, HOLD_PENDING) == {("EU-0-00000000000000a1", "h")}
+        clock.advance(601)
+        assert await expire_noticed(engine, encode("due-1", 0, due)) == "expired"
+        assert holds(engine, HOLD_EXPIRED) == {("EU-0-00000000000000a1", "h")}
+        engine.ledger.check_invariants()
+    finally:
+        await engine.stop()
