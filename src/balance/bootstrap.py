@@ -85,7 +85,10 @@ def events_feed(service: BalanceService) -> EventsFeed:
     from balance.relay.config import RelayConfig
     from balance.relay.sources import source_of
 
-    return EventsFeed([source_of(engine.storage) for engine in service.engines], RelayConfig.from_env().sink_names)
+    config = RelayConfig.from_env()
+    return EventsFeed(
+        [source_of(engine.storage) for engine in service.engines], config.sink_names, retention_s=config.retention_s
+    )
 
 
 def build_app(settings: Settings) -> BalanceApp:

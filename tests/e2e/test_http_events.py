@@ -98,3 +98,28 @@ async def test_an_empty_wait_s_is_refused_like_every_empty_query_value(api: Any)
     api.assert_problem(response, 422, "validation_error")
     assert "wait_s" in response.json()["detail"]
     assert (await api.get("/v1/events?wait_s=0")).status_code == 200
+
+
+async def test_a_cursor_older_than_the_pruned_outbox_is_answered_410_cursor_expired(api: Any) -> None:
+    first = await api.create_account()
+    await api.credit(first["id"], 10)
+    _, old_cursor = await all_events(api)
+    late = await api.create_account()
+    await api.patch_account(first["id"], name="renamed")  # an outbox row after the late account
+    feed = api.app.events_feed()
+    feed.clock = lambda: time.time() + 2 * 86_400  # two days on: every outbox row is past retention
+    assert await feed.prune(int((feed.clock() - 86_400) * 1e6), 500) > 0  # (the newest one stays)
+
+    expired = await api.get("/v1/events?after=0", key=api.admin)
+    problem = api.assert_problem(expired, 410, "cursor_expired")
+    assert expired.headers["content-type"].startswith("application/problem+json")
+    oldest = problem["oldest_cursor"]
+    assert int(oldest) > int(old_cursor)
+    # The cursor it names reads on; so does no cursor (from the oldest kept event).
+    resumed = await api.get(f"/v1/events?after={oldest}", key=api.admin)
+    fresh = await api.get("/v1/events", key=api.admin)
+    assert resumed.status_code == fresh.status_code == 200
+    assert resumed.json() == fresh.json()
+    kept = resumed.json()["data"]
+    assert [e["type"] for e in kept] == [cat.ACCOUNT_UPDATED] and kept[0]["account_id"] == first["id"]
+    assert late["id"]

@@ -137,6 +137,7 @@ class BalanceApp:
         self._latency: dict[str, Any] = {}  # route -> its bound histogram (labels() costs a lookup)
         self._routes: dict[int, list[tuple[str, tuple[str, ...], Handler, str]]] = {}
         self._events_feed = events  # GET /v1/events
+        self._pruner: asyncio.Task[None] | None = None  # no broker: the feed prunes the outbox
         for method, pattern, handler in route_table():
             parts = tuple(pattern.strip("/").split("/"))
             self._routes.setdefault(len(parts), []).append((method, parts, handler, pattern))
@@ -150,6 +151,10 @@ class BalanceApp:
     async def close(self) -> None:
         """What the app holds besides the service: the event feed's connections."""
         feed, self._events_feed = self._events_feed, None
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+            self._pruner = None
         if feed is not None:
             await feed.close()
 
@@ -238,6 +243,10 @@ class BalanceApp:
             raise
         except Exception:  # a bug or a broken invariant: the shard says ``failed`` in /readyz
             log.critical("recovery failed; the service stays unready", exc_info=True)
+            return
+        feed = self._events_feed
+        if feed is not None and feed.retention_s is not None and self._pruner is None:
+            self._pruner = asyncio.create_task(feed.run_pruner())
 
     async def _handle(
         self, method: str, path: str, raw_query: bytes, headers: dict[bytes, bytes], body: bytes | None,

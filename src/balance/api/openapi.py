@@ -215,7 +215,7 @@ ROUTES = (
           None, "200", _ref("PlacementView"), _READ),
     Route("GET", "/v1/events", "listEvents",
           "Events after a cursor, oldest first, scoped to the key's subtree (long-poll with wait_s): docs/events.md",
-          None, "200", _ref("EventPage"), (e.FORBIDDEN,), query=("after_events", "limit_events", "wait_s")),
+          None, "200", _ref("EventPage"), (e.FORBIDDEN, e.CURSOR_EXPIRED), query=("after_events", "limit_events", "wait_s")),
     Route("POST", "/v1/transfers", "transfer", "Move money between two accounts of one currency",
           "TransferBody", "201", _ref("TransferReply"), (*_MOVE, e.INSUFFICIENT_FUNDS, e.CURRENCY_MISMATCH),
           replayable=True),

@@ -11,9 +11,11 @@ import msgspec
 from balance.api.answers import json_reply, validation
 from balance.api.parsing import int_query
 from balance.domain import authority as a
+from balance.domain import errors as e
 from balance.domain import limits
 from balance.engine.replies import Reply
-from balance.relay.feed import CursorError, format_cursor, parse_cursor
+from balance.relay.feed import CursorError, CursorExpired, format_cursor, parse_cursor
+from balance.views import problem
 
 if TYPE_CHECKING:
     from balance.api.app import BalanceApp, Request
@@ -44,16 +46,31 @@ async def events(app: BalanceApp, request: Request, params: list[str]) -> Reply:
 
     feed = app.events_feed()
     deadline = time.monotonic() + wait_s
+    fresh = cursor is None  # no cursor: from the oldest event kept
     while True:
         seen = _committed(service)
-        found, after = await feed.read(positions, limit, visible)
+        try:
+            found, after = await feed.read(positions, limit, visible, fresh=fresh)
+        except CursorExpired as exc:
+            return _expired(exc.oldest)
         if found or time.monotonic() >= deadline:
             break
-        positions = after  # rows the key may not see: read past them
+        positions, fresh = after, False  # rows the key may not see: read past them
         while time.monotonic() < deadline and _committed(service) == seen:
             await asyncio.sleep(POLL_S)
     body = {"data": [msgspec.Raw(event.body) for event in found], "next_cursor": format_cursor(after)}
     return json_reply(200, body)
+
+
+def _expired(oldest: list[int]) -> Reply:
+    """410: events after the cursor were pruned (``BALANCE_EVENTS_RETENTION_S``). The client
+    reconciles (reads the accounts it follows) and resumes at ``oldest_cursor``."""
+    detail = (
+        "events after this cursor are no longer kept (older than the retention);"
+        " reconcile from the accounts, then resume at oldest_cursor"
+    )
+    document = {**msgspec.json.decode(problem(e.CURSOR_EXPIRED, 410, detail)), "oldest_cursor": format_cursor(oldest)}
+    return json_reply(410, document)
 
 
 def _committed(service: BalanceService) -> list[int]:

@@ -6,6 +6,7 @@ from balance.domain import errors as e
 
 STATUS_BY_CODE = {
     e.VALIDATION_ERROR: 422,
+    e.CURSOR_EXPIRED: 410,
     e.UNAUTHORIZED: 401,
     e.FORBIDDEN: 403,
     e.ACCOUNT_NOT_FOUND: 404,

@@ -23,6 +23,7 @@ RATE_LIMITED = "rate_limited"
 ACCOUNT_NOT_EMPTY = "account_not_empty"  # closing an account that holds or awaits money
 LIMIT_EXCEEDED = "limit_exceeded"  # a non-system balance, reserve or credit limit past +-2^62
 UNAVAILABLE = "unavailable"
+CURSOR_EXPIRED = "cursor_expired"  # an event feed cursor older than the outbox rows kept (retention)
 # Partner moves (``domain.moves``).
 ACCOUNT_MOVING = "account_moving"  # its subtree is being moved: retry shortly (the service waits)
 ACCOUNT_MOVED = "account_moved"  # it lives on another shard now (the service routes there)

@@ -10,6 +10,7 @@ split across pages. Rows the key may not see still move its cursor.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -22,10 +23,22 @@ from balance.storage.schema import JOURNAL_COLUMNS
 
 JOURNAL_SEQ, JOURNAL_KIND, JOURNAL_DESCRIPTION = (JOURNAL_COLUMNS.index(n) for n in ("seq", "kind", "description"))
 Visible = Callable[[str], bool]  # account id -> may the caller see its events
+log = logging.getLogger("balance.relay")
+PRUNE_EVERY_S = 60.0  # no broker: how often the outbox rows past retention are looked for
+PRUNE_PAUSE_S = 0.05  # between two slices (the writer takes the shard's write lock meanwhile)
 
 
 class CursorError(ValueError):
     """A cursor this service did not give out."""
+
+
+class CursorExpired(Exception):
+    """A position below a shard's pruned range: outbox rows after it are gone (retention).
+    ``oldest``: the cursor the feed can serve completely from now on."""
+
+    def __init__(self, oldest: list[int]) -> None:
+        super().__init__(format_cursor(oldest))
+        self.oldest = oldest
 
 
 def parse_cursor(text: str | None, shards: int) -> list[int]:
@@ -44,9 +57,15 @@ def format_cursor(positions: Sequence[int]) -> str:
 class EventsFeed:
     """One reader per shard (serialised: one connection each)."""
 
-    def __init__(self, sources: Sequence[EventSource], sinks: Sequence[str] = ()) -> None:
+    def __init__(
+        self, sources: Sequence[EventSource], sinks: Sequence[str] = (), retention_s: float | None = None
+    ) -> None:
         self.sources = list(sources)
         self.sinks = tuple(sinks)  # the brokers relayed to ("amqp", "nats"): their lag is observed here too
+        # Without a broker the feed prunes the outbox itself (``run_pruner``); with one, the relay does
+        # (only what every broker confirmed): None here.
+        self.retention_s = None if self.sinks else retention_s
+        self.prune_every_s, self.prune_pause_s, self.clock = PRUNE_EVERY_S, PRUNE_PAUSE_S, time.time
         self._locks = [asyncio.Lock() for _ in self.sources]
 
     async def observe(self, metrics: Metrics) -> None:
@@ -65,9 +84,12 @@ class EventsFeed:
                 metrics.events_published_seq.labels(*labels).set(cursor)
                 metrics.events_lag_seconds.labels(*labels).set(0.0 if oldest is None else max(0.0, now - oldest / 1e6))
 
-    async def read(self, positions: list[int], limit: int, visible: Visible) -> tuple[list[Published], list[int]]:
+    async def read(
+        self, positions: list[int], limit: int, visible: Visible, *, fresh: bool = False
+    ) -> tuple[list[Published], list[int]]:
         """Up to ``limit`` events after ``positions`` (shard by shard, each in seq order) and the
-        positions after them."""
+        positions after them. A position below its shard's pruned range raises CursorExpired;
+        ``fresh`` (no cursor given): such a shard starts at the oldest position it keeps."""
         found: list[Published] = []
         after = list(positions)
         for shard, source in enumerate(self.sources):
@@ -77,6 +99,11 @@ class EventsFeed:
             stream = EventStream(shard)
             async with self._locks[shard]:
                 page = await source.read_page(after[shard], room, stream.missing)
+                if page.pruned > after[shard] and fresh:
+                    after[shard] = page.pruned
+                    page = await source.read_page(after[shard], room, stream.missing)
+            if page.pruned > after[shard]:  # in the page's own snapshot: rows after the cursor are gone
+                raise CursorExpired(await self._oldest(positions))
             if not page.journal and not page.outbox:
                 continue
             events = stream.build(page.journal, page.outbox, page.accounts, page.later_updates, page.placements)
@@ -89,6 +116,39 @@ class EventsFeed:
                 last = page.last_seq if held is None else held - 1
             after[shard] = last
         return found, after
+
+    async def _oldest(self, positions: list[int]) -> list[int]:
+        oldest = list(positions)
+        for shard, source in enumerate(self.sources):
+            async with self._locks[shard]:
+                oldest[shard] = max(oldest[shard], await source.pruned())
+        return oldest
+
+    async def prune(self, before_us: int, rows: int) -> int:
+        """One slice of each shard's outbox rows created before ``before_us`` (no broker: no
+        relay prunes them); the rows deleted."""
+        deleted = 0
+        for shard, source in enumerate(self.sources):
+            async with self._locks[shard]:
+                deleted += await source.prune(2**62, before_us, rows)
+        return deleted
+
+    async def run_pruner(self) -> None:
+        """No broker: every ``prune_every_s``, the outbox rows older than the retention are
+        deleted, a slice (one short transaction per shard) at a time with a pause between, off
+        the writer's commit path. Journal rows are never deleted. Until cancelled."""
+        from balance.storage.event_reads import PRUNE_SLICE_ROWS
+
+        if self.retention_s is None:
+            return
+        while True:
+            try:
+                before = int((self.clock() - self.retention_s) * 1e6)
+                while await self.prune(before, PRUNE_SLICE_ROWS) > 0:
+                    await asyncio.sleep(self.prune_pause_s)
+            except StorageError as exc:
+                log.warning("events: pruning the outbox failed (tried again later): %s", exc)
+            await asyncio.sleep(self.prune_every_s)
 
     async def close(self) -> None:
         for source in self.sources:

@@ -24,10 +24,12 @@ PLACEMENTS_PER_QUERY = 250  # (op key, account) pairs OR-ed in one read of hold 
 def _page_queries(p: str, after: int, limit: int, missing: Missing) -> Generator[Query, list[Row], Page]:
     """The page's reads, one after another (each driver runs them in one snapshot): yields a
     query, is sent its rows, returns the page."""
+    pruned = yield q.sql(q.PRUNED, p), (q.PRUNED_META,)
     journal = yield q.sql(q.JOURNAL_PAGE, p), (after, limit)
     outbox = yield q.sql(q.OUTBOX_PAGE, p), (after, limit)
     journal, outbox = q.within(list(journal), list(outbox), limit)
     page = Page(journal, outbox)
+    page.pruned = int(pruned[0][0]) if pruned else 0
     accounts, holds = missing(journal)
     if accounts:
         ids = sorted(accounts)
@@ -117,14 +119,37 @@ class SqliteEventSource:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (q.cursor_name(sink), seq))
-                if prune_seq:
-                    conn.execute(q.sql(q.PRUNE, "?"), (prune_seq, prune_before_us))
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 
         await self._run(save)
+        await _prune_published(self, prune_seq, prune_before_us)
+
+    async def prune(self, up_to: int, before_us: int, rows: int) -> int:
+        def prune(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")  # one slice: the writer waits for this much at most
+            try:
+                head = conn.execute(q.sql(q.OUTBOX_HEAD, "?"), (rows,)).fetchall()
+                newest = conn.execute(q.OUTBOX_NEWEST).fetchone()[0]
+                bound = q.prune_bound(head, newest, up_to, before_us)
+                deleted = 0
+                if bound is not None:
+                    deleted = conn.execute(q.sql(q.PRUNE_UP_TO, "?"), (bound,)).rowcount
+                    conn.execute(q.PRUNED_SAVE_SQLITE, (q.PRUNED_META, bound))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return deleted
+
+        deleted: int = await self._run(prune)
+        return deleted
+
+    async def pruned(self) -> int:
+        row = await self._run(lambda conn: conn.execute(q.sql(q.PRUNED, "?"), (q.PRUNED_META,)).fetchone())
+        return int(row[0]) if row else 0
 
     async def oldest_after(self, after: int) -> int | None:
         row = await self._run(lambda conn: conn.execute(q.sql(q.OLDEST_AFTER, "?"), (after, after)).fetchone())
@@ -225,11 +250,45 @@ class MariaDbEventSource:
                     "INSERT INTO meta (name, value) VALUES (%s, %s) ON DUPLICATE KEY UPDATE value = VALUES(value)",
                     (q.cursor_name(sink), seq),
                 )
-                if prune_seq:
-                    await cur.execute(q.sql(q.PRUNE, "%s"), (prune_seq, prune_before_us))
                 await cur.execute("COMMIT")
 
         await self._run(save)
+        await _prune_published(self, prune_seq, prune_before_us)
+
+    async def prune(self, up_to: int, before_us: int, rows: int) -> int:
+        async def prune(conn: Any) -> int:
+            async with conn.cursor() as cur:
+                await cur.execute("START TRANSACTION")
+                try:
+                    # (No lock taken by the reads: the writer only appends above the newest row.)
+                    await cur.execute(q.sql(q.OUTBOX_HEAD, "%s"), (rows,))
+                    head = list(await cur.fetchall())
+                    await cur.execute(q.OUTBOX_NEWEST)
+                    newest = (await cur.fetchone())[0]
+                    bound = q.prune_bound(head, newest, up_to, before_us)
+                    deleted = 0
+                    if bound is not None:
+                        await cur.execute(q.sql(q.PRUNE_UP_TO, "%s"), (bound,))
+                        deleted = cur.rowcount
+                        await cur.execute(q.PRUNED_SAVE_MARIADB, (q.PRUNED_META, bound))
+                    await cur.execute("COMMIT")
+                except Exception:
+                    await cur.execute("ROLLBACK")
+                    raise
+            return int(deleted or 0)
+
+        deleted: int = await self._run(prune)
+        return deleted
+
+    async def pruned(self) -> int:
+        async def read(conn: Any) -> int:
+            async with conn.cursor() as cur:
+                await cur.execute(q.sql(q.PRUNED, "%s"), (q.PRUNED_META,))
+                row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        value: int = await self._run(read)
+        return value
 
     async def oldest_after(self, after: int) -> int | None:
         async def read(conn: Any) -> int | None:
@@ -250,6 +309,19 @@ class MariaDbEventSource:
 
         value: int = await self._run(read)
         return value
+
+
+PRUNE_SLICES_PER_SAVE = 20  # the relay's pruning after a cursor's save: at most this many slices
+
+
+async def _prune_published(source: EventSource, up_to: int, before_us: int) -> None:
+    """The outbox rows every broker confirmed (up to ``up_to``) and past retention, a slice
+    (its own transaction) at a time."""
+    if not up_to:
+        return
+    for _ in range(PRUNE_SLICES_PER_SAVE):
+        if await source.prune(up_to, before_us, q.PRUNE_SLICE_ROWS) < q.PRUNE_SLICE_ROWS:
+            return
 
 
 def source_of(storage: object) -> EventSource:

@@ -18,7 +18,22 @@ OLDEST_AFTER = (
     "SELECT MIN(t) FROM (SELECT MIN(created_at) AS t FROM journal WHERE seq = (SELECT MIN(seq) FROM journal"
     " WHERE seq > {p}) UNION ALL SELECT MIN(created_at) FROM outbox WHERE seq > {p}) AS oldest"
 )
-PRUNE = "DELETE FROM outbox WHERE seq <= {p} AND created_at < {p}"
+# Pruning the outbox, a slice at a time from its oldest row (``prune_bound``): the slice's rows,
+# the newest row (never deleted: the next seq after a restart is the largest kept, so a deleted
+# newest row would give its seq out again), the delete by the primary key, and the watermark:
+# every outbox row at or below it may be gone (a feed cursor below it is expired).
+OUTBOX_HEAD = "SELECT seq, created_at FROM outbox ORDER BY seq LIMIT {p}"
+OUTBOX_NEWEST = "SELECT MAX(seq) FROM outbox"
+PRUNE_UP_TO = "DELETE FROM outbox WHERE seq <= {p}"
+PRUNED_META = f"{schema.EVENTS_CURSOR_META_PREFIX}pruned"
+PRUNED = "SELECT value FROM meta WHERE name = {p}"
+PRUNED_SAVE_SQLITE = (
+    "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)"
+)
+PRUNED_SAVE_MARIADB = (
+    "INSERT INTO meta (name, value) VALUES (%s, %s) ON DUPLICATE KEY UPDATE value = GREATEST(value, VALUES(value))"
+)
+PRUNE_SLICE_ROWS = 500  # outbox rows deleted per transaction (the writer waits at most for one slice)
 MAX_SEQ = "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM journal UNION ALL SELECT MAX(seq) FROM outbox) AS m"
 
 
@@ -50,6 +65,17 @@ def placements(placeholder: str, count: int) -> str:
     """Hold rows by (op_key, account_id) pairs (the ``journal_key`` index)."""
     one = f"(op_key = {placeholder} AND account_id = {placeholder})"
     return f"SELECT {','.join(schema.JOURNAL_COLUMNS)} FROM journal WHERE " + " OR ".join([one] * count)
+
+
+def prune_bound(head: list[tuple], newest: int | None, up_to: int, before_us: int) -> int | None:  # type: ignore[type-arg]
+    """The largest seq of the oldest outbox rows (``head``, by seq) that may all go: published up
+    to ``up_to``, created before ``before_us``, and not the newest row. None: none may."""
+    bound = None
+    for seq, created_at in head:
+        if seq > up_to or created_at >= before_us or newest is None or seq >= newest:
+            break
+        bound = int(seq)
+    return bound
 
 
 def within(journal: list[tuple], outbox: list[tuple], limit: int) -> tuple[list[tuple], list[tuple]]:  # type: ignore[type-arg]
