@@ -22,6 +22,7 @@ from balance.metrics import Metrics
 if TYPE_CHECKING:
     from balance.api.app import BalanceApp
     from balance.expiry.config import ExpiryConfig
+    from balance.node.keeper import ShardKeeper
     from balance.results.config import ResultsConfig
     from balance.results.runner import ResultsConsumers
 
@@ -101,8 +102,8 @@ async def serve(settings: Settings) -> None:
     starting = loop.create_task(app.start_service())  # recovery in the background
     leases = None if keeper is None else loop.create_task(keeper.run())
     stop_events = _start_relay(settings, app.metrics)
-    stop_expiry = _start_expiry(settings, expiry, app) if keeper is None else _nothing
-    results = _start_results(app, starting, results_config)
+    stop_expiry = _start_expiry(settings, expiry, app) if keeper is None else _start_node_expiry(keeper, expiry, app)
+    results = _start_results(app, starting, results_config, keeper)
     try:
         await stopping.wait()
     finally:
@@ -124,14 +125,21 @@ async def serve(settings: Settings) -> None:
         log.info("stopped on %s in %.2fs: answers in flight sent, shards checkpointed", cause, time.monotonic() - began)
 
 
-def _start_results(app: BalanceApp, starting: asyncio.Future[None], config: ResultsConfig) -> ResultsConsumers | None:
+def _start_results(
+    app: BalanceApp, starting: asyncio.Future[None], config: ResultsConfig, keeper: ShardKeeper | None = None
+) -> ResultsConsumers | None:
     """The payment results consumers (``balance.results``), when a broker is set and
-    ``BALANCE_RESULTS`` is not off: they begin once the service has started."""
+    ``BALANCE_RESULTS`` is not off: they begin once the service has started. On a fleet node a
+    result for a shard another node owns is applied by that node (forwarded, the verdict back),
+    and this node applies what the other nodes' consumers forward to it."""
     from balance.results.runner import ResultsConsumers
 
     if not config.enabled:
         return None
-    consumers = ResultsConsumers(config, app.service, app.metrics)
+    to_owner = None if keeper is None else keeper.payment_result_to_owner
+    consumers = ResultsConsumers(config, app.service, app.metrics, to_owner)
+    if keeper is not None:
+        keeper.on_payment_result = consumers.applier.apply_forwarded
     consumers.start(after=starting)
     return consumers
 
@@ -190,6 +198,24 @@ def _start_expiry(settings: Settings, config: ExpiryConfig, app: BalanceApp) -> 
     from balance.expiry.consumer import start_consumers
 
     return start_consumers(app.service.engines, config, settings.region)
+
+
+def _start_node_expiry(keeper: ShardKeeper, config: ExpiryConfig, app: BalanceApp) -> Callable[[], Awaitable[None]]:
+    """A fleet node in job mode: the consumers (and the job, as a task) of the shards it owns
+    (``balance.expiry.node``); without a broker the engines' sweeps alone, as before."""
+    if not config.notices:
+        return _nothing
+    from balance.expiry.node import NodeExpiry
+
+    expiry = NodeExpiry(keeper.ports, config, keeper.node.region, app.metrics)
+    task = asyncio.get_running_loop().create_task(expiry.run())
+
+    async def stop() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await expiry.stop()
+
+    return stop
 
 
 async def _nothing() -> None:

@@ -55,7 +55,7 @@ KEY_POLL_S = 1.0  # at most this between two reads of the keys (a revocation rea
 KEY_CLOCK_MARGIN_MS = 5000  # key rows are stamped by their writer's clock: re-read this far back
 
 
-_SHARD_ROUTES = ("transfer-in", "hold-mark", "move-in")
+_SHARD_ROUTES = ("transfer-in", "hold-mark", "move-in", "payment-result")
 
 
 def _no_route(method: str, path: str) -> Reply:
@@ -112,6 +112,9 @@ class ShardKeeper:
         self.indexed: set[int] = set()  # owned shards whose holds ``holds_naming`` knows (since recovered)
         self._drops: set[asyncio.Task[object]] = set()  # hold marks being dropped on other nodes
         self._marks_synced_at = 0.0
+        # A payment result another node's consumer received for a shard owned here: applied by this
+        # node's results applier (``results.applier``; None: this node consumes no results).
+        self.on_payment_result: Callable[[bytes], Awaitable[Reply]] | None = None
 
     def shard_elsewhere(self, account_id: str) -> int | None:
         """Also a shard this node is still recovering after a takeover: not served here yet
@@ -241,6 +244,8 @@ class ShardKeeper:
           whose source is on that node's shard;
         - ``shards/{n}/hold-mark``: a hold of that node names an account of shard ``n``: mark
           it (before the hold is placed; answered the account's committed state) or drop it;
+        - ``shards/{n}/payment-result``: a payment result that node's consumer received for an
+          account of shard ``n``: applied here, the verdict back (``results.applier``);
         - ``holds-naming``: that node's question, which holds of this node's shards name
           accounts of its shards (``node.remote_marks``)."""
         parts = path.removeprefix(INTERNAL_PREFIX).split("/")
@@ -256,6 +261,10 @@ class ShardKeeper:
             return unavailable_reply(f"shard {shard} is not served by this node now")
         if parts[2] == "hold-mark":
             return self._hold_mark(shard, body)
+        if parts[2] == "payment-result":
+            if self.on_payment_result is None:
+                return unavailable_reply(f"node {self.node.id} does not consume payment results")
+            return await self.on_payment_result(body)
         if parts[2] == "move-in":  # a partner move's arrival (``engine.partner_move``)
             try:
                 arriving = move_in_from_wire(body)
@@ -277,6 +286,17 @@ class ShardKeeper:
             ledger.mark(ledger.inbound, transfer.to_account_id, leg, False)
             crash_points.reached("after_target_leg")
         return reply
+
+    async def payment_result_to_owner(self, shard: int, body: bytes) -> Reply | None:
+        """A payment result for an account of ``shard``: None if this node owns it (applied here,
+        or put back while it recovers); else the owner's verdict (``payment-result``), 503 while
+        no owner answers (the message is put back)."""
+        if shard in self.owned:
+            return None
+        owner = await self._owner_of(shard)
+        if self.forwarder is None or owner is None:
+            return unavailable_reply(f"shard {shard} is owned by another node, which cannot be reached now")
+        return await self.forwarder.internal(owner, f"shards/{shard}/payment-result", body)
 
     async def move_in(self, shard: int, command: c.MoveIn) -> Reply:
         """A partner move's arrival on ``shard``: executed here if this node owns it, else sent

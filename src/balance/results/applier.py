@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -16,6 +17,7 @@ import msgspec
 from balance.domain import authority as a
 from balance.domain import commands as c
 from balance.domain import errors as e
+from balance.engine.replies import Reply
 from balance.metrics import Metrics
 from balance.results import message as m
 
@@ -30,20 +32,39 @@ RESULTS_ACTOR = a.Actor("payment-results", a.PLATFORM, "payment-results")
 
 _PROBLEM = msgspec.json.Decoder()
 CONFLICTS_KEPT = 10_000
+# A fleet node: (shard, message) -> None if this node owns the shard, else the owner's verdict
+# (``ShardKeeper.payment_result_to_owner``).
+ToOwner = Callable[[int, bytes], Awaitable[Reply | None]]
+
+
+class VerdictWire(msgspec.Struct):
+    """A verdict as the owner node sends it back to the node whose consumer got the message."""
+
+    action: str
+    outcome: str
+    detail: str = ""
 
 
 class ResultApplier:
-    def __init__(self, service: BalanceService, metrics: Metrics) -> None:
+    def __init__(self, service: BalanceService, metrics: Metrics, to_owner: ToOwner | None = None) -> None:
         self.service, self.metrics = service, metrics
+        self.to_owner = to_owner
         # Conflicts recorded by this process: a result redelivered after its event was committed
         # (its dead letter or acknowledgement failed) does not record a second one.
         self._conflicts: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
-    async def apply(self, body: bytes) -> tuple[m.Verdict, m.PaymentResult | None]:
-        """The verdict on one message (and the message, when it parsed)."""
+    async def apply(self, body: bytes, *, forward: bool = True) -> tuple[m.Verdict, m.PaymentResult | None]:
+        """The verdict on one message (and the message, when it parsed). On a fleet node, a
+        result for a shard another node owns is applied there (``forward``), once: the owner
+        answers the verdict after its commit, and this consumer acknowledges on it."""
         parsed = m.parse(body)
         if isinstance(parsed, m.Verdict):
             return parsed, None
+        if forward and self.to_owner is not None:
+            shard = self.service.placement.shard_of(parsed.account_id)
+            forwarded = None if shard is None else await self.to_owner(shard, body)
+            if forwarded is not None:
+                return _verdict_of(forwarded), parsed
         port = self.service.port_for(parsed.account_id)
         if port is None:  # the id names no shard of this service
             return m.Verdict(m.DEAD_LETTER, e.ACCOUNT_NOT_FOUND, f"account {parsed.account_id} not found"), parsed
@@ -81,6 +102,12 @@ class ResultApplier:
                     self._conflicts.popitem(last=False)
         return verdict, parsed
 
+    async def apply_forwarded(self, body: bytes) -> Reply:
+        """The owner's side of a forwarded result (``/internal/v1/shards/{n}/payment-result``):
+        applied here, never forwarded again; the verdict as JSON."""
+        verdict, _ = await self.apply(body, forward=False)
+        return Reply(200, msgspec.json.encode(VerdictWire(verdict.action, verdict.outcome, verdict.detail)))
+
     def settled(self, broker: str, verdict: m.Verdict, result: m.PaymentResult | None) -> None:
         """Count what the consumer did with a message (after it acknowledged or put it back)."""
         if verdict.action == m.ACK:
@@ -99,6 +126,18 @@ class ResultApplier:
                 log.warning("payment result dead-lettered (%s): %s", verdict.outcome, verdict.detail)
         else:
             self.metrics.results_retries.labels(broker).inc()
+
+
+def _verdict_of(reply: Reply) -> m.Verdict:
+    """The owner's verdict; anything else (the owner away, recovering, refusing): put back."""
+    if reply.status == 200:
+        try:
+            wire = msgspec.json.decode(reply.body, type=VerdictWire)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return m.Verdict(m.RETRY, "unavailable", "the owner node's verdict was unreadable")
+        if wire.action in (m.ACK, m.DEAD_LETTER, m.RETRY):
+            return m.Verdict(wire.action, wire.outcome, wire.detail)
+    return m.Verdict(m.RETRY, "unavailable", f"the owner node answered {reply.status}: {_detail(reply.body)}")
 
 
 def _problem(body: bytes) -> dict[str, object]:

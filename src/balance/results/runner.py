@@ -9,7 +9,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from balance.metrics import Metrics
-from balance.results.applier import ResultApplier
+from balance.results.applier import ResultApplier, ToOwner
 from balance.results.config import ResultsConfig
 
 if TYPE_CHECKING:
@@ -28,8 +28,10 @@ class Consumer(Protocol):
 
 
 class ResultsConsumers:
-    def __init__(self, config: ResultsConfig, service: BalanceService, metrics: Metrics) -> None:
-        applier = ResultApplier(service, metrics)
+    def __init__(
+        self, config: ResultsConfig, service: BalanceService, metrics: Metrics, to_owner: ToOwner | None = None
+    ) -> None:
+        applier = self.applier = ResultApplier(service, metrics, to_owner)
         self.consumers: list[Consumer] = []
         if config.amqp_url:
             from balance.results.amqp import AmqpResults
