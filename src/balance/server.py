@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from balance.config import Settings
 from balance.metrics import Metrics
@@ -49,7 +49,7 @@ def _run_uvicorn(settings: Settings) -> None:
     from balance.bootstrap import build_app
 
     uvicorn.run(
-        build_app(settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        WithConsumers(build_app(settings), settings), host=settings.host, port=settings.port, loop="uvloop", http="httptools",
         lifespan="on", access_log=False, log_level="warning", backlog=4096,
     )  # fmt: skip
 
@@ -216,6 +216,52 @@ def _start_node_expiry(keeper: ShardKeeper, config: ExpiryConfig, app: BalanceAp
         await expiry.stop()
 
     return stop
+
+
+class WithConsumers:
+    """The app under an ASGI server (uvicorn, ``balance.asgi``) with what ``serve`` runs beside
+    it: the event relay, the expiry consumers (and job), the payment results consumers. Its
+    lifespan starts them with the service and stops them as ``serve`` does (the results first,
+    the engines, the relay last). Requests go to the app as they are."""
+
+    def __init__(self, app: BalanceApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+        self.service = app.service  # (tests and tools look inside, as they do on the app)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        from balance.expiry.config import ExpiryConfig
+        from balance.results.config import ResultsConfig
+
+        stops: list[Callable[[], Awaitable[None]]] = []
+        starting: asyncio.Task[None] | None = None
+        results: ResultsConsumers | None = None
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    expiry, results_config = ExpiryConfig.from_env(), ResultsConfig.from_env()
+                except ValueError as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                starting = asyncio.create_task(self.app.start_service())  # recovery in the background
+                stops.append(_start_relay(self.settings, self.app.metrics))
+                stops.append(_start_expiry(self.settings, expiry, self.app))
+                results = _start_results(self.app, starting, results_config)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if results is not None:
+                    await results.stop()
+                await stops[1]()
+                if starting is not None and not starting.done():
+                    starting.cancel()
+                await self.app.service.stop()
+                await self.app.close()
+                await stops[0]()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
 async def _nothing() -> None:

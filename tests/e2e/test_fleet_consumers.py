@@ -1,15 +1,22 @@
-"""Two real nodes (node a owns shard 0, node b shard 1) with the real RabbitMQ: each runs the
+"""Consumers wherever the service runs, with the real RabbitMQ.
+
+Two real nodes (node a owns shard 0, node b shard 1): each runs the
 payment-results consumer and, for the shards it owns, the expiry job and its consumers.
 Results for holds on both shards, each published twice, all arrive on the one queue that both
 nodes consume: every hold is captured exactly once, and none is put back (a result for the
 other node's shard is applied by that node, through the fleet's forwarding). Holds that expire
-on both shards are expired by the notices (the sweep's fallback is an hour away)."""
+on both shards are expired by the notices (the sweep's fallback is an hour away).
+
+Under uvicorn (``BALANCE_HTTP_SERVER=uvicorn``, ``balance.asgi``): the relay, the expiry job and
+consumers and the payment results consumer run as with the built-in server."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import signal
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +27,7 @@ import aio_pika
 import httpx
 import pytest
 from fleet_nodes import Fleet, fleet_books, new_account
+from service_process import free_port, start_ready
 
 from balance import cli
 
@@ -35,6 +43,7 @@ def names() -> Iterator[dict[str, str]]:
         "BALANCE_RESULTS_QUEUE": f"e2e.fleet-results.{tag}",
         "BALANCE_DEAD_LETTERS": f"e2e.fleet-dead.{tag}",
         "BALANCE_EXPIRY_QUEUE_PREFIX": f"e2e.fleet-expiry.{tag}",
+        "BALANCE_AMQP_EXCHANGE": f"e2e.fleet-events.{tag}",
     }
     yield found
     asyncio.run(_cleanup(found))
@@ -48,6 +57,7 @@ async def _cleanup(names: dict[str, str]) -> None:
     for shard in (0, 1):
         await channel.queue_delete(f"{names['BALANCE_EXPIRY_QUEUE_PREFIX']}.{shard}")
     await channel.exchange_delete(names["BALANCE_DEAD_LETTERS"])
+    await channel.exchange_delete(names["BALANCE_AMQP_EXCHANGE"])
     await connection.close()
 
 
@@ -141,3 +151,44 @@ def test_each_node_consumes_for_its_shards_results_applied_once_and_holds_expire
     finally:
         fleet.stop()
     asyncio.run(fleet_books(tmp_path))
+
+
+def test_under_uvicorn_the_relay_and_the_consumers_run(tmp_path: Path, names: dict[str, str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BALANCE_")}
+    env.update(
+        names, BALANCE_AMQP_URL=AMQP_URL, BALANCE_HTTP_SERVER="uvicorn", BALANCE_EXPIRY_FALLBACK_S="3600",
+        BALANCE_DATA_DIR=str(tmp_path), BALANCE_ADMIN_KEY="adm_uvicorn", BALANCE_SHARDS="1",
+        BALANCE_HOST="127.0.0.1", BALANCE_PORT=str(free_port()),
+    )  # fmt: skip
+    proc, url = start_ready(env, tmp_path / "uvicorn.log")
+    try:
+        with httpx.Client(base_url=url, headers={"Authorization": "Bearer adm_uvicorn"}, timeout=10) as http:
+            new = {"kind": "partner", "region": "EU", "currency": "EUR"}
+            account = http.post("/v1/accounts", json=new).json()["id"]
+            assert http.post(f"/v1/accounts/{account}/credits", json={"id": "c1", "amount": 100}).status_code == 201
+            for hold, expires_in_s in (("paid", 600), ("late", 1)):
+                r = http.post(
+                    f"/v1/accounts/{account}/holds", json={"id": hold, "amount": 30, "expires_in_s": expires_in_s}
+                )
+                assert r.status_code == 201, r.text
+            result = {"id": "r1", "account_id": account, "hold_id": "paid", "result": "succeeded"}
+            asyncio.run(publish(names["BALANCE_RESULTS_QUEUE"], [result]))
+
+            def status(hold: str) -> str:
+                return str(http.get(f"/v1/accounts/{account}/holds/{hold}").json()["status"])
+
+            until(lambda: status("paid") == "captured", "the result applied")
+            until(lambda: status("late") == "expired", "the hold expired by notice")
+            assert metric(http, "balance_expiry_notices_handled_total", outcome="expired") == 1
+            assert metric(http, "balance_payment_results_applied_total", outcome="applied") == 1
+            assert http.get(f"/v1/accounts/{account}").json()["balance"] == 70
+
+        def relayed() -> int:
+            with sqlite3.connect(tmp_path / "shard-0.db") as db:
+                row = db.execute("SELECT value FROM meta WHERE name = 'events_amqp_seq'").fetchone()
+            return 0 if row is None else int(row[0])
+
+        until(lambda: relayed() > 0, "the relay's cursor saved")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
