@@ -111,7 +111,9 @@ class AmqpSink:
     def _frames(self, shard: int, events: list[Published], frame_max: int) -> bytes:
         """Every message of the page, its frames as ``message_frames`` makes them, in one bytes:
         pieces gathered in one list (the frames' fixed parts cached per event type), one join."""
-        methods, types, parts = self._methods, self._types, []
+        methods, types = self._methods, self._types
+        parts: list[bytes] = []
+        add = parts.append
         head, body_head, step = _MESSAGE_HEAD.pack, _FRAME_HEAD.pack, frame_max - 8
         for event in events:
             key = (event.region, shard, event.type)
@@ -125,13 +127,15 @@ class AmqpSink:
             message_id, body = event.id.encode(), event.body
             size = len(body)
             if size > step or len(message_id) > 255:  # split into frames (or refused): the general way
-                parts.append(message_frames(CHANNEL, "", "", event.id, event.type, body, frame_max, method))
+                add(message_frames(CHANNEL, "", "", event.id, event.type, body, frame_max, method))
                 continue
-            parts += (
-                method, head(2, CHANNEL, 16 + len(_CONTENT_TYPE) + len(message_id) + len(type_short), 60, 0, size,
-                             _PROPERTY_FLAGS),
-                _CONTENT_TYPE, b"\x02", bytes((len(message_id),)), message_id, type_short, _FRAME_END,
-                body_head(3, CHANNEL, size), body, _FRAME_END,
+            # One message's frames in one formatting (half the cost of eleven pieces appended).
+            add(
+                b"%b%b\x10application/json\x02%c%b%b\xce%b%b\xce" % (
+                    method, head(2, CHANNEL, 16 + len(_CONTENT_TYPE) + len(message_id) + len(type_short), 60, 0, size,
+                                 _PROPERTY_FLAGS),
+                    len(message_id), message_id, type_short, body_head(3, CHANNEL, size), body,
+                )
             )  # fmt: skip
         return b"".join(parts)
 

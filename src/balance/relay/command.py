@@ -28,9 +28,10 @@ PARENT_PID_ENV = "BALANCE_RELAY_PARENT_PID"
 STOP_TIMEOUT_S = 5.0  # the relay yields the CPU to the service and the database under load
 
 
-def source_for(settings: Settings, shard: int) -> EventSource:
+def source_for(settings: Settings, shard: int, *, inline: bool = False) -> EventSource:
+    """``inline``: SQLite read in the loop's thread (the relay's own process: ``serve``)."""
     if settings.db_url is None:
-        return SqliteEventSource(settings.data_dir / f"shard-{shard}.db")
+        return SqliteEventSource(settings.data_dir / f"shard-{shard}.db", inline=inline)
     return MariaDbEventSource.from_url(settings.db_url, shard)
 
 
@@ -47,12 +48,17 @@ def sinks_for(config: RelayConfig) -> list[Sink]:
     return sinks
 
 
-def build_relays(settings: Settings, config: RelayConfig, metrics: Metrics) -> list[ShardRelay]:
+def build_relays(
+    settings: Settings, config: RelayConfig, metrics: Metrics, *, inline_reads: bool = False
+) -> list[ShardRelay]:
     """A relay per shard and sink (each its own broker connection and cursor)."""
     relays: list[ShardRelay] = []
     for shard in range(settings.shards):
-        source = source_for(settings, shard)
-        peers = [ShardRelay(shard, source, sink, metrics, retention_s=config.retention_s) for sink in sinks_for(config)]
+        source = source_for(settings, shard, inline=inline_reads)
+        peers = [
+            ShardRelay(shard, source, sink, metrics, retention_s=config.retention_s, idle_poll_s=config.poll_s)
+            for sink in sinks_for(config)
+        ]
         for relay in peers:
             relay.peers = peers
         relays += peers
@@ -103,7 +109,8 @@ async def serve(settings: Settings, config: RelayConfig) -> None:
         from prometheus_client import start_http_server
 
         start_http_server(config.metrics_port, addr=settings.host, registry=metrics.registry)
-    relays = build_relays(settings, config, metrics)
+    # Its own process: the shard files are read in the loop's thread (nothing else waits on it).
+    relays = build_relays(settings, config, metrics, inline_reads=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -21,6 +21,7 @@ class RelayConfig:
     nats_subject_prefix: str = cat.NATS_SUBJECT_PREFIX
     metrics_port: int | None = None  # the relay process's /metrics (None: not served)
     nice: int = 10  # how far below the service's CPU priority the relay process runs (it yields under load)
+    poll_s: float = 0.02  # caught up: how long until the shard is read again (pages paced by time)
 
     @property
     def enabled(self) -> bool:
@@ -46,8 +47,12 @@ class RelayConfig:
         nice = env.get("BALANCE_RELAY_NICE") or "10"
         if not (nice.isdigit() and int(nice) <= 19):
             raise ValueError("BALANCE_RELAY_NICE must be between 0 and 19")
+        poll_ms = env.get("BALANCE_RELAY_POLL_MS") or "20"
+        if not (poll_ms.isdigit() and 1 <= int(poll_ms) <= 1000):
+            raise ValueError("BALANCE_RELAY_POLL_MS must be between 1 and 1000")
         return cls(
             nice=int(nice),
+            poll_s=int(poll_ms) / 1000,
             amqp_url=env.get("BALANCE_AMQP_URL") or None,
             nats_url=env.get("BALANCE_NATS_URL") or None,
             mode=mode,

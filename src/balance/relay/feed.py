@@ -25,7 +25,6 @@ JOURNAL_SEQ, JOURNAL_KIND, JOURNAL_DESCRIPTION = (JOURNAL_COLUMNS.index(n) for n
 Visible = Callable[[str], bool]  # account id -> may the caller see its events
 log = logging.getLogger("balance.relay")
 PRUNE_EVERY_S = 60.0  # no broker: how often the outbox rows past retention are looked for
-PRUNE_PAUSE_S = 0.05  # between two slices (the writer takes the shard's write lock meanwhile)
 
 
 class CursorError(ValueError):
@@ -65,7 +64,8 @@ class EventsFeed:
         # Without a broker the feed prunes the outbox itself (``run_pruner``); with one, the relay does
         # (only what every broker confirmed): None here.
         self.retention_s = None if self.sinks else retention_s
-        self.prune_every_s, self.prune_pause_s, self.clock = PRUNE_EVERY_S, PRUNE_PAUSE_S, time.time
+        self.prune_every_s, self.clock = PRUNE_EVERY_S, time.time
+        self.prune_passes = 0  # passes over every shard done (tests wait for one)
         self._locks = [asyncio.Lock() for _ in self.sources]
 
     async def observe(self, metrics: Metrics) -> None:
@@ -133,19 +133,29 @@ class EventsFeed:
                 deleted += await source.prune(2**62, before_us, rows)
         return deleted
 
+    async def _prune_shard(self, shard: int, before_us: int) -> None:
+        from balance.relay.sources import prune_slices
+
+        source, lock = self.sources[shard], self._locks[shard]
+
+        async def one_slice(rows: int) -> int:  # under the shard's lock: the feed's reads share the connection
+            async with lock:
+                return await source.prune(2**62, before_us, rows)
+
+        await prune_slices(one_slice)
+
     async def run_pruner(self) -> None:
         """No broker: every ``prune_every_s``, the outbox rows older than the retention are
         deleted, a slice (one short transaction per shard) at a time with a pause between, off
         the writer's commit path. Journal rows are never deleted. Until cancelled."""
-        from balance.storage.event_reads import PRUNE_SLICE_ROWS
-
         if self.retention_s is None:
             return
         while True:
             try:
                 before = int((self.clock() - self.retention_s) * 1e6)
-                while await self.prune(before, PRUNE_SLICE_ROWS) > 0:
-                    await asyncio.sleep(self.prune_pause_s)
+                for shard in range(len(self.sources)):
+                    await self._prune_shard(shard, before)
+                self.prune_passes += 1
             except StorageError as exc:
                 log.warning("events: pruning the outbox failed (tried again later): %s", exc)
             await asyncio.sleep(self.prune_every_s)

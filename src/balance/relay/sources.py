@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Generator
+import time
+from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,13 @@ def _run_sync(queries: Generator[Query, list[Row], Page], execute: Callable[[str
 
 
 class SqliteEventSource:
-    """A shard's SQLite file, read (and its cursor written) by a connection of its own."""
+    """A shard's SQLite file, read (and its cursor written) by a connection of its own: in a
+    thread of its own, or (``inline``: the relay's own process, whose loop has nothing else to
+    do meanwhile) in the loop's thread, without a thread's hand-off and GIL exchanges per page."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, inline: bool = False) -> None:
         self.path = Path(path)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"events-{self.path.stem}")
+        self._pool = None if inline else ThreadPoolExecutor(1, thread_name_prefix=f"events-{self.path.stem}")
         self._conn: sqlite3.Connection | None = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -81,6 +84,8 @@ class SqliteEventSource:
             return fn(self._conn)
 
         try:
+            if self._pool is None:
+                return call()
             return await asyncio.get_running_loop().run_in_executor(self._pool, call)
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite events: {exc}") from exc
@@ -94,6 +99,9 @@ class SqliteEventSource:
                 self._conn.close()
                 self._conn = None
 
+        if self._pool is None:
+            close()
+            return
         await asyncio.get_running_loop().run_in_executor(self._pool, close)
         self._pool.shutdown(wait=True)
 
@@ -311,17 +319,29 @@ class MariaDbEventSource:
         return value
 
 
-PRUNE_SLICES_PER_SAVE = 20  # the relay's pruning after a cursor's save: at most this many slices
+PRUNE_SLICES_PER_SAVE = 10  # the relay's pruning after a cursor's save: at most this many slices
+
+
+async def prune_slices(prune: Callable[[int], Awaitable[int]], slices: int | None = None) -> int:
+    """Outbox rows, a slice (``prune(rows)``: its own short transaction) at a time, with a pause
+    after each (at least ``PRUNE_PAUSE_S`` and four times the slice's own time: the writer gets
+    the shard's write lock at least 80% of the time); until a slice comes back short (or after
+    ``slices``). The rows deleted."""
+    deleted, done = 0, 0
+    while slices is None or done < slices:
+        started = time.monotonic()
+        rows = await prune(q.PRUNE_SLICE_ROWS)
+        deleted, done = deleted + rows, done + 1
+        if rows < q.PRUNE_SLICE_ROWS:
+            break
+        await asyncio.sleep(max(q.PRUNE_PAUSE_S, 4 * (time.monotonic() - started)))
+    return deleted
 
 
 async def _prune_published(source: EventSource, up_to: int, before_us: int) -> None:
-    """The outbox rows every broker confirmed (up to ``up_to``) and past retention, a slice
-    (its own transaction) at a time."""
-    if not up_to:
-        return
-    for _ in range(PRUNE_SLICES_PER_SAVE):
-        if await source.prune(up_to, before_us, q.PRUNE_SLICE_ROWS) < q.PRUNE_SLICE_ROWS:
-            return
+    """The outbox rows every broker confirmed (up to ``up_to``) and past retention."""
+    if up_to:
+        await prune_slices(lambda rows: source.prune(up_to, before_us, rows), PRUNE_SLICES_PER_SAVE)
 
 
 def source_of(storage: object) -> EventSource:

@@ -33,7 +33,8 @@ PRUNED_SAVE_SQLITE = (
 PRUNED_SAVE_MARIADB = (
     "INSERT INTO meta (name, value) VALUES (%s, %s) ON DUPLICATE KEY UPDATE value = GREATEST(value, VALUES(value))"
 )
-PRUNE_SLICE_ROWS = 500  # outbox rows deleted per transaction (the writer waits at most for one slice)
+PRUNE_SLICE_ROWS = 200  # outbox rows deleted per transaction (the writer waits at most for one slice: ~5-10 ms)
+PRUNE_PAUSE_S = 0.05  # at least this long between two slices, and four times the last slice's time
 MAX_SEQ = "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM journal UNION ALL SELECT MAX(seq) FROM outbox) AS m"
 
 
