@@ -1,6 +1,6 @@
 """The event relay's lag under an open-loop single-operation load, and its cost, in one run.
 
-    .venv/bin/python tools/events_lag.py sqlite 9000 [seconds] [--no-queue]
+    .venv/bin/python tools/events_lag.py sqlite 9000 [seconds] [--no-queue] [--consume]
 
 Starts ``balance-service run`` with ``BALANCE_AMQP_URL`` (the relay in its child process),
 binds a durable queue to ``balance.events`` (capped at 100,000 messages; ``--no-queue`` leaves
@@ -8,12 +8,15 @@ the exchange without one), drives gateway-like single holds and settlements at t
 (``bench/tail.py``'s open loop) and samples the relay's ``balance_events_lag_seconds`` (age
 of the oldest event not yet published) every 100 ms. Prints the lag's p50/p99/max while the
 load runs, how long the relay took to catch up after it, and the CPU seconds of the service,
-the relay and RabbitMQ.
+the relay and RabbitMQ. ``--consume``: a consumer on a transient queue bound to every event
+also measures each event's own lag (received minus ``occurred_at``) during the load: thousands
+of samples where the gauge's sampler, on a loaded machine, gets a few dozen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import sys
 import tempfile
@@ -67,7 +70,14 @@ async def _lag(metrics_url: str) -> float | None:
     return max(values) if values else None
 
 
-async def main(backend: str, rate: float, seconds: float, queue: bool) -> None:
+def _occurred(body: bytes) -> float:
+    """An envelope's ``occurred_at`` as seconds since the epoch (read without parsing the rest)."""
+    at = body.index(b'"occurred_at":"') + 15
+    text = body[at : body.index(b'"', at)].decode()
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+async def main(backend: str, rate: float, seconds: float, queue: bool, consume: bool = False) -> None:
     amqp = os.environ.get("BALANCE_AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
     connection = await aio_pika.connect(amqp)
     channel = await connection.channel()
@@ -76,6 +86,17 @@ async def main(backend: str, rate: float, seconds: float, queue: bool) -> None:
     if queue:
         bound = await channel.declare_queue("bench.events", durable=True, arguments={"x-max-length": 100_000})
         await bound.bind(exchange, "#")
+    event_lags: list[float] = []
+    measuring = [False]
+    if consume:
+        transient = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await transient.bind(exchange, "#")
+
+        async def received(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            if measuring[0]:
+                event_lags.append(time.time() - _occurred(message.body))
+
+        await transient.consume(received, no_ack=True)
     metrics_port = ours._free_port()
     env = {"BALANCE_AMQP_URL": amqp, "BALANCE_RELAY_METRICS_PORT": str(metrics_port), "BALANCE_RESULTS": "off"}
     with tempfile.TemporaryDirectory() as work:
@@ -97,7 +118,9 @@ async def main(backend: str, rate: float, seconds: float, queue: bool) -> None:
 
                 cpu0 = (_cpu(pid), sum(_cpu(p) for p in relay), _cpu(rabbit) if rabbit else 0.0)
                 sampler = asyncio.create_task(sample())
+                measuring[0] = True
                 gen, ran_s, _ = await tail._drive(url, "gateway", "single", 1, rate, seconds, payers, merchants)
+                measuring[0] = False
                 stop.set()
                 await sampler
                 began = time.monotonic()
@@ -118,10 +141,22 @@ async def main(backend: str, rate: float, seconds: float, queue: bool) -> None:
         f" ({len(samples)} samples); caught up {caught_up_s:.1f}s after the load;"
         f" CPU (cores) service {cpu[0]:.2f}, relay {cpu[1]:.2f}, rabbitmq {cpu[2]:.2f}"
     )
+    if consume:
+        event_lags.sort()
+        q = lambda f: event_lags[min(len(event_lags) - 1, int(f * len(event_lags)))] * 1000  # noqa: E731
+        print(
+            f"each event, occurred_at to a consumer: p50 {q(0.5):.0f} ms, p99 {q(0.99):.0f} ms, max {q(1.0):.0f} ms"
+            f" ({len(event_lags):,} events)"
+            if event_lags
+            else "no event received while the load ran"
+        )
 
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     if len(args) not in (2, 3):
         raise SystemExit(__doc__)
-    asyncio.run(main(args[0], float(args[1]), float(args[2]) if len(args) == 3 else 10.0, "--no-queue" not in sys.argv))
+    asyncio.run(
+        main(args[0], float(args[1]), float(args[2]) if len(args) == 3 else 10.0, "--no-queue" not in sys.argv,
+             "--consume" in sys.argv)
+    )  # fmt: skip

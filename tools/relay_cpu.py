@@ -1,6 +1,6 @@
 """The relay's CPU per event (and RabbitMQ's), in process, on a shard written by the real engine.
 
-    .venv/bin/python tools/relay_cpu.py [OPS] [--runs 3] [--queue] [--profile] [--mariadb]
+    .venv/bin/python tools/relay_cpu.py [OPS] [--runs 3] [--queue] [--profile] [--mariadb] [--page-rows N] [--inline]
 
 Writes OPS operations (default 50,000: ``hold`` + ``capture`` pairs over 100 accounts, through
 ``ShardEngine`` into a SQLite shard in a temporary directory, or a fresh MariaDB database with
@@ -11,6 +11,9 @@ process's CPU per event published and confirmed (``time.process_time``: every th
 SQLite reader's included) and RabbitMQ's (``beam.smp``, from /proc); then the medians, and
 the reading and the building of the envelopes alone (no broker).
 ``--profile`` adds one more run under cProfile and prints its top functions (own time).
+``--page-rows N``: pages of N rows (default 1,000; a relay that keeps up with a single-operation
+load reads pages of 100-300 rows, one per ``BALANCE_RELAY_POLL_MS``); ``--inline``: SQLite read
+in the loop's thread, as the relay process does (default: a thread of its own, as the feed).
 """
 
 from __future__ import annotations
@@ -75,6 +78,10 @@ async def fill(storage: ShardStorage, ops: int) -> None:
     await engine.stop()
 
 
+PAGE_ROWS = 1000  # (--page-rows)
+INLINE = False  # (--inline)
+
+
 async def one_run(
     source: EventSource, last: int, queue: bool, profile: cProfile.Profile | None
 ) -> tuple[float, float, float, int]:
@@ -89,7 +96,7 @@ async def one_run(
         await bound.bind(exchange, "#")
     metrics = Metrics()
     sink = AmqpSink(AMQP_URL, exchange_name)
-    relay = ShardRelay(0, source, sink, metrics, cursor_save_s=3600.0)
+    relay = ShardRelay(0, source, sink, metrics, cursor_save_s=3600.0, page_rows=PAGE_ROWS)
     await sink._connect()  # connected before the clock starts (as a long-running relay is)
     cpu0, broker0, began = time.process_time(), cpu_of("beam.smp"), time.perf_counter()
     if profile is not None:
@@ -137,7 +144,7 @@ async def main(ops: int, runs: int, queue: bool, profile: bool, mariadb: bool) -
             """A source of its own for each run (a run's end cancels its relay, mid-read perhaps)."""
             if mariadb:
                 return MariaDbEventSource(database=database, **MARIADB)  # type: ignore[arg-type]
-            return SqliteEventSource(Path(work) / "shard-0.db")
+            return SqliteEventSource(Path(work) / "shard-0.db", inline=INLINE)
 
         try:
             source = new_source()
@@ -200,6 +207,11 @@ if __name__ == "__main__":
         at = args.index("--runs")
         runs = int(args[at + 1])
         del args[at : at + 2]
+    if "--page-rows" in args:
+        at = args.index("--page-rows")
+        PAGE_ROWS = int(args[at + 1])
+        del args[at : at + 2]
+    INLINE = "--inline" in args
     numbers = [a for a in args if not a.startswith("--")]
     if len(numbers) > 1:
         raise SystemExit(__doc__)
