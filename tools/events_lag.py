@@ -8,9 +8,10 @@ the exchange without one), drives gateway-like single holds and settlements at t
 (``bench/tail.py``'s open loop) and samples the relay's ``balance_events_lag_seconds`` (age
 of the oldest event not yet published) every 100 ms. Prints the lag's p50/p99/max while the
 load runs, how long the relay took to catch up after it, and the CPU seconds of the service,
-the relay and RabbitMQ. ``--consume``: a consumer on a transient queue bound to every event
-also measures each event's own lag (received minus ``occurred_at``) during the load: thousands
-of samples where the gauge's sampler, on a loaded machine, gets a few dozen.
+the relay and RabbitMQ. ``--consume``: a consumer process of its own (this file with
+``--consumer``), on a transient queue bound to every event, also measures each event's own lag
+(received minus ``occurred_at``) for the events that occurred during the load: thousands of
+samples where the gauge's sampler, on a loaded machine, gets a few dozen.
 """
 
 from __future__ import annotations
@@ -87,16 +88,15 @@ async def main(backend: str, rate: float, seconds: float, queue: bool, consume: 
         bound = await channel.declare_queue("bench.events", durable=True, arguments={"x-max-length": 100_000})
         await bound.bind(exchange, "#")
     event_lags: list[float] = []
-    measuring = [False]
+    window = [0.0, 0.0]
+    consumer = None
+    lags_file = Path(tempfile.mkdtemp()) / "lags.txt"
     if consume:
-        transient = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await transient.bind(exchange, "#")
-
-        async def received(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            if measuring[0]:
-                event_lags.append(time.time() - _occurred(message.body))
-
-        await transient.consume(received, no_ack=True)
+        consumer = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--consumer", str(lags_file), stdout=asyncio.subprocess.PIPE
+        )
+        assert consumer.stdout is not None
+        await consumer.stdout.readline()  # "ready": its queue is bound
     metrics_port = ours._free_port()
     env = {"BALANCE_AMQP_URL": amqp, "BALANCE_RELAY_METRICS_PORT": str(metrics_port), "BALANCE_RESULTS": "off"}
     with tempfile.TemporaryDirectory() as work:
@@ -118,9 +118,9 @@ async def main(backend: str, rate: float, seconds: float, queue: bool, consume: 
 
                 cpu0 = (_cpu(pid), sum(_cpu(p) for p in relay), _cpu(rabbit) if rabbit else 0.0)
                 sampler = asyncio.create_task(sample())
-                measuring[0] = True
+                window[0] = time.time()
                 gen, ran_s, _ = await tail._drive(url, "gateway", "single", 1, rate, seconds, payers, merchants)
-                measuring[0] = False
+                window[1] = time.time()
                 stop.set()
                 await sampler
                 began = time.monotonic()
@@ -129,6 +129,13 @@ async def main(backend: str, rate: float, seconds: float, queue: bool, consume: 
                 caught_up_s = time.monotonic() - began
                 cpu1 = (_cpu(pid), sum(_cpu(p) for p in relay), _cpu(rabbit) if rabbit else 0.0)
                 gen.close()
+    if consumer is not None:
+        consumer.terminate()
+        await consumer.wait()
+        for line in lags_file.read_text().splitlines():
+            occurred, received = (float(v) for v in line.split())
+            if window[0] <= occurred <= window[1]:
+                event_lags.append(received - occurred)
     if bound is not None:
         await bound.delete(if_unused=False, if_empty=False)
     await connection.close()
@@ -146,13 +153,41 @@ async def main(backend: str, rate: float, seconds: float, queue: bool, consume: 
         q = lambda f: event_lags[min(len(event_lags) - 1, int(f * len(event_lags)))] * 1000  # noqa: E731
         print(
             f"each event, occurred_at to a consumer: p50 {q(0.5):.0f} ms, p99 {q(0.99):.0f} ms, max {q(1.0):.0f} ms"
-            f" ({len(event_lags):,} events)"
+            f" ({len(event_lags):,} events that occurred during the load)"
             if event_lags
-            else "no event received while the load ran"
+            else "no event received"
         )
 
 
+async def consumer_process(out: str) -> None:
+    """``--consumer OUT``: every event's (occurred_at, received) into OUT, until SIGTERM."""
+    import signal
+
+    amqp = os.environ.get("BALANCE_AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
+    connection = await aio_pika.connect(amqp)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=2000)
+    exchange = await channel.declare_exchange("balance.events", aio_pika.ExchangeType.TOPIC, durable=True)
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await queue.bind(exchange, "#")
+    seen: list[tuple[float, float]] = []
+
+    async def received(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        seen.append((_occurred(message.body), time.time()))
+
+    await queue.consume(received, no_ack=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    Path(out).write_text("".join(f"{o} {r}\n" for o, r in seen))
+    await connection.close()
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--consumer"]:
+        asyncio.run(consumer_process(sys.argv[2]))
+        raise SystemExit(0)
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     if len(args) not in (2, 3):
         raise SystemExit(__doc__)
