@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 _CHUNK = 1000  # rows per multi-row INSERT
 _BULK_CHUNK = 2000  # rows per bulk command (stays far below max_allowed_packet)
 _NULLABLE = schema.nullable_columns()  # left out of a bulk statement when NULL in every row
-_UPSERT_KEYS = {"accounts": ("id",), "holds": ("account_id", "id"), "api_keys": ("key_hash",)}
+_UPSERT_KEYS = {
+    "accounts": ("id",), "holds": ("account_id", "id"), "api_keys": ("key_hash",), "moves": ("move_id", "part"),
+}  # fmt: skip
 
 
 def packets(statements: list[str], budget: int) -> Iterator[str]:
@@ -109,6 +111,7 @@ class MariaDbStatements:
             ("outbox", schema.OUTBOX_COLUMNS, batch.outbox, False),
             ("api_keys", schema.KEY_COLUMNS, batch.keys, True),  # a revocation rewrites its row
             ("transfers_pending", schema.TRANSFER_COLUMNS, batch.transfers_started, False),
+            ("moves", schema.MOVE_COLUMNS, batch.moves, True),  # a partner move's record (its steps rewrite it)
         )
 
     @staticmethod
