@@ -15,6 +15,7 @@ import pytest
 from two_shards import Build, account
 
 from balance.domain import commands as c
+from balance.engine import partner_move
 from balance.engine.partner_move import EXPORTED, MOVED_OUT, MoveRecord
 from balance.engine.replies import Reply
 from balance.service import BalanceService
@@ -157,4 +158,41 @@ async def test_a_move_cut_by_a_crash_is_finished_at_the_next_start(
     await service.start()
     assert service.engine_for(kids[3]).shard == lives_on  # type: ignore[union-attr]
     assert books(service) == {"EUR": 0}
+    await service.stop()
+
+
+async def test_a_moves_record_in_many_parts_is_read_back_whole(build: Build, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record written with the move out holds the export in parts (here of 2 KiB); read back
+    from the source shard after a crash, it is whole, and the next start finishes the move from
+    it. Once done, the record says so and its parts are emptied."""
+    monkeypatch.setattr(partner_move, "PART_BYTES", 2048)
+    service = build()
+    await service.start()
+    root, kids = await tree(service)
+    held = await service.run_many([c.PlaceHold(kid, f"h-{kid}", 7, 3_600) for kid in kids])
+    assert {reply.status for reply in held} == {201}
+
+    def crashing(record: MoveRecord) -> None:
+        if record.step == MOVED_OUT:
+            raise RuntimeError("crash")
+
+    service.save_move = crashing
+    with pytest.raises(RuntimeError):
+        await service.move_partner(root, 1, "mv-parts")
+    ((head, data),) = await service.engines[0].storage.unfinished_moves()
+    stored = MoveRecord.from_stored(head, data)
+    assert (stored.move_id, stored.step, stored.from_shard, stored.to_shard) == ("mv-parts", MOVED_OUT, 0, 1)
+    assert stored.parts > 3 and len(stored.accounts) == CHILDREN + 1 and len(stored.holds) == CHILDREN
+    leaving = service.engines[0].ledger.records[(root, "mvout:mv-parts")].body
+    assert json.loads(leaving)["seq"] == stored.source_seq > 0  # the events' barrier, in the record too
+    for engine in service.engines:
+        await engine.stop(checkpoint=False)
+    service = build()
+    await service.start()  # finds the record in shard 0 and finishes the move
+    assert not await service.engines[0].storage.unfinished_moves()
+    assert service.engine_for(kids[7]).shard == 1  # type: ignore[union-attr]
+    assert books(service) == {"EUR": 0}
+    for kid, first in zip(kids, held, strict=True):
+        again = await service.execute(c.PlaceHold(kid, f"h-{kid}", 7, 3_600))
+        assert (again.status, again.body, again.replayed) == (201, first.body, True)
     await service.stop()
