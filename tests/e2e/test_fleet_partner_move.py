@@ -42,7 +42,8 @@ async def load(
             elif pick < 0.8:
                 path, body = f"/v1/accounts/{kid}/credits", {"id": op, "amount": 3}
             else:
-                path, body = "/v1/transfers", {"id": op, "from_account_id": kid, "to_account_id": rng.choice(kids),
+                other = rng.choice([k for k in kids if k != kid])
+                path, body = "/v1/transfers", {"id": op, "from_account_id": kid, "to_account_id": other,
                                                "amount": 1, "currency": "USD"}  # fmt: skip
             try:
                 reply = await client.post(path, json=body)
@@ -192,19 +193,21 @@ NEVER_BACK = [
 
 
 @pytest.mark.parametrize(("point", "lives_on", "both"), NEVER_BACK)
-def test_a_move_whose_node_never_comes_back_is_finished_by_the_shards_next_owner(
+async def test_a_move_whose_node_never_comes_back_is_finished_by_the_shards_next_owner(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str, lives_on: int, both: bool
 ) -> None:
-    """Node a (owner of the source shard 0, node b its standby) runs a move to shard 1 and is
-    SIGKILLed at a step; it is NOT started again. Node b takes shard 0 over and finds the move in
-    shard 0's own record: after the move out it finishes it (the subtree lives on shard 1,
+    """Node a (owner of the source shard 0, node b its standby) runs a move to shard 1 while two
+    clients send holds, captures, releases, credits and transfers of the subtree to node b, and
+    is SIGKILLed at a step; it is NOT started again. Node b takes shard 0 over and finds the move
+    in shard 0's own record: after the move out it finishes it (the subtree lives on shard 1,
     through b); before it, nothing was durable and the subtree serves on shard 0 (through b).
-    Either way every first answer replays, each account lives on one shard, the books balance.
-    With ``both``, node a owned the target shard too (it started first, as shard 1's standby):
-    b takes both over, and the arrival runs there."""
+    Either way every acknowledged operation and every first answer replays, each account lives
+    on one shard, the books balance. With ``both``, node a owned the target shard too (it
+    started first, as shard 1's standby): b takes both over, and the arrival runs there."""
     monkeypatch.setenv("BALANCE_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("BALANCE_DIRECTORY_URL", raising=False)
-    fleet = two_nodes_fleet(tmp_path, standbys={0: "b", 1: "a"} if both else {0: "b"}, crash_at={"a": point})
+    standbys = {0: "b", 1: "a"} if both else {0: "b"}
+    fleet = await asyncio.to_thread(two_nodes_fleet, tmp_path, standbys=standbys, crash_at={"a": point})
     try:
         with fleet.client("a") as a:
             root = new_account(a, 0)
@@ -218,35 +221,55 @@ def test_a_move_whose_node_never_comes_back_is_finished_by_the_shards_next_owner
             moved = a.post("/v1/transfers", json={"id": "t0", "from_account_id": kids[0], "to_account_id": kids[1],
                                                   "amount": 5, "currency": "USD"})  # fmt: skip
             assert moved.status_code == 201
-        with fleet.client("b") as b:
-            try:
-                b.post(f"/v1/partners/{root}/move", json={"to_shard": 1})  # forwarded to a, which runs it
-            except httpx.HTTPError:
-                pass
-        assert fleet.procs["a"].wait(15) == -9, f"node a did not reach {point}"
-        deadline = time.monotonic() + 30  # the lease (2 s), the takeover, the move finished by b
-        with fleet.client("b") as b:
-            while True:
-                ready = b.get("/readyz")
-                where = b.get(f"/v1/partners/{kids[0]}/placement").json().get("shard")
-                credit = b.post(f"/v1/accounts/{kids[0]}/credits", json={"id": "s0", "amount": 100})
-                if not unfinished_moves(tmp_path) and where == lives_on and credit.status_code == 201:
-                    break
-                assert time.monotonic() < deadline, (unfinished_moves(tmp_path), where, ready.text, credit.text)
-                time.sleep(0.2)
-            assert set(ready.json()["shards"]) == {"0", "1"}, ready.text  # b serves both shards now
-            for i, kid in enumerate(kids):
-                credit = b.post(f"/v1/accounts/{kid}/credits", json={"id": f"s{i}", "amount": 100})
-                hold = b.post(f"/v1/accounts/{kid}/holds", json={"id": f"h{i}", "amount": 7})
-                assert (credit.content, hold.content) == (firsts[2 * i].content, firsts[2 * i + 1].content)
-                assert credit.headers["idempotent-replayed"] == hold.headers["idempotent-replayed"] == "true"
-            again = b.post("/v1/transfers", json={"id": "t0", "from_account_id": kids[0], "to_account_id": kids[1],
-                                                  "amount": 5, "currency": "USD"})  # fmt: skip
-            assert (again.status_code, again.content) == (201, moved.content)
-            assert b.post(f"/v1/accounts/{kids[0]}/holds/h0/capture", json={}).status_code == 200
-            assert b.post(f"/v1/accounts/{kids[2]}/credits", json={"id": "after", "amount": 1}).status_code == 201
-            account = b.get(f"/v1/accounts/{kids[2]}").json()
-            assert (account["balance"], account["reserved"]) == (101, 7), account
+        url = f"http://127.0.0.1:{fleet.envs['b']['BALANCE_PORT']}"
+        stop, acked, unavailable = asyncio.Event(), [], []  # type: ignore[var-annotated]
+        clients = [asyncio.create_task(load(url, kids[3:], n, stop, acked, unavailable)) for n in range(2)]
+        await asyncio.sleep(0.5)
+
+        def move_and_lose_a() -> None:
+            with fleet.client("b") as b:
+                try:
+                    b.post(f"/v1/partners/{root}/move", json={"to_shard": 1})  # forwarded to a, which runs it
+                except httpx.HTTPError:
+                    pass
+            assert fleet.procs["a"].wait(15) == -9, f"node a did not reach {point}"
+            deadline = time.monotonic() + 30  # the lease (2 s), the takeover, the move finished by b
+            with fleet.client("b") as b:
+                while True:
+                    ready = b.get("/readyz")
+                    where = b.get(f"/v1/partners/{kids[0]}/placement").json().get("shard")
+                    credit = b.post(f"/v1/accounts/{kids[0]}/credits", json={"id": "s0", "amount": 100})
+                    if not unfinished_moves(tmp_path) and where == lives_on and credit.status_code == 201:
+                        break
+                    assert time.monotonic() < deadline, (unfinished_moves(tmp_path), where, ready.text, credit.text)
+                    time.sleep(0.2)
+                assert set(ready.json()["shards"]) == {"0", "1"}, ready.text  # b serves both shards now
+
+        await asyncio.to_thread(move_and_lose_a)
+        await asyncio.sleep(1.0)  # the load runs on against the subtree where it lives now
+        stop.set()
+        await asyncio.gather(*clients)
+        assert len(acked) > 20
+
+        def replays() -> None:
+            with fleet.client("b") as b:
+                for i, kid in enumerate(kids):
+                    credit = b.post(f"/v1/accounts/{kid}/credits", json={"id": f"s{i}", "amount": 100})
+                    hold = b.post(f"/v1/accounts/{kid}/holds", json={"id": f"h{i}", "amount": 7})
+                    assert (credit.content, hold.content) == (firsts[2 * i].content, firsts[2 * i + 1].content)
+                    assert credit.headers["idempotent-replayed"] == hold.headers["idempotent-replayed"] == "true"
+                for path, body, status, content in acked:  # every acknowledged operation, exactly once
+                    again = b.post(path, json=body)
+                    assert (again.status_code, again.content) == (status, content), (path, again.text)
+                again = b.post("/v1/transfers", json={"id": "t0", "from_account_id": kids[0],
+                                                      "to_account_id": kids[1], "amount": 5, "currency": "USD"})  # fmt: skip
+                assert (again.status_code, again.content) == (201, moved.content)
+                assert b.post(f"/v1/accounts/{kids[0]}/holds/h0/capture", json={}).status_code == 200
+                assert b.post(f"/v1/accounts/{kids[2]}/credits", json={"id": "after", "amount": 1}).status_code == 201
+                account = b.get(f"/v1/accounts/{kids[2]}").json()
+                assert (account["balance"], account["reserved"]) == (101, 7), account
+
+        await asyncio.to_thread(replays)
     finally:
         fleet.stop()
     conn = sqlite3.connect(tmp_path / "shard-0.db")
@@ -256,5 +279,5 @@ def test_a_move_whose_node_never_comes_back_is_finished_by_the_shards_next_owner
     assert steps == ([] if lives_on == 0 else [("done", 0)]) and emptied == 0, steps
     live = audit(tmp_path)
     assert {live[kid] for kid in [root, *kids]} == {lives_on}
-    books = asyncio.run(fleet_books(tmp_path))  # each shard recovered afresh: reserved == pending holds
+    books = await fleet_books(tmp_path)  # each shard recovered afresh: reserved == pending holds
     assert books[kids[2]] == ("USD", 101, 7)
