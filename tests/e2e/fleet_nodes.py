@@ -104,14 +104,17 @@ def unfinished_moves(tmp_path: Path, shards: int = 2) -> list[tuple[int, str, st
     return found
 
 
-async def fleet_books(tmp_path: Path, shards: int = 2) -> dict[str, tuple[str, int, int]]:
+async def fleet_books(
+    tmp_path: Path, shards: int = 2, databases: list[str] | None = None
+) -> dict[str, tuple[str, int, int]]:
     """Every account of the fleet's shard files as (currency, balance, reserved), read by a
     fresh recovery of each (the nodes stopped): each shard's invariants hold, and each
     currency's balances sum to zero over the fleet (money in transit included)."""
     accounts: dict[str, tuple[str, int, int]] = {}
     totals: dict[str, int] = {}
     for shard in range(shards):
-        engine = ShardEngine(shard, storage_of_database(str(tmp_path / f"shard-{shard}.db")))
+        database = str(tmp_path / f"shard-{shard}.db") if databases is None else databases[shard]
+        engine = ShardEngine(shard, storage_of_database(database))
         await engine.start()
         try:
             engine.ledger.check_invariants()
