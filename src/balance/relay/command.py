@@ -28,9 +28,9 @@ PARENT_PID_ENV = "BALANCE_RELAY_PARENT_PID"
 STOP_TIMEOUT_S = 5.0  # the relay yields the CPU to the service and the database under load
 
 
-def source_for(settings: Settings, shard: int) -> EventSource:
+def source_for(settings: Settings, shard: int, *, read_only: bool = False) -> EventSource:
     if settings.db_url is None:
-        return SqliteEventSource(settings.data_dir / f"shard-{shard}.db")
+        return SqliteEventSource(settings.data_dir / f"shard-{shard}.db", read_only=read_only)
     return MariaDbEventSource.from_url(settings.db_url, shard)
 
 
@@ -54,7 +54,9 @@ def build_relays(settings: Settings, config: RelayConfig, metrics: Metrics) -> l
     wanted = range(settings.shards) if config.shards is None else config.shards
     if any(shard >= settings.shards for shard in wanted):
         raise ValueError(f"BALANCE_RELAY_SHARDS names a shard past BALANCE_SHARDS ({settings.shards})")
-    elsewhere = {shard: source_for(settings, shard) for shard in range(settings.shards) if shard not in wanted}
+    elsewhere = {
+        shard: source_for(settings, shard, read_only=True) for shard in range(settings.shards) if shard not in wanted
+    }
     relays: list[ShardRelay] = []
     for shard in wanted:
         source = source_for(settings, shard)
