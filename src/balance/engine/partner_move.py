@@ -201,8 +201,10 @@ async def _record(source: ShardEngine, record: MoveRecord) -> None:
 
 async def _leave(source: ShardEngine, record: MoveRecord, save: Callable[[MoveRecord], None], wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
+    rows: tuple[tuple[Any, ...], ...] = ()  # the record the move out writes (made once per export)
     while True:
         if record.step == FREEZING:
+            rows = ()
             freeze = await source.execute(c.FreezeMove(record.move_id, record.root_id))
             if freeze.status == 503 and _code(freeze) not in ("account_moved",):
                 await asyncio.sleep(0.05)
@@ -221,11 +223,12 @@ async def _leave(source: ShardEngine, record: MoveRecord, save: Callable[[MoveRe
             stored = await source.storage.move_records([state[0] for state in accounts])
             record.records = [[row[0], row[1], int(row[2]), int(row[3]), bytes(row[4])] for row in stored]
             record.step = EXPORTED
-            save(record)  # before anything leaves: a crash from here on knows what left
+            save(record)  # (in memory only: a crash from here on thaws the subtree, nothing left)
         versions = tuple((state[0], int(state[11])) for state in record.accounts)
-        record.step = MOVED_OUT  # (as the record written with the move out says: its seq filled in there)
-        rows = record.rows(with_export=True)
-        record.step = EXPORTED
+        if not rows:
+            record.step = MOVED_OUT  # as the record written with the move out says (its seq filled in there)
+            rows = record.rows(with_export=True)
+            record.step = EXPORTED
         reply = await source.execute(c.MoveOut(record.move_id, record.root_id, record.to_shard, versions, rows))
         if reply.status == 200:
             record.step, record.source_seq = MOVED_OUT, int(json.loads(reply.body or b"{}").get("seq", 0))
