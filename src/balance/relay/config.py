@@ -22,6 +22,9 @@ class RelayConfig:
     metrics_port: int | None = None  # the relay process's /metrics (None: not served)
     nice: int = 10  # how far below the service's CPU priority the relay process runs (it yields under load)
     poll_s: float = 0.02  # caught up: how long until the shard is read again (pages paced by time)
+    # The shards whose relays this process runs (``BALANCE_RELAY_SHARDS``, e.g. "0,2"; None: all).
+    # The other shards' databases are read for their cursors only (``ShardRelay.barrier_sources``).
+    shards: tuple[int, ...] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -50,7 +53,11 @@ class RelayConfig:
         poll_ms = env.get("BALANCE_RELAY_POLL_MS") or "20"
         if not (poll_ms.isdigit() and 1 <= int(poll_ms) <= 1000):
             raise ValueError("BALANCE_RELAY_POLL_MS must be between 1 and 1000")
+        shards = env.get("BALANCE_RELAY_SHARDS") or None
+        if shards is not None and not all(part.strip().isdigit() for part in shards.split(",")):
+            raise ValueError("BALANCE_RELAY_SHARDS must list shard numbers, e.g. 0,2")
         return cls(
+            shards=None if shards is None else tuple(sorted({int(part) for part in shards.split(",")})),
             nice=int(nice),
             poll_s=int(poll_ms) / 1000,
             amqp_url=env.get("BALANCE_AMQP_URL") or None,
