@@ -99,55 +99,57 @@ def test_each_node_consumes_for_its_shards_results_applied_once_and_holds_expire
     try:
         fleet.start("a")
         fleet.start("b")
-        a, b = fleet.client("a"), fleet.client("b")
-        holds: list[tuple[str, str]] = []
-        expiring: list[tuple[str, str]] = []
-        for shard in (0, 1):
-            account = new_account(a, shard)
-            assert (
-                a.post(f"/v1/accounts/{account}/credits", json={"id": f"cr-{shard}", "amount": 10**6}).status_code
-                == 201
+        with fleet.client("a") as a, fleet.client("b") as b:
+            holds: list[tuple[str, str]] = []
+            expiring: list[tuple[str, str]] = []
+            for shard in (0, 1):
+                account = new_account(a, shard)
+                assert (
+                    a.post(f"/v1/accounts/{account}/credits", json={"id": f"cr-{shard}", "amount": 10**6}).status_code
+                    == 201
+                )
+                for n in range(HOLDS_PER_SHARD):
+                    r = a.post(
+                        f"/v1/accounts/{account}/holds", json={"id": f"h-{n}", "amount": 10, "expires_in_s": 600}
+                    )
+                    assert r.status_code == 201, r.text
+                    holds.append((account, f"h-{n}"))
+                for n in range(EXPIRING_PER_SHARD):
+                    r = b.post(f"/v1/accounts/{account}/holds", json={"id": f"x-{n}", "amount": 7, "expires_in_s": 1})
+                    assert r.status_code == 201, r.text
+                    expiring.append((account, f"x-{n}"))
+            results = [
+                {"id": f"res-{account}-{hold}", "account_id": account, "hold_id": hold, "result": "succeeded"}
+                for account, hold in holds
+            ]
+            asyncio.run(publish(names["BALANCE_RESULTS_QUEUE"], results + results))  # each one twice
+
+            def status(account: str, hold: str) -> str:
+                return str(a.get(f"/v1/accounts/{account}/holds/{hold}").json()["status"])
+
+            until(lambda: all(status(*h) == "captured" for h in holds), "every hold captured", 90)
+            until(lambda: all(status(*h) == "expired" for h in expiring), "every short hold expired by notice", 60)
+
+            until(
+                lambda: sum(metric(c, "balance_payment_results_applied_total") for c in (a, b)) == 2 * len(holds),
+                "every result acknowledged",
             )
-            for n in range(HOLDS_PER_SHARD):
-                r = a.post(f"/v1/accounts/{account}/holds", json={"id": f"h-{n}", "amount": 10, "expires_in_s": 600})
-                assert r.status_code == 201, r.text
-                holds.append((account, f"h-{n}"))
-            for n in range(EXPIRING_PER_SHARD):
-                r = b.post(f"/v1/accounts/{account}/holds", json={"id": f"x-{n}", "amount": 7, "expires_in_s": 1})
-                assert r.status_code == 201, r.text
-                expiring.append((account, f"x-{n}"))
-        results = [
-            {"id": f"res-{account}-{hold}", "account_id": account, "hold_id": hold, "result": "succeeded"}
-            for account, hold in holds
-        ]
-        asyncio.run(publish(names["BALANCE_RESULTS_QUEUE"], results + results))  # each one twice
-
-        def status(account: str, hold: str) -> str:
-            return str(a.get(f"/v1/accounts/{account}/holds/{hold}").json()["status"])
-
-        until(lambda: all(status(*h) == "captured" for h in holds), "every hold captured", 90)
-        until(lambda: all(status(*h) == "expired" for h in expiring), "every short hold expired by notice", 60)
-
-        until(
-            lambda: sum(metric(c, "balance_payment_results_applied_total") for c in (a, b)) == 2 * len(holds),
-            "every result acknowledged",
-        )
-        applied = {
-            outcome: sum(metric(c, "balance_payment_results_applied_total", outcome=outcome) for c in (a, b))
-            for outcome in ("applied", "replayed", "already")
-        }
-        assert applied["applied"] == len(holds), applied  # each result applied once, its copy replayed
-        assert applied["replayed"] + applied["already"] == len(holds), applied
-        assert sum(metric(c, "balance_payment_results_retries_total") for c in (a, b)) == 0  # none put back
-        assert sum(metric(c, "balance_payment_results_dead_lettered_total") for c in (a, b)) == 0
-        # Each node consumed both shards' results (one queue), and each expired its own shard's holds.
-        for client, shard in ((a, 0), (b, 1)):
-            assert metric(client, "balance_expiry_notices_handled_total", shard=str(shard), outcome="expired") > 0
-            assert metric(client, "balance_expiry_notices_handled_total", shard=str(1 - shard)) == 0
-        for account in {account for account, _ in holds}:
-            got = a.get(f"/v1/accounts/{account}").json()
-            assert got["reserved"] == 0
-            assert got["balance"] == 10**6 - 10 * HOLDS_PER_SHARD  # each hold captured once
+            applied = {
+                outcome: sum(metric(c, "balance_payment_results_applied_total", outcome=outcome) for c in (a, b))
+                for outcome in ("applied", "replayed", "already")
+            }
+            assert applied["applied"] == len(holds), applied  # each result applied once, its copy replayed
+            assert applied["replayed"] + applied["already"] == len(holds), applied
+            assert sum(metric(c, "balance_payment_results_retries_total") for c in (a, b)) == 0  # none put back
+            assert sum(metric(c, "balance_payment_results_dead_lettered_total") for c in (a, b)) == 0
+            # Each node consumed both shards' results (one queue), and each expired its own shard's holds.
+            for client, shard in ((a, 0), (b, 1)):
+                assert metric(client, "balance_expiry_notices_handled_total", shard=str(shard), outcome="expired") > 0
+                assert metric(client, "balance_expiry_notices_handled_total", shard=str(1 - shard)) == 0
+            for account in {account for account, _ in holds}:
+                got = a.get(f"/v1/accounts/{account}").json()
+                assert got["reserved"] == 0
+                assert got["balance"] == 10**6 - 10 * HOLDS_PER_SHARD  # each hold captured once
     finally:
         fleet.stop()
     asyncio.run(fleet_books(tmp_path))
