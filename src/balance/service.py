@@ -24,6 +24,7 @@ from balance import views
 from balance.domain import authority as a
 from balance.domain import commands as c
 from balance.domain import errors as e
+from balance.domain import moves
 from balance.domain.cross_shard import CAPTURE_LEG, TRANSFER_IN_PROGRESS, capture_leg_id, is_capture_leg, leg_status
 from balance.domain.ids import client_account_suffix
 from balance.domain.ledger import INBOUND_HOLD, inbound_hold_mark
@@ -133,6 +134,8 @@ class BalanceService:
     async def _after_recovery(self) -> None:
         """The API keys, then the transfers a crash left half-done. Storage that fails here is
         waited for as recovery waits for it (one log line per attempt, the same backoff)."""
+        if self.engines and self.node is None:  # where moved accounts live: their marks go there
+            self._placements_from_shards()
         for port in self.shards:  # before anything can close an account they name
             self._mark_remote_holds(port, False)
         attempt = 0
@@ -480,7 +483,21 @@ class BalanceService:
         ]
         if self.node is not None:
             await self.node.set_placements(changes)
+        else:  # in the same step as the routing (no await between): no mark is lost meanwhile
+            self._remark(set(account_ids), to_shard)
         self.placement.override(changes)
+
+    def _remark(self, moved: set[str], to_shard: int) -> None:
+        """The holds of the other shards naming the moved accounts are marked on ``to_shard``
+        (its own were marked by the move's arrival); the shards they left forget theirs. Holds
+        settled from now on unmark them there (``_committed_on`` routes by the new placement)."""
+        target = self.shards[to_shard]
+        for engine in self.engines:
+            if engine.shard == to_shard:
+                continue
+            moves.forget_marks(engine.ledger, moved)
+            for account_id, hold_id, destination_id in moves.holds_naming(engine.ledger, moved):
+                target.expect_inbound(destination_id, inbound_hold_mark(account_id, hold_id), True)
 
     def history_ports(self, account_id: str) -> list[ShardPort]:
         """The shards an account's history is on: where it lives, then those it was moved from
@@ -672,6 +689,8 @@ class BalanceService:
         target.expect_inbound(to_account_id, leg, True)  # closing it waits for this
         second = await target.execute(c.TransferIn(transfer))
         if second.status == 503:
+            if _moving(second):  # the account moved away: the retry marks its new shard
+                target.expect_inbound(to_account_id, leg, False)
             return second  # unavailable: still in flight; the client retries the same id, which finishes it
         target.expect_inbound(to_account_id, leg, False)
         if self.node is not None and is_capture_leg(transfer.op_id):  # its hold's mark there goes now
