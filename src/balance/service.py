@@ -402,8 +402,9 @@ class BalanceService:
         for index, reply in enumerate(replies):
             status = reply.status
             if status == TRANSFER_IN_PROGRESS:  # a hold's capture on its way to another shard
-                replies[index] = await self._finish_capture(commands[index], reply)
-            elif status == 503 and wait_moves and _moving(reply):
+                reply = replies[index] = await self._finish_capture(commands[index], reply)
+                status = reply.status  # (its payee moving: waited for as the capture's own move)
+            if status == 503 and wait_moves and _moving(reply):
                 replies[index] = await self._after_move(commands[index], reply)
         return replies
 
