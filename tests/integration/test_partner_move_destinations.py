@@ -17,6 +17,7 @@ import pytest
 from two_shards import Build, account, check_books, no_pending, totals
 
 from balance.domain import commands as c
+from balance.domain.ledger import INBOUND_HOLD
 from balance.engine.partner_move import EXPORTED, MOVED_IN, MOVED_OUT, MoveRecord
 from balance.engine.replies import Reply
 from balance.service import BalanceService
@@ -111,8 +112,33 @@ async def until(condition: object, seconds: float = 5.0) -> None:
     raise AssertionError("timed out")
 
 
+def check_marks(service: BalanceService) -> None:
+    """Each live account's marks (of holds of its shard, of holds of the other) are exactly the
+    pending holds of both shards naming it, each kind on the right side."""
+    naming: dict[str, set[str]] = {}
+    for engine in service.engines:
+        for hold in engine.ledger.holds.values():
+            if hold.status == "pending" and hold.destination_account_id is not None:
+                naming.setdefault(hold.destination_account_id, set()).add(f"{hold.account_id}:{hold.id}")
+    for engine in service.engines:
+        ledger = engine.ledger
+        for account_id, acc in ledger.accounts.items():
+            if acc.status == "moved" or acc.is_system:
+                continue
+            local = ledger.inbound_holds.get(account_id, set())
+            remote = {m[len(INBOUND_HOLD) :] for m in ledger.inbound.get(account_id, ()) if m.startswith(INBOUND_HOLD)}
+            assert local | remote == naming.get(account_id, set()) and not local & remote, account_id
+            for mark in local:
+                assert service.engine_for(mark.split(":")[0]) is engine
+            for mark in remote:
+                assert service.engine_for(mark.split(":")[0]) is not engine
+        for account_id in list(ledger.inbound_holds) + list(ledger.inbound):  # none left where it moved from
+            assert ledger.lives_here(account_id), account_id
+
+
 async def check_after(build: Build, service: BalanceService, scene: Scene) -> BalanceService:
     """Every hold settled once where its accounts live; books; the idle merchant's close waits."""
+    check_marks(service)
     for account_id, hold_id, destination, _ in scene.holds:
         engine = service.engine_for(account_id)
         assert engine is not None
@@ -150,11 +176,13 @@ async def check_after(build: Build, service: BalanceService, scene: Scene) -> Ba
     check_books(service)
     assert totals(service) == {"EUR": 0}
     await no_pending(service)
+    check_marks(service)
     # The idle merchant: refused while a hold names it, closed once none does (after a restart too).
     for engine in service.engines:
         await engine.stop(checkpoint=False)
     service = build()
     await service.start()
+    check_marks(service)
     assert (await service.execute(close)).status == 409
     assert (await service.execute(c.ReleaseHold(scene.buyers[0], "idle0"))).status == 200
     assert (await service.execute(close)).status == 409
