@@ -482,10 +482,21 @@ class BalanceService:
         changes: list[tuple[str, int | None]] = [
             (account_id, None if shard_in_id(account_id) == to_shard else to_shard) for account_id in account_ids
         ]
+        moved = set(account_ids)
         if self.node is not None:
             await self.node.set_placements(changes)
+            # The subtree's holds now live on the target's node, which counts them (and the
+            # target's node learns of other nodes' holds naming the moved accounts by asking:
+            # ``ShardKeeper.moved_in``); the shard they left keeps no mark of them.
+            node = self.node
+            for key in [k for k in self._remote_holds if k[0] in moved and node.shard_elsewhere(k[0]) is not None]:
+                self._remote_holds.pop(key, None)
+            for port in self.shards:
+                engine = getattr(port, "engine", None)
+                if isinstance(engine, ShardEngine):
+                    moves.forget_marks(engine.ledger, moved)
         else:  # in the same step as the routing (no await between): no mark is lost meanwhile
-            self._remark(set(account_ids), to_shard)
+            self._remark(moved, to_shard)
         self.placement.override(changes)
 
     def _remark(self, moved: set[str], to_shard: int) -> None:

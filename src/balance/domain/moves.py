@@ -224,6 +224,18 @@ def _mark_arrivals(ledger: Ledger, arrived: set[str], holds: list[Hold]) -> None
         ledger.count_inbound_hold(hold, True)
         if ledger.lives_here(destination):
             ledger.mark(ledger.inbound, destination, inbound_hold_mark(hold.account_id, hold.id), False)
+    arriving = {(hold.account_id, hold.id) for hold in holds}
+    for hold in naming:  # no longer holds of this shard naming another's account (a fleet node's index)
+        if (hold.account_id, hold.id) not in arriving and hold.destination_account_id is not None:
+            ledger.changes.remote_holds.append((hold.account_id, hold.id, hold.destination_account_id, False))
+
+
+def _destination_leaves(ledger: Ledger, account_id: str) -> None:
+    """An account leaves: the holds of this shard naming it now name another shard's account
+    (``changes.remote_holds``: a fleet node counts them among its holds naming other shards)."""
+    for op in ledger.inbound_holds.get(account_id, ()):
+        holder, _, hold_id = op.partition(":")
+        ledger.changes.remote_holds.append((holder, hold_id, account_id, True))
 
 
 def holds_naming(ledger: Ledger, account_ids: set[str]) -> list[tuple[str, str, str]]:
@@ -275,6 +287,7 @@ def move_out(ledger: Ledger, cmd: c.MoveOut, now: int) -> Outcome:
             _hold_entry(ledger, MOVE_OUT, cmd.move_id, hold, ledger.accounts[hold.account_id])
         )
     for account_id in ids:
+        _destination_leaves(ledger, account_id)
         account = ledger.accounts[account_id]
         ledger.touch(account)
         amount = account.balance
