@@ -1,0 +1,90 @@
+"""A partner involved in holds naming a destination, moved to another node's shard (two real
+node processes: shard 0 on node a, shard 1 on node b, SQLite files and directory). Its payer
+holds money for a shop on each node and for the partner's own merchant; buyers on both nodes
+hold money for its merchants. After the move: the merchant named by pending holds cannot be
+closed (through either node), every hold is captured once and pays its payee where it lives,
+replays answer first, and once the holds naming it are released the idle merchant closes;
+the shard files balance (transit included) and reserved equals the pending holds."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from fleet_nodes import Fleet, fleet_books, new_account
+from test_fleet_holds import settled_close
+
+SEED = 1_000
+
+
+def child(client: httpx.Client, parent: str, name: str) -> str:
+    reply = client.post("/v1/accounts", json={"kind": "user", "parent_id": parent, "name": name})
+    assert reply.status_code == 201, reply.text
+    return str(reply.json()["id"])
+
+
+def hold(client: httpx.Client, account: str, hold_id: str, amount: int, destination: str) -> None:
+    body = {"id": hold_id, "amount": amount, "destination_account_id": destination, "expires_in_s": 3600}
+    reply = client.post(f"/v1/accounts/{account}/holds", json=body)
+    assert reply.status_code == 201, reply.text
+
+
+def balance(client: httpx.Client, account: str) -> tuple[int, int]:
+    body = client.get(f"/v1/accounts/{account}").json()
+    return int(body["balance"]), int(body["reserved"])
+
+
+async def test_a_partner_named_by_holds_and_holding_them_moves_to_another_node(fleet: Fleet) -> None:
+    with fleet.client("a") as a, fleet.client("b") as b:
+        partner, gateway0, gateway1 = new_account(a, 0), new_account(a, 0), new_account(a, 1)
+        payer, merchant, idle, idle1 = (child(a, partner, n) for n in ("payer", "merchant", "idle", "idle1"))
+        buyer0, shop0 = child(a, gateway0, "buyer0"), child(a, gateway0, "shop0")
+        buyer1, shop1 = child(b, gateway1, "buyer1"), child(b, gateway1, "shop1")
+        for account in (payer, buyer0, buyer1):
+            assert a.post(f"/v1/accounts/{account}/credits", json={"id": "seed", "amount": SEED}).status_code == 201
+        holds = [(payer, "p-s0", 100, shop0), (payer, "p-s1", 50, shop1), (payer, "p-m", 30, merchant),
+                 (buyer0, "b0-m", 40, merchant), (buyer1, "b1-m", 60, merchant)]  # fmt: skip
+        for account, hold_id, amount, destination in holds:
+            hold(a if account != buyer1 else b, account, hold_id, amount, destination)
+        hold(a, buyer0, "b0-i", 5, idle)
+        hold(b, buyer1, "b1-i", 5, idle1)
+
+        spare = child(b, gateway1, "spare")  # node b knows the fleet's holds naming shard 1 (closes served)
+        assert settled_close(b, spare, 200).status_code == 200
+        moved = b.post(f"/v1/partners/{partner}/move", json={"to_shard": 1})
+        assert moved.status_code == 200 and moved.json()["status"] == "done", moved.text
+        assert moved.json()["holds"] == 3
+        deadline = time.monotonic() + 5
+        while a.get(f"/v1/partners/{merchant}/placement").json().get("shard") != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+        # Named only by a hold of node a's shard (idle) or of its own new shard (idle1): at once
+        # after the move its close waits for it (503 while node b asks the fleet, never a 200).
+        for account in (idle, idle1):
+            for client in (b, a):
+                refused = settled_close(client, account, 409)
+                assert refused.status_code == 409 and refused.json()["code"] == "account_not_empty", refused.text
+        captured = []
+        for n, (account, hold_id, _, _) in enumerate(holds):
+            client = (a, b)[n % 2]
+            reply = client.post(f"/v1/accounts/{account}/holds/{hold_id}/capture", json={})
+            assert reply.status_code == 200, reply.text
+            captured.append((account, hold_id, reply.content))
+        for client in (a, b):
+            for account, hold_id, first in captured:
+                again = client.post(f"/v1/accounts/{account}/holds/{hold_id}/capture", json={})
+                assert (again.status_code, again.content) == (200, first)
+                assert again.headers["idempotent-replayed"] == "true"
+            assert balance(client, shop0) == (100, 0) and balance(client, shop1) == (50, 0)
+            assert balance(client, merchant) == (130, 0)
+            assert balance(client, payer) == (SEED - 180, 0)
+            assert balance(client, buyer0) == (SEED - 40, 5) and balance(client, buyer1) == (SEED - 60, 5)
+        assert a.post(f"/v1/accounts/{buyer0}/holds/b0-i/release", json={}).status_code == 200
+        assert b.post(f"/v1/accounts/{buyer1}/holds/b1-i/release", json={}).status_code == 200
+        for account, client in ((idle, a), (idle1, b)):
+            closed = settled_close(client, account, 200)
+            assert closed.status_code == 200, closed.text
+    fleet.stop()
+    books = await fleet_books(fleet.tmp_path)
+    assert books[merchant][1:] == (130, 0) and books[shop1][1:] == (50, 0)
