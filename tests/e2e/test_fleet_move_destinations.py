@@ -54,6 +54,9 @@ async def test_a_partner_named_by_holds_and_holding_them_moves_to_another_node(f
         moved = b.post(f"/v1/partners/{partner}/move", json={"to_shard": 1})
         assert moved.status_code == 200 and moved.json()["status"] == "done", moved.text
         assert moved.json()["holds"] == 3
+        # At once, a new hold of node a's shard naming the moved merchant (marked on node b,
+        # which may not have read the switch yet): placed, no 503.
+        hold(a, buyer0, "b0-after", 3, merchant)
         deadline = time.monotonic() + 5
         while a.get(f"/v1/partners/{merchant}/placement").json().get("shard") != 1:
             assert time.monotonic() < deadline
@@ -79,7 +82,8 @@ async def test_a_partner_named_by_holds_and_holding_them_moves_to_another_node(f
             assert balance(client, shop0) == (100, 0) and balance(client, shop1) == (50, 0)
             assert balance(client, merchant) == (130, 0)
             assert balance(client, payer) == (SEED - 180, 0)
-            assert balance(client, buyer0) == (SEED - 40, 5) and balance(client, buyer1) == (SEED - 60, 5)
+            assert balance(client, buyer0) == (SEED - 40, 8) and balance(client, buyer1) == (SEED - 60, 5)
+        assert a.post(f"/v1/accounts/{buyer0}/holds/b0-after/release", json={}).status_code == 200
         assert a.post(f"/v1/accounts/{buyer0}/holds/b0-i/release", json={}).status_code == 200
         assert b.post(f"/v1/accounts/{buyer1}/holds/b1-i/release", json={}).status_code == 200
         for account, client in ((idle, a), (idle1, b)):

@@ -262,7 +262,10 @@ class ShardKeeper:
         if engine is None or not engine.ready:
             return unavailable_reply(f"shard {shard} is not served by this node now")
         if parts[2] == "hold-mark":
-            return self._hold_mark(shard, body)
+            marked = self._hold_mark(shard, body)
+            if marked.status == 422 and await self._placements_read_since(time.monotonic()):
+                marked = self._hold_mark(shard, body)  # the account may have just moved here
+            return marked
         if parts[2] == "move-in":  # a partner move's arrival (``engine.partner_move``)
             try:
                 arriving = move_in_from_wire(body)
@@ -328,7 +331,10 @@ class ShardKeeper:
         request that came before a read began (that read is fresh enough for it)."""
         if self.forwarder is None or not self.forwarder.forwarded(headers):
             return False
-        asked = time.monotonic()
+        return await self._placements_read_since(time.monotonic())
+
+    async def _placements_read_since(self, asked: float) -> bool:
+        """The directory's placement changes read after ``asked`` (one read at a time)."""
         async with self._placements_lock:
             if self._placements_synced_at < asked:
                 self._placements_synced_at = time.monotonic()
