@@ -21,6 +21,8 @@ from typing import Any
 from balance.domain import account_rules, authority, cross_shard, hold_rules, limits, movements, moves
 from balance.domain import commands as c
 from balance.domain import errors as e
+from balance.domain.cross_shard import INBOUND_HOLD as INBOUND_HOLD  # (importable from here, as before)
+from balance.domain.cross_shard import inbound_hold_mark as inbound_hold_mark
 from balance.domain.expiry import ExpiryWheel
 from balance.domain.holds import (
     HOLD_JOURNAL_ACCOUNT_ID,
@@ -83,11 +85,6 @@ class _Frame:
         self.round_done = 0  # > 0: this batch wrote the last rows of the round (its seq)
         self.flights: list[tuple[dict[str, set[str]], str, str, bool]] = []  # in-flight marks changed
         self.moving: list[tuple[str, str | None]] = []  # (account, its ``Ledger.moving`` entry before)
-
-
-# The ``inbound`` marks of pending holds of other shards (``cross_shard``; kept importable here).
-INBOUND_HOLD = cross_shard.INBOUND_HOLD
-inbound_hold_mark = cross_shard.inbound_hold_mark
 
 
 # What recovery replays of each accepted journal row after the checkpoint: a hold's fields
