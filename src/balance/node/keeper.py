@@ -287,6 +287,8 @@ class ShardKeeper:
         if reply.status != 503:
             ledger.mark(ledger.inbound, transfer.to_account_id, leg, False)
             crash_points.reached("after_target_leg")
+        elif b'"account_moved"' in reply.body:  # not here any more: its retry goes where it lives
+            ledger.mark(ledger.inbound, transfer.to_account_id, leg, False)
         return reply
 
     async def move_in(self, shard: int, command: c.MoveIn) -> Reply:
