@@ -93,7 +93,7 @@ _SUBJECTS: dict[type, Callable[[Any], tuple[str | None, ...]]] = {
     c.PlaceHold: lambda cmd: (cmd.account_id, cmd.destination_account_id if cmd.remote_destination is None else None),
     c.Transfer: lambda cmd: (cmd.from_account_id, cmd.to_account_id),
     c.TransferOut: lambda cmd: (cmd.transfer.from_account_id,),
-    c.TransferIn: _none,  # a leg under way lands on a frozen account (``_LANDING``), not on a moved one
+    c.TransferIn: _none,  # a leg under way lands on a frozen account, not on a moved one (``refusal``)
     c.CreateAccount: lambda cmd: (cmd.parent_id, cmd.account_id),
     c.CompleteTransfer: _none, c.ReturnTransfer: _none, c.ResumeLeg: _none,
     c.FreezeMove: _none, c.ThawMove: _none, c.MoveOut: _none, c.MoveIn: _none,
