@@ -544,15 +544,19 @@ class BalanceService:
 
     # ---- money across shards -------------------------------------------------------------
 
-    @staticmethod
-    def _unmark_holds_not_placed(holds: list[tuple[c.PlaceHold, ShardPort, ShardPort]]) -> None:
+    def _unmark_holds_not_placed(self, holds: list[tuple[c.PlaceHold, ShardPort, ShardPort]]) -> None:
         """Holds naming another shard's account, answered: those not placed (refused, 503, or
-        settled since) are no longer marked on their destination's shard."""
+        settled since) are no longer marked on their destination's shard (and on the shard it
+        lives on now, if a move's switch marked it there meanwhile)."""
         for hold, engine, other in holds:
             destination_id = hold.destination_account_id
             assert destination_id is not None
             if not engine.hold_may_be_pending(hold.account_id, hold.op_id, destination_id):
-                other.expect_inbound(destination_id, inbound_hold_mark(hold.account_id, hold.op_id), False)
+                mark = inbound_hold_mark(hold.account_id, hold.op_id)
+                other.expect_inbound(destination_id, mark, False)
+                now = self.port_for(destination_id)
+                if now is not None and now is not other:
+                    now.expect_inbound(destination_id, mark, False)
 
     async def _hold_across_nodes(self, hold: c.PlaceHold, engine: ShardPort) -> Reply:
         """A hold naming an account of a shard another node owns: that node marks it and says
