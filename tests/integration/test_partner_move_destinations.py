@@ -223,8 +223,9 @@ async def test_a_partner_named_by_holds_and_holding_them_moves(
         service.moves_dir = tmp_path / "moves"
         await service.start()  # resumes the move: after its move out, it only goes forward
         assert not list((tmp_path / "moves").glob("*.json"))
-    # Resumed: exported again (a restart thawed it) and moved, or moved in, or switched.
-    assert service.engine_for(scene.merchant).shard == 1  # type: ignore[union-attr]
+    # Cut before its move out, nothing was durable: the subtree serves where it was; after it,
+    # the move is finished at the start. Either way, everything after it is the same.
+    assert service.engine_for(scene.merchant).shard == (0 if crash_after == EXPORTED else 1)  # type: ignore[union-attr]
     check_books(service)
     service = await check_after(build, service, scene)
     await service.stop()
