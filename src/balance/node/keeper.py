@@ -313,14 +313,15 @@ class ShardKeeper:
             engine.ledger.remote_marks_unknown = True
             self._arrivals.setdefault(shard, []).append((root_id, None))
 
-    def _arrivals_settled(self, shard: int, now: float) -> bool:
-        """Every partner that arrived on ``shard`` has been routed here by every node (as far as
-        a tick tells) before now."""
+    def _arrivals_settled(self, shard: int, asked: float) -> bool:
+        """Every partner that arrived on ``shard`` was routed here by every node (as far as a
+        tick tells) before the ask that began at ``asked`` (an arrival during it: not settled)."""
         waiting = []
+        now = time.monotonic()
         for root_id, routed_at in self._arrivals.get(shard, ()):
             if routed_at is None and self.shard_of(root_id) == shard:
                 routed_at = now
-            if routed_at is None or now - routed_at < ARRIVAL_SETTLE_S:
+            if routed_at is None or asked - routed_at < ARRIVAL_SETTLE_S:
                 waiting.append((root_id, routed_at))
         if waiting:
             self._arrivals[shard] = waiting
@@ -418,8 +419,7 @@ class ShardKeeper:
         targets = {s for s in self.owned if (e := self.ports[s].engine) is not None and e.ready}
         if not targets or self.holds_naming is None:
             return
-        settled = {s for s in targets if self._arrivals_settled(s, time.monotonic())}
-        asked_at = self.remote_marks.stamp
+        asked, asked_at = time.monotonic(), self.remote_marks.stamp
         answered = self._sources()
         holds = self.holds_naming(targets, answered)
         if self.forwarder is None:  # no fleet secret: no hold of another node can name an account here
@@ -444,7 +444,8 @@ class ShardKeeper:
             self._mark_port(destination_id, mark, False)
         self.remote_marks.forget_older(asked_at)
         if answered >= set(range(len(self.ports))):
-            for shard in targets & settled:
+            # (after the answers: a partner that arrived while they came makes its shard wait)
+            for shard in {s for s in targets if self._arrivals_settled(s, asked)}:
                 engine = self.ports[shard].engine
                 if engine is not None and engine.ledger.remote_marks_unknown:
                     engine.ledger.remote_marks_unknown = False
