@@ -24,6 +24,7 @@ from balance import views
 from balance.domain import authority as a
 from balance.domain import commands as c
 from balance.domain import errors as e
+from balance.domain import moves
 from balance.domain.cross_shard import CAPTURE_LEG, TRANSFER_IN_PROGRESS, capture_leg_id, is_capture_leg, leg_status
 from balance.domain.ids import client_account_suffix
 from balance.domain.ledger import INBOUND_HOLD, inbound_hold_mark
@@ -136,6 +137,8 @@ class BalanceService:
     async def _after_recovery(self) -> None:
         """The API keys, then the transfers a crash left half-done. Storage that fails here is
         waited for as recovery waits for it (one log line per attempt, the same backoff)."""
+        if self.engines and self.node is None:  # where moved accounts live: their marks go there
+            self._placements_from_shards()
         for port in self.shards:  # before anything can close an account they name
             self._mark_remote_holds(port, False)
         attempt = 0
@@ -403,8 +406,9 @@ class BalanceService:
         for index, reply in enumerate(replies):
             status = reply.status
             if status == TRANSFER_IN_PROGRESS:  # a hold's capture on its way to another shard
-                replies[index] = await self._finish_capture(commands[index], reply)
-            elif status == 503 and wait_moves and _moving(reply):
+                reply = replies[index] = await self._finish_capture(commands[index], reply)
+                status = reply.status  # (its payee moving: waited for as the capture's own move)
+            if status == 503 and wait_moves and _moving(reply):
                 replies[index] = await self._after_move(commands[index], reply)
         return replies
 
@@ -484,9 +488,34 @@ class BalanceService:
         changes: list[tuple[str, int | None]] = [
             (account_id, None if shard_in_id(account_id) == to_shard else to_shard) for account_id in account_ids
         ]
+        moved = set(account_ids)
         if self.node is not None:
             await self.node.set_placements(changes)
+            # The subtree's holds now live on the target's node, which counts them (and the
+            # target's node learns of other nodes' holds naming the moved accounts by asking:
+            # ``ShardKeeper.moved_in``); the shard they left keeps no mark of them.
+            node = self.node
+            for key in [k for k in self._remote_holds if k[0] in moved and node.shard_elsewhere(k[0]) is not None]:
+                self._remote_holds.pop(key, None)
+            for port in self.shards:
+                engine = getattr(port, "engine", None)
+                if isinstance(engine, ShardEngine):
+                    moves.forget_marks(engine.ledger, moved)
+        else:  # in the same step as the routing (no await between): no mark is lost meanwhile
+            self._remark(moved, to_shard)
         self.placement.override(changes)
+
+    def _remark(self, moved: set[str], to_shard: int) -> None:
+        """The holds of the other shards naming the moved accounts are marked on ``to_shard``
+        (its own were marked by the move's arrival); the shards they left forget theirs. Holds
+        settled from now on unmark them there (``_committed_on`` routes by the new placement)."""
+        target = self.shards[to_shard]
+        for engine in self.engines:
+            if engine.shard == to_shard:
+                continue
+            moves.forget_marks(engine.ledger, moved)
+            for account_id, hold_id, destination_id in moves.holds_naming(engine.ledger, moved):
+                target.expect_inbound(destination_id, inbound_hold_mark(account_id, hold_id), True)
 
     def history_ports(self, account_id: str) -> list[ShardPort]:
         """The shards an account's history is on: where it lives, then those it was moved from
@@ -561,15 +590,19 @@ class BalanceService:
 
     # ---- money across shards -------------------------------------------------------------
 
-    @staticmethod
-    def _unmark_holds_not_placed(holds: list[tuple[c.PlaceHold, ShardPort, ShardPort]]) -> None:
+    def _unmark_holds_not_placed(self, holds: list[tuple[c.PlaceHold, ShardPort, ShardPort]]) -> None:
         """Holds naming another shard's account, answered: those not placed (refused, 503, or
-        settled since) are no longer marked on their destination's shard."""
+        settled since) are no longer marked on their destination's shard (and on the shard it
+        lives on now, if a move's switch marked it there meanwhile)."""
         for hold, engine, other in holds:
             destination_id = hold.destination_account_id
             assert destination_id is not None
             if not engine.hold_may_be_pending(hold.account_id, hold.op_id, destination_id):
-                other.expect_inbound(destination_id, inbound_hold_mark(hold.account_id, hold.op_id), False)
+                mark = inbound_hold_mark(hold.account_id, hold.op_id)
+                other.expect_inbound(destination_id, mark, False)
+                now = self.port_for(destination_id)
+                if now is not None and now is not other:
+                    now.expect_inbound(destination_id, mark, False)
 
     async def _hold_across_nodes(self, hold: c.PlaceHold, engine: ShardPort) -> Reply:
         """A hold naming an account of a shard another node owns: that node marks it and says
@@ -718,6 +751,8 @@ class BalanceService:
         target.expect_inbound(to_account_id, leg, True)  # closing it waits for this
         second = await target.execute(c.TransferIn(transfer))
         if second.status == 503:
+            if _moving(second):  # the account moved away: the retry marks its new shard
+                target.expect_inbound(to_account_id, leg, False)
             return second  # unavailable: still in flight; the client retries the same id, which finishes it
         target.expect_inbound(to_account_id, leg, False)
         if self.node is not None and is_capture_leg(transfer.op_id):  # its hold's mark there goes now

@@ -44,6 +44,14 @@ TRANSFER_RETURN = "transfer_return"  # journal kind: money a target refused, bac
 # meet a transfer's id in the pending-transfers table.
 CAPTURE_LEG = "^capture:"
 SYSTEM_ID_PREFIX = "SYS-"  # every shard's system accounts (``ids.system_account_id``)
+# The prefix of an ``inbound`` mark that stands for a pending hold of another shard (a
+# transfer's marks begin with its source account's id, never with this).
+INBOUND_HOLD = "hold:"
+
+
+def inbound_hold_mark(account_id: str, hold_id: str) -> str:
+    """The ``inbound`` mark, on its destination's shard, of a pending hold of another shard."""
+    return f"{INBOUND_HOLD}{account_id}:{hold_id}"
 
 
 def capture_leg_id(hold_id: str) -> str:
@@ -75,7 +83,7 @@ def transfer_out(ledger: Ledger, cmd: c.TransferOut, now: int) -> Outcome:
     key, fingerprint = (source.id, op_key_of(TRANSFER, t.op_id)), t.fingerprint()
     if (early := ledger.replay(key, fingerprint)) is not None:
         return early
-    e.require(t.to_account_id not in ledger.accounts, "TransferOut to an account of this shard")
+    e.require(not ledger.lives_here(t.to_account_id), "TransferOut to an account of this shard")
     if source.is_system or t.to_account_id.startswith(SYSTEM_ID_PREFIX):
         return reject(e.VALIDATION_ERROR, "system accounts cannot take part in transfers")
     if t.currency != source.currency:

@@ -63,7 +63,10 @@ def place_hold(ledger: Ledger, cmd: c.PlaceHold, now: int) -> Outcome:
         is_system_account_id(ledger.shard, destination_id) or (remote is not None and remote.is_system)
     ):
         return reject(e.VALIDATION_ERROR, "a system account cannot be a destination")
-    destination = None if destination_id is None else ledger.accounts.get(destination_id)
+    # An account that moved away (its row stays here, ``moved``) is named as on another shard.
+    destination = (
+        None if destination_id is None or not ledger.lives_here(destination_id) else ledger.accounts[destination_id]
+    )
     if account.status != STATUS_ACTIVE:
         return ledger.refuse_recorded(
             key, fingerprint, cmd, account, e.ACCOUNT_INACTIVE, f"account is {account.status}", now
@@ -188,14 +191,14 @@ def capture_hold(ledger: Ledger, cmd: c.CaptureHold, now: int) -> Outcome:
     status = 200
     if destination_id is None:
         target = ledger.system_account(account.currency, KIND_SETTLEMENT, now)  # unbounded: stored exactly
-    elif destination_id in ledger.accounts:
+    elif ledger.lives_here(destination_id):
         target = ledger.accounts[destination_id]
         if target.status == STATUS_CLOSED:  # cannot be: closing waits for the holds naming it
             return reject(e.ACCOUNT_INACTIVE, f"destination {target.id} is closed")
         if target.balance + amount > limits.BALANCE_MAX:
             return reject(e.LIMIT_EXCEEDED, "the amount would take the destination's balance past 2^62")
         ledger.count_inbound_hold(hold, False)
-    else:  # on another shard: into transit, and on (``cross_shard``); the leg's mark replaces the hold's
+    else:  # on another shard (or moved there): into transit, and on (``cross_shard``); the leg's mark replaces the hold's
         target = ledger.system_account(account.currency, KIND_TRANSIT, now)
         status = TRANSFER_IN_PROGRESS
         ledger.count_inbound_hold(hold, False)

@@ -21,6 +21,8 @@ from typing import Any
 from balance.domain import account_rules, authority, cross_shard, hold_rules, limits, move_records, movements, moves
 from balance.domain import commands as c
 from balance.domain import errors as e
+from balance.domain.cross_shard import INBOUND_HOLD as INBOUND_HOLD  # (importable from here, as before)
+from balance.domain.cross_shard import inbound_hold_mark as inbound_hold_mark
 from balance.domain.expiry import ExpiryWheel
 from balance.domain.holds import (
     HOLD_JOURNAL_ACCOUNT_ID,
@@ -83,16 +85,6 @@ class _Frame:
         self.round_done = 0  # > 0: this batch wrote the last rows of the round (its seq)
         self.flights: list[tuple[dict[str, set[str]], str, str, bool]] = []  # in-flight marks changed
         self.moving: list[tuple[str, str | None]] = []  # (account, its ``Ledger.moving`` entry before)
-
-
-# The prefix of an ``inbound`` mark that stands for a pending hold of another shard (a
-# transfer's marks begin with its source account's id, never with this).
-INBOUND_HOLD = "hold:"
-
-
-def inbound_hold_mark(account_id: str, hold_id: str) -> str:
-    """The ``inbound`` mark, on its destination's shard, of a pending hold of another shard."""
-    return f"{INBOUND_HOLD}{account_id}:{hold_id}"
 
 
 # What recovery replays of each accepted journal row after the checkpoint: a hold's fields
@@ -278,10 +270,12 @@ class Ledger:
             found.expires_at = arrived.expires_at
             self.unsaved.setdefault(found, False)
             self.expiry.add(found)
+            self._count_inbound_hold(found, True)
             return
         self.holds.put(arrived)
         self.unsaved[arrived] = False
         self.expiry.add(arrived)
+        self._count_inbound_hold(arrived, True)
 
     def rebuild_reserved(self) -> None:
         """Recovery: ``reserved`` is recomputed from the pending holds, never trusted alone."""
@@ -752,7 +746,7 @@ class Ledger:
         destination = hold.destination_account_id
         if destination is None:
             return
-        if destination in self.accounts:
+        if self.lives_here(destination):
             self.mark(self.inbound_holds, destination, f"{hold.account_id}:{hold.id}", add)
         elif self._in_batch:  # on another shard: it learns of it when this batch commits
             self.changes.remote_holds.append((hold.account_id, hold.id, destination, add))
@@ -760,6 +754,18 @@ class Ledger:
             self.remote_holds_loaded[(hold.account_id, hold.id)] = destination
         else:
             self.remote_holds_loaded.pop((hold.account_id, hold.id), None)
+
+    def lives_here(self, account_id: str) -> bool:
+        """The account is on this shard and has not moved away (a moved account's row stays)."""
+        return account_id in self.accounts and not (self.moving and self.moving.get(account_id) == moves.MOVED_AWAY)
+
+    def money_in_flight(self, account_id: str) -> bool:
+        """A cross-shard movement from or to ``account_id`` is not settled (the marks of holds
+        of other shards naming it are not money in flight: they move with it)."""
+        if account_id in self.outbound:
+            return True
+        inbound = self.inbound.get(account_id)
+        return inbound is not None and any(not op.startswith(INBOUND_HOLD) for op in inbound)
 
     def inbound_marks(self, prefix: str) -> list[tuple[str, str]]:
         """(account, mark) of the inbound marks that begin with ``prefix``."""

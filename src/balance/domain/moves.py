@@ -17,8 +17,16 @@ Each step is idempotent by the move id, so a crash anywhere is finished (or roll
 running the step again. The journal rows of a move (``MOVE_OUT``, ``MOVE_IN``,
 ``MOVE_RECORD``) are neither history nor events: the versions go on from where they were.
 
-Not moved (``move_blocked``): pending holds naming a destination, and accounts that pending
-holds of others name as destination.
+Holds naming a destination move too (``docs/moves.md``). What records that a hold names an
+account (``Ledger.inbound_holds`` for holds of the same shard, the ``inbound`` marks of holds of
+other shards) follows the hold and the account: ``move_out`` turns the mark of a leaving hold
+naming an account that stays into a mark of a hold of another shard (the same commit: no
+moment without one), ``move_in`` marks the arriving holds and the holds of its shard naming an
+arriving account as holds of the same shard, and the service marks the holds of other shards
+naming the moved accounts on their new shard at the switch (``holds_naming``, ``forget_marks``).
+While the subtree is frozen a capture paying into it waits (``account_moving``); a leg already
+under way lands (the move then exports again); after the move a hold naming a moved account
+pays it on its new shard, through the transit accounts.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain import move_records
+from balance.domain.cross_shard import INBOUND_HOLD, inbound_hold_mark
 from balance.domain.model import (
     ACCOUNT_FIELDS,
     ACCOUNT_ID,
@@ -81,10 +90,11 @@ def _none(command: Any) -> tuple[str | None, ...]:
 _SUBJECTS: dict[type, Callable[[Any], tuple[str | None, ...]]] = {
     c.Credit: _own, c.Debit: _own, c.CaptureHold: _own, c.ReleaseHold: _own, c.ExpireHold: _own,
     c.UpdateAccount: _own, c.CreateKey: _own, c.RevokeKey: _own, c.RecordResultConflict: _own,
-    c.PlaceHold: lambda cmd: (cmd.account_id, cmd.destination_account_id),
+    # A destination on another shard (``remote_destination``) may be a row that moved away from here.
+    c.PlaceHold: lambda cmd: (cmd.account_id, cmd.destination_account_id if cmd.remote_destination is None else None),
     c.Transfer: lambda cmd: (cmd.from_account_id, cmd.to_account_id),
     c.TransferOut: lambda cmd: (cmd.transfer.from_account_id,),
-    c.TransferIn: lambda cmd: (cmd.transfer.to_account_id,),
+    c.TransferIn: _none,  # a leg under way lands on a frozen account, not on a moved one (``refusal``)
     c.CreateAccount: lambda cmd: (cmd.parent_id, cmd.account_id),
     c.CompleteTransfer: _none, c.ReturnTransfer: _none, c.ResumeLeg: _none,
     c.FreezeMove: _none, c.ThawMove: _none, c.MoveOut: _none, c.MoveIn: _none,
@@ -108,6 +118,18 @@ def refusal(ledger: Ledger, command: object) -> Outcome | None:
         if move == MOVED_AWAY:
             return reject(e.ACCOUNT_MOVED, f"account {account_id} was moved to another shard; retry")
         return reject(e.ACCOUNT_MOVING, f"account {account_id} is moving to another shard; retry shortly")
+    kind = type(command)
+    if kind is c.CaptureHold:  # paying a frozen destination waits (a moved one is paid where it lives)
+        assert isinstance(command, c.CaptureHold)
+        hold = ledger.holds.find(command.account_id, command.hold_id)
+        destination = None if hold is None else hold.destination_account_id
+        if destination is not None and moving.get(destination, MOVED_AWAY) != MOVED_AWAY:
+            return reject(e.ACCOUNT_MOVING, f"account {destination} is moving to another shard; retry shortly")
+    elif kind is c.TransferIn:  # a leg under way lands on a frozen account; a moved one is elsewhere
+        assert isinstance(command, c.TransferIn)
+        if moving.get(command.transfer.to_account_id) == MOVED_AWAY:
+            to_account_id = command.transfer.to_account_id
+            return reject(e.ACCOUNT_MOVED, f"account {to_account_id} was moved to another shard; retry")
     return None
 
 
@@ -166,17 +188,79 @@ def export(ledger: Ledger, move_id: str, root_id: str) -> tuple[list[tuple], lis
 
 
 def _blocked(ledger: Ledger, ids: list[str]) -> str | None:
-    """Why the subtree cannot leave now, or None."""
-    members = set(ids)
+    """Why the subtree cannot leave now, or None (holds naming a destination move with it)."""
     for account_id in ids:
-        if account_id in ledger.outbound or account_id in ledger.inbound:
+        if ledger.money_in_flight(account_id):
             return f"money is in flight to or from account {account_id}; retry"
-        if account_id in ledger.inbound_holds:
-            return f"pending holds name account {account_id} as destination"
-    for hold in ledger.holds.values():
-        if hold.status == HOLD_PENDING and hold.account_id in members and hold.destination_account_id is not None:
-            return f"pending hold {hold.id} of {hold.account_id} names a destination"
     return None
+
+
+def _hold_leaves(ledger: Ledger, hold: Hold, members: set[str]) -> None:
+    """A pending hold of the subtree leaves with it. Naming an account that stays here, its
+    mark there becomes a hold of another shard's (in the same commit: no moment without a
+    mark); naming one that leaves too, the target marks it; naming one of another shard, the
+    mark there stays (the target announces the hold again)."""
+    destination = hold.destination_account_id
+    if destination is None or not ledger.lives_here(destination):
+        return
+    ledger.mark(ledger.inbound_holds, destination, f"{hold.account_id}:{hold.id}", False)
+    if destination not in members:
+        ledger.mark(ledger.inbound, destination, inbound_hold_mark(hold.account_id, hold.id), True)
+
+
+def _mark_arrivals(ledger: Ledger, arrived: set[str], holds: list[Hold]) -> None:
+    """After a subtree arrived: the holds naming a destination that lives here, among those that
+    arrived and those of this shard naming an arrived account, are marked as holds of this
+    shard (a mark of them as another shard's goes); the arrived holds naming an account of
+    another shard are announced again (``changes.remote_holds``: its mark there stays, and it
+    now counts among this shard's). O(holds of the shard): a move is rare."""
+    for account_id in arrived:  # marks of an earlier stay here, settled while away
+        for op in list(ledger.inbound_holds.get(account_id, ())):
+            ledger.mark(ledger.inbound_holds, account_id, op, False)
+    naming = [h for h in ledger.holds.values() if h.status == HOLD_PENDING and h.destination_account_id in arrived]
+    for hold in (*holds, *naming):
+        destination = hold.destination_account_id
+        if destination is None:
+            continue
+        ledger.count_inbound_hold(hold, True)
+        if ledger.lives_here(destination):
+            ledger.mark(ledger.inbound, destination, inbound_hold_mark(hold.account_id, hold.id), False)
+    arriving = {(hold.account_id, hold.id) for hold in holds}
+    for hold in naming:  # no longer holds of this shard naming another's account (a fleet node's index)
+        if (hold.account_id, hold.id) not in arriving and hold.destination_account_id is not None:
+            ledger.changes.remote_holds.append((hold.account_id, hold.id, hold.destination_account_id, False))
+
+
+def _destination_leaves(ledger: Ledger, account_id: str) -> None:
+    """An account leaves: the holds of this shard naming it now name another shard's account
+    (``changes.remote_holds``: a fleet node counts them among its holds naming other shards)."""
+    for op in ledger.inbound_holds.get(account_id, ()):
+        holder, _, hold_id = op.partition(":")
+        ledger.changes.remote_holds.append((holder, hold_id, account_id, True))
+
+
+def holds_naming(ledger: Ledger, account_ids: set[str]) -> list[tuple[str, str, str]]:
+    """(account, hold id, destination) of this shard's holds naming one of ``account_ids`` that
+    are pending in memory or as committed (a batch settling one may still be undone)."""
+    found = []
+    for hold in ledger.holds.values():
+        destination = hold.destination_account_id
+        if destination in account_ids and destination is not None:
+            if ledger.hold_may_be_pending(hold.account_id, hold.id, destination):
+                found.append((hold.account_id, hold.id, destination))
+    return found
+
+
+def forget_marks(ledger: Ledger, account_ids: set[str]) -> None:
+    """The moved accounts' marks of holds naming them, on a shard they no longer live on (their
+    new shard keeps them from now on); outside a batch."""
+    for account_id in account_ids:
+        if ledger.lives_here(account_id):
+            continue
+        for op in list(ledger.inbound_holds.get(account_id, ())):
+            ledger.mark(ledger.inbound_holds, account_id, op, False)
+        for op in [op for op in ledger.inbound.get(account_id, ()) if op.startswith(INBOUND_HOLD)]:
+            ledger.mark(ledger.inbound, account_id, op, False)
 
 
 def move_out(ledger: Ledger, cmd: c.MoveOut, now: int) -> Outcome:
@@ -197,12 +281,14 @@ def move_out(ledger: Ledger, cmd: c.MoveOut, now: int) -> Outcome:
     members = set(ids)
     pending = [hold for hold in ledger.holds.values() if hold.status == HOLD_PENDING and hold.account_id in members]
     for hold in pending:
+        _hold_leaves(ledger, hold, members)
         ledger.touch_hold(hold)
         hold.status, hold.updated_at = HOLD_MOVED, now
         ledger.changes.entries.append(
             _hold_entry(ledger, MOVE_OUT, cmd.move_id, hold, ledger.accounts[hold.account_id])
         )
     for account_id in ids:
+        _destination_leaves(ledger, account_id)
         account = ledger.accounts[account_id]
         ledger.touch(account)
         amount = account.balance
@@ -260,12 +346,15 @@ def move_in(ledger: Ledger, cmd: c.MoveIn, now: int) -> Outcome:
         transit.updated_at = now
         ledger.set_moving(account_id, None)
         accounts[account_id] = here
+    arrived_holds = []
     for state in cmd.holds:
         account = accounts.get(state[0])
         e.require(account is not None and state[5] == HOLD_PENDING, f"hold {state[1]}: not a pending hold of the move")
         assert account is not None
         hold = _arrive_hold(ledger, state)
         account.reserved += hold.amount
+        arrived_holds.append(hold)
+    _mark_arrivals(ledger, set(accounts), arrived_holds)
     for account in accounts.values():
         entry = _account_entry(ledger, MOVE_IN, cmd.move_id, account, account.balance, None, now)
         if account.id == cmd.root_id:

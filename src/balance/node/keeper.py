@@ -53,6 +53,10 @@ MARKS_RESYNC_S = 30.0
 OWNERS_REREAD_S = 0.2  # an unknown owner is looked up in the directory at most this often
 KEY_POLL_S = 1.0  # at most this between two reads of the keys (a revocation reaches every node within ~1 s)
 KEY_CLOCK_MARGIN_MS = 5000  # key rows are stamped by their writer's clock: re-read this far back
+# After a partner arrived on a shard here: how long after this node routes it here before the
+# marks of other nodes' holds naming its accounts are asked for (every node reads placements
+# within a tick, at most 1 s; until they have, they would not say which of their holds name it).
+ARRIVAL_SETTLE_S = 2.5
 
 
 _SHARD_ROUTES = ("transfer-in", "hold-mark", "move-in", "payment-result")
@@ -115,6 +119,9 @@ class ShardKeeper:
         # A payment result another node's consumer received for a shard owned here: applied by this
         # node's results applier (``results.applier``; None: this node consumes no results).
         self.on_payment_result: Callable[[bytes], Awaitable[Reply]] | None = None
+        # Partners that arrived on shards here (shard -> [(root, when this node routed it here)]):
+        # closes there wait (``remote_marks_unknown``) until marks were asked for after the settle.
+        self._arrivals: dict[int, list[tuple[str, float | None]]] = {}
 
     def shard_elsewhere(self, account_id: str) -> int | None:
         """Also a shard this node is still recovering after a takeover: not served here yet
@@ -260,7 +267,10 @@ class ShardKeeper:
         if engine is None or not engine.ready:
             return unavailable_reply(f"shard {shard} is not served by this node now")
         if parts[2] == "hold-mark":
-            return self._hold_mark(shard, body)
+            marked = self._hold_mark(shard, body)
+            if marked.status == 422 and await self._placements_read_since(time.monotonic()):
+                marked = self._hold_mark(shard, body)  # the account may have just moved here
+            return marked
         if parts[2] == "payment-result":
             if self.on_payment_result is None:
                 return unavailable_reply(f"node {self.node.id} does not consume payment results")
@@ -272,6 +282,7 @@ class ShardKeeper:
                 return Reply(422, problem("validation_error", 422, str(exc)))
             arrived = await engine.execute(arriving)
             if arrived.status == 200:
+                self.moved_in(shard, arriving.root_id)
                 crash_points.reached("after_move_in")
             return arrived
         try:
@@ -285,6 +296,8 @@ class ShardKeeper:
         if reply.status != 503:
             ledger.mark(ledger.inbound, transfer.to_account_id, leg, False)
             crash_points.reached("after_target_leg")
+        elif b'"account_moved"' in reply.body:  # not here any more: its retry goes where it lives
+            ledger.mark(ledger.inbound, transfer.to_account_id, leg, False)
         return reply
 
     async def payment_result_to_owner(self, shard: int, body: bytes) -> Reply | None:
@@ -303,18 +316,48 @@ class ShardKeeper:
         to its owner (503 while none answers: the move waits, forward only)."""
         engine = self.ports[shard].engine
         if engine is not None:
-            return await engine.execute(command)
+            arrived = await engine.execute(command)
+            if arrived.status == 200:
+                self.moved_in(shard, command.root_id)
+            return arrived
         owner = await self._owner_of(shard)
         if self.forwarder is None or owner is None:
             return unavailable_reply(f"shard {shard} is owned by another node, which cannot be reached now")
         return await self.forwarder.internal(owner, f"shards/{shard}/move-in", move_in_wire(command))
+
+    def moved_in(self, shard: int, root_id: str) -> None:
+        """A partner arrived on ``shard``: the holds of other nodes naming its accounts are
+        marked here by asking once every node routes it here; closes wait until then."""
+        engine = self.ports[shard].engine
+        if engine is not None:
+            engine.ledger.remote_marks_unknown = True
+            self._arrivals.setdefault(shard, []).append((root_id, None))
+
+    def _arrivals_settled(self, shard: int, asked: float) -> bool:
+        """Every partner that arrived on ``shard`` was routed here by every node (as far as a
+        tick tells) before the ask that began at ``asked`` (an arrival during it: not settled)."""
+        waiting = []
+        now = time.monotonic()
+        for root_id, routed_at in self._arrivals.get(shard, ()):
+            if routed_at is None and self.shard_of(root_id) == shard:
+                routed_at = now
+            if routed_at is None or asked - routed_at < ARRIVAL_SETTLE_S:
+                waiting.append((root_id, routed_at))
+        if waiting:
+            self._arrivals[shard] = waiting
+        else:
+            self._arrivals.pop(shard, None)
+        return not waiting
 
     async def placement_behind(self, headers: dict[bytes, bytes]) -> bool:
         """See ``shards.ShardsElsewhere.placement_behind``: one read at a time, and none for a
         request that came before a read began (that read is fresh enough for it)."""
         if self.forwarder is None or not self.forwarder.forwarded(headers):
             return False
-        asked = time.monotonic()
+        return await self._placements_read_since(time.monotonic())
+
+    async def _placements_read_since(self, asked: float) -> bool:
+        """The directory's placement changes read after ``asked`` (one read at a time)."""
         async with self._placements_lock:
             if self._placements_synced_at < asked:
                 self._placements_synced_at = time.monotonic()
@@ -396,7 +439,7 @@ class ShardKeeper:
         targets = {s for s in self.owned if (e := self.ports[s].engine) is not None and e.ready}
         if not targets or self.holds_naming is None:
             return
-        asked_at = self.remote_marks.stamp
+        asked, asked_at = time.monotonic(), self.remote_marks.stamp
         answered = self._sources()
         holds = self.holds_naming(targets, answered)
         if self.forwarder is None:  # no fleet secret: no hold of another node can name an account here
@@ -421,7 +464,8 @@ class ShardKeeper:
             self._mark_port(destination_id, mark, False)
         self.remote_marks.forget_older(asked_at)
         if answered >= set(range(len(self.ports))):
-            for shard in targets:
+            # (after the answers: a partner that arrived while they came makes its shard wait)
+            for shard in {s for s in targets if self._arrivals_settled(s, asked)}:
                 engine = self.ports[shard].engine
                 if engine is not None and engine.ledger.remote_marks_unknown:
                     engine.ledger.remote_marks_unknown = False
