@@ -85,7 +85,7 @@ class HistoryAsk(msgspec.Struct, array_like=True):
     until: int | None
 
 
-class HistoryWire(msgspec.Struct, array_like=True):
+class HistoryWire(msgspec.Struct):
     rows: list[tuple[int, int, msgspec.Raw]]  # (created_at, seq, the Txn as that shard renders it), newest first
 
 
@@ -98,7 +98,7 @@ class HoldAsk(msgspec.Struct, array_like=True):
 
 class HoldWire(msgspec.Struct, array_like=True):
     status: str  # "" when that shard has no such hold
-    hold: msgspec.Raw | None  # the Hold as that shard renders it
+    hold: msgspec.Raw  # the Hold as that shard renders it (null when it has none)
 
 
 class _BatchResult(msgspec.Struct):

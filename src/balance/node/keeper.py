@@ -320,7 +320,7 @@ class ShardKeeper:
             return Reply(422, problem("validation_error", 422, f"not a question of a hold: {exc}"))
         state = await engine.hold_state(ask.account_id, ask.hold_id)
         if state is None:
-            return Reply(200, msgspec.json.encode(HoldWire("", None)))
+            return Reply(200, msgspec.json.encode(HoldWire("", msgspec.Raw(b"null"))))
         view = msgspec.Raw(msgspec.json.encode(views.hold_view(state)))
         return Reply(200, msgspec.json.encode(HoldWire(str(state[HOLD_STATUS]), view)))
 
@@ -342,7 +342,7 @@ class ShardKeeper:
         if reply.status != 200:
             return reply
         told = msgspec.json.decode(reply.body, type=HoldWire)
-        return told.status, told.hold
+        return told.status, (told.hold if told.status else None)
 
     async def _ask_owner(self, shard: int, route: str, body: bytes) -> Reply:
         owner = await self._owner_of(shard)
