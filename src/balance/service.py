@@ -120,11 +120,14 @@ class BalanceService:
         # answered): what it tells a node that asks which holds name its accounts.
         self._remote_holds: dict[tuple[str, str], str] = {}
         self._placing: dict[tuple[str, str], str] = {}
-        self.moves_dir: Path | None = None  # where unfinished partner moves are recorded (the data directory)
-        # How a move's record is made durable after each step (a port: tests put a crash after
-        # a step here; a compiled class's methods cannot be replaced, an attribute can).
+        # Where an earlier version kept unfinished partner moves (the data directory): resumed at
+        # start, then removed. A move's record is now in its source shard's database.
+        self.moves_dir: Path | None = None
+        # Called after each step of a move (a port: tests put a crash after a step here; a
+        # compiled class's methods cannot be replaced, an attribute can).
         self.save_move: Callable[[MoveRecord], None] = self._save_move
-        self._resuming: asyncio.Task[list[dict[str, object]]] | None = None  # a node's moves resumed at start
+        self._resuming: set[asyncio.Task[list[dict[str, object]]]] = set()  # a node's moves being resumed
+        self._moves_running: set[str] = set()  # moves this process runs now (a resume leaves them be)
         for port in self.shards:
             port.watch(self._committed_on, functools.partial(self._mark_remote_holds, port, True))
 
@@ -149,8 +152,8 @@ class BalanceService:
                 if self.engines and self.node is None:  # a single process: moves are its own
                     self._placements_from_shards()
                     await self.resume_moves()
-                elif self.node is not None and self.moves_dir is not None:  # a node: its moves, meanwhile
-                    self._resuming = asyncio.create_task(self.resume_moves())
+                elif self.node is not None:  # a node: the moves out of the shards it owns, meanwhile
+                    self._resume_in_background(None)
                 return
             except StorageError as exc:
                 attempt += 1
@@ -166,6 +169,7 @@ class BalanceService:
     async def shard_taken_over(self, port: ShardPort) -> None:
         """A node has recovered a shard it took over: its holds naming other shards' accounts
         (marked there), its keys, then its unfinished transfers."""
+        self._resume_in_background(port)  # the moves out of it a former owner left unfinished
         self._mark_remote_holds(port, True)
         for row in await port.load_keys():
             self.keys.add(KeyRecord.from_row(row))
@@ -460,8 +464,12 @@ class BalanceService:
             arrive = target_engine if isinstance(target_engine, ShardEngine) else self.engines[record.to_shard]
         else:
             arrive = functools.partial(node.move_in, record.to_shard)
-        done = await run_move(source_engine, arrive, record, self.save_move, self._switch)
-        if done.step in (DONE, ROLLED_BACK) and self.moves_dir is not None:
+        self._moves_running.add(record.move_id)
+        try:
+            done = await run_move(source_engine, arrive, record, self.save_move, self._switch)
+        finally:
+            self._moves_running.discard(record.move_id)
+        if done.step in (DONE, ROLLED_BACK) and self.moves_dir is not None:  # an earlier version's file
             done.remove(self.moves_dir / f"{done.move_id}.json")
         return {
             "move_id": done.move_id, "account_id": done.root_id, "from_shard": done.from_shard,
@@ -470,9 +478,7 @@ class BalanceService:
         }  # fmt: skip
 
     def _save_move(self, record: MoveRecord) -> None:
-        if self.moves_dir is not None:
-            self.moves_dir.mkdir(parents=True, exist_ok=True)
-            record.save(self.moves_dir / f"{record.move_id}.json")
+        """After each step (what is durable is in the source shard's database already)."""
         if self.node is not None:
             crash_points.reached(f"move_{record.step}")
 
@@ -550,11 +556,51 @@ class BalanceService:
                         changes.append((account_id, None if shard_in_id(account_id) == other.shard else other.shard))
         self.placement.override(changes)
 
-    async def resume_moves(self) -> list[dict[str, object]]:
-        """Moves a stop or a crash left unfinished: each run on to done (or rolled back)."""
-        if self.moves_dir is None or not self.moves_dir.is_dir():
-            return []
-        return [await self._run_move(MoveRecord.load(path)) for path in sorted(self.moves_dir.glob("*.json"))]
+    async def resume_moves(self, port: ShardPort | None = None) -> list[dict[str, object]]:
+        """Moves a stop, a crash or a lost node left unfinished: each run on to done (or rolled
+        back). Those out of ``port``'s shard (None: of every shard served here), found in its
+        database; at start, also those an earlier version kept in the data directory."""
+        done: list[dict[str, object]] = []
+        if port is None and self.moves_dir is not None and self.moves_dir.is_dir():
+            for path in sorted(self.moves_dir.glob("*.json")):
+                legacy = MoveRecord.load(path)
+                if legacy.from_shard < len(self.shards) and self._engine_of(self.shards[legacy.from_shard]):
+                    done.append(await self._run_move(legacy))
+        for each in self.shards if port is None else [port]:
+            engine = self._engine_of(each)
+            if engine is None:
+                continue
+            for head, data in await engine.storage.unfinished_moves():
+                record = MoveRecord.from_stored(head, data)
+                if record.move_id not in self._moves_running:
+                    log.info("shard %d: resuming partner move %s (%s)", engine.shard, record.move_id, record.step)
+                    done.append(await self._run_move(record))
+        return done
+
+    @staticmethod
+    def _engine_of(port: ShardPort) -> ShardEngine | None:
+        engine = getattr(port, "engine", None)
+        return engine if isinstance(engine, ShardEngine) else None
+
+    def _resume_in_background(self, port: ShardPort | None) -> None:
+        """A node: resume moves without holding up its start or takeover; tried again every
+        second while it fails (storage, the directory or the target's node away) and the shards
+        are still served here."""
+
+        async def resume() -> list[dict[str, object]]:
+            while True:
+                engine = None if port is None else self._engine_of(port)
+                try:
+                    return await self.resume_moves(port)
+                except Exception as exc:  # noqa: BLE001 (anything away: the next try goes on from the record)
+                    log.warning("resuming partner moves failed, trying again in 1 s: %r", exc)
+                await asyncio.sleep(1.0)
+                if port is not None and self._engine_of(port) is not engine:
+                    return []  # the shard went to another node: its owner resumes them
+
+        task = asyncio.ensure_future(resume())
+        self._resuming.add(task)
+        task.add_done_callback(self._resuming.discard)
 
     # ---- money across shards -------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -57,12 +58,19 @@ class Fleet:
                 proc.wait(20)
 
 
-def two_nodes_fleet(tmp_path: Path) -> Fleet:
+def two_nodes_fleet(
+    tmp_path: Path, *, standbys: dict[int, str] | None = None, crash_at: dict[str, str] | None = None
+) -> Fleet:
     """The directory in ``tmp_path`` (``BALANCE_DATA_DIR`` set by the caller): shard 0 on node a,
-    shard 1 on node b; both nodes started."""
-    assert cli.main(["shards", "add", "0", "--database", str(tmp_path / "shard-0.db"), "--node", "a"]) == 0
-    assert cli.main(["shards", "add", "1", "--database", str(tmp_path / "shard-1.db"), "--node", "b"]) == 0
+    shard 1 on node b (``standbys``: shard -> its standby node); both nodes started
+    (``crash_at``: node -> its ``BALANCE_FLEET_CRASH_AT``)."""
+    for shard, node in ((0, "a"), (1, "b")):
+        spare = ["--standby", standbys[shard]] if standbys and shard in standbys else []
+        database = str(tmp_path / f"shard-{shard}.db")
+        assert cli.main(["shards", "add", str(shard), "--database", database, "--node", node, *spare]) == 0
     fleet = Fleet(tmp_path)
+    for node, point in (crash_at or {}).items():
+        fleet.envs[node]["BALANCE_FLEET_CRASH_AT"] = point
     fleet.start("a")
     fleet.start("b")
     return fleet
@@ -78,14 +86,35 @@ def new_account(client: httpx.Client, shard: int) -> str:
     raise AssertionError(f"no account landed on shard {shard}")
 
 
-async def fleet_books(tmp_path: Path, shards: int = 2) -> dict[str, tuple[str, int, int]]:
+def unfinished_moves(tmp_path: Path, shards: int = 2) -> list[tuple[int, str, str]]:
+    """(shard, move id, step) of the partner moves not yet done nor rolled back, read from each
+    shard's own record of its moves out (``domain.move_records``)."""
+    found = []
+    for shard in range(shards):
+        conn = sqlite3.connect(tmp_path / f"shard-{shard}.db", timeout=10)
+        try:
+            rows = conn.execute(
+                "SELECT move_id, step FROM moves WHERE part = 0 AND step NOT IN ('done', 'rolled_back')"
+            ).fetchall()
+        except sqlite3.OperationalError:  # (the table is made when the shard is first opened)
+            rows = []
+        finally:
+            conn.close()
+        found += [(shard, str(move_id), str(step)) for move_id, step in rows]
+    return found
+
+
+async def fleet_books(
+    tmp_path: Path, shards: int = 2, databases: list[str] | None = None
+) -> dict[str, tuple[str, int, int]]:
     """Every account of the fleet's shard files as (currency, balance, reserved), read by a
     fresh recovery of each (the nodes stopped): each shard's invariants hold, and each
     currency's balances sum to zero over the fleet (money in transit included)."""
     accounts: dict[str, tuple[str, int, int]] = {}
     totals: dict[str, int] = {}
     for shard in range(shards):
-        engine = ShardEngine(shard, storage_of_database(str(tmp_path / f"shard-{shard}.db")))
+        database = str(tmp_path / f"shard-{shard}.db") if databases is None else databases[shard]
+        engine = ShardEngine(shard, storage_of_database(database))
         await engine.start()
         try:
             engine.ledger.check_invariants()

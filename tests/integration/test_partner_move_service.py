@@ -15,6 +15,7 @@ import pytest
 from two_shards import Build, account
 
 from balance.domain import commands as c
+from balance.engine import partner_move
 from balance.engine.partner_move import EXPORTED, MOVED_OUT, MoveRecord
 from balance.engine.replies import Reply
 from balance.service import BalanceService
@@ -108,10 +109,16 @@ async def test_a_partner_moves_twice_under_load(build: Build) -> None:
     await service.stop()
 
 
-@pytest.mark.parametrize("crash_after", [EXPORTED, MOVED_OUT])
+@pytest.mark.parametrize(
+    ("crash_after", "legacy", "lives_on"),
+    [(EXPORTED, False, 0), (MOVED_OUT, False, 1), (EXPORTED, True, 1), (MOVED_OUT, True, 1)],
+)
 async def test_a_move_cut_by_a_crash_is_finished_at_the_next_start(
-    build: Build, tmp_path: Path, crash_after: str
+    build: Build, tmp_path: Path, crash_after: str, legacy: bool, lives_on: int
 ) -> None:
+    """Cut after its move out, the next start finishes it from the record in the source shard's
+    database; cut before, nothing was durable: the subtree serves on its shard as before. A
+    record an earlier version left in ``<data dir>/moves/`` is resumed at start and removed."""
     service = build()
     service.moves_dir = tmp_path / "moves"
     await service.start()
@@ -122,19 +129,24 @@ async def test_a_move_cut_by_a_crash_is_finished_at_the_next_start(
 
     def crashing(record: MoveRecord) -> None:
         save(record)
+        if legacy:  # what the earlier version wrote after each step
+            (tmp_path / "moves").mkdir(exist_ok=True)
+            record.save(tmp_path / "moves" / f"{record.move_id}.json")
         if record.step == crash_after:
             raise RuntimeError("crash")
 
     service.save_move = crashing
     with pytest.raises(RuntimeError):
         await service.move_partner(root, 1, "mv-crash")
+    assert not list((tmp_path / "moves").glob("*.json")) or legacy
     for engine in service.engines:
         await engine.stop(checkpoint=False)
     service = build()
     service.moves_dir = tmp_path / "moves"
     await service.start()  # resumes the move
     assert not list((tmp_path / "moves").glob("*.json"))
-    assert service.engine_for(kids[3]).shard == 1  # type: ignore[union-attr]
+    assert not await service.engines[0].storage.unfinished_moves()
+    assert service.engine_for(kids[3]).shard == lives_on  # type: ignore[union-attr]
     assert books(service) == {"EUR": 0}
     for kid, first in zip(kids, held, strict=True):
         again = await service.execute(c.PlaceHold(kid, f"h-{kid}", 7, 3_600))
@@ -144,6 +156,43 @@ async def test_a_move_cut_by_a_crash_is_finished_at_the_next_start(
         await engine.stop(checkpoint=False)
     service = build()  # and the placement is found again from the shards themselves
     await service.start()
-    assert service.engine_for(kids[3]).shard == 1  # type: ignore[union-attr]
+    assert service.engine_for(kids[3]).shard == lives_on  # type: ignore[union-attr]
     assert books(service) == {"EUR": 0}
+    await service.stop()
+
+
+async def test_a_moves_record_in_many_parts_is_read_back_whole(build: Build, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record written with the move out holds the export in parts (here of 512 bytes); read back
+    from the source shard after a crash, it is whole, and the next start finishes the move from
+    it. Once done, the record says so and its parts are emptied."""
+    monkeypatch.setattr(partner_move, "PART_BYTES", 512)  # (MariaDB: more parts than one bulk command takes)
+    service = build()
+    await service.start()
+    root, kids = await tree(service)
+    held = await service.run_many([c.PlaceHold(kid, f"h-{kid}", 7, 3_600) for kid in kids])
+    assert {reply.status for reply in held} == {201}
+
+    def crashing(record: MoveRecord) -> None:
+        if record.step == MOVED_OUT:
+            raise RuntimeError("crash")
+
+    service.save_move = crashing
+    with pytest.raises(RuntimeError):
+        await service.move_partner(root, 1, "mv-parts")
+    ((head, data),) = await service.engines[0].storage.unfinished_moves()
+    stored = MoveRecord.from_stored(head, data)
+    assert (stored.move_id, stored.step, stored.from_shard, stored.to_shard) == ("mv-parts", MOVED_OUT, 0, 1)
+    assert stored.parts > 16 and len(stored.accounts) == CHILDREN + 1 and len(stored.holds) == CHILDREN
+    leaving = service.engines[0].ledger.records[(root, "mvout:mv-parts")].body
+    assert json.loads(leaving)["seq"] == stored.source_seq > 0  # the events' barrier, in the record too
+    for engine in service.engines:
+        await engine.stop(checkpoint=False)
+    service = build()
+    await service.start()  # finds the record in shard 0 and finishes the move
+    assert not await service.engines[0].storage.unfinished_moves()
+    assert service.engine_for(kids[7]).shard == 1  # type: ignore[union-attr]
+    assert books(service) == {"EUR": 0}
+    for kid, first in zip(kids, held, strict=True):
+        again = await service.execute(c.PlaceHold(kid, f"h-{kid}", 7, 3_600))
+        assert (again.status, again.body, again.replayed) == (201, first.body, True)
     await service.stop()

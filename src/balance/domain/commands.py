@@ -299,6 +299,9 @@ class MoveOut:
     root_id: str
     to_shard: int
     versions: tuple[tuple[str, int], ...]
+    # The move's durable record (``move_records.MOVE_RECORD_FIELDS`` rows: the step and the
+    # export), written in the same commit (its ``source_seq`` filled in there).
+    record: tuple[tuple, ...] = ()  # type: ignore[type-arg]
 
     @property
     def account_id(self) -> str:
@@ -328,9 +331,22 @@ class MoveIn:
         return self.root_id
 
 
+@dataclass(unsafe_hash=True, slots=True)
+class RecordMove:
+    """Source shard: a later step of a move into its durable record (``domain.move_records``)."""
+
+    move_id: str
+    root_id: str
+    rows: tuple[tuple, ...]  # type: ignore[type-arg]
+
+    @property
+    def account_id(self) -> str:
+        return self.root_id
+
+
 MoneyCommand = Credit | Debit | Transfer | PlaceHold | CaptureHold | ReleaseHold | ExpireHold
 CrossShardCommand = TransferOut | TransferIn | CompleteTransfer | ReturnTransfer | ResumeLeg
-MoveCommand = FreezeMove | ThawMove | MoveOut | MoveIn
+MoveCommand = FreezeMove | ThawMove | MoveOut | MoveIn | RecordMove
 Command = (
     MoneyCommand
     | CrossShardCommand

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from balance.domain import account_rules, authority, cross_shard, hold_rules, limits, movements, moves
+from balance.domain import account_rules, authority, cross_shard, hold_rules, limits, move_records, movements, moves
 from balance.domain import commands as c
 from balance.domain import errors as e
 from balance.domain.expiry import ExpiryWheel
@@ -914,4 +914,5 @@ _HANDLERS: dict[type, Callable[[Ledger, Any, int], Outcome]] = {
     c.ThawMove: moves.thaw,
     c.MoveOut: moves.move_out,
     c.MoveIn: moves.move_in,
+    c.RecordMove: move_records.record_move,
 }

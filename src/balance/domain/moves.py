@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from balance.domain import commands as c
 from balance.domain import errors as e
+from balance.domain import move_records
 from balance.domain.model import (
     ACCOUNT_FIELDS,
     ACCOUNT_ID,
@@ -219,6 +220,8 @@ def move_out(ledger: Ledger, cmd: c.MoveOut, now: int) -> Outcome:
             root_entry = entry
     body = b'{"seq":%d}' % (ledger.next_seq - 1)  # the last row of the move out: the events' barrier
     root_entry.result = body  # what a replay answers, also after a restart
+    if cmd.record:  # the move's durable record, in this commit (``move_records``)
+        ledger.changes.moves.extend(move_records.stamped(cmd.record, ledger.next_seq - 1, now))
     return _recorded(ledger, key, fingerprint, body)
 
 

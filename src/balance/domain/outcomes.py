@@ -69,6 +69,7 @@ class Changes:
     # Holds naming an account of another shard as destination, placed (True) or settled
     # (False): (account, hold id, destination, pending). That shard is told once this commits.
     remote_holds: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    moves: list[tuple] = field(default_factory=list)  # type: ignore[type-arg]  # ``move_records`` rows, upserted
 
 
 def reject(code: str, detail: str) -> Outcome:

@@ -1,11 +1,14 @@
-"""A partner move between two shard engines of this process, step by step from a durable
-record, so that a crash anywhere is finished (or rolled back) by running it again.
+"""A partner move between two shard engines, step by step, so that a crash anywhere is
+finished (or rolled back) by running it again.
 
-Steps (``MoveRecord.step``): ``freezing`` (freeze, export, and the export saved before
-anything leaves) → ``exported`` (``MoveOut`` on the source) → ``moved_out`` (``MoveIn`` on
+Steps (``MoveRecord.step``): ``freezing`` (freeze and export, in memory) → ``exported``
+(``MoveOut`` on the source, which writes the move's record, export included, into the source
+shard's database in the same commit: ``domain.move_records``) → ``moved_out`` (``MoveIn`` on
 the target; a definite refusal there brings the subtree back onto the source) → ``moved_in``
-(the caller's ``switch`` routes the subtree to the target) → ``done``; or ``rolled_back``.
-Before ``MoveOut`` commits a move can only roll back; once it has, it only goes forward.
+(the caller's ``switch`` routes the subtree to the target) → ``done`` (written into the
+record); or ``rolled_back``. Before ``MoveOut`` commits nothing is durable: a crash thaws the
+subtree (rolled back). Once it has, whoever recovers the source shard finds the record
+(``ShardStorage.unfinished_moves``) and runs it on to ``done``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import base64
 import json
 import os
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +31,15 @@ from balance.domain import moves
 from balance.domain.model import ACCOUNT_FIELDS, HOLD_METADATA
 from balance.engine.replies import Reply
 from balance.engine.shard import ShardEngine
+from balance.storage.base import StorageError
 
 FREEZING, EXPORTED, MOVED_OUT, MOVED_IN, DONE, ROLLED_BACK = (
     "freezing", "exported", "moved_out", "moved_in", "done", "rolled_back",
 )  # fmt: skip
 ACCOUNT_METADATA = ACCOUNT_FIELDS.index("metadata")
 BLOCKED_WAIT_S = 10.0  # how long money in flight may keep a frozen subtree from leaving
+PART_BYTES = 256 * 1024  # the compressed export in rows of at most this (far below any packet limit)
+RECORD_TRIES = 100  # a step written into the record: tries (50 ms apart) before the caller is told
 
 
 @dataclass
@@ -47,6 +54,7 @@ class MoveRecord:
     records: list[list[Any]] = field(default_factory=list)
     error: str = ""
     source_seq: int = 0  # the seq of the MoveOut on the source (the events' barrier)
+    parts: int = 0  # rows of the export in the source's record (``rows``)
 
     def encode(self) -> bytes:
         """The step (small; written at every step)."""
@@ -73,8 +81,39 @@ class MoveRecord:
             record.accounts, record.holds, record.records = accounts, holds, records
         return record
 
+    def rows(self, with_export: bool) -> tuple[tuple[Any, ...], ...]:
+        """The record as the source shard stores it (``move_records.MOVE_RECORD_FIELDS``): part 0
+        the step; with the export, its compressed parts after (else those parts emptied)."""
+
+        def row(part: int, data: bytes) -> tuple[Any, ...]:
+            return (
+                self.move_id, part, self.root_id, self.from_shard, self.to_shard, self.step, self.source_seq,
+                self.error[:500], 0, data,
+            )  # fmt: skip
+
+        if with_export:
+            data = zlib.compress(self.encode_export(), 1)
+            chunks = [data[i : i + PART_BYTES] for i in range(0, len(data), PART_BYTES)]
+            self.parts = len(chunks)
+        else:
+            chunks = [b""] * self.parts
+        return (row(0, b""), *(row(i + 1, chunk) for i, chunk in enumerate(chunks)))
+
+    @classmethod
+    def from_stored(cls, head: tuple[Any, ...], data: bytes) -> MoveRecord:
+        """A record read back from the source shard (``ShardStorage.unfinished_moves``)."""
+        move_id, _, root_id, from_shard, to_shard, step, source_seq, error = head[:8]
+        meta = {
+            "move_id": str(move_id), "root_id": str(root_id), "from_shard": int(from_shard),
+            "to_shard": int(to_shard), "step": str(step), "error": str(error), "source_seq": int(source_seq),
+        }  # fmt: skip
+        record = cls.decode(msgspec.json.encode(meta), zlib.decompress(data) if data else None)
+        record.parts = -(-len(data) // PART_BYTES)
+        return record
+
     @classmethod
     def load(cls, path: Path) -> MoveRecord:
+        """A record an earlier version kept in the data directory (read once at start, resumed, removed)."""
         export = path.with_suffix(".export")
         return cls.decode(path.read_bytes(), export.read_bytes() if export.exists() else None)
 
@@ -136,20 +175,36 @@ async def run_move(
             while (await source.execute(back)).status != 200:
                 await asyncio.sleep(0.05)
             record.step = ROLLED_BACK
+            await _record(source, record)
             break
         save(record)
     if record.step == MOVED_IN:
         if switch is not None:
             await switch([state[0] for state in record.accounts], record.to_shard)
         record.step = DONE
+        await _record(source, record)
         save(record)
     return record
 
 
+async def _record(source: ShardEngine, record: MoveRecord) -> None:
+    """The move's last step into its record on the source shard (its export emptied). Lost
+    (a crash, the shard taken over), the step before it is run again: each is idempotent."""
+    command = c.RecordMove(record.move_id, record.root_id, record.rows(with_export=False))
+    for _ in range(RECORD_TRIES):
+        reply = await source.execute(command)
+        if reply.status == 200:
+            return
+        await asyncio.sleep(0.05)
+    raise StorageError(f"move {record.move_id}: its step {record.step} was not recorded on shard {record.from_shard}")
+
+
 async def _leave(source: ShardEngine, record: MoveRecord, save: Callable[[MoveRecord], None], wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
+    rows: tuple[tuple[Any, ...], ...] = ()  # the record the move out writes (made once per export)
     while True:
         if record.step == FREEZING:
+            rows = ()
             freeze = await source.execute(c.FreezeMove(record.move_id, record.root_id))
             if freeze.status == 503 and _code(freeze) not in ("account_moved",):
                 await asyncio.sleep(0.05)
@@ -168,9 +223,13 @@ async def _leave(source: ShardEngine, record: MoveRecord, save: Callable[[MoveRe
             stored = await source.storage.move_records([state[0] for state in accounts])
             record.records = [[row[0], row[1], int(row[2]), int(row[3]), bytes(row[4])] for row in stored]
             record.step = EXPORTED
-            save(record)  # before anything leaves: a crash from here on knows what left
+            save(record)  # (in memory only: a crash from here on thaws the subtree, nothing left)
         versions = tuple((state[0], int(state[11])) for state in record.accounts)
-        reply = await source.execute(c.MoveOut(record.move_id, record.root_id, record.to_shard, versions))
+        if not rows:
+            record.step = MOVED_OUT  # as the record written with the move out says (its seq filled in there)
+            rows = record.rows(with_export=True)
+            record.step = EXPORTED
+        reply = await source.execute(c.MoveOut(record.move_id, record.root_id, record.to_shard, versions, rows))
         if reply.status == 200:
             record.step, record.source_seq = MOVED_OUT, int(json.loads(reply.body or b"{}").get("seq", 0))
             save(record)

@@ -385,6 +385,7 @@ class ShardEngine:
             keys=list(changes.keys),
             transfers_started=list(changes.transfers_started),
             transfers_completed=list(changes.transfers_completed),
+            moves=list(changes.moves),
         )
         self.storage.prepare(write)  # e.g. SQL text, built while the previous batch commits
         op_keys = [(entry.account_id, entry.op_key) for entry in changes.entries if entry.op_key]

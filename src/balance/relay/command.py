@@ -28,9 +28,9 @@ PARENT_PID_ENV = "BALANCE_RELAY_PARENT_PID"
 STOP_TIMEOUT_S = 5.0  # the relay yields the CPU to the service and the database under load
 
 
-def source_for(settings: Settings, shard: int) -> EventSource:
+def source_for(settings: Settings, shard: int, *, read_only: bool = False) -> EventSource:
     if settings.db_url is None:
-        return SqliteEventSource(settings.data_dir / f"shard-{shard}.db")
+        return SqliteEventSource(settings.data_dir / f"shard-{shard}.db", read_only=read_only)
     return MariaDbEventSource.from_url(settings.db_url, shard)
 
 
@@ -48,9 +48,17 @@ def sinks_for(config: RelayConfig) -> list[Sink]:
 
 
 def build_relays(settings: Settings, config: RelayConfig, metrics: Metrics) -> list[ShardRelay]:
-    """A relay per shard and sink (each its own broker connection and cursor)."""
+    """A relay per shard and sink (each its own broker connection and cursor): of every shard,
+    or of ``config.shards`` (the others' relays run in other processes: their shards'
+    databases are read for the cursors a moved subtree's events wait for)."""
+    wanted = range(settings.shards) if config.shards is None else config.shards
+    if any(shard >= settings.shards for shard in wanted):
+        raise ValueError(f"BALANCE_RELAY_SHARDS names a shard past BALANCE_SHARDS ({settings.shards})")
+    elsewhere = {
+        shard: source_for(settings, shard, read_only=True) for shard in range(settings.shards) if shard not in wanted
+    }
     relays: list[ShardRelay] = []
-    for shard in range(settings.shards):
+    for shard in wanted:
         source = source_for(settings, shard)
         peers = [ShardRelay(shard, source, sink, metrics, retention_s=config.retention_s) for sink in sinks_for(config)]
         for relay in peers:
@@ -60,6 +68,7 @@ def build_relays(settings: Settings, config: RelayConfig, metrics: Metrics) -> l
         relay.others = {
             other.shard: other for other in relays if other.sink.name == relay.sink.name and other is not relay
         }
+        relay.barrier_sources = elsewhere
     return relays
 
 
@@ -86,7 +95,9 @@ async def stop_relays(relays: list[ShardRelay], tasks: list[asyncio.Task[None]])
         except Exception as exc:  # noqa: BLE001 (the next start publishes again from the last saved cursor)
             log.warning("events shard %s -> %s: cursor not saved at stop: %s", relay.shard, relay.sink.name, exc)
         await relay.sink.close()
-    for source in {id(relay.source): relay.source for relay in relays}.values():
+    sources = {id(relay.source): relay.source for relay in relays}
+    sources.update({id(s): s for relay in relays for s in relay.barrier_sources.values()})
+    for source in sources.values():
         await source.close()
 
 
@@ -110,7 +121,8 @@ async def serve(settings: Settings, config: RelayConfig) -> None:
         loop.add_signal_handler(sig, stopping.set)
     parent = os.environ.get(PARENT_PID_ENV)
     watcher = None if not parent else asyncio.create_task(_watch_parent(int(parent), stopping))
-    log.info("events: relaying %d shard(s) to %s", settings.shards, ", ".join(r.sink.name for r in relays[:2]))
+    shards = sorted({relay.shard for relay in relays})
+    log.info("events: relaying shard(s) %s to %s", shards, ", ".join(sorted({r.sink.name for r in relays})))
     await run_relays(relays, stopping)
     if watcher is not None:
         watcher.cancel()

@@ -21,6 +21,9 @@ class RelayConfig:
     nats_subject_prefix: str = cat.NATS_SUBJECT_PREFIX
     metrics_port: int | None = None  # the relay process's /metrics (None: not served)
     nice: int = 10  # how far below the service's CPU priority the relay process runs (it yields under load)
+    # The shards whose relays this process runs (``BALANCE_RELAY_SHARDS``, e.g. "0,2"; None: all).
+    # The other shards' databases are read for their cursors only (``ShardRelay.barrier_sources``).
+    shards: tuple[int, ...] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -46,7 +49,11 @@ class RelayConfig:
         nice = env.get("BALANCE_RELAY_NICE") or "10"
         if not (nice.isdigit() and int(nice) <= 19):
             raise ValueError("BALANCE_RELAY_NICE must be between 0 and 19")
+        shards = env.get("BALANCE_RELAY_SHARDS") or None
+        if shards is not None and not all(part.strip().isdigit() for part in shards.split(",")):
+            raise ValueError("BALANCE_RELAY_SHARDS must list shard numbers, e.g. 0,2")
         return cls(
+            shards=None if shards is None else tuple(sorted({int(part) for part in shards.split(",")})),
             nice=int(nice),
             amqp_url=env.get("BALANCE_AMQP_URL") or None,
             nats_url=env.get("BALANCE_NATS_URL") or None,

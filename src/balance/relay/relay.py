@@ -85,6 +85,10 @@ class ShardRelay:
         # The other shards' relays to the same broker (shard -> relay), when they run in this
         # process: a moved subtree's events here wait for its old shard's (``_held_at``).
         self.others: dict[int, ShardRelay] = {}
+        # The other shards' databases (shard -> a reader), when their relays run elsewhere (another
+        # process or machine): their durable cursor for this sink says how far they published.
+        self.barrier_sources: dict[int, EventSource] = {}
+        self._durable: dict[int, int] = {}  # shard -> the highest durable cursor read there
 
     async def run(self) -> None:
         """Until cancelled (``stop`` saves the cursor)."""
@@ -117,7 +121,7 @@ class ShardRelay:
                     await asyncio.wait([inflight[0].confirmation])
                     continue
                 page = await self.source.read_page(read_to, self.page_rows, stream.missing)
-                held = self._held_at(page.journal) if self.others else None
+                held = await self._held_at(page.journal) if self.others or self.barrier_sources else None
                 if held is not None:  # a subtree arrived here: its old shard's events go first
                     page.journal = [row for row in page.journal if row[0] < held]
                     page.outbox = [row for row in page.outbox if row[0] < held]
@@ -151,15 +155,26 @@ class ShardRelay:
                 self._failures.inc()
                 await self._wait("publish", exc)
 
-    def _held_at(self, journal: list[tuple]) -> int | None:  # type: ignore[type-arg]
+    async def _held_at(self, journal: list[tuple]) -> int | None:  # type: ignore[type-arg]
         """The seq of the first row of a subtree's arrival whose old shard's relay to the same
-        broker has not confirmed its events up to the leaving yet (``moves.barrier_of``)."""
+        broker has not confirmed its events up to the leaving yet (``moves.barrier_of``): as
+        that relay says, in this process; else as its cursor saved in that shard's database
+        says (read again while it is behind; raises StorageError if it cannot be read)."""
         for row in journal:
             barrier = barrier_of(row[JOURNAL_KIND], row[JOURNAL_DESCRIPTION])
             if barrier is None:
                 continue
-            other = self.others.get(barrier[0])
-            if other is not None and other.cursor < barrier[1]:
+            shard, leaving = barrier
+            other = self.others.get(shard)
+            if other is not None:
+                if other.cursor < leaving:
+                    return int(row[0])
+                continue
+            source = self.barrier_sources.get(shard)
+            if source is None or self._durable.get(shard, 0) >= leaving:
+                continue
+            self._durable[shard] = max(self._durable.get(shard, 0), await source.cursor(self.sink.name))
+            if self._durable[shard] < leaving:
                 return int(row[0])
         return None
 

@@ -60,17 +60,21 @@ def _run_sync(queries: Generator[Query, list[Row], Page], execute: Callable[[str
 class SqliteEventSource:
     """A shard's SQLite file, read (and its cursor written) by a connection of its own."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         self.path = Path(path)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"events-{self.path.stem}")
         self._conn: sqlite3.Connection | None = None
+        self.read_only = read_only  # another process's shard: its cursor read only (``ShardRelay.barrier_sources``)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         def call() -> Any:
             if self._conn is None:
                 if not self.path.exists():
                     raise sqlite3.OperationalError(f"{self.path} does not exist yet")
-                self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+                target: Path | str = f"{self.path.absolute().as_uri()}?mode=ro" if self.read_only else self.path
+                self._conn = sqlite3.connect(
+                    target, isolation_level=None, check_same_thread=False, timeout=30, uri=self.read_only
+                )
                 self._conn.execute("PRAGMA busy_timeout=30000")
                 # Its one write (the cursor, now and then) holds the shard's write lock as short as it
                 # can: no sync of its own (the writer's next commit syncs the WAL). A cursor lost to a

@@ -45,13 +45,14 @@ class BatchWrite:
     transfers_completed: list[tuple[bytes, str, str, int, str]] = field(
         default_factory=list
     )  # body, account, op_id, status, op_key
+    moves: list[Row] = field(default_factory=list)  # upserted, MOVE_COLUMNS (a partner move's record)
     # What an adapter's ``prepare`` made of the rows ahead of ``commit`` (e.g. SQL text), or None.
     prepared: object = None
 
     def __len__(self) -> int:
         return (
             len(self.accounts) + len(self.holds) + len(self.holds_deleted) + len(self.journal) + len(self.outbox) + len(self.keys)
-            + len(self.transfers_started) + len(self.transfers_completed)
+            + len(self.transfers_started) + len(self.transfers_completed) + len(self.moves)
         )  # fmt: skip
 
 
@@ -158,6 +159,10 @@ class ShardStorage(Protocol):
 
     async def children(self, parent_id: str, limit: int, after_id: str | None) -> list[str]:
         """Ids of the direct children of ``parent_id``, ordered by id, after ``after_id``."""
+
+    async def unfinished_moves(self) -> list[tuple[Row, bytes]]:
+        """Partner moves out of this shard not done nor rolled back: (part 0 of the record, in
+        MOVE_COLUMNS, the export's parts joined), by move id (``domain.move_records``)."""
 
 
 async def succeeded(commit: asyncio.Future[None] | None) -> bool:

@@ -199,6 +199,21 @@ class MariaDbReads:
         _, holds = await self.lookup([], [(account_id, hold_id)])
         return holds[0] if holds else None
 
+    async def unfinished_moves(self) -> list[tuple[Row, bytes]]:
+        heads_sql = schema.MOVES_UNFINISHED.format(columns=",".join(schema.MOVE_COLUMNS))
+        parts_sql = schema.MOVE_PARTS.format(p="%s")
+
+        async def read(conn: asyncmy.Connection) -> list[tuple[Row, bytes]]:
+            found = []
+            await self._fetch(conn, "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")  # record and parts
+            for head in await self._fetch(conn, heads_sql, ()):
+                parts = await self._fetch(conn, parts_sql, (head[0],))
+                found.append((tuple(head), b"".join(bytes(row[0]) for row in parts)))
+            await self._fetch(conn, "COMMIT")
+            return found
+
+        return await self._read(read)
+
     async def children(self, parent_id: str, limit: int, after_id: str | None) -> list[str]:
         sql = "SELECT id FROM accounts WHERE parent_id = %s AND id > %s ORDER BY id LIMIT %s"
         rows = await self._read(lambda conn: self._fetch(conn, sql, (parent_id, after_id or "", int(limit))))

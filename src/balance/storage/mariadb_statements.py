@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 
 _CHUNK = 1000  # rows per multi-row INSERT
 _BULK_CHUNK = 2000  # rows per bulk command (stays far below max_allowed_packet)
+_BULK_CHUNKS = {"moves": 16}  # a partner move's record: parts of up to 256 KiB, 4 MiB per command
 _NULLABLE = schema.nullable_columns()  # left out of a bulk statement when NULL in every row
-_UPSERT_KEYS = {"accounts": ("id",), "holds": ("account_id", "id"), "api_keys": ("key_hash",)}
+_UPSERT_KEYS = {
+    "accounts": ("id",), "holds": ("account_id", "id"), "api_keys": ("key_hash",), "moves": ("move_id", "part"),
+}  # fmt: skip
 
 
 def packets(statements: list[str], budget: int) -> Iterator[str]:
@@ -61,8 +64,9 @@ class MariaDbStatements:
                     await cur.execute(sql)
                 continue
             nullable = [i for i, column in enumerate(columns) if column in _NULLABLE]
-            for start in range(0, len(rows), _BULK_CHUNK):
-                chunk = rows[start : start + _BULK_CHUNK]
+            step = _BULK_CHUNKS.get(table, _BULK_CHUNK)
+            for start in range(0, len(rows), step):
+                chunk = rows[start : start + step]
                 # The bulk command cannot type a column that is NULL in every row: leave such
                 # columns out of the statement (they default to NULL).
                 absent = tuple(i for i in nullable if all(row[i] is None for row in chunk))
@@ -73,7 +77,7 @@ class MariaDbStatements:
                 try:
                     await statement.execute_bulk(chunk)
                 except ValueError:  # refused before any IO (mixed types in a column)
-                    full = rows[start : start + _BULK_CHUNK]
+                    full = rows[start : start + step]
                     for sql in self._insert_statements(conn, table, columns, full, upsert):
                         await cur.execute(sql)
 
@@ -109,6 +113,7 @@ class MariaDbStatements:
             ("outbox", schema.OUTBOX_COLUMNS, batch.outbox, False),
             ("api_keys", schema.KEY_COLUMNS, batch.keys, True),  # a revocation rewrites its row
             ("transfers_pending", schema.TRANSFER_COLUMNS, batch.transfers_started, False),
+            ("moves", schema.MOVE_COLUMNS, batch.moves, True),  # a partner move's record (its steps rewrite it)
         )
 
     @staticmethod

@@ -6,6 +6,7 @@ from balance.domain.holds import HOLD_JOURNAL_FIELDS
 from balance.domain.ids import CLIENT_OP_KINDS, CLIENT_OP_PREFIX
 from balance.domain.ledger import RECOVERY_JOURNAL_FIELDS
 from balance.domain.model import ACCOUNT_FIELDS, HOLD_FIELDS, MOVE_KINDS, OPEN
+from balance.domain.move_records import MOVE_RECORD_FIELDS
 
 ACCOUNT_COLUMNS = ACCOUNT_FIELDS
 HOLD_COLUMNS = HOLD_FIELDS
@@ -77,6 +78,11 @@ OUTBOX_COLUMNS = ("seq", "kind", "account_id", "version", "created_at", "data")
 # How far each event sink has published (meta rows, ``events_<sink>_seq``; the relay's cursor).
 EVENTS_CURSOR_META_PREFIX = "events_"
 KEY_COLUMNS = ("key_hash", "account_id", "created_at", "key_id", "prefix", "scopes", "revoked_at", "client_id")
+# A partner move's durable record on its source shard (``domain.move_records``): part 0 the
+# step, parts 1.. the export. A table added since the first version: created at open.
+MOVE_COLUMNS = MOVE_RECORD_FIELDS
+MOVES_UNFINISHED = "SELECT {columns} FROM moves WHERE part = 0 AND step NOT IN ('done', 'rolled_back') ORDER BY move_id"
+MOVE_PARTS = "SELECT data FROM moves WHERE move_id = {p} AND part > 0 ORDER BY part"
 TRANSFER_COLUMNS = (
     "account_id", "op_id", "to_account_id", "amount", "currency", "description", "metadata", "created_at",
 )  # fmt: skip
@@ -158,6 +164,18 @@ TABLES = {
     "meta": """
         name VARCHAR(32) NOT NULL PRIMARY KEY,
         value BIGINT NOT NULL""",
+    "moves": """
+        move_id VARCHAR(40) NOT NULL,
+        part INT NOT NULL,
+        root_id VARCHAR(64) NOT NULL,
+        from_shard INT NOT NULL,
+        to_shard INT NOT NULL,
+        step VARCHAR(16) NOT NULL,
+        source_seq BIGINT NOT NULL,
+        error VARCHAR(500) NOT NULL,
+        updated_at BIGINT NOT NULL,
+        data LONGBLOB NOT NULL,
+        PRIMARY KEY (move_id, part)""",
     "api_keys": """
         key_hash CHAR(64) NOT NULL PRIMARY KEY,
         account_id VARCHAR(64) NOT NULL,

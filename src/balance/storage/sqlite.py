@@ -123,6 +123,8 @@ _HOLD_JOURNAL_BY_KEYS = (
 )
 _FENCE_EPOCH = f"SELECT value FROM meta WHERE name = '{FENCE_META_KEY}'"
 _RECOVERY_JOURNAL_AFTER = schema.recovery_journal_query("?")
+_MOVES_UNFINISHED = schema.MOVES_UNFINISHED.format(columns=",".join(schema.MOVE_COLUMNS))
+_MOVE_PARTS = schema.MOVE_PARTS.format(p="?")
 _HISTORY_FILL = schema.history_fill_sql("?", "?")
 # The history table is filled with a commit once this many journal rows wait: never the whole
 # of a checkpoint interval in one commit (a stall), never a row at a time (each page rewritten
@@ -475,6 +477,8 @@ class SqliteShardStorage:
         self._insert(conn, "outbox", schema.OUTBOX_COLUMNS, batch.outbox, upsert=False)
         self._insert(conn, "api_keys", schema.KEY_COLUMNS, batch.keys, upsert=True)  # a revocation rewrites its row
         self._insert(conn, "transfers_pending", schema.TRANSFER_COLUMNS, batch.transfers_started, upsert=False)
+        if batch.moves:  # a partner move's record (rare)
+            self._insert(conn, "moves", schema.MOVE_COLUMNS, batch.moves, upsert=True)
         if batch.holds_deleted:
             conn.executemany("DELETE FROM holds WHERE account_id = ? AND id = ?", batch.holds_deleted)
         if batch.checkpoint_seq:
@@ -621,6 +625,18 @@ class SqliteShardStorage:
     async def get_hold(self, account_id: str, hold_id: str) -> Row | None:
         _, holds = await self.lookup([], [(account_id, hold_id)])
         return holds[0] if holds else None
+
+    async def unfinished_moves(self) -> list[tuple[Row, bytes]]:
+        def read() -> list[tuple[Row, bytes]]:
+            conn = self._reader_conn()
+            conn.execute("BEGIN")  # the record and its parts from one snapshot
+            try:
+                heads = conn.execute(_MOVES_UNFINISHED).fetchall()
+                return [(head, b"".join(row[0] for row in conn.execute(_MOVE_PARTS, (head[0],)))) for head in heads]
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._run(self._reader_pool, read)
 
     async def children(self, parent_id: str, limit: int, after_id: str | None) -> list[str]:
         sql = "SELECT id FROM accounts WHERE parent_id = ? AND id > ? ORDER BY id LIMIT ?"
