@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -37,7 +38,10 @@ from balance.domain.model import (
     HOLD_DESCRIPTION,
     HOLD_DESTINATION,
     HOLD_METADATA,
+    HOLD_MOVED,
     HOLD_STATUS,
+    JOURNAL_CREATED_AT,
+    JOURNAL_SEQ,
     STATUS_CLOSED,
     STATUS_MOVED,
     Account,
@@ -517,16 +521,55 @@ class BalanceService:
             for account_id, hold_id, destination_id in moves.holds_naming(engine.ledger, moved):
                 target.expect_inbound(destination_id, inbound_hold_mark(account_id, hold_id), True)
 
-    def history_ports(self, account_id: str) -> list[ShardPort]:
+    def history_shards(self, account_id: str) -> list[int]:
         """The shards an account's history is on: where it lives, then those it was moved from
-        (they keep the rows written there)."""
-        port = self.port_for(account_id)
-        ports = [] if port is None else [port]
+        (they keep the rows written there: ``Ledger.moving`` marks it moved away). A fleet node
+        sees the marks of its own shards only: for an account that ever moved (the directory
+        has a placement change naming it), every shard another node owns is read too (a shard
+        it never lived on has no row of it)."""
+        live = self.placement.shard_of(account_id)
+        shards = [] if live is None else [live]
         for engine in self.engines:
             moving = engine.ledger.moving
-            if moving and moving.get(account_id) == MOVED_AWAY and self.shards[engine.shard] is not port:
-                ports.append(self.shards[engine.shard])
-        return ports
+            if moving and moving.get(account_id) == MOVED_AWAY and engine.shard not in shards:
+                shards.append(engine.shard)
+        node = self.node
+        if node is not None and account_id in self.placement.moved:
+            shards += [port.shard for port in self.shards if port.shard not in shards and not node.owns(port.shard)]
+        return shards
+
+    async def history_on(
+        self, shard: int, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
+    ) -> list[tuple[int, int, Any]] | Reply:
+        """(created_at, seq, Txn) of the account's rows on ``shard``, newest first: read here,
+        or asked of the node that owns it (a 503 Reply if it cannot be)."""
+        node = self.node
+        if node is not None and not node.owns(shard):
+            return await node.history_elsewhere(shard, account_id, limit, before_seq, since, until)
+        rows = await self.shards[shard].history(account_id, limit, before_seq, since, until)
+        return [(row[JOURNAL_CREATED_AT], row[JOURNAL_SEQ], views.txn_view(row, shard)) for row in rows]
+
+    async def hold_read(self, account_id: str, hold_id: str) -> Any:
+        """A hold as ``GET …/holds/{hold_id}`` answers it: where the account lives, unless it
+        left that shard (``moved``) or is not there (settled before a move): then as the other
+        shards the account lived on have it, the one where it ended (or is pending) first.
+        None: no shard has it; a 503 Reply: a shard that may have it cannot be asked."""
+        found: Any = None
+        node = self.node
+        for shard in self.history_shards(account_id):
+            if node is not None and not node.owns(shard):
+                got = await node.hold_elsewhere(shard, account_id, hold_id)
+                if isinstance(got, Reply):
+                    return got
+                status, view = got
+            else:
+                state = await self.shards[shard].hold_state(account_id, hold_id)
+                status, view = ("", None) if state is None else (state[HOLD_STATUS], views.hold_view(state))
+            if view is not None and status != HOLD_MOVED:
+                return view
+            if found is None:
+                found = view
+        return found
 
     def _placements_from_shards(self) -> None:
         """At start: where moved accounts live now, read off the shards themselves (an account

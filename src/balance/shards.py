@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from balance.domain import commands as c
 from balance.domain.authority import Actor
@@ -149,6 +149,19 @@ class ShardsElsewhere(Protocol):
     async def set_placements(self, changes: list[tuple[str, int | None]]) -> None:
         """A partner move's switch, written to the directory (raises if it is not written)."""
 
+    def owns(self, shard: int) -> bool:
+        """This node serves ``shard`` now."""
+
+    async def history_elsewhere(
+        self, shard: int, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
+    ) -> list[tuple[int, int, Any]] | Reply:
+        """A moved account's rows on ``shard``, which another node owns: (created_at, seq, the
+        Txn as raw JSON), newest first; a 503 Reply if that node cannot be asked."""
+
+    async def hold_elsewhere(self, shard: int, account_id: str, hold_id: str) -> tuple[str, Any] | Reply:
+        """A moved account's hold as ``shard`` (another node's) has it: (status, the Hold as raw
+        JSON), ("", None) if it has none; a 503 Reply if that node cannot be asked."""
+
     async def placement_behind(self, headers: dict[bytes, bytes]) -> bool:
         """A request another node forwarded here for an account this node places elsewhere: that
         node may know of a partner move's switch this one has not read yet. Reads the
@@ -268,6 +281,9 @@ class Placement:
     def __init__(self, shards: int) -> None:
         self.shards = shards
         self.overrides: dict[str, int] = {}
+        # Every account a change ever named (its override set or removed): those that moved at
+        # least once, whose history may be on shards other nodes own (``BalanceService.history_shards``).
+        self.moved: set[str] = set()
 
     def shard_of(self, account_id: str) -> int | None:
         """The shard ``account_id`` lives on, or None if no shard of this deployment has it."""
@@ -282,6 +298,7 @@ class Placement:
         """Changes read from the directory, in order (shard None: the override was removed);
         applied together, with nothing else running in between."""
         overrides = self.overrides
+        self.moved.update(account_id for account_id, _ in changes)
         for account_id, shard in changes:
             if shard is None:
                 overrides.pop(account_id, None)

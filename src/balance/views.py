@@ -74,12 +74,12 @@ def direction(kind: str, op_key: str | None) -> str:
     return CREDIT_DIRECTION
 
 
-def txn_view(row: tuple) -> dict[str, Any]:  # type: ignore[type-arg]
-    """A journal row (schema.JOURNAL_COLUMNS order) as a Txn."""
+def txn_view(row: tuple, shard: int) -> dict[str, Any]:  # type: ignore[type-arg]
+    """A journal row (schema.JOURNAL_COLUMNS order) of ``shard``'s journal as a Txn."""
     (seq, account_id, op_key, kind, op_id, _status, _code, _fp, amount, currency, counterparty,
      hold_id, balance_after, reserved_after, version, created_at, description, metadata) = row[:18]  # fmt: skip
     return {
-        "id": txn_id(account_id, seq), "operation_id": op_id, "kind": kind,
+        "id": txn_id(account_id, seq, shard), "operation_id": op_id, "kind": kind,
         "direction": direction(kind, op_key), "account_id": account_id,
         "counterparty_account_id": counterparty, "amount": amount, "currency": currency, "hold_id": hold_id,
         "balance_after": balance_after, "reserved_after": reserved_after, "version": version,
@@ -164,22 +164,26 @@ def _hold_bytes(hold: Hold) -> bytes:
     )  # fmt: skip
 
 
-_txn_prefixes: dict[str, bytes] = {}  # account id -> b'"US-3-t' (its rows' id, before the seq)
+# shard -> account id -> b'"US-3-t' (the id of the account's rows that shard writes, before the seq)
+_txn_prefixes: dict[int, dict[str, bytes]] = {}
 
 
-def _txn_prefix(account_id: str) -> bytes:
-    prefix = _txn_prefixes.get(account_id)
+def _txn_prefix(account_id: str, shard: int) -> bytes:
+    prefixes = _txn_prefixes.get(shard)
+    if prefixes is None:
+        prefixes = _txn_prefixes[shard] = {}
+    prefix = prefixes.get(account_id)
     if prefix is None:
-        if len(_txn_prefixes) >= _CACHE_MAX:
-            _txn_prefixes.clear()
-        text = encoder.encode(txn_id(account_id, 0))  # b'"US-3-t0"': the id's JSON, seq 0
-        prefix = _txn_prefixes[account_id] = text[:-2]
+        if len(prefixes) >= _CACHE_MAX:
+            prefixes.clear()
+        text = encoder.encode(txn_id(account_id, 0, shard))  # b'"US-3-t0"': the id's JSON, seq 0
+        prefix = prefixes[account_id] = text[:-2]
     return prefix
 
 
-def _txn_bytes(entry: Entry) -> bytes:
+def _txn_bytes(entry: Entry, shard: int) -> bytes:
     return _TXN % (
-        _txn_prefix(entry.account_id) + b"%d\"" % entry.seq, encoder.encode(entry.op_id), _string(entry.kind),
+        _txn_prefix(entry.account_id, shard) + b"%d\"" % entry.seq, encoder.encode(entry.op_id), _string(entry.kind),
         direction(entry.kind, entry.op_key).encode(), encoder.encode(entry.account_id),
         encoder.encode(entry.counterparty_account_id), entry.amount, _string(entry.currency),
         encoder.encode(entry.hold_id), entry.balance_after, entry.reserved_after, entry.version,
@@ -197,12 +201,12 @@ def _raw(value: bytes | str) -> bytes:
     return value if type(value) is bytes else (value.encode() if isinstance(value, str) else bytes(value))
 
 
-def txn_row_bytes(row: tuple) -> bytes:  # type: ignore[type-arg]
-    """``encoder.encode(txn_view(row))``, from a template (the event relay, once per journal row)."""
+def txn_row_bytes(row: tuple, shard: int) -> bytes:  # type: ignore[type-arg]
+    """``encoder.encode(txn_view(row, shard))``, from a template (the event relay, once per journal row)."""
     (seq, account_id, op_key, kind, op_id, _status, _code, _fp, amount, currency, counterparty,
      hold_id, balance_after, reserved_after, version, created_at, description, metadata) = row[:18]  # fmt: skip
     return _TXN % (
-        _txn_prefix(account_id) + b"%d\"" % seq, encoder.encode(op_id), _string(kind),
+        _txn_prefix(account_id, shard) + b"%d\"" % seq, encoder.encode(op_id), _string(kind),
         direction(kind, op_key).encode(), encoder.encode(account_id), encoder.encode(counterparty), amount,
         _string(currency), encoder.encode(hold_id), balance_after, reserved_after, version, _stamp(created_at),
         encoder.encode(description), _raw(metadata),
@@ -224,15 +228,16 @@ def encode_account(account: Account) -> bytes:
     return _account_bytes(account)
 
 
-def encode_money_reply(entry: Entry, accounts: tuple[Account, ...], hold: Hold | None) -> bytes:
-    """The answer of a successful money operation, from the live objects right after it."""
+def encode_money_reply(entry: Entry, accounts: tuple[Account, ...], hold: Hold | None, shard: int) -> bytes:
+    """The answer of a successful money operation, from the live objects right after it
+    (``shard``: the one that writes ``entry``, named by its transaction id)."""
     if hold is not None:
         return b'{"hold":%b,"account":%b}' % (_hold_bytes(hold), _account_bytes(accounts[0]))
     if len(accounts) == 2:
         return b'{"transaction":%b,"accounts":[%b,%b]}' % (
-            _txn_bytes(entry), _account_bytes(accounts[0]), _account_bytes(accounts[1]),
+            _txn_bytes(entry, shard), _account_bytes(accounts[0]), _account_bytes(accounts[1]),
         )  # fmt: skip
-    return b'{"transaction":%b,"account":%b}' % (_txn_bytes(entry), _account_bytes(accounts[0]))
+    return b'{"transaction":%b,"account":%b}' % (_txn_bytes(entry, shard), _account_bytes(accounts[0]))
 
 
 def problem(code: str, status: int, detail: str, title: str | None = None) -> bytes:

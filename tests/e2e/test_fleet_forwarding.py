@@ -96,7 +96,8 @@ def test_a_request_for_another_nodes_shard_is_forwarded_and_answered_as_the_owne
     # The internal route: not reachable without the fleet secret, whatever the key.
     for leg in ("/internal/v1/shards/1/transfer-in", "/internal/v1/shards/1/hold-mark",
                 "/internal/v1/shards/1/move-in", "/internal/v1/shards/1/payment-result",
-                "/internal/v1/holds-naming"):  # fmt: skip
+                "/internal/v1/holds-naming", "/internal/v1/shards/1/history",
+                "/internal/v1/shards/1/hold"):  # fmt: skip
         assert b.post(leg, content=b"[]").status_code == 404, leg  # the admin key is not enough
         assert b.post(leg, content=b"[]", headers={"x-balance-fleet": "guess"}).status_code in (401, 404), leg
         assert b.post(leg, content=b"[]", headers=partner).status_code in (401, 404), leg  # (revoked above)

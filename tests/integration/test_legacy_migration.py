@@ -95,7 +95,7 @@ async def test_an_earlier_version_s_database_migrates_at_open(backend: Any) -> N
             engine.ledger.check_invariants()
             p, child = engine.ledger.accounts[P], engine.ledger.accounts[C]
             assert (p.balance, p.reserved, child.balance) == (580, 40, 125)
-            history = [views.txn_view(row) for row in await engine.storage.history(P, 100, None, None, None)]
+            history = [views.txn_view(row, 0) for row in await engine.storage.history(P, 100, None, None, None)]
             assert len(history) == 6 and len({row["id"] for row in history}) == 6
             assert all(row["id"].startswith("US-0-t") for row in history)
             pair = [

@@ -36,7 +36,7 @@ def test_a_recorded_refusal_is_answered_recorded_and_journaled_with_the_api_stat
     ledger.begin()
     command = c.Debit("A", "d1", 5)
     outcome = ledger.apply(command, 1)
-    reply = render(command, outcome)
+    reply = render(command, outcome, 0)
     changes = ledger.collect()
     assert reply.status == 422 and b'"status":422' in reply.body
     assert [entry.status for entry in changes.entries] == [422]

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from balance import views
+from balance.domain.ids import txn_shard_seq
 from balance.domain.model import Account, Entry, Hold
 
 texts = st.text(max_size=12)  # includes quotes, backslashes, control characters, non-ASCII
@@ -42,19 +43,40 @@ def test_account_template_equals_the_encoded_view(account: Account) -> None:
     assert views.encode_account(account) == _encoded(views.account_view(account.state()))
 
 
-@given(entries, accounts, holds)
-def test_hold_answer_equals_the_encoded_views(entry: Entry, account: Account, hold: Hold) -> None:
+shards = st.integers(0, 2**31)
+
+
+@given(entries, accounts, holds, shards)
+def test_hold_answer_equals_the_encoded_views(entry: Entry, account: Account, hold: Hold, shard: int) -> None:
     expected = {"hold": views.hold_view(hold.state()), "account": views.account_view(account.state())}
-    assert views.encode_money_reply(entry, (account,), hold) == _encoded(expected)
+    assert views.encode_money_reply(entry, (account,), hold, shard) == _encoded(expected)
 
 
-@given(entries, accounts, accounts)
-def test_transaction_answers_equal_the_encoded_views(entry: Entry, first: Account, second: Account) -> None:
-    txn = views.txn_view(entry.row())
+@given(entries, accounts, accounts, shards)
+def test_transaction_answers_equal_the_encoded_views(entry: Entry, first: Account, second: Account, shard: int) -> None:
+    txn = views.txn_view(entry.row(), shard)
     one = {"transaction": txn, "account": views.account_view(first.state())}
     two = {"transaction": txn, "accounts": [views.account_view(first.state()), views.account_view(second.state())]}
-    assert views.encode_money_reply(entry, (first,), None) == _encoded(one)
-    assert views.encode_money_reply(entry, (first, second), None) == _encoded(two)
+    assert views.encode_money_reply(entry, (first,), None, shard) == _encoded(one)
+    assert views.encode_money_reply(entry, (first, second), None, shard) == _encoded(two)
+
+
+def test_a_transaction_id_names_the_shard_that_wrote_the_row() -> None:
+    """The id is the account's region, the writing shard (not the home shard its id names:
+    after a partner move they differ) and its seq; the same account's rows of two shards
+    never share an id, and the id reads back as (shard, seq)."""
+    entry = Entry(7, "US-0-aaaa", "op:x", "credit", "x", 201, "", 0, 5, "USD", None, None, 5, 0, 1, 0, "", b"{}")
+    account = Account("US-0-aaaa", None, "user", "US", "USD", "a", "active", 5, 0, 0, False, 1, 0, 0, b"{}")
+    ids_seen = set()
+    for shard in (0, 1, 12):
+        txn = views.txn_view(entry.row(), shard)
+        assert txn["id"] == f"US-{shard}-t7"
+        assert b'"id":"US-%d-t7"' % shard in views.encode_money_reply(entry, (account,), None, shard)
+        assert txn_shard_seq("US-0-aaaa", txn["id"]) == (shard, 7)
+        ids_seen.add(txn["id"])
+    assert len(ids_seen) == 3
+    for wrong in ("EU-1-t7", "US-1-t", "US--t7", "US-1-7", "US-x-t7", "US-1-t7x", "US-1-t" + "9" * 19, "US-1²-t7"):
+        assert txn_shard_seq("US-0-aaaa", wrong) is None, wrong
 
 
 def test_a_renamed_account_is_not_rendered_from_a_stale_cache() -> None:

@@ -223,6 +223,10 @@ ROUTES = (
           "BatchRequest", "200", _ref("BatchReply")),
 )  # fmt: skip
 
+# A seq; for a moved account one position per shard (``routes_history._merged``), or its earlier form.
+_N = "[0-9]{1,18}"
+_HISTORY_CURSOR = rf"^({_N}|p{_N}\.{_N}(-{_N}\.{_N})*|m{_N}-{_N}-{_N})(?![\s\S])"
+
 _QUERY = {
     "limit_children": ("limit", {"type": "integer", "minimum": 1, "maximum": limits.CHILDREN_LIMIT_MAX,
                                  "default": limits.HISTORY_LIMIT_DEFAULT}, "page size"),
@@ -230,8 +234,8 @@ _QUERY = {
                         "the previous page's next_cursor (a child's id)"),
     "limit_history": ("limit", {"type": "integer", "minimum": 1, "maximum": limits.HISTORY_LIMIT_MAX,
                                 "default": limits.HISTORY_LIMIT_DEFAULT}, "page size"),
-    "cursor_history": ("cursor", {"type": "string", "pattern": r"^[0-9]{1,18}(?![\s\S])"},
-                       "the previous page's next_cursor"),
+    "cursor_history": ("cursor", {"type": "string", "pattern": _HISTORY_CURSOR},
+                       "the previous page's next_cursor (a moved account's: one position per shard it lived on)"),
     "after_events": ("after", {"type": "string", "pattern": r"^[0-9]{1,18}(\.[0-9]{1,18})*(?![\s\S])"},
                      "the previous page's next_cursor (one position per shard, dot-separated); none: from the start"),
     "limit_events": ("limit", {"type": "integer", "minimum": 1, "maximum": limits.EVENTS_LIMIT_MAX,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from balance import views
 from balance.api import schemas as s
 from balance.api.access import check, require, require_account
 from balance.api.answers import HttpError, json_reply
@@ -39,10 +38,13 @@ async def release(app: BalanceApp, request: Request, params: list[str]) -> Reply
 
 
 async def get_hold(app: BalanceApp, request: Request, params: list[str]) -> Reply:
+    """The hold as it stands: where its account lives, or, for a hold that left that shard with
+    its account (``moved`` there) or was settled before a move, where it ended
+    (``BalanceService.hold_read``)."""
     require_account(app, request, params[0])
-    port = app.service.port_for(params[0])
-    assert port is not None
-    state = await port.hold_state(params[0], hold_id(params[1]))
-    if state is None:
+    view = await app.service.hold_read(params[0], hold_id(params[1]))
+    if isinstance(view, Reply):
+        return view
+    if view is None:
         raise HttpError(e.HOLD_NOT_FOUND, 404, f"hold {params[1]} not found")
-    return json_reply(200, views.hold_view(state))
+    return json_reply(200, view)

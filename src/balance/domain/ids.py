@@ -58,19 +58,29 @@ def client_account_suffix(parent_id: str | None, client_id: str) -> str:
     return hashlib.blake2b(f"{scope}\n{client_id}".encode(), digest_size=8).hexdigest()
 
 
-def txn_id(account_id: str, seq: int) -> str:
-    """A history row's id: the region and home shard of its account's id (as account ids name
-    them: ``US-3-...``) and the shard's journal sequence number. Unique across the service (one
-    journal per shard, never reused), stable across restarts, routable without a look-up."""
-    region, _, rest = account_id.partition("-")
-    shard = rest.partition("-")[0]
-    return f"{region}-{shard}-{TXN_SEQ_MARK}{seq}"
+def txn_id(account_id: str, seq: int, shard: int) -> str:
+    """A history row's id: the region of its account's id, the shard that wrote the row and
+    that shard's journal sequence number (``US-3-t42``). Unique across the fleet by
+    construction (one journal per shard, seqs never reused), stable, and routable without a
+    look-up, also after its account moved to another shard (the id names where the row is).
+    Before partner moves the shard was always the account's home shard, so the ids of every
+    row written before moves existed read the same either way."""
+    return f"{account_id.partition('-')[0]}-{shard}-{TXN_SEQ_MARK}{seq}"
 
 
-def txn_seq(account_id: str, transaction_id: str) -> int | None:
-    """The journal seq a transaction id names, if it is an id of ``account_id``'s rows."""
-    prefix = txn_id(account_id, 0)[:-1]
-    digits = transaction_id[len(prefix) :]
-    if not transaction_id.startswith(prefix) or not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+TXN_SHARD_DIGITS_MAX = 9  # as ``shards.shard_in_id`` reads an account id's shard
+TXN_SEQ_DIGITS_MAX = 18  # seqs stay far below 10^18 (and SEQ_MAX, 2^63 - 1)
+
+
+def txn_shard_seq(account_id: str, transaction_id: str) -> tuple[int, int] | None:
+    """(shard, journal seq) a transaction id names, if it is an id of ``account_id``'s region
+    (``<REGION>-<shard>-t<seq>``, ASCII digits); None for anything else."""
+    region = account_id.partition("-")[0]
+    if not transaction_id.startswith(region + "-"):
         return None
-    return int(digits)
+    shard, mark, seq = transaction_id[len(region) + 1 :].partition("-" + TXN_SEQ_MARK)
+    if not mark or not (shard.isascii() and shard.isdigit() and len(shard) <= TXN_SHARD_DIGITS_MAX):
+        return None
+    if not (seq.isascii() and seq.isdigit() and len(seq) <= TXN_SEQ_DIGITS_MAX):
+        return None
+    return int(shard), int(seq)

@@ -99,6 +99,7 @@ HOLD_DESTINATION: Final = 6
 HOLD_DESCRIPTION: Final = 10
 HOLD_METADATA: Final = 11
 JOURNAL_SEQ: Final = 0  # in a journal row (``Entry.row()``, ``schema.JOURNAL_COLUMNS``)
+JOURNAL_CREATED_AT: Final = 15  # in a journal row, as above
 
 
 class Account:

@@ -73,7 +73,9 @@ def unavailable_reply(detail: str) -> Reply:
     return Reply(503, views.problem(e.UNAVAILABLE, 503, detail))
 
 
-def render(command: c.Command, outcome: Outcome) -> Reply:
+def render(command: c.Command, outcome: Outcome, shard: int) -> Reply:
+    """The answer of an applied command (``shard``: the one that applied it, named by the
+    transaction id of its row)."""
     if outcome.replay is not None:
         return Reply(outcome.status, outcome.replay.body, True)
     if outcome.rejection is not None:
@@ -89,7 +91,7 @@ def render(command: c.Command, outcome: Outcome) -> Reply:
     elif isinstance(command, (c.CreateAccount, c.UpdateAccount)):
         body = views.encode_account(outcome.accounts[0])
     elif outcome.entry is not None and not isinstance(command, c.ExpireHold):
-        body = views.encode_money_reply(outcome.entry, outcome.accounts, outcome.hold)
+        body = views.encode_money_reply(outcome.entry, outcome.accounts, outcome.hold, shard)
     else:
         body = b""
     if outcome.record is not None:

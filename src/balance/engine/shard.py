@@ -600,7 +600,7 @@ class ShardEngine:
 
     def _apply(self, command: c.Command, now: int) -> Reply:
         outcome = self.ledger.apply(command, now)
-        reply = render(command, outcome)
+        reply = render(command, outcome, self.shard)
         if outcome.replay is not None:
             code = "replayed"
         else:

@@ -173,7 +173,7 @@ class EventStream:
             head = self._heads[account_id] = AccountHead(account_id, static)
         account = head.render(row)
         seq, version, occurred = row[SEQ], row[VERSION], views.stamp_bytes(row[CREATED_AT])
-        data = b'{"account":%b,"transaction":%b}' % (account, views.txn_row_bytes(row))
+        data = b'{"account":%b,"transaction":%b}' % (account, views.txn_row_bytes(row, self.shard))
         out.append(self._journal_envelope(cat.TRANSACTION_CREATED, head, seq, version, occurred, data))
         if settles_hold(row):
             key = (account_id, row[HOLD_ID])

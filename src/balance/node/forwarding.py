@@ -74,6 +74,33 @@ class HoldsNamingWire(msgspec.Struct):
     holds: list[tuple[str, str, str]]  # (account, hold id, destination) pending or being captured
 
 
+class HistoryAsk(msgspec.Struct, array_like=True):
+    """A moved account's rows on a shard another node owns (``GET …/transactions`` and
+    ``GET …/transactions/{txn_id}`` of the node it lives on): one page, as ``ShardPort.history``."""
+
+    account_id: str
+    limit: int
+    before_seq: int | None
+    since: int | None
+    until: int | None
+
+
+class HistoryWire(msgspec.Struct):
+    rows: list[tuple[int, int, msgspec.Raw]]  # (created_at, seq, the Txn as that shard renders it), newest first
+
+
+class HoldAsk(msgspec.Struct, array_like=True):
+    """A moved account's hold as a shard another node owns has it (``GET …/holds/{hold_id}``)."""
+
+    account_id: str
+    hold_id: str
+
+
+class HoldWire(msgspec.Struct, array_like=True):
+    status: str  # "" when that shard has no such hold
+    hold: msgspec.Raw  # the Hold as that shard renders it (null when it has none)
+
+
 class _BatchResult(msgspec.Struct):
     status: int
     replayed: bool

@@ -18,12 +18,22 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from balance import views
 from balance.directory.records import DirectoryError, NodeRecord, Ownership, ShardDirectory, ShardRecord
 from balance.domain import commands as c
+from balance.domain import limits
 from balance.domain.authority import Actor
 from balance.domain.ids import client_account_suffix
 from balance.domain.ledger import inbound_hold_mark
-from balance.domain.model import ACCOUNT_FIELDS, ACCOUNT_STATUS, STATUS_CLOSED, Account
+from balance.domain.model import (
+    ACCOUNT_FIELDS,
+    ACCOUNT_STATUS,
+    HOLD_STATUS,
+    JOURNAL_CREATED_AT,
+    JOURNAL_SEQ,
+    STATUS_CLOSED,
+    Account,
+)
 from balance.engine.partner_move import move_in_from_wire, move_in_wire
 from balance.engine.replies import Reply, unavailable_reply
 from balance.engine.shard import FENCED, ShardEngine
@@ -32,9 +42,13 @@ from balance.node.forwarding import (
     INTERNAL_PREFIX,
     DestinationWire,
     Forwarder,
+    HistoryAsk,
+    HistoryWire,
+    HoldAsk,
     HoldMarkWire,
     HoldsNamingAsk,
     HoldsNamingWire,
+    HoldWire,
     LegWire,
 )
 from balance.node.ports import NodeShard
@@ -59,7 +73,7 @@ KEY_CLOCK_MARGIN_MS = 5000  # key rows are stamped by their writer's clock: re-r
 ARRIVAL_SETTLE_S = 2.5
 
 
-_SHARD_ROUTES = ("transfer-in", "hold-mark", "move-in", "payment-result")
+_SHARD_ROUTES = ("transfer-in", "hold-mark", "move-in", "payment-result", "history", "hold")
 
 
 def _no_route(method: str, path: str) -> Reply:
@@ -254,7 +268,10 @@ class ShardKeeper:
         - ``shards/{n}/payment-result``: a payment result that node's consumer received for an
           account of shard ``n``: applied here, the verdict back (``results.applier``);
         - ``holds-naming``: that node's question, which holds of this node's shards name
-          accounts of its shards (``node.remote_marks``)."""
+          accounts of its shards (``node.remote_marks``);
+        - ``shards/{n}/history``, ``shards/{n}/hold``: a moved account's rows, or one of its
+          holds, on shard ``n``, for the node it lives on now (``GET …/transactions``, ``GET
+          …/holds/{id}`` there: the rows stay where they were written, docs/moves.md)."""
         parts = path.removeprefix(INTERNAL_PREFIX).split("/")
         if self.forwarder is None or not self.forwarder.forwarded(headers) or method != "POST":
             return _no_route(method, path)
@@ -275,6 +292,10 @@ class ShardKeeper:
             if self.on_payment_result is None:
                 return unavailable_reply(f"node {self.node.id} does not consume payment results")
             return await self.on_payment_result(body)
+        if parts[2] == "history":
+            return await self._history(engine, body)
+        if parts[2] == "hold":
+            return await self._hold(engine, body)
         if parts[2] == "move-in":  # a partner move's arrival (``engine.partner_move``)
             try:
                 arriving = move_in_from_wire(body)
@@ -310,6 +331,66 @@ class ShardKeeper:
         if self.forwarder is None or owner is None:
             return unavailable_reply(f"shard {shard} is owned by another node, which cannot be reached now")
         return await self.forwarder.internal(owner, f"shards/{shard}/payment-result", body)
+
+    async def _history(self, engine: ShardEngine, body: bytes) -> Reply:
+        """A page of an account's rows on this node's shard (the asking node merges them)."""
+        try:
+            ask = msgspec.json.decode(body, type=HistoryAsk)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return Reply(422, problem("validation_error", 422, f"not a question of history: {exc}"))
+        if not 1 <= ask.limit <= limits.HISTORY_LIMIT_MAX:
+            return Reply(422, problem("validation_error", 422, "limit out of range"))
+        rows = await engine.storage.history(ask.account_id, ask.limit, ask.before_seq, ask.since, ask.until)
+        shard = engine.shard
+        answer = [(row[JOURNAL_CREATED_AT], row[JOURNAL_SEQ], views.txn_view(row, shard)) for row in rows]
+        return Reply(200, msgspec.json.encode({"rows": answer}))
+
+    async def _hold(self, engine: ShardEngine, body: bytes) -> Reply:
+        """One hold of an account as this node's shard has it (``moved``, or how it ended here)."""
+        try:
+            ask = msgspec.json.decode(body, type=HoldAsk)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return Reply(422, problem("validation_error", 422, f"not a question of a hold: {exc}"))
+        state = await engine.hold_state(ask.account_id, ask.hold_id)
+        if state is None:
+            return Reply(200, msgspec.json.encode(HoldWire("", msgspec.Raw(b"null"))))
+        view = msgspec.Raw(msgspec.json.encode(views.hold_view(state)))
+        return Reply(200, msgspec.json.encode(HoldWire(str(state[HOLD_STATUS]), view)))
+
+    async def history_elsewhere(
+        self, shard: int, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
+    ) -> list[tuple[int, int, msgspec.Raw]] | Reply:
+        """``account_id``'s rows on ``shard``, owned by another node: (created_at, seq, Txn),
+        newest first, as that node renders them; 503 if it cannot be asked."""
+        ask = msgspec.json.encode(HistoryAsk(account_id, limit, before_seq, since, until))
+        reply = await self._ask_owner(shard, "history", ask)
+        if reply.status != 200:
+            return reply
+        return msgspec.json.decode(reply.body, type=HistoryWire).rows
+
+    async def hold_elsewhere(self, shard: int, account_id: str, hold_id: str) -> tuple[str, msgspec.Raw | None] | Reply:
+        """A hold of ``account_id`` as ``shard`` (owned by another node) has it: (status, Hold),
+        ("", None) if it has none; 503 if it cannot be asked."""
+        reply = await self._ask_owner(shard, "hold", msgspec.json.encode(HoldAsk(account_id, hold_id)))
+        if reply.status != 200:
+            return reply
+        told = msgspec.json.decode(reply.body, type=HoldWire)
+        return told.status, (told.hold if told.status else None)
+
+    async def _ask_owner(self, shard: int, route: str, body: bytes) -> Reply:
+        owner = await self._owner_of(shard)
+        if self.forwarder is None or owner is None:
+            return unavailable_reply(f"shard {shard} is owned by another node, which cannot be reached now")
+        reply = await self.forwarder.internal(owner, f"shards/{shard}/{route}", body)
+        if reply.status not in (200, 503):
+            log.warning("node %s: shards/%d/%s answered %d: %r", self.node.id, shard, route, reply.status,
+                        reply.body[:200])  # fmt: skip
+            return unavailable_reply(f"the node that owns shard {shard} did not answer the read ({reply.status})")
+        return reply
+
+    def owns(self, shard: int) -> bool:
+        """This node serves ``shard`` now (its engine is here)."""
+        return 0 <= shard < len(self.ports) and self.ports[shard].engine is not None
 
     async def move_in(self, shard: int, command: c.MoveIn) -> Reply:
         """A partner move's arrival on ``shard``: executed here if this node owns it, else sent
