@@ -14,6 +14,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -30,6 +31,10 @@ def counts(path: Path) -> tuple[int, int, int]:
         outbox = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         mark = conn.execute("SELECT value FROM meta WHERE name = 'events_pruned'").fetchone()
     return int(journal), int(outbox), 0 if mark is None else int(mark[0])
+
+
+def outbox_is(path: Path, rows: int) -> bool:
+    return counts(path)[1] == rows
 
 
 def until(check: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
@@ -81,7 +86,7 @@ def test_nodes_without_a_broker_prune_their_shards_outbox(tmp_path: Path, monkey
         fleet.start("a")
         fleet.start("b")
         for path, (journal, _, _) in zip(files, before, strict=True):
-            until(lambda p=path: counts(p)[1] == 1, f"{path.name}'s outbox pruned")
+            until(partial(outbox_is, path, 1), f"{path.name}'s outbox pruned")
             now = counts(path)
             assert now[0] == journal  # the journal whole
             assert now[2] > 0  # the watermark raised with the deletes
@@ -100,6 +105,7 @@ def test_nodes_without_a_broker_prune_their_shards_outbox(tmp_path: Path, monkey
         assert "shard 0: pruning its outbox" in (tmp_path / "b.log").read_text()
         with fleet.client("b") as b:
             assert b.get(f"/v1/accounts/{accounts[0]}").status_code == 200  # b serves shard 0 now
+            assert b.get("/v1/events").status_code == 503  # a node serves no feed (docs/fleet.md)
             journal_0 = counts(files[0])[0]
     finally:
         fleet.stop()
