@@ -104,6 +104,12 @@ async def serve(settings: Settings) -> None:
         raise StartError(f"cannot listen on {settings.host}:{settings.port}: {reason.lower()}") from None
     starting = loop.create_task(app.start_service())  # recovery in the background
     leases = None if keeper is None else loop.create_task(keeper.run())
+    if keeper is not None and relay_config.enabled:
+        log.warning(
+            "node %s: the event relay reads BALANCE_SHARDS and BALANCE_DB_URL (or the data directory), "
+            "not the shards this node owns (docs/fleet.md, 'Events on a fleet')",
+            settings.node_id,
+        )
     stop_events = _start_relay(settings, app.metrics)
     stop_expiry = _start_expiry(settings, expiry, app) if keeper is None else _start_node_expiry(keeper, expiry, app)
     results = _start_results(app, starting, results_config, keeper)
