@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from balance.api.app import BalanceApp
     from balance.expiry.config import ExpiryConfig
     from balance.node.keeper import ShardKeeper
+    from balance.relay.config import RelayConfig
     from balance.results.config import ResultsConfig
     from balance.results.runner import ResultsConsumers
 
@@ -59,12 +60,14 @@ async def serve(settings: Settings) -> None:
     from balance.api.http1 import HttpServer
     from balance.bootstrap import build_app
     from balance.expiry.config import ExpiryConfig
+    from balance.relay.config import RelayConfig
     from balance.results.config import ResultsConfig
 
     try:
         limits = HttpLimits.from_env()
         expiry = ExpiryConfig.from_env()
         results_config = ResultsConfig.from_env()
+        relay_config = RelayConfig.from_env()
     except ValueError as exc:
         raise StartError(str(exc)) from None
     raise_file_limit()
@@ -101,9 +104,16 @@ async def serve(settings: Settings) -> None:
         raise StartError(f"cannot listen on {settings.host}:{settings.port}: {reason.lower()}") from None
     starting = loop.create_task(app.start_service())  # recovery in the background
     leases = None if keeper is None else loop.create_task(keeper.run())
+    if keeper is not None and relay_config.enabled:
+        log.warning(
+            "node %s: the event relay reads BALANCE_SHARDS and BALANCE_DB_URL (or the data directory), "
+            "not the shards this node owns (docs/fleet.md, 'Events on a fleet')",
+            settings.node_id,
+        )
     stop_events = _start_relay(settings, app.metrics)
     stop_expiry = _start_expiry(settings, expiry, app) if keeper is None else _start_node_expiry(keeper, expiry, app)
     results = _start_results(app, starting, results_config, keeper)
+    stop_pruner = _nothing if keeper is None else _start_node_pruner(keeper, relay_config)
     try:
         await stopping.wait()
     finally:
@@ -112,6 +122,7 @@ async def serve(settings: Settings) -> None:
         if results is not None:  # before the engines: what was not acknowledged is redelivered
             await results.stop()
         await stop_expiry()
+        await stop_pruner()
         if not starting.done():
             starting.cancel()
         if leases is not None:
@@ -214,6 +225,25 @@ def _start_node_expiry(keeper: ShardKeeper, config: ExpiryConfig, app: BalanceAp
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await expiry.stop()
+
+    return stop
+
+
+def _start_node_pruner(keeper: ShardKeeper, config: RelayConfig) -> Callable[[], Awaitable[None]]:
+    """A fleet node without a broker: the outbox of each shard it owns pruned past the retention
+    (``balance.relay.node_pruner``, the single-process pruner per shard). With a broker the
+    relay prunes what every broker confirmed, so nothing here."""
+    if config.sink_names:
+        return _nothing
+    from balance.relay.node_pruner import NodePruner
+
+    pruner = NodePruner(keeper.ports, config.retention_s)
+    task = asyncio.get_running_loop().create_task(pruner.run())
+
+    async def stop() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pruner.stop()
 
     return stop
 
