@@ -1,0 +1,53 @@
+"""``untrack(obj)``: take a long-lived record out of the cyclic garbage collector's lists.
+
+A shard keeps an object per pending hold and per recent operation (``Hold``, ``Record``) and
+per account, for minutes or for good. Every one of them was tracked by the collector (mypyc's
+native classes always are), so each collection of the old generations walked all of them:
+with 60,000 holds left pending at 3,000/s, a third of p99 (benchmarks/tail-latency.md,
+sessions 11 and 12). Their fields are only str, int, bytes, None and tuples of those, so they
+cannot be part of a reference cycle: reference counting frees them, and the collector has
+nothing to find in them. Untracked, they cost a collection nothing, and a collection's cost is
+that of the traffic in flight.
+
+Only for objects whose fields are atomic values (str, int, float, bool, bytes, None, and
+tuples of those): an untracked object in a cycle would never be freed. A tracked object it
+points to stays alive while it does, as with any reference the collector does not see.
+
+The compiled build uses a few lines of C (``_untrack.c``, built by setup.py next to the mypyc
+modules); the pure-Python one (``BALANCE_PURE_PYTHON=1``) calls the same C API through ctypes,
+or does nothing where there is none (the objects then stay tracked, as before).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+
+def _through_ctypes() -> Callable[[object], None]:
+    """The pure-Python build: the same C API through ctypes (or nothing, off CPython)."""
+    try:
+        import ctypes
+
+        gc_untrack = ctypes.pythonapi.PyObject_GC_UnTrack
+    except (ImportError, AttributeError):  # not CPython: they stay tracked, as before
+        return lambda obj: None
+    gc_untrack.argtypes = (ctypes.py_object,)
+    gc_untrack.restype = None
+
+    def untrack(obj: object) -> None:
+        if gc.is_tracked(obj):  # only an object with GC support can be (the C API needs one)
+            gc_untrack(obj)
+
+    return untrack
+
+
+untrack: Callable[[object], None]
+try:
+    from balance import _untrack
+
+    untrack = _untrack.untrack
+except ImportError:
+    untrack = _through_ctypes()
+
+__all__ = ["untrack"]
