@@ -99,13 +99,15 @@ async def load(seconds: float, rate: int, pending: int) -> None:
                     ]
                     await asyncio.gather(*(engine.enqueue(command) for command in batch))
                 pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
-                began: list[float] = [0.0]
+                cpu: dict[int, list[float]] = {0: [], 1: [], 2: []}
+                began: list[float] = [0.0, 0.0]
 
                 def on_gc(phase: str, info: dict[str, int]) -> None:
                     if phase == "start":
-                        began[0] = time.perf_counter()
+                        began[:] = time.perf_counter(), time.thread_time()
                     else:
                         pauses[info["generation"]].append(time.perf_counter() - began[0])
+                        cpu[info["generation"]].append(time.thread_time() - began[1])
 
                 latencies: list[float] = []
                 tasks: set[asyncio.Task[None]] = set()
@@ -134,7 +136,8 @@ async def load(seconds: float, rate: int, pending: int) -> None:
                     if times:
                         print(
                             f"  gen {generation}: {len(times):>5} collections, {sum(times) * 1000:8.1f} ms in all,"
-                            f" longest {max(times) * 1000:6.1f} ms"
+                            f" longest {max(times) * 1000:6.1f} ms (CPU {max(cpu[generation]) * 1000:.1f} ms;"
+                            f" all: {', '.join(f'{t * 1000:.1f}' for t in times[:12])})"
                         )
                 latencies.sort()
                 pick = [latencies[min(len(latencies) - 1, int(len(latencies) * q))] * 1000 for q in (0.5, 0.99, 0.999)]

@@ -63,6 +63,19 @@ def test_accounts_holds_and_records_are_untracked_and_hold_only_atomic_values() 
     assert full is not None and full.description == "an order" and full.metadata == b'{"order": 7}'
 
 
+def test_the_containers_kept_per_hold_and_per_record_do_not_make_the_collector_walk_them() -> None:
+    ledger = _shard_with_traffic()
+    # The idempotency keys (two strings each) and the expiry wheel's buckets (holds only).
+    assert ledger.records and not any(gc.is_tracked(key) for key in ledger.records)
+    assert ledger.expiry.buckets
+    for bucket in ledger.expiry.buckets.values():
+        assert not gc.is_tracked(bucket) and all(type(hold) is Hold for hold in bucket)
+    # A sweep rebuilds buckets (``keep``): still untracked.
+    due = ledger.due_holds(T0 + 10**9 * 1_000_000, limit=3)
+    assert len(due) == 3
+    assert all(not gc.is_tracked(bucket) for bucket in ledger.expiry.buckets.values())
+
+
 def test_records_changed_in_place_and_holds_settled_stay_untracked() -> None:
     ledger = _shard_with_traffic()
     captured, released = ledger.holds.find("US-0-a", "h0"), ledger.holds.find("US-0-a", "h1")

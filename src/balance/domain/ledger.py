@@ -59,6 +59,7 @@ from balance.domain.model import (
     Hold,
 )
 from balance.domain.outcomes import REFUSED, Changes, Outcome, Record, reject
+from balance.untrack import untrack
 
 
 class _Frame:
@@ -824,7 +825,12 @@ class Ledger:
         return seq
 
     def _remember_record(self, key: tuple[str, str], record: Record) -> None:
-        self.records[key] = record
+        # Two strings, kept as long as the record: untracked, no young collection walks it
+        # (``balance.untrack``). Boxed once as Any: the compiled code would box a typed tuple
+        # afresh for each call, and the dict would keep another copy than the one untracked.
+        boxed: Any = key
+        untrack(boxed)
+        self.records[boxed] = record
         if len(self.records) > self._records_max:
             self.records.popitem(last=False)  # the oldest; storage still has it
 
