@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
+from typing import Any, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def _through_ctypes() -> Callable[[object], None]:
@@ -50,4 +54,22 @@ try:
 except ImportError:
     untrack = _through_ctypes()
 
-__all__ = ["untrack"]
+
+def tracked(mapping: dict[K, V]) -> dict[K, V]:
+    """``mapping`` (empty), tracked by the cyclic GC from now on.
+
+    CPython tracks a dict only once it holds a container, so a shard's index of holds, made
+    empty, was tracked at its first hold, after recovery's ``gc.freeze()``: every full
+    collection then visited each pending hold through it. Tracked from the start, the dict is
+    frozen with the rest of what recovery made, and no collection walks it again, however many
+    holds it comes to hold (reference counting still frees it with its ledger)."""
+    if not gc.is_tracked(mapping):
+        loose: Any = mapping
+        loose[_MARK] = []  # a container: the dict tracks itself, and stays tracked once it is gone
+        del loose[_MARK]
+    return mapping
+
+
+_MARK = object()
+
+__all__ = ["tracked", "untrack"]

@@ -114,3 +114,26 @@ def test_untrack_leaves_objects_without_gc_support_alone_and_may_be_called_twice
     listed = [1, 2]
     untrack(listed)
     assert not gc.is_tracked(listed)
+
+
+def test_the_index_of_holds_and_of_accounts_frozen_at_recovery_stay_out_of_collections() -> None:
+    """Recovery freezes what it made (``engine.recovery``); the two dicts that grow with the
+    pending holds and the accounts are tracked from the start, so they are frozen with it even
+    when the shard was empty, and no later collection walks the holds and accounts put in them."""
+    ledger = Ledger(0)
+    assert gc.is_tracked(ledger.holds._by_id) and gc.is_tracked(ledger.accounts)
+    gc.freeze()  # as recovery does once the ledger is loaded
+    try:
+        ledger.begin()
+        ledger.apply(c.CreateAccount("US-0-a", None, "partner", "US", "USD", "A", 0, b"{}"), T0)
+        ledger.apply(c.Credit("US-0-a", "fund", 10_000), T0)
+        for k in range(100):
+            ledger.apply(c.PlaceHold("US-0-a", f"h{k}", 10, 900), T0)
+        ledger.collect()
+        ledger.accept()
+        gc.collect()
+        walked = {id(obj) for obj in gc.get_objects()}  # every generation a collection walks
+        assert id(ledger.holds._by_id) not in walked and id(ledger.accounts) not in walked
+        assert len(ledger.holds) == 100 and gc.is_tracked(ledger.holds._by_id)
+    finally:
+        gc.unfreeze()

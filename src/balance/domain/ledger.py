@@ -59,7 +59,7 @@ from balance.domain.model import (
     Hold,
 )
 from balance.domain.outcomes import REFUSED, Changes, Outcome, Record, reject
-from balance.untrack import untrack
+from balance.untrack import tracked, untrack
 
 
 class _Frame:
@@ -114,7 +114,7 @@ class Ledger:
         finished_holds_max: int = limits.FINISHED_HOLDS_CACHE_ENTRIES,
     ) -> None:
         self.shard = shard
-        self.accounts: dict[str, Account] = {}
+        self.accounts: dict[str, Account] = tracked({})  # frozen by recovery (``balance.untrack.tracked``)
         self.holds = HoldIndex()  # pending, plus recently finished ones
         # (account_id, op_key) -> first outcome, oldest first. Windows evicted from the front are
         # OrderedDicts: a plain dict skips every slot deleted before its first live one on
