@@ -137,3 +137,16 @@ def test_the_index_of_holds_and_of_accounts_frozen_at_recovery_stay_out_of_colle
         assert len(ledger.holds) == 100 and gc.is_tracked(ledger.holds._by_id)
     finally:
         gc.unfreeze()
+
+
+def test_a_dict_tracked_from_the_start_stays_as_compact_as_a_plain_one() -> None:
+    """A non-str mark would turn the table into the general kind for good (a hash per entry:
+    11 B more per pending hold, measured)."""
+    import sys
+
+    from balance.untrack import tracked
+
+    plain, early = {}, tracked({})
+    for k in range(1000):
+        plain[f"hold-{k}"] = early[f"hold-{k}"] = k
+    assert gc.is_tracked(early) and sys.getsizeof(early) == sys.getsizeof(plain)
