@@ -11,7 +11,7 @@ COMPILED_SOURCES := $(wildcard src/balance/domain/*.py) src/balance/views.py src
 	$(addprefix src/balance/engine/,replies.py recovery.py lookups.py expiry_sweep.py shard.py) \
 	$(addprefix src/balance/api/,answers.py parsing.py strict_json.py commands.py access.py app.py admission.py http1.py) \
 	$(wildcard src/balance/api/routes_*.py) src/balance/storage/sqltext.py \
-	$(addprefix src/balance/events/,catalogue.py states.py stream.py)
+	$(addprefix src/balance/events/,catalogue.py states.py stream.py) src/balance/_untrack.c
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml setup.py $(COMPILED_SOURCES)
 	@echo "make: setting up $(VENV) (the first time, or after a change to the dependencies or a compiled module)"
 	@test -x $(BIN)/python || { echo "make: creating the virtual environment $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }

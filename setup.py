@@ -7,11 +7,15 @@ MariaDB's small batches (``storage/sqltext.py``) are compiled too (2.4x faster p
 so is the built-in HTTP/1.1 server's protocol (``api/http1.py``: 1.03-1.05x single operations).
 BENCHMARKS.md has the measurements. ``BALANCE_PURE_PYTHON=1`` at install time skips the compilation: the same
 modules then run interpreted (slower, same behaviour; the tests pass either way).
+
+``balance._untrack`` is a few lines of C (``src/balance/_untrack.c``) built with them: it takes
+the long-lived per-hold, per-operation and per-account objects out of the cyclic GC's lists
+(``balance.untrack`` says why; the pure-Python build reaches the same C API through ctypes).
 """
 
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 COMPILED = [
     "src/balance/domain/limits.py",
@@ -59,5 +63,6 @@ if os.environ.get("BALANCE_PURE_PYTHON", "") != "1":
 
     # Third-party modules (msgspec, prometheus_client) are not in the build environment: typed as Any.
     ext_modules = mypycify(["--ignore-missing-imports", *COMPILED], opt_level="3", group_name="balance_native")
+    ext_modules.append(Extension("balance._untrack", ["src/balance/_untrack.c"]))
 
 setup(ext_modules=ext_modules)

@@ -6,6 +6,7 @@ import heapq
 from collections.abc import Callable
 
 from balance.domain.model import Hold
+from balance.untrack import untrack
 
 
 class ExpiryWheel:
@@ -14,6 +15,10 @@ class ExpiryWheel:
     8 bytes per hold in a bucket list, instead of a 64-byte (expires_at, account, id) tuple on
     a heap: at millions of pending holds that is most of a hold's memory. Entries are lazy:
     a hold that was captured, released or rolled back is skipped when its second comes.
+
+    The bucket lists hold only holds, which are untracked by the cyclic GC (``balance.untrack``)
+    and reference nothing but atomic values: the lists are untracked too, so a full collection
+    does not visit every pending hold through them. Keep it so: a bucket holds holds only.
     """
 
     __slots__ = ("buckets", "seconds")
@@ -27,6 +32,7 @@ class ExpiryWheel:
         bucket = self.buckets.get(second)
         if bucket is None:
             bucket = self.buckets[second] = []
+            untrack(bucket)
             heapq.heappush(self.seconds, second)
         bucket.append(hold)
 
@@ -43,6 +49,7 @@ class ExpiryWheel:
                 (due if hold.expires_at <= now and len(due) < limit else keep).append(hold)
             if keep:  # later in this second, or over the limit: they wait for the next sweep
                 self.buckets[second] = keep
+                untrack(keep)
                 break
             del self.buckets[second]
             heapq.heappop(self.seconds)
@@ -55,6 +62,7 @@ class ExpiryWheel:
             live = [hold for hold in self.buckets[second] if is_live(hold)]
             if live:
                 self.buckets[second] = live
+                untrack(live)
                 oldest = min(hold.expires_at for hold in live)
                 return oldest if oldest <= now else None
             del self.buckets[second]

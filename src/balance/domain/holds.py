@@ -30,6 +30,7 @@ from balance.domain.model import (
     RELEASE,
     Hold,
 )
+from balance.untrack import tracked
 
 # A settling journal row's kind -> the status it leaves the hold in.
 SETTLED_STATUS = {CAPTURE: HOLD_CAPTURED, RELEASE: HOLD_RELEASED, EXPIRE: HOLD_EXPIRED}
@@ -97,7 +98,9 @@ class HoldIndex:
     __slots__ = ("_by_id", "_count")
 
     def __init__(self) -> None:
-        self._by_id: dict[str, Hold | list[Hold]] = {}
+        # Tracked from the start: recovery's gc.freeze() then takes it out of every later
+        # collection (``balance.untrack.tracked``), however many holds come into it.
+        self._by_id: dict[str, Hold | list[Hold]] = tracked({})
         self._count = 0
 
     def find(self, account_id: str, hold_id: str) -> Hold | None:

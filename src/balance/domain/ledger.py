@@ -61,6 +61,7 @@ from balance.domain.model import (
     Hold,
 )
 from balance.domain.outcomes import REFUSED, Changes, Outcome, Record, reject
+from balance.untrack import tracked, untrack
 
 
 class _Frame:
@@ -105,7 +106,7 @@ class Ledger:
         finished_holds_max: int = limits.FINISHED_HOLDS_CACHE_ENTRIES,
     ) -> None:
         self.shard = shard
-        self.accounts: dict[str, Account] = {}
+        self.accounts: dict[str, Account] = tracked({})  # frozen by recovery (``balance.untrack.tracked``)
         self.holds = HoldIndex()  # pending, plus recently finished ones
         # (account_id, op_key) -> first outcome, oldest first. Windows evicted from the front are
         # OrderedDicts: a plain dict skips every slot deleted before its first live one on
@@ -830,7 +831,12 @@ class Ledger:
         return seq
 
     def _remember_record(self, key: tuple[str, str], record: Record) -> None:
-        self.records[key] = record
+        # Two strings, kept as long as the record: untracked, no young collection walks it
+        # (``balance.untrack``). Boxed once as Any: the compiled code would box a typed tuple
+        # afresh for each call, and the dict would keep another copy than the one untracked.
+        boxed: Any = key
+        untrack(boxed)
+        self.records[boxed] = record
         if len(self.records) > self._records_max:
             self.records.popitem(last=False)  # the oldest; storage still has it
 

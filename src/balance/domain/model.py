@@ -1,7 +1,10 @@
 """Accounts, holds and journal entries: the state a shard writer keeps in memory.
 
 Amounts are ``int`` minor units, times are ``int`` microseconds since the epoch.
-Classes use ``__slots__`` because a shard keeps millions of them.
+Classes use ``__slots__`` because a shard keeps millions of them. Accounts and holds hold
+only atomic values (str, int, bytes, None, tuples of them) and are untracked by the cyclic
+GC when made (``balance.untrack``): a collection does not walk the millions a shard keeps.
+Keep it so: a field holding a list, a dict or another object would need them tracked again.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from typing import Final
+
+from balance.untrack import untrack
 
 KINDS_USER = ("partner", "provider", "user")
 KIND_FUNDING = "funding"
@@ -135,6 +140,7 @@ class Account:
         self.updated_at = updated_at
         self.metadata = metadata
         self.frozen_by = frozen_by
+        untrack(self)  # atomic fields only: no cycle through it (balance.untrack)
 
     @property
     def available(self) -> int:
@@ -210,6 +216,7 @@ class Hold:
             else (destination_account_id, description, metadata)
         )
         self.placed_by = None if placed_by is None else principal(placed_by)
+        untrack(self)  # atomic fields only (``_details``: a tuple of them): balance.untrack
 
     @property
     def destination_account_id(self) -> str | None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from balance.domain import errors as e
 from balance.domain.model import Account, Entry, Event, Hold
+from balance.untrack import untrack
 
 # The status a refusal carries out of the domain: the engine replaces it with the API's status
 # for the rejection's code (``balance.api.statuses``) before the outcome is answered, recorded or
@@ -18,7 +19,10 @@ REFUSED = 400
 
 
 class Record:
-    """The first outcome of an operation id: what a replay answers."""
+    """The first outcome of an operation id: what a replay answers.
+
+    A shard keeps hundreds of thousands (``limits.IDEMPOTENCY_CACHE_ENTRIES``): atomic fields
+    only, untracked by the cyclic GC when made (``balance.untrack``)."""
 
     __slots__ = ("fingerprint", "status", "body")
 
@@ -26,6 +30,7 @@ class Record:
         self.fingerprint = fingerprint
         self.status = status
         self.body = body
+        untrack(self)
 
 
 class Outcome:
