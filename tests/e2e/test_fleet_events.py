@@ -133,9 +133,9 @@ def complete(events: Events, client: httpx.Client, accounts: list[str]) -> bool:
     return True
 
 
-def test_each_node_relays_the_shards_it_owns_and_a_standby_resumes_at_the_cursor(
-    tmp_path: Path, exchange: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def broker_fleet(tmp_path: Path, exchange: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Fleet, list[Path]]:
+    """Shard 0 on node a (standby b), shard 1 on node b, in files not named ``shard-<n>.db``;
+    RabbitMQ set on both nodes (results and expiry notices off: events only)."""
     monkeypatch.setenv("BALANCE_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("BALANCE_DIRECTORY_URL", raising=False)
     files = [tmp_path / f"fleet-events-{shard}.sqlite" for shard in (0, 1)]
@@ -147,6 +147,13 @@ def test_each_node_relays_the_shards_it_owns_and_a_standby_resumes_at_the_cursor
                    BALANCE_EXPIRY_JOB="off")  # fmt: skip
         for name in ("BALANCE_NATS_URL", "BALANCE_RELAY", "BALANCE_RELAY_SHARDS", "BALANCE_SHARDS", "BALANCE_DB_URL"):
             env.pop(name, None)
+    return fleet, files
+
+
+def test_each_node_relays_the_shards_it_owns_and_a_standby_resumes_at_the_cursor(
+    tmp_path: Path, exchange: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet, files = broker_fleet(tmp_path, exchange, monkeypatch)
     events = Events(exchange)
     done: list[str] = []
     try:
@@ -217,4 +224,59 @@ def test_each_node_relays_the_shards_it_owns_and_a_standby_resumes_at_the_cursor
     logs = {node: (tmp_path / f"{node}.log").read_text() for node in ("a", "b")}
     assert "shard 0: relaying to amqp" in logs["a"] and "shard 1: relaying to amqp" not in logs["a"]
     assert "shard 1: relaying to amqp" in logs["b"] and "shard 0: relaying to amqp" in logs["b"]
+    asyncio.run(fleet_books(tmp_path, databases=[str(path) for path in files]))
+
+
+def test_a_partner_moved_between_the_nodes_old_shards_events_first(
+    tmp_path: Path, exchange: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partner with children moved from node a's shard to node b's and back, traffic through
+    both nodes around each move: every account's versions arrive without a gap, and each event
+    of an account on one shard arrives before any of its later versions on the other (node b's
+    relay of shard 1 waits for the cursor node a's relay saves in shard 0's database, and back)."""
+    fleet, files = broker_fleet(tmp_path, exchange, monkeypatch)
+    events = Events(exchange)
+    try:
+        fleet.start("a")
+        fleet.start("b")
+        with fleet.client("a") as a, fleet.client("b") as b:
+            clients = [a, b]
+            root = new_account(a, 0)
+            kids = [a.post("/v1/accounts", json={"kind": "user", "parent_id": root, "name": f"k{i}"}).json()["id"]
+                    for i in range(4)]  # fmt: skip
+            subtree = [root, *kids]
+
+            def traffic(tag: str) -> None:
+                for i, kid in enumerate(subtree):
+                    client = clients[i % 2]
+                    r = client.post(f"/v1/accounts/{kid}/credits", json={"id": f"{tag}-cr-{i}", "amount": 100})
+                    assert r.status_code == 201, r.text
+                    r = clients[(i + 1) % 2].post(f"/v1/accounts/{kid}/holds", json={"id": f"{tag}-h-{i}", "amount": 9})
+                    assert r.status_code == 201, r.text
+                    assert client.post(f"/v1/accounts/{kid}/holds/{tag}-h-{i}/capture", json={}).status_code == 200
+
+            traffic("before")
+            for to_shard, client in ((1, b), (0, a)):
+                moved = client.post(f"/v1/partners/{root}/move", json={"to_shard": to_shard})
+                assert moved.status_code == 200 and moved.json()["status"] == "done", moved.text
+                deadline = time.monotonic() + 10
+                for c in clients:
+                    while c.get(f"/v1/partners/{root}/placement").json().get("shard") != to_shard:
+                        assert time.monotonic() < deadline
+                        time.sleep(0.05)
+                traffic(f"to-{to_shard}")
+            until(lambda: complete(events, a, subtree), "every account's events")
+    finally:
+        fleet.stop()
+    first: dict[str, int] = {}
+    for index, (_, envelope) in enumerate(events.got):
+        first.setdefault(envelope["id"], index)
+    unique = events.unique()
+    for account in subtree:
+        mine = [e for e in unique.values() if e["account_id"] == account]
+        assert {e["shard"] for e in mine} == {0, 1}
+        for early in mine:
+            for later in mine:
+                if early["shard"] != later["shard"] and early["version"] < later["version"]:
+                    assert first[early["id"]] < first[later["id"]], (account, early["id"], later["id"])
     asyncio.run(fleet_books(tmp_path, databases=[str(path) for path in files]))
