@@ -6,7 +6,8 @@ shard 1. Node b owns shard 1 only: it publishes shard 1's own accounts' events b
 moved subtree's until shard 0's relay (node a's) has saved its cursor past the leaving in shard
 0's database; then the subtree's events follow, the old shard's first. Node a loses shard 0:
 its relays stop at its next look without saving the cursor, and a change committed after that
-is published by no one until node b owns shard 0, whose relay resumes at the saved cursor.
+is published by no one until node b owns shard 0, whose relay resumes at the saved cursor. A
+relay task that ends by itself is started again.
 Each account's versions arrive without a gap (de-duplicated by id)."""
 
 from __future__ import annotations
@@ -151,6 +152,19 @@ async def test_a_nodes_relays_follow_its_shards_and_wait_for_the_old_shards_curs
         assert set(node_b.running) == {0, 1}
         events = await broker.published()
         assert 2 in [e["version"] for _, e in events if e["account_id"] == lone], "shard 0 not resumed by b"
+
+        # A relay that ends by itself (a bug; here cancelled from outside) is started again.
+        ended = node_b.running[0]
+        ended.tasks[0].cancel()
+        await asyncio.sleep(0.1)
+        node_b.refresh()
+        assert 0 not in node_b.running
+        await asyncio.sleep(0.1)
+        node_b.refresh()
+        assert node_b.running[0] is not ended
+        assert (await engines[0].execute(c.Credit(lone, "lone-2", 9))).status == 201  # its version 3
+        events = await broker.published()
+        assert 3 in [e["version"] for _, e in events if e["account_id"] == lone], "shard 0's relay not restarted"
     finally:
         await node_a.stop()
         await node_b.stop()

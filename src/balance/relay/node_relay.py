@@ -85,6 +85,12 @@ class NodeRelay:
                 log.info("events: shard %d is no longer this node's: its relays stop", shard)
                 self._stop_shard(shard, self.running.pop(shard), save=False)
                 current = None
+            elif current is not None and any(task.done() for task in current.tasks):  # a bug ended one
+                ended = [t.exception() for t in current.tasks if t.done() and not t.cancelled()]
+                log.error("events: shard %d: a relay ended (%r); starting them again", shard, ended)
+                self._stop_shard(shard, self.running.pop(shard), save=True)
+                current = None  # (started again at the next look: the stopped ones' cursors saved first)
+                continue
             if current is None and engine is not None and engine.ready:
                 self.running[shard] = self._start_shard(shard, engine)
 
