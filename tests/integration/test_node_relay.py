@@ -1,7 +1,7 @@
 """A fleet node's relays (``relay.node_relay``) follow its ports' engines, on the real RabbitMQ.
 
 Two shards as two nodes would hold them (each node's ``NodeRelay`` over its own ``NodeShard``
-ports, real engines over the real SQLite shard files), with a partner moved from shard 0 to
+ports, real engines over real SQLite shard files or MariaDB databases), with a partner moved from shard 0 to
 shard 1. Node b owns shard 1 only: it publishes shard 1's own accounts' events but holds the
 moved subtree's until shard 0's relay (node a's) has saved its cursor past the leaving in shard
 0's database; then the subtree's events follow, the old shard's first. Node a loses shard 0:
@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sqlite3
 import time
 import uuid
-from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aio_pika
 import pytest
@@ -33,7 +32,9 @@ from balance.engine.shard import ShardEngine
 from balance.metrics import Metrics
 from balance.node.ports import NodeShard
 from balance.relay.config import RelayConfig
-from balance.relay.node_relay import NodeRelay
+from balance.relay.node_relay import NodeRelay, cursor_reader
+from balance.storage.base import ShardStorage
+from balance.storage.mariadb import MariaDbShardStorage
 from balance.storage.sqlite import SqliteShardStorage
 
 AMQP_URL = os.environ.get("BALANCE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -68,10 +69,21 @@ class Queue:
         await self.connection.close()
 
 
-def saved_cursor(path: Path) -> int:
-    with sqlite3.connect(path, timeout=10) as conn:
-        row = conn.execute("SELECT value FROM meta WHERE name = 'events_amqp_seq'").fetchone()
-    return 0 if row is None else int(row[0])
+def database_url(storage: ShardStorage) -> str:
+    """The shard's database as the directory would name it."""
+    if isinstance(storage, SqliteShardStorage):
+        return str(storage.path)
+    assert isinstance(storage, MariaDbShardStorage)
+    user = f"{quote(storage.user)}:{quote(storage.password)}" if storage.password else quote(storage.user)
+    return f"mysql://{user}@{storage.host}:{storage.port}/{storage.database}"
+
+
+async def saved_cursor(url: str) -> int:
+    reader = cursor_reader(url)
+    try:
+        return await reader.cursor("amqp")
+    finally:
+        await reader.close()
 
 
 def port(shard: int, engine: ShardEngine | None = None) -> NodeShard:
@@ -81,20 +93,20 @@ def port(shard: int, engine: ShardEngine | None = None) -> NodeShard:
     return found
 
 
-async def engine_over(shard: int, path: Path) -> ShardEngine:
-    engine = ShardEngine(shard, SqliteShardStorage(path))
+async def engine_over(shard: int, backend: Any) -> ShardEngine:
+    engine = ShardEngine(shard, backend.new(shard))
     await engine.start()
     return engine
 
 
-async def test_a_nodes_relays_follow_its_shards_and_wait_for_the_old_shards_cursor(tmp_path: Path) -> None:
+async def test_a_nodes_relays_follow_its_shards_and_wait_for_the_old_shards_cursor(backend: Any) -> None:
     broker = Queue()
     try:
         await broker.open()
     except Exception as exc:  # noqa: BLE001
         pytest.skip(f"RabbitMQ not reachable: {exc!r}")
-    paths = [tmp_path / f"node-shard-{shard}.sqlite" for shard in (0, 1)]
-    build = Build(lambda shard: SqliteShardStorage(paths[shard]))
+    urls = [database_url(backend.make(shard)) for shard in (0, 1)]  # (made: dropped after the test)
+    build = Build(backend.new)
     service = build()
     await service.start()
     root = await account(service, 0)
@@ -114,9 +126,9 @@ async def test_a_nodes_relays_follow_its_shards_and_wait_for_the_old_shards_curs
     await service.stop()
     subtree = {root, *kids}
 
-    records = [ShardRecord(s, "EU", str(paths[s]), "a" if s == 0 else "b", None) for s in (0, 1)]
+    records = [ShardRecord(s, "EU", urls[s], "a" if s == 0 else "b", None) for s in (0, 1)]
     config = RelayConfig(amqp_url=AMQP_URL, amqp_exchange=broker.exchange)
-    engines = [await engine_over(0, paths[0]), await engine_over(1, paths[1])]
+    engines = [await engine_over(0, backend), await engine_over(1, backend)]
     ports_a, ports_b = [port(0, engines[0]), port(1)], [port(0), port(1, engines[1])]
     node_b = NodeRelay(ports_b, records, config, Metrics())
     node_a = NodeRelay(ports_a, records, config, Metrics())
@@ -139,13 +151,13 @@ async def test_a_nodes_relays_follow_its_shards_and_wait_for_the_old_shards_curs
         node_a.refresh()
         assert not node_a.running
         await asyncio.gather(*node_a._closing)
-        cursor = saved_cursor(paths[0])
+        cursor = await saved_cursor(urls[0])
         await engines[0].stop()
-        engines[0] = await engine_over(0, paths[0])  # the next owner's engine
+        engines[0] = await engine_over(0, backend)  # the next owner's engine
         assert (await engines[0].execute(c.Credit(lone, "lone-1", 9))).status == 201  # its version 2
         events = await broker.published()
         assert [e["version"] for _, e in events if e["account_id"] == lone] == [1], "a lost shard's relay published"
-        assert saved_cursor(paths[0]) == cursor
+        assert await saved_cursor(urls[0]) == cursor
 
         ports_b[0].own(engines[0])
         node_b.refresh()
