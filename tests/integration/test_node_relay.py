@@ -147,9 +147,12 @@ async def test_a_nodes_relays_follow_its_shards_and_wait_for_the_old_shards_curs
             assert shards and shards == sorted(shards) and shards[0] == 0 and shards[-1] == 1, (kid, shards)
 
         # Node a loses shard 0: its relays stop at its next look, the cursor left as it was saved.
+        exposed = node_a.metrics.registry.get_sample_value
+        assert exposed("balance_events_published_seq", {"shard": "0", "sink": "amqp"})
         ports_a[0].disown()
         node_a.refresh()
         assert not node_a.running
+        assert exposed("balance_events_published_seq", {"shard": "0", "sink": "amqp"}) is None  # b's to show
         await asyncio.gather(*node_a._closing)
         cursor = await saved_cursor(urls[0])
         await engines[0].stop()

@@ -110,6 +110,11 @@ class NodeRelay:
         for relay in running.relays:
             if self.here[relay.sink.name].get(shard) is relay:
                 del self.here[relay.sink.name][shard]  # its old shard's cursor is read from its database now
+            for gauge in (self.metrics.events_lag_seconds, self.metrics.events_published_seq):
+                try:  # the new owner's /metrics shows them now (a lost shard's would stay as they were)
+                    gauge.remove(str(shard), relay.sink.name)
+                except KeyError:
+                    pass
         closing = asyncio.get_running_loop().create_task(self._close(running, save))
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
