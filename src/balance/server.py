@@ -71,12 +71,13 @@ async def serve(settings: Settings) -> None:
     except ValueError as exc:
         raise StartError(str(exc)) from None
     raise_file_limit()
+    from balance.directory.records import DirectoryError
+
     keeper = None
     if settings.node_id is None:
         app = build_app(settings)
     else:  # a node of a fleet: the shards whose leases it holds (docs/fleet.md)
         from balance.bootstrap import build_node_app
-        from balance.directory.records import DirectoryError
 
         try:
             app, keeper = await build_node_app(settings)
@@ -104,13 +105,15 @@ async def serve(settings: Settings) -> None:
         raise StartError(f"cannot listen on {settings.host}:{settings.port}: {reason.lower()}") from None
     starting = loop.create_task(app.start_service())  # recovery in the background
     leases = None if keeper is None else loop.create_task(keeper.run())
-    if keeper is not None and relay_config.enabled:
-        log.warning(
-            "node %s: the event relay reads BALANCE_SHARDS and BALANCE_DB_URL (or the data directory), "
-            "not the shards this node owns (docs/fleet.md, 'Events on a fleet')",
-            settings.node_id,
-        )
-    stop_events = _start_relay(settings, app.metrics)
+    if keeper is None:
+        stop_events = _start_relay(settings, app.metrics)
+    else:
+        try:
+            stop_events = await _start_node_relay(keeper, relay_config, app.metrics)
+        except DirectoryError as exc:
+            await app.service.stop()
+            await keeper.release()
+            raise StartError(f"node {settings.node_id}: {exc}") from None
     stop_expiry = _start_expiry(settings, expiry, app) if keeper is None else _start_node_expiry(keeper, expiry, app)
     results = _start_results(app, starting, results_config, keeper)
     stop_pruner = _nothing if keeper is None else _start_node_pruner(keeper, relay_config)
@@ -201,6 +204,28 @@ def _start_relay(settings: Settings, metrics: Metrics) -> Callable[[], Awaitable
         await task
 
     return stop_tasks
+
+
+async def _start_node_relay(
+    keeper: ShardKeeper, config: RelayConfig, metrics: Metrics
+) -> Callable[[], Awaitable[None]]:
+    """A fleet node with a broker: the relays of the shards it owns, as tasks of this process
+    started and stopped with its leases (``balance.relay.node_relay``); ``BALANCE_RELAY=off``:
+    none. Not a child process: the leases are known here, and a shard lost stops its relays at
+    once (a child would have to learn them, and would outlive a lost lease by that much)."""
+    if not config.enabled:
+        return _nothing
+    from balance.relay.node_relay import NodeRelay
+
+    relay = NodeRelay(keeper.ports, await keeper.directory.shards(), config, metrics)
+    task = asyncio.get_running_loop().create_task(relay.run())
+
+    async def stop() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await relay.stop()
+
+    return stop
 
 
 def _start_expiry(settings: Settings, config: ExpiryConfig, app: BalanceApp) -> Callable[[], Awaitable[None]]:

@@ -180,3 +180,50 @@ async def test_the_old_shards_events_go_first_with_each_relay_in_its_own_process
     last_old = max(i for i, (shard, e) in enumerate(events) if shard == 0 and e["account_id"] in subtree)
     first_new = min(i for i, (shard, e) in enumerate(events) if shard == 1 and e["account_id"] in subtree)
     assert last_old < first_new
+
+
+@pytest.mark.parametrize("make", [Amqp, Nats], ids=["rabbitmq", "nats"])
+async def test_a_partner_moved_there_and_back_with_each_relay_in_its_own_process(
+    tmp_path: Path, make: type[Amqp] | type[Nats]
+) -> None:
+    """Moved to shard 1 and back to 0: each shard's relay waits for the other's cursor in turn
+    (shard 1's for shard 0's up to the first leaving, shard 0's for shard 1's up to the second),
+    so a relay held by an arrival still saves the cursor it confirmed (else both wait forever)."""
+    broker = make()
+    try:
+        await broker.open()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"{broker.name} not reachable: {exc!r}")
+    build = Build(lambda shard: SqliteShardStorage(tmp_path / f"shard-{shard}.db"))
+    service = build()
+    await service.start()
+    root = await account(service, 0)
+    kids = []
+    for i in range(3):
+        reply = await service.create_account(c.CreateAccount("", root, "user", "EU", "EUR", f"k{i}", 0, b"{}"))
+        kids.append(json.loads(reply.body)["id"])
+    for step, to_shard in enumerate((1, 0)):
+        for kid in kids:
+            assert (await service.execute(c.Credit(kid, f"cr{step}-{kid}", 100))).status == 201
+        moved = await service.move_partner(root, to_shard, f"mv-{step}")
+        assert moved["status"] == "done", moved
+    for kid in kids:
+        assert (await service.execute(c.Credit(kid, f"last-{kid}", 5))).status == 201
+    final = {kid: service.engines[0].ledger.accounts[kid].version for kid in [root, *kids]}
+    await service.stop()
+    relays = [relay_process(tmp_path, broker.env(), shard) for shard in (0, 1)]
+    try:
+        events = await broker.published()
+    finally:
+        for proc in relays:
+            proc.send_signal(signal.SIGTERM)
+        for proc in relays:
+            proc.wait(20)
+        await broker.close()
+    for kid in [root, *kids]:
+        versions = [e["version"] for _, e in events if e["account_id"] == kid]
+        assert sorted(set(versions)) == list(range(1, final[kid] + 1)), (kid, versions)  # all, no gap
+        assert versions == sorted(versions), (kid, versions)  # in order
+    for kid in kids:  # (the root itself changed only on shard 0)
+        shards = [shard for shard, e in events if e["account_id"] == kid]
+        assert shards[0] == 0 and 1 in shards and shards[-1] == 0, (kid, shards)

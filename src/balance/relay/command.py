@@ -48,6 +48,18 @@ def sinks_for(config: RelayConfig) -> list[Sink]:
     return sinks
 
 
+def shard_relays(shard: int, source: EventSource, config: RelayConfig, metrics: Metrics) -> list[ShardRelay]:
+    """One shard's relays, one per broker (each its own connection and cursor), over one source:
+    an outbox row is pruned only once all of them published it (``ShardRelay.peers``)."""
+    peers = [
+        ShardRelay(shard, source, sink, metrics, retention_s=config.retention_s, idle_poll_s=config.poll_s)
+        for sink in sinks_for(config)
+    ]
+    for relay in peers:
+        relay.peers = peers
+    return peers
+
+
 def build_relays(
     settings: Settings, config: RelayConfig, metrics: Metrics, *, inline_reads: bool = False
 ) -> list[ShardRelay]:
@@ -62,14 +74,7 @@ def build_relays(
     }
     relays: list[ShardRelay] = []
     for shard in wanted:
-        source = source_for(settings, shard, inline=inline_reads)
-        peers = [
-            ShardRelay(shard, source, sink, metrics, retention_s=config.retention_s, idle_poll_s=config.poll_s)
-            for sink in sinks_for(config)
-        ]
-        for relay in peers:
-            relay.peers = peers
-        relays += peers
+        relays += shard_relays(shard, source_for(settings, shard, inline=inline_reads), config, metrics)
     for relay in relays:  # a moved subtree's events wait for its old shard's (``ShardRelay._held_at``)
         relay.others = {
             other.shard: other for other in relays if other.sink.name == relay.sink.name and other is not relay
@@ -87,6 +92,17 @@ async def run_relays(relays: list[ShardRelay], stopping: asyncio.Event) -> None:
 
 
 async def stop_relays(relays: list[ShardRelay], tasks: list[asyncio.Task[None]]) -> None:
+    await halt_relays(relays, tasks)
+    sources = {id(relay.source): relay.source for relay in relays}
+    sources.update({id(s): s for relay in relays for s in relay.barrier_sources.values()})
+    for source in sources.values():
+        await source.close()
+
+
+async def halt_relays(relays: list[ShardRelay], tasks: list[asyncio.Task[None]], *, save: bool = True) -> None:
+    """The relays stopped, their cursors saved (unless ``save`` is false: a fleet node that lost
+    the shard leaves the cursor to its new owner) and their broker connections closed; their
+    sources stay open."""
     for relay in relays:
         relay.stopping = True
     for task in tasks:
@@ -96,15 +112,11 @@ async def stop_relays(relays: list[ShardRelay], tasks: list[asyncio.Task[None]])
         log.warning("events: %d relay(s) did not stop within %.0fs", len(late), STOP_TIMEOUT_S)
     for relay in relays:
         try:
-            if relay.cursor != relay.saved:
+            if save and relay.cursor != relay.saved:
                 await relay.save()
         except Exception as exc:  # noqa: BLE001 (the next start publishes again from the last saved cursor)
             log.warning("events shard %s -> %s: cursor not saved at stop: %s", relay.shard, relay.sink.name, exc)
         await relay.sink.close()
-    sources = {id(relay.source): relay.source for relay in relays}
-    sources.update({id(s): s for relay in relays for s in relay.barrier_sources.values()})
-    for source in sources.values():
-        await source.close()
 
 
 async def _watch_parent(parent: int, stopping: asyncio.Event) -> None:

@@ -126,6 +126,13 @@ class ShardRelay:
                     page.journal = [row for row in page.journal if row[0] < held]
                     page.outbox = [row for row in page.outbox if row[0] < held]
                     if not page.journal and not page.outbox:
+                        # Held, with what it confirmed saved all the same: the old shard's relay may
+                        # itself wait for this cursor (a partner moved there and back).
+                        while inflight and inflight[0].confirmation.done():
+                            self._confirmed(inflight.popleft())
+                        if self.cursor != self.saved and time.monotonic() - saved_at >= self.cursor_save_s:
+                            await self.save()
+                            saved_at = time.monotonic()
                         await asyncio.sleep(self.idle_poll_s)
                         continue
                 oldest = page.oldest_at
