@@ -9,9 +9,10 @@
    currency, each pending hold ends ``moved``, each account becomes ``moved`` (its row and its
    history stay; its requests go to the new shard). Refused while money is in flight to or
    from the subtree (``move_blocked``) or if the subtree changed since the export (``move_stale``).
-4. ``move_in`` (target, one commit): the accounts come back to life there with the same ids,
-   versions, balances (taken from the target's transit accounts), holds (same expiry, same
-   ``placed_by``) and first answers. The same command on the source rolls a move back.
+4. ``move_in`` (target, a commit per part: the root, then parts of accounts): the accounts
+   come back to life there with the same ids, versions, balances (taken from the target's
+   transit accounts), holds (same expiry, same ``placed_by``) and first answers. The same
+   command on the source rolls a move back.
 
 Each step is idempotent by the move id, so a crash anywhere is finished (or rolled back) by
 running the step again. The journal rows of a move (``MOVE_OUT``, ``MOVE_IN``,

@@ -4,7 +4,9 @@ finished (or rolled back) by running it again.
 Steps (``MoveRecord.step``): ``freezing`` (freeze and export, in memory) → ``exported``
 (``MoveOut`` on the source, which writes the move's record, export included, into the source
 shard's database in the same commit: ``domain.move_records``) → ``moved_out`` (``MoveIn`` on
-the target; a definite refusal there brings the subtree back onto the source) → ``moved_in``
+the target, in parts of ``ARRIVAL_ACCOUNTS`` accounts after the root's, so that the target's
+other traffic goes between them; a definite refusal of the root's part brings the subtree back
+onto the source) → ``moved_in``
 (the caller's ``switch`` routes the subtree to the target) → ``done`` (written into the
 record); or ``rolled_back``. Before ``MoveOut`` commits nothing is durable: a crash thaws the
 subtree (rolled back). Once it has, whoever recovers the source shard finds the record
@@ -40,6 +42,7 @@ ACCOUNT_METADATA = ACCOUNT_FIELDS.index("metadata")
 BLOCKED_WAIT_S = 10.0  # how long money in flight may keep a frozen subtree from leaving
 PART_BYTES = 256 * 1024  # the compressed export in rows of at most this (far below any packet limit)
 ARRIVAL_ACCOUNTS = 1_000  # accounts per part of an arrival (one commit each, with their holds and first answers)
+PART_PAUSE = 1.0  # after each part of an arrival, a pause of this many times the part's time
 RECORD_TRIES = 100  # a step written into the record: tries (50 ms apart) before the caller is told
 
 
@@ -166,11 +169,15 @@ async def run_move(
         parts = await asyncio.to_thread(_parts, record, "in", part_accounts)
         record.arrived = 0
         while record.arrived < len(parts):
+            sent = time.monotonic()
             reply = await arrive_at(parts[record.arrived])
             if reply.status == 200:
                 record.arrived += 1
                 if record.arrived < len(parts):
                     save(record)  # (between parts: nothing to write, the target's journal has them)
+                    # A pause as long as the part took: its commit's thread holds the GIL most of
+                    # the time, and the event loop (every other partner's requests) waits for it.
+                    await asyncio.sleep((time.monotonic() - sent) * PART_PAUSE)
                 continue
             if reply.status == 503 or record.arrived > 0:  # away (or a later part: never refused): forward only
                 if reply.status != 503:
@@ -229,7 +236,12 @@ async def _leave(source: ShardEngine, record: MoveRecord, save: Callable[[MoveRe
             record.accounts = [list(state) for state in accounts]
             record.holds = [list(state) for state in holds]
             # Every first answer is in storage: the freeze's reply came after every earlier commit.
-            stored = await source.storage.move_records([state[0] for state in accounts])
+            ids, stored = [state[0] for state in accounts], []
+            for start in range(0, len(ids), ARRIVAL_ACCOUNTS):  # in pages, paused as the arrival's parts
+                began = time.monotonic()
+                stored += await source.storage.move_records(ids[start : start + ARRIVAL_ACCOUNTS])
+                if start + ARRIVAL_ACCOUNTS < len(ids):
+                    await asyncio.sleep((time.monotonic() - began) * PART_PAUSE)
             record.records = await asyncio.to_thread(_first_answers, stored)
             record.step = EXPORTED
             save(record)  # (in memory only: a crash from here on thaws the subtree, nothing left)
