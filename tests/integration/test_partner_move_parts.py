@@ -17,7 +17,14 @@ from two_shards import Build, account
 
 from balance.domain import commands as c
 from balance.domain.model import STATUS_ACTIVE, STATUS_MOVED
-from balance.engine.partner_move import MOVED_OUT, MoveRecord, move_in_from_wire, move_in_wire, run_move
+from balance.engine.partner_move import (
+    MOVED_OUT,
+    ROLLED_BACK,
+    MoveRecord,
+    move_in_from_wire,
+    move_in_wire,
+    run_move,
+)
 from balance.engine.shard import ShardEngine
 from balance.service import BalanceService
 
@@ -119,6 +126,41 @@ async def test_a_crash_between_parts_of_the_arrival_ends_done(
     assert (await service.execute(c.CaptureHold(kids[0], "h-0"))).status == 200
     assert books(service.engines) == {"EUR": 0}
     assert target.ledger.accounts[named].balance == before[named][7] + 10  # type: ignore[index]
+    await service.stop()
+
+
+async def test_a_refused_arrival_comes_back_in_parts(build: Build) -> None:
+    """The target already has a live account of the subtree: the root's part is refused (its
+    check covers the later parts' accounts), nothing arrives, and the subtree comes back onto
+    the source in parts: every account live there again with its balance, reserved and holds."""
+    service = build()
+    await service.start()
+    root, kids, first = await subtree(service)
+    source, target = service.engines
+    before = {kid: source.account_state(kid) for kid in [root, *kids]}
+    squatter = before[kids[7]]  # the same id made to live on the target (a real command there)
+    assert squatter is not None
+    made = await target.execute(c.MoveIn("other", kids[7], (squatter,), (), ()))
+    assert made.status == 200, made.body
+    target_transit = {a.id: a.balance for a in target.ledger.accounts.values() if a.is_system}
+    source_system = {a.id: a.balance for a in source.ledger.accounts.values() if a.is_system}
+    moving = run_move(source, target, MoveRecord("mv-refused", root, 0, 1), lambda r: None, part_accounts=3)
+    record = await asyncio.wait_for(moving, 30)  # (a later part refused would be sent again and again)
+    assert record.step == ROLLED_BACK and "refused" in record.error, record.error
+    source.ledger.check_invariants()
+    target.ledger.check_invariants()
+    assert {a.id: a.balance for a in target.ledger.accounts.values() if a.is_system} == target_transit
+    # The source's transit account gave every balance back (its system accounts as before).
+    after = {a.id: a.balance for a in source.ledger.accounts.values() if a.is_system}
+    assert after == {**source_system, "SYS-0-transit-EUR": 0}
+    for kid in [root, *kids]:
+        assert source.account_state(kid) == before[kid], kid
+        assert source.ledger.moving.get(kid) is None
+    for i, kid in enumerate(kids):
+        hold = source.ledger.holds.find(kid, f"h-{i}")
+        assert hold is not None and hold.status == "pending"
+    assert (await service.execute(c.Credit(kids[3], "after", 5))).status == 201
+    assert await source.storage.unfinished_moves() == []
     await service.stop()
 
 
