@@ -333,10 +333,11 @@ def move_in(ledger: Ledger, cmd: c.MoveIn, now: int) -> Outcome:
     if key is not None and (not cmd.accounts or cmd.accounts[0][ACCOUNT_ID] != cmd.root_id):
         return reject(e.VALIDATION_ERROR, "a move's accounts begin with its root")
     if key is None:  # a later part: what arrived already is left out
-        here_now = ledger.accounts
-        already = {
-            s[ACCOUNT_ID] for s in cmd.accounts if (a := here_now.get(s[ACCOUNT_ID])) and a.status != STATUS_MOVED
-        }
+        already: set[str] = set()
+        for state in cmd.accounts:
+            here = ledger.accounts.get(state[ACCOUNT_ID])
+            if here is not None and here.status != STATUS_MOVED:
+                already.add(here.id)
         if already:
             cmd = c.MoveIn(
                 cmd.move_id, cmd.root_id, tuple(s for s in cmd.accounts if s[ACCOUNT_ID] not in already),
