@@ -47,7 +47,7 @@ from balance.domain.model import (
     Account,
 )
 from balance.domain.moves import MOVED_AWAY
-from balance.engine.partner_move import DONE, ROLLED_BACK, MoveRecord, run_move
+from balance.engine.partner_move import ARRIVAL_ACCOUNTS, DONE, MOVED_OUT, ROLLED_BACK, MoveRecord, run_move
 from balance.engine.replies import Collector, Reply, Unavailable, unavailable_reply
 from balance.engine.shard import ShardEngine
 from balance.keys import KeyRecord, KeyRegistry, hash_key
@@ -128,6 +128,7 @@ class BalanceService:
         # compiled class's methods cannot be replaced, an attribute can).
         self.save_move: Callable[[MoveRecord], None] = self._save_move
         self._resuming: set[asyncio.Task[list[dict[str, object]]]] = set()  # a node's moves being resumed
+        self.move_part_accounts = ARRIVAL_ACCOUNTS  # accounts per commit of a move's arrival (a port: tests)
         self._moves_running: set[str] = set()  # moves this process runs now (a resume leaves them be)
         for port in self.shards:
             port.watch(self._committed_on, functools.partial(self._mark_remote_holds, port, True))
@@ -470,7 +471,9 @@ class BalanceService:
             arrive = functools.partial(node.move_in, record.to_shard)
         self._moves_running.add(record.move_id)
         try:
-            done = await run_move(source_engine, arrive, record, self.save_move, self._switch)
+            done = await run_move(
+                source_engine, arrive, record, self.save_move, self._switch, part_accounts=self.move_part_accounts
+            )
         finally:
             self._moves_running.discard(record.move_id)
         if done.step in (DONE, ROLLED_BACK) and self.moves_dir is not None:  # an earlier version's file
@@ -484,7 +487,8 @@ class BalanceService:
     def _save_move(self, record: MoveRecord) -> None:
         """After each step (what is durable is in the source shard's database already)."""
         if self.node is not None:
-            crash_points.reached(f"move_{record.step}")
+            arriving = record.step == MOVED_OUT and record.arrived > 0  # between parts of the arrival
+            crash_points.reached("move_arriving" if arriving else f"move_{record.step}")
 
     async def _switch(self, account_ids: list[str], to_shard: int) -> None:
         """The moved accounts are routed to ``to_shard`` from now on (no entry where the id says

@@ -325,6 +325,13 @@ class MoveIn:
     # publishes none of the subtree's until that shard's are published up to there.
     from_shard: int = -1
     source_seq: int = 0
+    # A large subtree arrives in parts (each one commit; parents in a part before or with their
+    # children), so that the shard's other traffic need not wait behind one huge commit. Part 0
+    # is the root, idempotent by the move id and ``tag``, and checks that none of the accounts
+    # of the later parts (``later``) lives here; a later part is idempotent by what arrived
+    # (``domain.moves.move_in``) and is not refused.
+    part: int = 0
+    later: tuple[str, ...] = ()
 
     @property
     def account_id(self) -> str:

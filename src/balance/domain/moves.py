@@ -9,9 +9,10 @@
    currency, each pending hold ends ``moved``, each account becomes ``moved`` (its row and its
    history stay; its requests go to the new shard). Refused while money is in flight to or
    from the subtree (``move_blocked``) or if the subtree changed since the export (``move_stale``).
-4. ``move_in`` (target, one commit): the accounts come back to life there with the same ids,
-   versions, balances (taken from the target's transit accounts), holds (same expiry, same
-   ``placed_by``) and first answers. The same command on the source rolls a move back.
+4. ``move_in`` (target, a commit per part: the root, then parts of accounts): the accounts
+   come back to life there with the same ids, versions, balances (taken from the target's
+   transit accounts), holds (same expiry, same ``placed_by``) and first answers. The same
+   command on the source rolls a move back.
 
 Each step is idempotent by the move id, so a crash anywhere is finished (or rolled back) by
 running the step again. The journal rows of a move (``MOVE_OUT``, ``MOVE_IN``,
@@ -311,21 +312,53 @@ def move_out(ledger: Ledger, cmd: c.MoveOut, now: int) -> Outcome:
     return _recorded(ledger, key, fingerprint, body)
 
 
+def move_in_key(cmd: c.MoveIn) -> tuple[str, str] | None:
+    """The op key of an arrival's part 0 (its root, as before parts existed); later parts
+    have none: they are idempotent by what already arrived (``move_in``)."""
+    if cmd.part != 0:
+        return None
+    return cmd.root_id, move_key("mvin" if cmd.tag == "in" else "mvback", cmd.move_id)
+
+
 def move_in(ledger: Ledger, cmd: c.MoveIn, now: int) -> Outcome:
-    """The subtree arrives (on the target), or comes back (on the source, ``tag`` "back")."""
-    direction = "mvin" if cmd.tag == "in" else "mvback"
-    key, fingerprint = (cmd.root_id, move_key(direction, cmd.move_id)), fingerprint_of(cmd.move_id, cmd.root_id)
-    if (early := ledger.replay(key, fingerprint)) is not None:
+    """The subtree arrives (on the target), or comes back (on the source, ``tag`` "back"), in
+    parts (``MoveIn.part``), each balanced through the transit accounts. Part 0 is the root
+    alone, idempotent by its op key, and refused if any account of the move lives here; a
+    later part takes only its accounts that do not live here yet (none did when part 0 came,
+    and until the switch nothing but this move makes one live here), with their holds and
+    first answers: sent again after a crash, or cut differently, it adds nothing twice."""
+    key, fingerprint = move_in_key(cmd), fingerprint_of(cmd.move_id, cmd.root_id)
+    if key is not None and (early := ledger.replay(key, fingerprint)) is not None:
         return early
-    if not cmd.accounts or cmd.accounts[0][ACCOUNT_ID] != cmd.root_id:
+    if key is not None and (not cmd.accounts or cmd.accounts[0][ACCOUNT_ID] != cmd.root_id):
         return reject(e.VALIDATION_ERROR, "a move's accounts begin with its root")
+    if key is None:  # a later part: what arrived already is left out
+        already: set[str] = set()
+        for state in cmd.accounts:
+            here = ledger.accounts.get(state[ACCOUNT_ID])
+            if here is not None and here.status != STATUS_MOVED:
+                already.add(here.id)
+        if already:
+            cmd = c.MoveIn(
+                cmd.move_id, cmd.root_id, tuple(s for s in cmd.accounts if s[ACCOUNT_ID] not in already),
+                tuple(h for h in cmd.holds if h[0] not in already), tuple(r for r in cmd.records if r[0] not in already),
+                cmd.tag, cmd.from_shard, cmd.source_seq, cmd.part,
+            )  # fmt: skip
+        if not cmd.accounts:
+            return Outcome(200)
     arriving_ids = {state[ACCOUNT_ID] for state in cmd.accounts}
     for state in cmd.accounts:
         here = ledger.accounts.get(state[ACCOUNT_ID])
         if here is not None and here.status != STATUS_MOVED:
             return reject(MOVE_BLOCKED, f"account {here.id} already lives on this shard")
         if state[ACCOUNT_ID] != cmd.root_id and state[ACCOUNT_PARENT] not in arriving_ids:
-            return reject(e.VALIDATION_ERROR, f"account {state[ACCOUNT_ID]}: its parent is not in the move")
+            parent = ledger.accounts.get(state[ACCOUNT_PARENT])  # arrived with an earlier part
+            if key is not None or parent is None or parent.status == STATUS_MOVED:
+                return reject(e.VALIDATION_ERROR, f"account {state[ACCOUNT_ID]}: its parent is not in the move")
+    for account_id in cmd.later:  # the later parts' accounts: refused now or never
+        here = ledger.accounts.get(account_id)
+        if here is not None and here.status != STATUS_MOVED:
+            return reject(MOVE_BLOCKED, f"account {here.id} already lives on this shard")
     accounts: dict[str, Account] = {}
     for state in cmd.accounts:
         account_id = state[ACCOUNT_ID]
@@ -357,7 +390,7 @@ def move_in(ledger: Ledger, cmd: c.MoveIn, now: int) -> Outcome:
     _mark_arrivals(ledger, set(accounts), arrived_holds)
     for account in accounts.values():
         entry = _account_entry(ledger, MOVE_IN, cmd.move_id, account, account.balance, None, now)
-        if account.id == cmd.root_id:
+        if key is not None and account.id == cmd.root_id:
             entry.op_key, entry.fingerprint = key[1], fingerprint
             if cmd.from_shard >= 0:  # the events' barrier (``barrier_of``)
                 entry.description = f"{BARRIER}{cmd.from_shard}:{cmd.source_seq}"
@@ -374,7 +407,7 @@ def move_in(ledger: Ledger, cmd: c.MoveIn, now: int) -> Outcome:
         arrived = ledger.holds.find(hold_state[0], hold_state[1])
         assert arrived is not None
         ledger.changes.entries.append(_hold_entry(ledger, MOVE_IN, cmd.move_id, arrived, accounts[arrived.account_id]))
-    return _recorded(ledger, key, fingerprint)
+    return Outcome(200) if key is None else _recorded(ledger, key, fingerprint)
 
 
 def _arrive_hold(ledger: Ledger, state: tuple) -> Hold:  # type: ignore[type-arg]
@@ -427,14 +460,15 @@ def lookups_needed(ledger: Ledger, cmd: c.MoveOut | c.MoveIn) -> list[tuple[str,
     """The step's own record (a replay after a restart), and for a ``MoveIn`` the first answers
     it carries that this shard may already store (a subtree coming back)."""
     if isinstance(cmd, c.MoveOut):
-        key = (cmd.root_id, move_key("mvout", cmd.move_id))
-        return [] if key in ledger.records else [key]
-    key = (cmd.root_id, move_key("mvin" if cmd.tag == "in" else "mvback", cmd.move_id))
-    if key in ledger.records:
+        out = (cmd.root_id, move_key("mvout", cmd.move_id))
+        return [] if out in ledger.records else [out]
+    key = move_in_key(cmd)
+    if key is not None and key in ledger.records:
         return []
     here = {state[ACCOUNT_ID] for state in cmd.accounts if state[ACCOUNT_ID] in ledger.accounts}
     # An account that lived here before: its journal may know them.
-    return [key] + [(r[0], r[1]) for r in cmd.records if r[0] in here and (r[0], r[1]) not in ledger.records]
+    known = [(r[0], r[1]) for r in cmd.records if r[0] in here and (r[0], r[1]) not in ledger.records]
+    return known if key is None else [key, *known]
 
 
 def barrier_of(kind: str, description: str) -> tuple[int, int] | None:

@@ -4,7 +4,9 @@ finished (or rolled back) by running it again.
 Steps (``MoveRecord.step``): ``freezing`` (freeze and export, in memory) → ``exported``
 (``MoveOut`` on the source, which writes the move's record, export included, into the source
 shard's database in the same commit: ``domain.move_records``) → ``moved_out`` (``MoveIn`` on
-the target; a definite refusal there brings the subtree back onto the source) → ``moved_in``
+the target, in parts of ``ARRIVAL_ACCOUNTS`` accounts after the root's, so that the target's
+other traffic goes between them; a definite refusal of the root's part brings the subtree back
+onto the source) → ``moved_in``
 (the caller's ``switch`` routes the subtree to the target) → ``done`` (written into the
 record); or ``rolled_back``. Before ``MoveOut`` commits nothing is durable: a crash thaws the
 subtree (rolled back). Once it has, whoever recovers the source shard finds the record
@@ -39,6 +41,8 @@ FREEZING, EXPORTED, MOVED_OUT, MOVED_IN, DONE, ROLLED_BACK = (
 ACCOUNT_METADATA = ACCOUNT_FIELDS.index("metadata")
 BLOCKED_WAIT_S = 10.0  # how long money in flight may keep a frozen subtree from leaving
 PART_BYTES = 256 * 1024  # the compressed export in rows of at most this (far below any packet limit)
+ARRIVAL_ACCOUNTS = 1_000  # accounts per part of an arrival (one commit each, with their holds and first answers)
+PART_PAUSE = 1.0  # after each part of an arrival, a pause of this many times the part's time
 RECORD_TRIES = 100  # a step written into the record: tries (50 ms apart) before the caller is told
 
 
@@ -55,6 +59,7 @@ class MoveRecord:
     error: str = ""
     source_seq: int = 0  # the seq of the MoveOut on the source (the events' barrier)
     parts: int = 0  # rows of the export in the source's record (``rows``)
+    arrived: int = 0  # parts of the arrival the target has taken (in memory: each is idempotent)
 
     def encode(self) -> bytes:
         """The step (small; written at every step)."""
@@ -151,6 +156,7 @@ async def run_move(
     save: Callable[[MoveRecord], None],
     switch: Callable[[list[str], int], Awaitable[None]] | None = None,
     blocked_wait_s: float = BLOCKED_WAIT_S,
+    part_accounts: int = ARRIVAL_ACCOUNTS,
 ) -> MoveRecord:
     """Run ``record`` from its step to ``done`` or ``rolled_back``; ``save`` after each step.
     ``target``: the target's engine, or what sends it a command (on another node of a fleet)."""
@@ -158,25 +164,35 @@ async def run_move(
     if record.step in (FREEZING, EXPORTED):
         await _leave(source, record, save, blocked_wait_s)
     if record.step == MOVED_OUT:
-        arrive = c.MoveIn(
-            record.move_id, record.root_id, *_snapshot(record), from_shard=record.from_shard,
-            source_seq=record.source_seq,
-        )  # fmt: skip
-        while True:
-            reply = await arrive_at(arrive)
+        # In parts, each a commit of its own (the other partners' commits go between them);
+        # all sent again after a crash: each part is idempotent (a replay answers 200).
+        parts = await asyncio.to_thread(_parts, record, "in", part_accounts)
+        record.arrived = 0
+        while record.arrived < len(parts):
+            sent = time.monotonic()
+            reply = await arrive_at(parts[record.arrived])
             if reply.status == 200:
-                record.step = MOVED_IN
-                break
-            if reply.status == 503:  # the target is away: forward only, so wait for it
+                record.arrived += 1
+                if record.arrived < len(parts):
+                    save(record)  # (between parts: nothing to write, the target's journal has them)
+                    # A pause as long as the part took: its commit's thread holds the GIL most of
+                    # the time, and the event loop (every other partner's requests) waits for it.
+                    await asyncio.sleep((time.monotonic() - sent) * PART_PAUSE)
+                continue
+            if reply.status == 503 or record.arrived > 0:  # away (or a later part: never refused): forward only
+                if reply.status != 503:
+                    record.error = f"part {record.arrived} refused, tried again: {reply.body.decode(errors='replace')}"
                 await asyncio.sleep(0.05)
                 continue
             record.error = f"the target refused the subtree: {reply.body.decode(errors='replace')}"
-            back = c.MoveIn(record.move_id, record.root_id, *_snapshot(record), tag="back")
-            while (await source.execute(back)).status != 200:
-                await asyncio.sleep(0.05)
+            for back in await asyncio.to_thread(_parts, record, "back", part_accounts):
+                while (await source.execute(back)).status != 200:
+                    await asyncio.sleep(0.05)
             record.step = ROLLED_BACK
             await _record(source, record)
             break
+        if record.step == MOVED_OUT:
+            record.step, record.error = MOVED_IN, ""
         save(record)
     if record.step == MOVED_IN:
         if switch is not None:
@@ -220,14 +236,19 @@ async def _leave(source: ShardEngine, record: MoveRecord, save: Callable[[MoveRe
             record.accounts = [list(state) for state in accounts]
             record.holds = [list(state) for state in holds]
             # Every first answer is in storage: the freeze's reply came after every earlier commit.
-            stored = await source.storage.move_records([state[0] for state in accounts])
-            record.records = [[row[0], row[1], int(row[2]), int(row[3]), bytes(row[4])] for row in stored]
+            ids, stored = [state[0] for state in accounts], []
+            for start in range(0, len(ids), ARRIVAL_ACCOUNTS):  # in pages, paused as the arrival's parts
+                began = time.monotonic()
+                stored += await source.storage.move_records(ids[start : start + ARRIVAL_ACCOUNTS])
+                if start + ARRIVAL_ACCOUNTS < len(ids):
+                    await asyncio.sleep((time.monotonic() - began) * PART_PAUSE)
+            record.records = await asyncio.to_thread(_first_answers, stored)
             record.step = EXPORTED
             save(record)  # (in memory only: a crash from here on thaws the subtree, nothing left)
         versions = tuple((state[0], int(state[11])) for state in record.accounts)
         if not rows:
             record.step = MOVED_OUT  # as the record written with the move out says (its seq filled in there)
-            rows = record.rows(with_export=True)
+            rows = await asyncio.to_thread(record.rows, True)  # (off the event loop: zlib lets it go)
             record.step = EXPORTED
         reply = await source.execute(c.MoveOut(record.move_id, record.root_id, record.to_shard, versions, rows))
         if reply.status == 200:
@@ -247,6 +268,35 @@ async def _leave(source: ShardEngine, record: MoveRecord, save: Callable[[MoveRe
         return
 
 
+def _first_answers(stored: list[Any]) -> list[list[Any]]:
+    return [[row[0], row[1], int(row[2]), int(row[3]), bytes(row[4])] for row in stored]
+
+
+def _parts(record: MoveRecord, tag: str, size: int) -> list[c.MoveIn]:
+    """The arrival (``tag`` "in") or the way back ("back") in parts of ``size`` accounts
+    (parents first, as exported) with their holds and first answers."""
+    accounts, holds, records = _snapshot(record)
+    size = max(1, size)
+    rest = accounts[1:]  # part 0: the root alone (idempotent by its key; the later parts by what arrived)
+    groups = [accounts[:1], *(rest[i : i + size] for i in range(0, len(rest), size))]
+    part_of = {state[0]: n for n, group in enumerate(groups) for state in group}
+    part_holds: list[list[tuple[Any, ...]]] = [[] for _ in groups]
+    part_records: list[list[tuple[Any, ...]]] = [[] for _ in groups]
+    for hold in holds:
+        part_holds[part_of.get(hold[0], 0)].append(hold)
+    for row in records:
+        part_records[part_of.get(row[0], 0)].append(row)
+    later = tuple(state[0] for group in groups[1:] for state in group)
+    back = tag == "back"
+    return [
+        c.MoveIn(
+            record.move_id, record.root_id, group, tuple(part_holds[n]), tuple(part_records[n]),
+            tag, -1 if back else record.from_shard, 0 if back else record.source_seq, n, later if n == 0 else (),
+        )
+        for n, group in enumerate(groups)
+    ]  # fmt: skip
+
+
 def _snapshot(record: MoveRecord) -> tuple[tuple[tuple[Any, ...], ...], tuple[tuple[Any, ...], ...], tuple[Any, ...]]:
     return (
         tuple(tuple(state) for state in record.accounts),
@@ -261,9 +311,10 @@ def move_in_wire(command: c.MoveIn) -> bytes:
     record.accounts = [list(state) for state in command.accounts]
     record.holds = [list(state) for state in command.holds]
     record.records = [list(row) for row in command.records]
-    return msgspec.json.encode(
-        {"tag": command.tag, "record": record.encode().decode(), "export": record.encode_export().decode()}
-    )
+    return msgspec.json.encode({
+        "tag": command.tag, "record": record.encode().decode(), "export": record.encode_export().decode(),
+        "part": command.part, "later": list(command.later),
+    })  # fmt: skip
 
 
 def move_in_from_wire(body: bytes) -> c.MoveIn:
@@ -272,7 +323,10 @@ def move_in_from_wire(body: bytes) -> c.MoveIn:
         wire = msgspec.json.decode(body, type=dict[str, Any])
         record = MoveRecord.decode(wire["record"].encode(), wire["export"].encode())
         tag = str(wire["tag"])
+        part, later = int(wire.get("part", 0)), tuple(str(account_id) for account_id in wire.get("later", ()))
     except (msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"not a move: {exc}") from None
     accounts, holds, records = _snapshot(record)
-    return c.MoveIn(record.move_id, record.root_id, accounts, holds, records, tag, record.from_shard, record.source_seq)
+    return c.MoveIn(
+        record.move_id, record.root_id, accounts, holds, records, tag, record.from_shard, record.source_seq, part, later
+    )
