@@ -20,10 +20,9 @@ from balance.expiry.consumer import consume
 from balance.expiry.job import ShardExpiryJob
 from balance.expiry.reader import MariaDbReader, Reader, SqliteReader
 from balance.metrics import Metrics
+from balance.node.owned_shards import OwnedShardWork
 
 log = logging.getLogger("balance.expiry")
-
-CHECK_S = 1.0  # how often the node looks which shards it owns and has recovered
 
 
 @dataclass(slots=True)
@@ -56,30 +55,13 @@ def reader_of(storage: Any, config: ExpiryConfig) -> Reader:
     return MariaDbReader(storage.host, storage.port, user.user, user.password, storage.database)
 
 
-class NodeExpiry:
+class NodeExpiry(OwnedShardWork[_Running]):
     def __init__(self, ports: Sequence[Any], config: ExpiryConfig, region: str, metrics: Metrics) -> None:
-        self.ports, self.config, self.region, self.metrics = ports, config, region, metrics
+        super().__init__(ports)
+        self.config, self.region, self.metrics = config, region, metrics
         self.with_job = config.mode != "external"
-        self.running: dict[int, _Running] = {}
-        self._closing: set[asyncio.Task[None]] = set()
 
-    async def run(self) -> None:
-        """Until cancelled (``stop``)."""
-        while True:
-            self.refresh()
-            await asyncio.sleep(CHECK_S)
-
-    def refresh(self) -> None:
-        for port in self.ports:
-            shard, engine = int(port.shard), port.engine
-            current = self.running.get(shard)
-            if current is not None and current.engine is not engine:  # lost (or taken over again)
-                self._stop_shard(self.running.pop(shard))
-                current = None
-            if current is None and engine is not None and engine.ready:
-                self.running[shard] = self._start_shard(shard, engine)
-
-    def _start_shard(self, shard: int, engine: ShardEngine) -> _Running:
+    def start(self, shard: int, engine: ShardEngine) -> _Running:
         loop = asyncio.get_running_loop()
         running = _Running(engine)
         engine.expiry_fallback_s = self.config.fallback_s  # the sweep becomes the fallback
@@ -95,23 +77,13 @@ class NodeExpiry:
         log.info("expiry: shard %d: consuming its notices%s", shard, " and running its job" if self.with_job else "")
         return running
 
-    def _stop_shard(self, running: _Running) -> None:
+    def forget(self, shard: int, running: _Running) -> None:
         for task in running.tasks:
             task.cancel()
-        closing = asyncio.get_running_loop().create_task(self._close(running))
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
 
-    @staticmethod
-    async def _close(running: _Running) -> None:
+    async def close(self, running: _Running, save: bool) -> None:
         await asyncio.gather(*running.tasks, return_exceptions=True)
         for broker in running.brokers:
             await broker.close()
         if running.reader is not None:
             await running.reader.close()
-
-    async def stop(self) -> None:
-        for running in self.running.values():
-            self._stop_shard(running)
-        self.running.clear()
-        await asyncio.gather(*self._closing, return_exceptions=True)

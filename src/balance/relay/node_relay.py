@@ -23,6 +23,7 @@ from typing import Any
 from balance.directory.records import ShardRecord
 from balance.engine.shard import FENCED, ShardEngine
 from balance.metrics import Metrics
+from balance.node.owned_shards import OwnedShardWork
 from balance.relay.command import halt_relays, shard_relays
 from balance.relay.config import RelayConfig
 from balance.relay.page import EventSource
@@ -30,8 +31,6 @@ from balance.relay.relay import ShardRelay
 from balance.relay.sources import MariaDbEventSource, SqliteEventSource, source_of
 
 log = logging.getLogger("balance.relay")
-
-CHECK_S = 0.5  # how often the node looks which shards it owns and has recovered
 
 
 def cursor_reader(database_url: str) -> EventSource:
@@ -54,47 +53,38 @@ class _Running:
     tasks: list[asyncio.Task[None]]
 
 
-class NodeRelay:
+class NodeRelay(OwnedShardWork[_Running]):
     """The relays of the shards a node owns (``ports``: the node's ``NodeShard`` ports;
     ``shards``: the directory's shards, whose databases are read for the cursors of the
     shards relayed elsewhere)."""
 
+    check_s = 0.5
+
     def __init__(
         self, ports: Sequence[Any], shards: Sequence[ShardRecord], config: RelayConfig, metrics: Metrics
     ) -> None:
-        self.ports, self.config, self.metrics = ports, config, metrics
+        super().__init__(ports)
+        self.config, self.metrics = config, metrics
         # Every shard's database, read-only, for its durable cursors (a shard relayed here is read
         # through its relay instead, ``others``); connected on first use.
         self.cursor_readers: dict[int, EventSource] = {s.id: cursor_reader(s.database_url) for s in shards}
         # Per broker: the relays running here, by shard (shared by them: it follows the leases).
         self.here: dict[str, dict[int, ShardRelay]] = {name: {} for name in config.sink_names}
-        self.running: dict[int, _Running] = {}
-        self._closing: set[asyncio.Task[None]] = set()
 
-    async def run(self) -> None:
-        """Until cancelled (``stop``)."""
-        while True:
-            self.refresh()
-            await asyncio.sleep(CHECK_S)
+    def lost(self, shard: int, current: _Running, engine: ShardEngine | None) -> bool:
+        if current.engine is not engine or current.engine.state == FENCED:
+            log.info("events: shard %d is no longer this node's: its relays stop", shard)
+            return True
+        return False
 
-    def refresh(self) -> None:
-        for port in self.ports:
-            shard, engine = int(port.shard), port.engine
-            current = self.running.get(shard)
-            if current is not None and (current.engine is not engine or engine.state == FENCED):  # lost
-                log.info("events: shard %d is no longer this node's: its relays stop", shard)
-                self._stop_shard(shard, self.running.pop(shard), save=False)
-                current = None
-            elif current is not None and any(task.done() for task in current.tasks):  # a bug ended one
-                ended = [t.exception() for t in current.tasks if t.done() and not t.cancelled()]
-                log.error("events: shard %d: a relay ended (%r); starting them again", shard, ended)
-                self._stop_shard(shard, self.running.pop(shard), save=True)
-                current = None  # (started again at the next look: the stopped ones' cursors saved first)
-                continue
-            if current is None and engine is not None and engine.ready:
-                self.running[shard] = self._start_shard(shard, engine)
+    def ended(self, shard: int, current: _Running) -> bool:
+        if not any(task.done() for task in current.tasks):
+            return False
+        ended = [t.exception() for t in current.tasks if t.done() and not t.cancelled()]  # a bug ended one
+        log.error("events: shard %d: a relay ended (%r); starting them again", shard, ended)
+        return True  # (started again at the next look: the stopped ones' cursors saved first)
 
-    def _start_shard(self, shard: int, engine: ShardEngine) -> _Running:
+    def start(self, shard: int, engine: ShardEngine) -> _Running:
         source = source_of(engine.storage)
         relays = shard_relays(shard, source, self.config, self.metrics)
         for relay in relays:
@@ -106,7 +96,7 @@ class NodeRelay:
         log.info("events: shard %d: relaying to %s", shard, ", ".join(r.sink.name for r in relays))
         return _Running(engine, source, relays, tasks)
 
-    def _stop_shard(self, shard: int, running: _Running, *, save: bool) -> None:
+    def forget(self, shard: int, running: _Running) -> None:
         for relay in running.relays:
             if self.here[relay.sink.name].get(shard) is relay:
                 del self.here[relay.sink.name][shard]  # its old shard's cursor is read from its database now
@@ -115,20 +105,13 @@ class NodeRelay:
                     gauge.remove(str(shard), relay.sink.name)
                 except KeyError:
                     pass
-        closing = asyncio.get_running_loop().create_task(self._close(running, save))
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
 
-    @staticmethod
-    async def _close(running: _Running, save: bool) -> None:
+    async def close(self, running: _Running, save: bool) -> None:
         await halt_relays(running.relays, running.tasks, save=save)
         await running.source.close()
 
     async def stop(self) -> None:
         """A clean stop: the cursors saved (at least once: a newer owner's relay may be further)."""
-        for shard, running in list(self.running.items()):
-            self._stop_shard(shard, running, save=True)
-        self.running.clear()
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await super().stop()
         for reader in self.cursor_readers.values():
             await reader.close()
