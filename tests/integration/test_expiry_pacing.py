@@ -1,9 +1,13 @@
 """The expiry sweep paces itself by the writer's time spent on its expiries (issue 18), not
-by how long a slice waited: a burst takes about a fifth of the writer, however busy the queue."""
+by how long a slice waited: a burst takes about a fifth of the writer, however busy the queue.
+The slice's own wait counts toward the pause: the next slice starts five times the writer's time
+on this one after this one started, never sooner (a pause of four times it after the slice's end,
+on top of its wait, kept the share at 9-12%)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -14,7 +18,7 @@ from balance.engine.clock import ManualClock
 from balance.engine.shard import ShardEngine
 
 
-async def test_the_pause_after_a_slice_is_four_times_the_writers_time_on_it(
+async def test_a_slice_and_its_pause_last_five_times_the_writers_time_on_it(
     backend: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(expiry_sweep, "SWEEP_SLICE", 8)
@@ -32,21 +36,36 @@ async def test_the_pause_after_a_slice_is_four_times_the_writers_time_on_it(
         pauses: list[float] = []
         costs: list[float] = []
         real_sleep = asyncio.sleep
+        spent: list[float] = []  # from the slice's start to its pause
         before = [engine.expiry_busy_s]
+        slice_started = [time.perf_counter()]
 
         async def noted(seconds: float) -> None:
+            spent.append(time.perf_counter() - slice_started[0])
             costs.append(engine.expiry_busy_s - before[0])
             pauses.append(seconds)
             before[0] = engine.expiry_busy_s
             await real_sleep(0)
+            slice_started[0] = time.perf_counter()
 
         monkeypatch.setattr(expiry_sweep.asyncio, "sleep", noted)
         assert await expiry_sweep.sweep(engine) == 30
         assert len(pauses) == 3  # after each full slice of 8 (the last, of 6, ends the sweep)
         assert engine.expiry_busy_s > 0
-        for pause, cost in zip(pauses, costs, strict=True):
+        for pause, cost, took in zip(pauses, costs, spent, strict=True):
             assert cost > 0
-            assert pause == pytest.approx(max(expiry_sweep.SWEEP_PAUSE_MIN_S, 4 * cost))
+            assert pause >= expiry_sweep.SWEEP_PAUSE_MIN_S
+            assert pause <= max(expiry_sweep.SWEEP_PAUSE_MIN_S, 5 * cost)  # its wait is not added on top
+            assert took + pause >= 5 * cost * 0.999  # the writer's share stays at a fifth at most
         engine.ledger.check_invariants()
     finally:
         await engine.stop()
+
+
+def test_the_slices_own_wait_counts_toward_its_pause() -> None:
+    # 6 ms of the writer's time: the slice and its pause last 30 ms from the slice's start.
+    assert expiry_sweep.pause_after(0.006, 0.008) == pytest.approx(0.022)
+    assert expiry_sweep.pause_after(0.006, 0.0) == pytest.approx(0.030)
+    # A slice that waited longer than its cycle still pauses a little before the next.
+    assert expiry_sweep.pause_after(0.006, 0.040) == expiry_sweep.SWEEP_PAUSE_MIN_S
+    assert expiry_sweep.pause_after(0.0, 0.0) == expiry_sweep.SWEEP_PAUSE_MIN_S

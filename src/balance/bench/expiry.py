@@ -24,6 +24,7 @@ from balance.engine.shard import ShardEngine
 
 ACCOUNTS = 1000
 BACKGROUND_RATE = 2000  # credits per second while the burst is expired
+QUIET_S = 5.0  # the background traffic alone, before the burst
 
 
 async def _fill(engine: ShardEngine, holds: int, tag: str) -> list[str]:
@@ -38,15 +39,17 @@ async def _fill(engine: ShardEngine, holds: int, tag: str) -> list[str]:
     return ids
 
 
-async def _background(engine: ShardEngine, ids: list[str], stop: asyncio.Event, latencies: list[float]) -> None:
-    """Credits at ``BACKGROUND_RATE``/s, each timed from its scheduled send time."""
+async def _background(
+    engine: ShardEngine, ids: list[str], stop: asyncio.Event, latencies: list[tuple[float, float]]
+) -> None:
+    """Credits at ``BACKGROUND_RATE``/s, each timed from its scheduled send time (kept with it)."""
     start, n = time.perf_counter(), 0
     pending: set[asyncio.Task[None]] = set()
 
     async def one(k: int, at: float) -> None:
         reply = await engine.execute(c.Credit(ids[k % len(ids)], f"bg-{start}-{k}", 1))
         if reply.status == 201:
-            latencies.append(time.perf_counter() - at)
+            latencies.append((at, time.perf_counter() - at))
 
     while not stop.is_set():
         due = int((time.perf_counter() - start) * BACKGROUND_RATE) + 1
@@ -60,13 +63,15 @@ async def _background(engine: ShardEngine, ids: list[str], stop: asyncio.Event, 
 
 
 async def _burst(
-    engine: ShardEngine, clock: ManualClock, ids: list[str], sliced: bool
-) -> tuple[float, int, list[float]]:
-    clock.advance(120)  # every hold is past its expiry
-    latencies: list[float] = []
+    engine: ShardEngine, clock: ManualClock, ids: list[str], sliced: bool, quiet_s: float
+) -> tuple[float, int, list[float], list[float]]:
+    """The burst's seconds and count, and the other traffic's latencies during it and in the
+    seconds before it (the same traffic without a burst, for comparison)."""
+    latencies: list[tuple[float, float]] = []
     stop = asyncio.Event()
     background = asyncio.create_task(_background(engine, ids, stop, latencies))
-    await asyncio.sleep(0.5)  # the background traffic runs before the burst too
+    await asyncio.sleep(quiet_s)  # the background traffic alone first
+    clock.advance(120)  # every hold is past its expiry
     started = time.perf_counter()
     if sliced:
         expired = await expiry_sweep.sweep(engine)
@@ -75,13 +80,14 @@ async def _burst(
         replies = await asyncio.gather(*(engine.enqueue(c.ExpireHold(a, h)) for a, h in due))
         expired = sum(1 for reply in replies if reply.status == 200)
     seconds = time.perf_counter() - started
-    await asyncio.sleep(0.5)
     stop.set()
     await background
-    return seconds, expired, sorted(latencies)
+    quiet = sorted(latency for at, latency in latencies if at < started)
+    during = sorted(latency for at, latency in latencies if started <= at < started + seconds)
+    return seconds, expired, during, quiet
 
 
-async def run_expiry_burst(backend: str, *, holds: int, work_dir: Path) -> BenchResult:
+async def run_expiry_burst(backend: str, *, holds: int, work_dir: Path, quiet_s: float = QUIET_S) -> BenchResult:
     figures = {}
     for sliced in (False, True):
         async with ours.scratch_storage(backend, work_dir) as (storage, _):
@@ -91,11 +97,11 @@ async def run_expiry_burst(backend: str, *, holds: int, work_dir: Path) -> Bench
                 await engine.start()
                 try:
                     ids = await _fill(engine, holds, "s" if sliced else "a")
-                    figures[sliced] = await _burst(engine, clock, ids, sliced)
+                    figures[sliced] = await _burst(engine, clock, ids, sliced, quiet_s)
                     engine.ledger.check_invariants()
                 finally:
                     await engine.stop()
-    (all_s, all_n, all_lat), (sliced_s, sliced_n, sliced_lat) = figures[False], figures[True]
+    (all_s, all_n, all_lat, _), (sliced_s, sliced_n, sliced_lat, quiet_lat) = figures[False], figures[True]
     assert all_n == holds and sliced_n == holds, (all_n, sliced_n)
 
     def tail(values: list[float]) -> str:
@@ -104,7 +110,8 @@ async def run_expiry_burst(backend: str, *, holds: int, work_dir: Path) -> Bench
     share = all_s / sliced_s
     notes = (
         f"{holds:,} expired in {sliced_s:.1f}s sliced (all at once: {all_s:.1f}s, so ~{share:.0%} of the writer);"
-        f" other traffic p50/p99/max ms: sliced {tail(sliced_lat)}, all at once {tail(all_lat)}"
+        f" other traffic p50/p99/max ms: no burst {tail(quiet_lat)}, sliced {tail(sliced_lat)},"
+        f" all at once {tail(all_lat)}"
     )
     return BenchResult(
         name="expiry-burst", backend=backend, scenario=f"expiry burst {holds:,}", ops=holds, seconds=sliced_s,
@@ -112,5 +119,7 @@ async def run_expiry_burst(backend: str, *, holds: int, work_dir: Path) -> Bench
         p95_ms=percentile(sliced_lat, 95) * 1000, p99_ms=percentile(sliced_lat, 99) * 1000,
         extra={"all_at_once_s": all_s, "writer_share": share, "notes": notes,
                "other_p99_all_at_once_ms": percentile(all_lat, 99) * 1000,
+               "other_p99_no_burst_ms": percentile(quiet_lat, 99) * 1000,
+               "other_max_no_burst_ms": quiet_lat[-1] * 1000,
                "other_max_sliced_ms": sliced_lat[-1] * 1000, "other_max_all_at_once_ms": all_lat[-1] * 1000},
     )  # fmt: skip
