@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from balance.bench import shard_loader
 from balance.domain import commands as c
 from balance.domain.model import HOLD_PENDING
@@ -39,5 +41,29 @@ async def test_a_loaded_shard_recovers_and_its_holds_behave(backend: Any) -> Non
         assert await sweep(engine) == holds - 2 + 1
         ledger.check_invariants()
         assert ledger.accounts[first].reserved == 0
+    finally:
+        await engine.stop()
+
+
+@pytest.mark.parametrize(("accounts", "holds"), [(7, 40), (5, 3)])
+async def test_the_server_side_loader_writes_the_same_rows_as_the_python_one(
+    mariadb_backend: Any, accounts: int, holds: int
+) -> None:
+    """MariaDB's loader makes its rows in SQL: the same ids, spread and sums as ``_spread``
+    gives, for more holds than accounts and for fewer."""
+    await shard_loader.load(mariadb_backend.make(), accounts, holds)
+    engine = ShardEngine(0, mariadb_backend.make(), sweep_interval_s=3600, on_fatal=lambda exc: None)
+    await engine.start()  # the invariants: reserved == the pending holds, sums zero
+    try:
+        ledger = engine.ledger
+        expected: list[tuple[str, str]] = []
+        n = 0
+        for k, count in enumerate(shard_loader._spread(holds, accounts)):
+            for _ in range(count):
+                expected.append((shard_loader.account_id(k), f"order-{n:010d}"))
+                n += 1
+            assert ledger.accounts[shard_loader.account_id(k)].reserved == count * shard_loader.HOLD_AMOUNT
+        assert sorted((h.account_id, h.id) for h in ledger.holds.values()) == sorted(expected)
+        assert len(ledger.accounts) == accounts + 2
     finally:
         await engine.stop()

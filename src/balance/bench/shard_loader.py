@@ -29,11 +29,14 @@ from balance.domain.model import (
     KIND_SETTLEMENT,
 )
 from balance.storage.base import BatchWrite, ShardStorage
+from balance.storage.mariadb import MariaDbShardStorage
+from balance.storage.mariadb_driver import column_list
 
 FUNDS = 10**12  # each account's credit
 HOLD_AMOUNT = 1
 EXPIRES_IN_S = 900  # the default: 15 minutes
 CHUNK_ROWS = 20_000  # rows per commit
+SERVER_CHUNK_ROWS = 500_000  # rows per statement of the MariaDB loader (its own transaction)
 
 _A = {name: k for k, name in enumerate(ACCOUNT_FIELDS)}
 _H = {name: k for k, name in enumerate(HOLD_FIELDS)}
@@ -107,6 +110,9 @@ async def load(
     await storage.open()
     try:
         await storage.commit(BatchWrite(accounts=templates.system_rows(accounts)))
+        if isinstance(storage, MariaDbShardStorage):
+            await _load_mariadb(storage, templates, accounts, holds, progress)
+            return time.perf_counter() - started
         written = 0
         per_account = list(_spread(holds, accounts))
         for k in range(0, accounts, CHUNK_ROWS):
@@ -132,3 +138,70 @@ async def load(
     finally:
         await storage.close()
     return time.perf_counter() - started
+
+
+async def _load_mariadb(
+    storage: MariaDbShardStorage,
+    templates: Templates,
+    accounts: int,
+    holds: int,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """The same rows as ``load`` writes, made by the server: ``INSERT ... SELECT`` from
+    MariaDB's sequence engine (``seq_0_to_N``), a statement per half a million rows. Sent as
+    the writer's XA branches of 20,000 rows, 10 million holds took over 13 minutes."""
+    import asyncmy
+
+    per, extra = divmod(holds, accounts)
+    # Account k holds ``per + 1`` holds if k < extra, else ``per`` (``_spread``).
+    count = f"IF(seq < {extra}, {per + 1}, {per})"
+    account_of = (
+        f"IF(seq < {extra * (per + 1)}, seq DIV {per + 1}, {extra} + (seq - {extra * (per + 1)}) DIV {max(per, 1)})"
+    )
+
+    def account_id_sql(k: str) -> str:
+        return f"CONCAT('US-0-', LPAD(LOWER(HEX({k})), 16, '0'))"
+
+    def select(row: tuple[Any, ...], fields: tuple[str, ...], made: dict[str, str]) -> tuple[str, list[Any]]:
+        parts: list[str] = []
+        params: list[Any] = []
+        for name, value in zip(fields, row, strict=True):
+            if name in made:
+                parts.append(made[name])
+            else:
+                parts.append("%s")
+                params.append(value)
+        return ",".join(parts), params
+
+    conn = await asyncmy.connect(**storage.connection_kwargs())
+    try:
+        async with conn.cursor() as cur:
+            written = 0
+            account_made = {
+                "id": account_id_sql("seq"),
+                "reserved": f"{count} * {HOLD_AMOUNT}",
+                "version": f"{templates.version_base} + {count}",
+            }
+            columns, params = select(templates.account, ACCOUNT_FIELDS, account_made)
+            for lo in range(0, accounts, SERVER_CHUNK_ROWS):
+                hi = min(accounts, lo + SERVER_CHUNK_ROWS) - 1
+                await cur.execute(
+                    f"INSERT INTO accounts ({column_list(ACCOUNT_FIELDS)}) SELECT {columns} FROM seq_{lo}_to_{hi}"
+                    " ON DUPLICATE KEY UPDATE reserved = VALUES(reserved), version = VALUES(version)",
+                    params,
+                )
+                written += hi - lo + 1
+                if progress:
+                    progress(written)
+            hold_made = {"account_id": account_id_sql(account_of), "id": "CONCAT('order-', LPAD(seq, 10, '0'))"}
+            columns, params = select(templates.hold, HOLD_FIELDS, hold_made)
+            for lo in range(0, holds, SERVER_CHUNK_ROWS):
+                hi = min(holds, lo + SERVER_CHUNK_ROWS) - 1
+                await cur.execute(
+                    f"INSERT INTO holds ({column_list(HOLD_FIELDS)}) SELECT {columns} FROM seq_{lo}_to_{hi}", params
+                )
+                written += hi - lo + 1
+                if progress:
+                    progress(written)
+    finally:
+        conn.close()

@@ -116,6 +116,11 @@ class MariaDbShardStorage(MariaDbWrites, MariaDbStatements, MariaDbReads):
 
     # ---- plumbing ------------------------------------------------------------------------
 
+    def connection_kwargs(self) -> dict[str, Any]:
+        """How to open a connection of one's own to this shard's database (autocommit): for the
+        bench's bulk loader, which fills a shard server-side instead of through the writer."""
+        return self._connect_kwargs(autocommit=True)
+
     def _connect_kwargs(self, *, database: bool = True, autocommit: bool) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(
             host=self.host,
