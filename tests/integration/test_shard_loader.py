@@ -67,3 +67,33 @@ async def test_the_server_side_loader_writes_the_same_rows_as_the_python_one(
         assert len(ledger.accounts) == accounts + 2
     finally:
         await engine.stop()
+
+
+async def test_recoverys_page_of_pending_holds_is_an_index_range_on_mariadb(mariadb_backend: Any) -> None:
+    """Each page starts where the last ended (not from the first pending hold again: that made
+    10 million holds quadratic), and the pages together are every pending hold once."""
+    import asyncmy
+
+    from balance.storage.mariadb_reads import PENDING_HOLDS_PAGE
+
+    storage = mariadb_backend.make()
+    await shard_loader.load(storage, 300, 3000)
+    await storage.open()
+    try:
+        middle = shard_loader.account_id(150)
+        conn = await asyncmy.connect(**storage.connection_kwargs())
+        try:
+            async with conn.cursor(asyncmy.cursors.DictCursor) as cur:
+                await cur.execute("EXPLAIN " + PENDING_HOLDS_PAGE, (middle, middle, "order-0000001500", 100))
+                plan = (await cur.fetchall())[0]
+        finally:
+            await conn.ensure_closed()
+        assert plan["type"] == "range" and plan["key"] == "holds_by_status", plan
+        seen: list[tuple[str, str]] = []
+        after = ("", "")
+        while page := await storage.scan_pending_holds(after, 7):
+            seen += [(row[0], row[1]) for row in page]
+            after = seen[-1]
+        assert len(seen) == 3000 and seen == sorted(set(seen))
+    finally:
+        await storage.close()

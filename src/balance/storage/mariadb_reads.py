@@ -18,6 +18,16 @@ from balance.storage.mariadb_driver import DRIVER_ERRORS, column_list, is_server
 T = TypeVar("T")
 _LOOKUP_CHUNK = 500  # keys per look-up query
 
+# A page of pending holds after (account_id, id). ``account_id >= last`` bounds the index range
+# from below, and the index is named: with the OR alone (or without the hint) MariaDB reads
+# ``holds_by_status`` from the first pending hold on every page, 1.3 s a page halfway through 10
+# million (35 ms this way).
+PENDING_HOLDS_PAGE = (
+    f"SELECT {column_list(schema.HOLD_COLUMNS)} FROM holds FORCE INDEX (holds_by_status)"
+    " WHERE status = 'pending' AND account_id >= %s AND (account_id > %s OR id > %s)"
+    " ORDER BY account_id, id LIMIT %s"
+)
+
 
 class MariaDbReads:
     """Part of ``MariaDbShardStorage`` (a mixin): every read. The pool is opened by ``open``."""
@@ -92,11 +102,9 @@ class MariaDbReads:
         return await self._read(lambda conn: self._fetch(conn, sql, (after_id, limit)))
 
     async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:
-        sql = (
-            f"SELECT {column_list(schema.HOLD_COLUMNS)} FROM holds WHERE status = 'pending'"
-            " AND (account_id > %s OR (account_id = %s AND id > %s)) ORDER BY account_id, id LIMIT %s"
+        return await self._read(
+            lambda conn: self._fetch(conn, PENDING_HOLDS_PAGE, (after[0], after[0], after[1], limit))
         )
-        return await self._read(lambda conn: self._fetch(conn, sql, (after[0], after[0], after[1], limit)))
 
     async def checkpoint_seq(self) -> int:
         sql = "SELECT value FROM meta WHERE name = %s"
