@@ -151,6 +151,7 @@ class ShardEngine:
         # longer: the writer overlaps one batch's commit with the next one's apply), in
         # proportion to the expiries among its commands. The sweep paces itself by it.
         self.expiry_busy_s = 0.0
+        self._commit_end = 0.0  # when the last commit ended (a commit's own time starts after it)
         self._m_batch = self.metrics.batch_commands.labels(self.label)
         self._m_commit = self.metrics.commit_seconds.labels(self.label)
         self._m_queue = self.metrics.queue_depth.labels(self.label)
@@ -449,10 +450,14 @@ class ShardEngine:
         self._wakeup.set()
         if task.cancelled() or task.exception() is not None:
             return  # the writer loop undoes and answers (it may have applied a batch on top)
-        committed_s = time.perf_counter() - batch.started
+        ended = time.perf_counter()
+        committed_s = ended - batch.started
         self._m_commit.observe(committed_s)
         if batch.expiries:
-            self.expiry_busy_s += max(batch.applied_s, committed_s) * batch.expiries / len(batch.items)
+            # Its own time: a pipelined commit's wait for the one before it is that one's.
+            own_s = ended - max(batch.started, self._commit_end)
+            self.expiry_busy_s += max(batch.applied_s, own_s) * batch.expiries / len(batch.items)
+        self._commit_end = ended
         self.ledger.accept()
         if self.on_commit is not None and (batch.write.transfers_started or batch.remote_holds):
             self.on_commit(batch.write.transfers_started, batch.remote_holds)
