@@ -4,7 +4,7 @@
 A burst (100,000 holds placed in the same second expire together) goes a slice at a time, each
 queued behind the traffic already waiting, the next one 1/SWEEP_SHARE times the writer's time on
 the slice after the slice started (``ShardEngine.expiry_busy_s``: its share of the batches that
-carried it): expiries then take at most about a sixth of the writer's time, and no answer
+carried it): expiries then take at most about a fifth of the writer's time, and no answer
 waits behind a hundred thousand of them. Pacing by the slice's wall time instead counted its
 wait in the queue and for the commit as the writer's work: on a busy machine a burst of
 100,000 took 15 times as long as all at once (~7% of the writer, 326 s); a pause of four
@@ -34,10 +34,13 @@ if TYPE_CHECKING:
 # pause at least, 8.1-8.2 s at 10-11 ms (their p99 without the burst: 3-4 ms).
 SWEEP_SLICE = 256
 # Of the writer's time, by its own count (a slice's apply, or its commit after the one before
-# it ended): 0.17, since that count runs under the bench's on MariaDB, whose commits overlap
-# (with 0.2: 18-27% of its capacity, measured as all at once over sliced; 0.17: 16%; SQLite:
-# 11-12%, 9.5-9.7 s for 100,000).
-SWEEP_SHARE = 0.17
+# it ended). That count runs over the writer's capacity on SQLite (a commit's sync, during
+# which the writer applies the next batch) and under it on MariaDB, whose commits overlap
+# (``commits_overlap``): measured as all at once over sliced, 100,000 expiring together, 0.2
+# took 10-14% of SQLite's capacity (8.3-10.3 s) and 18-27% of MariaDB's; 0.17 took 10-15% of
+# SQLite's (9.5-11.9 s: over the 10 s asked) and 14-20% of MariaDB's (7.3-10.6 s).
+SWEEP_SHARE = 0.2
+SWEEP_SHARE_OVERLAPPING = 0.17
 SWEEP_PAUSE_MIN_S = 0.002
 
 
@@ -63,7 +66,7 @@ async def sweep(engine: ShardEngine) -> int:
     """Expire every pending hold past its expiry (as of now, less the fallback's delay in job
     mode), a slice at a time."""
     now = engine.clock() - int(engine.expiry_fallback_s * 1_000_000)
-    expired = 0
+    expired, share = 0, share_of(engine)
     while True:
         due = engine.ledger.due_holds(now, limit=SWEEP_SLICE)
         if not due:
@@ -72,15 +75,20 @@ async def sweep(engine: ShardEngine) -> int:
         expired += await _expire(engine, due)
         if len(due) < SWEEP_SLICE:
             return expired
-        await asyncio.sleep(pause_after(engine.expiry_busy_s - busy_before, time.perf_counter() - started))
+        await asyncio.sleep(pause_after(engine.expiry_busy_s - busy_before, time.perf_counter() - started, share))
 
 
-def pause_after(writer_s: float, elapsed_s: float) -> float:
+def share_of(engine: ShardEngine) -> float:
+    """The sweep's share of the writer's time, by the storage's kind of commit."""
+    return SWEEP_SHARE_OVERLAPPING if getattr(engine.storage, "commits_overlap", False) else SWEEP_SHARE
+
+
+def pause_after(writer_s: float, elapsed_s: float, share: float = SWEEP_SHARE) -> float:
     """The pause after a slice that took ``writer_s`` of the writer's time and ``elapsed_s``
     since it was queued: the next slice starts once the writer's time is a fifth of the time
     since this one started (its wait in the queue and for the commit count toward the pause,
     not on top of it), and never without a short pause."""
-    return max(SWEEP_PAUSE_MIN_S, writer_s / SWEEP_SHARE - elapsed_s)
+    return max(SWEEP_PAUSE_MIN_S, writer_s / share - elapsed_s)
 
 
 async def _expire(engine: ShardEngine, due: list[tuple[str, str]]) -> int:
