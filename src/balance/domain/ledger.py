@@ -823,7 +823,10 @@ class Ledger:
         if key not in self.undo_holds:
             self.undo_holds[key] = hold.state()
         if hold not in self.unsaved:  # saved: a pending hold is in the holds table, a finished one not
-            self.unsaved[hold] = hold.status == HOLD_PENDING
+            # ... unless the round in progress has yet to write it: then its row may be there
+            # (and the round writes the hold as it will stand then), so it may be deleted later.
+            round_holds = self.round
+            self.unsaved[hold] = hold.status == HOLD_PENDING or (round_holds is not None and hold in round_holds)
 
     def _seq(self) -> int:
         seq = self.next_seq
