@@ -9,34 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-from two_shards import Build, account
+from two_shards import Build, Crash, account, restart, totals
 
 from balance.domain import commands as c
 from balance.domain.model import STATUS_ACTIVE, STATUS_MOVED
 from balance.engine.partner_move import DONE, EXPORTED, FREEZING, MOVED_IN, MOVED_OUT, MoveRecord, run_move
-from balance.engine.shard import ShardEngine
-from balance.service import BalanceService
-
-
-class Crash(Exception):
-    pass
-
-
-def books(engines: list[ShardEngine]) -> dict[str, int]:
-    sums: dict[str, int] = {}
-    for engine in engines:
-        engine.ledger.check_invariants()  # each shard balances on its own
-        for acc in engine.ledger.accounts.values():
-            sums[acc.currency] = sums.get(acc.currency, 0) + acc.balance
-    return sums
-
-
-async def restart(build: Build, service: BalanceService) -> BalanceService:
-    for engine in service.engines:
-        await engine.stop(checkpoint=False)
-    again = build()
-    await again.start()
-    return again
 
 
 @pytest.mark.parametrize("crash_after", [None, FREEZING, EXPORTED, MOVED_OUT, MOVED_IN])
@@ -79,7 +56,7 @@ async def test_a_partner_moves_with_a_crash_after_any_step(
     source, target = service.engines
     service = await restart(build, service)  # and everything is as durable as it looks
     source, target = service.engines
-    assert books(service.engines) == {"EUR": 0}
+    assert totals(service) == {"EUR": 0}
     for kid in kids:
         old, new = source.ledger.accounts[kid], target.ledger.accounts[kid]
         assert (old.status, old.balance, old.reserved) == (STATUS_MOVED, 0, 0)
@@ -101,7 +78,7 @@ async def test_a_partner_moves_with_a_crash_after_any_step(
     assert (await source.execute(c.Credit(kids[2], "x", 1))).status == 503  # moved: the old shard takes nothing
     assert (await target.execute(c.CaptureHold(kids[2], "h-2"))).status == 200
     assert (await target.execute(c.Credit(kids[2], "after", 5))).status == 201
-    assert books(service.engines) == {"EUR": 0}
+    assert totals(service) == {"EUR": 0}
     # History stays where it was written; the move's rows are not listed on either shard.
     assert await source.storage.history(kids[1], 50, None, None, None) == history_before
     new_rows = await target.storage.history(kids[2], 50, None, None, None)

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from two_shards import Build, account
+from two_shards import Build, Crash, account, restart, totals
 
 from balance.domain import commands as c
 from balance.domain.model import STATUS_ACTIVE, STATUS_MOVED
@@ -25,29 +25,7 @@ from balance.engine.partner_move import (
     move_in_wire,
     run_move,
 )
-from balance.engine.shard import ShardEngine
 from balance.service import BalanceService
-
-
-class Crash(Exception):
-    pass
-
-
-def books(engines: list[ShardEngine]) -> dict[str, int]:
-    sums: dict[str, int] = {}
-    for engine in engines:
-        engine.ledger.check_invariants()  # each shard balances on its own: reserved == pending holds
-        for acc in engine.ledger.accounts.values():
-            sums[acc.currency] = sums.get(acc.currency, 0) + acc.balance
-    return sums
-
-
-async def restart(build: Build, service: BalanceService) -> BalanceService:
-    for engine in service.engines:
-        await engine.stop(checkpoint=False)
-    again = build()
-    await again.start()  # resumes the move from the source shard's record (parts of 1,000)
-    return again
 
 
 async def subtree(service: BalanceService) -> tuple[str, list[str], dict[tuple[str, str], bytes]]:
@@ -98,7 +76,7 @@ async def test_a_crash_between_parts_of_the_arrival_ends_done(
     assert service.engine_for(root).shard == 1  # type: ignore[union-attr]
     service = await restart(build, service)  # and everything is as durable as it looks
     source, target = service.engines
-    assert books(service.engines) == {"EUR": 0}
+    assert totals(service) == {"EUR": 0}
     for kid in [root, *kids]:
         old, new = source.ledger.accounts[kid], target.ledger.accounts[kid]
         assert (old.status, old.balance, old.reserved) == (STATUS_MOVED, 0, 0)
@@ -124,7 +102,7 @@ async def test_a_crash_between_parts_of_the_arrival_ends_done(
         assert replay.replayed and replay.body == body, (kid, op)
     named = kids[5]  # a named account cannot close while the hold naming it is pending
     assert (await service.execute(c.CaptureHold(kids[0], "h-0"))).status == 200
-    assert books(service.engines) == {"EUR": 0}
+    assert totals(service) == {"EUR": 0}
     assert target.ledger.accounts[named].balance == before[named][7] + 10  # type: ignore[index]
     await service.stop()
 

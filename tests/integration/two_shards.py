@@ -123,3 +123,16 @@ async def ready_again(service: BalanceService) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the service is not ready again")
+
+
+class Crash(Exception):
+    """Raised by a test's crash point: the process dies here (the test then restarts)."""
+
+
+async def restart(build: Build, service: BalanceService) -> BalanceService:
+    """A crash-like stop (no last checkpoint), then the service built again over the same data."""
+    for engine in service.engines:
+        await engine.stop(checkpoint=False)
+    again = build()
+    await again.start()
+    return again

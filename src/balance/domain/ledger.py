@@ -823,10 +823,10 @@ class Ledger:
         if key not in self.undo_holds:
             self.undo_holds[key] = hold.state()
         if hold not in self.unsaved:  # saved: a pending hold is in the holds table, a finished one not
-            # ... unless the round in progress has yet to write it: then its row may be there
-            # (and the round writes the hold as it will stand then), so it may be deleted later.
-            round_holds = self.round
-            self.unsaved[hold] = hold.status == HOLD_PENDING or (round_holds is not None and hold in round_holds)
+            # A moved hold may have its row still (the round or slice that deletes it not yet
+            # written or undone) and may come back pending (a move back) to be written again:
+            # its settlement must delete the row, never assume none.
+            self.unsaved[hold] = hold.status == HOLD_PENDING or hold.status == HOLD_MOVED
 
     def _seq(self) -> int:
         seq = self.next_seq

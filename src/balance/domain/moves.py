@@ -414,11 +414,7 @@ def _arrive_hold(ledger: Ledger, state: tuple) -> Hold:  # type: ignore[type-arg
     found = ledger.holds.find(state[0], state[1])
     if found is not None:  # it left this shard before (``moved``): the same hold comes back
         e.require(found.status == HOLD_MOVED, f"hold {state[1]} of {state[0]} already here, {found.status}")
-        ledger.touch_hold(found)
-        # Its row may still be in the holds table (the checkpoint that deletes the row of a
-        # hold that left may not be written yet, or be undone), and a checkpoint writes it again
-        # now that it is pending: a later settlement must delete the row, never assume none.
-        ledger.unsaved[found] = True
+        ledger.touch_hold(found)  # (moved: "may have a row", see ``Ledger.touch_hold``)
         found.amount, found.captured_amount, found.status = state[2], 0, HOLD_PENDING
         found.expires_at, found.updated_at = state[7], state[9]
         ledger.expiry.add(found)
