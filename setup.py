@@ -26,6 +26,7 @@ COMPILED = [
     "src/balance/domain/ids.py",
     "src/balance/domain/outcomes.py",
     "src/balance/domain/expiry.py",
+    "src/balance/domain/round_order.py",
     "src/balance/domain/account_rules.py",
     "src/balance/domain/movements.py",
     "src/balance/domain/hold_rules.py",

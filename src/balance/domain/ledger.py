@@ -61,6 +61,7 @@ from balance.domain.model import (
     Hold,
 )
 from balance.domain.outcomes import REFUSED, Changes, Outcome, Record, reject
+from balance.domain.round_order import RoundOrder
 from balance.untrack import tracked, untrack
 
 
@@ -138,8 +139,8 @@ class Ledger:
         # The round's rows in key order (descending: taken from the end), made at its first
         # slice: a slice then covers neighbouring keys, a few table pages, where one in random
         # order touched a page per row (SQLite writes each page a commit dirties, whole).
-        self._round_order: list[Hold] | None = None
-        self._round_account_order: list[str] | None = None
+        self._round_order: RoundOrder[Hold] | None = None
+        self._round_account_order: RoundOrder[str] | None = None
         self.frames: list[_Frame] = []  # batches applied and not yet durable, oldest first
         # The open batch's frame, by its parts (what the rules write to):
         self.undo_accounts: dict[str, tuple | None] = {}  # type: ignore[type-arg]
@@ -476,16 +477,15 @@ class Ledger:
             chunk = {}
             order = self._round_order
             if order is None:
-                order = self._round_order = sorted(round_holds, key=_hold_key, reverse=True)
+                order = self._round_order = RoundOrder(list(round_holds), _hold_key)
+            order.feed(rows)
             while len(chunk) < rows:
-                if order:
-                    hold = order.pop()
-                    if hold not in round_holds:  # written already, or undone since
-                        continue
-                    chunk[hold] = round_holds.pop(hold)
-                else:  # (put back by a rollback after the order was made)
+                taken = order.pop()
+                if taken is None:  # (put back by a rollback after it was taken)
                     hold, in_table = round_holds.popitem()
                     chunk[hold] = in_table
+                elif taken in round_holds:  # (not: written already, or undone since)
+                    chunk[taken] = round_holds.pop(taken)
         frame.checkpoint = chunk
         for hold, in_table in chunk.items():
             if hold.status == HOLD_PENDING:
@@ -500,15 +500,15 @@ class Ledger:
             round_accounts = self.round_accounts
             account_order = self._round_account_order
             if account_order is None:
-                account_order = self._round_account_order = sorted(round_accounts, reverse=True)
+                account_order = self._round_account_order = RoundOrder(list(round_accounts), _account_key)
+            account_order.feed(left)
             while len(accounts) < left:
-                if account_order:
-                    account_id = account_order.pop()
-                    if account_id in round_accounts:
-                        round_accounts.discard(account_id)
-                        accounts.add(account_id)
-                else:
+                account_id = account_order.pop()
+                if account_id is None:
                     accounts.add(round_accounts.pop())
+                elif account_id in round_accounts:
+                    round_accounts.discard(account_id)
+                    accounts.add(account_id)
         frame.checkpoint_accounts = accounts
         if accounts:
             written = {account.id for account in changes.accounts}
@@ -851,9 +851,14 @@ class Ledger:
                 self.holds.remove(old.account_id, old.id)
 
 
-def _hold_key(hold: Hold) -> tuple[str, str]:
+def _hold_key(hold: Hold) -> object:
     """A hold's key in the holds table (its primary key's order)."""
     return (hold.account_id, hold.id)
+
+
+def _account_key(account_id: str) -> object:
+    """An account's key in the accounts table."""
+    return account_id
 
 
 def _check_account(account: Account) -> None:

@@ -170,7 +170,11 @@ class _Link:
     def __init__(self, task: asyncio.Task[object] | None, batch: BatchWrite) -> None:
         self.task = task  # the commit() call's task: what the engine passes as ``after``
         self.batch = batch
-        self.earlier: _Link | None = None  # the commit queued just before, when this one must follow it
+        # The commit queued just before, when this one must follow it; dropped once this one is
+        # committed, or under steady load every link would keep the one before it alive: a chain
+        # of every batch written since the queue last ran dry, with its rows, tasks and
+        # coroutines (hundreds, walked by each young collection of the garbage collector).
+        self.earlier: _Link | None = None
         self.queued = False  # in the thread's queue
         self.committed = False  # set by the writer thread
         self.abandoned = False  # set on the loop: its waiter gave up
@@ -409,6 +413,7 @@ class SqliteShardStorage:
             if link in self._waiting:
                 self._waiting.remove(link)
         if link.committed:
+            link.earlier = None
             return
         earlier = link.earlier
         if link.given_up() or (earlier is not None and (not earlier.committed or earlier.given_up())):
@@ -421,10 +426,10 @@ class SqliteShardStorage:
                 pass  # again, one by one
             else:
                 for member in group:
-                    member.committed = True
+                    member.committed, member.earlier = True, None
                 return
         self._commit_all([link.batch])
-        link.committed = True
+        link.committed, link.earlier = True, None
 
     def _followers(self, link: _Link) -> list[_Link]:
         """``link`` and the commits queued right behind it, each to follow the one before, up
