@@ -851,12 +851,12 @@ class Ledger:
                 self.holds.remove(old.account_id, old.id)
 
 
-def _hold_key(hold: Hold) -> object:
-    """A hold's key in the holds table (its primary key's order)."""
-    return (hold.account_id, hold.id)
+def _hold_key(hold: Hold) -> str:
+    """A hold's key in the holds table, in its primary key's order (account, id)."""
+    return hold.account_id + "\x00" + hold.id
 
 
-def _account_key(account_id: str) -> object:
+def _account_key(account_id: str) -> str:
     """An account's key in the accounts table."""
     return account_id
 
