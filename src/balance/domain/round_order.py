@@ -3,7 +3,8 @@ slice at a time instead of sorted at once.
 
 Written in key order, a slice of the round touches a few neighbouring pages of the table
 instead of one page per row (holds left pending on 10,000 accounts at half the maximum rate,
-over HTTP: p99 15-17 ms in key order, 18-23 ms in the order the rows changed). Sorting the
+over HTTP, rounds paced by time alone: p99 14.9 ms in key order, 23.0 in the order the rows
+changed; benchmarks/tail-latency.md, "Session 14"). Sorting the
 whole round when its first slice was taken held the event loop ~8-10 ms for 10,000 holds
 (compiled), every round: the largest stall left at half the maximum rate. Each slice now
 sorts a run of the next ``ORDER_STEP`` rows (or twice the slice), and the rows are taken
