@@ -1,6 +1,6 @@
 """Bodies that mean two things are refused with 422 and change nothing (issue 14 item 8):
 a key twice in one object (also escaped, nested, inside batch operations), nesting thousands
-of levels deep, and ids "." and ".."; a batch refuses such an operation alone and says which
+of levels deep, ids "." and "..", and whitespace where a body is optional; a batch refuses such an operation alone and says which
 of its results were replays."""
 
 from __future__ import annotations
@@ -62,6 +62,10 @@ def raw_cases(p: str, c: str) -> list[tuple[str, str, str, bytes]]:
         ("create-parent-dot", "POST", "/v1/accounts", b'{"kind":"user","parent_id":"."}'),
         ("capture-hold-id-dot-in-path", "POST", f"/v1/accounts/{p}/holds/%2E/capture", b"{}"),
         ("get-hold-dotdot-in-path", "GET", f"/v1/accounts/{p}/holds/%2E%2E", b""),
+        # Neither no body nor JSON: whitespace only, where a body is optional (a release took it as {}).
+        ("release-body-a-lone-cr", "POST", f"/v1/accounts/{p}/holds/h1/release", b"\r"),
+        ("capture-body-whitespace", "POST", f"/v1/accounts/{p}/holds/h1/capture", b" \n"),
+        ("patch-body-whitespace", "PATCH", f"/v1/accounts/{c}", b"\t"),
         ("batch-operations-twice", "POST", "/v1/batch",
          b'{"operations":[{"op":"credit","account_id":"%b","id":"b1","amount":1}],"operations":[]}' % p.encode()),
     ]  # fmt: skip
