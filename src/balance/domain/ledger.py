@@ -136,9 +136,9 @@ class Ledger:
         self.round: dict[Hold, bool] | None = None
         self.round_accounts: set[str] = set()
         self.round_seq = 0
-        # The round's rows in key order (descending: taken from the end), made at its first
-        # slice: a slice then covers neighbouring keys, a few table pages, where one in random
-        # order touched a page per row (SQLite writes each page a commit dirties, whole).
+        # The round's rows in key order, put together a run per slice (``round_order``): a slice
+        # then covers neighbouring keys, a few table pages, where one in random order touched
+        # a page per row (SQLite writes each page a commit dirties, whole).
         self._round_order: RoundOrder[Hold] | None = None
         self._round_account_order: RoundOrder[str] | None = None
         self.frames: list[_Frame] = []  # batches applied and not yet durable, oldest first

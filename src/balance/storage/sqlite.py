@@ -412,8 +412,7 @@ class SqliteShardStorage:
         with self._waiting_lock:
             if link in self._waiting:
                 self._waiting.remove(link)
-        if link.committed:
-            link.earlier = None
+        if link.committed:  # (in a group: its link to the one before is dropped already)
             return
         earlier = link.earlier
         if link.given_up() or (earlier is not None and (not earlier.committed or earlier.given_up())):
