@@ -228,7 +228,9 @@ def render_tail(results: list[BenchResult]) -> Table:
             r.backend, r.scenario, x.get("code", ""), f"{target:,.0f}" if target else "closed",
             f"{r.ops_per_s:,.0f}", *(f"{v:.1f}" for v in (r.p50_ms, r.p95_ms, r.p99_ms, x["p999_ms"], x["max_ms"])),
             str(x["errors"]), str(x["unanswered"]),
-            f"{x['holds_placed']:,} holds placed" + (f", {x['left_to_expire']:,} left to expire" if x["left_to_expire"] else ""),
+            f"{x['holds_placed']:,} holds placed" + (f", {x['left_to_expire']:,} left to expire" if x["left_to_expire"] else "")
+            + (f"; {x['cpu_us_per_op']:.0f} us CPU/op, {x['commits'] / r.seconds:,.0f} commits/s of"
+               f" {x['commit_ms']:.2f} ms" if "commit_ms" in x else ""),
         )  # fmt: skip
     return table
 

@@ -236,7 +236,7 @@ def server_process(env_extra: dict[str, str], log_path: Path, python: str | None
             process.wait()
 
 
-def _process_cpu_s(pid: int) -> float:
+def process_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -283,7 +283,7 @@ async def run_http_single(
             async with httpx.AsyncClient(base_url=url, headers=_auth()) as client:
                 ids, _ = await _http_setup(client, scenario)
             meter = CpuMeter(server=backend == "mariadb")
-            cpu0 = _process_cpu_s(pid)
+            cpu0 = process_cpu_s(pid)
             meter.start()
             stop = asyncio.Event()
             ticker = asyncio.create_task(_tick(stop, duration_s, progress))
@@ -294,7 +294,7 @@ async def run_http_single(
             stop.set()
             await ticker
             cpu = meter.stop()
-            server_cpu = (_process_cpu_s(pid) - cpu0) / result.seconds
+            server_cpu = (process_cpu_s(pid) - cpu0) / result.seconds
             rss = _peak_rss_bytes(pid)
     return BenchResult(
         name="http-single", backend=backend, scenario=scenario, ops=result.requests, seconds=result.seconds,
@@ -389,7 +389,7 @@ async def run_http_batch(
                 failures = 0
                 deadline = time.perf_counter() + duration_s
                 meter = CpuMeter(server=backend == "mariadb")
-                cpu0 = _process_cpu_s(pid)
+                cpu0 = process_cpu_s(pid)
                 own0 = resource.getrusage(resource.RUSAGE_SELF)
                 meter.start()
                 started = time.perf_counter()
@@ -415,7 +415,7 @@ async def run_http_batch(
                 seconds = time.perf_counter() - started
                 cpu = meter.stop()
                 own1 = resource.getrusage(resource.RUSAGE_SELF)
-                server_cpu = (_process_cpu_s(pid) - cpu0) / seconds
+                server_cpu = (process_cpu_s(pid) - cpu0) / seconds
                 rss = _peak_rss_bytes(pid)
     loadgen = (own1.ru_utime + own1.ru_stime - own0.ru_utime - own0.ru_stime) / seconds
     return make_result(

@@ -251,20 +251,52 @@ def _server(backend_env: dict[str, str], work_dir: Path, python: str | None) -> 
         yield url, pid
 
 
+class _Writer(msgspec.Struct):
+    """The server's own account of a load: its CPU and its commits (``/metrics``)."""
+
+    cpu_s: float
+    commits: float
+    commit_s: float
+
+    @classmethod
+    def read(cls, url: str, pid: int) -> _Writer:
+        commits = commit_s = 0.0
+        for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+            if line.startswith("balance_commit_seconds_count"):
+                commits += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("balance_commit_seconds_sum"):
+                commit_s += float(line.rsplit(" ", 1)[1])
+        return cls(ours.process_cpu_s(pid), commits, commit_s)
+
+    def since(self, start: _Writer, ops: int) -> dict[str, float]:
+        """Service CPU per operation and the commits' count and mean over the load: steadier
+        than a percentile when two codes' writers are compared (a commit's cost shows in both)."""
+        commits = self.commits - start.commits
+        return {
+            "cpu_us_per_op": (self.cpu_s - start.cpu_s) * 1e6 / max(1, ops),
+            "commits": commits,
+            "commit_ms": (self.commit_s - start.commit_s) * 1000 / max(1.0, commits),
+        }
+
+
 async def _one(
     backend: str, scenario: str, mode: str, batch_size: int, rate: float | None, duration_s: float, work_dir: Path,
     python: str | None, code: str, label: str,
 ) -> BenchResult:  # fmt: skip
     """A fresh database and server process; setup; the load; the row."""
     async with ours.scratch_storage(backend, work_dir) as (_, env):
-        with _server(env, work_dir, python) as (url, _pid):
+        with _server(env, work_dir, python) as (url, pid):
             payers, merchants = await _setup(url, scenario)
+            start = await asyncio.to_thread(_Writer.read, url, pid)
             gen, seconds, work = await _drive(url, scenario, mode, batch_size, rate, duration_s, payers, merchants)
             unanswered = await gen.drain(30)
+            end = await asyncio.to_thread(_Writer.read, url, pid)
             gen.close()
     answered = len(gen.samples.latency)
     ops = answered * (1 if mode == "single" else batch_size)  # batches: ops (settle batches may be smaller)
-    return _row(label, backend, scenario, mode, code, gen, seconds, ops, rate, unanswered, work)
+    row = _row(label, backend, scenario, mode, code, gen, seconds, ops, rate, unanswered, work)
+    row.extra.update(end.since(start, ops))
+    return row
 
 
 async def run_tail(
