@@ -19,6 +19,7 @@ import pytest
 
 from balance.domain import commands as c
 from balance.domain.ids import system_account_id
+from balance.domain.model import HOLD_FIELDS as HOLD_COLUMNS
 from balance.domain.model import KIND_FUNDING
 from balance.engine.clock import ManualClock
 from balance.engine.shard import ShardEngine
@@ -185,6 +186,43 @@ async def test_an_earlier_version_s_idempotency_index_is_replaced_at_open(backen
     assert await _journal_indexes(backend, again.storage) == {"journal_key", *history}
     replay = await again.execute(c.Credit(A, "seed", 10))  # the first outcome, read back through the new index
     assert replay.status == 201 and replay.replayed
+    await again.stop()
+
+
+async def _hold_indexes(backend: Any, storage: ShardStorage) -> set[str]:
+    if backend.name == "sqlite":
+        rows = await _raw(
+            backend, storage, ["SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'holds'"]
+        )
+        return {row[0] for row in rows if not row[0].startswith("sqlite_")}
+    return {row[2] for row in await _raw(backend, storage, ["SHOW INDEX FROM holds"]) if row[2] != "PRIMARY"}
+
+
+async def test_an_earlier_version_s_index_of_holds_by_status_is_dropped_at_open(backend: Any) -> None:
+    """The holds table keeps pending holds only, in primary key order: ``holds_by_status`` cost
+    every checkpointed hold a page and ordered nothing new. An earlier version's database loses
+    it at open, and its pending holds still load, the finished rows it may hold left aside."""
+    engine = await started(backend.make(), checkpoint_interval_s=NEVER)
+    await ok(engine, c.CreateAccount(A, None, "partner", "US", "USD", "a", 0, b"{}"))
+    await ok(engine, c.Credit(A, "seed", 1000))
+    for k in range(3):
+        await ok(engine, c.PlaceHold(A, f"h{k}", 100, 3600))
+    await engine.stop()  # the last checkpoint writes the three pending holds
+    # An earlier version kept finished holds' rows: h0's, as a finished hold "h-old".
+    finished_h0 = [{"id": "'h-old'", "status": "'captured'"}.get(column, column) for column in HOLD_COLUMNS]
+    await _raw(backend, engine.storage, [
+        "CREATE INDEX holds_by_status ON holds (status, account_id, id)",
+        f"INSERT INTO holds ({','.join(HOLD_COLUMNS)}) SELECT {','.join(finished_h0)} FROM holds WHERE id = 'h0'",
+    ])  # fmt: skip
+    assert await _hold_indexes(backend, engine.storage) == {"holds_by_status", "holds_by_expiry"}
+
+    again = await started(backend.make(), checkpoint_interval_s=NEVER)
+    assert await _hold_indexes(backend, again.storage) == {"holds_by_expiry"}
+    pages, after = [], ("", "")
+    while page := await again.storage.scan_pending_holds(after, 1):
+        pages.append(page[0][1])
+        after = (page[0][0], page[0][1])
+    assert pages == ["h0", "h1", "h2"]
     await again.stop()
 
 

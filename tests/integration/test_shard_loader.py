@@ -88,7 +88,7 @@ async def test_recoverys_page_of_pending_holds_is_an_index_range_on_mariadb(mari
                 plan = (await cur.fetchall())[0]
         finally:
             await conn.ensure_closed()
-        assert plan["type"] == "range" and plan["key"] == "holds_by_status", plan
+        assert plan["type"] == "range" and plan["key"] == "PRIMARY", plan
         seen: list[tuple[str, str]] = []
         after = ("", "")
         while page := await storage.scan_pending_holds(after, 7):

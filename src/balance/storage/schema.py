@@ -257,7 +257,6 @@ def history_query(
 
 INDEXES = (
     ("accounts_by_parent", "accounts", "parent_id, id", False),
-    ("holds_by_status", "holds", "status, account_id, id", False),  # recovery pages through pending holds
     # The expiry job (``balance.expiry``): pending holds by expiry, a page at a time.
     ("holds_by_expiry", "holds", "status, expires_at, account_id, id", False),
     # Idempotency: one outcome per (operation key, account). The key leads: ids that grow with
@@ -268,7 +267,12 @@ INDEXES = (
     # The event relay: an account's later updates (the outbox is small: pruned once published).
     ("outbox_by_account", "outbox", "account_id, seq", False),
 )
-INDEXES_DROPPED = (("journal_op_key", "journal"),)  # replaced: dropped from an earlier version's database
+# Dropped from an earlier version's database: ``journal_op_key`` (replaced by ``journal_key``), and
+# ``holds_by_status`` (status, account_id, id): the holds table keeps pending holds only (a
+# checkpoint deletes a finished hold's row), so the primary key already orders them for
+# recovery's pages, and each hold a checkpoint wrote cost a page of this index too (SQLite,
+# 16 holds per commit: 1.23 -> 0.92 ms).
+INDEXES_DROPPED = (("journal_op_key", "journal"), ("holds_by_status", "holds"))
 
 # An account's history, newest first. MariaDB indexes the journal by (account_id, seq): its
 # redo log records only the bytes an insert changes. SQLite writes every page a commit
