@@ -69,6 +69,40 @@ IN_FLIGHT_MAX = 3
 _MERGE_ROWS = 128
 
 
+# Tables stored in primary key order (WITHOUT ROWID) rather than by an implicit rowid with the
+# key in an index of its own. A checkpoint round writes accounts in id order (``round_order``),
+# a slice per commit: ordered by rowid (the order of creation), the rows of a slice were on as
+# many pages as rows (ids are random); by id, on one or two. 16 account rows per commit, a
+# round's worth in id order: 0.49 -> 0.31 ms (10,000 accounts), 0.56 -> 0.31 (200,000).
+CLUSTERED_TABLES = ("accounts",)
+
+
+def _make_indexes(conn: sqlite3.Connection) -> None:
+    for name, table, columns, unique in schema.indexes("sqlite"):
+        kind = "UNIQUE INDEX" if unique else "INDEX"
+        conn.execute(f"CREATE {kind} IF NOT EXISTS {name} ON {table} ({columns})")
+
+
+def _cluster(conn: sqlite3.Connection, table: str) -> bool:
+    """``table`` rebuilt WITHOUT ROWID if an earlier version made it with one (True: its
+    indexes went with it, for the caller to make again)."""
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+    if "WITHOUT ROWID" in sql.upper():
+        return False
+    columns = ",".join(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(f"CREATE TABLE {table}_clustered ({_sqlite_type(schema.TABLES[table])}) WITHOUT ROWID")
+        conn.execute(f"INSERT INTO {table}_clustered ({columns}) SELECT {columns} FROM {table}")
+        conn.execute(f"DROP TABLE {table}")
+        conn.execute(f"ALTER TABLE {table}_clustered RENAME TO {table}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return True
+
+
 def _sqlite_type(ddl: str) -> str:
     return (
         ddl.replace("BOOLEAN", "INTEGER").replace("BIGINT", "INTEGER").replace("SMALLINT", "INTEGER")
@@ -258,12 +292,11 @@ class SqliteShardStorage:
             conn = self._writer
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             for table, ddl in schema.TABLES.items():
-                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_sqlite_type(ddl)})")
+                clustered = " WITHOUT ROWID" if table in CLUSTERED_TABLES else ""
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_sqlite_type(ddl)}){clustered}")
             for table, ddl in schema.SQLITE_TABLES.items():
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({_sqlite_type(ddl)}) WITHOUT ROWID")
-            for name, table, columns, unique in schema.indexes("sqlite"):
-                kind = "UNIQUE INDEX" if unique else "INDEX"
-                conn.execute(f"CREATE {kind} IF NOT EXISTS {name} ON {table} ({columns})")
+            _make_indexes(conn)
             for name, _ in schema.INDEXES_DROPPED:  # after their replacements exist
                 conn.execute(f"DROP INDEX IF EXISTS {name}")
             added = {"journal": schema.JOURNAL_COLUMNS_ADDED, **schema.COLUMNS_ADDED}
@@ -272,6 +305,8 @@ class SqliteShardStorage:
                 for column, ddl in new_columns.items():
                     if column not in have:
                         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {_sqlite_type(ddl)}")
+            if any([_cluster(conn, table) for table in CLUSTERED_TABLES]):  # an earlier version's, by rowid
+                _make_indexes(conn)  # (those of the tables rebuilt)
             if conn.execute("SELECT 1 FROM meta WHERE name = ?", (schema.OP_KEYS_META_KEY,)).fetchone() is None:
                 conn.execute("BEGIN IMMEDIATE")  # an earlier version's keys (``schema.op_keys_migration_sql``)
                 conn.execute(schema.op_keys_migration_sql("{} || {}"))
