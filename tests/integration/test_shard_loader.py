@@ -5,6 +5,7 @@ with its invariants, whose holds the engine then captures, releases and expires 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,6 +90,30 @@ async def test_recoverys_page_of_pending_holds_is_an_index_range_on_mariadb(mari
         finally:
             await conn.ensure_closed()
         assert plan["type"] == "range" and plan["key"] == "PRIMARY", plan
+        seen: list[tuple[str, str]] = []
+        after = ("", "")
+        while page := await storage.scan_pending_holds(after, 7):
+            seen += [(row[0], row[1]) for row in page]
+            after = seen[-1]
+        assert len(seen) == 3000 and seen == sorted(set(seen))
+    finally:
+        await storage.close()
+
+
+async def test_recoverys_page_of_pending_holds_is_an_index_range_on_sqlite(tmp_path: Path) -> None:
+    """The page follows the primary key from where the last one ended, with no sort: through
+    ``holds_by_expiry`` (which status leads) every page read and sorted all pending holds."""
+    import sqlite3
+
+    from balance.storage.sqlite import PENDING_HOLDS_PAGE, SqliteShardStorage
+
+    storage = SqliteShardStorage(tmp_path / "s0.db")
+    await shard_loader.load(storage, 300, 3000)
+    await storage.open()
+    try:
+        with sqlite3.connect(storage.path) as conn:
+            plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + PENDING_HOLDS_PAGE, ("a", "b", 100)))
+        assert "sqlite_autoindex_holds_1" in plan and "TEMP B-TREE" not in plan, plan
         seen: list[tuple[str, str]] = []
         after = ("", "")
         while page := await storage.scan_pending_holds(after, 7):

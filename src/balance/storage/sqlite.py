@@ -160,6 +160,14 @@ _HOLD_JOURNAL_BY_KEYS = (
     f"SELECT {','.join(schema.HOLD_JOURNAL_COLUMNS)} FROM journal"
     " WHERE account_id = ? AND op_key IN (?, ?, ?, ?, ?) AND status < 300 ORDER BY seq"
 )
+# A page of pending holds after (account_id, id), in the primary key's order (a row value: an
+# index range). ``+status`` keeps SQLite off ``holds_by_expiry`` (status leads it): through that
+# index every page read all pending holds and sorted them (1,000,000 holds ready in 12.4-12.9 s
+# instead of 4.3-5.9). The table keeps pending holds only; the term filters an earlier version's rows.
+PENDING_HOLDS_PAGE = (
+    f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE +status = 'pending'"
+    " AND (account_id, id) > (?, ?) ORDER BY account_id, id LIMIT ?"
+)
 _FENCE_EPOCH = f"SELECT value FROM meta WHERE name = '{FENCE_META_KEY}'"
 _RECOVERY_JOURNAL_AFTER = schema.recovery_journal_query("?")
 _MOVES_UNFINISHED = schema.MOVES_UNFINISHED.format(columns=",".join(schema.MOVE_COLUMNS))
@@ -581,7 +589,7 @@ class SqliteShardStorage:
                     conn.execute(f"SELECT {','.join(schema.ACCOUNT_COLUMNS)} FROM accounts").fetchall()
                 )
                 holds = conn.execute(
-                    f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE status = 'pending'"
+                    f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE +status = 'pending'"  # (a scan: see above)
                 ).fetchall()
                 last = conn.execute(
                     "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM journal UNION ALL SELECT MAX(seq) FROM outbox)"
@@ -604,12 +612,10 @@ class SqliteShardStorage:
         )
 
     async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:
-        sql = (
-            f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE status = 'pending'"
-            " AND (account_id, id) > (?, ?) ORDER BY account_id, id LIMIT ?"  # a row value: an index range
-        )
         args = (after[0], after[1], limit)
-        return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, args).fetchall())
+        return await self._run(
+            self._reader_pool, lambda: self._reader_conn().execute(PENDING_HOLDS_PAGE, args).fetchall()
+        )
 
     async def checkpoint_seq(self) -> int:
         sql = "SELECT value FROM meta WHERE name = ?"
