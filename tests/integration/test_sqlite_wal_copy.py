@@ -120,3 +120,22 @@ async def test_the_wal_starts_over_once_copied(tmp_path: Path, monkeypatch: pyte
     finally:
         await storage.close()
     assert storage._copier is None  # the thread ended with the storage
+
+
+async def test_storages_of_one_file_in_one_process_share_the_copier_s_descriptor(tmp_path: Path) -> None:
+    """Closing a descriptor drops the process's POSIX locks on the file, SQLite's included: the
+    copiers' descriptor of a file is one per process, closed with the last storage of it."""
+    path = tmp_path / "s0.db"
+    first, second = SqliteShardStorage(path), SqliteShardStorage(path)
+    await first.open()
+    await second.open()
+    try:
+        assert first._database_fd is not None and first._database_fd == second._database_fd
+        fd = first._database_fd
+        await first.close()
+        os.fstat(fd)  # still open: the second storage's connections keep their locks
+        await second.commit(big_batch(1, 1, rows=5))
+    finally:
+        await second.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)

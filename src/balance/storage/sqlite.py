@@ -209,6 +209,42 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
+class _FileSyncs:
+    """Descriptors of database files for the copiers' syncs, one per file in the process.
+
+    Closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+    included: so storages of the same file in one process (a take-over in tests) share one,
+    closed with the last of them, after its SQLite connections. Other connections of the
+    process to the file at that moment (the relay's and the expiry job's readers, stopped with
+    the shard) lose their locks on the database file, not those on its WAL index."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[tuple[int, int], tuple[int, int]] = {}  # (device, inode) -> (fd, users)
+
+    def open(self, path: Path) -> int:
+        stat = os.stat(path)  # (not a second descriptor to close: see above)
+        key = (stat.st_dev, stat.st_ino)
+        with self._lock:
+            fd, users = self._open.get(key) or (os.open(path, os.O_RDONLY | os.O_CLOEXEC), 0)
+            self._open[key] = (fd, users + 1)
+        return fd
+
+    def close(self, fd: int) -> None:
+        with self._lock:
+            for key, (shared, users) in self._open.items():
+                if shared == fd:
+                    if users > 1:
+                        self._open[key] = (shared, users - 1)
+                        return
+                    del self._open[key]
+                    break
+        os.close(fd)
+
+
+_file_syncs = _FileSyncs()
+
+
 class _Link:
     """A commit handed to the writer thread, for the one queued behind it to check."""
 
@@ -255,9 +291,7 @@ class SqliteShardStorage:
         self._copier_stop = threading.Event()
         self._copy_lock = threading.Lock()
         self._wal_frames = self._wal_left = 0
-        # A descriptor of the database file, for the copier's syncs. Open as long as the storage:
-        # closing any descriptor of a file drops every POSIX lock this process holds on it,
-        # SQLite's own included, so it is closed only after SQLite's connections are.
+        # A descriptor of the database file, for the copier's syncs (``_FileSyncs``).
         self._database_fd: int | None = None
 
     # ---- plumbing ------------------------------------------------------------------------
@@ -347,7 +381,7 @@ class SqliteShardStorage:
 
         await self._run(self._writer_pool, setup)
         self._reader = await self._run(self._reader_pool, self._connect)
-        self._database_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._database_fd = _file_syncs.open(self.path)
         self._copier_stop.clear()
         self._copier = threading.Thread(target=self._copy_wal, name=f"sqlite-c-{self.path.stem}", daemon=True)
         self._copier.start()
@@ -428,8 +462,8 @@ class SqliteShardStorage:
             pool.shutdown(wait=True)
         self._writer = self._reader = None
         database_fd, self._database_fd = self._database_fd, None
-        if database_fd is not None:  # (after SQLite's connections: see ``__init__``)
-            os.close(database_fd)
+        if database_fd is not None:  # (after SQLite's connections: see ``_FileSyncs``)
+            _file_syncs.close(database_fd)
         self._closed = True
 
     # ---- writes --------------------------------------------------------------------------
