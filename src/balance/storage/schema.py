@@ -270,8 +270,8 @@ INDEXES = (
 # Dropped from an earlier version's database: ``journal_op_key`` (replaced by ``journal_key``), and
 # ``holds_by_status`` (status, account_id, id): the holds table keeps pending holds only (a
 # checkpoint deletes a finished hold's row), so the primary key already orders them for
-# recovery's pages, and each hold a checkpoint wrote cost a page of this index too (SQLite,
-# 16 holds per commit: 1.23 -> 0.92 ms).
+# recovery's pages, and each hold a checkpoint wrote cost a page of this index too (SQLite, a
+# round's holds 16 per commit: 0.82 -> 0.71 ms, ``tools/round_row_cost.py``).
 INDEXES_DROPPED = (("journal_op_key", "journal"), ("holds_by_status", "holds"))
 
 # An account's history, newest first. MariaDB indexes the journal by (account_id, seq): its

@@ -72,8 +72,8 @@ _MERGE_ROWS = 128
 # Tables stored in primary key order (WITHOUT ROWID) rather than by an implicit rowid with the
 # key in an index of its own. A checkpoint round writes accounts in id order (``round_order``),
 # a slice per commit: ordered by rowid (the order of creation), the rows of a slice were on as
-# many pages as rows (ids are random); by id, on one or two. 16 account rows per commit, a
-# round's worth in id order: 0.49 -> 0.31 ms (10,000 accounts), 0.56 -> 0.31 (200,000).
+# many pages as rows (ids are random); by id, on one or two. A round's accounts 16 per commit
+# (10,000 accounts): 0.53 -> 0.31 ms (``tools/round_row_cost.py``).
 CLUSTERED_TABLES = ("accounts",)
 
 
