@@ -159,13 +159,12 @@ async def _raw(backend: Any, storage: ShardStorage, statements: list[str]) -> li
         conn.close()
 
 
-async def _journal_indexes(backend: Any, storage: ShardStorage) -> set[str]:
+async def _indexes(backend: Any, storage: ShardStorage, table: str) -> set[str]:
+    """The secondary indexes of ``table`` (SQLite's automatic ones left out)."""
     if backend.name == "sqlite":
-        rows = await _raw(
-            backend, storage, ["SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'journal'"]
-        )
-        return {row[0] for row in rows if not row[0].startswith("sqlite_")}
-    return {row[2] for row in await _raw(backend, storage, ["SHOW INDEX FROM journal"]) if row[2] != "PRIMARY"}
+        sql = f"SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = '{table}'"
+        return {row[0] for row in await _raw(backend, storage, [sql]) if not row[0].startswith("sqlite_")}
+    return {row[2] for row in await _raw(backend, storage, [f"SHOW INDEX FROM {table}"]) if row[2] != "PRIMARY"}
 
 
 async def test_an_earlier_version_s_idempotency_index_is_replaced_at_open(backend: Any) -> None:
@@ -180,22 +179,13 @@ async def test_an_earlier_version_s_idempotency_index_is_replaced_at_open(backen
         f"DROP INDEX journal_key{on}", "CREATE UNIQUE INDEX journal_op_key ON journal (account_id, op_key)",
     ])  # fmt: skip
     history = {"journal_history"} if backend.name == "mariadb" else set()  # SQLite: a table (below)
-    assert await _journal_indexes(backend, engine.storage) == {"journal_op_key", *history}
+    assert await _indexes(backend, engine.storage, "journal") == {"journal_op_key", *history}
 
     again = await started(backend.make(), checkpoint_interval_s=NEVER)
-    assert await _journal_indexes(backend, again.storage) == {"journal_key", *history}
+    assert await _indexes(backend, again.storage, "journal") == {"journal_key", *history}
     replay = await again.execute(c.Credit(A, "seed", 10))  # the first outcome, read back through the new index
     assert replay.status == 201 and replay.replayed
     await again.stop()
-
-
-async def _hold_indexes(backend: Any, storage: ShardStorage) -> set[str]:
-    if backend.name == "sqlite":
-        rows = await _raw(
-            backend, storage, ["SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'holds'"]
-        )
-        return {row[0] for row in rows if not row[0].startswith("sqlite_")}
-    return {row[2] for row in await _raw(backend, storage, ["SHOW INDEX FROM holds"]) if row[2] != "PRIMARY"}
 
 
 async def test_an_earlier_version_s_index_of_holds_by_status_is_dropped_at_open(backend: Any) -> None:
@@ -214,10 +204,10 @@ async def test_an_earlier_version_s_index_of_holds_by_status_is_dropped_at_open(
         "CREATE INDEX holds_by_status ON holds (status, account_id, id)",
         f"INSERT INTO holds ({','.join(HOLD_COLUMNS)}) SELECT {','.join(finished_h0)} FROM holds WHERE id = 'h0'",
     ])  # fmt: skip
-    assert await _hold_indexes(backend, engine.storage) == {"holds_by_status", "holds_by_expiry"}
+    assert await _indexes(backend, engine.storage, "holds") == {"holds_by_status", "holds_by_expiry"}
 
     again = await started(backend.make(), checkpoint_interval_s=NEVER)
-    assert await _hold_indexes(backend, again.storage) == {"holds_by_expiry"}
+    assert await _indexes(backend, again.storage, "holds") == {"holds_by_expiry"}
     pages, after = [], ("", "")
     while page := await again.storage.scan_pending_holds(after, 1):
         pages.append(page[0][1])
@@ -285,7 +275,7 @@ async def test_an_earlier_version_s_sqlite_history_index_becomes_the_history_tab
         "DROP TABLE history", "CREATE INDEX journal_history ON journal (account_id, seq)",
     ])  # fmt: skip
     again = await started(backend.make(), checkpoint_interval_s=NEVER)
-    assert await _journal_indexes(backend, again.storage) == {"journal_key"}
+    assert await _indexes(backend, again.storage, "journal") == {"journal_key"}
     assert len(expected) == 5 and await _history(again.storage, A) == expected
     await again.stop()
 

@@ -16,6 +16,7 @@ from balance.domain.model import HOLD_PENDING
 from balance.engine.clock import ManualClock
 from balance.engine.expiry_sweep import sweep
 from balance.engine.shard import ShardEngine
+from balance.storage.base import ShardStorage
 
 
 async def test_a_loaded_shard_recovers_and_its_holds_behave(backend: Any) -> None:
@@ -70,6 +71,16 @@ async def test_the_server_side_loader_writes_the_same_rows_as_the_python_one(
         await engine.stop()
 
 
+async def _paged_pending_holds(storage: ShardStorage) -> list[tuple[str, str]]:
+    """Every pending hold's key, as recovery pages through them (7 a page)."""
+    seen: list[tuple[str, str]] = []
+    after = ("", "")
+    while page := await storage.scan_pending_holds(after, 7):
+        seen += [(row[0], row[1]) for row in page]
+        after = seen[-1]
+    return seen
+
+
 async def test_recoverys_page_of_pending_holds_is_an_index_range_on_mariadb(mariadb_backend: Any) -> None:
     """Each page starts where the last ended (not from the first pending hold again: that made
     10 million holds quadratic), and the pages together are every pending hold once."""
@@ -90,11 +101,7 @@ async def test_recoverys_page_of_pending_holds_is_an_index_range_on_mariadb(mari
         finally:
             await conn.ensure_closed()
         assert plan["type"] == "range" and plan["key"] == "PRIMARY", plan
-        seen: list[tuple[str, str]] = []
-        after = ("", "")
-        while page := await storage.scan_pending_holds(after, 7):
-            seen += [(row[0], row[1]) for row in page]
-            after = seen[-1]
+        seen = await _paged_pending_holds(storage)
         assert len(seen) == 3000 and seen == sorted(set(seen))
     finally:
         await storage.close()
@@ -114,11 +121,7 @@ async def test_recoverys_page_of_pending_holds_is_an_index_range_on_sqlite(tmp_p
         with sqlite3.connect(storage.path) as conn:
             plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + PENDING_HOLDS_PAGE, ("a", "b", 100)))
         assert "sqlite_autoindex_holds_1" in plan and "TEMP B-TREE" not in plan, plan
-        seen: list[tuple[str, str]] = []
-        after = ("", "")
-        while page := await storage.scan_pending_holds(after, 7):
-            seen += [(row[0], row[1]) for row in page]
-            after = seen[-1]
+        seen = await _paged_pending_holds(storage)
         assert len(seen) == 3000 and seen == sorted(set(seen))
     finally:
         await storage.close()

@@ -251,7 +251,7 @@ def _server(backend_env: dict[str, str], work_dir: Path, python: str | None) -> 
         yield url, pid
 
 
-class _Writer(msgspec.Struct):
+class _ServerFigures(msgspec.Struct):
     """The server's own account of a load: its CPU and its commits (``/metrics``)."""
 
     cpu_s: float
@@ -259,7 +259,7 @@ class _Writer(msgspec.Struct):
     commit_s: float
 
     @classmethod
-    def read(cls, url: str, pid: int) -> _Writer:
+    def read(cls, url: str, pid: int) -> _ServerFigures:
         commits = commit_s = 0.0
         for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
             if line.startswith("balance_commit_seconds_count"):
@@ -268,7 +268,7 @@ class _Writer(msgspec.Struct):
                 commit_s += float(line.rsplit(" ", 1)[1])
         return cls(ours.process_cpu_s(pid), commits, commit_s)
 
-    def since(self, start: _Writer, ops: int) -> dict[str, float]:
+    def since(self, start: _ServerFigures, ops: int) -> dict[str, float]:
         """Service CPU per operation and the commits' count and mean over the load: steadier
         than a percentile when two codes' writers are compared (a commit's cost shows in both)."""
         commits = self.commits - start.commits
@@ -287,10 +287,10 @@ async def _one(
     async with ours.scratch_storage(backend, work_dir) as (_, env):
         with _server(env, work_dir, python) as (url, pid):
             payers, merchants = await _setup(url, scenario)
-            start = await asyncio.to_thread(_Writer.read, url, pid)
+            start = await asyncio.to_thread(_ServerFigures.read, url, pid)
             gen, seconds, work = await _drive(url, scenario, mode, batch_size, rate, duration_s, payers, merchants)
             unanswered = await gen.drain(30)
-            end = await asyncio.to_thread(_Writer.read, url, pid)
+            end = await asyncio.to_thread(_ServerFigures.read, url, pid)
             gen.close()
     answered = len(gen.samples.latency)
     ops = answered * (1 if mode == "single" else batch_size)  # batches: ops (settle batches may be smaller)

@@ -347,8 +347,9 @@ class SqliteShardStorage:
                 for column, ddl in new_columns.items():
                     if column not in have:
                         conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {_sqlite_type(ddl)}")
-            if any([_cluster(conn, table) for table in CLUSTERED_TABLES]):  # an earlier version's, by rowid
-                _make_indexes(conn)  # (those of the tables rebuilt)
+            rebuilt = [table for table in CLUSTERED_TABLES if _cluster(conn, table)]  # an earlier version's, by rowid
+            if rebuilt:
+                _make_indexes(conn)  # (their indexes went with them)
             if conn.execute("SELECT 1 FROM meta WHERE name = ?", (schema.OP_KEYS_META_KEY,)).fetchone() is None:
                 conn.execute("BEGIN IMMEDIATE")  # an earlier version's keys (``schema.op_keys_migration_sql``)
                 conn.execute(schema.op_keys_migration_sql("{} || {}"))
@@ -390,14 +391,16 @@ class SqliteShardStorage:
         """The copier thread: the WAL into the database, without blocking the writer."""
         conn = self._connect()
         pause = WAL_COPY_EVERY_S
+        synced = 0  # the frames copied as of the last sync (an idle WAL is not synced again)
         try:
             while not self._copier_stop.wait(pause):
                 pause = WAL_COPY_EVERY_S
                 with self._copy_lock:
                     try:
                         _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                        if frames:
+                        if copied != synced:
                             self._sync_database()  # (the lock held: the writer's finish waits for a later commit)
+                            synced = copied
                     except sqlite3.Error:
                         continue  # (busy, or closing: the next turn tries again)
                 self._wal_frames, self._wal_left = frames, frames - copied
@@ -407,8 +410,8 @@ class SqliteShardStorage:
             conn.close()
 
     def _sync_database(self) -> None:
-        """In the copier thread: what the copy wrote into the database file, to disk (no SQLite
-        lock held: the writer goes on meanwhile)."""
+        """In the copier thread: what the copy wrote into the database file, to disk. No SQLite
+        lock is held: the writer commits meanwhile."""
         if self._database_fd is not None:
             try:
                 os.fdatasync(self._database_fd)
