@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncmy
 import pytest
 
+from balance.bench.mariadb_server import PrivateMariaDb
 from balance.storage.mariadb_url import connect_kwargs, redacted
 from ci import skip_or_fail
 
@@ -93,93 +90,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 # ---- a private mariadbd ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.settimeout(0.5)
-            return len(sock.recv(64)) > 0  # the server's handshake packet
-    except OSError:
-        return False
-
-
-class PrivateMariaDb:
-    """A mariadbd of one test: its own data directory (under /tmp) and port, root without a
-    password on 127.0.0.1. ``kill()`` is SIGKILL (a crash: InnoDB recovers at the next start)."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.data = base / "data"
-        self.port = free_port()
-        self.log_path = base / "mariadbd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.mariadbd = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/usr/local/sbin")
-        self.install_db = shutil.which("mariadb-install-db")
-
-    @property
-    def url(self) -> str:
-        return f"mysql://root:@127.0.0.1:{self.port}/balance_private"
-
-    def install(self) -> None:
-        assert self.install_db is not None
-        user = ["--user=root"] if os.geteuid() == 0 else []
-        subprocess.run(
-            [self.install_db, "--no-defaults", f"--datadir={self.data}", "--auth-root-authentication-method=normal",
-             "--skip-test-db", *user],
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        """Start it (the same data and port every time) and wait until it answers."""
-        assert self.mariadbd is not None and not self.alive
-        user = ["--user=root"] if os.geteuid() == 0 else []
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [self.mariadbd, "--no-defaults", f"--datadir={self.data}", f"--port={self.port}",
-                 "--bind-address=127.0.0.1", f"--socket={self.base / 'sock'}", f"--pid-file={self.base / 'pid'}",
-                 "--skip-name-resolve", "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=1",
-                 "--max-connections=500", *user],
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.alive:
-                raise AssertionError(f"mariadbd exited at start:\n{self.log_tail()}")
-            if _answers(self.port):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"mariadbd did not answer within {timeout_s}s:\n{self.log_tail()}")
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, and wait until it is gone."""
-        if self.proc is not None:
-            if self.alive:
-                os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no mariadbd log)"
-
-
 @pytest.fixture
 def private_mariadb() -> Iterator[PrivateMariaDb]:
     """A private mariadbd, installed and started (skipped without the binaries; failed in CI)."""
     base = Path(tempfile.mkdtemp(prefix="balance-mdb-"))  # short: the socket path has a length limit
     server = PrivateMariaDb(base)
     try:
-        if server.mariadbd is None or server.install_db is None:
+        if not server.installed:
             skip_or_fail("mariadbd / mariadb-install-db not installed (Debian: apt-get install mariadb-server)")
         server.install()
         server.start()

@@ -183,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     bench_parser.add_argument("--duration", type=float, default=None, help="seconds per row")
     bench_parser.add_argument("--accounts", type=int, default=100_000, help="million: accounts")
     bench_parser.add_argument("--holds", type=int, default=1_000_000, help="million: pending holds (expiry: the burst)")
+    bench_parser.add_argument(
+        "--private-mariadb",
+        default=None,
+        metavar="CNF",
+        help="MariaDB rows on a private mariadbd started with this my.cnf (deploy/mariadb/balance.cnf)",
+    )
     bench_parser.set_defaults(fn=bench)
     commands.add_parser("fleet", help="a local fleet: three nodes, six shards on MariaDB (docs/fleet.md)").set_defaults(
         fn=fleet

@@ -93,7 +93,7 @@ class Writes:
 async def test_a_database_killed_mid_traffic_gives_fast_503s_then_serves_again_and_loses_nothing(
     private_mariadb: Any, tmp_path: Path
 ) -> None:
-    server = Server(private_mariadb.url, tmp_path / "server.log")
+    server = Server(private_mariadb.url(), tmp_path / "server.log")
     try:
         await wait_ready(server)
         async with client(server.base_url) as http:
@@ -200,7 +200,7 @@ async def test_a_server_started_while_the_database_is_down_becomes_ready_once_it
     private_mariadb: Any, tmp_path: Path
 ) -> None:
     private_mariadb.kill()
-    server = Server(private_mariadb.url, tmp_path / "server.log")
+    server = Server(private_mariadb.url(), tmp_path / "server.log")
     try:
         async with client(server.base_url) as http:
             seen: dict[str, Any] = {}

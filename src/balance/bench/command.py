@@ -10,10 +10,13 @@ import argparse
 import asyncio
 import functools
 import json
+import os
 import platform
+import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +26,7 @@ from rich.table import Table
 
 from balance.bench import ours, recovery
 from balance.bench.ceiling import run_ceiling
+from balance.bench.mariadb_server import PrivateMariaDb
 from balance.bench.naive import mysql_reachable, run_naive
 from balance.bench.results import BenchResult
 
@@ -239,7 +243,11 @@ def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     load_before = _load()
     tail_run = args.scenario in (*TAIL_SCENARIOS, "million", "expiry")
-    results = asyncio.run(run_tail_all(args) if tail_run else run_all(args))
+    with mariadb_server(args.private_mariadb, wanted=args.backend != "sqlite"):
+        results = asyncio.run(run_tail_all(args) if tail_run else run_all(args))
+        server = asyncio.run(_server_settings()) if args.backend != "sqlite" else None
+    if server is not None:
+        console.print(f"MariaDB: {server}")
     console.print(render_tail(results) if tail_run else render(results))
     console.print(f"finished in {time.perf_counter() - started:.0f} s; load average {load_before} -> {_load()}")
     if args.json_path:
@@ -249,9 +257,55 @@ def main(args: argparse.Namespace) -> int:
             "load": f"load average at start {load_before}, at end {_load()}",  # the machine may be shared
             "results": [_without_samples(r.to_dict()) for r in results],
         }
+        if server is not None:
+            document["mariadb"] = server
         Path(args.json_path).write_text(json.dumps(document, indent=2, default=str))
         console.print(f"figures written to {args.json_path}")
     return 0
+
+
+@contextmanager
+def mariadb_server(config: str | None, wanted: bool) -> Iterator[None]:
+    """``--private-mariadb CNF``: the run's MariaDB rows on a private mariadbd started with the
+    settings in CNF (``deploy/mariadb/balance.cnf``), stopped and removed afterwards, instead
+    of the server ``BALANCE_TEST_MYSQL_URL`` names (which keeps its own settings)."""
+    if config is None or not wanted:
+        yield
+        return
+    base = Path(tempfile.mkdtemp(prefix="balance-bmdb-"))
+    server = PrivateMariaDb(base, Path(config).resolve())
+    if not server.installed:
+        raise SystemExit(
+            "--private-mariadb: mariadbd / mariadb-install-db not installed (apt-get install mariadb-server)"
+        )
+    saved = os.environ.get("BALANCE_TEST_MYSQL_URL")
+    try:
+        console.print(f"starting a private mariadbd with {config} (port {server.port}, data in {base})")
+        server.install()
+        server.start(timeout_s=300)
+        os.environ["BALANCE_TEST_MYSQL_URL"] = server.url("balance_bench")
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("BALANCE_TEST_MYSQL_URL", None)
+        else:
+            os.environ["BALANCE_TEST_MYSQL_URL"] = saved
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# What the rows' MariaDB ran with: durability, and the sizes that decide whether a long run
+# stalls on the redo log or the buffer pool (docs/mariadb.md).
+SERVER_SETTINGS = (
+    "version", "innodb_flush_log_at_trx_commit", "log_bin", "sync_binlog", "innodb_log_file_size",
+    "innodb_buffer_pool_size", "innodb_io_capacity", "innodb_flush_neighbors",
+)  # fmt: skip
+
+
+async def _server_settings() -> dict[str, Any] | None:
+    if not await mysql_reachable():
+        return None
+    return await ours.mariadb_variables(SERVER_SETTINGS)
 
 
 def _load() -> str:

@@ -439,10 +439,10 @@ async def durability_settings(backend: str) -> dict[str, Any]:
                 conn.close()
         names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
         return {"journal_mode": journal_mode, "synchronous": f"{names.get(synchronous, '?')} ({synchronous})"}
-    return await _mariadb_variables(("innodb_flush_log_at_trx_commit", "log_bin", "sync_binlog"))
+    return await mariadb_variables(("innodb_flush_log_at_trx_commit", "log_bin", "sync_binlog"))
 
 
-async def _mariadb_variables(names: tuple[str, ...]) -> dict[str, Any]:
+async def mariadb_variables(names: tuple[str, ...]) -> dict[str, Any]:
     conn = await mysql_connect(parse_mysql_url(mysql_url()))
     try:
         async with conn.cursor() as cur:
