@@ -64,12 +64,12 @@ async def test_a_slice_and_its_pause_last_the_writers_time_on_it_over_its_share(
 
 
 def test_the_slices_own_wait_counts_toward_its_pause() -> None:
-    # 6 ms of the writer's time: the slice and its pause last 30 ms from the slice's start.
-    assert expiry_sweep.pause_after(0.006, 0.008) == pytest.approx(0.022)
-    assert expiry_sweep.pause_after(0.006, 0.0) == pytest.approx(0.030)
+    # 6 ms of the writer's time at a fifth: the slice and its pause last 30 ms from its start.
+    assert expiry_sweep.pause_after(0.006, 0.008, 0.2) == pytest.approx(0.022)
+    assert expiry_sweep.pause_after(0.006, 0.0, 0.2) == pytest.approx(0.030)
     # A slice that waited longer than its cycle still pauses a little before the next.
-    assert expiry_sweep.pause_after(0.006, 0.040) == expiry_sweep.SWEEP_PAUSE_MIN_S
-    assert expiry_sweep.pause_after(0.0, 0.0) == expiry_sweep.SWEEP_PAUSE_MIN_S
+    assert expiry_sweep.pause_after(0.006, 0.040, 0.2) == expiry_sweep.SWEEP_PAUSE_MIN_S
+    assert expiry_sweep.pause_after(0.0, 0.0, 0.2) == expiry_sweep.SWEEP_PAUSE_MIN_S
     # Where commits overlap (MariaDB) the share is smaller: a longer cycle for the same time.
     assert expiry_sweep.pause_after(0.006, 0.008, 0.15) == pytest.approx(0.032)
 
@@ -77,4 +77,6 @@ def test_the_slices_own_wait_counts_toward_its_pause() -> None:
 async def test_the_share_follows_the_storages_kind_of_commit(backend: Any) -> None:
     engine = ShardEngine(0, backend.make(), sweep_interval_s=3600, on_fatal=lambda exc: None)
     expected = expiry_sweep.SWEEP_SHARE_OVERLAPPING if backend.name == "mariadb" else expiry_sweep.SWEEP_SHARE
-    assert expiry_sweep.share_of(engine) == expected < 0.2 + 1e-9
+    # By the sweep's own count, which runs over the writer's capacity: 0.3 of it measured 16-17%
+    # of SQLite's capacity, 0.22 about 19% of MariaDB's (expiry_sweep.SWEEP_SHARE).
+    assert expiry_sweep.share_of(engine) == expected <= 0.3

@@ -4,8 +4,8 @@
 A burst (100,000 holds placed in the same second expire together) goes a slice at a time, each
 queued behind the traffic already waiting, the next one 1/SWEEP_SHARE times the writer's time on
 the slice after the slice started (``ShardEngine.expiry_busy_s``: its share of the batches that
-carried it): expiries then take at most about a fifth of the writer's time, and no answer
-waits behind a hundred thousand of them. Pacing by the slice's wall time instead counted its
+carried it): expiries then take at most about a fifth of the writer's capacity (its own count
+runs over it: see ``SWEEP_SHARE``), and no answer waits behind a hundred thousand of them. Pacing by the slice's wall time instead counted its
 wait in the queue and for the commit as the writer's work: on a busy machine a burst of
 100,000 took 15 times as long as all at once (~7% of the writer, 326 s); a pause of four
 times the writer's time after each slice ended, on top of that wait, still kept the share at
@@ -28,19 +28,22 @@ from balance.engine.replies import Unavailable
 if TYPE_CHECKING:
     from balance.engine.shard import ShardEngine
 
-# Expiries queued at once: a few ms of the writer. Measured in process (100,000 expiring in
-# the same second, credits at 2,000/s beside, `balance-service bench --scenario expiry`): 512
-# took 6.5-10 s with the others' p99 at 16-26 ms; 128, 12-16 s at 8-11 ms; 256 with a 2 ms
-# pause at least, 8.1-8.2 s at 10-11 ms (their p99 without the burst: 3-4 ms).
-SWEEP_SLICE = 256
+# Expiries queued at once: about a millisecond of the writer. Measured in process (100,000
+# expiring in the same second, credits at 2,000/s beside, `balance-service bench --scenario
+# expiry`): at the same share of the writer, the others' p99 follows the share, not the slice
+# (SQLite, ~18%: 64, 96, 128 and 256 all 10-13 ms); a smaller slice costs more of the share's
+# count per expiry (a commit's own time for fewer rows), a larger one on MariaDB too (256 at
+# 0.17: 11.1-11.7 s; 128 at 0.22: 9.4-9.5 s, both ~18% of its capacity).
+SWEEP_SLICE = 128
 # Of the writer's time, by its own count (a slice's apply, or its commit after the one before
-# it ended). That count runs over the writer's capacity on SQLite (a commit's sync, during
-# which the writer applies the next batch) and under it on MariaDB, whose commits overlap
-# (``commits_overlap``): measured as all at once over sliced, 100,000 expiring together, 0.2
-# took 10-14% of SQLite's capacity (8.3-10.3 s) and 18-27% of MariaDB's; 0.17 took 10-15% of
-# SQLite's (9.5-11.9 s: over the 10 s asked) and 14-20% of MariaDB's (7.3-10.6 s).
-SWEEP_SHARE = 0.2
-SWEEP_SHARE_OVERLAPPING = 0.17
+# it ended). That count runs over the writer's capacity (the capacity: 100,000 queued at once,
+# in batches of thousands): on SQLite a commit's sync counts, during which the writer applies
+# the next batch; MariaDB's commits overlap (``commits_overlap``). Session 16, slices of 128,
+# two runs each: SQLite 0.24 took 12.7-13.3% of its capacity (11.7 s), 0.3 took 16.3-16.5%
+# (9.2-9.3 s; the others' p99 10.8-11.3 ms, 4.8-5.1 without the burst), 0.34 18-19% (8.2 s);
+# MariaDB 0.22 took 18.8-18.9% (9.4-9.5 s; p99 9.5-10.7 ms, 3.2-3.3 without), 0.26 24.5-25%.
+SWEEP_SHARE = 0.3
+SWEEP_SHARE_OVERLAPPING = 0.22
 SWEEP_PAUSE_MIN_S = 0.002
 
 
@@ -83,9 +86,9 @@ def share_of(engine: ShardEngine) -> float:
     return SWEEP_SHARE_OVERLAPPING if getattr(engine.storage, "commits_overlap", False) else SWEEP_SHARE
 
 
-def pause_after(writer_s: float, elapsed_s: float, share: float = SWEEP_SHARE) -> float:
+def pause_after(writer_s: float, elapsed_s: float, share: float) -> float:
     """The pause after a slice that took ``writer_s`` of the writer's time and ``elapsed_s``
-    since it was queued: the next slice starts once the writer's time is a fifth of the time
+    since it was queued: the next slice starts once the writer's time is ``share`` of the time
     since this one started (its wait in the queue and for the commit count toward the pause,
     not on top of it), and never without a short pause."""
     return max(SWEEP_PAUSE_MIN_S, writer_s / share - elapsed_s)
