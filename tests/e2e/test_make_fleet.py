@@ -5,6 +5,7 @@ spread over the six shards; any node answers for any account; SIGTERM stops ever
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,13 +25,14 @@ HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def free_base_port() -> int:
-    """A port whose next two are free too."""
+    """A port whose next two are free too, below the kernel's range of ephemeral ports: a port
+    in that range that is free when probed can be taken by any outgoing connection (the
+    nodes' own to MariaDB) before the node that should listen on it starts (seen: "cannot
+    listen on 127.0.0.1:39140: address already in use")."""
+    first_ephemeral = max(20004, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]))
+    rng = random.Random()
     for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = int(probe.getsockname()[1])
-        if base > 65000:
-            continue
+        base = rng.randrange(20000, first_ephemeral - 3)
         socks: list[socket.socket] = []
         try:
             for i in range(3):
