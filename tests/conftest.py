@@ -21,7 +21,7 @@ from pathlib import Path
 import asyncmy
 import pytest
 
-from balance.bench.mariadb_server import PrivateMariaDb
+from balance.bench.mariadb_server import PrivateMariaDb, installed
 from balance.storage.mariadb_url import connect_kwargs, redacted
 from ci import skip_or_fail
 
@@ -96,7 +96,7 @@ def private_mariadb() -> Iterator[PrivateMariaDb]:
     base = Path(tempfile.mkdtemp(prefix="balance-mdb-"))  # short: the socket path has a length limit
     server = PrivateMariaDb(base)
     try:
-        if not server.installed:
+        if not installed():
             skip_or_fail("mariadbd / mariadb-install-db not installed (Debian: apt-get install mariadb-server)")
         server.install()
         server.start()

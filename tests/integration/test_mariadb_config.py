@@ -11,7 +11,7 @@ from pathlib import Path
 
 from balance.bench import ours
 from balance.bench.command import SERVER_SETTINGS, mariadb_server
-from balance.bench.mariadb_server import PrivateMariaDb
+from balance.bench.mariadb_server import installed
 from ci import skip_or_fail
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "mariadb" / "balance.cnf"
@@ -26,7 +26,7 @@ def _expected(value: str) -> str:
 
 
 def test_a_private_server_runs_with_every_setting_of_the_project_s_configuration() -> None:
-    if not PrivateMariaDb(Path("/tmp")).installed:
+    if not installed():
         skip_or_fail("mariadbd / mariadb-install-db not installed (Debian: apt-get install mariadb-server)")
     parser = configparser.ConfigParser()
     parser.read(CONFIG)

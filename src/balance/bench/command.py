@@ -26,7 +26,7 @@ from rich.table import Table
 
 from balance.bench import ours, recovery
 from balance.bench.ceiling import run_ceiling
-from balance.bench.mariadb_server import PrivateMariaDb
+from balance.bench.mariadb_server import PrivateMariaDb, installed
 from balance.bench.naive import mysql_reachable, run_naive
 from balance.bench.results import BenchResult
 
@@ -243,9 +243,10 @@ def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     load_before = _load()
     tail_run = args.scenario in (*TAIL_SCENARIOS, "million", "expiry")
-    with mariadb_server(args.private_mariadb, wanted=args.backend != "sqlite"):
+    on_mariadb = args.backend != "sqlite"
+    with mariadb_server(args.private_mariadb, wanted=on_mariadb):
         results = asyncio.run(run_tail_all(args) if tail_run else run_all(args))
-        server = asyncio.run(_server_settings()) if args.backend != "sqlite" else None
+        server = asyncio.run(_server_settings()) if on_mariadb else None
     if server is not None:
         console.print(f"MariaDB: {server}")
     console.print(render_tail(results) if tail_run else render(results))
@@ -272,12 +273,12 @@ def mariadb_server(config: str | None, wanted: bool) -> Iterator[None]:
     if config is None or not wanted:
         yield
         return
-    base = Path(tempfile.mkdtemp(prefix="balance-bmdb-"))
-    server = PrivateMariaDb(base, Path(config).resolve())
-    if not server.installed:
+    if not installed():
         raise SystemExit(
             "--private-mariadb: mariadbd / mariadb-install-db not installed (apt-get install mariadb-server)"
         )
+    base = Path(tempfile.mkdtemp(prefix="balance-bmdb-"))
+    server = PrivateMariaDb(base, Path(config).resolve())
     saved = os.environ.get("BALANCE_TEST_MYSQL_URL")
     try:
         console.print(f"starting a private mariadbd with {config} (port {server.port}, data in {base})")

@@ -36,6 +36,15 @@ def answers(port: int) -> bool:
         return False
 
 
+def _mariadbd() -> str | None:
+    return shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/usr/local/sbin")
+
+
+def installed() -> bool:
+    """Are Debian's binaries here (apt-get install mariadb-server)?"""
+    return _mariadbd() is not None and shutil.which("mariadb-install-db") is not None
+
+
 class PrivateMariaDb:
     """A mariadbd in ``base`` (keep the path short: the socket's has a length limit), with the
     settings of ``config`` (a my.cnf file, read alone) or the tests' small ones. ``kill()`` is
@@ -48,13 +57,8 @@ class PrivateMariaDb:
         self.port = free_port()
         self.log_path = base / "mariadbd.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.mariadbd = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/usr/local/sbin")
+        self.mariadbd = _mariadbd()
         self.install_db = shutil.which("mariadb-install-db")
-
-    @property
-    def installed(self) -> bool:
-        """Are Debian's binaries here (apt-get install mariadb-server)?"""
-        return self.mariadbd is not None and self.install_db is not None
 
     def url(self, database: str = "balance_private") -> str:
         return f"mysql://root:@127.0.0.1:{self.port}/{database}"

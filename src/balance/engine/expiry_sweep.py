@@ -4,12 +4,13 @@
 A burst (100,000 holds placed in the same second expire together) goes a slice at a time, each
 queued behind the traffic already waiting, the next one 1/SWEEP_SHARE times the writer's time on
 the slice after the slice started (``ShardEngine.expiry_busy_s``: its share of the batches that
-carried it): expiries then take at most about a fifth of the writer's capacity (its own count
-runs over it: see ``SWEEP_SHARE``), and no answer waits behind a hundred thousand of them. Pacing by the slice's wall time instead counted its
-wait in the queue and for the commit as the writer's work: on a busy machine a burst of
-100,000 took 15 times as long as all at once (~7% of the writer, 326 s); a pause of four
-times the writer's time after each slice ended, on top of that wait, still kept the share at
-9-12% (13 s for 100,000 on a quiet machine, 1.2-1.5 s all at once).
+carried it): expiries then take at most about a fifth of the writer's capacity (its own
+count runs over it: see ``SWEEP_SHARE``), and no answer waits behind a hundred thousand of
+them. Pacing by the slice's wall time instead counted its wait in the queue and for the
+commit as the writer's work: on a busy machine a burst of 100,000 took 15 times as long as
+all at once (~7% of the writer, 326 s); a pause of four times the writer's time after each
+slice ended, on top of that wait, still kept the share at 9-12% (13 s for 100,000 on a quiet
+machine, 1.2-1.5 s all at once).
 
 With the expiry job (``balance.expiry``: a broker configured) the notices expire the holds and
 the sweep is the fallback: it takes only holds overdue by more than ``engine.expiry_fallback_s``
