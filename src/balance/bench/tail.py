@@ -31,6 +31,7 @@ import httpx
 import msgspec
 
 from balance.bench import ours
+from balance.bench.disk_probe import DiskSyncProbe
 from balance.bench.openloop import Done, OpenLoop, Schedule, run_at_rate, run_closed
 from balance.bench.results import BenchResult, percentile
 
@@ -41,6 +42,7 @@ SETTLE_DELAY_S = (0.05, 5.0)
 SHORT_EXPIRY_S, LONG_EXPIRY_S = 2, 120
 SINGLE_CONNECTIONS, OPEN_CONNECTIONS, BATCH_SENDERS = 64, 256, 4
 SETTLE_S = 2.0  # between rows
+SLOW_COMMIT_S = 0.05  # a commit that took longer is counted (a bucket of balance_commit_seconds)
 
 _json = msgspec.json.Encoder()
 
@@ -257,16 +259,19 @@ class _ServerFigures(msgspec.Struct):
     cpu_s: float
     commits: float
     commit_s: float
+    quick_commits: float  # those that took at most SLOW_COMMIT_S
 
     @classmethod
     def read(cls, url: str, pid: int) -> _ServerFigures:
-        commits = commit_s = 0.0
+        commits = commit_s = quick = 0.0
         for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
             if line.startswith("balance_commit_seconds_count"):
                 commits += float(line.rsplit(" ", 1)[1])
             elif line.startswith("balance_commit_seconds_sum"):
                 commit_s += float(line.rsplit(" ", 1)[1])
-        return cls(ours.process_cpu_s(pid), commits, commit_s)
+            elif line.startswith("balance_commit_seconds_bucket") and f'le="{SLOW_COMMIT_S}"' in line:
+                quick += float(line.rsplit(" ", 1)[1])
+        return cls(ours.process_cpu_s(pid), commits, commit_s, quick)
 
     def since(self, start: _ServerFigures, ops: int) -> dict[str, float]:
         """Service CPU per operation and the commits' count and mean over the load: steadier
@@ -276,6 +281,7 @@ class _ServerFigures(msgspec.Struct):
             "cpu_us_per_op": (self.cpu_s - start.cpu_s) * 1e6 / max(1, ops),
             "commits": commits,
             "commit_ms": (self.commit_s - start.commit_s) * 1000 / max(1.0, commits),
+            "slow_commits": commits - (self.quick_commits - start.quick_commits),
         }
 
 
@@ -288,14 +294,20 @@ async def _one(
         with _server(env, work_dir, python) as (url, pid):
             payers, merchants = await _setup(url, scenario)
             start = await asyncio.to_thread(_ServerFigures.read, url, pid)
-            gen, seconds, work = await _drive(url, scenario, mode, batch_size, rate, duration_s, payers, merchants)
-            unanswered = await gen.drain(30)
+            probe = DiskSyncProbe(work_dir)
+            probe.start()
+            try:
+                gen, seconds, work = await _drive(url, scenario, mode, batch_size, rate, duration_s, payers, merchants)
+                unanswered = await gen.drain(30)
+            finally:
+                probe.stop()
             end = await asyncio.to_thread(_ServerFigures.read, url, pid)
             gen.close()
     answered = len(gen.samples.latency)
     ops = answered * (1 if mode == "single" else batch_size)  # batches: ops (settle batches may be smaller)
     row = _row(label, backend, scenario, mode, code, gen, seconds, ops, rate, unanswered, work)
     row.extra.update(end.since(start, ops))
+    row.extra.update(probe.figures(since=gen.started))
     return row
 
 
@@ -357,6 +369,11 @@ def chart(result: BenchResult, directory: Path) -> Path | None:
     )
     for target in (10, 50, 100):
         ax.axhline(target, color="grey", linewidth=0.5, linestyle="--")
+    slow_syncs = x.get("disk_slow_syncs") or []
+    if slow_syncs:  # the disk's own slow syncs (``DiskSyncProbe``), drawn where they began
+        ax.scatter([at for at, _ in slow_syncs], [ms for _, ms in slow_syncs], s=12, marker="x", color="red",
+                   linewidths=0.8, label="a sync of the disk probe")  # fmt: skip
+        ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
