@@ -32,3 +32,18 @@ def test_medians_and_the_ratio_of_each_runs_pair(tmp_path: Path) -> None:
     assert "| 5.0 | 10.0 | 10.0 |" in after_line
     assert "0.50 (0.50, 2.00, 0.10)" in after_line  # each run's after/before, then their median
     assert "run 1: load 0" in text
+
+
+def test_each_run_is_put_beside_its_disk(tmp_path: Path) -> None:
+    paths = []
+    for k, (sync_ms, slow) in enumerate([(4.0, 0.0), (253.0, 5.0)]):
+        row = _row("after", 10.0, 20.0)
+        row["extra"].update({"disk_sync_max_ms": sync_ms, "slow_commits": slow})  # type: ignore[attr-defined]
+        path = tmp_path / f"run-{k}.json"
+        path.write_text(json.dumps({"results": [row, _row("before", 10.0, 20.0)]}))
+        paths.append(str(path))
+    lines = table(paths).splitlines()
+    after_line = next(line for line in lines if "| after |" in line)
+    before_line = next(line for line in lines if "| before |" in line)
+    assert after_line.endswith("| 4 (0), 253 (5) |")
+    assert before_line.endswith("|  |")  # a run without the probe: nothing made up

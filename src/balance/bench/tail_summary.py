@@ -6,7 +6,9 @@ prints a Markdown table: per backend and row, the median over the runs of the ta
 the rate reached and p50/p95/p99/p99.9/max, the code before the change and after it on
 adjacent lines, with after/before ratios of p99 and p99.9 (each run's pair first, then the
 median of those ratios: the pairs ran one right after the other, so the ratio is what a
-shared machine's noise disturbs least).
+shared machine's noise disturbs least). The last column puts each run's row beside the disk:
+the longest sync of the bench's disk probe in that row and, in brackets, the service's
+commits over 50 ms (``balance.bench.disk_probe``): a stall over a long sync is the disk's.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ def _median(values: list[float]) -> float:
 def table(paths: list[str]) -> str:
     rows, loads = _rows(paths)
     lines = [
-        "| backend | row | code | target/s | ops/s | p50 | p95 | p99 | p99.9 | max ms | p99 after/before | p99.9 after/before |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | row | code | target/s | ops/s | p50 | p95 | p99 | p99.9 | max ms | p99 after/before"
+        " | p99.9 after/before | per run: disk's longest sync ms (commits over 50 ms) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for (backend, scenario, code), results in rows.items():
         x = [r["extra"] for r in results]
@@ -59,8 +62,11 @@ def table(paths: list[str]) -> str:
                 ]
                 ratios[i] = f"{_median(pairs):.2f} ({', '.join(f'{p:.2f}' for p in pairs)})"
         target_cell = "closed" if target != target else f"{target:,.0f}"  # nan: the closed-loop maximum
+        disk = ", ".join(
+            f"{e['disk_sync_max_ms']:.0f} ({e.get('slow_commits', 0):.0f})" for e in x if "disk_sync_max_ms" in e
+        )
         lines.append(
-            f"| {backend} | {scenario} | {code} | {target_cell} | {' | '.join(cells)} | {' | '.join(ratios)} |"
+            f"| {backend} | {scenario} | {code} | {target_cell} | {' | '.join(cells)} | {' | '.join(ratios)} | {disk} |"
         )
     runs = ", ".join(f"run {i + 1}: {load}" for i, load in enumerate(loads) if load)
     return "\n".join(lines) + (f"\n\nMachine load (uptime) per run: {runs}\n" if runs else "\n")
