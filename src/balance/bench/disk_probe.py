@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from balance.bench.results import percentile
+
 PERIOD_S = 0.02
 SLOW_MS = 20.0  # a sync this slow is drawn on the chart
 BLOCK = b"\0" * 4096
@@ -61,15 +63,13 @@ class DiskSyncProbe:
 
     def figures(self, since: float) -> dict[str, object]:
         """p50/p99/max of the syncs (ms), and the slow ones as (seconds since ``since``, ms)."""
-        taken = [took for _, took in self.samples]
-        if not taken:
+        ordered = sorted(took for _, took in self.samples)
+        if not ordered:
             return {}
-        ordered = sorted(taken)
-        n = len(ordered)
         return {
-            "disk_sync_p50_ms": ordered[n // 2] * 1000,
-            "disk_sync_p99_ms": ordered[min(n - 1, int(n * 0.99))] * 1000,
+            "disk_sync_p50_ms": percentile(ordered, 50) * 1000,
+            "disk_sync_p99_ms": percentile(ordered, 99) * 1000,
             "disk_sync_max_ms": ordered[-1] * 1000,
-            "disk_syncs": n,
+            "disk_syncs": len(ordered),
             "disk_slow_syncs": [(at - since, took * 1000) for at, took in self.samples if took * 1000 >= SLOW_MS],
         }

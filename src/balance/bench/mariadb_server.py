@@ -40,9 +40,13 @@ def _mariadbd() -> str | None:
     return shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/usr/local/sbin")
 
 
+def _install_db() -> str | None:
+    return shutil.which("mariadb-install-db")
+
+
 def installed() -> bool:
     """Are Debian's binaries here (apt-get install mariadb-server)?"""
-    return _mariadbd() is not None and shutil.which("mariadb-install-db") is not None
+    return _mariadbd() is not None and _install_db() is not None
 
 
 class PrivateMariaDb:
@@ -58,7 +62,7 @@ class PrivateMariaDb:
         self.log_path = base / "mariadbd.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.mariadbd = _mariadbd()
-        self.install_db = shutil.which("mariadb-install-db")
+        self.install_db = _install_db()
 
     def url(self, database: str = "balance_private") -> str:
         return f"mysql://root:@127.0.0.1:{self.port}/{database}"
