@@ -27,6 +27,11 @@ class Metrics:
         self.commit_seconds = Histogram(
             "balance_commit_seconds", "Duration of one batch commit", ["shard"], buckets=_LATENCY_BUCKETS, registry=r
         )
+        self.commit_busy = Counter(
+            "balance_commit_busy_seconds",
+            "Time with at least one batch commit of the shard in flight: near 1 s a second, its writes are at capacity",
+            ["shard"], registry=r,
+        )  # fmt: skip
         self.commit_failures = Counter(
             "balance_commit_failures", "Batch commits that failed and were undone", ["shard"], registry=r
         )

@@ -555,7 +555,8 @@ async def test_metrics_prometheus_text(api: Api) -> None:
     text = response.text
     samples = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     for name in ("balance_operations_total", "balance_request_seconds_bucket", "balance_batch_commands_bucket",
-                 "balance_queue_depth", "balance_recovery_seconds", "balance_commit_seconds_bucket"):  # fmt: skip
+                 "balance_queue_depth", "balance_recovery_seconds", "balance_commit_seconds_bucket",
+                 "balance_commit_busy_seconds_total"):  # fmt: skip
         assert name in samples, name
     families = {name.removesuffix("_total") for name in re.findall(r"^# TYPE (balance_\w+) ", text, re.M)}
     assert {"balance_operations", "balance_commit_failures", "balance_holds_expired", "balance_shard_ready"} <= families

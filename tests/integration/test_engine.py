@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -440,3 +441,27 @@ async def test_a_commit_failing_while_the_next_batch_reads_storage_is_retried_be
     pending = {key: hold for key, hold in holds.items() if hold[5] == "pending"}  # finished ones stay on disk
     assert snapshot(again)[:2] == (accounts, pending)
     await again.stop()
+
+
+async def test_the_commit_busy_time_counts_the_time_commits_were_in_flight_once(tmp_path: Path) -> None:
+    """``balance_commit_busy_seconds``: pipelined commits overlap, and the overlap counts once, so
+    the busy time is never more than the time that passed, nor more than the commits' durations."""
+    engine = await started(tmp_path / "s0.db", ManualClock())
+    await setup_accounts(engine)
+    busy, durations = engine.metrics.commit_busy.labels("0"), engine.metrics.commit_seconds.labels("0")
+    busy_before, durations_before = busy._value.get(), durations._sum.get()
+    began = time.perf_counter()
+
+    replies = await asyncio.gather(*(engine.enqueue(c.Credit(A, f"busy-{i}", 1)) for i in range(3_000)))
+
+    elapsed = time.perf_counter() - began
+    assert {reply.status for reply in replies} == {201}
+    spent = busy._value.get() - busy_before
+    assert 0 < spent <= elapsed
+    assert spent <= durations._sum.get() - durations_before + 1e-9
+
+    busy_before, durations_before = busy._value.get(), durations._sum.get()
+    for i in range(20):  # one at a time: nothing overlaps, each commit's whole duration counts
+        assert (await engine.execute(c.Credit(A, f"alone-{i}", 1))).status == 201
+    assert busy._value.get() - busy_before == pytest.approx(durations._sum.get() - durations_before, rel=1e-6)
+    await engine.stop()

@@ -236,6 +236,7 @@ def render_tail(results: list[BenchResult]) -> Table:
             + (f"; {x['cpu_us_per_op']:.0f} us CPU/op, {x['commits'] / r.seconds:,.0f} commits/s of"
                f" {x['commit_ms']:.2f} ms" if "commit_ms" in x else "")
             + (f", {x['slow_commits']:.0f} over 50 ms" if x.get("slow_commits") else "")
+            + (f", in flight {x['commit_busy']:.0%} of the time" if "commit_busy" in x else "")
             + (f"; disk sync p99 {x['disk_sync_p99_ms']:.1f}, max {x['disk_sync_max_ms']:.0f} ms"
                if "disk_sync_p99_ms" in x else ""),
         )  # fmt: skip

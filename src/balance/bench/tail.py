@@ -260,10 +260,11 @@ class _ServerFigures(msgspec.Struct):
     commits: float
     commit_s: float
     quick_commits: float  # those that took at most SLOW_COMMIT_S
+    busy_s: float = 0.0  # time with a commit in flight (absent from a server before it: 0)
 
     @classmethod
     def read(cls, url: str, pid: int) -> _ServerFigures:
-        commits = commit_s = quick = 0.0
+        commits = commit_s = quick = busy = 0.0
         for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
             if line.startswith("balance_commit_seconds_count"):
                 commits += float(line.rsplit(" ", 1)[1])
@@ -271,13 +272,17 @@ class _ServerFigures(msgspec.Struct):
                 commit_s += float(line.rsplit(" ", 1)[1])
             elif line.startswith("balance_commit_seconds_bucket") and f'le="{SLOW_COMMIT_S}"' in line:
                 quick += float(line.rsplit(" ", 1)[1])
-        return cls(ours.process_cpu_s(pid), commits, commit_s, quick)
+            elif line.startswith("balance_commit_busy_seconds_total"):
+                busy += float(line.rsplit(" ", 1)[1])
+        return cls(ours.process_cpu_s(pid), commits, commit_s, quick, busy)
 
-    def since(self, start: _ServerFigures, ops: int) -> dict[str, float]:
+    def since(self, start: _ServerFigures, ops: int, seconds: float) -> dict[str, float]:
         """Service CPU per operation and the commits' count and mean over the load: steadier
-        than a percentile when two codes' writers are compared (a commit's cost shows in both)."""
+        than a percentile when two codes' writers are compared (a commit's cost shows in both);
+        and the share of the load's ``seconds`` with a commit in flight (the writer's duty cycle)."""
         commits = self.commits - start.commits
-        return {
+        busy = {"commit_busy": (self.busy_s - start.busy_s) / seconds} if self.busy_s and seconds > 0 else {}
+        return busy | {
             "cpu_us_per_op": (self.cpu_s - start.cpu_s) * 1e6 / max(1, ops),
             "commits": commits,
             "commit_ms": (self.commit_s - start.commit_s) * 1000 / max(1.0, commits),
@@ -306,7 +311,7 @@ async def _one(
     answered = len(gen.samples.latency)
     ops = answered * (1 if mode == "single" else batch_size)  # batches: ops (settle batches may be smaller)
     row = _row(label, backend, scenario, mode, code, gen, seconds, ops, rate, unanswered, work)
-    row.extra.update(end.since(start, ops))
+    row.extra.update(end.since(start, ops, seconds))
     row.extra.update(probe.figures(since=gen.started))
     return row
 

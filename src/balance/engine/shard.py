@@ -154,6 +154,7 @@ class ShardEngine:
         self._commit_end = 0.0  # when the last commit ended (a commit's own time starts after it)
         self._m_batch = self.metrics.batch_commands.labels(self.label)
         self._m_commit = self.metrics.commit_seconds.labels(self.label)
+        self._m_busy = self.metrics.commit_busy.labels(self.label)
         self._m_queue = self.metrics.queue_depth.labels(self.label)
         self._m_checkpoints = self.metrics.holds_checkpoints.labels(self.label)
         self._m_unsaved = self.metrics.holds_unsaved.labels(self.label)
@@ -451,11 +452,13 @@ class ShardEngine:
         if task.cancelled() or task.exception() is not None:
             return  # the writer loop undoes and answers (it may have applied a batch on top)
         ended = time.perf_counter()
-        committed_s = ended - batch.started
-        self._m_commit.observe(committed_s)
+        self._m_commit.observe(ended - batch.started)
+        # Its own time: a pipelined commit's wait for the one before it is that one's. Their sum
+        # is the time the storage had a commit in flight (the writer's duty cycle: while a
+        # checkpoint round is written at a moderate rate it nears 1, and answers queue).
+        own_s = max(0.0, ended - max(batch.started, self._commit_end))
+        self._m_busy.inc(own_s)
         if batch.expiries:
-            # Its own time: a pipelined commit's wait for the one before it is that one's.
-            own_s = ended - max(batch.started, self._commit_end)
             self.expiry_busy_s += max(batch.applied_s, own_s) * batch.expiries / len(batch.items)
         self._commit_end = ended
         self.ledger.accept()
