@@ -29,7 +29,7 @@ class Metrics:
         )
         self.commit_busy = Counter(
             "balance_commit_busy_seconds",
-            "Time with at least one batch commit of the shard in flight: near 1 s a second, its writes are at capacity",
+            "Time with at least one batch commit of the shard in flight (the writer's duty cycle)",
             ["shard"], registry=r,
         )  # fmt: skip
         self.commit_failures = Counter(

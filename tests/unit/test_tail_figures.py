@@ -8,7 +8,7 @@ from balance.bench.tail import _ServerFigures
 def test_commits_over_the_threshold_are_those_of_the_load() -> None:
     start = _ServerFigures(cpu_s=1.0, commits=10.0, commit_s=0.1, quick_commits=8.0)  # 2 slow before the load
     end = _ServerFigures(cpu_s=2.0, commits=110.0, commit_s=1.1, quick_commits=101.0)  # 9 slow in all
-    figures = end.since(start, ops=500, seconds=10.0)
+    figures = end.since(start, ops=500)
     assert figures["commits"] == 100.0
     assert figures["slow_commits"] == 7.0  # 100 commits, 93 of them quick
     assert figures["commit_ms"] == 10.0
@@ -16,8 +16,9 @@ def test_commits_over_the_threshold_are_those_of_the_load() -> None:
 
 
 def test_the_writers_duty_cycle_is_its_busy_time_over_the_load_and_absent_before_the_metric() -> None:
-    start = _ServerFigures(cpu_s=1.0, commits=10.0, commit_s=0.1, quick_commits=10.0, busy_s=3.0)
-    end = _ServerFigures(cpu_s=2.0, commits=110.0, commit_s=1.1, quick_commits=110.0, busy_s=7.5)
-    assert end.since(start, ops=500, seconds=10.0)["commit_busy"] == 0.45
-    older = _ServerFigures(cpu_s=2.0, commits=110.0, commit_s=1.1, quick_commits=110.0)  # a server without it
-    assert "commit_busy" not in older.since(_ServerFigures(1.0, 10.0, 0.1, 10.0), ops=500, seconds=10.0)
+    """Over the time between the two readings (the load, and the drain of what it left queued)."""
+    start = _ServerFigures(cpu_s=1.0, commits=10.0, commit_s=0.1, quick_commits=10.0, busy_s=3.0, at=100.0)
+    end = _ServerFigures(cpu_s=2.0, commits=110.0, commit_s=1.1, quick_commits=110.0, busy_s=7.5, at=110.0)
+    assert end.since(start, ops=500)["commit_busy"] == 0.45
+    older = _ServerFigures(cpu_s=2.0, commits=110.0, commit_s=1.1, quick_commits=110.0, at=110.0)  # no metric
+    assert "commit_busy" not in older.since(_ServerFigures(1.0, 10.0, 0.1, 10.0, at=100.0), ops=500)

@@ -261,6 +261,7 @@ class _ServerFigures(msgspec.Struct):
     commit_s: float
     quick_commits: float  # those that took at most SLOW_COMMIT_S
     busy_s: float = 0.0  # time with a commit in flight (absent from a server before it: 0)
+    at: float = 0.0  # when read (time.perf_counter)
 
     @classmethod
     def read(cls, url: str, pid: int) -> _ServerFigures:
@@ -274,14 +275,16 @@ class _ServerFigures(msgspec.Struct):
                 quick += float(line.rsplit(" ", 1)[1])
             elif line.startswith("balance_commit_busy_seconds_total"):
                 busy += float(line.rsplit(" ", 1)[1])
-        return cls(ours.process_cpu_s(pid), commits, commit_s, quick, busy)
+        return cls(ours.process_cpu_s(pid), commits, commit_s, quick, busy, time.perf_counter())
 
-    def since(self, start: _ServerFigures, ops: int, seconds: float) -> dict[str, float]:
+    def since(self, start: _ServerFigures, ops: int) -> dict[str, float]:
         """Service CPU per operation and the commits' count and mean over the load: steadier
         than a percentile when two codes' writers are compared (a commit's cost shows in both);
-        and the share of the load's ``seconds`` with a commit in flight (the writer's duty cycle)."""
+        and the share of the time between the two readings (the load and its drain) with a
+        commit in flight (the writer's duty cycle)."""
         commits = self.commits - start.commits
-        busy = {"commit_busy": (self.busy_s - start.busy_s) / seconds} if self.busy_s and seconds > 0 else {}
+        elapsed = self.at - start.at
+        busy = {"commit_busy": (self.busy_s - start.busy_s) / elapsed} if self.busy_s and elapsed > 0 else {}
         return busy | {
             "cpu_us_per_op": (self.cpu_s - start.cpu_s) * 1e6 / max(1, ops),
             "commits": commits,
@@ -311,7 +314,7 @@ async def _one(
     answered = len(gen.samples.latency)
     ops = answered * (1 if mode == "single" else batch_size)  # batches: ops (settle batches may be smaller)
     row = _row(label, backend, scenario, mode, code, gen, seconds, ops, rate, unanswered, work)
-    row.extra.update(end.since(start, ops, seconds))
+    row.extra.update(end.since(start, ops))
     row.extra.update(probe.figures(since=gen.started))
     return row
 

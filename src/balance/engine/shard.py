@@ -454,8 +454,8 @@ class ShardEngine:
         ended = time.perf_counter()
         self._m_commit.observe(ended - batch.started)
         # Its own time: a pipelined commit's wait for the one before it is that one's. Their sum
-        # is the time the storage had a commit in flight (the writer's duty cycle: while a
-        # checkpoint round is written at a moderate rate it nears 1, and answers queue).
+        # is the time the storage had a commit in flight (the writer's duty cycle; with group
+        # commit it nears 1 well before capacity: what arrives meanwhile goes in the next one).
         own_s = max(0.0, ended - max(batch.started, self._commit_end))
         self._m_busy.inc(own_s)
         if batch.expiries:
