@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+from prometheus_client import generate_latest
+
 from balance.bench.tail import _ServerFigures
+from balance.metrics import Metrics
 
 
 def test_commits_over_the_threshold_are_those_of_the_load() -> None:
@@ -22,3 +26,15 @@ def test_the_writers_duty_cycle_is_its_busy_time_over_the_load_and_absent_before
     assert end.since(start, ops=500)["commit_busy"] == 0.45
     older = _ServerFigures(cpu_s=2.0, commits=110.0, commit_s=1.1, quick_commits=110.0, at=110.0)  # no metric
     assert "commit_busy" not in older.since(_ServerFigures(1.0, 10.0, 0.1, 10.0, at=100.0), ops=500)
+
+
+def test_the_figures_are_read_off_the_services_own_metrics_page_summed_over_shards() -> None:
+    metrics = Metrics()
+    for shard, seconds in (("0", 0.01), ("0", 0.2), ("1", 0.03)):  # one commit over 50 ms
+        metrics.commit_seconds.labels(shard).observe(seconds)
+    metrics.commit_busy.labels("0").inc(0.21)
+    metrics.commit_busy.labels("1").inc(0.03)
+    figures = _ServerFigures.from_text(generate_latest(metrics.registry).decode(), cpu_s=1.5, at=7.0)
+    assert (figures.commits, figures.quick_commits, figures.cpu_s, figures.at) == (3.0, 2.0, 1.5, 7.0)
+    assert figures.commit_s == pytest.approx(0.24)
+    assert figures.busy_s == pytest.approx(0.24)

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import msgspec
+from prometheus_client.parser import text_string_to_metric_families
 
 from balance.bench import ours
 from balance.bench.disk_probe import DiskSyncProbe
@@ -42,7 +43,7 @@ SETTLE_DELAY_S = (0.05, 5.0)
 SHORT_EXPIRY_S, LONG_EXPIRY_S = 2, 120
 SINGLE_CONNECTIONS, OPEN_CONNECTIONS, BATCH_SENDERS = 64, 256, 4
 SETTLE_S = 2.0  # between rows
-SLOW_COMMIT_S = 0.05  # a commit that took longer is counted (a bucket of balance_commit_seconds)
+SLOW_COMMIT_S = 0.05  # a commit that took longer is counted (must be a bucket of balance_commit_seconds)
 
 _json = msgspec.json.Encoder()
 
@@ -260,22 +261,31 @@ class _ServerFigures(msgspec.Struct):
     commits: float
     commit_s: float
     quick_commits: float  # those that took at most SLOW_COMMIT_S
-    busy_s: float = 0.0  # time with a commit in flight (absent from a server before it: 0)
+    busy_s: float | None = None  # time with a commit in flight (None: a server without the metric)
     at: float = 0.0  # when read (time.perf_counter)
 
     @classmethod
     def read(cls, url: str, pid: int) -> _ServerFigures:
-        commits = commit_s = quick = busy = 0.0
-        for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
-            if line.startswith("balance_commit_seconds_count"):
-                commits += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("balance_commit_seconds_sum"):
-                commit_s += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("balance_commit_seconds_bucket") and f'le="{SLOW_COMMIT_S}"' in line:
-                quick += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("balance_commit_busy_seconds_total"):
-                busy += float(line.rsplit(" ", 1)[1])
-        return cls(ours.process_cpu_s(pid), commits, commit_s, quick, busy, time.perf_counter())
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+        return cls.from_text(text, ours.process_cpu_s(pid), time.perf_counter())
+
+    @classmethod
+    def from_text(cls, text: str, cpu_s: float, at: float) -> _ServerFigures:
+        """The figures in a ``/metrics`` page (Prometheus text, read by prometheus_client's parser),
+        summed over the shards."""
+        summed: dict[str, float] = {}
+        quick = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "balance_commit_seconds_bucket":
+                    if float(sample.labels["le"]) == SLOW_COMMIT_S:
+                        quick += sample.value
+                else:
+                    summed[sample.name] = summed.get(sample.name, 0.0) + sample.value
+        return cls(
+            cpu_s, summed.get("balance_commit_seconds_count", 0.0), summed.get("balance_commit_seconds_sum", 0.0),
+            quick, summed.get("balance_commit_busy_seconds_total"), at,
+        )  # fmt: skip
 
     def since(self, start: _ServerFigures, ops: int) -> dict[str, float]:
         """Service CPU per operation and the commits' count and mean over the load: steadier
@@ -284,7 +294,9 @@ class _ServerFigures(msgspec.Struct):
         commit in flight (the writer's duty cycle)."""
         commits = self.commits - start.commits
         elapsed = self.at - start.at
-        busy = {"commit_busy": (self.busy_s - start.busy_s) / elapsed} if self.busy_s and elapsed > 0 else {}
+        busy: dict[str, float] = {}
+        if self.busy_s is not None and start.busy_s is not None and elapsed > 0:
+            busy["commit_busy"] = (self.busy_s - start.busy_s) / elapsed
         return busy | {
             "cpu_us_per_op": (self.cpu_s - start.cpu_s) * 1e6 / max(1, ops),
             "commits": commits,
