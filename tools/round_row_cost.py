@@ -8,8 +8,10 @@ on. This times commits of 16 rows, synced as the service syncs them (WAL, synchr
 in a scratch database file:
 
 - holds, upserted as a round writes them (new pending holds of random accounts, placed over
-  2 s with the same expiry, written in (account, id) order a slice per commit), with the table's indexes as they were (``holds_by_status`` and
-  ``holds_by_expiry``), without ``holds_by_status``, and without either;
+  2 s with expiries spread over those 2 s, written a slice per commit in the table's key
+  order): keyed by (account_id, id) with ``holds_by_status`` and ``holds_by_expiry`` (before
+  session 15), with ``holds_by_expiry`` only (sessions 15-18), and keyed by (expires_at,
+  account_id, id) WITHOUT ROWID with no index (since session 19);
 - accounts, 63% of them per round in id order (what a round of ``pending-10k`` rewrites), in
   a table by rowid (accounts made in random id order: their pages do not follow the ids) and
   in a table by id (WITHOUT ROWID, the layout since session 15).
@@ -54,13 +56,19 @@ def fresh(path: Path) -> sqlite3.Connection:
     return connect(path)
 
 
-def timed_commits(conn: sqlite3.Connection, table: str, columns: tuple[str, ...], slices: list[list[tuple]]) -> str:  # type: ignore[type-arg]
+def timed_commits(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: tuple[str, ...],
+    slices: list[list[tuple]],
+    upsert: bool = True,  # type: ignore[type-arg]
+) -> str:
     conn.execute("PRAGMA wal_autocheckpoint=0")
     times = []
     for n, rows in enumerate(slices):
         started = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(_insert_sql(table, columns, len(rows), True), [value for row in rows for value in row])
+        conn.execute(_insert_sql(table, columns, len(rows), upsert), [value for row in rows for value in row])
         conn.execute("COMMIT")
         times.append((time.perf_counter() - started) * 1000)
         if n % 500 == 499:
@@ -68,9 +76,15 @@ def timed_commits(conn: sqlite3.Connection, table: str, columns: tuple[str, ...]
     return f"mean {statistics.mean(times):.3f} ms, median {statistics.median(times):.3f} ms"
 
 
-def holds(path: Path, accounts: list[str], preload: int, indexes: list[tuple[str, str]]) -> str:
+def holds(path: Path, accounts: list[str], preload: int, indexes: list[tuple[str, str]], by_expiry: bool) -> str:
     conn = fresh(path)
-    conn.execute(f"CREATE TABLE holds ({_sqlite_type(schema.TABLES['holds'])})")
+    ddl = _sqlite_type(schema.TABLES["holds"])
+    if by_expiry:
+        conn.execute(f"CREATE TABLE holds ({ddl}) WITHOUT ROWID")
+    else:
+        conn.execute(
+            f"CREATE TABLE holds ({ddl.replace('PRIMARY KEY (expires_at, account_id, id)', 'PRIMARY KEY (account_id, id)')})"
+        )
     for name, columns in indexes:
         conn.execute(f"CREATE INDEX {name} ON holds ({columns})")
     conn.execute("BEGIN")
@@ -80,25 +94,32 @@ def holds(path: Path, accounts: list[str], preload: int, indexes: list[tuple[str
     )
     conn.execute("COMMIT")
     # A round: 10,000 holds placed over 2 s (its expiries spread over those 2 s), written in
-    # (account, id) order a slice per commit.
+    # the table's key order a slice per commit.
+    key = (lambda row: (row[7], row[0], row[1])) if by_expiry else (lambda row: (row[0], row[1]))
     slices = []
     for first in range(0, 2000, ROUND_HOLDS // SLICE):
         expiry = NOW + 1_000_000 + first * 10
         placed = sorted(
-            hold_row(random.choice(accounts), f"r-{first:07d}-{k:05d}", expiry + random.randrange(2000))
-            for k in range(ROUND_HOLDS)
+            (
+                hold_row(random.choice(accounts), f"r-{first:07d}-{k:05d}", expiry + random.randrange(2000))
+                for k in range(ROUND_HOLDS)
+            ),
+            key=key,
         )
         slices += [placed[start : start + SLICE] for start in range(0, ROUND_HOLDS, SLICE)]
     slices = slices[:2000]
     try:
-        return timed_commits(conn, "holds", schema.HOLD_COLUMNS, slices)
+        # (the upsert's conflict target is today's key: the earlier layouts insert, new rows all)
+        return timed_commits(conn, "holds", schema.HOLD_COLUMNS, slices, upsert=by_expiry)
     finally:
         conn.close()
 
 
 def account_rounds(path: Path, accounts: list[str], clustered: bool) -> str:
     conn = fresh(path)
-    conn.execute(f"CREATE TABLE accounts ({_sqlite_type(schema.TABLES['accounts'])}){' WITHOUT ROWID' if clustered else ''}")
+    conn.execute(
+        f"CREATE TABLE accounts ({_sqlite_type(schema.TABLES['accounts'])}){' WITHOUT ROWID' if clustered else ''}"
+    )
     conn.execute("BEGIN")
     conn.executemany(f"INSERT INTO accounts VALUES ({','.join('?' * 16)})", [account_row(a, 0) for a in accounts])
     conn.execute("COMMIT")
@@ -122,12 +143,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "round.db"
         print(f"{SLICE} rows per commit; {count:,} accounts, {preload:,} holds in the table; {os.cpu_count()} CPUs")
-        for label, indexes in (
-            ("holds, by status and by expiry (before)", [STATUS, EXPIRY]),
-            ("holds, by expiry (now)", [EXPIRY]),
-            ("holds, no secondary index", []),
+        for label, indexes, by_expiry in (
+            ("holds by (account, id), +status +expiry", [STATUS, EXPIRY], False),
+            ("holds by (account, id), +expiry (s15-18)", [EXPIRY], False),
+            ("holds by (expires_at, account, id) (now)", [], True),
         ):
-            print(f"{label:42s} {holds(path, accounts, preload, indexes)}")
+            print(f"{label:42s} {holds(path, accounts, preload, indexes, by_expiry)}")
         for label, clustered in (("accounts by rowid (before)", False), ("accounts by id, WITHOUT ROWID (now)", True)):
             print(f"{label:42s} {account_rounds(path, accounts, clustered)}")
 

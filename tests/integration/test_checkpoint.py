@@ -19,11 +19,13 @@ import pytest
 
 from balance.domain import commands as c
 from balance.domain.ids import system_account_id
+from balance.domain.model import HOLD_EXPIRES_AT, KIND_FUNDING
 from balance.domain.model import HOLD_FIELDS as HOLD_COLUMNS
-from balance.domain.model import KIND_FUNDING
 from balance.engine.clock import ManualClock
 from balance.engine.shard import ShardEngine
-from balance.storage.base import ShardStorage, StorageError
+from balance.storage.base import HOLD_KEY_FIRST, ShardStorage, StorageError
+from balance.storage.schema import TABLES
+from balance.storage.sqlite import _sqlite_type
 
 A, B = "US-0-aaaa", "US-0-bbbb"
 NEVER = 3600.0
@@ -45,7 +47,7 @@ async def ok(engine: ShardEngine, command: c.Command) -> None:
 
 async def table(storage: ShardStorage) -> dict[str, tuple[Any, ...]]:
     """The holds table's pending rows by hold id."""
-    return {row[1]: row for row in await storage.scan_pending_holds(("", ""), 1000)}
+    return {row[1]: row for row in await storage.scan_pending_holds(HOLD_KEY_FIRST, 1000)}
 
 
 async def test_recovery_is_the_checkpoint_plus_the_journal_after_it(backend: Any) -> None:
@@ -188,32 +190,60 @@ async def test_an_earlier_version_s_idempotency_index_is_replaced_at_open(backen
     await again.stop()
 
 
-async def test_an_earlier_version_s_index_of_holds_by_status_is_dropped_at_open(backend: Any) -> None:
-    """The holds table keeps pending holds only, in primary key order: ``holds_by_status`` cost
-    every checkpointed hold a page and ordered nothing new. An earlier version's database loses
-    it at open, and its pending holds still load, the finished rows it may hold left aside."""
+async def test_an_earlier_version_s_holds_table_is_keyed_by_expiry_at_open(backend: Any) -> None:
+    """The holds table keeps pending holds only, keyed by (expires_at, account_id, id): a round's
+    new holds go in at one end of it. An earlier version's table, keyed by (account_id, id) with
+    ``holds_by_status`` and ``holds_by_expiry``, is keyed anew at open (both indexes dropped), and
+    its pending holds still load, the finished rows it may hold left aside."""
     engine = await started(backend.make(), checkpoint_interval_s=NEVER)
     await ok(engine, c.CreateAccount(A, None, "partner", "US", "USD", "a", 0, b"{}"))
     await ok(engine, c.Credit(A, "seed", 1000))
-    for k in range(3):
-        await ok(engine, c.PlaceHold(A, f"h{k}", 100, 3600))
+    for k, expiry_s in enumerate((3600, 60, 600)):  # expiring in the order h1, h2, h0
+        await ok(engine, c.PlaceHold(A, f"h{k}", 100, expiry_s))
     await engine.stop()  # the last checkpoint writes the three pending holds
+    old_ddl = TABLES["holds"].replace("PRIMARY KEY (expires_at, account_id, id)", "PRIMARY KEY (account_id, id)")
+    assert old_ddl != TABLES["holds"]
+    if backend.name == "sqlite":
+        old_ddl = _sqlite_type(old_ddl)  # (a table by rowid, as the earlier version made it)
     # An earlier version kept finished holds' rows: h0's, as a finished hold "h-old".
     finished_h0 = [{"id": "'h-old'", "status": "'captured'"}.get(column, column) for column in HOLD_COLUMNS]
+    columns = ",".join(HOLD_COLUMNS)
     await _raw(backend, engine.storage, [
+        "ALTER TABLE holds RENAME TO holds_now",
+        f"CREATE TABLE holds ({old_ddl})",
+        f"INSERT INTO holds ({columns}) SELECT {columns} FROM holds_now",
+        "DROP TABLE holds_now",
         "CREATE INDEX holds_by_status ON holds (status, account_id, id)",
-        f"INSERT INTO holds ({','.join(HOLD_COLUMNS)}) SELECT {','.join(finished_h0)} FROM holds WHERE id = 'h0'",
+        "CREATE INDEX holds_by_expiry ON holds (status, expires_at, account_id, id)",
+        f"INSERT INTO holds ({columns}) SELECT {','.join(finished_h0)} FROM holds WHERE id = 'h0'",
     ])  # fmt: skip
     assert await _indexes(backend, engine.storage, "holds") == {"holds_by_status", "holds_by_expiry"}
+    assert await _hold_key(backend, engine.storage) == ["account_id", "id"]
 
     again = await started(backend.make(), checkpoint_interval_s=NEVER)
-    assert await _indexes(backend, again.storage, "holds") == {"holds_by_expiry"}
-    pages, after = [], ("", "")
+    assert await _indexes(backend, again.storage, "holds") == set()
+    assert await _hold_key(backend, again.storage) == ["expires_at", "account_id", "id"]
+    pages, after = [], HOLD_KEY_FIRST
     while page := await again.storage.scan_pending_holds(after, 1):
         pages.append(page[0][1])
-        after = (page[0][0], page[0][1])
-    assert pages == ["h0", "h1", "h2"]
+        after = (page[0][HOLD_EXPIRES_AT], page[0][0], page[0][1])
+    assert pages == ["h1", "h2", "h0"]
+    assert {hold.id for _, hold in again.ledger.holds.items() if hold.status == "pending"} == {"h0", "h1", "h2"}
+    await ok(again, c.CaptureHold(A, "h1", None))  # finished: the next checkpoint deletes its row by key
     await again.stop()
+    reader = backend.make()
+    await reader.open()
+    assert [row[1] for row in await reader.scan_pending_holds(HOLD_KEY_FIRST, 10)] == ["h2", "h0"]
+    await reader.close()
+
+
+async def _hold_key(backend: Any, storage: ShardStorage) -> list[str]:
+    """The holds table's primary key columns, in order."""
+    if backend.name == "sqlite":
+        rows = await _raw(backend, storage, ["SELECT name, pk FROM pragma_table_info('holds') WHERE pk > 0"])
+        return [name for name, _ in sorted(rows, key=lambda row: row[1])]
+    rows = await _raw(backend, storage, ["SHOW INDEX FROM holds WHERE Key_name = 'PRIMARY'"])
+    return [row[4] for row in sorted(rows, key=lambda row: row[3])]
 
 
 async def _history(storage: ShardStorage, account_id: str, limit: int = 1000, **filters: int) -> list[int]:
@@ -368,7 +398,7 @@ async def test_recovery_is_the_accounts_checkpoint_plus_the_journal_after_it(bac
     reader = backend.make()
     await reader.open()
     assert await stored(reader) == live
-    assert {(row[0], row[1]): row for row in await reader.scan_pending_holds(("", ""), 100)} == holds
+    assert {(row[0], row[1]): row for row in await reader.scan_pending_holds(HOLD_KEY_FIRST, 100)} == holds
     newest = await reader.history(A, 1, None, None, None)
     assert await reader.checkpoint_seq() == newest[0][0]
     await reader.close()

@@ -13,7 +13,7 @@ from balance.domain.model import HOLD_PENDING
 from balance.engine.clock import ManualClock
 from balance.engine.shard import ShardEngine
 from balance.storage import sqlite as sqlite_storage
-from balance.storage.base import ShardStorage
+from balance.storage.base import HOLD_KEY_FIRST, ShardStorage
 
 ACCOUNTS = [f"US-0-{k:04x}" for k in range(6)]
 
@@ -89,7 +89,7 @@ async def test_rounds_come_to_an_end_and_the_tables_are_complete_after_a_clean_s
     await engine.stop()  # the last checkpoint: the rest of the round and all since
     storage = backend.make()
     await storage.open()
-    rows = await storage.scan_pending_holds(("", ""), 1000)
+    rows = await storage.scan_pending_holds(HOLD_KEY_FIRST, 1000)
     assert len(rows) == 200 and await storage.checkpoint_seq() == await storage.max_seq()
     await storage.close()
     again = await started(backend.make(), clock)

@@ -12,11 +12,11 @@ import pytest
 
 from balance.bench import shard_loader
 from balance.domain import commands as c
-from balance.domain.model import HOLD_PENDING
+from balance.domain.model import HOLD_EXPIRES_AT, HOLD_PENDING
 from balance.engine.clock import ManualClock
 from balance.engine.expiry_sweep import sweep
 from balance.engine.shard import ShardEngine
-from balance.storage.base import ShardStorage
+from balance.storage.base import HOLD_KEY_FIRST, ShardStorage
 
 
 async def test_a_loaded_shard_recovers_and_its_holds_behave(backend: Any) -> None:
@@ -71,12 +71,12 @@ async def test_the_server_side_loader_writes_the_same_rows_as_the_python_one(
         await engine.stop()
 
 
-async def _paged_pending_holds(storage: ShardStorage) -> list[tuple[str, str]]:
-    """Every pending hold's key, as recovery pages through them (7 a page)."""
-    seen: list[tuple[str, str]] = []
-    after = ("", "")
+async def _paged_pending_holds(storage: ShardStorage) -> list[tuple[int, str, str]]:
+    """Every pending hold's key (expires_at, account_id, id), as recovery pages through them (7 a page)."""
+    seen: list[tuple[int, str, str]] = []
+    after = HOLD_KEY_FIRST
     while page := await storage.scan_pending_holds(after, 7):
-        seen += [(row[0], row[1]) for row in page]
+        seen += [(row[HOLD_EXPIRES_AT], row[0], row[1]) for row in page]
         after = seen[-1]
     return seen
 
@@ -96,7 +96,9 @@ async def test_recoverys_page_of_pending_holds_is_an_index_range_on_mariadb(mari
         conn = await asyncmy.connect(**storage.connection_kwargs())
         try:
             async with conn.cursor(asyncmy.cursors.DictCursor) as cur:
-                await cur.execute("EXPLAIN " + PENDING_HOLDS_PAGE, (middle, middle, "order-0000001500", 100))
+                expiry = (await storage.scan_pending_holds(HOLD_KEY_FIRST, 1))[0][HOLD_EXPIRES_AT]
+                args = (expiry, expiry, expiry, middle, middle, "order-0000001500", 100)
+                await cur.execute("EXPLAIN " + PENDING_HOLDS_PAGE, args)
                 plan = (await cur.fetchall())[0]
         finally:
             await conn.ensure_closed()
@@ -108,8 +110,9 @@ async def test_recoverys_page_of_pending_holds_is_an_index_range_on_mariadb(mari
 
 
 async def test_recoverys_page_of_pending_holds_is_an_index_range_on_sqlite(tmp_path: Path) -> None:
-    """The page follows the primary key from where the last one ended, with no sort: through
-    ``holds_by_expiry`` (which status leads) every page read and sorted all pending holds."""
+    """The page follows the primary key (the table's own order: WITHOUT ROWID) from where the
+    last one ended, with no sort: through an index that status led, every page read and sorted
+    all pending holds."""
     import sqlite3
 
     from balance.storage.sqlite import PENDING_HOLDS_PAGE, SqliteShardStorage
@@ -119,8 +122,9 @@ async def test_recoverys_page_of_pending_holds_is_an_index_range_on_sqlite(tmp_p
     await storage.open()
     try:
         with sqlite3.connect(storage.path) as conn:
-            plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + PENDING_HOLDS_PAGE, ("a", "b", 100)))
-        assert "sqlite_autoindex_holds_1" in plan and "TEMP B-TREE" not in plan, plan
+            query = "EXPLAIN QUERY PLAN " + PENDING_HOLDS_PAGE
+            plan = " ".join(row[3] for row in conn.execute(query, (1, "a", "b", 100)))
+        assert "PRIMARY KEY" in plan and "TEMP B-TREE" not in plan, plan
         seen = await _paged_pending_holds(storage)
         assert len(seen) == 3000 and seen == sorted(set(seen))
     finally:

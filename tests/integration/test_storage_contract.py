@@ -14,8 +14,16 @@ import asyncmy
 import pytest
 from faults import LosesTheConnectionAtXaCommit
 
+from balance.domain.model import HOLD_EXPIRES_AT
 from balance.storage import schema
-from balance.storage.base import BatchWrite, DuplicateOperation, ShardStorage, StorageError, StoredOperation
+from balance.storage.base import (
+    HOLD_KEY_FIRST,
+    BatchWrite,
+    DuplicateOperation,
+    ShardStorage,
+    StorageError,
+    StoredOperation,
+)
 from balance.storage.mariadb import MariaDbShardStorage, from_url
 
 T0 = 1_700_000_000_000_000  # microseconds
@@ -68,6 +76,12 @@ def hold(**values: Any) -> tuple[Any, ...]:
 
 def entry(**values: Any) -> tuple[Any, ...]:
     return _row(schema.JOURNAL_COLUMNS, **values)
+
+
+def earlier_placement(seq: int, hold_id: str, account_id: str = "acc-1") -> tuple[Any, ...]:
+    """An earlier version's journal row placing a hold: keyed ``hold:<id>``, no expiry column
+    (the hold can only be read from the holds table)."""
+    return entry(seq=seq, account_id=account_id, op_key=f"hold:{hold_id}", kind="hold", op_id=hold_id, hold_id=hold_id)
 
 
 def event(**values: Any) -> tuple[Any, ...]:
@@ -148,13 +162,18 @@ async def test_finished_holds_are_not_loaded_as_pending(storage: ShardStorage) -
     ]
     await storage.commit(BatchWrite(accounts=[account()], holds=holds))
     assert typed((await storage.load()).pending_holds) == typed([hold(id="h-pending")])
+    # A hold the journal does not know is not looked for in the table (keyed by expiry first,
+    # that would read it whole): an id nothing knows costs a look-up in the journal only.
+    assert await storage.get_hold("acc-1", "h-captured") is None
+    await storage.commit(BatchWrite(journal=[earlier_placement(1, "h-captured")]))  # an earlier version's
     assert await storage.get_hold("acc-1", "h-captured") == hold(
         id="h-captured", status="captured", captured_amount=500
     )
 
 
 async def test_upsert_of_accounts_and_holds_overwrites_every_column(storage: ShardStorage) -> None:
-    await storage.commit(BatchWrite(accounts=[account(), account(id="acc-2")], holds=[hold()]))
+    placed = earlier_placement(1, "hold-1")  # (the hold is read from the table: see earlier_placement)
+    await storage.commit(BatchWrite(accounts=[account(), account(id="acc-2")], holds=[hold()], journal=[placed]))
     changed = account(
         parent_id="acc-2",
         kind="partner",
@@ -177,7 +196,6 @@ async def test_upsert_of_accounts_and_holds_overwrites_every_column(storage: Sha
         currency="USD",
         status="captured",
         destination_account_id="acc-2",
-        expires_at=T0 + 1,
         created_at=T0 + 2,
         updated_at=T0 + 3,
         description="done",
@@ -191,6 +209,11 @@ async def test_upsert_of_accounts_and_holds_overwrites_every_column(storage: Sha
     # and back to pending: the upsert is a full overwrite, not an insert-if-missing
     await storage.commit(BatchWrite(holds=[hold(amount=1)]))
     assert typed((await storage.load()).pending_holds) == typed([hold(amount=1)])
+    # The key is (expires_at, account_id, id): another expiry is another row, deleted by its key.
+    await storage.commit(BatchWrite(holds=[hold(amount=2, expires_at=T0 + 1)]))
+    assert typed((await storage.load()).pending_holds) == typed([hold(amount=1), hold(amount=2, expires_at=T0 + 1)])
+    await storage.commit(BatchWrite(holds_deleted=[(T0 + 60_000_000, "acc-1", "hold-1")]))
+    assert typed((await storage.load()).pending_holds) == typed([hold(amount=2, expires_at=T0 + 1)])
 
 
 async def test_the_last_row_wins_when_one_batch_upserts_the_same_account_twice(storage: ShardStorage) -> None:
@@ -277,6 +300,10 @@ async def test_lookup_returns_stored_operations_and_holds_and_nothing_for_unknow
         entry(seq=2, op_key="debit:op-2", fingerprint=0, status=409, code="insufficient_funds", result=b'{"e":1}'),
         entry(seq=3, op_key=None, op_id="op-2"),
         entry(seq=4, account_id="acc-2", op_key="credit:op-1", fingerprint=5, result=b""),
+        # (holds of an earlier version's journal: read from the table)
+        earlier_placement(5, "hold-1"),
+        earlier_placement(6, "hold-2"),
+        earlier_placement(7, "hold-1", "acc-2"),
     ]
     holds = [hold(), hold(id="hold-2", status="released"), hold(account_id="acc-2", destination_account_id="acc-1")]
     await storage.commit(BatchWrite(journal=journal, holds=holds))
@@ -683,10 +710,10 @@ async def test_accounts_and_pending_holds_come_back_page_by_page_in_key_order(st
     ]
     assert typed(scanned) == typed([account(id=i) for i in ids])
 
-    pending, after_hold = [], ("", "")
+    pending, after_hold = [], HOLD_KEY_FIRST
     while page := await storage.scan_pending_holds(after_hold, 2):
         pending += [(row[0], row[1]) for row in page]
-        after_hold = (page[-1][0], page[-1][1])
+        after_hold = (page[-1][HOLD_EXPIRES_AT], page[-1][0], page[-1][1])
     assert pending == [(a, f"h-{j}") for a in ids[:3] for j in range(3)]
 
 
@@ -714,13 +741,13 @@ async def test_a_large_batch_with_a_stale_operation_id_writes_nothing_and_says_s
     with pytest.raises(DuplicateOperation):
         await storage.commit(BatchWrite(journal=rows, holds=holds, accounts=[account(balance=5)]))
     assert await storage.max_seq() == 1
-    assert await storage.scan_pending_holds(("", ""), 10) == []
+    assert await storage.scan_pending_holds(HOLD_KEY_FIRST, 10) == []
     assert await storage.scan_accounts("", 10) == []
     await storage.commit(BatchWrite(journal=rows[:-1], holds=holds, accounts=[account(balance=5)]))
     assert await storage.max_seq() == 699
     (stored,), _ = await storage.lookup([("acc-1", "credit:3")], [])
     assert stored.result == b'{"q":"\\"quoted\\" it\'s"}'
-    assert len(await storage.scan_pending_holds(("", ""), 1000)) == 400
+    assert len(await storage.scan_pending_holds(HOLD_KEY_FIRST, 1000)) == 400
 
 
 async def test_large_batches_go_in_the_bulk_command_whatever_columns_are_null(mariadb_storage: Any) -> None:

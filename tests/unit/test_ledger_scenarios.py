@@ -683,7 +683,7 @@ def _checkpoint(world: World, commands: list[c.Command]) -> tuple[set[str], set[
     """One batch that also writes the holds checkpoint: (hold ids upserted, hold ids deleted)."""
     changes = _one_batch(world, commands, checkpoint=True)
     assert changes.checkpoint_seq == world.ledger.next_seq - 1
-    return {hold.id for hold in changes.holds}, {hold_id for _, hold_id in changes.holds_deleted}
+    return {hold.id for hold in changes.holds}, {hold_id for _, _, hold_id in changes.holds_deleted}
 
 
 def test_a_checkpoint_upserts_pending_holds_and_deletes_only_finished_ones_it_may_hold() -> None:

@@ -14,7 +14,7 @@ from balance.domain import errors as e
 from balance.domain.ledger import RECOVERY_JOURNAL_FIELDS, Ledger
 from balance.domain.model import HOLD_PENDING, STATUS_ACTIVE, STATUS_MOVED, Account
 from balance.domain.moves import MOVE_BLOCKED, MOVE_STALE, export
-from balance.domain.outcomes import Outcome
+from balance.domain.outcomes import Changes, Outcome
 
 T0 = 1_790_000_000_000_000
 
@@ -35,8 +35,7 @@ class Shard:
         outcomes = [ledger.apply(command, self.now) for command in commands]
         changes = ledger.collect()
         ledger.accept()
-        for account in changes.accounts:
-            self.rows[account.id] = account.state()
+        self.tabled(changes)
         for entry in changes.entries:
             if entry.status < 300:
                 self.journal.append(tuple(getattr(entry, name) for name in RECOVERY_JOURNAL_FIELDS))
@@ -48,6 +47,11 @@ class Shard:
 
     def do(self, command: c.Command) -> Outcome:
         return self.batch([command])[0]
+
+    def tabled(self, changes: Changes) -> None:
+        """What a commit writes to the tables kept here (accounts' rows)."""
+        for account in changes.accounts:
+            self.rows[account.id] = account.state()
 
     def recovered(self) -> Ledger:
         """What recovery would load: the account rows, then the whole journal replayed."""

@@ -49,16 +49,16 @@ def test_once_every_row_is_fed_they_come_out_in_key_order() -> None:
     assert order.pop() is None and len(order) == 0
 
 
-def test_the_string_key_orders_as_the_tables_two_column_key() -> None:
-    """An account id that is a prefix of another sorts first, whatever the hold ids."""
+def test_a_hold_s_key_is_the_tables_first_column_its_expiry() -> None:
+    """Holds are written in expiry order, the holds table's key order (expires_at, account, id)."""
     from balance.domain.ledger import _hold_key
     from balance.domain.model import Hold
 
-    def hold(account: str, hold_id: str) -> Hold:
-        return Hold(account, hold_id, 1, 0, "EUR", "pending", None, 0, 0, 0, "", b"")
+    def hold(account: str, hold_id: str, expires_at: int) -> Hold:
+        return Hold(account, hold_id, 1, 0, "EUR", "pending", None, expires_at, 0, 0, "", b"")
 
-    keys = [("EU-0-a", "zz"), ("EU-0-ab", "a"), ("EU-0-a", "a"), ("EU-0-a-b", "0"), ("EU-0-b", "")]
-    assert sorted(keys, key=lambda k: _hold_key(hold(*k))) == sorted(keys)
+    keys = [("EU-0-b", "a", 3), ("EU-0-a", "z", 1), ("EU-0-c", "0", 2)]
+    assert [k[2] for k in sorted(keys, key=lambda k: _hold_key(hold(*k)))] == [1, 2, 3]
 
 
 def test_equal_keys_never_compare_the_items() -> None:
@@ -95,8 +95,9 @@ def test_every_row_comes_out_exactly_once_however_slices_are_taken(
 
 
 def test_the_ledger_writes_a_round_in_the_holds_tables_key_order() -> None:
-    """2,000 holds on 300 accounts placed in random order; the round's slices of 16: once every
-    hold is in the order (each slice feeds 512), each slice's rows follow the one before's."""
+    """2,000 holds on 300 accounts placed in random order, expiring in random order; the round's
+    slices of 16: once every hold is in the order (each slice feeds 512), each slice's rows
+    follow the one before's in the table's key order (expiry first)."""
     from test_moves_checkpoint import TabledShard
 
     from balance.domain import commands as c
@@ -111,22 +112,22 @@ def test_the_ledger_writes_a_round_in_the_holds_tables_key_order() -> None:
     placed = [(pick.choice(accounts), f"h{n:05d}") for n in range(2_000)]
     pick.shuffle(placed)
     for start in range(0, len(placed), 100):
-        shard.write([c.PlaceHold(a, h, 1, 600) for a, h in placed[start : start + 100]])
+        shard.write([c.PlaceHold(a, h, 1, 600 + pick.randrange(3_000)) for a, h in placed[start : start + 100]])
 
-    slices: list[list[tuple[str, str]]] = []
+    slices: list[list[tuple[int, str, str]]] = []
     ledger = shard.ledger
     ledger.begin()
     changes = ledger.collect(True, 16)
     ledger.accept()
-    slices.append([(hold.account_id, hold.id) for hold in changes.holds])
+    slices.append([(hold.expires_at, hold.account_id, hold.id) for hold in changes.holds])
     while ledger.checkpointing:
         ledger.begin()
         changes = ledger.collect(False, 16)
         ledger.accept()
-        slices.append([(hold.account_id, hold.id) for hold in changes.holds])
-    written = [key for chunk in slices for key in chunk]
+        slices.append([(hold.expires_at, hold.account_id, hold.id) for hold in changes.holds])
+    written = [key[1:] for chunk in slices for key in chunk]
     assert sorted(written) == sorted(placed)
     # (What a commit's pages are is its set of rows; the order inside one commit does not matter.)
     full = [chunk for chunk in slices[4:] if chunk]  # after 4 slices, 2,048 fed: every hold
     assert len(full) > 100
-    assert all(max(earlier) < min(later) for earlier, later in zip(full, full[1:], strict=False))
+    assert all(max(earlier)[0] <= min(later)[0] for earlier, later in zip(full, full[1:], strict=False))

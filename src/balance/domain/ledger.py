@@ -134,13 +134,17 @@ class Ledger:
         # carries the whole of it; once all is written, the tables reflect the journal up to
         # ``round_seq`` (and some rows beyond: recovery's replay takes that, see ``_replay_hold_row``).
         self.round: dict[Hold, bool] | None = None
+        # Keys of hold rows left behind: a hold that came back (a partner move) with another
+        # expiry than the row it may have in the table (keyed by expiry first). The next batch
+        # deletes them (``drop_hold_row``).
+        self.stale_hold_rows: list[tuple[int, str, str]] = []
         self.round_accounts: set[str] = set()
         self.round_seq = 0
         # The round's rows in key order, put together a run per slice (``round_order``): a slice
         # then covers neighbouring keys, a few table pages, where one in random order touched
         # a page per row (SQLite writes each page a commit dirties, whole).
-        self._round_order: RoundOrder[Hold] | None = None
-        self._round_account_order: RoundOrder[str] | None = None
+        self._round_order: RoundOrder[Hold, int] | None = None
+        self._round_account_order: RoundOrder[str, str] | None = None
         self.frames: list[_Frame] = []  # batches applied and not yet durable, oldest first
         # The open batch's frame, by its parts (what the rules write to):
         self.undo_accounts: dict[str, tuple | None] = {}  # type: ignore[type-arg]
@@ -269,6 +273,7 @@ class Ledger:
         if found is not None:
             e.require(found.status == HOLD_MOVED, f"journal: hold {hold_id} arrived while {found.status}")
             found.amount, found.captured_amount, found.status = arrived.amount, 0, HOLD_PENDING
+            self.drop_hold_row(found, arrived.expires_at)
             found.expires_at = arrived.expires_at
             self.unsaved.setdefault(found, False)
             self.expiry.add(found)
@@ -442,6 +447,9 @@ class Ledger:
         changes = self.changes
         changes.accounts = []
         changes.holds = []
+        if self.stale_hold_rows:
+            changes.holds_deleted += self.stale_hold_rows
+            self.stale_hold_rows = []
         delta: dict[str, int] = {}
         frame = self.frames[-1]
         rewritten, unsaved_accounts = frame.rewritten, self._unsaved_accounts
@@ -491,7 +499,7 @@ class Ledger:
             if hold.status == HOLD_PENDING:
                 changes.holds.append(hold)
             elif in_table:
-                changes.holds_deleted.append((hold.account_id, hold.id))
+                changes.holds_deleted.append((hold.expires_at, hold.account_id, hold.id))
         left = None if rows is None else rows - len(chunk)
         if left is None or left >= len(self.round_accounts):
             accounts, self.round_accounts = self.round_accounts, set()
@@ -818,6 +826,12 @@ class Ledger:
         if account.id not in self.undo_accounts:
             self.undo_accounts[account.id] = account.state()
 
+    def drop_hold_row(self, hold: Hold, expires_at: int) -> None:
+        """``hold``'s expiry is about to become ``expires_at``: a row of it in the holds table under
+        the old one (the table's key begins with it) is deleted with the next batch."""
+        if hold.expires_at != expires_at:
+            self.stale_hold_rows.append((hold.expires_at, hold.account_id, hold.id))
+
     def touch_hold(self, hold: Hold) -> None:
         key = (hold.account_id, hold.id)
         if key not in self.undo_holds:
@@ -851,9 +865,10 @@ class Ledger:
                 self.holds.remove(old.account_id, old.id)
 
 
-def _hold_key(hold: Hold) -> str:
-    """A hold's key in the holds table, in its primary key's order (account, id)."""
-    return hold.account_id + "\x00" + hold.id
+def _hold_key(hold: Hold) -> int:
+    """A hold's place in the holds table: its expiry, the primary key's first column
+    (``schema.HOLD_KEY_COLUMNS``; holds of one expiry are neighbours whatever their ids)."""
+    return hold.expires_at
 
 
 def _account_key(account_id: str) -> str:

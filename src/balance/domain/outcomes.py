@@ -63,7 +63,7 @@ class Changes:
     # system accounts (no journal rows of their own), and at a checkpoint every unsaved one.
     accounts: list[Account] = field(default_factory=list)
     holds: list[Hold] = field(default_factory=list)  # a checkpoint's pending holds (upserted)
-    holds_deleted: list[tuple[str, str]] = field(default_factory=list)  # a checkpoint's finished holds
+    holds_deleted: list[tuple[int, str, str]] = field(default_factory=list)  # a checkpoint's finished holds, by key
     checkpoint_seq: int = 0  # > 0: the holds and accounts tables reflect the journal up to here once committed
     entries: list[Entry] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)

@@ -10,9 +10,9 @@ whole round when its first slice was taken held the event loop ~8-10 ms for 10,0
 sorts a run of the next ``ORDER_STEP`` rows (or twice the slice), and the rows are taken
 smallest first across the runs sorted so far (a merge of their heads): ~0.1 ms a slice.
 Until every row is in a run, a slice is the smallest of those sorted so far (the first
-slices' pages are a little less close together; nothing else differs). Keys are strings
-(one comparison each, not a tuple's): the same order as the table's, ``(a, b)`` as
-``a + "\x00" + b``.
+slices' pages are a little less close together; nothing else differs). Keys are one value
+(one comparison each, not a tuple's): a string for ``(a, b)`` as ``a + "\x00" + b``, or the
+key's first column alone where that places rows close enough (a hold's expiry).
 """
 
 from __future__ import annotations
@@ -22,21 +22,22 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K", str, int)
 
 ORDER_STEP = 512  # rows sorted per slice taken, at least (twice the slice when larger)
 
 
-class RoundOrder(Generic[T]):
+class RoundOrder(Generic[T, K]):
     """Items smallest key first. Two items never compare: runs are sorted by key (stable), and
     runs' heads are ranked by (key, run)."""
 
     __slots__ = ("_unordered", "_runs", "_heads", "_key")
 
-    def __init__(self, items: list[T], key: Callable[[T], str]) -> None:
+    def __init__(self, items: list[T], key: Callable[[T], K]) -> None:
         self._unordered = items  # in no run yet (taken from the end)
         self._runs: list[list[T]] = []  # each sorted, largest first (taken from the end)
-        self._heads: list[tuple[str, int]] = []  # a heap: each run's smallest key, and the run
-        self._key = key
+        self._heads: list[tuple[K, int]] = []  # a heap: each run's smallest key, and the run
+        self._key: Callable[[T], K] = key
 
     def feed(self, rows: int) -> None:
         """Before a slice of ``rows``: sort the next run of items."""

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from balance.domain.holds import HOLD_JOURNAL_SEQ
 from balance.domain.ledger import Ledger
-from balance.domain.model import ACCOUNT_ID, HOLD_ACCOUNT_ID, HOLD_ID, Account, Hold
+from balance.domain.model import ACCOUNT_ID, HOLD_ACCOUNT_ID, HOLD_EXPIRES_AT, HOLD_ID, Account, Hold
+from balance.storage.base import HOLD_KEY_FIRST
 
 if TYPE_CHECKING:
     from balance.engine.shard import ShardEngine
@@ -78,10 +79,13 @@ async def read_ledger(engine: ShardEngine) -> Ledger:
         next_page = asyncio.ensure_future(storage.scan_accounts(rows[-1][ACCOUNT_ID], RECOVERY_PAGE_ROWS))
         for row in rows:
             ledger.load_account(Account.from_row(row))
-    next_holds = asyncio.ensure_future(storage.scan_pending_holds(("", ""), RECOVERY_PAGE_ROWS))
+    next_holds = asyncio.ensure_future(storage.scan_pending_holds(HOLD_KEY_FIRST, RECOVERY_PAGE_ROWS))
     while rows := await next_holds:
+        last = rows[-1]
         next_holds = asyncio.ensure_future(
-            storage.scan_pending_holds((rows[-1][HOLD_ACCOUNT_ID], rows[-1][HOLD_ID]), RECOVERY_PAGE_ROWS)
+            storage.scan_pending_holds(
+                (last[HOLD_EXPIRES_AT], last[HOLD_ACCOUNT_ID], last[HOLD_ID]), RECOVERY_PAGE_ROWS
+            )
         )
         for row in rows:
             owner = accounts.get(row[HOLD_ACCOUNT_ID])

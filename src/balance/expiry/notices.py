@@ -7,7 +7,7 @@ behind until the shard has recovered. A hold placed after the checkpoint is only
 journal; one settled after it is still ``pending`` in the table. The committed state that
 does not lag is the table *plus* the journal's hold rows after the checkpoint's seq, read in
 one snapshot: exactly what recovery loads (``engine.recovery``). The tail is short (at most a
-checkpoint interval's rows), the table is read by the ``holds_by_expiry`` index, a page at a
+checkpoint interval's rows), the table is read in its primary key's order (expiry first), a page at a
 time."""
 
 from __future__ import annotations

@@ -32,9 +32,9 @@ class BatchWrite:
 
     accounts: list[Row] = field(default_factory=list)  # upserted, ACCOUNT_COLUMNS
     # The holds checkpoint (only some batches carry one): pending holds upserted (HOLD_COLUMNS),
-    # finished ones deleted by (account_id, hold_id), and the journal seq it is complete up to.
+    # finished ones deleted by (expires_at, account_id, hold_id), and the journal seq it is complete up to.
     holds: list[Row] = field(default_factory=list)
-    holds_deleted: list[tuple[str, str]] = field(default_factory=list)
+    holds_deleted: list[tuple[int, str, str]] = field(default_factory=list)  # by key (``schema.HOLD_KEY_COLUMNS``)
     checkpoint_seq: int = 0  # 0: no checkpoint in this batch
     journal: list[Row] = field(default_factory=list)  # inserted, JOURNAL_COLUMNS
     outbox: list[Row] = field(default_factory=list)  # inserted, OUTBOX_COLUMNS
@@ -97,8 +97,9 @@ class ShardStorage(Protocol):
         (``exhausted`` as stored: 0/1 or a bool; ``Account.from_row`` makes it a bool).
         The accounts table is a checkpoint: a row may be behind the journal after ``checkpoint_seq()``."""
 
-    async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:
-        """Recovery, page by page: pending holds after (account_id, hold_id), in that order.
+    async def scan_pending_holds(self, after: tuple[int, str, str], limit: int) -> list[Row]:
+        """Recovery, page by page: pending holds after (expires_at, account_id, hold_id), in that
+        order (the table's key; ``HOLD_KEY_FIRST`` before every hold).
         The holds table is a checkpoint: complete up to ``checkpoint_seq()`` only."""
 
     async def checkpoint_seq(self) -> int:
@@ -173,5 +174,6 @@ async def succeeded(commit: asyncio.Future[None] | None) -> bool:
     return not commit.cancelled() and commit.exception() is None
 
 
+HOLD_KEY_FIRST: tuple[int, str, str] = (-(2**63), "", "")  # before every hold's key (``scan_pending_holds``)
 FENCE_META_KEY = "owner_epoch"  # the fence row (in meta): the epoch of the shard's owner
 EARLIER_FAILED = "the batch before this one failed to commit: nothing of this one was written"

@@ -1,6 +1,6 @@
 """What the expiry job reads of a shard database, for either driver's placeholder style (``?``
 or ``%s``): the checkpoint's seq, the hold rows of the journal after it, and the checkpoint's
-pending holds by expiry (index ``holds_by_expiry``), a page at a time. Reads only."""
+pending holds by expiry (the table's primary key), a page at a time. Reads only."""
 
 from __future__ import annotations
 

@@ -158,6 +158,14 @@ class MariaDbShardStorage(MariaDbWrites, MariaDbStatements, MariaDbReads):
                             f"CREATE TABLE IF NOT EXISTS `{table}` ({ddl}) "
                             f"ENGINE=InnoDB DEFAULT CHARSET={_CHARSET} COLLATE={_COLLATION}"
                         )
+                    await cur.execute(  # an earlier version's holds table, keyed by (account_id, id)
+                        "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA = %s"
+                        " AND TABLE_NAME = 'holds' AND CONSTRAINT_NAME = 'PRIMARY' ORDER BY ORDINAL_POSITION",
+                        (self.database,),
+                    )
+                    if tuple(str(row[0]) for row in await cur.fetchall()) != schema.HOLD_KEY_COLUMNS:
+                        key = ", ".join(schema.HOLD_KEY_COLUMNS)
+                        await cur.execute(f"ALTER TABLE `holds` DROP PRIMARY KEY, ADD PRIMARY KEY ({key})")
                     for name, table, columns, unique in schema.indexes("mariadb"):
                         kind = "UNIQUE INDEX" if unique else "INDEX"
                         await cur.execute(f"CREATE {kind} IF NOT EXISTS `{name}` ON `{table}` ({columns})")

@@ -22,7 +22,7 @@ _BULK_CHUNK = 2000  # rows per bulk command (stays far below max_allowed_packet)
 _BULK_CHUNKS = {"moves": 16}  # a partner move's record: parts of up to 256 KiB, 4 MiB per command
 _NULLABLE = schema.nullable_columns()  # left out of a bulk statement when NULL in every row
 _UPSERT_KEYS = {
-    "accounts": ("id",), "holds": ("account_id", "id"), "api_keys": ("key_hash",), "moves": ("move_id", "part"),
+    "accounts": ("id",), "holds": schema.HOLD_KEY_COLUMNS, "api_keys": ("key_hash",), "moves": ("move_id", "part"),
 }  # fmt: skip
 
 
@@ -138,8 +138,11 @@ class MariaDbStatements:
         statements = []
         for start in range(0, len(batch.holds_deleted), _BULK_CHUNK):  # a checkpoint's finished holds
             keys = batch.holds_deleted[start : start + _BULK_CHUNK]
-            pairs = ",".join(f"({conn.literal(account_id)},{conn.literal(hold_id)})" for account_id, hold_id in keys)
-            statements.append(f"DELETE FROM holds WHERE (account_id, id) IN ({pairs})")
+            triples = ",".join(
+                f"({int(expires_at)},{conn.literal(account_id)},{conn.literal(hold_id)})"
+                for expires_at, account_id, hold_id in keys
+            )
+            statements.append(f"DELETE FROM holds WHERE (expires_at, account_id, id) IN ({triples})")
         if batch.checkpoint_seq:
             statements.append(
                 f"UPDATE meta SET value = {int(batch.checkpoint_seq)} WHERE name = '{schema.CHECKPOINT_META_KEY}'"

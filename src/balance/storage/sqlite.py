@@ -73,8 +73,9 @@ _MERGE_ROWS = 128
 # key in an index of its own. A checkpoint round writes accounts in id order (``round_order``),
 # a slice per commit: ordered by rowid (the order of creation), the rows of a slice were on as
 # many pages as rows (ids are random); by id, on one or two. A round's accounts 16 per commit
-# (10,000 accounts): 0.53 -> 0.31 ms (``tools/round_row_cost.py``).
-CLUSTERED_TABLES = ("accounts",)
+# (10,000 accounts): 0.53 -> 0.31 ms (``tools/round_row_cost.py``). Holds likewise, by expiry
+# (``schema.HOLD_KEY_COLUMNS``): one tree, new holds at its end.
+CLUSTERED_TABLES = ("accounts", "holds")
 
 
 def _make_indexes(conn: sqlite3.Connection) -> None:
@@ -142,7 +143,7 @@ def _read_accounts(rows: list[Row]) -> list[Row]:
 # REPLACE`` deletes the old row and inserts the new one, every index of the table rewritten;
 # ``ON CONFLICT DO UPDATE`` changes the row where it is, and only the indexes whose columns
 # changed (none, for a balance or a hold): fewer pages per checkpoint slice.
-_UPSERT_KEYS = {"accounts": ("id",), "holds": ("account_id", "id")}
+_UPSERT_KEYS = {"accounts": ("id",), "holds": schema.HOLD_KEY_COLUMNS}
 
 
 def _insert_sql(table: str, columns: tuple[str, ...], rows: int, upsert: bool) -> str:
@@ -160,13 +161,12 @@ _HOLD_JOURNAL_BY_KEYS = (
     f"SELECT {','.join(schema.HOLD_JOURNAL_COLUMNS)} FROM journal"
     " WHERE account_id = ? AND op_key IN (?, ?, ?, ?, ?) AND status < 300 ORDER BY seq"
 )
-# A page of pending holds after (account_id, id), in the primary key's order (a row value: an
-# index range). ``+status`` keeps SQLite off ``holds_by_expiry`` (status leads it): through that
-# index every page read all pending holds and sorted them (1,000,000 holds ready in 12.4-12.9 s
-# instead of 4.3-5.9). The table keeps pending holds only; the term filters an earlier version's rows.
+# A page of pending holds after (expires_at, account_id, id), in the primary key's order (a row
+# value: a range of the table's tree). The table keeps pending holds only; ``+status`` (never an
+# index term) filters an earlier version's rows.
 PENDING_HOLDS_PAGE = (
     f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE +status = 'pending'"
-    " AND (account_id, id) > (?, ?) ORDER BY account_id, id LIMIT ?"
+    " AND (expires_at, account_id, id) > (?, ?, ?) ORDER BY expires_at, account_id, id LIMIT ?"
 )
 _FENCE_EPOCH = f"SELECT value FROM meta WHERE name = '{FENCE_META_KEY}'"
 _RECOVERY_JOURNAL_AFTER = schema.recovery_journal_query("?")
@@ -588,7 +588,9 @@ class SqliteShardStorage:
         if batch.moves:  # a partner move's record (rare)
             self._insert(conn, "moves", schema.MOVE_COLUMNS, batch.moves, upsert=True)
         if batch.holds_deleted:
-            conn.executemany("DELETE FROM holds WHERE account_id = ? AND id = ?", batch.holds_deleted)
+            conn.executemany(
+                "DELETE FROM holds WHERE expires_at = ? AND account_id = ? AND id = ?", batch.holds_deleted
+            )
         if batch.checkpoint_seq:
             conn.execute("UPDATE meta SET value = ? WHERE name = ?", (batch.checkpoint_seq, schema.CHECKPOINT_META_KEY))
         for result, account_id, op_id, status, op_key in batch.transfers_completed:
@@ -648,8 +650,8 @@ class SqliteShardStorage:
             self._reader_pool, lambda: _read_accounts(self._reader_conn().execute(sql, (after_id, limit)).fetchall())
         )
 
-    async def scan_pending_holds(self, after: tuple[str, str], limit: int) -> list[Row]:
-        args = (after[0], after[1], limit)
+    async def scan_pending_holds(self, after: tuple[int, str, str], limit: int) -> list[Row]:
+        args = (*after, limit)
         return await self._run(
             self._reader_pool, lambda: self._reader_conn().execute(PENDING_HOLDS_PAGE, args).fetchall()
         )
@@ -700,7 +702,8 @@ class SqliteShardStorage:
                 keys = hold_journal_keys(hold_id)
                 rows = conn.execute(_HOLD_JOURNAL_BY_KEYS, (account_id, *keys)).fetchall()
                 hold = hold_from_journal(rows)
-                if hold is None:  # a hold of an earlier version's journal: its row is in the table
+                if hold is None and rows:  # a hold of an earlier version's journal: its row is in the table
+                    # (read whole: the table is keyed by expiry first; an id nothing knows never gets here)
                     hold = conn.execute(
                         f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE account_id = ? AND id = ?",
                         (account_id, hold_id),
