@@ -92,6 +92,14 @@ def hold_from_journal(rows: list[tuple]) -> tuple | None:  # type: ignore[type-a
     return tuple(fields)
 
 
+def placed_before_expiries(rows: list[tuple]) -> bool:  # type: ignore[type-arg]
+    """Was the hold of these journal rows placed by an earlier version (its placement row has no
+    expiry column)? Only such a hold is read from the holds table by (account, id): the table is
+    keyed by expiry first, so that read scans it. Any other hold the journal cannot rebuild (one
+    that arrived with a partner move and settled here, an id nothing knows) is not looked for."""
+    return any(row[HOLD_JOURNAL_KIND] == HOLD and row[HOLD_JOURNAL_EXPIRES_AT] is None for row in rows)
+
+
 class HoldIndex:
     """A mapping ``(account_id, hold_id) -> Hold`` storing one dict slot per distinct hold id."""
 

@@ -136,7 +136,7 @@ class Ledger:
         self.round: dict[Hold, bool] | None = None
         # Keys of hold rows left behind: a hold that came back (a partner move) with another
         # expiry than the row it may have in the table (keyed by expiry first). The next batch
-        # deletes them (``drop_hold_row``).
+        # deletes them (``set_hold_expiry``).
         self.stale_hold_rows: list[tuple[int, str, str]] = []
         self.round_accounts: set[str] = set()
         self.round_seq = 0
@@ -273,8 +273,7 @@ class Ledger:
         if found is not None:
             e.require(found.status == HOLD_MOVED, f"journal: hold {hold_id} arrived while {found.status}")
             found.amount, found.captured_amount, found.status = arrived.amount, 0, HOLD_PENDING
-            self.drop_hold_row(found, arrived.expires_at)
-            found.expires_at = arrived.expires_at
+            self.set_hold_expiry(found, arrived.expires_at)
             self.unsaved.setdefault(found, False)
             self.expiry.add(found)
             self._count_inbound_hold(found, True)
@@ -826,11 +825,13 @@ class Ledger:
         if account.id not in self.undo_accounts:
             self.undo_accounts[account.id] = account.state()
 
-    def drop_hold_row(self, hold: Hold, expires_at: int) -> None:
-        """``hold``'s expiry is about to become ``expires_at``: a row of it in the holds table under
-        the old one (the table's key begins with it) is deleted with the next batch."""
+    def set_hold_expiry(self, hold: Hold, expires_at: int) -> None:
+        """A hold that came back (a partner move) takes the expiry it arrived with. A row of it in
+        the holds table under another expiry (the table's key begins with it) is deleted with the
+        next batch: the only way a hold's expiry changes, so the only way a row is left behind."""
         if hold.expires_at != expires_at:
             self.stale_hold_rows.append((hold.expires_at, hold.account_id, hold.id))
+            hold.expires_at = expires_at
 
     def touch_hold(self, hold: Hold) -> None:
         key = (hold.account_id, hold.id)

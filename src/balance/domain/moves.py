@@ -416,8 +416,8 @@ def _arrive_hold(ledger: Ledger, state: tuple) -> Hold:  # type: ignore[type-arg
         e.require(found.status == HOLD_MOVED, f"hold {state[1]} of {state[0]} already here, {found.status}")
         ledger.touch_hold(found)  # (moved: "may have a row", see ``Ledger.touch_hold``)
         found.amount, found.captured_amount, found.status = state[2], 0, HOLD_PENDING
-        ledger.drop_hold_row(found, state[7])
-        found.expires_at, found.updated_at = state[7], state[9]
+        ledger.set_hold_expiry(found, state[7])
+        found.updated_at = state[9]
         ledger.expiry.add(found)
         return found
     hold = Hold(*state)

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncmy
 
-from balance.domain.holds import HOLD_JOURNAL_ACCOUNT_ID, HOLD_JOURNAL_HOLD_ID, hold_from_journal
+from balance.domain.holds import (
+    HOLD_JOURNAL_ACCOUNT_ID,
+    HOLD_JOURNAL_HOLD_ID,
+    hold_from_journal,
+    placed_before_expiries,
+)
 from balance.domain.ids import hold_journal_keys
 from balance.domain.model import ACCOUNT_BALANCE, ACCOUNT_EXHAUSTED, HOLD_ACCOUNT_ID, HOLD_ID
 from balance.storage import schema
@@ -171,10 +176,10 @@ class MariaDbReads:
                 for key, rows in per_hold.items():
                     if (rebuilt := hold_from_journal(rows)) is not None:
                         found_holds[key] = rebuilt
-                # An earlier version's journal (its placement row has no expiry): the table has it, if
-                # anywhere. Only holds with rows: the table is keyed by expiry first, so this reads
-                # it whole (``schema.HOLD_KEY_COLUMNS``); a hold id nothing knows never gets here.
-                older = [key for key in per_hold if key not in found_holds]
+                # An earlier version's holds: the table has them, if anywhere (``placed_before_expiries``).
+                older = [
+                    key for key, rows in per_hold.items() if key not in found_holds and placed_before_expiries(rows)
+                ]
                 if older:
                     sql = (
                         f"SELECT {column_list(schema.HOLD_COLUMNS)} FROM holds"

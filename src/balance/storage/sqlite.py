@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from balance.domain.holds import hold_from_journal
+from balance.domain.holds import hold_from_journal, placed_before_expiries
 from balance.domain.ids import hold_journal_keys
 from balance.domain.model import ACCOUNT_EXHAUSTED
 from balance.storage import schema
@@ -702,8 +702,7 @@ class SqliteShardStorage:
                 keys = hold_journal_keys(hold_id)
                 rows = conn.execute(_HOLD_JOURNAL_BY_KEYS, (account_id, *keys)).fetchall()
                 hold = hold_from_journal(rows)
-                if hold is None and rows:  # a hold of an earlier version's journal: its row is in the table
-                    # (read whole: the table is keyed by expiry first; an id nothing knows never gets here)
+                if hold is None and placed_before_expiries(rows):  # an earlier version's: its row is in the table
                     hold = conn.execute(
                         f"SELECT {','.join(schema.HOLD_COLUMNS)} FROM holds WHERE account_id = ? AND id = ?",
                         (account_id, hold_id),
