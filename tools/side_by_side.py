@@ -8,7 +8,8 @@ runs every value of the variable once, one after another (8 s each), so the mach
 drift falls on all of them alike; the end prints each value's median and its ratio to the
 first value's. The server process is started afresh for every run and inherits the
 variable, so any ``BALANCE_*`` setting (or a variable a change under test reads) can be
-compared this way. This is how the session 8 decisions in BENCHMARKS.md were measured.
+compared this way. The setting ``scenario=hot,pending-hot`` instead alternates scenarios
+(the third argument is then ignored): the same load generator on the same code. This is how the session 8 decisions in BENCHMARKS.md were measured.
 Each line also gives the service's CPU per operation (and the database server's, MariaDB),
 which the neighbours' load moves less than throughput; ``tools/instructions_per_op.py``
 counts instructions, which it does not move at all.
@@ -49,7 +50,10 @@ async def main(argv: list[str]) -> None:
     cpu_per_op: dict[str, list[float]] = {value: [] for value in results}
     for round_number in range(rounds):
         for value in results:
-            os.environ[name] = value
+            if name == "scenario":
+                scenario = value
+            else:
+                os.environ[name] = value
             with tempfile.TemporaryDirectory() as work_dir:
                 result = await measure(backend, mode, scenario, Path(work_dir))
             results[value].append(result.ops_per_s)

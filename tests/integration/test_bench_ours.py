@@ -43,3 +43,22 @@ async def test_the_mariadb_durability_reported_is_read_from_the_server(
     settings = await ours.durability_settings("mariadb")
     assert settings["innodb_flush_log_at_trx_commit"] in {"0", "1", "2"}
     assert settings["log_bin"] in {"ON", "OFF"}
+
+
+def test_the_pending_scenarios_only_place_holds_and_pending_hot_keeps_to_one_account() -> None:
+    """``pending-*`` is ``hot``'s load with holds that are never settled (issue 18's throughput)."""
+    ids = [f"US-0-{i:016x}" for i in range(10)]
+    for scenario, accounts in (("pending-hot", {ids[0]}), ("pending-10k", set(ids))):
+        flows = ours.Workload(scenario, ids, {}, "t", 1).flows()
+        seen = [next(flows) for _ in range(500)]
+        assert all(len(flow) == 1 and type(flow[0]).__name__ == "PlaceHold" for flow in seen)
+        assert {flow[0].account_id for flow in seen} == accounts
+    hot = ours.Workload("hot", ids, {}, "t", 1).flows()
+    assert all(len(next(hot)) == 2 for _ in range(50))  # hot still settles every hold
+
+
+async def test_the_pending_scenario_runs_on_the_batch_endpoint(tmp_path: Path) -> None:
+    result = await ours.run_http_batch(
+        "sqlite", "pending-hot", batch_size=50, senders=2, duration_s=0.3, work_dir=tmp_path
+    )
+    assert result.ops >= 50 and result.extra["errors"] == 0

@@ -5,6 +5,10 @@ Scenarios (the same for every mode):
 - ``uniform``: the same on 10,000 accounts picked at random.
 - ``mix``: 80% hold→capture, 15% hold→release, 5% credits and transfers, on 1,000 accounts
   (partners with children, so transfers go parent↔child on one shard).
+- ``pending-hot`` / ``pending-10k``: holds only, never settled (they stay pending for their
+  15 minutes), on one account / 10,000: a gateway's open holds, by the same load generators as
+  ``hot``, so that the two maxima can be set side by side (``tools/side_by_side.py ...
+  scenario=hot,pending-hot``).
 
 Every operation is durable before it is answered: SQLite WAL with ``synchronous=FULL``,
 MariaDB with ``innodb_flush_log_at_trx_commit=1`` (checked and reported).
@@ -45,7 +49,10 @@ from balance.storage.sqlite import connect as connect_shard_file
 
 Progress = Callable[[int], None]
 ADMIN_KEY = "bench-admin"
-SCENARIO_ACCOUNTS = {"hot": 1, "uniform": 10_000, "mix": 1_000}
+SCENARIO_ACCOUNTS = {"hot": 1, "uniform": 10_000, "mix": 1_000, "pending-hot": 1, "pending-10k": 10_000}
+# Holds that are never settled, measured by the same load generators as ``hot`` (issue 18's
+# "throughput not lower than hot"): the open-loop tail scenarios of the same names are in tail.py.
+PENDING = ("pending-hot", "pending-10k")
 FUNDS = 10**12  # enough that no hold is refused (x 10,000 accounts stays within BIGINT)
 
 
@@ -119,7 +126,10 @@ class Workload:
         while True:
             self.counter += 1
             op_id = f"{self.tag}-{self.counter}"
-            account = self.ids[0] if self.scenario == "hot" else self.random.choice(self.ids)
+            account = self.ids[0] if self.scenario in ("hot", "pending-hot") else self.random.choice(self.ids)
+            if self.scenario in PENDING:
+                yield [c.PlaceHold(account, op_id, 1, 900)]
+                continue
             roll = self.random.random()
             if self.scenario == "mix" and roll >= 0.95:
                 if roll >= 0.975 or account not in self.parents:
@@ -277,7 +287,12 @@ async def run_http_single(
     """Single-operation requests from ``clients`` keep-alive connections (wrk), real server process."""
     if not wrk.available():
         raise RuntimeError("wrk is not installed (apt-get install wrk): it is the load generator for this mode")
-    mix = {"hot": wrk.HOLD_THEN_SETTLE, "uniform": wrk.HOLD_THEN_SETTLE, "mix": wrk.REALISTIC}[scenario]
+    mix = {
+        "hot": wrk.HOLD_THEN_SETTLE,
+        "uniform": wrk.HOLD_THEN_SETTLE,
+        "mix": wrk.REALISTIC,
+        **dict.fromkeys(PENDING, wrk.HOLDS_ONLY),
+    }[scenario]
     async with scratch_storage(backend, work_dir) as (_, env):
         with server_process(env, work_dir / "bench-server.log") as (url, pid):
             async with httpx.AsyncClient(base_url=url, headers=_auth()) as client:
