@@ -86,3 +86,26 @@ def test_a_renamed_account_is_not_rendered_from_a_stale_cache() -> None:
     assert b'"name":"new"' in views.encode_account(account)
     same_id = Account("US-0-1", "US-0-9", "partner", "US", "EUR", "new", "active", 5, 0, 0, False, 1, 0, 0, b"{}")
     assert views.encode_account(same_id) == _encoded(views.account_view(same_id.state()))
+
+
+_FIRST_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z, datetime's first instant
+_LAST_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z, its last
+
+
+@given(st.integers(min_value=_FIRST_US, max_value=_LAST_US))
+def test_a_timestamp_is_what_datetime_writes_for_that_microsecond(us: int) -> None:
+    """``timestamp`` formats the second once and the microseconds per call (a cheaper path);
+    the text must stay ``datetime.isoformat``'s, byte for byte, over datetime's whole range."""
+    from datetime import UTC, datetime, timedelta
+
+    expected = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)).isoformat(timespec="microseconds")
+    assert views.timestamp(us) == expected.replace("+00:00", "Z")
+    assert views.timestamp(us) == views.timestamp(us)  # (the second call is the cache's)
+
+
+def test_timestamps_at_the_edges_of_a_second_and_of_the_epoch() -> None:
+    assert views.timestamp(0) == "1970-01-01T00:00:00.000000Z"
+    assert views.timestamp(-1) == "1969-12-31T23:59:59.999999Z"
+    assert views.timestamp(1_999_999) == "1970-01-01T00:00:01.999999Z"
+    assert views.timestamp(_FIRST_US) == "0001-01-01T00:00:00.000000Z"
+    assert views.timestamp(_LAST_US) == "9999-12-31T23:59:59.999999Z"

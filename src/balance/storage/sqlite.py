@@ -14,7 +14,6 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,6 +33,7 @@ from balance.storage.base import (
     StoredOperation,
     succeeded,
 )
+from balance.storage.thread_worker import ThreadWorker
 
 T = TypeVar("T")
 _CHUNK = 400  # rows per multi-row INSERT (SQLite allows 32766 bound parameters)
@@ -296,9 +296,9 @@ class SqliteShardStorage:
 
     # ---- plumbing ------------------------------------------------------------------------
 
-    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T], link: _Link | None = None) -> T:
+    async def _run(self, pool: ThreadWorker, fn: Callable[[], T], link: _Link | None = None) -> T:
         try:
-            future = asyncio.get_running_loop().run_in_executor(pool, fn)
+            future = pool.run(fn)
             if link is not None:
                 link.queued = True  # in the thread's queue: a batch queued after it runs after it
             return await future
@@ -314,11 +314,8 @@ class SqliteShardStorage:
     def _connect(self) -> sqlite3.Connection:
         return connect(self.path)
 
-    def _new_pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
-        return (
-            ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-w-{self.path.stem}"),
-            ThreadPoolExecutor(1, thread_name_prefix=f"sqlite-r-{self.path.stem}"),
-        )
+    def _new_pools(self) -> tuple[ThreadWorker, ThreadWorker]:
+        return ThreadWorker(f"sqlite-w-{self.path.stem}"), ThreadWorker(f"sqlite-r-{self.path.stem}")
 
     async def open(self) -> None:
         if self._closed:  # opened again after close(): new threads
@@ -461,7 +458,7 @@ class SqliteShardStorage:
             await asyncio.to_thread(copier.join)
         for pool, conn in ((self._writer_pool, self._writer), (self._reader_pool, self._reader)):
             if conn is not None:
-                await asyncio.get_running_loop().run_in_executor(pool, conn.close)
+                await pool.run(conn.close)
             pool.shutdown(wait=True)
         self._writer = self._reader = None
         database_fd, self._database_fd = self._database_fd, None
