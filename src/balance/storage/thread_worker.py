@@ -5,7 +5,8 @@ Why not ``loop.run_in_executor`` on a ``ThreadPoolExecutor(1)``: per call that b
 chaining of the two futures, in interpreted Python on both threads; SQLite's writer makes
 such a call for every commit, and at half the maximum rate a commit carries 3-6 operations.
 Measured round trips of a call that does nothing (uvloop, compiled service, this machine):
-~60-70 us of CPU through the pool, ~40 us here (benchmarks/session-20/). Here a call is one
+~70-75 us of CPU through the pool, ~42-49 us here
+(``benchmarks/session-20/thread_round_trip.py``). Here a call is one
 ``SimpleQueue.put`` and, when done, one ``call_soon_threadsafe``.
 
 What the pool gave and this keeps: calls run one at a time in the order given; a call whose
