@@ -273,7 +273,7 @@ class SqliteShardStorage:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._writer_pool, self._reader_pool = self._new_pools()
+        self._writer_thread, self._reader_thread = self._new_threads()
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._sql_cache: dict[tuple[str, int], str] = {}
@@ -296,9 +296,9 @@ class SqliteShardStorage:
 
     # ---- plumbing ------------------------------------------------------------------------
 
-    async def _run(self, pool: ThreadWorker, fn: Callable[[], T], link: _Link | None = None) -> T:
+    async def _run(self, thread: ThreadWorker, fn: Callable[[], T], link: _Link | None = None) -> T:
         try:
-            future = pool.run(fn)
+            future = thread.run(fn)
             if link is not None:
                 link.queued = True  # in the thread's queue: a batch queued after it runs after it
             return await future
@@ -308,18 +308,18 @@ class SqliteShardStorage:
             raise StorageError(f"sqlite integrity error: {exc}") from exc
         except sqlite3.Error as exc:
             raise StorageError(f"sqlite: {exc}") from exc
-        except RuntimeError as exc:  # the thread pool is shut down: the storage is closed
+        except RuntimeError as exc:  # the thread is shut down: the storage is closed
             raise StorageError(f"sqlite storage is closed: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         return connect(self.path)
 
-    def _new_pools(self) -> tuple[ThreadWorker, ThreadWorker]:
+    def _new_threads(self) -> tuple[ThreadWorker, ThreadWorker]:
         return ThreadWorker(f"sqlite-w-{self.path.stem}"), ThreadWorker(f"sqlite-r-{self.path.stem}")
 
     async def open(self) -> None:
         if self._closed:  # opened again after close(): new threads
-            self._writer_pool, self._reader_pool = self._new_pools()
+            self._writer_thread, self._reader_thread = self._new_threads()
             self._closed = False
         self._waiting.clear()  # (commits handed over as the storage closed never reached the thread)
         self._last_link = None
@@ -377,8 +377,8 @@ class SqliteShardStorage:
             if self._owner_epoch is not None:
                 self._take_over(conn, self._owner_epoch)
 
-        await self._run(self._writer_pool, setup)
-        self._reader = await self._run(self._reader_pool, self._connect)
+        await self._run(self._writer_thread, setup)
+        self._reader = await self._run(self._reader_thread, self._connect)
         self._database_fd = _file_syncs.open(self.path)
         self._copier_stop.clear()
         self._copier = threading.Thread(target=self._copy_wal, name=f"sqlite-c-{self.path.stem}", daemon=True)
@@ -456,10 +456,10 @@ class SqliteShardStorage:
         if copier is not None:
             self._copier_stop.set()
             await asyncio.to_thread(copier.join)
-        for pool, conn in ((self._writer_pool, self._writer), (self._reader_pool, self._reader)):
+        for thread, conn in ((self._writer_thread, self._writer), (self._reader_thread, self._reader)):
             if conn is not None:
-                await pool.run(conn.close)
-            pool.shutdown(wait=True)
+                await thread.run(conn.close)
+            thread.shutdown(wait=True)
         self._writer = self._reader = None
         database_fd, self._database_fd = self._database_fd, None
         if database_fd is not None:  # (after SQLite's connections: see ``_FileSyncs``)
@@ -490,7 +490,7 @@ class SqliteShardStorage:
         with self._waiting_lock:
             self._waiting.append(link)
         try:
-            await self._run(self._writer_pool, lambda: self._commit_linked(link), link)
+            await self._run(self._writer_thread, lambda: self._commit_linked(link), link)
         except BaseException:
             link.abandoned = True  # e.g. cancelled while queued: the batch after must not follow it
             with self._waiting_lock:  # (cancelled before the thread took it up, it never will)
@@ -638,46 +638,46 @@ class SqliteShardStorage:
             ]
             return LoadedShard(accounts, holds, (last or 0) + 1)
 
-        return await self._run(self._reader_pool, read)
+        return await self._run(self._reader_thread, read)
 
     async def scan_accounts(self, after_id: str, limit: int) -> list[Row]:
         sql = f"SELECT {','.join(schema.ACCOUNT_COLUMNS)} FROM accounts WHERE id > ? ORDER BY id LIMIT ?"
         # ``exhausted`` comes back as 0/1: Account.from_row makes it a bool (not a second pass here).
         return await self._run(
-            self._reader_pool, lambda: _read_accounts(self._reader_conn().execute(sql, (after_id, limit)).fetchall())
+            self._reader_thread, lambda: _read_accounts(self._reader_conn().execute(sql, (after_id, limit)).fetchall())
         )
 
     async def scan_pending_holds(self, after: tuple[int, str, str], limit: int) -> list[Row]:
         args = (*after, limit)
         return await self._run(
-            self._reader_pool, lambda: self._reader_conn().execute(PENDING_HOLDS_PAGE, args).fetchall()
+            self._reader_thread, lambda: self._reader_conn().execute(PENDING_HOLDS_PAGE, args).fetchall()
         )
 
     async def checkpoint_seq(self) -> int:
         sql = "SELECT value FROM meta WHERE name = ?"
         row = await self._run(
-            self._reader_pool, lambda: self._reader_conn().execute(sql, (schema.CHECKPOINT_META_KEY,)).fetchone()
+            self._reader_thread, lambda: self._reader_conn().execute(sql, (schema.CHECKPOINT_META_KEY,)).fetchone()
         )
         return int(row[0]) if row else 0
 
     async def scan_recovery_journal(self, after_seq: int, limit: int) -> list[Row]:
         args = (after_seq, limit)
         return await self._run(
-            self._reader_pool, lambda: self._reader_conn().execute(_RECOVERY_JOURNAL_AFTER, args).fetchall()
+            self._reader_thread, lambda: self._reader_conn().execute(_RECOVERY_JOURNAL_AFTER, args).fetchall()
         )
 
     async def pending_transfers(self) -> list[Row]:
         sql = f"SELECT {','.join(schema.TRANSFER_COLUMNS)} FROM transfers_pending ORDER BY created_at"
-        return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql).fetchall())
+        return await self._run(self._reader_thread, lambda: self._reader_conn().execute(sql).fetchall())
 
     async def max_seq(self) -> int:
         sql = "SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM journal UNION ALL SELECT MAX(seq) FROM outbox)"
-        row = await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql).fetchone())
+        row = await self._run(self._reader_thread, lambda: self._reader_conn().execute(sql).fetchone())
         return int(row[0] or 0)
 
     async def load_keys(self) -> list[Row]:
         return await self._run(
-            self._reader_pool,
+            self._reader_thread,
             lambda: self._reader_conn().execute(f"SELECT {','.join(schema.KEY_COLUMNS)} FROM api_keys").fetchall(),
         )
 
@@ -708,13 +708,13 @@ class SqliteShardStorage:
                     holds.append(hold)
             return operations, holds
 
-        return await self._run(self._reader_pool, read)
+        return await self._run(self._reader_thread, read)
 
     async def history(
         self, account_id: str, limit: int, before_seq: int | None, since: int | None, until: int | None
     ) -> list[Row]:
         sql, args = schema.history_query("?", account_id, limit, before_seq, since, until, history_table=True)
-        return await self._run(self._reader_pool, lambda: self._reader_conn().execute(sql, args).fetchall())
+        return await self._run(self._reader_thread, lambda: self._reader_conn().execute(sql, args).fetchall())
 
     async def move_records(self, account_ids: list[str]) -> list[Row]:
         def read() -> list[Row]:
@@ -725,7 +725,7 @@ class SqliteShardStorage:
                 rows += conn.execute(sql, [*chunk, *chunk]).fetchall()
             return rows
 
-        return await self._run(self._reader_pool, read)
+        return await self._run(self._reader_thread, read)
 
     async def get_hold(self, account_id: str, hold_id: str) -> Row | None:
         _, holds = await self.lookup([], [(account_id, hold_id)])
@@ -741,11 +741,11 @@ class SqliteShardStorage:
             finally:
                 conn.execute("COMMIT")
 
-        return await self._run(self._reader_pool, read)
+        return await self._run(self._reader_thread, read)
 
     async def children(self, parent_id: str, limit: int, after_id: str | None) -> list[str]:
         sql = "SELECT id FROM accounts WHERE parent_id = ? AND id > ? ORDER BY id LIMIT ?"
         rows = await self._run(
-            self._reader_pool, lambda: self._reader_conn().execute(sql, (parent_id, after_id or "", limit)).fetchall()
+            self._reader_thread, lambda: self._reader_conn().execute(sql, (parent_id, after_id or "", limit)).fetchall()
         )
         return [row[0] for row in rows]

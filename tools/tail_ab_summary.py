@@ -1,6 +1,7 @@
-"""Medians of the interleaved before/after pairs in ab-<backend>/ (sessions 19-20).
+"""Medians of the interleaved before/after pairs that tools/tail_ab.sh wrote into a directory:
+p99, p99.9, the service's CPU per operation and the disk's sync p99, per scenario and rate.
 
-    python benchmarks/session-20/ab_summary.py benchmarks/session-20/ab-sqlite
+    .venv/bin/python tools/tail_ab_summary.py benchmarks/session-20/ab-sqlite
 """
 
 import json
